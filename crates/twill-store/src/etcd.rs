@@ -1,0 +1,530 @@
+//! The etcd v3 store: flannel's keys, written with compare-and-swap transactions.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use twill_config::NetConf;
+
+use crate::alloc::{self, AllocError, Plan, PlanSource};
+use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
+use crate::peers::WatchEvent;
+
+/// Every unary call gets this long; a watch is bounded by HTTP/2 keep-alive instead.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lost CAS races tolerated in one acquisition before giving up (each loss excludes that
+/// subnet, so this only trips under pathological contention).
+const MAX_ATTEMPTS: usize = 32;
+
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd: no answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error("{flag} {path}: {err}")]
+    File {
+        flag: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("could not take a subnet after {0} attempts: other nodes kept winning the race")]
+    Contention(usize),
+}
+
+async fn rpc<T>(
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Timeout(RPC_TIMEOUT)),
+    }
+}
+
+/// What to lease: the config decides the range, `attrs` is the value to publish,
+/// `previous` is the subnet from the last subnet.env (preferred when free).
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub conf: NetConf,
+    pub attrs: LeaseAttrs,
+    pub previous: LeaseKey,
+    pub ttl: Duration,
+}
+
+/// A lease we hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub key: LeaseKey,
+    pub attrs: LeaseAttrs,
+    /// 0 for a reservation (no TTL, nothing to renew).
+    pub etcd_lease: i64,
+    pub ttl: Duration,
+    pub source: PlanSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewOutcome {
+    Renewed {
+        ttl: Duration,
+    },
+    /// Expired, deleted or overwritten: acquire again.
+    Lost,
+}
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+}
+
+impl EtcdStore {
+    pub async fn connect(opts: &EtcdOptions) -> Result<Self, StoreError> {
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            // Notices a dead server on an idle watch stream within seconds.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if let (Some(u), p) = (&opts.username, &opts.password) {
+            co = co.with_user(u.clone(), p.clone().unwrap_or_default());
+        }
+        let read = |flag: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|err| StoreError::File {
+                flag,
+                path: path.clone(),
+                err,
+            })
+        };
+        let tls = match (&opts.cert_file, &opts.key_file) {
+            (Some(c), Some(k)) => {
+                let identity =
+                    Identity::from_pem(read("--etcd-certfile", c)?, read("--etcd-keyfile", k)?);
+                Some(TlsOptions::new().identity(identity))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(StoreError::Invalid(
+                    "--etcd-certfile and --etcd-keyfile must be given together".into(),
+                ))
+            }
+            (None, None) => opts.ca_file.as_ref().map(|_| TlsOptions::new()),
+        };
+        let tls = match (tls, &opts.ca_file) {
+            (Some(t), Some(ca)) => Some(t.ca_certificate(etcd_client::Certificate::from_pem(
+                read("--etcd-cafile", ca)?,
+            ))),
+            (t, _) => t,
+        };
+        if let Some(t) = tls {
+            if let Some(e) = opts.endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(StoreError::Invalid(format!(
+                    "--etcd-endpoints {e}: TLS files were given, so endpoints must be https://"
+                )));
+            }
+            co = co.with_tls(t);
+        } else if opts.endpoints.iter().any(|e| !e.starts_with("https://")) {
+            warn!("talking to etcd over plain HTTP; pass --etcd-certfile/--etcd-keyfile/--etcd-cafile for TLS");
+        }
+        let client = rpc(Client::connect(&opts.endpoints, Some(co))).await?;
+        Ok(EtcdStore {
+            client,
+            prefix: opts.prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn lease_key(&self, key: &LeaseKey) -> String {
+        format!("{}{key}", self.subnets_prefix())
+    }
+
+    /// The raw client, for tests and for the etcd-specific diagnostics.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The net-conf.json stored at `<prefix>/config`, if any.
+    pub async fn get_config(&self) -> Result<Option<String>, StoreError> {
+        let mut c = self.client.clone();
+        let resp = rpc(c.get(self.config_key(), None)).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// All leases and the revision they were read at. One Range RPC, whatever the count
+    /// (flannel adds a TimeToLive per key): the lease ID in each key-value tells TTL from
+    /// reservation.
+    pub async fn list(&self) -> Result<(Vec<StoredLease>, i64), StoreError> {
+        let mut c = self.client.clone();
+        let resp = rpc(c.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.parse_kv(kv))
+            .collect();
+        Ok((leases, rev))
+    }
+
+    fn parse_key(&self, raw: &[u8]) -> Option<LeaseKey> {
+        let key = String::from_utf8_lossy(raw);
+        let tail = key.strip_prefix(&self.subnets_prefix())?;
+        match tail.parse() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!(key = %key, "ignoring key under subnets/: {e}");
+                None
+            }
+        }
+    }
+
+    fn parse_kv(&self, kv: &KeyValue) -> Option<StoredLease> {
+        let key = self.parse_key(kv.key())?;
+        let attrs = match serde_json::from_slice::<LeaseAttrs>(kv.value()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!(subnet = %key, "lease value is not valid lease JSON ({e}); the subnet stays taken");
+                None
+            }
+        };
+        Some(StoredLease {
+            key,
+            attrs,
+            etcd_lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        })
+    }
+
+    /// Takes a subnet. Every write is a transaction guarded by the state we read, so two
+    /// nodes never both believe they hold one subnet; a lost race excludes that subnet and
+    /// tries again.
+    pub async fn acquire(&self, req: &AcquireRequest) -> Result<HeldLease, StoreError> {
+        let mut exclude = HashSet::new();
+        let value = req.attrs.to_json();
+        let ttl_secs = req.ttl.as_secs().max(1) as i64;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (leases, _) = self.list().await?;
+            let (plan, stale) = alloc::plan(
+                &req.conf,
+                &leases,
+                req.attrs.public_ip,
+                req.previous,
+                &exclude,
+                &mut rand::rng(),
+            )?;
+            for s in stale {
+                self.delete_if_unchanged(&s).await?;
+            }
+            let key = self.lease_key(plan.key());
+            let mut c = self.client.clone();
+            let held = |etcd_lease, source| HeldLease {
+                key: *plan.key(),
+                attrs: req.attrs.clone(),
+                etcd_lease,
+                ttl: req.ttl,
+                source,
+            };
+            match &plan {
+                Plan::Reuse {
+                    mod_revision,
+                    source: PlanSource::Reservation,
+                    ..
+                } => {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            *mod_revision,
+                        )])
+                        .and_then([TxnOp::put(key.as_str(), value.as_str(), None)]);
+                    if rpc(c.txn(txn)).await?.succeeded() {
+                        info!(subnet = %plan.key(), "using the subnet reserved for this node");
+                        return Ok(held(0, PlanSource::Reservation));
+                    }
+                }
+                Plan::Reuse {
+                    mod_revision,
+                    etcd_lease: old,
+                    source,
+                    ..
+                } => {
+                    let id = rpc(c.lease_grant(ttl_secs, None)).await?.id();
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            *mod_revision,
+                        )])
+                        .and_then([TxnOp::put(
+                            key.as_str(),
+                            value.as_str(),
+                            Some(PutOptions::new().with_lease(id)),
+                        )]);
+                    if rpc(c.txn(txn)).await?.succeeded() {
+                        // The key now hangs off the new lease; the old one holds nothing and
+                        // would otherwise live on for a day (flannel leaks one per renewal).
+                        if *old != 0 && *old != id {
+                            let _ = rpc(c.lease_revoke(*old)).await;
+                        }
+                        info!(subnet = %plan.key(), "reusing this node's existing lease");
+                        return Ok(held(id, *source));
+                    }
+                    let _ = rpc(c.lease_revoke(id)).await;
+                }
+                Plan::Create { source, .. } => {
+                    let id = rpc(c.lease_grant(ttl_secs, None)).await?.id();
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.as_str(),
+                            value.as_str(),
+                            Some(PutOptions::new().with_lease(id)),
+                        )]);
+                    if rpc(c.txn(txn)).await?.succeeded() {
+                        info!(subnet = %plan.key(), ?source, "leased a new subnet");
+                        return Ok(held(id, *source));
+                    }
+                    let _ = rpc(c.lease_revoke(id)).await;
+                    exclude.insert(*plan.key());
+                }
+            }
+            debug!(subnet = %plan.key(), attempt, "lost a race for the subnet; trying again");
+        }
+        Err(StoreError::Contention(MAX_ATTEMPTS))
+    }
+
+    async fn delete_if_unchanged(&self, l: &StoredLease) -> Result<(), StoreError> {
+        let key = self.lease_key(&l.key);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                l.mod_revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let mut c = self.client.clone();
+        if rpc(c.txn(txn)).await?.succeeded() {
+            info!(subnet = %l.key, "deleted this node's old lease, which no longer fits the config");
+        }
+        Ok(())
+    }
+
+    /// Extends the lease by one keep-alive on the same etcd lease (no new lease is granted,
+    /// so nothing leaks), then checks the key is still ours.
+    pub async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
+        let mut c = self.client.clone();
+        let mut ttl = held.ttl;
+        if held.etcd_lease != 0 {
+            let (mut keeper, mut stream) = rpc(c.lease_keep_alive(held.etcd_lease)).await?;
+            rpc(keeper.keep_alive()).await?;
+            match rpc(stream.message()).await? {
+                Some(r) if r.ttl() > 0 => ttl = Duration::from_secs(r.ttl() as u64),
+                _ => return Ok(RenewOutcome::Lost),
+            }
+        }
+        let resp = rpc(c.get(self.lease_key(&held.key), None)).await?;
+        let still_ours = resp.kvs().first().is_some_and(|kv| {
+            kv.lease() == held.etcd_lease
+                && serde_json::from_slice::<LeaseAttrs>(kv.value())
+                    .is_ok_and(|a| a.public_ip == held.attrs.public_ip)
+        });
+        Ok(if still_ours {
+            RenewOutcome::Renewed { ttl }
+        } else {
+            RenewOutcome::Lost
+        })
+    }
+
+    /// Gives the subnet back (uninstall). A reservation is left alone: it was the
+    /// operator's, not ours.
+    pub async fn release(&self, held: &HeldLease) -> Result<(), StoreError> {
+        if held.etcd_lease == 0 {
+            return Ok(());
+        }
+        let key = self.lease_key(&held.key);
+        let txn = Txn::new()
+            .when([Compare::lease(
+                key.as_str(),
+                CompareOp::Equal,
+                held.etcd_lease,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let mut c = self.client.clone();
+        rpc(c.txn(txn)).await?;
+        let _ = rpc(c.lease_revoke(held.etcd_lease)).await;
+        Ok(())
+    }
+
+    /// Streams the lease set to `tx` until cancelled: a snapshot, then events from the
+    /// snapshot's revision on. Reconnects with backoff when etcd goes away, resuming where
+    /// it left off; re-lists (a new snapshot, which the peer table diffs) when etcd has
+    /// compacted past that point. Returns when `tx` is closed or `cancel` fires.
+    pub async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let mut next_rev: Option<i64> = None;
+        while !cancel.is_cancelled() {
+            let from = match next_rev {
+                Some(r) => r,
+                None => match self.list().await {
+                    Ok((leases, rev)) => {
+                        if tx.send(vec![WatchEvent::Snapshot(leases)]).await.is_err() {
+                            return;
+                        }
+                        rev + 1
+                    }
+                    Err(e) => {
+                        warn!("listing leases failed, retrying: {e}");
+                        backoff.sleep(&cancel).await;
+                        continue;
+                    }
+                },
+            };
+            next_rev = Some(from);
+            match self
+                .watch_from(from, &tx, &cancel, &mut next_rev, &mut backoff)
+                .await
+            {
+                WatchEnd::Compacted(at) => {
+                    info!(
+                        compacted_at = at,
+                        "etcd compacted past our revision; re-listing"
+                    );
+                    next_rev = None;
+                }
+                WatchEnd::Broken(why) => {
+                    warn!(
+                        "watch on {} broke ({why}); reconnecting",
+                        self.subnets_prefix()
+                    );
+                    backoff.sleep(&cancel).await;
+                }
+                WatchEnd::Done => return,
+            }
+        }
+    }
+
+    async fn watch_from(
+        &self,
+        from: i64,
+        tx: &mpsc::Sender<Vec<WatchEvent>>,
+        cancel: &CancellationToken,
+        next_rev: &mut Option<i64>,
+        backoff: &mut Backoff,
+    ) -> WatchEnd {
+        let mut c = self.client.clone();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut stream = match rpc(c.watch(self.subnets_prefix(), Some(opts))).await {
+            Ok(s) => s,
+            Err(e) => return WatchEnd::Broken(e.to_string()),
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => return WatchEnd::Done,
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => return WatchEnd::Broken("stream closed".into()),
+                Err(e) => return WatchEnd::Broken(e.to_string()),
+            };
+            if resp.compact_revision() > 0 {
+                return WatchEnd::Compacted(resp.compact_revision());
+            }
+            if resp.canceled() {
+                return WatchEnd::Broken(format!("cancelled by etcd: {}", resp.cancel_reason()));
+            }
+            backoff.reset();
+            let mut batch = Vec::with_capacity(resp.events().len());
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                *next_rev = Some(kv.mod_revision() + 1);
+                match ev.event_type() {
+                    EventType::Put => {
+                        if let Some(l) = self.parse_kv(kv) {
+                            batch.push(WatchEvent::Put(l));
+                        }
+                    }
+                    EventType::Delete => {
+                        if let Some(k) = self.parse_key(kv.key()) {
+                            batch.push(WatchEvent::Delete(k));
+                        }
+                    }
+                }
+            }
+            // A progress notification (no events, not the creation ack) vouches that
+            // nothing under our prefix changed up to its header revision.
+            if resp.events().is_empty() && !resp.created() {
+                if let Some(h) = resp.header() {
+                    *next_rev = Some(next_rev.unwrap_or(0).max(h.revision() + 1));
+                }
+            }
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
+                return WatchEnd::Done;
+            }
+        }
+    }
+}
+
+enum WatchEnd {
+    Compacted(i64),
+    Broken(String),
+    Done,
+}
+
+/// 100 ms doubling to 5 s, flannel's reconnect schedule.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff { next: Self::MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    async fn sleep(&mut self, cancel: &CancellationToken) {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+}

@@ -1,0 +1,213 @@
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The lease value flannel stores, field for field. `BackendData` stays raw JSON so a
+/// lease written by another backend round-trips untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    /// flannel writes `null` here rather than omitting it; so do we.
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<Value>,
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<Value>,
+}
+
+/// `BackendData` of a vxlan lease: what a peer needs to reach our VTEP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanBackendData {
+    #[serde(rename = "VNI")]
+    pub vni: u32,
+    #[serde(rename = "VtepMAC")]
+    pub vtep_mac: String,
+}
+
+impl LeaseAttrs {
+    pub fn vxlan(public_ip: Ipv4Addr, vni: u32, vtep_mac: &str) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(
+                serde_json::to_value(VxlanBackendData {
+                    vni,
+                    vtep_mac: vtep_mac.into(),
+                })
+                .expect("plain struct"),
+            ),
+            backend_v6_data: None,
+        }
+    }
+
+    /// The VXLAN data when this is a vxlan lease with well-formed data.
+    pub fn vxlan_data(&self) -> Option<VxlanBackendData> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        serde_json::from_value(self.backend_data.clone()?).ok()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plain struct")
+    }
+}
+
+/// The subnet(s) a lease is for; the last segment of the etcd key, `10.244.3.0-24` or,
+/// dual-stack, `10.244.3.0-24&fd00:10:244:3::-64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseKey {
+    pub v4: Option<IpNetwork>,
+    pub v6: Option<IpNetwork>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed subnet key {0:?} (expected e.g. 10.244.3.0-24)")]
+pub struct LeaseKeyError(pub String);
+
+impl LeaseKey {
+    pub fn v4(net: IpNetwork) -> Self {
+        LeaseKey {
+            v4: Some(net),
+            v6: None,
+        }
+    }
+}
+
+impl fmt::Display for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = |n: &IpNetwork| format!("{}-{}", n.ip(), n.prefix());
+        match (&self.v4, &self.v6) {
+            (Some(a), Some(b)) => write!(f, "{}&{}", part(a), part(b)),
+            (Some(a), None) => f.write_str(&part(a)),
+            // flannel has no v6-only key form of its own; mirror its dual-stack shape with
+            // an empty v4 part so both sides parse the other's keys.
+            (None, Some(b)) => write!(f, "0.0.0.0-0&{}", part(b)),
+            (None, None) => f.write_str("0.0.0.0-0"),
+        }
+    }
+}
+
+impl FromStr for LeaseKey {
+    type Err = LeaseKeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || LeaseKeyError(s.to_string());
+        let part = |p: &str| -> Result<IpNetwork, LeaseKeyError> {
+            let (ip, len) = p.rsplit_once('-').ok_or_else(bad)?;
+            let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+            let len: u8 = len.parse().map_err(|_| bad())?;
+            let n = IpNetwork::new(ip, len).map_err(|_| bad())?;
+            if n.network() != ip {
+                return Err(bad());
+            }
+            Ok(n)
+        };
+        let (a, b) = match s.split_once('&') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let v4 = part(a)?;
+        if !v4.is_ipv4() {
+            return Err(bad());
+        }
+        let v4 = (v4.prefix() != 0).then_some(v4);
+        let v6 = match b {
+            Some(b) => {
+                let n = part(b)?;
+                if !n.is_ipv6() {
+                    return Err(bad());
+                }
+                Some(n)
+            }
+            None => None,
+        };
+        if v4.is_none() && v6.is_none() {
+            return Err(bad());
+        }
+        Ok(LeaseKey { v4, v6 })
+    }
+}
+
+/// One key under `<prefix>/subnets/` as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLease {
+    pub key: LeaseKey,
+    /// `None` when the value is not valid lease JSON: the subnet is still taken.
+    pub attrs: Option<LeaseAttrs>,
+    /// etcd lease ID; 0 means no TTL, i.e. a reservation.
+    pub etcd_lease: i64,
+    pub mod_revision: i64,
+}
+
+impl StoredLease {
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_json_matches_flannel() {
+        let a = LeaseAttrs::vxlan("198.18.0.3".parse().unwrap(), 1, "c6:d2:32:6f:8f:44");
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+        );
+        let flannel = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+        let parsed: LeaseAttrs = serde_json::from_str(flannel).unwrap();
+        assert_eq!(parsed.vxlan_data().unwrap().vtep_mac, "c6:d2:32:6f:8f:44");
+        assert_eq!(parsed.to_json(), flannel);
+    }
+
+    #[test]
+    fn reservation_without_backend_parses() {
+        let a: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"198.18.0.9"}"#).unwrap();
+        assert!(a.vxlan_data().is_none());
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for k in [
+            "10.244.3.0-24",
+            "10.244.3.0-24&fd00:10:244:3::-64",
+            "0.0.0.0-0&fd00::-64",
+        ] {
+            assert_eq!(k.parse::<LeaseKey>().unwrap().to_string(), k);
+        }
+        for bad in [
+            "10.244.3.1-24",
+            "10.244.3.0",
+            "x-24",
+            "fd00::-64",
+            "10.244.3.0-33",
+            "0.0.0.0-0",
+        ] {
+            assert!(bad.parse::<LeaseKey>().is_err(), "{bad}");
+        }
+    }
+}

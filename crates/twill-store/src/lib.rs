@@ -1,0 +1,13 @@
+//! Subnet leases: flannel's key layout and JSON, the pure allocator, the peer table, and
+//! the etcd v3 store. The allocator and the peer table decide; the store only talks to
+//! etcd, so the decisions are unit-tested without a server.
+
+mod alloc;
+mod etcd;
+mod lease;
+mod peers;
+
+pub use alloc::{plan, AllocError, Plan, PlanSource};
+pub use etcd::{AcquireRequest, EtcdOptions, EtcdStore, HeldLease, RenewOutcome, StoreError};
+pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, StoredLease, VxlanBackendData};
+pub use peers::{Lease, PeerEvent, PeerTable, WatchEvent};
