@@ -358,7 +358,7 @@ impl Family {
                     format!("outside {} {network}", self.network),
                 ));
             }
-            if v % size != 0 {
+            if !v.is_multiple_of(size) {
                 return Err(ConfigError::new(
                     field,
                     a,

@@ -72,7 +72,7 @@ impl SubnetRange {
             return false;
         }
         let start = addr_to_u128(s.ip());
-        start % self.subnet_size() == 0
+        start.is_multiple_of(self.subnet_size())
             && start >= addr_to_u128(self.min)
             && start <= addr_to_u128(self.max)
     }

@@ -1,0 +1,259 @@
+//! Desired kernel state from the peer table, and the difference to what the kernel has.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use twill_store::{LeaseAttrs, LeaseKey};
+
+use crate::mac::Mac;
+
+/// What one vxlan peer needs on our side: `ip neigh <vtep_ip> lladdr <mac>`, `bridge fdb
+/// <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerEntry {
+    pub subnet: Ipv4Network,
+    pub vtep_ip: Ipv4Addr,
+    pub mac: Mac,
+    pub public_ip: Ipv4Addr,
+}
+
+/// One entry per usable vxlan peer, keyed by subnet. Leases of other backends, without a
+/// v4 subnet, or with unreadable backend data are skipped (they can't be reached anyway).
+pub fn desired_peers<'a>(
+    own: Option<&LeaseKey>,
+    peers: impl IntoIterator<Item = (&'a LeaseKey, &'a LeaseAttrs)>,
+) -> BTreeMap<Ipv4Network, PeerEntry> {
+    let mut out = BTreeMap::new();
+    for (key, attrs) in peers {
+        if Some(key) == own {
+            continue;
+        }
+        let Some(IpNetwork::V4(subnet)) = key.v4 else {
+            continue;
+        };
+        let Some(data) = attrs.vxlan_data() else {
+            continue;
+        };
+        let Ok(mac) = data.vtep_mac.parse::<Mac>() else {
+            continue;
+        };
+        out.insert(
+            subnet,
+            PeerEntry {
+                subnet,
+                vtep_ip: subnet.network(),
+                mac,
+                public_ip: attrs.public_ip,
+            },
+        );
+    }
+    out
+}
+
+/// What the kernel has on our VXLAN device.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Actual {
+    pub neighs: BTreeMap<Ipv4Addr, Option<Mac>>,
+    pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
+    /// Destination → gateway (None for a route without one).
+    pub routes: BTreeMap<Ipv4Network, Option<Ipv4Addr>>,
+}
+
+/// The changes that turn `Actual` into the desired state. Applied in the order of the
+/// fields: stale routes go first and new routes last, so the kernel never routes to a
+/// gateway whose neighbour entry isn't there yet (it would ARP on a nolearning device).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ops {
+    pub del_routes: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+    pub add_neighs: Vec<(Ipv4Addr, Mac)>,
+    pub add_fdb: Vec<(Mac, Ipv4Addr)>,
+    pub add_routes: Vec<(Ipv4Network, Ipv4Addr)>,
+    pub del_neighs: Vec<Ipv4Addr>,
+    pub del_fdb: Vec<(Mac, Ipv4Addr)>,
+}
+
+impl Ops {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.del_routes.len()
+            + self.add_neighs.len()
+            + self.add_fdb.len()
+            + self.add_routes.len()
+            + self.del_neighs.len()
+            + self.del_fdb.len()
+    }
+}
+
+pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual) -> Ops {
+    let mut ops = Ops::default();
+    let want_neigh: BTreeMap<Ipv4Addr, Mac> =
+        desired.values().map(|p| (p.vtep_ip, p.mac)).collect();
+    let want_fdb: BTreeSet<(Mac, Ipv4Addr)> =
+        desired.values().map(|p| (p.mac, p.public_ip)).collect();
+
+    for (dst, gw) in &actual.routes {
+        match desired.get(dst) {
+            Some(p) if *gw == Some(p.vtep_ip) => {}
+            Some(_) => {} // replaced in place below
+            None => ops.del_routes.push((*dst, *gw)),
+        }
+    }
+    for (ip, mac) in &want_neigh {
+        if actual.neighs.get(ip) != Some(&Some(*mac)) {
+            ops.add_neighs.push((*ip, *mac));
+        }
+    }
+    for e in &want_fdb {
+        if !actual.fdb.contains(e) {
+            ops.add_fdb.push(*e);
+        }
+    }
+    for p in desired.values() {
+        if actual.routes.get(&p.subnet) != Some(&Some(p.vtep_ip)) {
+            ops.add_routes.push((p.subnet, p.vtep_ip));
+        }
+    }
+    for ip in actual.neighs.keys() {
+        if !want_neigh.contains_key(ip) {
+            ops.del_neighs.push(*ip);
+        }
+    }
+    for e in &actual.fdb {
+        if !want_fdb.contains(e) {
+            ops.del_fdb.push(*e);
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(ip: &str, mac: &str) -> LeaseAttrs {
+        LeaseAttrs::vxlan(ip.parse().unwrap(), 1, mac)
+    }
+
+    fn table() -> Vec<(LeaseKey, LeaseAttrs)> {
+        vec![
+            (
+                "10.244.1.0-24".parse().unwrap(),
+                attrs("198.18.0.1", "0a:00:00:00:00:01"),
+            ),
+            (
+                "10.244.2.0-24".parse().unwrap(),
+                attrs("198.18.0.2", "0a:00:00:00:00:02"),
+            ),
+            (
+                "10.244.3.0-24".parse().unwrap(),
+                attrs("198.18.0.3", "0a:00:00:00:00:03"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn desired_skips_own_and_non_vxlan() {
+        let mut t = table();
+        let mut hostgw = attrs("198.18.0.9", "0a:00:00:00:00:09");
+        hostgw.backend_type = "host-gw".into();
+        t.push(("10.244.9.0-24".parse().unwrap(), hostgw));
+        t.push((
+            "10.244.8.0-24".parse().unwrap(),
+            attrs("198.18.0.8", "garbage"),
+        ));
+        let own: LeaseKey = "10.244.1.0-24".parse().unwrap();
+        let d = desired_peers(Some(&own), t.iter().map(|(k, a)| (k, a)));
+        assert_eq!(d.len(), 2);
+        let p = &d[&"10.244.2.0/24".parse().unwrap()];
+        assert_eq!(p.vtep_ip.to_string(), "10.244.2.0");
+        assert_eq!(p.public_ip.to_string(), "198.18.0.2");
+    }
+
+    #[test]
+    fn empty_kernel_gets_everything_in_order() {
+        let t = table();
+        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let ops = diff(&d, &Actual::default());
+        assert_eq!(ops.add_neighs.len(), 3);
+        assert_eq!(ops.add_fdb.len(), 3);
+        assert_eq!(ops.add_routes.len(), 3);
+        assert!(ops.del_routes.is_empty() && ops.del_neighs.is_empty() && ops.del_fdb.is_empty());
+    }
+
+    fn actual_for(d: &BTreeMap<Ipv4Network, PeerEntry>) -> Actual {
+        Actual {
+            neighs: d.values().map(|p| (p.vtep_ip, Some(p.mac))).collect(),
+            fdb: d.values().map(|p| (p.mac, p.public_ip)).collect(),
+            routes: d.values().map(|p| (p.subnet, Some(p.vtep_ip))).collect(),
+        }
+    }
+
+    #[test]
+    fn converged_state_is_a_noop() {
+        let t = table();
+        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        assert!(diff(&d, &actual_for(&d)).is_empty());
+    }
+
+    #[test]
+    fn stale_and_changed_entries() {
+        let t = table();
+        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let mut a = actual_for(&d);
+        // A leftover of a previous run for a subnet no longer leased.
+        a.routes.insert(
+            "10.244.7.0/24".parse().unwrap(),
+            Some("10.244.7.0".parse().unwrap()),
+        );
+        a.neighs.insert(
+            "10.244.7.0".parse().unwrap(),
+            Some("0a:00:00:00:00:07".parse().unwrap()),
+        );
+        a.fdb.insert((
+            "0a:00:00:00:00:07".parse().unwrap(),
+            "198.18.0.7".parse().unwrap(),
+        ));
+        // Peer 2 moved to a new underlay address; peer 3's route was deleted by hand.
+        a.fdb.remove(&(
+            "0a:00:00:00:00:02".parse().unwrap(),
+            "198.18.0.2".parse().unwrap(),
+        ));
+        a.fdb.insert((
+            "0a:00:00:00:00:02".parse().unwrap(),
+            "198.18.0.22".parse().unwrap(),
+        ));
+        a.routes.remove(&"10.244.3.0/24".parse().unwrap());
+        let ops = diff(&d, &a);
+        assert_eq!(
+            ops.del_routes,
+            vec![(
+                "10.244.7.0/24".parse().unwrap(),
+                Some("10.244.7.0".parse().unwrap())
+            )]
+        );
+        assert_eq!(
+            ops.del_neighs,
+            vec!["10.244.7.0".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            ops.add_routes,
+            vec![(
+                "10.244.3.0/24".parse().unwrap(),
+                "10.244.3.0".parse().unwrap()
+            )]
+        );
+        assert_eq!(
+            ops.add_fdb,
+            vec![(
+                "0a:00:00:00:00:02".parse().unwrap(),
+                "198.18.0.2".parse().unwrap()
+            )]
+        );
+        assert_eq!(ops.del_fdb.len(), 2);
+        assert!(ops.add_neighs.is_empty());
+    }
+}

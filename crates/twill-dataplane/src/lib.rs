@@ -1,0 +1,21 @@
+//! The node's kernel state: the VXLAN device, one neighbour + FDB entry + route per peer,
+//! and the MASQUERADE/FORWARD rules.
+//!
+//! `desired` computes what should exist from the lease table (pure, unit-tested); `netlink`
+//! reads what does exist and applies the difference; `rules` does the same for iptables.
+//! Reconciling the whole difference, rather than replaying events, is what makes a deleted
+//! route, a flushed chain or a recreated device heal on the next pass.
+
+pub mod desired;
+pub mod iface;
+pub mod mac;
+pub mod netlink;
+pub mod reconcile;
+pub mod rules;
+
+pub use desired::{desired_peers, diff, Actual, Ops, PeerEntry};
+pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
+pub use mac::Mac;
+pub use netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
+pub use reconcile::{Dataplane, DataplaneConfig, DataplaneError, ReconcileReport};
+pub use rules::{Firewall, FirewallError, Iptables, RuleSet, RulesReport};

@@ -1,0 +1,597 @@
+//! All netlink traffic goes through here: one rtnetlink connection, reads that turn kernel
+//! messages into our types, and batched writes. Requests of a batch are issued
+//! concurrently on the one socket (netlink matches replies by sequence number), so
+//! programming N peers costs about one round trip per phase, not 3·N.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::{stream, FutureExt, StreamExt, TryStreamExt};
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use tracing::{info, warn};
+
+use crate::desired::{Actual, Ops};
+use crate::iface::{IfAddr, InterfaceInfo};
+use crate::mac::Mac;
+
+/// Requests in flight at once within a batch; bounded so a 10 000-peer batch doesn't
+/// overrun the socket's receive buffer with replies.
+const PIPELINE_DEPTH: usize = 256;
+const RT_TABLE_MAIN: u8 = 254;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+
+#[derive(Debug, thiserror::Error)]
+#[error("netlink {op}: {source}")]
+pub struct NetlinkError {
+    pub op: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+/// The kernel errno behind a netlink error, positive (EEXIST = 17).
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn ctx<T>(op: impl Into<String>, r: Result<T, rtnetlink::Error>) -> Result<T, NetlinkError> {
+    r.map_err(|source| NetlinkError {
+        op: op.into(),
+        source,
+    })
+}
+
+/// What the VXLAN device must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub dev_index: u32,
+    pub port: u16,
+    pub gbp: bool,
+    pub mtu: u32,
+    /// MAC to use when the device has to be created (the one our lease already
+    /// advertises, so peers need no update); random when `None`.
+    pub mac: Option<Mac>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    pub index: u32,
+    pub mac: Mac,
+    /// Created (or replaced) by this call rather than adopted.
+    pub created: bool,
+}
+
+/// A link as we care about it.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub up: bool,
+    pub kind: Option<InfoKind>,
+    pub vxlan: Vec<InfoVxlan>,
+}
+
+fn parse_link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        up: m.header.flags.contains(LinkFlags::Up),
+        ..Default::default()
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Address(b) => l.mac = Mac::from_slice(b),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.clone()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = v.clone(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Does an existing device carry the attributes peers depend on? MTU is not among them:
+/// it is corrected in place (flannel never corrects it, #1775).
+fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
+    if l.kind != Some(InfoKind::Vxlan) {
+        return Err(format!("kind {:?}, not vxlan", l.kind));
+    }
+    let has = |want: &InfoVxlan| l.vxlan.contains(want);
+    let checks = [
+        (InfoVxlan::Id(spec.vni), "VNI"),
+        (InfoVxlan::Link(spec.dev_index), "underlay device"),
+        (InfoVxlan::Local(spec.local), "local address"),
+        (InfoVxlan::Port(spec.port), "UDP port"),
+        (InfoVxlan::Learning(false), "learning"),
+    ];
+    for (want, what) in checks {
+        if !has(&want) {
+            return Err(format!("{what} differs (want {want:?})"));
+        }
+    }
+    if l.vxlan.contains(&InfoVxlan::Gbp) != spec.gbp {
+        return Err("GBP differs".into());
+    }
+    Ok(())
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// Outcome of one applied batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub applied: usize,
+    pub failed: Vec<String>,
+}
+
+impl Netlink {
+    /// Opens the socket in the calling thread's network namespace; needs a tokio runtime.
+    pub fn connect() -> std::io::Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = ctx(
+            "dump links",
+            self.handle.link().get().execute().try_collect().await,
+        )?;
+        Ok(msgs.iter().map(parse_link).collect())
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(parse_link)),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError {
+                op: format!("get link {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Every interface with its IPv4 addresses, for underlay selection.
+    pub async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, NetlinkError> {
+        let links = self.links().await?;
+        let addrs: Vec<_> = ctx(
+            "dump addresses",
+            self.handle.address().get().execute().try_collect().await,
+        )?;
+        Ok(links
+            .into_iter()
+            .map(|l| {
+                let addrs = addrs
+                    .iter()
+                    .filter(|a| a.header.index == l.index)
+                    .filter_map(|a| {
+                        let ip = a.attributes.iter().find_map(|x| match x {
+                            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                            _ => None,
+                        })?;
+                        Some(IfAddr {
+                            ip,
+                            prefix: a.header.prefix_len,
+                            global: a.header.scope == AddressScope::Universe,
+                            permanent: a.header.flags.contains(AddressHeaderFlags::Permanent),
+                        })
+                    })
+                    .collect();
+                InterfaceInfo {
+                    index: l.index,
+                    name: l.name,
+                    mtu: l.mtu,
+                    addrs,
+                }
+            })
+            .collect())
+    }
+
+    async fn routes_v4(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        ctx(
+            "dump routes",
+            self.handle.route().get(req).execute().try_collect().await,
+        )
+    }
+
+    /// Interface index of the IPv4 default route in the main table.
+    pub async fn default_route_index(&self) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.routes_v4().await?.iter().find_map(|r| {
+            if r.header.destination_prefix_length != 0 || route_table(r) != RT_TABLE_MAIN as u32 {
+                return None;
+            }
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Creates the device, or adopts an existing one with the right attributes (fixing
+    /// its MTU and bringing it up), or replaces one with the wrong attributes.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<DeviceState, NetlinkError> {
+        let mut keep_mac = spec.mac;
+        if let Some(l) = self.link_by_name(&spec.name).await? {
+            match vxlan_matches(&l, spec) {
+                Ok(()) => {
+                    if l.mtu != spec.mtu {
+                        info!(device = %spec.name, from = l.mtu, to = spec.mtu, "correcting MTU");
+                        let m = LinkUnspec::new_with_index(l.index).mtu(spec.mtu).build();
+                        ctx("set mtu", self.handle.link().set(m).execute().await)?;
+                    }
+                    if !l.up {
+                        let m = LinkUnspec::new_with_index(l.index).up().build();
+                        ctx("set link up", self.handle.link().set(m).execute().await)?;
+                    }
+                    if let Some(mac) = l.mac {
+                        return Ok(DeviceState {
+                            index: l.index,
+                            mac,
+                            created: false,
+                        });
+                    }
+                }
+                Err(why) => warn!(device = %spec.name, "replacing existing device: {why}"),
+            }
+            keep_mac = keep_mac.or(l.mac);
+            ctx(
+                "delete link",
+                self.handle.link().del(l.index).execute().await,
+            )?;
+        }
+        let mac = keep_mac.unwrap_or_else(Mac::random);
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.dev_index)
+            .local(spec.local)
+            .port(spec.port)
+            .learning(false)
+            .mtu(spec.mtu)
+            .address(mac.0.to_vec())
+            .up();
+        if spec.gbp {
+            b = b.gbp();
+        }
+        match self.handle.link().add(b.build()).execute().await {
+            Ok(()) => {}
+            // Someone (a racing flanneld) created it between our lookup and add: adopt
+            // it on the next pass rather than fail.
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => {
+                return Err(NetlinkError {
+                    op: format!("create vxlan device {}", spec.name),
+                    source: e,
+                })
+            }
+        }
+        let l = self
+            .link_by_name(&spec.name)
+            .await?
+            .ok_or_else(|| NetlinkError {
+                op: format!("find {} after creating it", spec.name),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
+        info!(device = %spec.name, index = l.index, mac = %mac, "created VXLAN device");
+        Ok(DeviceState {
+            index: l.index,
+            mac: l.mac.unwrap_or(mac),
+            created: true,
+        })
+    }
+
+    /// Gives the device exactly `addr`/32 among the addresses inside `network`.
+    pub async fn ensure_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        network: Ipv4Network,
+    ) -> Result<(), NetlinkError> {
+        let msgs: Vec<_> = ctx(
+            "dump addresses",
+            self.handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await,
+        )?;
+        let mut have = false;
+        for m in msgs {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            if ip == addr && m.header.prefix_len == 32 {
+                have = true;
+            } else if network.contains(ip) {
+                ctx(
+                    "delete stale address",
+                    self.handle.address().del(m).execute().await,
+                )?;
+            }
+        }
+        if !have {
+            ctx(
+                "add address",
+                self.handle
+                    .address()
+                    .add(index, IpAddr::V4(addr), 32)
+                    .execute()
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
+    pub async fn read_actual(&self, index: u32) -> Result<Actual, NetlinkError> {
+        let mut actual = Actual::default();
+        let neighs: Vec<NeighbourMessage> = ctx(
+            "dump neighbours",
+            self.handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+                .await,
+        )?;
+        for n in neighs.iter().filter(|n| n.header.ifindex == index) {
+            let (dst, lladdr) = neigh_fields(n);
+            if let Some(IpAddr::V4(ip)) = dst {
+                actual.neighs.insert(ip, lladdr);
+            }
+        }
+        let fdb: Vec<NeighbourMessage> = ctx(
+            "dump fdb",
+            self.handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect()
+                .await,
+        )?;
+        for n in fdb.iter().filter(|n| n.header.ifindex == index) {
+            if let (Some(IpAddr::V4(dst)), Some(mac)) = neigh_fields(n) {
+                actual.fdb.insert((mac, dst));
+            }
+        }
+        for r in self.routes_v4().await? {
+            if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut oif = None;
+            let mut dst = None;
+            let mut gw = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            if oif != Some(index) {
+                continue;
+            }
+            let dst = dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) {
+                actual.routes.insert(net, gw);
+            }
+        }
+        Ok(actual)
+    }
+
+    /// Applies `ops` on device `index` phase by phase (see [`Ops`] for the order), each
+    /// phase pipelined. Failures are collected, not fatal: the next reconcile retries them.
+    pub async fn apply(&self, index: u32, ops: &Ops) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let h = &self.handle;
+        let del_routes = ops.del_routes.iter().map(|(net, gw)| {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix())
+                .output_interface(index);
+            if let Some(gw) = gw {
+                b = b.gateway(*gw);
+            }
+            let msg = b.build();
+            async move {
+                (
+                    format!("del route {net}"),
+                    h.route().del(msg).execute().await,
+                )
+            }
+            .boxed()
+        });
+        run(del_routes, &mut report, true).await;
+
+        let adds = ops
+            .add_neighs
+            .iter()
+            .map(|(ip, mac)| {
+                async move {
+                    let r = h
+                        .neighbours()
+                        .add(index, IpAddr::V4(*ip))
+                        .link_layer_address(&mac.0)
+                        .state(NeighbourState::Permanent)
+                        .replace()
+                        .execute()
+                        .await;
+                    (format!("neigh {ip} lladdr {mac}"), r)
+                }
+                .boxed()
+            })
+            .chain(ops.add_fdb.iter().map(|(mac, dst)| {
+                async move {
+                    let r = h
+                        .neighbours()
+                        .add_bridge(index, &mac.0)
+                        .destination(IpAddr::V4(*dst))
+                        .flags(NeighbourFlags::Own)
+                        .state(NeighbourState::Permanent)
+                        .replace()
+                        .execute()
+                        .await;
+                    (format!("fdb {mac} dst {dst}"), r)
+                }
+                .boxed()
+            }));
+        run(adds, &mut report, false).await;
+
+        let add_routes = ops.add_routes.iter().map(|(net, gw)| {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix())
+                .gateway(*gw)
+                .output_interface(index)
+                .onlink()
+                .build();
+            async move {
+                let r = h.route().add(msg).replace().execute().await;
+                (format!("route {net} via {gw}"), r)
+            }
+            .boxed()
+        });
+        run(add_routes, &mut report, false).await;
+
+        let dels = ops
+            .del_neighs
+            .iter()
+            .map(|ip| {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.ifindex = index;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                async move {
+                    (
+                        format!("del neigh {ip}"),
+                        h.neighbours().del(m).execute().await,
+                    )
+                }
+                .boxed()
+            })
+            .chain(ops.del_fdb.iter().map(|(mac, dst)| {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = index;
+                m.header.flags = NeighbourFlags::Own;
+                m.header.state = NeighbourState::Permanent;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        *dst,
+                    )));
+                async move {
+                    (
+                        format!("del fdb {mac} dst {dst}"),
+                        h.neighbours().del(m).execute().await,
+                    )
+                }
+                .boxed()
+            }));
+        run(dels, &mut report, true).await;
+        report
+    }
+
+    /// Deletes a link by name if present (cleanup, tests).
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        match self.link_by_name(name).await? {
+            Some(l) => {
+                ctx(
+                    "delete link",
+                    self.handle.link().del(l.index).execute().await,
+                )?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+type Pending<'a> = futures::future::BoxFuture<'a, (String, Result<(), rtnetlink::Error>)>;
+
+async fn run<'a>(
+    futs: impl Iterator<Item = Pending<'a>>,
+    report: &mut ApplyReport,
+    deleting: bool,
+) {
+    let results: Vec<_> = stream::iter(futs)
+        .buffer_unordered(PIPELINE_DEPTH)
+        .collect()
+        .await;
+    for (what, r) in results {
+        match r {
+            Ok(()) => report.applied += 1,
+            // Already gone is what a delete wanted.
+            Err(e) if deleting && matches!(errno(&e), Some(ENOENT | ESRCH)) => report.applied += 1,
+            Err(e) => report.failed.push(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn neigh_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
+    let mut dst = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                dst = Some(IpAddr::V4(*ip))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                dst = Some(IpAddr::V6(*ip))
+            }
+            NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_slice(b),
+            _ => {}
+        }
+    }
+    (dst, mac)
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(r.header.table as u32)
+}

@@ -1,0 +1,171 @@
+//! One reconcile pass over everything the node owns in the kernel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use tracing::{debug, info, warn};
+
+use crate::desired::{diff, PeerEntry};
+use crate::mac::Mac;
+use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
+use crate::rules::{Firewall, FirewallError, RuleSet};
+
+/// What the node's data plane is made of, apart from the peers.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub vxlan: VxlanSpec,
+    pub network: Ipv4Network,
+    pub ip_masq: bool,
+    pub fully_random: bool,
+    pub forward_rules: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ReconcileReport {
+    pub device_created: bool,
+    /// Kernel entries added or removed to match the peers.
+    pub entries_changed: usize,
+    pub entries_failed: Vec<String>,
+    pub rule_repairs: usize,
+    pub rule_changes: Vec<String>,
+    pub rules_error: Option<String>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+}
+
+pub struct Dataplane {
+    nl: Netlink,
+    cfg: DataplaneConfig,
+    fw: Arc<dyn Firewall>,
+    device: Option<DeviceState>,
+    lease: Option<Ipv4Network>,
+}
+
+impl Dataplane {
+    pub fn new(nl: Netlink, cfg: DataplaneConfig, fw: Arc<dyn Firewall>) -> Self {
+        Dataplane {
+            nl,
+            cfg,
+            fw,
+            device: None,
+            lease: None,
+        }
+    }
+
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+
+    pub fn mac(&self) -> Option<Mac> {
+        self.device.as_ref().map(|d| d.mac)
+    }
+
+    /// Creates or adopts the device. Once we have a MAC it is kept for every recreation,
+    /// because peers hold it in their FDB (flannel's recreate changes it, #869).
+    pub async fn ensure_device(&mut self) -> Result<DeviceState, NetlinkError> {
+        let mut spec = self.cfg.vxlan.clone();
+        if let Some(d) = &self.device {
+            spec.mac = Some(d.mac);
+        }
+        let st = self.nl.ensure_vxlan(&spec).await?;
+        if st.created && self.device.is_some() {
+            warn!(device = %spec.name, "VXLAN device was missing; recreated it");
+        }
+        self.device = Some(st.clone());
+        Ok(st)
+    }
+
+    /// Records our lease and gives the device its address (the lease's network address).
+    pub async fn set_lease(&mut self, subnet: Ipv4Network) -> Result<(), NetlinkError> {
+        self.lease = Some(subnet);
+        let st = match &self.device {
+            Some(d) => d.clone(),
+            None => self.ensure_device().await?,
+        };
+        self.nl
+            .ensure_address(st.index, subnet.network(), self.cfg.network)
+            .await
+    }
+
+    pub fn rules(&self) -> Option<RuleSet> {
+        let lease = self.lease?;
+        Some(RuleSet::new(
+            self.cfg.network,
+            lease,
+            self.cfg.ip_masq,
+            self.cfg.fully_random,
+            self.cfg.forward_rules,
+        ))
+    }
+
+    /// Rules only (blocking tools run off the async threads).
+    pub async fn ensure_rules(&self) -> Result<crate::rules::RulesReport, FirewallError> {
+        let Some(rules) = self.rules() else {
+            return Ok(Default::default());
+        };
+        let fw = self.fw.clone();
+        tokio::task::spawn_blocking(move || fw.ensure(&rules))
+            .await
+            .map_err(|e| FirewallError(format!("rules task: {e}")))?
+    }
+
+    /// Device, address, peers, rules: everything made to match, whatever happened to it.
+    pub async fn reconcile(
+        &mut self,
+        desired: &BTreeMap<Ipv4Network, PeerEntry>,
+    ) -> Result<ReconcileReport, DataplaneError> {
+        let start = Instant::now();
+        let mut report = ReconcileReport::default();
+        let st = self.ensure_device().await?;
+        report.device_created = st.created;
+        if let Some(lease) = self.lease {
+            self.nl
+                .ensure_address(st.index, lease.network(), self.cfg.network)
+                .await?;
+        }
+        debug!("reading kernel state");
+        let actual = self.nl.read_actual(st.index).await?;
+        let ops = diff(desired, &actual);
+        debug!(ops = ops.len(), "applying");
+        if !ops.is_empty() {
+            let r = self.nl.apply(st.index, &ops).await;
+            report.entries_changed = r.applied;
+            report.entries_failed = r.failed;
+        }
+        debug!("checking rules");
+        match self.ensure_rules().await {
+            Ok(r) => {
+                report.rule_repairs = r.repairs;
+                report.rule_changes = r.changes;
+            }
+            Err(e) => report.rules_error = Some(e.to_string()),
+        }
+        report.duration = start.elapsed();
+        if report.entries_changed > 0 || report.rule_repairs > 0 || report.device_created {
+            info!(
+                peers = desired.len(),
+                entries_changed = report.entries_changed,
+                rule_repairs = report.rule_repairs,
+                device_created = report.device_created,
+                took_ms = report.duration.as_millis() as u64,
+                "reconciled"
+            );
+        }
+        for f in &report.entries_failed {
+            warn!("kernel update failed, will retry: {f}");
+        }
+        if let Some(e) = &report.rules_error {
+            warn!("rules not in place, will retry: {e}");
+        }
+        Ok(report)
+    }
+}

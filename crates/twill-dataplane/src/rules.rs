@@ -1,0 +1,323 @@
+//! MASQUERADE and FORWARD rules: flannel's exact set, in flannel's chains, so a node can
+//! switch between flanneld and twilld without rule churn.
+//!
+//! `RuleSet` is the desired state (pure). A `Firewall` driver makes the kernel match it;
+//! each chain's content is compared with `iptables -S` output and, when it differs,
+//! rewritten in one `iptables-restore --noflush` transaction, so traffic never sees a
+//! half-written chain.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnetwork::Ipv4Network;
+
+pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
+pub const FWD_CHAIN: &str = "FLANNEL-FWD";
+const MASQ_COMMENT: &str = r#"-m comment --comment "flanneld masq""#;
+const FWD_COMMENT: &str = r#"-m comment --comment "flanneld forward""#;
+
+/// One of our chains, the built-in chain that jumps to it, and its rules, all spelled
+/// exactly as `iptables -S` prints them (that is what makes comparison exact).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub parent: &'static str,
+    pub jump: String,
+    /// Insert the jump first in `parent` and keep it ahead of any DROP/REJECT there
+    /// (flannel appends, and a distro's FORWARD DROP then shadows it: flannel #2116).
+    pub jump_first: bool,
+    /// `None`: the chain and its jump must not exist.
+    pub rules: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    pub chains: Vec<ChainSpec>,
+}
+
+impl RuleSet {
+    /// `network` is the whole pod network, `pod_subnet` this node's lease.
+    pub fn new(
+        network: Ipv4Network,
+        pod_subnet: Ipv4Network,
+        ip_masq: bool,
+        fully_random: bool,
+        forward: bool,
+    ) -> Self {
+        let masq_target = if fully_random {
+            "-j MASQUERADE --random-fully"
+        } else {
+            "-j MASQUERADE"
+        };
+        let (n, p) = (network, pod_subnet);
+        let masq = vec![
+            // kube-proxy marks traffic it will masquerade itself.
+            format!("-m mark --mark 0x4000/0x4000 {MASQ_COMMENT} -j RETURN"),
+            format!("-s {p} -d {n} {MASQ_COMMENT} -j RETURN"),
+            format!("-s {n} -d {p} {MASQ_COMMENT} -j RETURN"),
+            format!("! -s {n} -d {p} {MASQ_COMMENT} -j RETURN"),
+            format!("-s {n} ! -d 224.0.0.0/4 {MASQ_COMMENT} {masq_target}"),
+            format!("! -s {n} -d {n} {MASQ_COMMENT} {masq_target}"),
+        ];
+        let fwd = vec![
+            format!("-s {n} {FWD_COMMENT} -j ACCEPT"),
+            format!("-d {n} {FWD_COMMENT} -j ACCEPT"),
+        ];
+        RuleSet {
+            chains: vec![
+                ChainSpec {
+                    table: "nat",
+                    chain: MASQ_CHAIN,
+                    parent: "POSTROUTING",
+                    jump: format!("{MASQ_COMMENT} -j {MASQ_CHAIN}"),
+                    jump_first: false,
+                    rules: ip_masq.then_some(masq),
+                },
+                ChainSpec {
+                    table: "filter",
+                    chain: FWD_CHAIN,
+                    parent: "FORWARD",
+                    jump: format!("{FWD_COMMENT} -j {FWD_CHAIN}"),
+                    jump_first: true,
+                    rules: forward.then_some(fwd),
+                },
+            ],
+        }
+    }
+
+    /// The same chains, all absent: what cleanup wants.
+    pub fn none() -> Self {
+        let mut r = RuleSet::new(
+            "10.0.0.0/8".parse().expect("literal"),
+            "10.0.0.0/24".parse().expect("literal"),
+            false,
+            false,
+            false,
+        );
+        for c in &mut r.chains {
+            c.rules = None;
+        }
+        r
+    }
+}
+
+/// What a pass changed; `repairs` counts chains rewritten and jumps (re)placed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RulesReport {
+    pub repairs: usize,
+    pub changes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("iptables: {0}")]
+pub struct FirewallError(pub String);
+
+/// A replaceable rule backend (iptables now; nftables is the next driver).
+pub trait Firewall: Send + Sync {
+    /// Makes the kernel match `rules`. Idempotent; blocking (runs the iptables tools).
+    fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError>;
+}
+
+/// The iptables driver: reads with the `iptables` crate, writes chain contents with
+/// `iptables-restore` for atomicity (the crate has no transaction API).
+pub struct Iptables {
+    ipt: iptables::IPTables,
+}
+
+impl Iptables {
+    pub fn new() -> Result<Self, FirewallError> {
+        let ipt = iptables::new(false).map_err(|e| FirewallError(e.to_string()))?;
+        Ok(Iptables { ipt })
+    }
+
+    fn err(what: &str, e: Box<dyn std::error::Error>) -> FirewallError {
+        FirewallError(format!("{what}: {e}"))
+    }
+
+    /// Current rules of a chain without the `-A CHAIN ` prefix; `None` if it doesn't exist.
+    fn chain_rules(&self, table: &str, chain: &str) -> Result<Option<Vec<String>>, FirewallError> {
+        // Not `chain_exists`: it runs `iptables -L`, which resolves every address through
+        // DNS and hangs on a node whose resolver is unreachable (or sits behind this very
+        // overlay). `-S` never resolves; and iptables rejects `-S` with `-n`.
+        let exists = self
+            .ipt
+            .list_chains(table)
+            .map_err(|e| Self::err("list chains", e))?
+            .iter()
+            .any(|c| c == chain);
+        if !exists {
+            return Ok(None);
+        }
+        let prefix = format!("-A {chain} ");
+        let lines = self
+            .ipt
+            .list(table, chain)
+            .map_err(|e| Self::err("list chain", e))?;
+        Ok(Some(
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+                .collect(),
+        ))
+    }
+
+    fn restore(&self, table: &str, chain: &str, rules: &[String]) -> Result<(), FirewallError> {
+        let mut payload = format!("*{table}\n:{chain} - [0:0]\n");
+        for r in rules {
+            payload.push_str(&format!("-A {chain} {r}\n"));
+        }
+        payload.push_str("COMMIT\n");
+        let mut child = Command::new("iptables-restore")
+            .args(["--noflush", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| FirewallError(format!("run iptables-restore: {e}")))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(payload.as_bytes())
+            .map_err(|e| FirewallError(format!("write to iptables-restore: {e}")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| FirewallError(format!("iptables-restore: {e}")))?;
+        if !out.status.success() {
+            return Err(FirewallError(format!(
+                "iptables-restore for {table}/{chain} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn ensure_chain(&self, c: &ChainSpec, report: &mut RulesReport) -> Result<(), FirewallError> {
+        let current = self.chain_rules(c.table, c.chain)?;
+        let parent = self.chain_rules(c.table, c.parent)?.unwrap_or_default();
+        let jumps: Vec<usize> = parent
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r == c.jump)
+            .map(|(i, _)| i)
+            .collect();
+        match &c.rules {
+            Some(want) => {
+                if current.as_ref() != Some(want) {
+                    self.restore(c.table, c.chain, want)?;
+                    report.repairs += 1;
+                    report
+                        .changes
+                        .push(format!("rewrote {}/{}", c.table, c.chain));
+                }
+                let shadowed = jumps.first().is_some_and(|&first| {
+                    parent[..first]
+                        .iter()
+                        .any(|r| r.contains("-j DROP") || r.contains("-j REJECT"))
+                });
+                let misplaced = c.jump_first && shadowed;
+                if jumps.len() != 1 || misplaced {
+                    for _ in &jumps {
+                        self.ipt
+                            .delete(c.table, c.parent, &c.jump)
+                            .map_err(|e| Self::err("delete jump", e))?;
+                    }
+                    if c.jump_first {
+                        self.ipt.insert(c.table, c.parent, &c.jump, 1)
+                    } else {
+                        self.ipt.append(c.table, c.parent, &c.jump)
+                    }
+                    .map_err(|e| Self::err("add jump", e))?;
+                    report.repairs += 1;
+                    report.changes.push(format!(
+                        "placed jump {}/{} -> {}",
+                        c.table, c.parent, c.chain
+                    ));
+                }
+            }
+            None => {
+                for _ in &jumps {
+                    self.ipt
+                        .delete(c.table, c.parent, &c.jump)
+                        .map_err(|e| Self::err("delete jump", e))?;
+                }
+                if current.is_some() {
+                    self.ipt
+                        .flush_chain(c.table, c.chain)
+                        .and_then(|_| self.ipt.delete_chain(c.table, c.chain))
+                        .map_err(|e| Self::err("delete chain", e))?;
+                }
+                if !jumps.is_empty() || current.is_some() {
+                    report.repairs += 1;
+                    report
+                        .changes
+                        .push(format!("removed {}/{}", c.table, c.chain));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Firewall for Iptables {
+    fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
+        let mut report = RulesReport::default();
+        // Every chain is attempted even if one fails, so one broken table doesn't leave
+        // the other unrepaired; the first error is returned after.
+        let mut first_err = None;
+        for c in &rules.chains {
+            if let Err(e) = self.ensure_chain(c, &mut report) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_rule_set() {
+        let r = RuleSet::new(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+            true,
+            true,
+            true,
+        );
+        let masq = r.chains[0].rules.as_ref().unwrap();
+        assert_eq!(masq.len(), 6);
+        assert_eq!(
+            masq[4],
+            r#"-s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#
+        );
+        assert_eq!(
+            masq[3],
+            r#"! -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment "flanneld masq" -j RETURN"#
+        );
+        assert_eq!(
+            r.chains[1].rules.as_ref().unwrap()[0],
+            r#"-s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#
+        );
+        assert!(r.chains[1].jump_first && !r.chains[0].jump_first);
+    }
+
+    #[test]
+    fn masq_off_means_chain_absent() {
+        let r = RuleSet::new(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+            false,
+            true,
+            true,
+        );
+        assert!(r.chains[0].rules.is_none());
+        assert!(RuleSet::none().chains.iter().all(|c| c.rules.is_none()));
+    }
+}

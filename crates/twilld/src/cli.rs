@@ -1,0 +1,217 @@
+//! Command line: flanneld's flag names and defaults, each also read from
+//! `FLANNELD_<NAME>` (the flag wins), so existing unit files and DaemonSets carry over.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "twilld",
+    version,
+    about = "twill node daemon: a flannel-compatible VXLAN overlay",
+    long_about = None
+)]
+pub struct Cli {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix holding config and subnets.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub etcd_prefix: String,
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
+    /// Underlay interface, by name or IP; repeat to give fallbacks (first match wins).
+    #[arg(long, env = "FLANNELD_IFACE", action = ArgAction::Append)]
+    pub iface: Vec<String>,
+    /// Regex matched against addresses, then interface names; repeatable.
+    #[arg(long, env = "FLANNELD_IFACE_REGEX", action = ArgAction::Append)]
+    pub iface_regex: Vec<String>,
+    /// Address other nodes reach us at (default: the underlay interface's address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// Masquerade traffic from pods to outside the pod network.
+    #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub ip_masq: bool,
+    /// Don't use --random-fully on MASQUERADE rules.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub ip_masq_fully_random_disable: bool,
+    /// Accept forwarded traffic to and from the pod network (FLANNEL-FWD).
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", value_parser = BoolishValueParser::new())]
+    pub iptables_forward_rules: bool,
+    /// Seconds between full reconciles of rules and kernel state.
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub iptables_resync: u64,
+
+    /// Where to write subnet.env.
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// Renew the lease this many minutes before it expires.
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=1439))]
+    pub subnet_lease_renew_margin: u64,
+    /// Lease lifetime: a duration like 24h, 90m, 30s (a bare number is seconds).
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub subnet_lease_ttl: Duration,
+    /// Read net-conf.json from this file instead of etcd's <prefix>/config.
+    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH")]
+    pub net_config_path: Option<PathBuf>,
+
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "127.0.0.1")]
+    pub healthz_ip: IpAddr,
+    /// 0 disables the health endpoints.
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+
+    /// Use the Kubernetes API instead of etcd.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub kube_subnet_mgr: bool,
+
+    /// Log as human-readable text (default) or JSON lines.
+    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
+    };
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?}: must be at least 1s"));
+    }
+    Ok(d)
+}
+
+/// flanneld is a Go program, so `-etcd-endpoints=...` (one dash) works there; accept it
+/// here too so unit files and scripts carry over unchanged.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let long_with_one_dash = i > 0
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && a.as_bytes()[1].is_ascii_alphabetic()
+                && a.split('=').next().is_some_and(|n| n.len() > 2);
+            if long_with_one_dash {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let v = normalize_args(
+            std::iter::once("twilld")
+                .chain(args.iter().copied())
+                .map(String::from),
+        );
+        Cli::try_parse_from(v)
+    }
+
+    #[test]
+    fn defaults_match_flanneld() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.etcd_endpoints,
+            ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(c.etcd_prefix, "/coreos.com/network");
+        assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(c.subnet_lease_renew_margin, 60);
+        assert_eq!(c.subnet_lease_ttl, Duration::from_secs(86400));
+        assert_eq!(c.iptables_resync, 5);
+        assert!(c.iptables_forward_rules && !c.ip_masq && !c.kube_subnet_mgr);
+        assert_eq!(c.healthz_ip.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn go_style_flags() {
+        let c = parse(&[
+            "-etcd-endpoints=http://198.18.0.1:2379",
+            "--ip-masq",
+            "--iptables-forward-rules=false",
+            "-iface=eth0",
+            "--iface",
+            "198.18.0.2",
+        ])
+        .unwrap();
+        assert_eq!(c.etcd_endpoints, ["http://198.18.0.1:2379"]);
+        assert!(c.ip_masq && !c.iptables_forward_rules);
+        assert_eq!(c.iface, ["eth0", "198.18.0.2"]);
+        assert!(parse(&["--ip-masq=maybe"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_flag_name() {
+        for (args, flag) in [
+            (
+                &["--subnet-lease-renew-margin=0"][..],
+                "--subnet-lease-renew-margin",
+            ),
+            (
+                &["--subnet-lease-renew-margin=1440"][..],
+                "--subnet-lease-renew-margin",
+            ),
+            (&["--public-ip=nope"][..], "--public-ip"),
+            (&["--subnet-lease-ttl=soon"][..], "--subnet-lease-ttl"),
+            (&["--iptables-resync=0"][..], "--iptables-resync"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        assert_eq!(
+            parse(&["--subnet-lease-ttl=90"]).unwrap().subnet_lease_ttl,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse(&["--subnet-lease-ttl=2m"]).unwrap().subnet_lease_ttl,
+            Duration::from_secs(120)
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! The node daemon: start-up in flannel's order (device → lease → rules → peers →
+//! subnet.env), then one loop that reconciles on every store event, on a timer, and after
+//! any lease change. Nothing is torn down on exit, so pods keep working across restarts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
+use twill_dataplane::{
+    choose_interface, desired_peers, Dataplane, DataplaneConfig, ExtIface, Iptables, Mac, Netlink,
+    VxlanSpec,
+};
+use twill_store::{
+    AcquireRequest, EtcdOptions, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerTable,
+    RenewOutcome, StoreError, WatchEvent,
+};
+
+use crate::cli::Cli;
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+pub async fn run(cli: Cli) -> Result<()> {
+    if cli.kube_subnet_mgr {
+        bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not in this build yet; use etcd (--etcd-endpoints)");
+    }
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+
+    // A bad file fails before anything touches etcd or the kernel.
+    let file_conf = match &cli.net_config_path {
+        Some(p) => Some(load_file_config(p)?),
+        None => None,
+    };
+    let store = connect_store(&cli, &cancel).await?;
+    let conf = match file_conf {
+        Some(c) => c,
+        None => wait_for_etcd_config(&store, &cancel).await?,
+    };
+    let Some(IpNetwork::V4(network)) = conf.ipv4.as_ref().map(|r| r.network) else {
+        bail!("net-conf.json: EnableIPv4=false: IPv6-only overlays are not supported yet");
+    };
+
+    let nl = Netlink::connect().context("opening a netlink socket")?;
+    let ext = select_underlay(&nl, &cli).await?;
+    let public_ip = cli.public_ip.unwrap_or(ext.addr);
+    let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
+    let mtu = underlay_mtu
+        .checked_sub(VXLAN_OVERHEAD_V4)
+        .filter(|m| *m >= 68)
+        .ok_or_else(|| {
+            anyhow!(
+                "underlay MTU {underlay_mtu} of {} leaves no room for VXLAN",
+                ext.name
+            )
+        })?;
+    info!(iface = %ext.name, local = %ext.addr, %public_ip, mtu, "underlay selected");
+
+    let previous = read_previous(&cli.subnet_file);
+    let vni = conf.backend.vni;
+    let spec = VxlanSpec {
+        name: format!("flannel.{vni}"),
+        vni,
+        local: ext.addr,
+        dev_index: ext.index,
+        port: conf.backend.port,
+        gbp: conf.backend.gbp,
+        mtu,
+        // After a reboot the device is gone but our lease still advertises a MAC: reuse
+        // it, so peers need no FDB update.
+        mac: advertised_mac(&store, public_ip).await,
+    };
+    let fw = Arc::new(Iptables::new().context("iptables")?);
+    let dp_cfg = DataplaneConfig {
+        vxlan: spec,
+        network,
+        ip_masq: cli.ip_masq,
+        fully_random: !cli.ip_masq_fully_random_disable,
+        forward_rules: cli.iptables_forward_rules,
+    };
+    let mut dp = Dataplane::new(nl, dp_cfg, fw);
+    let dev = dp
+        .ensure_device()
+        .await
+        .context("creating the VXLAN device")?;
+
+    let req = AcquireRequest {
+        conf: conf.clone(),
+        attrs: LeaseAttrs::vxlan(public_ip, vni, &dev.mac.to_string()),
+        previous,
+        ttl: cli.subnet_lease_ttl,
+    };
+    let held = acquire(&store, &req, &cancel).await?;
+    let subnet = v4_subnet(&held)?;
+    dp.set_lease(subnet)
+        .await
+        .context("addressing the VXLAN device")?;
+    if let Err(e) = dp.ensure_rules().await {
+        warn!("rules not in place yet, will retry every resync: {e}");
+    }
+    let mut table = PeerTable::new();
+    table.set_own(held.key, held.attrs.clone());
+    let mut node = Node {
+        store,
+        dp,
+        table,
+        held,
+        req,
+        network,
+        mtu,
+        cli,
+        ready: false,
+    };
+    node.run_loop(cancel).await
+}
+
+struct Node {
+    store: EtcdStore,
+    dp: Dataplane,
+    table: PeerTable,
+    held: HeldLease,
+    req: AcquireRequest,
+    network: Ipv4Network,
+    mtu: u32,
+    cli: Cli,
+    ready: bool,
+}
+
+impl Node {
+    async fn run_loop(&mut self, cancel: CancellationToken) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let watch_cancel = cancel.child_token();
+        let store = self.store.clone();
+        let wc = watch_cancel.clone();
+        tokio::spawn(async move { store.watch(tx, wc).await });
+
+        let mut resync = tokio::time::interval(Duration::from_secs(self.cli.iptables_resync));
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_at = self.next_renewal();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    info!("stopping; the data plane and the lease stay in place");
+                    watch_cancel.cancel();
+                    return Ok(());
+                }
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { bail!("the lease watch stopped") };
+                    // Drain what's already queued so a burst costs one reconcile.
+                    let mut events = batch;
+                    while let Ok(more) = rx.try_recv() {
+                        events.extend(more);
+                    }
+                    let snapshot = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
+                    let mut lost = false;
+                    let mut changed = 0usize;
+                    for ev in events {
+                        let a = self.table.apply(ev);
+                        lost |= a.own_lost;
+                        changed += a.events.len();
+                    }
+                    if changed > 0 {
+                        info!(changed, peers = self.table.len(), "peer table updated");
+                    }
+                    if lost {
+                        self.reacquire(&cancel).await?;
+                        renew_at = self.next_renewal();
+                    }
+                    self.reconcile().await;
+                    if snapshot && !self.ready {
+                        self.write_subnet_env()?;
+                        self.ready = true;
+                        info!(subnet = %self.held.key, peers = self.table.len(), "ready");
+                    }
+                }
+                _ = resync.tick() => {
+                    if self.ready {
+                        self.reconcile().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(renew_at) => {
+                    renew_at = match self.store.renew(&self.held).await {
+                        Ok(RenewOutcome::Renewed { ttl }) => {
+                            info!(subnet = %self.held.key, ttl_s = ttl.as_secs(), "lease renewed");
+                            self.next_renewal()
+                        }
+                        Ok(RenewOutcome::Lost) => {
+                            self.reacquire(&cancel).await?;
+                            self.reconcile().await;
+                            self.next_renewal()
+                        }
+                        Err(e) => {
+                            warn!("renewing the lease failed, retrying: {e}");
+                            Instant::now() + (self.held.ttl / 8).min(Duration::from_secs(60))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn next_renewal(&self) -> Instant {
+        if self.held.etcd_lease == 0 {
+            // A reservation never expires; check on it hourly.
+            return Instant::now() + Duration::from_secs(3600);
+        }
+        let ttl = self.held.ttl;
+        let margin = Duration::from_secs(self.cli.subnet_lease_renew_margin * 60);
+        let after = if margin < ttl { ttl - margin } else { ttl / 2 };
+        Instant::now() + after
+    }
+
+    async fn reacquire(&mut self, cancel: &CancellationToken) -> Result<()> {
+        warn!(subnet = %self.held.key, "our lease is gone; acquiring again, preferring the same subnet");
+        self.req.previous = self.held.key;
+        let held = acquire(&self.store, &self.req, cancel).await?;
+        let moved = held.key != self.held.key;
+        for ev in self.table.set_own(held.key, held.attrs.clone()) {
+            info!(?ev, "our new subnet was known as a peer");
+        }
+        self.held = held;
+        if moved {
+            warn!(subnet = %self.held.key, "moved to a new subnet");
+            self.dp.set_lease(v4_subnet(&self.held)?).await?;
+            if self.ready {
+                self.write_subnet_env()?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self) {
+        let desired = desired_peers(self.table.own(), self.table.iter());
+        if let Err(e) = self.dp.reconcile(&desired).await {
+            warn!("reconcile failed, will retry: {e}");
+        }
+    }
+
+    fn write_subnet_env(&self) -> Result<()> {
+        let env = SubnetEnv::for_lease(
+            Some(IpNetwork::V4(self.network)),
+            self.held.key.v4,
+            None,
+            None,
+            self.mtu,
+            self.cli.ip_masq,
+        );
+        write_atomic(&self.cli.subnet_file, env.render().as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", self.cli.subnet_file.display()))?;
+        info!(path = %self.cli.subnet_file.display(), "wrote subnet.env");
+        Ok(())
+    }
+}
+
+fn v4_subnet(held: &HeldLease) -> Result<Ipv4Network> {
+    match held.key.v4 {
+        Some(IpNetwork::V4(n)) => Ok(n),
+        _ => Err(anyhow!("lease {} has no IPv4 subnet", held.key)),
+    }
+}
+
+fn spawn_signal_handler(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            warn!("could not install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+        cancel.cancel();
+    });
+}
+
+fn load_file_config(path: &Path) -> Result<NetConf> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--net-config-path {}", path.display()))?;
+    parse_conf(&text, &path.display().to_string())
+}
+
+fn parse_conf(text: &str, source: &str) -> Result<NetConf> {
+    let (conf, warnings) = NetConf::parse(text).with_context(|| format!("config from {source}"))?;
+    for w in warnings {
+        warn!("net-conf.json ({source}): {w}");
+    }
+    Ok(conf)
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> Result<()> {
+    tokio::select! {
+        _ = cancel.cancelled() => bail!("interrupted during start-up"),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+async fn connect_store(cli: &Cli, cancel: &CancellationToken) -> Result<EtcdStore> {
+    let opts = EtcdOptions {
+        endpoints: cli.etcd_endpoints.clone(),
+        prefix: cli.etcd_prefix.clone(),
+        ca_file: cli.etcd_cafile.clone(),
+        cert_file: cli.etcd_certfile.clone(),
+        key_file: cli.etcd_keyfile.clone(),
+        username: cli.etcd_username.clone(),
+        password: cli.etcd_password.clone(),
+    };
+    let mut delay = RETRY_MIN;
+    loop {
+        match EtcdStore::connect(&opts).await {
+            Ok(s) => return Ok(s),
+            // Wrong files or flags won't fix themselves.
+            Err(e @ (StoreError::File { .. } | StoreError::Invalid(_))) => return Err(e.into()),
+            Err(e) => warn!(endpoints = ?opts.endpoints, "connecting to etcd: {e}; retrying"),
+        }
+        sleep_or_cancel(delay, cancel).await?;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+async fn wait_for_etcd_config(store: &EtcdStore, cancel: &CancellationToken) -> Result<NetConf> {
+    let key = store.config_key();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let problem = match store.get_config().await {
+            Ok(Some(text)) => return parse_conf(&text, &format!("etcd key {key}")),
+            Ok(None) => format!(
+                "network config not found: etcd key {key} is missing. Create it with: etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'"
+            ),
+            Err(e) => format!("reading {key} from etcd: {e}"),
+        };
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            warn!("{problem}; waiting");
+            last_log = Some(Instant::now());
+        }
+        sleep_or_cancel(Duration::from_secs(1), cancel).await?;
+    }
+}
+
+async fn acquire(
+    store: &EtcdStore,
+    req: &AcquireRequest,
+    cancel: &CancellationToken,
+) -> Result<HeldLease> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match store.acquire(req).await {
+            Ok(h) => {
+                info!(subnet = %h.key, source = ?h.source, etcd_lease = h.etcd_lease, "lease held");
+                return Ok(h);
+            }
+            Err(e @ StoreError::Alloc(_)) => return Err(e.into()),
+            Err(e) => warn!("acquiring a subnet: {e}; retrying"),
+        }
+        sleep_or_cancel(delay, cancel).await?;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {
+    let ifaces = nl.interfaces().await?;
+    let default = nl.default_route_index().await?;
+    Ok(choose_interface(
+        &ifaces,
+        &cli.iface,
+        &cli.iface_regex,
+        default,
+    )?)
+}
+
+fn read_previous(path: &Path) -> LeaseKey {
+    let none = LeaseKey { v4: None, v6: None };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return none,
+    };
+    match SubnetEnv::parse(&text, &path.display().to_string()) {
+        Ok(env) => LeaseKey {
+            v4: env.lease_subnet(),
+            v6: env.lease_subnet6(),
+        },
+        Err(e) => {
+            warn!("ignoring the previous subnet file: {e}");
+            none
+        }
+    }
+}
+
+async fn advertised_mac(store: &EtcdStore, public_ip: std::net::Ipv4Addr) -> Option<Mac> {
+    let (leases, _) = store.list().await.ok()?;
+    leases.into_iter().find_map(|l| {
+        let a = l.attrs?;
+        if a.public_ip != public_ip {
+            return None;
+        }
+        a.vxlan_data()?.vtep_mac.parse().ok()
+    })
+}

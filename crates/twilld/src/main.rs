@@ -1,0 +1,42 @@
+use clap::Parser;
+
+mod cli;
+mod daemon;
+
+fn init_logging(format: cli::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = cli::normalize_args(std::env::args());
+    let cli = cli::Cli::parse_from(args);
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twilld: error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(daemon::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("twilld: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
