@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# A twill cluster in network namespaces: an underlay switch, a real etcd, N nodes each
+# running twilld, and one pod per node wired by Debian's CNI bridge + host-local plugins.
+# Nothing is added to the root namespace; every address is in 198.18.0.0/15.
+#
+#   scripts/lab.sh up [N]     build the lab with N nodes (default 3) and pods
+#   scripts/lab.sh check      every pod pings every other pod
+#   scripts/lab.sh status     leases in etcd and each node's kernel state
+#   scripts/lab.sh down       stop everything and delete the namespaces
+#
+# Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD (binary path).
+set -euo pipefail
+
+P=${LAB_PREFIX:-twlab}
+STATE=/tmp/$P
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TWILLD=${TWILLD:-$ROOT/target/release/twilld}
+CNI_BIN=/usr/lib/cni
+ETCD_IP=198.18.0.100
+ETCD_EP=http://$ETCD_IP:2379
+NETWORK=10.244.0.0/16
+
+log() { printf '%s\n' "$*"; }
+die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
+nsx() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
+node_ip() { echo "198.18.0.$1"; }
+nodes() { cat "$STATE/nodes" 2>/dev/null || echo 0; }
+
+start_bg() { # start_bg <pidfile> <logfile> cmd...: detached, survives this script
+  local pidfile=$1 logfile=$2; shift 2
+  setsid sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" >"$logfile" 2>&1 </dev/null &
+}
+
+add_host() { # add_host <name> <ip>
+  ip netns add "$P-$1"
+  ip -n "$P-$1" link set lo up
+  ip -n "$P-ul" link add "ul-$1" type veth peer name eth0 netns "$P-$1"
+  ip -n "$P-ul" link set "ul-$1" master br0 up
+  ip -n "$P-$1" addr add "$2/24" dev eth0
+  ip -n "$P-$1" link set eth0 up
+}
+
+start_node() { # start_node <n>
+  local n=$1 d=$STATE/n$1
+  mkdir -p "$d"
+  start_bg "$d/twilld.pid" "$d/twilld.log" ip netns exec "$P-n$n" "$TWILLD" \
+    --etcd-endpoints "$ETCD_EP" --iface eth0 --ip-masq \
+    --subnet-file "$d/subnet.env" --iptables-resync 2
+}
+
+wait_file() { local i; for i in $(seq 150); do [[ -s $1 ]] && return 0; sleep 0.1; done; return 1; }
+
+env_get() { sed -n "s/^$2=//p" "$1"; }
+
+add_pod() { # add_pod <n>: pod namespace p<n> on node n via CNI bridge + host-local
+  local n=$1 env=$STATE/n$1/subnet.env subnet mtu conf
+  subnet=$(env_get "$env" FLANNEL_SUBNET)
+  mtu=$(env_get "$env" FLANNEL_MTU)
+  ip netns add "$P-p$n"
+  subnet=$(python3 -c "import ipaddress,sys;print(ipaddress.ip_interface(sys.argv[1]).network)" "$subnet")
+  conf=$(printf '{"cniVersion":"1.0.0","name":"cbr0","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"hairpinMode":true,"mtu":%s,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"routes":[{"dst":"%s"}],"dataDir":"%s/n%s/ipam"}}' \
+    "$mtu" "$subnet" "$NETWORK" "$STATE" "$n")
+  echo "$conf" > "$STATE/n$n/cni.json"
+  nsx "n$n" env CNI_COMMAND=ADD CNI_CONTAINERID="lab-p$n" CNI_NETNS="/run/netns/$P-p$n" \
+    CNI_IFNAME=eth0 CNI_PATH=$CNI_BIN $CNI_BIN/bridge <<<"$conf" > "$STATE/n$n/pod.json" \
+    || die "CNI ADD for pod p$n failed: $(cat "$STATE/n$n/pod.json")"
+  nsx "p$n" ip link set lo up
+}
+
+pod_ip() { jq -r '.ips[0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
+
+up() {
+  local count=${1:-3} n
+  [[ -x $TWILLD ]] || die "no twilld binary at $TWILLD (cargo build --release)"
+  [[ -e /run/netns/$P-ul ]] && die "a lab with prefix $P is already up (scripts/lab.sh down first)"
+  mkdir -p "$STATE"; echo "$count" > "$STATE/nodes"
+  ip netns add "$P-ul"
+  ip -n "$P-ul" link set lo up
+  ip -n "$P-ul" link add br0 type bridge
+  ip -n "$P-ul" link set br0 up
+  add_host etcd "$ETCD_IP"
+  start_bg "$STATE/etcd.pid" "$STATE/etcd.log" ip netns exec "$P-etcd" etcd --name lab \
+    --data-dir "$STATE/etcd-data" --listen-client-urls "$ETCD_EP" --advertise-client-urls "$ETCD_EP" \
+    --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
+    --initial-cluster "lab=http://$ETCD_IP:2380"
+  for _ in $(seq 100); do nsx etcd etcdctl --endpoints "$ETCD_EP" endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+  nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config \
+    "{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}" >/dev/null
+  log "etcd up at $ETCD_EP (netns $P-etcd), config written"
+  for n in $(seq "$count"); do
+    add_host "n$n" "$(node_ip "$n")"
+    nsx "n$n" sysctl -qw net.ipv4.ip_forward=1
+    start_node "$n"
+  done
+  for n in $(seq "$count"); do
+    wait_file "$STATE/n$n/subnet.env" || die "node n$n wrote no subnet.env; log: $STATE/n$n/twilld.log"
+    add_pod "$n"
+    log "node n$n ($(node_ip "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_SUBNET), pod p$n = $(pod_ip "$n")"
+  done
+}
+
+check() {
+  local count a b fails=0
+  count=$(nodes)
+  for a in $(seq "$count"); do
+    for b in $(seq "$count"); do
+      [[ $a == "$b" ]] && continue
+      if nsx "p$a" ping -c 2 -i 0.2 -W 2 -q "$(pod_ip "$b")" >/dev/null; then
+        log "p$a -> p$b ($(pod_ip "$b")): ok"
+      else
+        log "p$a -> p$b ($(pod_ip "$b")): FAILED"; fails=$((fails + 1))
+      fi
+    done
+  done
+  ((fails == 0)) || die "$fails pod pairs cannot reach each other"
+}
+
+status() {
+  local n
+  log "== leases in etcd"
+  nsx etcd etcdctl --endpoints "$ETCD_EP" get --prefix /coreos.com/network/subnets/ | paste - - | sed 's/^/  /'
+  for n in $(seq "$(nodes)"); do
+    log "== n$n"
+    nsx "n$n" ip -br addr show dev flannel.1 | sed 's/^/  /'
+    nsx "n$n" ip route show dev flannel.1 | sed 's/^/  route /'
+    nsx "n$n" ip neigh show dev flannel.1 | sed 's/^/  neigh /'
+    nsx "n$n" bridge fdb show dev flannel.1 | sed 's/^/  fdb   /'
+  done
+}
+
+down() {
+  local f ns
+  for f in "$STATE"/n*/twilld.pid "$STATE"/etcd.pid; do
+    [[ -f $f ]] && kill -9 "$(cat "$f")" 2>/dev/null || true
+  done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$STATE"
+}
+
+case ${1:-} in
+  up) shift; up "$@" ;;
+  check) check ;;
+  status) status ;;
+  down) down ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
