@@ -39,5 +39,8 @@ if pgrep -f "etcd --name=test" >/dev/null; then
   echo "test.sh: an etcd started by the tests is still running" >&2
   status=1
 fi
+# One closing line for the whole run (cargo's own last line is a doc-test summary).
+read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p+0, f+0 }' /tmp/twill-test-$$.log)
 rm -f /tmp/twill-test-$$.log
+echo "twill: $passed passed, $failed failed"
 exit "$status"

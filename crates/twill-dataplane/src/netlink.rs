@@ -14,7 +14,9 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tracing::{info, warn};
@@ -431,7 +433,11 @@ impl Netlink {
             if let Some(gw) = gw {
                 b = b.gateway(*gw);
             }
-            let msg = b.build();
+            let mut msg = b.build();
+            // Wildcards, as `ip route del` sends: the builder's protocol (static) and scope
+            // would only match routes we made, not a leftover made by flanneld or by hand.
+            msg.header.protocol = RouteProtocol::Unspec;
+            msg.header.scope = RouteScope::NoWhere;
             async move {
                 (
                     format!("del route {net}"),
@@ -578,6 +584,15 @@ fn neigh_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
             }
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
                 dst = Some(IpAddr::V6(*ip))
+            }
+            // In an AF_BRIDGE (FDB) message the parser can't tell NDA_DST's family, so a
+            // VXLAN remote arrives as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                }
             }
             NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_slice(b),
             _ => {}

@@ -31,7 +31,10 @@ impl Netns {
     pub fn new(tag: &str) -> Self {
         crate::require_root();
         let name = format!("{}-{tag}", run_prefix());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         sh(&format!("ip netns add {name}"));
         let ns = Netns { name };
         ns.sh("ip link set lo up");
@@ -45,6 +48,29 @@ impl Netns {
             self.name,
             cmd.replace('\'', "'\\''")
         ))
+    }
+
+    /// Runs `f` on a new thread that has joined this namespace (so sockets it opens, e.g.
+    /// netlink, live there), with its own current-thread tokio runtime.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(f())
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
     /// Like [`Netns::sh`] but returns success instead of panicking.

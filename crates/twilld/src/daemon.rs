@@ -97,7 +97,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         previous,
         ttl: cli.subnet_lease_ttl,
     };
-    let held = acquire(&store, &req, &cancel).await?;
+    let held = match acquire(&store, &req, &cancel).await {
+        Ok(h) => h,
+        Err(e) => {
+            // Nothing half-done: a device this run created is of no use without a lease.
+            if dev.created {
+                if let Err(de) = dp.netlink().delete_link(&format!("flannel.{vni}")).await {
+                    warn!("removing flannel.{vni} after the failed start: {de}");
+                }
+            }
+            return Err(e);
+        }
+    };
     let subnet = v4_subnet(&held)?;
     dp.set_lease(subnet)
         .await

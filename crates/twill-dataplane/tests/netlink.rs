@@ -1,0 +1,218 @@
+//! The netlink layer against the real kernel, in a throw-away namespace per test: device
+//! create/adopt/replace, peer entries added, replaced and deleted, checked with netlink
+//! reads and with iproute2's view.
+
+use std::collections::BTreeMap;
+
+use ipnetwork::Ipv4Network;
+use twill_dataplane::{diff, Actual, Mac, Netlink, PeerEntry, VxlanSpec};
+use twill_testutil::Netns;
+
+/// A namespace with an underlay veth `eth0` at 198.18.0.1 (its peer is left in the same
+/// namespace, down: nothing leaves).
+fn ns(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.sh("ip link add eth0 type veth peer name eth0-peer && ip addr add 198.18.0.1/24 dev eth0 && ip link set eth0 up");
+    ns
+}
+
+fn spec(ns: &Netns) -> VxlanSpec {
+    let index: u32 = ns
+        .sh("cat /sys/class/net/eth0/ifindex")
+        .trim()
+        .parse()
+        .unwrap();
+    VxlanSpec {
+        name: "flannel.1".into(),
+        vni: 1,
+        local: "198.18.0.1".parse().unwrap(),
+        dev_index: index,
+        port: 8472,
+        gbp: false,
+        mtu: 1450,
+        mac: None,
+    }
+}
+
+fn peers(n: u8) -> BTreeMap<Ipv4Network, PeerEntry> {
+    (1..=n)
+        .map(|i| {
+            let subnet: Ipv4Network = format!("10.244.{i}.0/24").parse().unwrap();
+            (
+                subnet,
+                PeerEntry {
+                    subnet,
+                    vtep_ip: subnet.network(),
+                    mac: Mac([0x0a, 0, 0, 0, 0, i]),
+                    public_ip: format!("198.18.0.{}", 100 + i as u16).parse().unwrap(),
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn device_create_adopt_fix_mtu_and_replace() {
+    let ns = ns("nl-dev");
+    let s = spec(&ns);
+    let s2 = s.clone();
+    let first = ns.run(move || {
+        Box::pin(async move { Netlink::connect().unwrap().ensure_vxlan(&s2).await.unwrap() })
+    });
+    assert!(first.created);
+    let link = ns.sh("ip -d link show flannel.1");
+    for want in [
+        "vxlan id 1 local 198.18.0.1 dev eth0",
+        "dstport 8472",
+        "nolearning",
+        "mtu 1450",
+        "UP",
+    ] {
+        assert!(link.contains(want), "{want}: {link}");
+    }
+    assert!(link.contains(&first.mac.to_string()));
+
+    // Same attributes, wrong MTU: adopted in place, MTU corrected, same index and MAC.
+    ns.sh("ip link set flannel.1 mtu 1400 && ip link set flannel.1 down");
+    let s2 = s.clone();
+    let again = ns.run(move || {
+        Box::pin(async move { Netlink::connect().unwrap().ensure_vxlan(&s2).await.unwrap() })
+    });
+    assert!(!again.created);
+    assert_eq!((again.index, again.mac), (first.index, first.mac));
+    let link = ns.sh("ip -d link show flannel.1");
+    assert!(link.contains("mtu 1450") && link.contains(",UP"), "{link}");
+
+    // Different VNI: replaced, keeping the MAC peers know.
+    let mut s3 = s.clone();
+    s3.vni = 7;
+    let replaced = ns.run(move || {
+        Box::pin(async move { Netlink::connect().unwrap().ensure_vxlan(&s3).await.unwrap() })
+    });
+    assert!(replaced.created);
+    assert_eq!(replaced.mac, first.mac);
+    assert!(ns.sh("ip -d link show flannel.1").contains("vxlan id 7 "));
+}
+
+#[test]
+fn peer_entries_added_replaced_and_removed() {
+    let ns = ns("nl-peer");
+    let s = spec(&ns);
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            let want = peers(3);
+            let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap());
+            let r = nl.apply(dev.index, &ops).await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            assert_eq!(r.applied, 9);
+            let actual = nl.read_actual(dev.index).await.unwrap();
+            assert!(diff(&want, &actual).is_empty(), "converged: {actual:?}");
+
+            // Peer 2 moves to a new underlay address and peer 3 leaves.
+            let mut next = peers(2);
+            next.get_mut(&"10.244.2.0/24".parse().unwrap())
+                .unwrap()
+                .public_ip = "198.18.0.222".parse().unwrap();
+            let ops = diff(&next, &actual);
+            assert_eq!(
+                (
+                    ops.del_routes.len(),
+                    ops.del_neighs.len(),
+                    ops.add_fdb.len(),
+                    ops.del_fdb.len()
+                ),
+                (1, 1, 1, 2)
+            );
+            let r = nl.apply(dev.index, &ops).await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            let actual = nl.read_actual(dev.index).await.unwrap();
+            assert!(
+                diff(&next, &actual).is_empty(),
+                "converged again: {actual:?}"
+            );
+
+            // Everything gone.
+            let r = nl.apply(dev.index, &diff(&BTreeMap::new(), &actual)).await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
+        })
+    });
+    // iproute2 agrees that nothing is left.
+    assert_eq!(ns.sh("bridge fdb show dev flannel.1").trim(), "");
+    assert_eq!(ns.sh("ip neigh show dev flannel.1").trim(), "");
+    assert_eq!(ns.sh("ip route show dev flannel.1").trim(), "");
+}
+
+#[test]
+fn entries_look_exactly_like_flannels() {
+    let ns = ns("nl-look");
+    let s = spec(&ns);
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            nl.ensure_address(
+                dev.index,
+                "10.244.9.0".parse().unwrap(),
+                "10.244.0.0/16".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+            let ops = diff(&peers(1), &Actual::default());
+            assert!(nl.apply(dev.index, &ops).await.failed.is_empty());
+        })
+    });
+    assert_eq!(
+        ns.sh("ip route show dev flannel.1").trim(),
+        "10.244.1.0/24 via 10.244.1.0 proto static onlink"
+    );
+    assert_eq!(
+        ns.sh("ip neigh show dev flannel.1").trim(),
+        "10.244.1.0 lladdr 0a:00:00:00:00:01 PERMANENT"
+    );
+    assert_eq!(
+        ns.sh("bridge fdb show dev flannel.1").trim(),
+        "0a:00:00:00:00:01 dst 198.18.0.101 self permanent"
+    );
+    assert!(ns
+        .sh("ip -4 -br addr show dev flannel.1")
+        .contains("10.244.9.0/32"));
+}
+
+#[test]
+fn leftovers_made_by_hand_are_removed() {
+    let ns = ns("nl-left");
+    let s = spec(&ns);
+    let s2 = s.clone();
+    ns.run(move || {
+        Box::pin(async move { Netlink::connect().unwrap().ensure_vxlan(&s2).await.unwrap() })
+    });
+    // What a previous run (or flanneld, or a human) may have left: proto boot, appended fdb.
+    ns.sh("ip neigh replace 10.244.250.0 lladdr 0a:00:00:00:02:50 dev flannel.1 nud permanent");
+    ns.sh("bridge fdb append 0a:00:00:00:02:50 dev flannel.1 dst 198.18.0.250 self permanent");
+    ns.sh("ip route replace 10.244.250.0/24 via 10.244.250.0 dev flannel.1 onlink");
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            let want = peers(1);
+            let r = nl
+                .apply(
+                    dev.index,
+                    &diff(&want, &nl.read_actual(dev.index).await.unwrap()),
+                )
+                .await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            assert!(diff(&want, &nl.read_actual(dev.index).await.unwrap()).is_empty());
+        })
+    });
+    let state = ns.sh(
+        "ip route show dev flannel.1; ip neigh show dev flannel.1; bridge fdb show dev flannel.1",
+    );
+    assert!(
+        !state.contains("10.244.250.0") && !state.contains("0a:00:00:00:02:50"),
+        "{state}"
+    );
+}

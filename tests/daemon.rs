@@ -1,0 +1,220 @@
+//! twilld as a user runs it: flags, config errors, waiting for config, subnet.env, lease
+//! reuse across restarts, exhaustion. Each test builds its own namespaces and etcd.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use twill_e2e::{Cluster, PREFIX};
+use twill_testutil::wait_until;
+
+const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+#[test]
+fn subnet_env_and_lease_match_flannel_format() {
+    let mut c = Cluster::new("d-env");
+    c.put_config(CONF);
+    let i = c.add_node(&["--ip-masq"]);
+    c.nodes[i].wait_ready();
+    let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
+    let lease = c.nodes[i].lease();
+    let first = lease.replace(".0/24", ".1/24");
+    assert_eq!(
+        env,
+        format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    );
+    let mode = std::fs::metadata(c.nodes[i].subnet_env())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    let key = format!("{PREFIX}/subnets/{}", lease.replace('/', "-"));
+    let value = c.etcd.ctl(&["get", "--print-value-only", &key]);
+    let mac = c.nodes[i].vtep_mac();
+    assert_eq!(
+        value.trim(),
+        format!(
+            r#"{{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    );
+}
+
+#[test]
+fn missing_config_waits_with_a_clear_message_then_proceeds() {
+    let mut c = Cluster::new("d-wait");
+    let i = c.add_node(&[]);
+    wait_until(15, "the missing-config message", || {
+        let log = c.nodes[i].log();
+        log.contains(&format!("{PREFIX}/config")) && log.contains("etcdctl put")
+    });
+    assert!(!c.nodes[i].subnet_env().exists());
+    assert!(c.nodes[i].is_running());
+    c.put_config(CONF);
+    c.nodes[i].wait_ready();
+}
+
+#[test]
+fn config_errors_exit_non_zero_naming_field_and_value_and_leave_nothing() {
+    let mut c = Cluster::new("d-bad");
+    c.put_config(CONF);
+    let cases = [
+        (r#"{"Network":"10.244.0.0/33"}"#, "Network=10.244.0.0/33"),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
+            "SubnetLen=31",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#,
+            "SubnetMin=10.244.9.0",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"bogus"}}"#,
+            "Backend.Type=bogus",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"VNI":16777216}}"#,
+            "Backend.VNI=16777216",
+        ),
+        ("{not json", "invalid JSON"),
+    ];
+    let i = c.add_node_stopped(&[]);
+    for (n, (json, want)) in cases.iter().enumerate() {
+        let path = c.dir.path().join(format!("bad{n}.json"));
+        std::fs::write(&path, json).unwrap();
+        let node = &mut c.nodes[i];
+        node.args = vec![format!("--net-config-path={}", path.display())];
+        node.start();
+        let code = node.wait_exit(20);
+        assert_ne!(code, 0, "{json}");
+        let log = node.log();
+        assert!(log.contains(want), "{json}: expected {want:?} in:\n{log}");
+    }
+    // Nothing half-done: no device, no lease, no subnet.env.
+    assert!(!c.nodes[i].ns.try_sh("ip link show flannel.1"));
+    assert!(c.leases().is_empty(), "{:?}", c.leases());
+    assert!(!c.nodes[i].subnet_env().exists());
+    // A bad etcd config is reported the same way.
+    c.put_config(r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#);
+    let node = &mut c.nodes[i];
+    node.args.clear();
+    node.start();
+    assert_ne!(node.wait_exit(20), 0);
+    assert!(node.log().contains("SubnetLen=\"24\""), "{}", node.log());
+}
+
+#[test]
+fn restart_reuses_subnet_and_mac() {
+    let mut c = Cluster::new("d-rst");
+    c.put_config(CONF);
+    let i = c.add_node(&[]);
+    c.nodes[i].wait_ready();
+    let (lease, mac) = (c.nodes[i].lease(), c.nodes[i].vtep_mac());
+    c.nodes[i].stop(libc::SIGTERM);
+    c.nodes[i].start();
+    wait_until(20, "second start ready", || {
+        c.nodes[i].log().matches("ready").count() >= 2
+    });
+    assert_eq!(c.nodes[i].lease(), lease);
+    assert_eq!(c.nodes[i].vtep_mac(), mac);
+    assert_eq!(c.leases().len(), 1);
+    // Device gone (reboot): the MAC advertised in the lease is reused.
+    c.nodes[i].stop(libc::SIGKILL);
+    c.nodes[i].ns.sh("ip link del flannel.1");
+    c.nodes[i].start();
+    wait_until(20, "third start ready", || {
+        c.nodes[i].log().matches("ready").count() >= 3
+    });
+    assert_eq!(c.nodes[i].lease(), lease);
+    assert_eq!(c.nodes[i].vtep_mac(), mac);
+}
+
+#[test]
+fn flags_come_from_flanneld_env_vars() {
+    let mut c = Cluster::new("d-envv");
+    c.put_config(CONF);
+    let i = c.add_node_stopped(&[]);
+    c.nodes[i].env = vec![
+        ("FLANNELD_IP_MASQ".into(), "true".into()),
+        ("FLANNELD_PUBLIC_IP".into(), "198.18.0.77".into()),
+    ];
+    c.nodes[i].start();
+    c.nodes[i].wait_ready();
+    let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let all = c.etcd.ctl(&[
+        "get",
+        "--prefix",
+        "--print-value-only",
+        &format!("{PREFIX}/subnets/"),
+    ]);
+    assert!(all.contains(r#""PublicIP":"198.18.0.77""#), "{all}");
+}
+
+#[test]
+fn json_logs_on_request() {
+    let mut c = Cluster::new("d-json");
+    c.put_config(CONF);
+    let i = c.add_node(&["--log-format=json"]);
+    c.nodes[i].wait_ready();
+    let log = c.nodes[i].log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            v.get("level").is_some() && v.get("message").is_some(),
+            "{l}"
+        );
+    }
+}
+
+#[test]
+fn exhausted_range_is_a_clear_error() {
+    let mut c = Cluster::new("d-full");
+    c.put_config(r#"{"Network":"10.9.0.0/22"}"#);
+    for (k, ip) in [
+        ("10.9.1.0-24", "198.18.1.1"),
+        ("10.9.2.0-24", "198.18.1.2"),
+        ("10.9.3.0-24", "198.18.1.3"),
+    ] {
+        c.etcd.ctl(&[
+            "put",
+            &format!("{PREFIX}/subnets/{k}"),
+            &format!(r#"{{"PublicIP":"{ip}"}}"#),
+        ]);
+    }
+    let i = c.add_node(&[]);
+    assert_ne!(c.nodes[i].wait_exit(30), 0);
+    let log = c.nodes[i].log();
+    for want in [
+        "10.9.0.0/22",
+        "SubnetMin 10.9.1.0",
+        "SubnetMax 10.9.3.0",
+        "3 leases",
+    ] {
+        assert!(log.contains(want), "{want:?} missing from:\n{log}");
+    }
+    assert_eq!(c.leases().len(), 3, "no lease was taken over");
+    assert!(
+        !c.nodes[i].ns.try_sh("ip link show flannel.1"),
+        "the device of a failed start is removed"
+    );
+}
+
+#[test]
+fn lease_deleted_under_us_is_reacquired_with_the_same_subnet() {
+    let mut c = Cluster::new("d-lost");
+    c.put_config(CONF);
+    let i = c.add_node(&[]);
+    c.nodes[i].wait_ready();
+    let lease = c.nodes[i].lease();
+    let key = format!("{PREFIX}/subnets/{}", lease.replace('/', "-"));
+    c.etcd.ctl(&["del", &key]);
+    wait_until(20, "lease re-created", || c.leases() == vec![key.clone()]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        c.nodes[i].is_running(),
+        "twilld must not exit when its lease vanishes"
+    );
+    assert_eq!(c.nodes[i].lease(), lease);
+}

@@ -1,0 +1,329 @@
+//! A twill cluster in network namespaces for end-to-end tests: an underlay switch, a real
+//! etcd in its own namespace, nodes running the real `twilld` binary, and pods wired by
+//! Debian's CNI plugins. Underlay addresses are 198.18.0.0/15 only; nothing touches the
+//! root namespace. Dropping the cluster kills every process and deletes every namespace.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use twill_testutil::{sh, wait_until, Etcd, Netns};
+
+pub const ETCD_IP: &str = "198.18.0.100";
+pub const PREFIX: &str = "/coreos.com/network";
+
+/// The daemon binary built by `cargo build` (override with TWILLD_BIN).
+pub fn twilld_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TWILLD_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/twilld");
+    assert!(
+        p.exists(),
+        "{} not built: run cargo build --workspace first",
+        p.display()
+    );
+    p
+}
+
+pub struct Node {
+    pub ns: Netns,
+    pub ip: String,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn subnet_env(&self) -> PathBuf {
+        self.dir.join("subnet.env")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("twilld.log")).unwrap_or_default()
+    }
+
+    /// Starts twilld in the node's namespace with the standard flags plus `args`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("twilld.log"))
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name])
+            .arg(twilld_bin())
+            .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
+            .arg("--iface=eth0")
+            .arg(format!("--subnet-file={}", self.subnet_env().display()))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl before exec; kills the daemon if the test process dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawn twilld"));
+    }
+
+    /// Sends `sig` and waits for the process to end.
+    pub fn stop(&mut self, sig: i32) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> i32 {
+        let c = self.child.as_mut().expect("running");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "twilld did not exit in {secs}s\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_ready(&self) {
+        let p = self.subnet_env();
+        wait_until(30, &format!("{} to write subnet.env", self.ns.name), || {
+            p.exists()
+        });
+    }
+
+    /// FLANNEL_SUBNET's network, e.g. "10.244.3.0/24".
+    pub fn lease(&self) -> String {
+        let text = std::fs::read_to_string(self.subnet_env()).unwrap();
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .expect("FLANNEL_SUBNET");
+        let (ip, len) = v.split_once('/').unwrap();
+        let mut o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
+        o[3] = 0;
+        format!("{}.{}.{}.{}/{len}", o[0], o[1], o[2], o[3])
+    }
+
+    pub fn vtep_mac(&self) -> String {
+        let j = self.ns.sh("ip -j link show flannel.1");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    }
+}
+
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: String,
+}
+
+pub struct Cluster {
+    pub tag: String,
+    pub etcd: Etcd,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Option<Pod>>,
+    pub dir: tempfile::TempDir,
+    // Dropped last: the switch every other namespace hangs off.
+    _etcd_ns: Netns,
+    ul: Netns,
+}
+
+impl Cluster {
+    /// Underlay and etcd; no nodes yet. `tag` keeps namespaces of parallel tests apart.
+    pub fn new(tag: &str) -> Self {
+        let ul = Netns::new(&format!("{tag}-ul"));
+        ul.sh("ip link add br0 type bridge && ip link set br0 up");
+        let etcd_ns = Netns::new(&format!("{tag}-etcd"));
+        attach(&ul, &etcd_ns, "ul-etcd", ETCD_IP);
+        let etcd = Etcd::start_in_netns(&etcd_ns.name, ETCD_IP);
+        Cluster {
+            tag: tag.to_string(),
+            etcd,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            _etcd_ns: etcd_ns,
+            ul,
+        }
+    }
+
+    pub fn put_config(&self, json: &str) {
+        self.etcd.ctl(&["put", &format!("{PREFIX}/config"), json]);
+    }
+
+    /// A node namespace at 198.18.0.<n> (n = index + 1), not started.
+    pub fn add_node_stopped(&mut self, args: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let n = i + 1;
+        let ns = Netns::new(&format!("{}-n{n}", self.tag));
+        let ip = format!("198.18.0.{n}");
+        attach(&self.ul, &ns, &format!("ul-n{n}"), &ip);
+        ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+        let dir = self.dir.path().join(format!("n{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        self.nodes.push(Node {
+            ns,
+            ip,
+            dir,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            child: None,
+        });
+        self.pods.push(None);
+        i
+    }
+
+    pub fn add_node(&mut self, args: &[&str]) -> usize {
+        let i = self.add_node_stopped(args);
+        self.nodes[i].start();
+        i
+    }
+
+    /// One pod on node `i`, wired as a container runtime would with Debian's bridge +
+    /// host-local plugins and subnet.env's values (the flannel delegate config).
+    pub fn add_pod(&mut self, i: usize) -> String {
+        let node = &self.nodes[i];
+        node.wait_ready();
+        let env = std::fs::read_to_string(node.subnet_env()).unwrap();
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .to_string()
+        };
+        let mtu = get("FLANNEL_MTU");
+        let network = get("FLANNEL_NETWORK");
+        let subnet = node.lease();
+        let pod = Netns::new(&format!("{}-p{}", self.tag, i + 1));
+        pod.sh("ip link set lo up");
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"hairpinMode":true,"mtu":{mtu},"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"{network}"}}],"dataDir":"{}"}}}}"#,
+            node.dir.join("ipam").display()
+        );
+        let out = cni(&node.ns, "ADD", &pod.name, &conf);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let ip = v["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no ip in {out}"))
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        self.pods[i] = Some(Pod {
+            ns: pod,
+            ip: ip.clone(),
+        });
+        ip
+    }
+
+    pub fn pod(&self, i: usize) -> &Pod {
+        self.pods[i].as_ref().expect("pod")
+    }
+
+    /// Whether pod `a` reaches pod `b` (two pings, 2 s deadline).
+    pub fn pings(&self, a: usize, b: usize) -> bool {
+        self.pod(a)
+            .ns
+            .try_sh(&format!("ping -c 2 -i 0.2 -W 2 -q {}", self.pod(b).ip))
+    }
+
+    pub fn assert_full_mesh(&self) {
+        let with_pods: Vec<usize> = (0..self.pods.len())
+            .filter(|i| self.pods[*i].is_some())
+            .collect();
+        for &a in &with_pods {
+            for &b in &with_pods {
+                if a != b {
+                    assert!(
+                        self.pings(a, b),
+                        "pod {} cannot reach pod {}\n{}",
+                        a + 1,
+                        b + 1,
+                        self.nodes[a].log()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lease keys currently in etcd.
+    pub fn leases(&self) -> Vec<String> {
+        self.etcd
+            .ctl(&[
+                "get",
+                "--prefix",
+                "--keys-only",
+                &format!("{PREFIX}/subnets/"),
+            ])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.to_string())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop(libc::SIGKILL);
+        }
+    }
+}
+
+fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
+    sh(&format!(
+        "ip -n {ul} link add {port} type veth peer name eth0 netns {ns} && ip -n {ul} link set {port} master br0 up && ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up",
+        ul = ul.name,
+        ns = ns.name
+    ));
+}
+
+/// Calls Debian's bridge plugin exactly as a runtime does: CNI env + config on stdin,
+/// executed in the node namespace (where cni0 lives).
+pub fn cni(node: &Netns, cmd: &str, pod_ns: &str, conf: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.name, "/usr/lib/cni/bridge"])
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", pod_ns)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run /usr/lib/cni/bridge (apt-get install containernetworking-plugins)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "CNI {cmd} failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
