@@ -218,3 +218,32 @@ fn lease_deleted_under_us_is_reacquired_with_the_same_subnet() {
     );
     assert_eq!(c.nodes[i].lease(), lease);
 }
+
+#[test]
+fn dual_stack_config_leases_both_families_and_writes_ipv6_lines() {
+    let mut c = Cluster::new("d-dual");
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+    );
+    let i = c.add_node(&[]);
+    c.nodes[i].wait_ready();
+    let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
+    assert!(
+        env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"),
+        "{env}"
+    );
+    let v6 = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+        .expect(&env);
+    assert!(
+        v6.starts_with("fd00:10:244:") && v6.ends_with("::1/64"),
+        "{v6}"
+    );
+    let keys = c.leases();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys[0].contains("-24&fd00:10:244:") && keys[0].ends_with("::-64"),
+        "{keys:?}"
+    );
+}

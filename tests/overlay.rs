@@ -238,3 +238,24 @@ fn sigkill_restart_keeps_subnet_mac_and_traffic_and_drops_stale_entries() {
     assert_reference_state(&c, 0);
     c.assert_full_mesh();
 }
+
+#[test]
+fn deleted_device_is_recreated_at_once_not_at_the_next_resync() {
+    let mut c = Cluster::new("o-dell");
+    c.put_config(CONF);
+    for _ in 0..2 {
+        c.add_node(&["--iptables-resync=60"]);
+    }
+    for i in 0..2 {
+        c.add_pod(i);
+        wait_converged(&c, i, 1);
+    }
+    let mac = c.nodes[0].vtep_mac();
+    c.nodes[0].ns.sh("ip link del flannel.1");
+    // Well inside the 60 s resync: only the RTM_DELLINK monitor can be this fast.
+    wait_until(10, "flannel.1 back with its peer", || {
+        c.nodes[0].ns.try_sh("ip link show flannel.1") && routes(&c, 0).len() == 1
+    });
+    assert_eq!(c.nodes[0].vtep_mac(), mac);
+    c.assert_full_mesh();
+}

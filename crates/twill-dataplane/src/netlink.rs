@@ -553,6 +553,29 @@ impl Netlink {
     }
 }
 
+/// Reports every RTM_DELLINK of a link called `name`: the daemon repairs at once instead of
+/// waiting for the next resync (flannel #869 never replays peers at all).
+pub fn watch_link_deletions(
+    name: String,
+) -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let (conn, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = msg.payload {
+                if parse_link(&l).name == name && tx.send(()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
 type Pending<'a> = futures::future::BoxFuture<'a, (String, Result<(), rtnetlink::Error>)>;
 
 async fn run<'a>(

@@ -65,6 +65,10 @@ impl Dataplane {
         &self.nl
     }
 
+    pub fn device_name(&self) -> &str {
+        &self.cfg.vxlan.name
+    }
+
     pub fn mac(&self) -> Option<Mac> {
         self.device.as_ref().map(|d| d.mac)
     }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, desired_peers, Dataplane, DataplaneConfig, ExtIface, Iptables, Mac, Netlink,
-    VxlanSpec,
+    choose_interface, desired_peers, watch_link_deletions, Dataplane, DataplaneConfig, ExtIface,
+    Iptables, Mac, Netlink, VxlanSpec,
 };
 use twill_store::{
     AcquireRequest, EtcdOptions, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerTable,
@@ -155,8 +155,19 @@ impl Node {
         let mut resync = tokio::time::interval(Duration::from_secs(self.cli.iptables_resync));
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_at = self.next_renewal();
+        let mut deleted = match watch_link_deletions(self.dp.device_name().to_string()) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                warn!("no link monitor ({e}); a deleted device is repaired at the next resync");
+                None
+            }
+        };
         loop {
             tokio::select! {
+                Some(()) = async { match deleted.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
+                    self.reconcile().await;
+                }
                 _ = cancel.cancelled() => {
                     info!("stopping; the data plane and the lease stay in place");
                     watch_cancel.cancel();
@@ -258,8 +269,8 @@ impl Node {
         let env = SubnetEnv::for_lease(
             Some(IpNetwork::V4(self.network)),
             self.held.key.v4,
-            None,
-            None,
+            self.req.conf.ipv6.as_ref().map(|r| r.network),
+            self.held.key.v6,
             self.mtu,
             self.cli.ip_masq,
         );
