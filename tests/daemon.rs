@@ -109,7 +109,16 @@ fn restart_reuses_subnet_and_mac() {
     let i = c.add_node(&[]);
     c.nodes[i].wait_ready();
     let (lease, mac) = (c.nodes[i].lease(), c.nodes[i].vtep_mac());
-    c.nodes[i].stop(libc::SIGTERM);
+    assert_eq!(
+        c.nodes[i].stop(libc::SIGTERM),
+        Some(0),
+        "SIGTERM is a clean stop"
+    );
+    // ...that leaves the data plane, the lease and subnet.env in place for the pods.
+    let ns = &c.nodes[i].ns;
+    assert!(ns.try_sh("ip link show flannel.1") && ns.try_sh("iptables -S FLANNEL-FWD"));
+    assert!(c.nodes[i].subnet_env().exists());
+    assert_eq!(c.leases().len(), 1);
     c.nodes[i].start();
     wait_until(20, "second start ready", || {
         c.nodes[i].log().matches("ready").count() >= 2

@@ -216,3 +216,61 @@ fn leftovers_made_by_hand_are_removed() {
         "{state}"
     );
 }
+
+/// Correctness at scale; the time is printed (benchmarks compare it, tests don't).
+#[test]
+fn a_thousand_peers_programmed_and_removed() {
+    let ns = ns("nl-1k");
+    let s = spec(&ns);
+    let (add, noop, del) = ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            let want: BTreeMap<Ipv4Network, PeerEntry> = (0..1000u32)
+                .map(|i| {
+                    let subnet = Ipv4Network::new(
+                        std::net::Ipv4Addr::from(0x0af4_0000 + (i << 8) + 256),
+                        24,
+                    )
+                    .unwrap();
+                    let mac = Mac([0x0a, 0, 0, (i >> 8) as u8, i as u8, 1]);
+                    let public_ip = std::net::Ipv4Addr::from(0xc612_0000 + 256 + i);
+                    (
+                        subnet,
+                        PeerEntry {
+                            subnet,
+                            vtep_ip: subnet.network(),
+                            mac,
+                            public_ip,
+                        },
+                    )
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let r = nl
+                .apply(
+                    dev.index,
+                    &diff(&want, &nl.read_actual(dev.index).await.unwrap()),
+                )
+                .await;
+            let add = t.elapsed();
+            assert!(
+                r.failed.is_empty(),
+                "{:?}",
+                &r.failed[..r.failed.len().min(3)]
+            );
+            assert_eq!(r.applied, 3000);
+            let t = std::time::Instant::now();
+            let actual = nl.read_actual(dev.index).await.unwrap();
+            assert!(diff(&want, &actual).is_empty());
+            let noop = t.elapsed();
+            let t = std::time::Instant::now();
+            let r = nl.apply(dev.index, &diff(&BTreeMap::new(), &actual)).await;
+            let del = t.elapsed();
+            assert!(r.failed.is_empty());
+            assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
+            (add, noop, del)
+        })
+    });
+    eprintln!("1000 peers: program {add:?}, no-op read+diff {noop:?}, remove {del:?}");
+}
