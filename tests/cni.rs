@@ -238,7 +238,9 @@ fn bad_input_is_a_cni_error_and_leaks_nothing() {
             ("CNI_PATH", "/usr/lib/cni"),
         ]
     };
-    let cases: Vec<(Vec<(&str, &str)>, String, u64, &str)> = vec![
+    // (environment, stdin, expected CNI error code, word the message must contain)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (full("ADD", "c1"), "this is not json".into(), 6, "decode"),
         (
             full("ADD", "c1"),
