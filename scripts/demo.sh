@@ -9,7 +9,7 @@ keep=0
 [[ ${1:-} == --keep ]] && keep=1
 
 bash scripts/setup.sh
-cargo build --release -q -p twilld
+cargo build --release -q -p twilld -p twill-cni
 export LAB_PREFIX=${LAB_PREFIX:-twdemo}
 lab() { bash scripts/lab.sh "$@"; }
 lab down

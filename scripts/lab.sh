@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A twill cluster in network namespaces: an underlay switch, a real etcd, N nodes each
-# running twilld, and one pod per node wired by Debian's CNI bridge + host-local plugins.
+# running twilld, and one pod per node wired by twill's CNI plugin (which delegates to
+# Debian's bridge + host-local).
 # Nothing is added to the root namespace; every address is in 198.18.0.0/15.
 #
 #   scripts/lab.sh up [N]     build the lab with N nodes (default 3) and pods
@@ -8,13 +9,14 @@
 #   scripts/lab.sh status     leases in etcd and each node's kernel state
 #   scripts/lab.sh down       stop everything and delete the namespaces
 #
-# Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD (binary path).
+# Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths).
 set -euo pipefail
 
 P=${LAB_PREFIX:-twlab}
 STATE=/tmp/$P
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TWILLD=${TWILLD:-$ROOT/target/release/twilld}
+TWILL_CNI=${TWILL_CNI:-$(dirname "$TWILLD")/twill}
 CNI_BIN=/usr/lib/cni
 ETCD_IP=198.18.0.100
 ETCD_EP=http://$ETCD_IP:2379
@@ -52,18 +54,14 @@ wait_file() { local i; for i in $(seq 150); do [[ -s $1 ]] && return 0; sleep 0.
 
 env_get() { sed -n "s/^$2=//p" "$1"; }
 
-add_pod() { # add_pod <n>: pod namespace p<n> on node n via CNI bridge + host-local
-  local n=$1 env=$STATE/n$1/subnet.env subnet mtu conf
-  subnet=$(env_get "$env" FLANNEL_SUBNET)
-  mtu=$(env_get "$env" FLANNEL_MTU)
+add_pod() { # add_pod <n>: pod namespace p<n> on node n, wired by our twill CNI plugin
+  local n=$1 d=$STATE/n$1 conf
   ip netns add "$P-p$n"
-  subnet=$(python3 -c "import ipaddress,sys;print(ipaddress.ip_interface(sys.argv[1]).network)" "$subnet")
-  conf=$(printf '{"cniVersion":"1.0.0","name":"cbr0","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"hairpinMode":true,"mtu":%s,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"routes":[{"dst":"%s"}],"dataDir":"%s/n%s/ipam"}}' \
-    "$mtu" "$subnet" "$NETWORK" "$STATE" "$n")
-  echo "$conf" > "$STATE/n$n/cni.json"
+  conf=$(printf '{"cniVersion":"1.0.0","name":"cbr0","type":"twill","subnetFile":"%s","dataDir":"%s","ipam":{"dataDir":"%s"},"delegate":{"hairpinMode":true,"isDefaultGateway":true}}' \
+    "$d/subnet.env" "$d/cni-state" "$d/ipam")
   nsx "n$n" env CNI_COMMAND=ADD CNI_CONTAINERID="lab-p$n" CNI_NETNS="/run/netns/$P-p$n" \
-    CNI_IFNAME=eth0 CNI_PATH=$CNI_BIN $CNI_BIN/bridge <<<"$conf" > "$STATE/n$n/pod.json" \
-    || die "CNI ADD for pod p$n failed: $(cat "$STATE/n$n/pod.json")"
+    CNI_IFNAME=eth0 CNI_PATH=$CNI_BIN "$TWILL_CNI" <<<"$conf" > "$d/pod.json" \
+    || die "CNI ADD for pod p$n failed: $(cat "$d/pod.json")"
   nsx "p$n" ip link set lo up
 }
 
@@ -71,7 +69,7 @@ pod_ip() { jq -r '.ips[0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
 
 up() {
   local count=${1:-3} n
-  [[ -x $TWILLD ]] || die "no twilld binary at $TWILLD (cargo build --release)"
+  [[ -x $TWILLD && -x $TWILL_CNI ]] || die "no twilld/twill binaries next to $TWILLD (cargo build --release)"
   [[ -e /run/netns/$P-ul ]] && die "a lab with prefix $P is already up (scripts/lab.sh down first)"
   mkdir -p "$STATE"; echo "$count" > "$STATE/nodes"
   ip netns add "$P-ul"

@@ -26,6 +26,11 @@ pub fn twilld_bin() -> PathBuf {
     p
 }
 
+/// The `twill` CNI plugin built beside twilld.
+pub fn twill_plugin_bin() -> PathBuf {
+    twilld_bin().with_file_name("twill")
+}
+
 pub struct Node {
     pub ns: Netns,
     pub ip: String,
@@ -196,28 +201,20 @@ impl Cluster {
         i
     }
 
-    /// One pod on node `i`, wired as a container runtime would with Debian's bridge +
-    /// host-local plugins and subnet.env's values (the flannel delegate config).
+    /// One pod on node `i`, wired as a container runtime would: our `twill` plugin, which
+    /// reads the node's subnet.env and delegates to Debian's bridge + host-local.
     pub fn add_pod(&mut self, i: usize) -> String {
         let node = &self.nodes[i];
         node.wait_ready();
-        let env = std::fs::read_to_string(node.subnet_env()).unwrap();
-        let get = |k: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap()
-                .to_string()
-        };
-        let mtu = get("FLANNEL_MTU");
-        let network = get("FLANNEL_NETWORK");
-        let subnet = node.lease();
         let pod = Netns::new(&format!("{}-p{}", self.tag, i + 1));
         pod.sh("ip link set lo up");
         let conf = format!(
-            r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"hairpinMode":true,"mtu":{mtu},"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"{network}"}}],"dataDir":"{}"}}}}"#,
+            r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"twill","subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}"#,
+            node.subnet_env().display(),
+            node.dir.join("cni-state").display(),
             node.dir.join("ipam").display()
         );
-        let out = cni(&node.ns, "ADD", &pod.name, &conf);
+        let out = cni(&node.ns, &twill_plugin_bin(), "ADD", &pod.name, &conf);
         let v: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
         let ip = v["ips"][0]["address"]
@@ -296,12 +293,13 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
     ));
 }
 
-/// Calls Debian's bridge plugin exactly as a runtime does: CNI env + config on stdin,
-/// executed in the node namespace (where cni0 lives).
-pub fn cni(node: &Netns, cmd: &str, pod_ns: &str, conf: &str) -> String {
+/// Calls a CNI plugin exactly as a runtime does: CNI env + config on stdin, executed in
+/// the node namespace (where cni0 lives), delegates found in Debian's /usr/lib/cni.
+pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> String {
     use std::io::Write;
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.name, "/usr/lib/cni/bridge"])
+        .args(["netns", "exec", &node.name])
+        .arg(plugin)
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", pod_ns)
         .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
@@ -311,7 +309,7 @@ pub fn cni(node: &Netns, cmd: &str, pod_ns: &str, conf: &str) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run /usr/lib/cni/bridge (apt-get install containernetworking-plugins)");
+        .expect("run the CNI plugin");
     child
         .stdin
         .take()

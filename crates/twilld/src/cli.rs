@@ -22,6 +22,9 @@ pub enum LogFormat {
     long_about = None
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// etcd endpoints, comma-separated.
     #[arg(
         long,
@@ -107,6 +110,13 @@ pub struct Cli {
     /// Log as human-readable text (default) or JSON lines.
     #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Tasks other than running the daemon.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Install the `twill` CNI plugin and its conflist (DaemonSet init container, bare nodes).
+    InstallCni(crate::install_cni::InstallCni),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

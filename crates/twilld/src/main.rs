@@ -2,6 +2,7 @@ use clap::Parser;
 
 mod cli;
 mod daemon;
+mod install_cni;
 
 fn init_logging(format: cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -20,6 +21,15 @@ fn main() -> std::process::ExitCode {
     let args = cli::normalize_args(std::env::args());
     let cli = cli::Cli::parse_from(args);
     init_logging(cli.log_format);
+    if let Some(cli::Command::InstallCni(args)) = &cli.command {
+        return match install_cni::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("twilld install-cni: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
