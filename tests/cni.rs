@@ -3,9 +3,7 @@
 //! loopback and portmap plugins, in namespaces the test creates. No twilld runs here:
 //! the test writes subnet.env the way twilld does.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use twill_testutil::Netns;
@@ -53,30 +51,13 @@ impl Node {
 
     /// Runs a plugin in the node namespace; returns (success, stdout as JSON or Null).
     fn call(&self, bin: &Path, env: &[(&str, &str)], stdin: &str) -> (bool, Value) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(bin)
-            .env_remove("CNI_COMMAND")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let (ok, text) = twill_e2e::run_plugin(&self.ns, bin, env, stdin);
         let v = if text.trim().is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
         };
-        (out.status.success(), v)
+        (ok, v)
     }
 
     fn twill(&self, cmd: &str, id: &str, pod: &str, stdin: &str) -> (bool, Value) {

@@ -293,18 +293,20 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
     ));
 }
 
-/// Calls a CNI plugin exactly as a runtime does: CNI env + config on stdin, executed in
-/// the node namespace (where cni0 lives), delegates found in Debian's /usr/lib/cni.
-pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> String {
+/// Runs a CNI plugin exactly as a runtime does: `env` (CNI_*), config on stdin, inside the
+/// node namespace (where cni0 lives). Returns whether it succeeded and its stdout.
+pub fn run_plugin(
+    node: &Netns,
+    plugin: &Path,
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (bool, String) {
     use std::io::Write;
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.name])
         .arg(plugin)
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", pod_ns)
-        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
+        .env_remove("CNI_COMMAND")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -314,14 +316,27 @@ pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> 
         .stdin
         .take()
         .unwrap()
-        .write_all(conf.as_bytes())
+        .write_all(stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
+    (
         out.status.success(),
-        "CNI {cmd} failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// [`run_plugin`] for pod `pod_ns` with interface eth0 and Debian's plugin dir; panics on
+/// failure.
+pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> String {
+    let netns = format!("/run/netns/{pod_ns}");
+    let env = [
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", pod_ns),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ];
+    let (ok, out) = run_plugin(node, plugin, &env, conf);
+    assert!(ok, "CNI {cmd} failed: {out}");
+    out
 }

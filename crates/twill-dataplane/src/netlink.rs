@@ -361,37 +361,39 @@ impl Netlink {
         Ok(())
     }
 
-    /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
-    pub async fn read_actual(&self, index: u32) -> Result<Actual, NetlinkError> {
-        let mut actual = Actual::default();
-        let neighs: Vec<NeighbourMessage> = ctx(
-            "dump neighbours",
+    /// Neighbour (AF_INET) or FDB (AF_BRIDGE) entries on device `index`.
+    async fn neighbours(
+        &self,
+        family: AddressFamily,
+        index: u32,
+    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+        let all: Vec<NeighbourMessage> = ctx(
+            format!("dump {family:?} neighbours"),
             self.handle
                 .neighbours()
                 .get()
-                .set_address_family(AddressFamily::Inet)
+                .set_address_family(family)
                 .execute()
                 .try_collect()
                 .await,
         )?;
-        for n in neighs.iter().filter(|n| n.header.ifindex == index) {
-            let (dst, lladdr) = neigh_fields(n);
+        Ok(all
+            .into_iter()
+            .filter(|n| n.header.ifindex == index)
+            .collect())
+    }
+
+    /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
+    pub async fn read_actual(&self, index: u32) -> Result<Actual, NetlinkError> {
+        let mut actual = Actual::default();
+        for n in self.neighbours(AddressFamily::Inet, index).await? {
+            let (dst, lladdr) = neigh_fields(&n);
             if let Some(IpAddr::V4(ip)) = dst {
                 actual.neighs.insert(ip, lladdr);
             }
         }
-        let fdb: Vec<NeighbourMessage> = ctx(
-            "dump fdb",
-            self.handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute()
-                .try_collect()
-                .await,
-        )?;
-        for n in fdb.iter().filter(|n| n.header.ifindex == index) {
-            if let (Some(IpAddr::V4(dst)), Some(mac)) = neigh_fields(n) {
+        for n in self.neighbours(AddressFamily::Bridge, index).await? {
+            if let (Some(IpAddr::V4(dst)), Some(mac)) = neigh_fields(&n) {
                 actual.fdb.insert((mac, dst));
             }
         }
