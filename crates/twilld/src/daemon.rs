@@ -44,6 +44,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Some(c) => c,
         None => wait_for_etcd_config(&store, &cancel).await?,
     };
+    // Parsed for compatibility but not built yet: say so rather than silently differ.
+    if conf.enable_nftables {
+        warn!("net-conf.json: EnableNFTables=true is not implemented yet; using iptables rules in FLANNEL-POSTRTG/FLANNEL-FWD");
+    }
+    if conf.backend.direct_routing {
+        warn!("net-conf.json: Backend.DirectRouting=true is not implemented yet; every peer is reached over VXLAN");
+    }
+    if conf.ipv6.is_some() {
+        warn!("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet");
+    }
     let Some(IpNetwork::V4(network)) = conf.ipv4.as_ref().map(|r| r.network) else {
         bail!("net-conf.json: EnableIPv4=false: IPv6-only overlays are not supported yet");
     };
