@@ -30,6 +30,21 @@ echo "== tests"
 cargo test --workspace -- --test-threads=2 2>&1 | tee /tmp/twill-test-$$.log
 status=${PIPESTATUS[0]}
 
+echo "== fuzz (the CNI conf, subnet.env and net-conf.json parsers, briefly)"
+# cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here
+# accept them.
+command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz --locked
+for target in cni_conf subnet_env net_conf; do
+  if ! (cd crates/twill-cni && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+        -max_total_time="${FUZZ_SECONDS:-15}" >"/tmp/twill-fuzz-$target.log" 2>&1); then
+    echo "fuzz target $target failed; see /tmp/twill-fuzz-$target.log" >&2
+    tail -30 "/tmp/twill-fuzz-$target.log" >&2
+    status=1
+  else
+    grep -E "^Done" "/tmp/twill-fuzz-$target.log" | sed "s/^/  $target: /"
+  fi
+done
+
 left=$(leftovers)
 if [[ -n $left ]]; then
   echo "test.sh: namespaces left behind by the tests: $left" >&2

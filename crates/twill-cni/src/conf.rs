@@ -1,6 +1,7 @@
 //! The network configuration a runtime hands us, and the delegate config we hand on.
 
-use serde_json::{json, Map, Value};
+pub use serde_json::Value;
+use serde_json::{json, Map};
 use twill_config::SubnetEnv;
 
 use crate::error::{code, CniError};
