@@ -97,6 +97,8 @@ pub enum RenewOutcome {
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    /// Watch breaks and failed lists since start, for the daemon's metrics.
+    errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EtcdStore {
@@ -149,7 +151,18 @@ impl EtcdStore {
         Ok(EtcdStore {
             client,
             prefix: opts.prefix.trim_end_matches('/').to_string(),
+            errors: Default::default(),
         })
+    }
+
+    /// Watch breaks and failed re-lists so far (each one is followed by a reconnect).
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_error(&self) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn config_key(&self) -> String {
@@ -401,6 +414,7 @@ impl EtcdStore {
                         rev + 1
                     }
                     Err(e) => {
+                        self.count_error();
                         warn!("listing leases failed, retrying: {e}");
                         backoff.sleep(&cancel).await;
                         continue;
@@ -420,6 +434,7 @@ impl EtcdStore {
                     next_rev = None;
                 }
                 WatchEnd::Broken(why) => {
+                    self.count_error();
                     warn!(
                         "watch on {} broke ({why}); reconnecting",
                         self.subnets_prefix()

@@ -18,11 +18,12 @@ use twill_dataplane::{
     Iptables, Mac, Netlink, VxlanSpec,
 };
 use twill_store::{
-    AcquireRequest, EtcdOptions, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerTable,
+    AcquireRequest, EtcdOptions, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable,
     RenewOutcome, StoreError, WatchEvent,
 };
 
 use crate::cli::Cli;
+use crate::telemetry::Telemetry;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -33,17 +34,25 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
+    // Liveness allows for a few missed resyncs before declaring the loop stuck.
+    let window = Duration::from_secs((cli.iptables_resync * 3).max(30));
+    let tel = Arc::new(Telemetry::new(window));
+    if cli.healthz_port != 0 {
+        let addr = std::net::SocketAddr::new(cli.healthz_ip, cli.healthz_port);
+        crate::http::serve(addr, tel.clone(), cancel.clone()).await?;
+    }
 
     // A bad file fails before anything touches etcd or the kernel.
     let file_conf = match &cli.net_config_path {
         Some(p) => Some(load_file_config(p)?),
         None => None,
     };
-    let store = connect_store(&cli, &cancel).await?;
+    let store = connect_store(&cli, &cancel, &tel).await?;
     let conf = match file_conf {
         Some(c) => c,
-        None => wait_for_etcd_config(&store, &cancel).await?,
+        None => wait_for_etcd_config(&store, &cancel, &tel).await?,
     };
+    tel.update_ready(|r| r.config = true);
     // Parsed for compatibility but not built yet: say so rather than silently differ.
     if conf.enable_nftables {
         warn!("net-conf.json: EnableNFTables=true is not implemented yet; using iptables rules in FLANNEL-POSTRTG/FLANNEL-FWD");
@@ -100,6 +109,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         .ensure_device()
         .await
         .context("creating the VXLAN device")?;
+    tel.update_ready(|r| r.device = true);
 
     let req = AcquireRequest {
         conf: conf.clone(),
@@ -107,7 +117,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         previous,
         ttl: cli.subnet_lease_ttl,
     };
-    let held = match acquire(&store, &req, &cancel).await {
+    let held = match acquire(&store, &req, &cancel, &tel).await {
         Ok(h) => h,
         Err(e) => {
             // Nothing half-done: a device this run created is of no use without a lease.
@@ -120,14 +130,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     };
     let subnet = v4_subnet(&held)?;
+    tel.update_ready(|r| r.lease = true);
+    tel.lease_expiry.set(held.ttl.as_secs() as i64);
     dp.set_lease(subnet)
         .await
         .context("addressing the VXLAN device")?;
-    if let Err(e) = dp.ensure_rules().await {
-        warn!("rules not in place yet, will retry every resync: {e}");
+    match dp.ensure_rules().await {
+        Ok(_) => tel.update_ready(|r| r.rules = true),
+        Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
     }
     let mut table = PeerTable::new();
     table.set_own(held.key, held.attrs.clone());
+    let expires = Instant::now() + held.ttl;
     let mut node = Node {
         store,
         dp,
@@ -138,6 +152,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         mtu,
         cli,
         ready: false,
+        tel,
+        expires,
+        store_errors_seen: 0,
     };
     node.run_loop(cancel).await
 }
@@ -152,6 +169,19 @@ struct Node {
     mtu: u32,
     cli: Cli,
     ready: bool,
+    tel: Arc<Telemetry>,
+    /// When our lease runs out unless renewed.
+    expires: Instant,
+    store_errors_seen: u64,
+}
+
+/// Why a reconcile runs: only the periodic ones count what they fix as repairs (after an
+/// event, changes are the point).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Event,
+    Resync,
+    DeviceDeleted,
 }
 
 impl Node {
@@ -173,10 +203,11 @@ impl Node {
             }
         };
         loop {
+            self.tel.beat();
             tokio::select! {
                 Some(()) = async { match deleted.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
                     warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
-                    self.reconcile().await;
+                    self.reconcile(Trigger::DeviceDeleted).await;
                 }
                 _ = cancel.cancelled() => {
                     info!("stopping; the data plane and the lease stay in place");
@@ -194,9 +225,19 @@ impl Node {
                     let mut lost = false;
                     let mut changed = 0usize;
                     for ev in events {
+                        if matches!(ev, WatchEvent::Snapshot(_)) {
+                            self.tel.store_event("snapshot", 1);
+                        }
                         let a = self.table.apply(ev);
                         lost |= a.own_lost;
                         changed += a.events.len();
+                        for e in &a.events {
+                            self.tel.store_event(match e {
+                                PeerEvent::Added(_) => "added",
+                                PeerEvent::Changed(_) => "changed",
+                                PeerEvent::Removed(_) => "removed",
+                            }, 1);
+                        }
                     }
                     if changed > 0 {
                         info!(changed, peers = self.table.len(), "peer table updated");
@@ -205,30 +246,40 @@ impl Node {
                         self.reacquire(&cancel).await?;
                         renew_at = self.next_renewal();
                     }
-                    self.reconcile().await;
+                    self.tel.peers.set(self.table.len() as i64);
+                    self.reconcile(Trigger::Event).await;
                     if snapshot && !self.ready {
                         self.write_subnet_env()?;
+                        self.tel.update_ready(|r| r.subnet_env = true);
                         self.ready = true;
                         info!(subnet = %self.held.key, peers = self.table.len(), "ready");
                     }
                 }
                 _ = resync.tick() => {
                     if self.ready {
-                        self.reconcile().await;
+                        self.reconcile(Trigger::Resync).await;
                     }
+                    let errors = self.store.error_count();
+                    self.tel.store_errors.inc_by(errors - self.store_errors_seen);
+                    self.store_errors_seen = errors;
+                    let left = self.expires.saturating_duration_since(Instant::now());
+                    self.tel.lease_expiry.set(if self.held.etcd_lease == 0 { -1 } else { left.as_secs() as i64 });
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     renew_at = match self.store.renew(&self.held).await {
                         Ok(RenewOutcome::Renewed { ttl }) => {
                             info!(subnet = %self.held.key, ttl_s = ttl.as_secs(), "lease renewed");
+                            self.tel.lease_renewals.inc();
+                            self.expires = Instant::now() + ttl;
                             self.next_renewal()
                         }
                         Ok(RenewOutcome::Lost) => {
                             self.reacquire(&cancel).await?;
-                            self.reconcile().await;
+                            self.reconcile(Trigger::Event).await;
                             self.next_renewal()
                         }
                         Err(e) => {
+                            self.tel.store_errors.inc();
                             warn!("renewing the lease failed, retrying: {e}");
                             Instant::now() + (self.held.ttl / 8).min(Duration::from_secs(60))
                         }
@@ -252,7 +303,8 @@ impl Node {
     async fn reacquire(&mut self, cancel: &CancellationToken) -> Result<()> {
         warn!(subnet = %self.held.key, "our lease is gone; acquiring again, preferring the same subnet");
         self.req.previous = self.held.key;
-        let held = acquire(&self.store, &self.req, cancel).await?;
+        let held = acquire(&self.store, &self.req, cancel, &self.tel).await?;
+        self.expires = Instant::now() + held.ttl;
         let moved = held.key != self.held.key;
         for ev in self.table.set_own(held.key, held.attrs.clone()) {
             info!(?ev, "our new subnet was known as a peer");
@@ -268,10 +320,28 @@ impl Node {
         Ok(())
     }
 
-    async fn reconcile(&mut self) {
+    async fn reconcile(&mut self, why: Trigger) {
         let desired = desired_peers(self.table.own(), self.table.iter());
-        if let Err(e) = self.dp.reconcile(&desired).await {
-            warn!("reconcile failed, will retry: {e}");
+        match self.dp.reconcile(&desired).await {
+            Ok(r) => {
+                self.tel.reconcile_seconds.observe(r.duration.as_secs_f64());
+                self.tel
+                    .set_entries(desired.len().saturating_sub(r.entries_failed.len()));
+                if why != Trigger::Event {
+                    self.tel.repaired("entries", r.entries_changed);
+                    self.tel.repaired("device", r.device_created as usize);
+                }
+                // Rules are only repaired, never changed by peer events.
+                if self.ready {
+                    self.tel.repaired("rules", r.rule_repairs);
+                }
+                let rules_ok = r.rules_error.is_none();
+                self.tel.update_ready(|s| {
+                    s.rules = rules_ok;
+                    s.reconciled = true;
+                });
+            }
+            Err(e) => warn!("reconcile failed, will retry: {e}"),
         }
     }
 
@@ -330,14 +400,19 @@ fn parse_conf(text: &str, source: &str) -> Result<NetConf> {
     Ok(conf)
 }
 
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> Result<()> {
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken, tel: &Telemetry) -> Result<()> {
+    tel.beat();
     tokio::select! {
         _ = cancel.cancelled() => bail!("interrupted during start-up"),
         _ = tokio::time::sleep(d) => Ok(()),
     }
 }
 
-async fn connect_store(cli: &Cli, cancel: &CancellationToken) -> Result<EtcdStore> {
+async fn connect_store(
+    cli: &Cli,
+    cancel: &CancellationToken,
+    tel: &Telemetry,
+) -> Result<EtcdStore> {
     let opts = EtcdOptions {
         endpoints: cli.etcd_endpoints.clone(),
         prefix: cli.etcd_prefix.clone(),
@@ -355,12 +430,16 @@ async fn connect_store(cli: &Cli, cancel: &CancellationToken) -> Result<EtcdStor
             Err(e @ (StoreError::File { .. } | StoreError::Invalid(_))) => return Err(e.into()),
             Err(e) => warn!(endpoints = ?opts.endpoints, "connecting to etcd: {e}; retrying"),
         }
-        sleep_or_cancel(delay, cancel).await?;
+        sleep_or_cancel(delay, cancel, tel).await?;
         delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
-async fn wait_for_etcd_config(store: &EtcdStore, cancel: &CancellationToken) -> Result<NetConf> {
+async fn wait_for_etcd_config(
+    store: &EtcdStore,
+    cancel: &CancellationToken,
+    tel: &Telemetry,
+) -> Result<NetConf> {
     let key = store.config_key();
     let mut last_log: Option<Instant> = None;
     loop {
@@ -375,7 +454,7 @@ async fn wait_for_etcd_config(store: &EtcdStore, cancel: &CancellationToken) -> 
             warn!("{problem}; waiting");
             last_log = Some(Instant::now());
         }
-        sleep_or_cancel(Duration::from_secs(1), cancel).await?;
+        sleep_or_cancel(Duration::from_secs(1), cancel, tel).await?;
     }
 }
 
@@ -383,6 +462,7 @@ async fn acquire(
     store: &EtcdStore,
     req: &AcquireRequest,
     cancel: &CancellationToken,
+    tel: &Telemetry,
 ) -> Result<HeldLease> {
     let mut delay = RETRY_MIN;
     loop {
@@ -394,7 +474,7 @@ async fn acquire(
             Err(e @ StoreError::Alloc(_)) => return Err(e.into()),
             Err(e) => warn!("acquiring a subnet: {e}; retrying"),
         }
-        sleep_or_cancel(delay, cancel).await?;
+        sleep_or_cancel(delay, cancel, tel).await?;
         delay = (delay * 2).min(RETRY_MAX);
     }
 }

@@ -2,7 +2,9 @@ use clap::Parser;
 
 mod cli;
 mod daemon;
+mod http;
 mod install_cni;
+mod telemetry;
 
 fn init_logging(format: cli::LogFormat) {
     use tracing_subscriber::EnvFilter;

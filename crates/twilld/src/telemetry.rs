@@ -1,0 +1,228 @@
+//! What the daemon knows about itself: readiness conditions, liveness heartbeat, and the
+//! Prometheus metrics. Shared between the main loop (writer) and the HTTP server (reader).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// Everything /readyz requires, in start-up order.
+#[derive(Debug, Default, Clone)]
+pub struct Readiness {
+    pub config: bool,
+    pub device: bool,
+    pub lease: bool,
+    pub rules: bool,
+    pub reconciled: bool,
+    pub subnet_env: bool,
+}
+
+impl Readiness {
+    /// `None` when ready, else what is missing, first blocker first.
+    pub fn missing(&self) -> Option<String> {
+        let steps = [
+            (self.config, "waiting for the network config"),
+            (self.device, "VXLAN device not set up"),
+            (self.lease, "no subnet lease held"),
+            (self.rules, "iptables rules not in place"),
+            (self.reconciled, "peers not programmed yet"),
+            (self.subnet_env, "subnet.env not written"),
+        ];
+        let missing: Vec<&str> = steps
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, w)| *w)
+            .collect();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+}
+
+pub struct Telemetry {
+    pub ready: Mutex<Readiness>,
+    heartbeat: AtomicU64,
+    pub liveness_window: Duration,
+    registry: Registry,
+    pub peers: Gauge,
+    pub entries: Family<Labels, Gauge>,
+    pub reconcile_seconds: Histogram,
+    pub repairs: Family<Labels, Counter>,
+    pub store_events: Family<Labels, Counter>,
+    pub store_errors: Counter,
+    pub lease_renewals: Counter,
+    pub lease_expiry: Gauge,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Telemetry {
+    pub fn new(liveness_window: Duration) -> Self {
+        let mut registry = Registry::with_prefix("twill");
+        let t = Telemetry {
+            ready: Mutex::default(),
+            heartbeat: AtomicU64::new(now_secs()),
+            liveness_window,
+            registry: Registry::default(),
+            peers: Gauge::default(),
+            entries: Family::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            repairs: Family::default(),
+            store_events: Family::default(),
+            store_errors: Counter::default(),
+            lease_renewals: Counter::default(),
+            lease_expiry: Gauge::default(),
+        };
+        registry.register("peers", "Peers in the lease table", t.peers.clone());
+        registry.register(
+            "kernel_entries",
+            "Kernel entries programmed for peers, by kind (route, neigh, fdb)",
+            t.entries.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile pass",
+            t.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_repairs",
+            "Things found missing, extra or wrong by a periodic reconcile and fixed, by kind (entries, rules, device)",
+            t.repairs.clone(),
+        );
+        registry.register(
+            "store_events",
+            "Lease events from the store, by type (added, changed, removed, snapshot)",
+            t.store_events.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store operations (reconnects, failed renewals)",
+            t.store_errors.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Successful lease renewals",
+            t.lease_renewals.clone(),
+        );
+        registry.register(
+            "lease_expiry_seconds",
+            "Seconds until our lease expires unless renewed",
+            t.lease_expiry.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        Telemetry { registry, ..t }
+    }
+
+    pub fn beat(&self) {
+        self.heartbeat.store(now_secs(), Ordering::Relaxed);
+    }
+
+    /// Alive when the main loop has been around within the window.
+    pub fn alive(&self) -> Result<(), String> {
+        let age = now_secs().saturating_sub(self.heartbeat.load(Ordering::Relaxed));
+        if age <= self.liveness_window.as_secs() {
+            Ok(())
+        } else {
+            Err(format!("main loop silent for {age}s"))
+        }
+    }
+
+    pub fn update_ready(&self, f: impl FnOnce(&mut Readiness)) {
+        f(&mut self.ready.lock().expect("not poisoned"));
+    }
+
+    pub fn set_entries(&self, n: usize) {
+        for kind in ["route", "neigh", "fdb"] {
+            self.entries
+                .get_or_create(&label("kind", kind))
+                .set(n as i64);
+        }
+    }
+
+    pub fn repaired(&self, kind: &str, n: usize) {
+        if n > 0 {
+            self.repairs
+                .get_or_create(&label("kind", kind))
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn store_event(&self, kind: &str, n: usize) {
+        if n > 0 {
+            self.store_events
+                .get_or_create(&label("type", kind))
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("string writes");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_the_first_blockers() {
+        let mut r = Readiness::default();
+        assert!(r
+            .missing()
+            .unwrap()
+            .starts_with("waiting for the network config"));
+        r = Readiness {
+            config: true,
+            device: true,
+            lease: true,
+            rules: true,
+            reconciled: true,
+            subnet_env: false,
+        };
+        assert_eq!(r.missing().unwrap(), "subnet.env not written");
+        r.subnet_env = true;
+        assert!(r.missing().is_none());
+    }
+
+    #[test]
+    fn metrics_encode_with_prefix() {
+        let t = Telemetry::new(Duration::from_secs(30));
+        t.set_entries(3);
+        t.repaired("entries", 2);
+        t.store_event("added", 1);
+        let text = t.encode();
+        for want in [
+            "twill_kernel_entries{kind=\"route\"} 3",
+            "twill_reconcile_repairs_total{kind=\"entries\"} 2",
+            "twill_store_events_total{type=\"added\"} 1",
+            "twill_build_info{version=",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        assert!(t.alive().is_ok());
+    }
+}
