@@ -113,3 +113,142 @@ fn metrics_count_peers_entries_and_repairs() {
         ) > rules_before
     });
 }
+
+fn twilld_in(c: &Cluster, i: usize, args: &[String]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.nodes[i].ns.name])
+        .arg(twill_e2e::twilld_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
+    let mut c = Cluster::new("h-clean");
+    c.put_config(CONF);
+    for _ in 0..2 {
+        c.add_node(&["--ip-masq"]);
+    }
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    c.assert_full_mesh();
+    let dir = c.nodes[0].dir.clone();
+    let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
+    let paths = vec![
+        format!("--subnet-file={}", c.nodes[0].subnet_env().display()),
+        format!("--cni-conf-dir={}", conf_dir.display()),
+        format!("--cni-bin-dir={}", bin_dir.display()),
+        format!("--cni-data-dir={}", dir.join("cni-state").display()),
+    ];
+    let (ok, out) = twilld_in(
+        &c,
+        0,
+        &["install-cni".into(), paths[1].clone(), paths[2].clone()],
+    );
+    assert!(ok, "{out}");
+    c.nodes[0].ns.sh("nft add table ip flannel-ipv4");
+    c.nodes[0].stop(libc::SIGTERM);
+    let lease = c.nodes[0].lease();
+
+    let mut cleanup = vec!["cleanup".to_string()];
+    cleanup.extend(paths.clone());
+    let (ok, out) = twilld_in(&c, 0, &cleanup);
+    assert!(ok, "{out}");
+    for want in [
+        "would remove: link flannel.1",
+        "would remove: link cni0",
+        "FLANNEL-POSTRTG",
+        "FLANNEL-FWD",
+        "nft table ip flannel-ipv4",
+        "10-twill.conflist",
+        "subnet.env",
+        "dry run",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from dry run:\n{out}");
+    }
+    assert!(
+        c.nodes[0].ns.try_sh("ip link show flannel.1"),
+        "a dry run removes nothing"
+    );
+    assert!(
+        !out.contains("is running in this network namespace"),
+        "twilld was stopped; the other node's runs elsewhere:\n{out}"
+    );
+
+    cleanup.extend([
+        "--yes".into(),
+        "--release-lease".into(),
+        format!("--etcd-endpoints=http://{}:2379", twill_e2e::ETCD_IP),
+    ]);
+    let (ok, out) = twilld_in(&c, 0, &cleanup);
+    assert!(ok, "{out}");
+    let n0 = &c.nodes[0].ns;
+    let links = n0.sh("ip -o link");
+    assert!(
+        !links.contains("flannel.") && !links.contains("cni0"),
+        "{links}"
+    );
+    assert!(
+        !n0.sh("ip route").contains("10.244."),
+        "{}",
+        n0.sh("ip route")
+    );
+    let ipt = n0.sh("iptables-save");
+    assert!(
+        !ipt.contains("FLANNEL") && !ipt.contains("flanneld"),
+        "{ipt}"
+    );
+    assert!(
+        !n0.sh("nft list ruleset").contains("flannel"),
+        "nft tables of flannel's nft mode removed"
+    );
+    assert_eq!(std::fs::read_dir(&conf_dir).unwrap().count(), 0);
+    assert!(!bin_dir.join("twill").exists() && !dir.join("cni-state").exists());
+    assert!(!c.nodes[0].subnet_env().exists());
+    let leases = c.leases();
+    assert_eq!(
+        leases.len(),
+        1,
+        "our lease released, the other node's kept: {leases:?}"
+    );
+    assert!(!leases[0].ends_with(&lease.replace('/', "-")));
+
+    let (ok, out) = twilld_in(&c, 0, &cleanup);
+    assert!(ok, "{out}");
+    assert!(out.contains("nothing of twill's left"), "{out}");
+}
+
+#[test]
+fn cleanup_keeps_a_cni0_that_is_not_ours() {
+    let mut c = Cluster::new("h-keep");
+    let i = c.add_node_stopped(&[]);
+    let n = &c.nodes[i];
+    n.ns.sh("ip link add cni0 type bridge && ip addr add 10.99.0.1/24 dev cni0");
+    std::fs::write(n.subnet_env(), "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n").unwrap();
+    let d = n.dir.display().to_string();
+    let (ok, out) = twilld_in(
+        &c,
+        i,
+        &[
+            "cleanup".into(),
+            "--yes".into(),
+            format!("--subnet-file={}", n.subnet_env().display()),
+            format!("--cni-conf-dir={d}/net.d"),
+            format!("--cni-bin-dir={d}/bin"),
+            format!("--cni-data-dir={d}/state"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("kept cni0"), "{out}");
+    assert!(c.nodes[i].ns.try_sh("ip link show cni0"));
+}

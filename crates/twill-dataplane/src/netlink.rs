@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::{stream, FutureExt, StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
+pub use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,

@@ -260,6 +260,27 @@ impl Iptables {
     }
 }
 
+impl Iptables {
+    /// Which of `rules`' chains and jumps exist right now, e.g. "nat/FLANNEL-POSTRTG".
+    pub fn present(&self, rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
+        let mut out = Vec::new();
+        for c in &rules.chains {
+            if self.chain_rules(c.table, c.chain)?.is_some() {
+                out.push(format!("{}/{} chain", c.table, c.chain));
+            }
+            let parent = self.chain_rules(c.table, c.parent)?.unwrap_or_default();
+            let n = parent.iter().filter(|r| **r == c.jump).count();
+            if n > 0 {
+                out.push(format!(
+                    "{}/{} jump to {} ({n}x)",
+                    c.table, c.parent, c.chain
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Firewall for Iptables {
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
         let mut report = RulesReport::default();

@@ -396,6 +396,32 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Deletes the lease for `key` and revokes its etcd lease (uninstall). Returns what
+    /// happened; a reservation is left alone, it is the operator's.
+    pub async fn release_key(&self, key: &LeaseKey) -> Result<&'static str, StoreError> {
+        let k = self.lease_key(key);
+        let mut c = self.client.clone();
+        let resp = rpc(c.get(k.as_str(), None)).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok("no such lease");
+        };
+        if kv.lease() == 0 {
+            return Ok("a reservation (no TTL): kept");
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                k.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::delete(k.as_str(), None)]);
+        if !rpc(c.txn(txn)).await?.succeeded() {
+            return Ok("changed meanwhile: kept");
+        }
+        let _ = rpc(c.lease_revoke(kv.lease())).await;
+        Ok("released")
+    }
+
     /// Streams the lease set to `tx` until cancelled: a snapshot, then events from the
     /// snapshot's revision on. Reconnects with backoff when etcd goes away, resuming where
     /// it left off; re-lists (a new snapshot, which the peer table diffs) when etcd has

@@ -28,6 +28,7 @@ pub struct Cli {
     /// etcd endpoints, comma-separated.
     #[arg(
         long,
+        global = true,
         env = "FLANNELD_ETCD_ENDPOINTS",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
@@ -36,29 +37,35 @@ pub struct Cli {
     /// etcd key prefix holding config and subnets.
     #[arg(
         long,
+        global = true,
         env = "FLANNELD_ETCD_PREFIX",
         default_value = "/coreos.com/network"
     )]
     pub etcd_prefix: String,
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    #[arg(long, global = true, env = "FLANNELD_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
-    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    #[arg(long, global = true, env = "FLANNELD_ETCD_CERTFILE")]
     pub etcd_certfile: Option<PathBuf>,
-    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    #[arg(long, global = true, env = "FLANNELD_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    #[arg(long, global = true, env = "FLANNELD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
     pub etcd_password: Option<String>,
 
     /// Underlay interface, by name or IP; repeat to give fallbacks (first match wins).
-    #[arg(long, env = "FLANNELD_IFACE", action = ArgAction::Append)]
+    #[arg(long, global = true, env = "FLANNELD_IFACE", action = ArgAction::Append)]
     pub iface: Vec<String>,
     /// Regex matched against addresses, then interface names; repeatable.
-    #[arg(long, env = "FLANNELD_IFACE_REGEX", action = ArgAction::Append)]
+    #[arg(long, global = true, env = "FLANNELD_IFACE_REGEX", action = ArgAction::Append)]
     pub iface_regex: Vec<String>,
     /// Address other nodes reach us at (default: the underlay interface's address).
-    #[arg(long, env = "FLANNELD_PUBLIC_IP")]
+    #[arg(long, global = true, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
     /// Masquerade traffic from pods to outside the pod network.
@@ -81,6 +88,7 @@ pub struct Cli {
     /// Where to write subnet.env.
     #[arg(
         long,
+        global = true,
         env = "FLANNELD_SUBNET_FILE",
         default_value = "/run/flannel/subnet.env"
     )]
@@ -108,7 +116,13 @@ pub struct Cli {
     pub kube_subnet_mgr: bool,
 
     /// Log as human-readable text (default) or JSON lines.
-    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -117,6 +131,22 @@ pub struct Cli {
 pub enum Command {
     /// Install the `twill` CNI plugin and its conflist (DaemonSet init container, bare nodes).
     InstallCni(crate::install_cni::InstallCni),
+    /// Remove everything twill put on this node (dry run unless --yes).
+    Cleanup(crate::cleanup::Cleanup),
+}
+
+impl Cli {
+    pub fn etcd_options(&self) -> twill_store::EtcdOptions {
+        twill_store::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -18,8 +18,8 @@ use twill_dataplane::{
     Iptables, Mac, Netlink, VxlanSpec,
 };
 use twill_store::{
-    AcquireRequest, EtcdOptions, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable,
-    RenewOutcome, StoreError, WatchEvent,
+    AcquireRequest, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable, RenewOutcome,
+    StoreError, WatchEvent,
 };
 
 use crate::cli::Cli;
@@ -413,15 +413,7 @@ async fn connect_store(
     cancel: &CancellationToken,
     tel: &Telemetry,
 ) -> Result<EtcdStore> {
-    let opts = EtcdOptions {
-        endpoints: cli.etcd_endpoints.clone(),
-        prefix: cli.etcd_prefix.clone(),
-        ca_file: cli.etcd_cafile.clone(),
-        cert_file: cli.etcd_certfile.clone(),
-        key_file: cli.etcd_keyfile.clone(),
-        username: cli.etcd_username.clone(),
-        password: cli.etcd_password.clone(),
-    };
+    let opts = cli.etcd_options();
     let mut delay = RETRY_MIN;
     loop {
         match EtcdStore::connect(&opts).await {
@@ -479,7 +471,7 @@ async fn acquire(
     }
 }
 
-async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {
+pub(crate) async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {
     let ifaces = nl.interfaces().await?;
     let default = nl.default_route_index().await?;
     Ok(choose_interface(

@@ -1,5 +1,6 @@
 use clap::Parser;
 
+mod cleanup;
 mod cli;
 mod daemon;
 mod http;
@@ -43,6 +44,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(cli::Command::Cleanup(args)) = &cli.command {
+        return match rt.block_on(cleanup::run(&cli, args)) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("twilld cleanup: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match rt.block_on(daemon::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,290 @@
+//! `twilld cleanup`: uninstall or migrate away. Lists everything twill (or flannel, whose
+//! names we share) put on this node, and with --yes removes it. Each removal is attempted
+//! even when another fails; the exit status says whether all of them worked.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use ipnetwork::IpNetwork;
+use twill_config::SubnetEnv;
+use twill_dataplane::{Firewall, Iptables, Netlink, RuleSet};
+use twill_store::{EtcdStore, LeaseKey};
+
+use crate::cli::Cli;
+
+#[derive(Debug, Clone, Args)]
+pub struct Cleanup {
+    /// Remove for real (without it, only print what would be removed).
+    #[arg(long)]
+    pub yes: bool,
+    /// Also give this node's subnet lease back to etcd.
+    #[arg(long)]
+    pub release_lease: bool,
+    /// Keep the conflist and the plugin binary (e.g. to reinstall right after).
+    #[arg(long)]
+    pub keep_cni_files: bool,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    #[arg(long, default_value = "10-twill.conflist")]
+    pub conflist_name: String,
+    /// The plugin's per-container state directory.
+    #[arg(long, default_value = "/var/lib/cni/twill")]
+    pub cni_data_dir: PathBuf,
+}
+
+struct Report {
+    yes: bool,
+    failed: usize,
+    found: usize,
+}
+
+impl Report {
+    fn act(&mut self, what: &str, f: impl FnOnce() -> Result<()>) {
+        self.found += 1;
+        if !self.yes {
+            println!("would remove: {what}");
+            return;
+        }
+        match f() {
+            Ok(()) => println!("removed: {what}"),
+            Err(e) => {
+                self.failed += 1;
+                println!("FAILED to remove {what}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Another twilld in this network namespace (it would recreate what we remove).
+fn other_twilld() -> Option<String> {
+    let me = std::process::id().to_string();
+    let my_net = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let procs = std::fs::read_dir("/proc").ok()?;
+    procs.filter_map(|e| e.ok()).find_map(|e| {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        let is_other_twilld = pid != me
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "twilld")
+            && std::fs::read_link(e.path().join("ns/net")).ok().as_ref() == Some(&my_net);
+        is_other_twilld.then_some(pid)
+    })
+}
+
+pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
+    if let Some(pid) = other_twilld() {
+        println!("warning: twilld (pid {pid}) is running in this network namespace and will recreate what it owns; stop it first");
+    }
+    let mut r = Report {
+        yes: args.yes,
+        failed: 0,
+        found: 0,
+    };
+    let env = std::fs::read_to_string(&cli.subnet_file)
+        .ok()
+        .and_then(|t| SubnetEnv::parse(&t, &cli.subnet_file.display().to_string()).ok());
+    let subnet = env.as_ref().and_then(|e| e.lease_subnet());
+
+    // The lease first: it is named in subnet.env, which goes later.
+    if args.release_lease {
+        release(cli, env.as_ref(), &mut r).await;
+    }
+
+    let nl = Netlink::connect()?;
+    for l in nl.links().await? {
+        let ours = l.name.starts_with("flannel.")
+            && l.kind == Some(twill_dataplane::netlink::InfoKind::Vxlan);
+        if ours {
+            let name = l.name.clone();
+            r.act(
+                &format!(
+                    "link {name} (VXLAN device, with its peer routes, neighbours and FDB entries)"
+                ),
+                || {
+                    futures_block(nl.delete_link(&name))
+                        .map(|_| ())
+                        .map_err(Into::into)
+                },
+            );
+        }
+    }
+    cleanup_cni0(&nl, subnet, &mut r).await?;
+
+    let fw = Iptables::new()?;
+    let rules = RuleSet::none();
+    for item in fw.present(&rules)? {
+        r.act(&format!("iptables {item}"), || Ok(()));
+    }
+    if args.yes {
+        if let Err(e) = fw.ensure(&rules) {
+            r.failed += 1;
+            println!("FAILED to remove iptables rules: {e}");
+        }
+    }
+    for (family, table) in nft_tables() {
+        r.act(&format!("nft table {family} {table}"), || {
+            run_cmd("nft", &["delete", "table", &family, &table])
+        });
+    }
+
+    if !args.keep_cni_files {
+        remove_file(
+            &args.cni_conf_dir.join(&args.conflist_name),
+            "CNI config",
+            &mut r,
+        );
+        remove_file(&args.cni_bin_dir.join("twill"), "CNI plugin", &mut r);
+    }
+    if args.cni_data_dir.exists() {
+        let d = args.cni_data_dir.clone();
+        r.act(&format!("{} (CNI plugin state)", d.display()), || {
+            Ok(std::fs::remove_dir_all(&d)?)
+        });
+    }
+    remove_file(&cli.subnet_file, "subnet.env", &mut r);
+
+    if r.found == 0 {
+        println!("nothing of twill's left on this node");
+    } else if !args.yes {
+        println!("dry run: nothing was removed; run again with --yes");
+    }
+    Ok(r.failed == 0)
+}
+
+fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Releases the lease named in subnet.env or, without it, the ones carrying our public IP.
+async fn release(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
+    let opts = cli.etcd_options();
+    let result = async {
+        let store = EtcdStore::connect(&opts).await?;
+        let keys: Vec<LeaseKey> = match env.and_then(|e| e.lease_subnet().map(|s| (s, e))) {
+            Some((s, e)) => vec![LeaseKey { v4: Some(s), v6: e.lease_subnet6() }],
+            None => {
+                let Some(ip) = public_ip(cli).await else {
+                    println!("no lease to release: {} is missing and this node's public IP is unknown (pass --public-ip or --iface)", cli.subnet_file.display());
+                    return Ok(());
+                };
+                let (leases, _) = store.list().await?;
+                leases
+                    .into_iter()
+                    .filter(|l| !l.is_reservation() && l.attrs.as_ref().is_some_and(|a| a.public_ip == ip))
+                    .map(|l| l.key)
+                    .collect()
+            }
+        };
+        for key in keys {
+            r.found += 1;
+            if !r.yes {
+                println!("would remove: lease {key} from etcd");
+                continue;
+            }
+            println!("lease {key}: {}", store.release_key(&key).await?);
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        r.failed += 1;
+        println!("FAILED to release the lease: {e:#}");
+    }
+}
+
+async fn public_ip(cli: &Cli) -> Option<std::net::Ipv4Addr> {
+    if let Some(ip) = cli.public_ip {
+        return Some(ip);
+    }
+    let nl = Netlink::connect().ok()?;
+    crate::daemon::select_underlay(&nl, cli)
+        .await
+        .ok()
+        .map(|e| e.addr)
+}
+
+/// cni0 goes only if it is ours: its address lies in our subnet. Another CNI's bridge of
+/// the same name stays.
+async fn cleanup_cni0(nl: &Netlink, subnet: Option<IpNetwork>, r: &mut Report) -> Result<()> {
+    let Some(cni0) = nl
+        .interfaces()
+        .await?
+        .into_iter()
+        .find(|i| i.name == "cni0")
+    else {
+        return Ok(());
+    };
+    let addrs: Vec<String> = cni0
+        .addrs
+        .iter()
+        .map(|a| format!("{}/{}", a.ip, a.prefix))
+        .collect();
+    match subnet {
+        Some(s) if cni0.addrs.iter().any(|a| s.contains(IpAddr::V4(a.ip))) => {
+            r.act(
+                &format!("link cni0 (bridge {}, in our subnet {s})", addrs.join(",")),
+                || {
+                    futures_block(nl.delete_link("cni0"))
+                        .map(|_| ())
+                        .map_err(Into::into)
+                },
+            );
+        }
+        Some(s) => println!(
+            "kept cni0: its addresses [{}] are not in our subnet {s}",
+            addrs.join(",")
+        ),
+        None => println!(
+            "kept cni0: without subnet.env it can't be told apart from another CNI's bridge"
+        ),
+    }
+    Ok(())
+}
+
+/// flannel's nftables-mode tables, if the nft tool is there.
+fn nft_tables() -> Vec<(String, String)> {
+    let Ok(out) = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("table"), Some(fam), Some(name))
+                    if name == "flannel-ipv4" || name == "flannel-ipv6" =>
+                {
+                    Some((fam.to_string(), name.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(cmd).args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn remove_file(path: &Path, what: &str, r: &mut Report) {
+    if path.exists() {
+        let p = path.to_path_buf();
+        r.act(&format!("{} ({what})", p.display()), || {
+            Ok(std::fs::remove_file(&p)?)
+        });
+    }
+}
