@@ -252,3 +252,112 @@ fn cleanup_keeps_a_cni0_that_is_not_ours() {
     assert!(out.contains("kept cni0"), "{out}");
     assert!(c.nodes[i].ns.try_sh("ip link show cni0"));
 }
+
+#[test]
+fn restarts_lose_no_ping_and_touch_no_device_or_route() {
+    let mut c = Cluster::new("h-rest");
+    c.put_config(CONF);
+    for _ in 0..2 {
+        c.add_node(&["--ip-masq"]);
+    }
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    c.assert_full_mesh();
+    // Watch every link and route change in both node namespaces for the whole restart.
+    let monitors: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            let log = std::fs::File::create(c.nodes[i].dir.join("monitor.log")).unwrap();
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &c.nodes[i].ns.name,
+                    "ip",
+                    "monitor",
+                    "link",
+                    "route",
+                    "neigh",
+                ])
+                .stdout(log)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let dst = c.pod(1).ip.clone();
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.pod(0).ns.name,
+            "ping",
+            "-i",
+            "0.05",
+            "-w",
+            "9",
+            "-q",
+            &dst,
+        ])
+        .output();
+    let pinger = std::thread::spawn(move || pinger);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for (sig, round) in [(libc::SIGTERM, 2), (libc::SIGKILL, 3)] {
+        for i in 0..2 {
+            c.nodes[i].stop(sig);
+            c.nodes[i].start();
+        }
+        for i in 0..2 {
+            wait_until(15, "restarted node ready", || {
+                c.nodes[i].log().matches(" ready").count() >= round
+            });
+        }
+    }
+    let out = pinger.join().unwrap().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Control: a change the monitors must have seen, so silence below means something.
+    for i in 0..2 {
+        c.nodes[i]
+            .ns
+            .sh("ip route add 198.18.9.0/24 dev eth0 && ip route del 198.18.9.0/24 dev eth0");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for mut m in monitors {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
+    let stats = summary
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let nums: Vec<u64> = stats
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums[0] > 100, "{stats}");
+    assert_eq!(nums[0], nums[1], "pings lost during restarts: {stats}");
+    for i in 0..2 {
+        let mon = std::fs::read_to_string(c.nodes[i].dir.join("monitor.log")).unwrap();
+        assert!(
+            mon.contains("Deleted 198.18.9.0/24"),
+            "node {}: the monitor saw nothing:\n{mon}",
+            i + 1
+        );
+        let bad: Vec<&str> = mon
+            .lines()
+            .filter(|l| {
+                l.starts_with("Deleted") && (l.contains("flannel.1") || l.contains("10.244."))
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "node {}: our device or routes were deleted during restart:\n{}",
+            i + 1,
+            bad.join("\n")
+        );
+        assert!(
+            !mon.contains("flannel.1: <"),
+            "node {}: flannel.1 was re-created or changed:\n{mon}",
+            i + 1
+        );
+    }
+}
