@@ -256,3 +256,47 @@ fn dual_stack_config_leases_both_families_and_writes_ipv6_lines() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_config_file_and_refuses_a_bad_one() {
+    let mut c = Cluster::new("d-hup");
+    let path = c.dir.path().join("net-conf.json");
+    std::fs::write(&path, CONF).unwrap();
+    let arg = format!("--net-config-path={}", path.display());
+    let i = c.add_node(&[&arg]);
+    c.nodes[i].wait_ready();
+    let lease = c.nodes[i].lease();
+    let hup = |c: &Cluster| c.nodes[i].signal(libc::SIGHUP);
+
+    // A bad file is refused and the node keeps running as it was.
+    std::fs::write(&path, r#"{"Network":"10.244.0.0/16","Backend":{"MTU":12}}"#).unwrap();
+    hup(&c);
+    wait_until(10, "the refusal logged", || {
+        c.nodes[i].log().contains("config reload refused")
+    });
+    assert!(
+        c.nodes[i].log().contains("Backend.MTU=12"),
+        "{}",
+        c.nodes[i].log()
+    );
+    assert!(c.nodes[i].is_running());
+
+    // A good one is applied: MTU on the device and in subnet.env, same lease.
+    std::fs::write(
+        &path,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#,
+    )
+    .unwrap();
+    hup(&c);
+    wait_until(10, "the new MTU applied", || {
+        c.nodes[i]
+            .ns
+            .sh("ip link show flannel.1")
+            .contains("mtu 1350")
+            && std::fs::read_to_string(c.nodes[i].subnet_env())
+                .unwrap()
+                .contains("FLANNEL_MTU=1350")
+    });
+    assert_eq!(c.nodes[i].lease(), lease);
+    assert!(c.nodes[i].is_running());
+}

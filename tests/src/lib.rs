@@ -85,6 +85,13 @@ impl Node {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// Sends `sig` to the running daemon without waiting.
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, sig) };
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

@@ -65,6 +65,20 @@ impl Dataplane {
         &self.nl
     }
 
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    /// New settings (after a config reload); the next pass applies them.
+    pub fn set_config(&mut self, mut cfg: DataplaneConfig) {
+        if cfg.vxlan.name != self.cfg.vxlan.name {
+            // A new device (VNI changed), but peers keep our MAC.
+            cfg.vxlan.mac = self.mac().or(cfg.vxlan.mac);
+            self.device = None;
+        }
+        self.cfg = cfg;
+    }
+
     pub fn device_name(&self) -> &str {
         &self.cfg.vxlan.name
     }

@@ -33,7 +33,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not in this build yet; use etcd (--etcd-endpoints)");
     }
     let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
+    let reloads = spawn_signal_handler(cancel.clone());
     // Liveness allows for a few missed resyncs before declaring the loop stuck.
     let window = Duration::from_secs((cli.iptables_resync * 3).max(30));
     let tel = Arc::new(Telemetry::new(window));
@@ -155,6 +155,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         tel,
         expires,
         store_errors_seen: 0,
+        iface_mtu: ext.mtu,
+        reloads,
     };
     node.run_loop(cancel).await
 }
@@ -173,6 +175,9 @@ struct Node {
     /// When our lease runs out unless renewed.
     expires: Instant,
     store_errors_seen: u64,
+    /// The underlay interface's MTU, the default when Backend.MTU is unset.
+    iface_mtu: u32,
+    reloads: mpsc::UnboundedReceiver<()>,
 }
 
 /// Why a reconcile runs: only the periodic ones count what they fix as repairs (after an
@@ -205,6 +210,9 @@ impl Node {
         loop {
             self.tel.beat();
             tokio::select! {
+                Some(()) = self.reloads.recv() => {
+                    self.reload(&cancel).await?;
+                }
                 Some(()) = async { match deleted.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
                     warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
                     self.reconcile(Trigger::DeviceDeleted).await;
@@ -289,6 +297,80 @@ impl Node {
         }
     }
 
+    /// Re-reads the config (file or etcd) and applies it. An invalid config is refused
+    /// and the running one kept: a typo must not take a node's network down.
+    async fn reload(&mut self, cancel: &CancellationToken) -> Result<()> {
+        let loaded = match &self.cli.net_config_path {
+            Some(p) => load_file_config(p),
+            None => match self.store.get_config().await {
+                Ok(Some(text)) => {
+                    parse_conf(&text, &format!("etcd key {}", self.store.config_key()))
+                }
+                Ok(None) => Err(anyhow!("etcd key {} is missing", self.store.config_key())),
+                Err(e) => Err(e.into()),
+            },
+        };
+        let conf = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("config reload refused, keeping the running config: {e:#}");
+                return Ok(());
+            }
+        };
+        if conf == self.req.conf {
+            info!("config unchanged");
+            return Ok(());
+        }
+        let Some(IpNetwork::V4(network)) = conf.ipv4.as_ref().map(|r| r.network) else {
+            warn!("config reload refused: EnableIPv4=false is not supported; keeping the running config");
+            return Ok(());
+        };
+        let underlay = conf.backend.mtu.unwrap_or(self.iface_mtu);
+        let Some(mtu) = underlay.checked_sub(VXLAN_OVERHEAD_V4).filter(|m| *m >= 68) else {
+            warn!("config reload refused: underlay MTU {underlay} leaves no room for VXLAN");
+            return Ok(());
+        };
+        let mut cfg = self.dp.config().clone();
+        let old_device = cfg.vxlan.name.clone();
+        cfg.vxlan.name = format!("flannel.{}", conf.backend.vni);
+        cfg.vxlan.vni = conf.backend.vni;
+        cfg.vxlan.port = conf.backend.port;
+        cfg.vxlan.gbp = conf.backend.gbp;
+        cfg.vxlan.mtu = mtu;
+        cfg.network = network;
+        self.dp.set_config(cfg);
+        if old_device != self.dp.device_name() {
+            if let Err(e) = self.dp.netlink().delete_link(&old_device).await {
+                warn!("removing {old_device} after the VNI change: {e}");
+            }
+        }
+        self.network = network;
+        self.mtu = mtu;
+        self.req.conf = conf;
+        let vni = self.req.conf.backend.vni;
+        let mac = self.dp.ensure_device().await?.mac;
+        self.req.attrs = LeaseAttrs::vxlan(self.req.attrs.public_ip, vni, &mac.to_string());
+        if self
+            .req
+            .conf
+            .fits(self.held.key.v4.as_ref(), self.held.key.v6.as_ref())
+            && self.held.attrs == self.req.attrs
+        {
+            self.dp.set_lease(v4_subnet(&self.held)?).await?;
+        } else {
+            // Out of the new range, or our advertised VNI/MAC changed: lease again (the
+            // allocator drops our lease that no longer fits and prefers the same subnet).
+            self.reacquire(cancel).await?;
+            self.dp.set_lease(v4_subnet(&self.held)?).await?;
+        }
+        self.reconcile(Trigger::Event).await;
+        if self.ready {
+            self.write_subnet_env()?;
+        }
+        info!(subnet = %self.held.key, mtu, "config reloaded");
+        Ok(())
+    }
+
     fn next_renewal(&self) -> Instant {
         if self.held.etcd_lease == 0 {
             // A reservation never expires; check on it hourly.
@@ -368,22 +450,32 @@ fn v4_subnet(held: &HeldLease) -> Result<Ipv4Network> {
     }
 }
 
-fn spawn_signal_handler(cancel: CancellationToken) {
+/// SIGTERM/SIGINT cancel; each SIGHUP is forwarded as a reload request.
+fn spawn_signal_handler(cancel: CancellationToken) -> mpsc::UnboundedReceiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             warn!("could not install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); break; }
+                _ = int.recv() => { info!("SIGINT"); break; }
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading the network config");
+                    let _ = tx.send(());
+                }
+            }
         }
         cancel.cancel();
     });
+    rx
 }
 
 fn load_file_config(path: &Path) -> Result<NetConf> {
