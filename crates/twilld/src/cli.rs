@@ -101,7 +101,7 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     pub subnet_lease_ttl: Duration,
     /// Read net-conf.json from this file instead of etcd's <prefix>/config.
-    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH")]
+    #[arg(long, global = true, env = "FLANNELD_NET_CONFIG_PATH")]
     pub net_config_path: Option<PathBuf>,
 
     #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "127.0.0.1")]
@@ -133,6 +133,8 @@ pub enum Command {
     InstallCni(crate::install_cni::InstallCni),
     /// Remove everything twill put on this node (dry run unless --yes).
     Cleanup(crate::cleanup::Cleanup),
+    /// Check this node: read-only, one pass/warn/fail line per check with a hint.
+    Doctor(crate::doctor::Doctor),
 }
 
 impl Cli {

@@ -3,6 +3,7 @@ use clap::Parser;
 mod cleanup;
 mod cli;
 mod daemon;
+mod doctor;
 mod http;
 mod install_cni;
 mod telemetry;
@@ -50,6 +51,16 @@ fn main() -> std::process::ExitCode {
             Ok(false) => std::process::ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("twilld cleanup: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(cli::Command::Doctor(args)) = &cli.command {
+        return match rt.block_on(doctor::run(&cli, args)) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("twilld doctor: error: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };

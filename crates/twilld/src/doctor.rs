@@ -1,0 +1,537 @@
+//! `twilld doctor`: read-only checks of everything twill needs and everything it made,
+//! each a pass/warn/fail line with a hint, for the operator whose pods are stuck.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use ipnetwork::IpNetwork;
+use serde_json::json;
+use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
+use twill_dataplane::{desired_peers, diff, Netlink};
+use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
+
+use crate::cli::Cli;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Doctor {
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "10-twill.conflist")]
+    pub conflist_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+struct Check {
+    name: &'static str,
+    status: Status,
+    detail: String,
+    hint: String,
+}
+
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(
+        &mut self,
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.0.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+            hint: hint.into(),
+        });
+    }
+    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.add(name, Status::Pass, detail, "");
+    }
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
+    let mut c = Checks::default();
+    privileges(&mut c);
+    kernel(&mut c);
+    match read_sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() {
+        Some("1") => c.pass("ip_forward", "net.ipv4.ip_forward = 1"),
+        other => c.add("ip_forward", Status::Fail, format!("net.ipv4.ip_forward = {}", other.unwrap_or("?")),
+            "pods can't reach other nodes: sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d)"),
+    }
+    match read_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables").as_deref() {
+        Some("1") => c.pass("br_netfilter", "net.bridge.bridge-nf-call-iptables = 1"),
+        Some(v) => c.add("br_netfilter", Status::Warn, format!("net.bridge.bridge-nf-call-iptables = {v}"),
+            "kube-proxy's rules won't see bridged pod traffic: sysctl -w net.bridge.bridge-nf-call-iptables=1"),
+        None => c.add("br_netfilter", Status::Warn, "br_netfilter not loaded",
+            "modprobe br_netfilter (kube-proxy needs it for Services between pods on one node)"),
+    }
+
+    let nl = Netlink::connect()?;
+    let ext = match crate::daemon::select_underlay(&nl, cli).await {
+        Ok(e) => {
+            let public = cli.public_ip.unwrap_or(e.addr);
+            c.pass(
+                "underlay",
+                format!("{} {} (mtu {}), public IP {public}", e.name, e.addr, e.mtu),
+            );
+            Some((e, public))
+        }
+        Err(err) => {
+            c.add(
+                "underlay",
+                Status::Fail,
+                format!("{err:#}"),
+                "pass --iface NAME|IP (or --iface-regex) as twilld runs",
+            );
+            None
+        }
+    };
+
+    let store = EtcdStore::connect(&cli.etcd_options()).await;
+    let conf = config(cli, store.as_ref().ok(), &mut c).await;
+    if let Err(e) = &store {
+        c.add(
+            "etcd",
+            Status::Fail,
+            format!("{e}"),
+            format!(
+                "check --etcd-endpoints {} and the TLS flags",
+                cli.etcd_endpoints.join(",")
+            ),
+        );
+    }
+    let leases = match &store {
+        Ok(s) => match s.list().await {
+            Ok((l, _)) => {
+                c.pass(
+                    "etcd",
+                    format!(
+                        "{} reachable, {} leases",
+                        cli.etcd_endpoints.join(","),
+                        l.len()
+                    ),
+                );
+                Some(l)
+            }
+            Err(e) => {
+                c.add(
+                    "etcd",
+                    Status::Fail,
+                    e.to_string(),
+                    "is etcd up and reachable from this node?",
+                );
+                None
+            }
+        },
+        Err(_) => None,
+    };
+
+    let env_text = std::fs::read_to_string(&cli.subnet_file).ok();
+    let env = env_text
+        .as_deref()
+        .and_then(|t| SubnetEnv::parse(t, &cli.subnet_file.display().to_string()).ok());
+    let own_key = env
+        .as_ref()
+        .and_then(|e| e.lease_subnet())
+        .map(|s| LeaseKey {
+            v4: Some(s),
+            v6: env.as_ref().and_then(|e| e.lease_subnet6()),
+        });
+    match (&env, &own_key, &leases, &ext) {
+        (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cli.subnet_file.display()),
+            "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
+        (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
+            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == *public) => c.pass("subnet.env", format!("{k} matches our lease in etcd")),
+            Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.public_ip)),
+                "another node holds this subnet: stop twilld, remove subnet.env, start twilld"),
+            None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in etcd"), "twilld re-acquires a lost lease; is it running?"),
+        },
+        (Some(_), ..) => c.add("subnet.env", Status::Warn, "present, but the lease could not be checked", "see the etcd and underlay checks"),
+    }
+
+    let vni = conf.as_ref().map(|c| c.backend.vni).unwrap_or(1);
+    let device_name = format!("flannel.{vni}");
+    let device = nl.link_by_name(&device_name).await.ok().flatten();
+    match &device {
+        Some(d) if d.up => c.pass(
+            "vxlan device",
+            format!(
+                "{device_name} up, mac {}",
+                d.mac.map(|m| m.to_string()).unwrap_or_default()
+            ),
+        ),
+        Some(_) => c.add(
+            "vxlan device",
+            Status::Fail,
+            format!("{device_name} is down"),
+            "twilld brings it up at the next resync; is it running?",
+        ),
+        None => c.add(
+            "vxlan device",
+            Status::Fail,
+            format!("{device_name} does not exist"),
+            "twilld creates it at start and within one resync after a deletion; is it running?",
+        ),
+    }
+    mtu_chain(
+        &mut c,
+        conf.as_ref(),
+        ext.as_ref().map(|(e, _)| e.mtu),
+        device.as_ref().map(|d| d.mtu),
+        env.as_ref(),
+        &nl,
+    )
+    .await;
+    vxlan_port(&mut c, conf.as_ref(), device.is_some());
+    if let (Some(d), Some(l)) = (&device, &leases) {
+        peers(&mut c, &nl, d.index, own_key.as_ref(), l).await;
+    }
+    other_cnis(&mut c, &nl, env.as_ref(), args).await;
+
+    let ok = !c.0.iter().any(|x| x.status == Status::Fail);
+    match args.output {
+        Output::Json => {
+            let checks: Vec<_> = c.0.iter().map(|x| json!({"name": x.name, "status": x.status.as_str(), "detail": x.detail, "hint": x.hint})).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"ok": ok, "checks": checks}))?
+            );
+        }
+        Output::Text => {
+            for x in &c.0 {
+                println!(
+                    "{:<4} {}: {}",
+                    x.status.as_str().to_uppercase(),
+                    x.name,
+                    x.detail
+                );
+                if !x.hint.is_empty() {
+                    println!("     hint: {}", x.hint);
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn privileges(c: &mut Checks) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cap_net_admin = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0);
+    match (root, cap_net_admin) {
+        (true, _) => c.pass("privileges", "running as root"),
+        (false, true) => c.pass("privileges", "CAP_NET_ADMIN"),
+        _ => c.add(
+            "privileges",
+            Status::Fail,
+            "neither root nor CAP_NET_ADMIN",
+            "run twilld (and this check) as root or with CAP_NET_ADMIN and CAP_NET_RAW",
+        ),
+    }
+}
+
+/// Creates a VXLAN device, a bridge and a NAT chain in a throw-away network namespace: a
+/// kernel without the modules fails here, not in production.
+fn kernel(c: &mut Checks) {
+    let probe = std::thread::spawn(|| -> Vec<(&'static str, Result<(), String>)> {
+        // SAFETY: unshare affects only this thread, which ends with the probe; the
+        // namespace dies with it (nothing else references it).
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            let e = std::io::Error::last_os_error().to_string();
+            return vec![
+                ("vxlan", Err(e.clone())),
+                ("bridge", Err(e.clone())),
+                ("iptables nat", Err(e)),
+            ];
+        }
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+        };
+        vec![
+            (
+                "vxlan",
+                ip(&[
+                    "link", "add", "twprobe0", "type", "vxlan", "id", "42", "dstport", "8472",
+                ]),
+            ),
+            ("bridge", ip(&["link", "add", "twprobe1", "type", "bridge"])),
+            ("iptables nat", {
+                let out = std::process::Command::new("iptables")
+                    .args(["-t", "nat", "-N", "TWILL-PROBE"])
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => Ok(()),
+                    Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }),
+        ]
+    });
+    match probe.join() {
+        Ok(results) => {
+            let failed: Vec<String> = results
+                .iter()
+                .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+                .collect();
+            if failed.is_empty() {
+                c.pass(
+                    "kernel",
+                    "vxlan, bridge and iptables NAT work (probed in a throw-away namespace)",
+                );
+            } else {
+                c.add(
+                    "kernel",
+                    Status::Fail,
+                    failed.join("; "),
+                    "load the modules (modprobe vxlan bridge iptable_nat) or install iptables",
+                );
+            }
+        }
+        Err(_) => c.add("kernel", Status::Fail, "the probe crashed", ""),
+    }
+}
+
+async fn config(cli: &Cli, store: Option<&EtcdStore>, c: &mut Checks) -> Option<NetConf> {
+    let (text, source) = match &cli.net_config_path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            p.display().to_string(),
+        ),
+        None => {
+            let Some(s) = store else {
+                c.add(
+                    "config",
+                    Status::Fail,
+                    "etcd unreachable",
+                    "see the etcd check",
+                );
+                return None;
+            };
+            let key = s.config_key();
+            match s.get_config().await {
+                Ok(Some(t)) => (Ok(t), format!("etcd key {key}")),
+                Ok(None) => {
+                    c.add("config", Status::Fail, format!("etcd key {key} is missing"),
+                        format!("etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'"));
+                    return None;
+                }
+                Err(e) => (Err(e.to_string()), format!("etcd key {key}")),
+            }
+        }
+    };
+    match text.map(|t| NetConf::parse(&t)) {
+        Ok(Ok((conf, warnings))) => {
+            let net = conf
+                .ipv4
+                .as_ref()
+                .map(|r| r.network.to_string())
+                .unwrap_or_default();
+            if warnings.is_empty() {
+                c.pass(
+                    "config",
+                    format!("{source}: Network {net}, VNI {}", conf.backend.vni),
+                );
+            } else {
+                let w: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+                c.add(
+                    "config",
+                    Status::Warn,
+                    format!("{source}: {}", w.join("; ")),
+                    "fix or remove the keys named",
+                );
+            }
+            Some(conf)
+        }
+        Ok(Err(e)) => {
+            c.add(
+                "config",
+                Status::Fail,
+                e.to_string(),
+                "fix the field named; twilld refuses this config",
+            );
+            None
+        }
+        Err(e) => {
+            c.add("config", Status::Fail, format!("{source}: {e}"), "");
+            None
+        }
+    }
+}
+
+async fn mtu_chain(
+    c: &mut Checks,
+    conf: Option<&NetConf>,
+    iface: Option<u32>,
+    device: Option<u32>,
+    env: Option<&SubnetEnv>,
+    nl: &Netlink,
+) {
+    let underlay = conf.and_then(|c| c.backend.mtu).or(iface);
+    let expect = underlay.map(|m| m.saturating_sub(VXLAN_OVERHEAD_V4));
+    let cni0 = nl.link_by_name("cni0").await.ok().flatten().map(|l| l.mtu);
+    let env_mtu = env.and_then(|e| e.mtu);
+    let parts = [
+        ("expected", expect),
+        ("flannel device", device),
+        ("subnet.env", env_mtu),
+        ("cni0", cni0),
+    ];
+    let shown: Vec<String> = parts
+        .iter()
+        .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
+        .collect();
+    let values: Vec<u32> = parts.iter().filter_map(|(_, v)| *v).collect();
+    if values.windows(2).all(|w| w[0] == w[1]) {
+        c.pass("mtu", shown.join(", "));
+    } else {
+        c.add("mtu", Status::Fail, shown.join(", "), "pods get one MTU and the tunnel another: restart twilld after MTU changes (it corrects the device and subnet.env); recreate pods to pick up a new cni0 MTU");
+    }
+}
+
+fn vxlan_port(c: &mut Checks, conf: Option<&NetConf>, device_exists: bool) {
+    let port = conf
+        .map(|c| c.backend.port)
+        .unwrap_or(twill_config::DEFAULT_VXLAN_PORT);
+    if device_exists {
+        c.pass("vxlan port", format!("UDP {port} held by our device"));
+        return;
+    }
+    match std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {
+        Ok(_) => c.pass("vxlan port", format!("UDP {port} free")),
+        Err(e) => c.add(
+            "vxlan port",
+            Status::Fail,
+            format!("UDP {port}: {e}"),
+            "another VXLAN device or program holds the port; flannel and twill need it",
+        ),
+    }
+}
+
+async fn peers(
+    c: &mut Checks,
+    nl: &Netlink,
+    index: u32,
+    own: Option<&LeaseKey>,
+    leases: &[StoredLease],
+) {
+    let mut table = PeerTable::new();
+    table.apply(WatchEvent::Snapshot(leases.to_vec()));
+    let desired = desired_peers(own, table.iter());
+    let Ok(actual) = nl.read_actual(index).await else {
+        c.add("peers", Status::Warn, "could not read kernel state", "");
+        return;
+    };
+    let ops = diff(&desired, &actual);
+    let missing = ops.add_routes.len() + ops.add_neighs.len() + ops.add_fdb.len();
+    let extra = ops.del_routes.len() + ops.del_neighs.len() + ops.del_fdb.len();
+    let detail = format!(
+        "{} peers in etcd; {missing} entries missing, {extra} extra",
+        desired.len()
+    );
+    let hint = "twilld repairs these within --iptables-resync seconds; if they persist, it is not running or can't write (see its log)";
+    match (missing, extra) {
+        (0, 0) => c.pass("peers", detail),
+        (0, _) => c.add("peers", Status::Warn, detail, hint),
+        _ => c.add("peers", Status::Fail, detail, hint),
+    }
+}
+
+async fn other_cnis(c: &mut Checks, nl: &Netlink, env: Option<&SubnetEnv>, args: &Doctor) {
+    let mut found = Vec::new();
+    if let Ok(ifaces) = nl.interfaces().await {
+        for i in &ifaces {
+            let n = i.name.as_str();
+            if n.starts_with("cali")
+                || n.starts_with("cilium_")
+                || n.starts_with("weave")
+                || n == "vxlan.calico"
+                || n.starts_with("kube-bridge")
+            {
+                found.push(format!("interface {n}"));
+            }
+            if n == "cni0" {
+                let ours = env.and_then(|e| e.lease_subnet());
+                let theirs: Vec<String> = i
+                    .addrs
+                    .iter()
+                    .filter(|a| ours.is_none_or(|s: IpNetwork| !s.contains(IpAddr::V4(a.ip))))
+                    .map(|a| format!("{}/{}", a.ip, a.prefix))
+                    .collect();
+                if !theirs.is_empty() && ours.is_some() {
+                    found.push(format!("cni0 with {} outside our subnet", theirs.join(",")));
+                }
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(&args.cni_conf_dir) {
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".conf") || n.ends_with(".conflist") || n.ends_with(".json"))
+            .collect();
+        names.sort();
+        for n in names.iter().take_while(|n| **n != args.conflist_name) {
+            found.push(format!(
+                "{} sorts before {} (the runtime uses the first)",
+                args.cni_conf_dir.join(n).display(),
+                args.conflist_name
+            ));
+        }
+    }
+    if found.is_empty() {
+        c.pass("other CNIs", "no leftovers of other CNIs found");
+    } else {
+        c.add("other CNIs", Status::Warn, found.join("; "), "leftovers of a previous CNI can capture pod traffic: remove them (that CNI's uninstall, or ip link del / rm the conflist)");
+    }
+}

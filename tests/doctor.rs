@@ -1,0 +1,156 @@
+//! `twilld doctor` on a real node: a healthy one passes; each broken condition the test
+//! creates is reported as warn/fail with a hint.
+
+use serde_json::Value;
+use twill_e2e::{twilld_bin, Cluster, ETCD_IP};
+
+const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn doctor(c: &Cluster, i: usize) -> (bool, Value) {
+    let n = &c.nodes[i];
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &n.ns.name])
+        .arg(twilld_bin())
+        .arg("doctor")
+        .arg("--output=json")
+        .arg("--iface=eth0")
+        .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
+        .arg(format!("--subnet-file={}", n.subnet_env().display()))
+        .arg(format!("--cni-conf-dir={}", n.dir.join("net.d").display()))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(
+        v["ok"].as_bool().unwrap(),
+        out.status.success(),
+        "exit status follows ok: {v}"
+    );
+    (out.status.success(), v)
+}
+
+fn check<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v}"))
+}
+
+fn assert_status(v: &Value, name: &str, want: &str) {
+    let c = check(v, name);
+    assert_eq!(c["status"], want, "{name}: {c}");
+    if want != "pass" {
+        assert!(
+            !c["hint"].as_str().unwrap().is_empty(),
+            "{name} has a hint: {c}"
+        );
+    }
+}
+
+#[test]
+fn healthy_node_passes_and_each_breakage_is_named() {
+    let mut c = Cluster::new("x-doc");
+    c.put_config(CONF);
+    for _ in 0..2 {
+        c.add_node(&["--ip-masq"]);
+    }
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    c.assert_full_mesh();
+    let conf_dir = c.nodes[0].dir.join("net.d");
+    let st = std::process::Command::new(twilld_bin())
+        .args([
+            "install-cni",
+            &format!("--cni-conf-dir={}", conf_dir.display()),
+            &format!("--cni-bin-dir={}", c.nodes[0].dir.join("bin").display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let (ok, v) = doctor(&c, 0);
+    assert!(ok, "{v:#}");
+    for name in [
+        "privileges",
+        "kernel",
+        "ip_forward",
+        "underlay",
+        "etcd",
+        "config",
+        "subnet.env",
+        "vxlan device",
+        "mtu",
+        "vxlan port",
+        "peers",
+        "other CNIs",
+    ] {
+        assert_status(&v, name, "pass");
+    }
+
+    // From here on nothing repairs what the test breaks.
+    c.nodes[0].stop(libc::SIGTERM);
+    let n0 = &c.nodes[0].ns;
+    n0.sh("ip route add 10.244.250.0/24 via 10.244.250.0 dev flannel.1 onlink");
+    n0.sh("ip link add cilium_host type veth peer name cilium_net");
+    std::fs::write(conf_dir.join("05-cilium.conflist"), "{}").unwrap();
+    let (_, v) = doctor(&c, 0);
+    assert_status(&v, "peers", "warn");
+    assert_status(&v, "other CNIs", "warn");
+    let other = check(&v, "other CNIs")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        other.contains("cilium_host") && other.contains("05-cilium.conflist"),
+        "{other}"
+    );
+
+    n0.sh("sysctl -qw net.ipv4.ip_forward=0");
+    n0.sh("ip link del flannel.1");
+    let (ok, v) = doctor(&c, 0);
+    assert!(!ok);
+    assert_status(&v, "ip_forward", "fail");
+    assert_status(&v, "vxlan device", "fail");
+
+    std::fs::remove_file(c.nodes[0].subnet_env()).unwrap();
+    let (ok, v) = doctor(&c, 0);
+    assert!(!ok);
+    assert_status(&v, "subnet.env", "fail");
+    assert!(check(&v, "subnet.env")["hint"]
+        .as_str()
+        .unwrap()
+        .contains("twilld"));
+}
+
+#[test]
+fn text_output_has_a_line_per_check() {
+    let mut c = Cluster::new("x-txt");
+    c.put_config(CONF);
+    let i = c.add_node(&[]);
+    c.nodes[i].wait_ready();
+    let n = &c.nodes[i];
+    let out = n.ns.sh(&format!(
+        "{} doctor --iface=eth0 --etcd-endpoints=http://{ETCD_IP}:2379 --subnet-file={} --cni-conf-dir={} || true",
+        twilld_bin().display(),
+        n.subnet_env().display(),
+        n.dir.join("net.d").display()
+    ));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("PASS vxlan device: flannel.1 up")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("PASS config: etcd key /coreos.com/network/config")),
+        "{out}"
+    );
+}
