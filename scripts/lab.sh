@@ -7,9 +7,11 @@
 #   scripts/lab.sh up [N]     build the lab with N nodes (default 3) and pods
 #   scripts/lab.sh check      every pod pings every other pod
 #   scripts/lab.sh status     leases in etcd and each node's kernel state
+#   scripts/lab.sh add-node N one more node N (after up), without a pod
 #   scripts/lab.sh down       stop everything and delete the namespaces
 #
-# Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths).
+# Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
+# LAB_NETWORK (default 10.244.0.0/16), LAB_TWILLD_ARGS (extra twilld flags).
 set -euo pipefail
 
 P=${LAB_PREFIX:-twlab}
@@ -20,7 +22,7 @@ TWILL_CNI=${TWILL_CNI:-$(dirname "$TWILLD")/twill}
 CNI_BIN=/usr/lib/cni
 ETCD_IP=198.18.0.100
 ETCD_EP=http://$ETCD_IP:2379
-NETWORK=10.244.0.0/16
+NETWORK=${LAB_NETWORK:-10.244.0.0/16}
 
 log() { printf '%s\n' "$*"; }
 die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
@@ -47,7 +49,7 @@ start_node() { # start_node <n>
   mkdir -p "$d"
   start_bg "$d/twilld.pid" "$d/twilld.log" ip netns exec "$P-n$n" "$TWILLD" \
     --etcd-endpoints "$ETCD_EP" --iface eth0 --ip-masq \
-    --subnet-file "$d/subnet.env" --iptables-resync 2
+    --subnet-file "$d/subnet.env" --iptables-resync 2 ${LAB_TWILLD_ARGS:-}
 }
 
 wait_file() { local i; for i in $(seq 150); do [[ -s $1 ]] && return 0; sleep 0.1; done; return 1; }
@@ -97,6 +99,14 @@ up() {
   done
 }
 
+add_node() { # add_node <n>: one more node, started (no pod)
+  local n=$1
+  add_host "n$n" "$(node_ip "$n")"
+  nsx "n$n" sysctl -qw net.ipv4.ip_forward=1
+  start_node "$n"
+  echo "$n" > "$STATE/nodes"
+}
+
 check() {
   local count a b fails=0
   count=$(nodes)
@@ -140,8 +150,9 @@ down() {
 
 case ${1:-} in
   up) shift; up "$@" ;;
+  add-node) shift; add_node "$@" ;;
   check) check ;;
   status) status ;;
   down) down ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

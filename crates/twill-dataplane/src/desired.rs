@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use twill_store::{LeaseAttrs, LeaseKey};
+use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerEvent};
 
 use crate::mac::Mac;
 
@@ -49,6 +49,62 @@ pub fn desired_peers<'a>(
         );
     }
     out
+}
+
+/// The kernel changes for a batch of peer events, without reading the kernel: what keeps
+/// a new peer's latency at a few round trips. Anything this misses (someone else's edits,
+/// a failed write) is caught by the periodic full reconcile.
+pub fn incremental(events: &[PeerEvent]) -> Ops {
+    let entry = |l: &Lease| {
+        desired_peers(None, [(&l.key, &l.attrs)])
+            .into_values()
+            .next()
+    };
+    let mut ops = Ops::default();
+    for ev in events {
+        match ev {
+            PeerEvent::Added(l) => {
+                if let Some(p) = entry(l) {
+                    ops.add_neighs.push((p.vtep_ip, p.mac));
+                    ops.add_fdb.push((p.mac, p.public_ip));
+                    ops.add_routes.push((p.subnet, p.vtep_ip));
+                }
+            }
+            PeerEvent::Changed { new, old } => {
+                let before = entry(&Lease {
+                    key: new.key,
+                    attrs: old.clone(),
+                });
+                let after = entry(new);
+                if let (Some(b), Some(a)) = (&before, &after) {
+                    if (b.mac, b.public_ip) != (a.mac, a.public_ip) {
+                        ops.del_fdb.push((b.mac, b.public_ip));
+                    }
+                }
+                match (before, after) {
+                    (_, Some(p)) => {
+                        ops.add_neighs.push((p.vtep_ip, p.mac));
+                        ops.add_fdb.push((p.mac, p.public_ip));
+                        ops.add_routes.push((p.subnet, p.vtep_ip));
+                    }
+                    (Some(b), None) => remove(&mut ops, &b),
+                    (None, None) => {}
+                }
+            }
+            PeerEvent::Removed(l) => {
+                if let Some(p) = entry(l) {
+                    remove(&mut ops, &p);
+                }
+            }
+        }
+    }
+    ops
+}
+
+fn remove(ops: &mut Ops, p: &PeerEntry) {
+    ops.del_routes.push((p.subnet, Some(p.vtep_ip)));
+    ops.del_neighs.push(p.vtep_ip);
+    ops.del_fdb.push((p.mac, p.public_ip));
 }
 
 /// What the kernel has on our VXLAN device.
@@ -171,6 +227,63 @@ mod tests {
         let p = &d[&"10.244.2.0/24".parse().unwrap()];
         assert_eq!(p.vtep_ip.to_string(), "10.244.2.0");
         assert_eq!(p.public_ip.to_string(), "198.18.0.2");
+    }
+
+    #[test]
+    fn incremental_ops_match_full_diff_results() {
+        let t = table();
+        let lease = |i: usize| Lease {
+            key: t[i].0,
+            attrs: t[i].1.clone(),
+        };
+        let mut moved = lease(1);
+        moved.attrs = attrs("198.18.0.22", "0a:00:00:00:00:22");
+        let ops = incremental(&[
+            PeerEvent::Added(lease(0)),
+            PeerEvent::Changed {
+                new: moved,
+                old: t[1].1.clone(),
+            },
+            PeerEvent::Removed(lease(2)),
+        ]);
+        assert_eq!(ops.add_routes.len(), 2);
+        assert_eq!(
+            ops.add_fdb,
+            vec![
+                (
+                    "0a:00:00:00:00:01".parse().unwrap(),
+                    "198.18.0.1".parse().unwrap()
+                ),
+                (
+                    "0a:00:00:00:00:22".parse().unwrap(),
+                    "198.18.0.22".parse().unwrap()
+                ),
+            ]
+        );
+        assert_eq!(
+            ops.del_fdb,
+            vec![
+                (
+                    "0a:00:00:00:00:02".parse().unwrap(),
+                    "198.18.0.2".parse().unwrap()
+                ),
+                (
+                    "0a:00:00:00:00:03".parse().unwrap(),
+                    "198.18.0.3".parse().unwrap()
+                ),
+            ]
+        );
+        assert_eq!(
+            ops.del_routes,
+            vec![(
+                "10.244.3.0/24".parse().unwrap(),
+                Some("10.244.3.0".parse().unwrap())
+            )]
+        );
+        assert_eq!(
+            ops.del_neighs,
+            vec!["10.244.3.0".parse::<Ipv4Addr>().unwrap()]
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod netlink;
 pub mod reconcile;
 pub mod rules;
 
-pub use desired::{desired_peers, diff, Actual, Ops, PeerEntry};
+pub use desired::{desired_peers, diff, incremental, Actual, Ops, PeerEntry};
 pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
 pub use mac::Mac;
 pub use netlink::{watch_link_deletions, DeviceState, Netlink, NetlinkError, VxlanSpec};

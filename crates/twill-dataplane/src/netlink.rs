@@ -362,43 +362,47 @@ impl Netlink {
         Ok(())
     }
 
-    /// Neighbour (AF_INET) or FDB (AF_BRIDGE) entries on device `index`.
-    async fn neighbours(
+    /// Calls `f` for each neighbour (AF_INET) or FDB (AF_BRIDGE) entry on device `index`,
+    /// as the dump streams in: at 10 000 peers, holding every message at once would
+    /// dominate the daemon's peak memory.
+    async fn each_neighbour(
         &self,
         family: AddressFamily,
         index: u32,
-    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
-        let all: Vec<NeighbourMessage> = ctx(
-            format!("dump {family:?} neighbours"),
-            self.handle
-                .neighbours()
-                .get()
-                .set_address_family(family)
-                .execute()
-                .try_collect()
-                .await,
-        )?;
-        Ok(all
-            .into_iter()
-            .filter(|n| n.header.ifindex == index)
-            .collect())
+        mut f: impl FnMut(&NeighbourMessage),
+    ) -> Result<(), NetlinkError> {
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute();
+        while let Some(n) = ctx(format!("dump {family:?} neighbours"), dump.try_next().await)? {
+            if n.header.ifindex == index {
+                f(&n);
+            }
+        }
+        Ok(())
     }
 
     /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
     pub async fn read_actual(&self, index: u32) -> Result<Actual, NetlinkError> {
         let mut actual = Actual::default();
-        for n in self.neighbours(AddressFamily::Inet, index).await? {
-            let (dst, lladdr) = neigh_fields(&n);
-            if let Some(IpAddr::V4(ip)) = dst {
+        self.each_neighbour(AddressFamily::Inet, index, |n| {
+            if let (Some(IpAddr::V4(ip)), lladdr) = neigh_fields(n) {
                 actual.neighs.insert(ip, lladdr);
             }
-        }
-        for n in self.neighbours(AddressFamily::Bridge, index).await? {
-            if let (Some(IpAddr::V4(dst)), Some(mac)) = neigh_fields(&n) {
+        })
+        .await?;
+        self.each_neighbour(AddressFamily::Bridge, index, |n| {
+            if let (Some(IpAddr::V4(dst)), Some(mac)) = neigh_fields(n) {
                 actual.fdb.insert((mac, dst));
             }
-        }
-        for r in self.routes_v4().await? {
+        })
+        .await?;
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(req).execute();
+        while let Some(r) = ctx("dump routes", dump.try_next().await)? {
             if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
                 continue;
             }

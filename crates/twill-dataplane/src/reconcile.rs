@@ -136,6 +136,20 @@ impl Dataplane {
             .map_err(|e| FirewallError(format!("rules task: {e}")))?
     }
 
+    /// Applies peer changes straight to the device we know, without reading the kernel or
+    /// touching rules. `None` when there is no device yet: run a full reconcile instead.
+    pub async fn apply_incremental(
+        &mut self,
+        ops: &crate::desired::Ops,
+    ) -> Option<crate::netlink::ApplyReport> {
+        let index = self.device.as_ref()?.index;
+        let r = self.nl.apply(index, ops).await;
+        for f in &r.failed {
+            warn!("kernel update failed, the next resync retries: {f}");
+        }
+        Some(r)
+    }
+
     /// Device, address, peers, rules: everything made to match, whatever happened to it.
     pub async fn reconcile(
         &mut self,

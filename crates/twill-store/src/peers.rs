@@ -15,7 +15,11 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     Added(Lease),
-    Changed(Lease),
+    /// The new lease, and the attributes it replaced (their FDB entry must go).
+    Changed {
+        new: Lease,
+        old: LeaseAttrs,
+    },
     /// Carries the last attributes seen, which removal needs (the VTEP MAC of the FDB entry).
     Removed(Lease),
 }
@@ -133,7 +137,9 @@ impl PeerTable {
         };
         match self.peers.insert(l.key, attrs) {
             None => out.events.push(PeerEvent::Added(lease)),
-            Some(old) if old != lease.attrs => out.events.push(PeerEvent::Changed(lease)),
+            Some(old) if old != lease.attrs => {
+                out.events.push(PeerEvent::Changed { new: lease, old })
+            }
             Some(_) => {}
         }
     }
@@ -167,7 +173,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 PeerEvent::Added(l) => format!("+{}", l.key),
-                PeerEvent::Changed(l) => format!("~{}", l.key),
+                PeerEvent::Changed { new, .. } => format!("~{}", new.key),
                 PeerEvent::Removed(l) => format!("-{}", l.key),
             })
             .collect()

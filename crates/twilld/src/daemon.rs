@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, desired_peers, watch_link_deletions, Dataplane, DataplaneConfig, ExtIface,
-    Iptables, Mac, Netlink, VxlanSpec,
+    choose_interface, desired_peers, incremental as incremental_ops, watch_link_deletions,
+    Dataplane, DataplaneConfig, ExtIface, Iptables, Mac, Netlink, VxlanSpec,
 };
 use twill_store::{
     AcquireRequest, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable, RenewOutcome,
@@ -232,6 +232,7 @@ impl Node {
                     let snapshot = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
                     let mut lost = false;
                     let mut changed = 0usize;
+                    let mut peer_events = Vec::new();
                     for ev in events {
                         if matches!(ev, WatchEvent::Snapshot(_)) {
                             self.tel.store_event("snapshot", 1);
@@ -242,10 +243,11 @@ impl Node {
                         for e in &a.events {
                             self.tel.store_event(match e {
                                 PeerEvent::Added(_) => "added",
-                                PeerEvent::Changed(_) => "changed",
+                                PeerEvent::Changed { .. } => "changed",
                                 PeerEvent::Removed(_) => "removed",
                             }, 1);
                         }
+                        peer_events.extend(a.events);
                     }
                     if changed > 0 {
                         info!(changed, peers = self.table.len(), "peer table updated");
@@ -255,7 +257,17 @@ impl Node {
                         renew_at = self.next_renewal();
                     }
                     self.tel.peers.set(self.table.len() as i64);
-                    self.reconcile(Trigger::Event).await;
+                    // Steady state: apply just the events (a new peer costs a few netlink
+                    // round trips). At start, after a re-list or a lease change: the full pass.
+                    let incremental = self.ready && !snapshot && !lost;
+                    let applied = if incremental {
+                        self.dp.apply_incremental(&incremental_ops(&peer_events)).await
+                    } else {
+                        None
+                    };
+                    if applied.is_none() {
+                        self.reconcile(Trigger::Event).await;
+                    }
                     if snapshot && !self.ready {
                         self.write_subnet_env()?;
                         self.tel.update_ready(|r| r.subnet_env = true);

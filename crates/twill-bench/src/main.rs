@@ -1,0 +1,159 @@
+//! `twill-bench inject ENDPOINT COUNT [FIRST]`: puts COUNT fake vxlan leases (subnets
+//! 10.x.y.0/24 from index FIRST, underlay addresses in 198.19.0.0/16 that nothing sends
+//! to) on one etcd lease, 64 at a time, and prints how long that took.
+//!
+//! `twill-bench latency ENDPOINT COUNT NETNS...`: for COUNT new leases, one at a time,
+//! measures from the etcd put to the moment the route appears in each node namespace
+//! (a netlink route monitor per namespace), and prints p50/p99 per node.
+
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, PutOptions};
+use futures::StreamExt;
+use twill_store::{LeaseAttrs, LeaseKey};
+
+const PREFIX: &str = "/coreos.com/network/subnets/";
+
+fn lease(i: u32) -> (String, String) {
+    let subnet = format!("{}/24", Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)));
+    let key = LeaseKey::v4(subnet.parse().unwrap());
+    let ip = Ipv4Addr::from(0xc613_0000 + (i % 65000) + 1);
+    let mac = format!(
+        "0a:01:{:02x}:{:02x}:{:02x}:01",
+        (i >> 16) as u8,
+        (i >> 8) as u8,
+        i as u8
+    );
+    (
+        format!("{PREFIX}{key}"),
+        LeaseAttrs::vxlan(ip, 1, &mac).to_json(),
+    )
+}
+
+async fn inject(endpoint: &str, count: u32, first: u32) {
+    let client = Client::connect([endpoint], None).await.unwrap();
+    let id = client.clone().lease_grant(3600, None).await.unwrap().id();
+    let t = Instant::now();
+    futures::stream::iter(first..first + count)
+        .map(|i| {
+            let mut c = client.clone();
+            async move {
+                let (k, v) = lease(i);
+                c.put(k, v, Some(PutOptions::new().with_lease(id)))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    println!(
+        "{{\"injected\":{count},\"ms\":{:.0}}}",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// A thread in namespace `ns` reporting (destination, when) for every new route.
+fn route_watcher(ns: String, tx: mpsc::Sender<(usize, String, Instant)>, idx: usize) {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        // SAFETY: joins the namespace for this thread only.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+            0
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use rtnetlink::packet_core::NetlinkPayload;
+            use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+            use rtnetlink::packet_route::RouteNetlinkMessage;
+            let (conn, _h, mut msgs) =
+                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
+                    .unwrap();
+            tokio::spawn(conn);
+            while let Some((m, _)) = msgs.next().await {
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload {
+                    let dst = r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    if let Some(d) = dst {
+                        let s = format!("{d}/{}", r.header.destination_prefix_length);
+                        if tx.send((idx, s, Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+async fn latency(endpoint: &str, count: u32, namespaces: Vec<String>) {
+    let (tx, rx) = mpsc::channel();
+    for (i, ns) in namespaces.iter().enumerate() {
+        route_watcher(ns.clone(), tx.clone(), i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Client::connect([endpoint], None).await.unwrap();
+    let id = client.lease_grant(3600, None).await.unwrap().id();
+    let mut per_node: Vec<Vec<f64>> = vec![Vec::new(); namespaces.len()];
+    // Indexes far above any injected set.
+    for i in 60_000..60_000 + count {
+        let (k, v) = lease(i);
+        let subnet = format!("{}/24", Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)));
+        let t0 = Instant::now();
+        client
+            .put(k, v, Some(PutOptions::new().with_lease(id)))
+            .await
+            .unwrap();
+        let mut seen = vec![false; namespaces.len()];
+        while seen.iter().any(|s| !s) {
+            let (idx, dst, at) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("route never appeared");
+            if dst == subnet && !seen[idx] {
+                seen[idx] = true;
+                per_node[idx].push(at.duration_since(t0).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    // Leave the cluster as we found it.
+    let _ = client.lease_revoke(id).await;
+    for (ns, mut v) in namespaces.iter().zip(per_node) {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "{{\"node\":\"{ns}\",\"n\":{},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2}}}",
+            v.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("inject") => {
+            inject(
+                &args[1],
+                args[2].parse().unwrap(),
+                args.get(3).map_or(0, |s| s.parse().unwrap()),
+            )
+            .await
+        }
+        Some("latency") => latency(&args[1], args[2].parse().unwrap(), args[3..].to_vec()).await,
+        _ => {
+            eprintln!("usage: twill-bench inject ENDPOINT COUNT [FIRST] | latency ENDPOINT COUNT NETNS...");
+            std::process::exit(2);
+        }
+    }
+}

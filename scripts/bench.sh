@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmarks; prints figures, asserts nothing (the machine is a noisy 2-core VM). Run as
+# root on Debian 12. Ratios are measured in one run, alternating the two sides.
+#   1. kernel programming: twilld's data-plane layer vs ip -batch / bridge -batch
+#   2. end to end: 3 twilld nodes, 1 000 then 10 000 leases injected into etcd: time to
+#      converge; then put -> route latency (p50/p99) over 200 single additions
+#   3. twilld memory (peak RSS) and CPU at 0 / 1 000 / 10 000 peers
+#   4. start-up: start -> subnet.env -> /readyz 200
+#   6. etcd RPCs issued by the three daemons while 10 000 leases arrive
+# (5, the iperf3 data-plane comparison, is not scripted yet.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+cargo build --release -q -p twilld -p twill-cni -p twill-bench
+cargo build --release -q -p twill-dataplane --example program_peers
+ROUNDS=${BENCH_ROUNDS:-3}
+P=twb$$
+export LAB_PREFIX=$P-lab LAB_NETWORK=10.0.0.0/8 LAB_TWILLD_ARGS="--healthz-port=8471"
+BIN=target/release
+cleanup() {
+  bash scripts/lab.sh down >/dev/null 2>&1 || true
+  ip netns del "$P-k" 2>/dev/null || true
+  rm -rf "/tmp/$P"
+}
+trap cleanup EXIT
+mkdir -p "/tmp/$P"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ms() { echo $(( ($2 - $1) / 1000000 )); }
+
+echo "== 1. kernel programming (fdb + neigh + route per peer), median of $ROUNDS"
+ip netns add "$P-k"
+ip -n "$P-k" link set lo up
+ip -n "$P-k" link add eth0 type veth peer name eth0p
+ip -n "$P-k" addr add 198.18.0.1/24 dev eth0
+ip -n "$P-k" link set eth0 up
+printf '| peers | twilld program | iproute2 -batch | ratio | no-op reconcile | remove all |\n|---|---|---|---|---|---|\n'
+for n in 100 1000 10000; do
+  $BIN/examples/program_peers "$n" "/tmp/$P"
+  tw=(); ipb=(); noop=(); rm_=()
+  for _ in $(seq "$ROUNDS"); do
+    j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n")
+    tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
+    ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
+    ip -n "$P-k" link set flannel.1 up
+    s=$(date +%s%N)
+    ip -n "$P-k" -batch "/tmp/$P/ip.batch"
+    bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
+    e=$(date +%s%N)
+    ipb+=("$(ms "$s" "$e")")
+    ip -n "$P-k" link del flannel.1
+  done
+  t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
+  printf '| %s | %s ms | %s ms | %.2f | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
+    "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
+done
+ip netns del "$P-k"
+
+echo
+echo "== 2-4, 6. end to end: etcd + 3 twilld nodes in namespaces"
+bash scripts/lab.sh up 3 >/dev/null
+ETCD=http://198.18.0.100:2379
+pids() { for n in 1 2 3; do cat "/tmp/$LAB_PREFIX/n$n/twilld.pid"; done; }
+rss() { for p in $(pids); do awk '/VmHWM/ {printf "%.1f ", $2/1024}' "/proc/$p/status"; done; echo "MB (peak RSS per node)"; }
+cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+routes() { ip -n "$LAB_PREFIX-n$1" route show dev flannel.1 | wc -l; }
+converge() { # converge <expected routes per node> <start ns>: ms until every node has them
+  local want=$1 s=$2 n
+  for n in 1 2 3; do while (( $(routes "$n") < want )); do sleep 0.01; done; done
+  ms "$s" "$(date +%s%N)"
+}
+inject() { # inject <count> <first>: in the background, timed from its start
+  ip netns exec "$LAB_PREFIX-etcd" $BIN/twill-bench inject "$ETCD" "$1" "$2" > "/tmp/$P/inject.json" &
+}
+grpc() { ip netns exec "$LAB_PREFIX-etcd" curl -s "$ETCD/metrics" \
+  | awk '/^grpc_server_handled_total/ { match($0, /grpc_method="[^"]*"/); m = substr($0, RSTART+13, RLENGTH-14); c[m] += $NF } END { for (k in c) print k, c[k] }' | sort; }
+echo "memory at 2 peers: $(rss)"
+
+s=$(date +%s%N)
+bash scripts/lab.sh add-node 4 >/dev/null
+while [[ ! -s /tmp/$LAB_PREFIX/n4/subnet.env ]]; do sleep 0.002; done
+e1=$(date +%s%N)
+until ip netns exec "$LAB_PREFIX-n4" curl -sf http://127.0.0.1:8471/readyz >/dev/null; do sleep 0.002; done
+e2=$(date +%s%N)
+echo "start-up (4th node): subnet.env after $(ms "$s" "$e1") ms, /readyz 200 after $(ms "$s" "$e2") ms (includes ip netns exec)"
+kill "$(cat /tmp/$LAB_PREFIX/n4/twilld.pid)"; sleep 0.3
+ip netns exec "$LAB_PREFIX-etcd" etcdctl --endpoints "$ETCD" del "/coreos.com/network/subnets/$(sed -n 's/^FLANNEL_SUBNET=//p' /tmp/$LAB_PREFIX/n4/subnet.env | sed 's/\.1\//.0-/')" >/dev/null
+ip netns del "$LAB_PREFIX-n4"; echo 3 > "/tmp/$LAB_PREFIX/nodes"
+for n in 1 2 3; do while (( $(routes "$n") != 2 )); do sleep 0.05; done; done
+
+before=$(grpc)
+cpu0=$(cpu)
+s=$(date +%s%N); inject 1000 0
+t=$(converge 1002 "$s"); wait
+echo "1 000 leases: every node had programmed all of them $t ms after injection began (injecting took $(jq .ms /tmp/$P/inject.json) ms); $(rss)"
+s=$(date +%s%N); inject 9000 1000
+t=$(converge 10002 "$s"); wait
+echo "10 000 leases: every node had programmed the 9 000 more $t ms after injection began (injecting took $(jq .ms /tmp/$P/inject.json) ms); $(rss)"
+cpu1=$(cpu)
+echo "CPU seconds of the 3 daemons while taking in 10 000 leases: $(echo "($cpu1 - $cpu0) / $(getconf CLK_TCK)" | bc -l | xargs printf '%.2f')"
+after=$(grpc)
+echo "etcd RPCs handled during the 10 000-lease phase (all clients, including the injector's Puts):"
+join -a1 -e0 -o 0,1.2,2.2 <(echo "$after") <(echo "$before") | awk '$2 - $3 > 0 { printf "  %-16s %d\n", $1, $2 - $3 }'
+sleep 10
+cpu2=$(cpu)
+echo "idle CPU over 10 s at 10 000 peers: $(echo "($cpu2 - $cpu1) / $(getconf CLK_TCK)" | bc -l | xargs printf '%.2f') s for 3 daemons"
+
+echo "put -> route latency, 200 single additions with 10 000 peers present:"
+ip netns exec "$LAB_PREFIX-etcd" $BIN/twill-bench latency "$ETCD" 200 "$LAB_PREFIX-n1" "$LAB_PREFIX-n2" "$LAB_PREFIX-n3" | sed 's/^/  /'
