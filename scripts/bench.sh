@@ -7,7 +7,8 @@
 #   3. twilld memory (peak RSS) and CPU at 0 / 1 000 / 10 000 peers
 #   4. start-up: start -> subnet.env -> /readyz 200
 #   6. etcd RPCs issued by the three daemons while 10 000 leases arrive
-# (5, the iperf3 data-plane comparison, is not scripted yet.)
+#   5. data plane: iperf3 pod->pod over twilld's overlay vs the hand-built flannel overlay of
+#      ../shared/netlab.sh (same run, alternating) vs the raw underlay, 1 and 4 streams
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -15,7 +16,10 @@ cargo build --release -q -p twilld -p twill-cni -p twill-bench
 cargo build --release -q -p twill-dataplane --example program_peers
 ROUNDS=${BENCH_ROUNDS:-3}
 P=twb$$
+# Real nodes lease from 10.128.0.0 up; injected fake leases use 10.0.1.0 to 10.39.x, so the
+# injector never overwrites a real node's lease.
 export LAB_PREFIX=$P-lab LAB_NETWORK=10.0.0.0/8 LAB_TWILLD_ARGS="--healthz-port=8471"
+export LAB_CONFIG='{"Network":"10.0.0.0/8","SubnetMin":"10.128.0.0","Backend":{"Type":"vxlan"}}'
 BIN=target/release
 cleanup() {
   bash scripts/lab.sh down >/dev/null 2>&1 || true
@@ -74,6 +78,36 @@ inject() { # inject <count> <first>: in the background, timed from its start
 grpc() { ip netns exec "$LAB_PREFIX-etcd" curl -s "$ETCD/metrics" \
   | awk '/^grpc_server_handled_total/ { match($0, /grpc_method="[^"]*"/); m = substr($0, RSTART+13, RLENGTH-14); c[m] += $NF } END { for (k in c) print k, c[k] }' | sort; }
 echo "memory at 2 peers: $(rss)"
+
+NETLAB=${NETLAB:-$(cd .. && pwd)/shared/netlab.sh}
+SECS=${BENCH_IPERF_SECS:-5}
+if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
+  echo "== 5. data plane: iperf3 TCP ${SECS}s, median of $ROUNDS, A/B alternating"
+  "$NETLAB" up >/dev/null 2>&1
+  ours=$(jq -r '.ips[0].address | split("/")[0]' "/tmp/$LAB_PREFIX/n2/pod.json")
+  hand=$(jq -r '.ips[0].address | split("/")[0]' /tmp/lab/cni/p2-bridge.json)
+  ip netns exec "$LAB_PREFIX-p2" iperf3 -s -D -I "/tmp/$P/iperf-a.pid" >/dev/null
+  ip netns exec "$LAB_PREFIX-n2" iperf3 -s -D -I "/tmp/$P/iperf-u.pid" >/dev/null
+  ip netns exec p2 iperf3 -s -D -I "/tmp/$P/iperf-b.pid" >/dev/null
+  sleep 0.5
+  gbps() { ip netns exec "$1" iperf3 -c "$2" -t "$SECS" -P "$3" -J | jq '.end.sum_received.bits_per_second / 1e9'; }
+  printf '| streams | twilld overlay | hand-built overlay | underlay | twilld/hand | twilld/underlay |\n|---|---|---|---|---|---|\n'
+  for streams in 1 4; do
+    a=(); b=(); u=()
+    for _ in $(seq "$ROUNDS"); do
+      a+=("$(gbps "$LAB_PREFIX-p1" "$ours" "$streams")")
+      b+=("$(gbps p1 "$hand" "$streams")")
+      u+=("$(gbps "$LAB_PREFIX-n1" 198.18.0.2 "$streams")")
+    done
+    A=$(printf '%s\n' "${a[@]}" | median); B=$(printf '%s\n' "${b[@]}" | median); U=$(printf '%s\n' "${u[@]}" | median)
+    printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f Gbit/s | %.2f | %.2f |\n' "$streams" "$A" "$B" "$U" \
+      "$(echo "$A / $B" | bc -l)" "$(echo "$A / $U" | bc -l)"
+  done
+  for f in /tmp/$P/iperf-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; done
+  "$NETLAB" down >/dev/null 2>&1 || true
+else
+  echo "== 5. skipped: $NETLAB missing, or its namespaces (n1, p1, underlay) are in use"
+fi
 
 s=$(date +%s%N)
 bash scripts/lab.sh add-node 4 >/dev/null

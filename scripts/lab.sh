@@ -11,7 +11,8 @@
 #   scripts/lab.sh down       stop everything and delete the namespaces
 #
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
-# LAB_NETWORK (default 10.244.0.0/16), LAB_TWILLD_ARGS (extra twilld flags).
+# LAB_NETWORK (default 10.244.0.0/16), LAB_CONFIG (the whole net-conf.json instead),
+# LAB_TWILLD_ARGS (extra twilld flags).
 set -euo pipefail
 
 P=${LAB_PREFIX:-twlab}
@@ -78,14 +79,18 @@ up() {
   ip -n "$P-ul" link set lo up
   ip -n "$P-ul" link add br0 type bridge
   ip -n "$P-ul" link set br0 up
+  # The underlay is a plain switch: with br_netfilter loaded, bridged frames would
+  # otherwise traverse iptables here (not part of any node), costing throughput.
+  nsx ul sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
   add_host etcd "$ETCD_IP"
   start_bg "$STATE/etcd.pid" "$STATE/etcd.log" ip netns exec "$P-etcd" etcd --name lab \
     --data-dir "$STATE/etcd-data" --listen-client-urls "$ETCD_EP" --advertise-client-urls "$ETCD_EP" \
     --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
     --initial-cluster "lab=http://$ETCD_IP:2380"
   for _ in $(seq 100); do nsx etcd etcdctl --endpoints "$ETCD_EP" endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
-  nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config \
-    "{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}" >/dev/null
+  local conf=${LAB_CONFIG:-}
+  [[ -n $conf ]] || conf="{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}"
+  nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config "$conf" >/dev/null
   log "etcd up at $ETCD_EP (netns $P-etcd), config written"
   for n in $(seq "$count"); do
     add_host "n$n" "$(node_ip "$n")"

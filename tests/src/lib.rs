@@ -162,6 +162,8 @@ impl Cluster {
     pub fn new(tag: &str) -> Self {
         let ul = Netns::new(&format!("{tag}-ul"));
         ul.sh("ip link add br0 type bridge && ip link set br0 up");
+        // A plain switch: no iptables on bridged underlay frames (br_netfilter may be loaded).
+        ul.sh("sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true");
         let etcd_ns = Netns::new(&format!("{tag}-etcd"));
         attach(&ul, &etcd_ns, "ul-etcd", ETCD_IP);
         let etcd = Etcd::start_in_netns(&etcd_ns.name, ETCD_IP);
