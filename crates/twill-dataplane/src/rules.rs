@@ -102,6 +102,35 @@ impl RuleSet {
     }
 }
 
+/// One table as `iptables -S` prints it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TableRules {
+    chains: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl TableRules {
+    fn parse(lines: &[String]) -> Self {
+        let mut t = TableRules::default();
+        for l in lines {
+            let mut parts = l.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                // -N CHAIN (user chain) and -P CHAIN POLICY (built-in) declare chains.
+                (Some("-N" | "-P"), Some(chain), _) => {
+                    t.chains.entry(chain.to_string()).or_default();
+                }
+                (Some("-A"), Some(chain), Some(rule)) => {
+                    t.chains
+                        .entry(chain.to_string())
+                        .or_default()
+                        .push(rule.to_string());
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
 /// What a pass changed; `repairs` counts chains rewritten and jumps (re)placed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RulesReport {
@@ -135,31 +164,17 @@ impl Iptables {
         FirewallError(format!("{what}: {e}"))
     }
 
-    /// Current rules of a chain without the `-A CHAIN ` prefix; `None` if it doesn't exist.
-    fn chain_rules(&self, table: &str, chain: &str) -> Result<Option<Vec<String>>, FirewallError> {
-        // Not `chain_exists`: it runs `iptables -L`, which resolves every address through
-        // DNS and hangs on a node whose resolver is unreachable (or sits behind this very
-        // overlay). `-S` never resolves; and iptables rejects `-S` with `-n`.
-        let exists = self
-            .ipt
-            .list_chains(table)
-            .map_err(|e| Self::err("list chains", e))?
-            .iter()
-            .any(|c| c == chain);
-        if !exists {
-            return Ok(None);
-        }
-        let prefix = format!("-A {chain} ");
+    /// Every chain of `table` with its rules (without the `-A CHAIN ` prefix), from one
+    /// `iptables -t TABLE -S`: one process per table and pass instead of several per chain,
+    /// which is most of a resync's cost. Never `iptables -L` (as the crate's `chain_exists`
+    /// does): it resolves every address through DNS and hangs on a node whose resolver is
+    /// unreachable or sits behind this very overlay; and iptables rejects `-S` with `-n`.
+    fn table(&self, table: &str) -> Result<TableRules, FirewallError> {
         let lines = self
             .ipt
-            .list(table, chain)
-            .map_err(|e| Self::err("list chain", e))?;
-        Ok(Some(
-            lines
-                .iter()
-                .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
-                .collect(),
-        ))
+            .list_table(table)
+            .map_err(|e| Self::err("list table", e))?;
+        Ok(TableRules::parse(&lines))
     }
 
     fn restore(&self, table: &str, chain: &str, rules: &[String]) -> Result<(), FirewallError> {
@@ -194,8 +209,9 @@ impl Iptables {
     }
 
     fn ensure_chain(&self, c: &ChainSpec, report: &mut RulesReport) -> Result<(), FirewallError> {
-        let current = self.chain_rules(c.table, c.chain)?;
-        let parent = self.chain_rules(c.table, c.parent)?.unwrap_or_default();
+        let t = self.table(c.table)?;
+        let current = t.chains.get(c.chain).cloned();
+        let parent = t.chains.get(c.parent).cloned().unwrap_or_default();
         let jumps: Vec<usize> = parent
             .iter()
             .enumerate()
@@ -265,10 +281,11 @@ impl Iptables {
     pub fn present(&self, rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
         let mut out = Vec::new();
         for c in &rules.chains {
-            if self.chain_rules(c.table, c.chain)?.is_some() {
+            let t = self.table(c.table)?;
+            if t.chains.contains_key(c.chain) {
                 out.push(format!("{}/{} chain", c.table, c.chain));
             }
-            let parent = self.chain_rules(c.table, c.parent)?.unwrap_or_default();
+            let parent = t.chains.get(c.parent).cloned().unwrap_or_default();
             let n = parent.iter().filter(|r| **r == c.jump).count();
             if n > 0 {
                 out.push(format!(
@@ -327,6 +344,29 @@ mod tests {
             r#"-s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#
         );
         assert!(r.chains[1].jump_first && !r.chains[0].jump_first);
+    }
+
+    #[test]
+    fn table_listing_parses_chains_in_order() {
+        let lines: Vec<String> = [
+            "-P FORWARD ACCEPT",
+            "-N FLANNEL-FWD",
+            "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD",
+            "-A FLANNEL-FWD -s 10.244.0.0/16 -j ACCEPT",
+            "-A FLANNEL-FWD -d 10.244.0.0/16 -j ACCEPT",
+            "-N EMPTY",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let t = TableRules::parse(&lines);
+        assert_eq!(
+            t.chains["FLANNEL-FWD"],
+            ["-s 10.244.0.0/16 -j ACCEPT", "-d 10.244.0.0/16 -j ACCEPT"]
+        );
+        assert_eq!(t.chains["FORWARD"].len(), 1);
+        assert!(t.chains["EMPTY"].is_empty());
+        assert!(!t.chains.contains_key("NOPE"));
     }
 
     #[test]
