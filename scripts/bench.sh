@@ -65,7 +65,8 @@ bash scripts/lab.sh up 3 >/dev/null
 ETCD=http://198.18.0.100:2379
 pids() { for n in 1 2 3; do cat "/tmp/$LAB_PREFIX/n$n/twilld.pid"; done; }
 rss() { for p in $(pids); do awk '/VmHWM/ {printf "%.1f ", $2/1024}' "/proc/$p/status"; done; echo "MB (peak RSS per node)"; }
-cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# utime + stime + the children's (the iptables processes each pass runs).
+cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat"))); done; echo "$t"; }
 routes() { ip -n "$LAB_PREFIX-n$1" route show dev flannel.1 | wc -l; }
 converge() { # converge <expected routes per node> <start ns>: ms until every node has them
   local want=$1 s=$2 n
