@@ -56,15 +56,7 @@ fn assert_status(v: &Value, name: &str, want: &str) {
 
 #[test]
 fn healthy_node_passes_and_each_breakage_is_named() {
-    let mut c = Cluster::new("x-doc");
-    c.put_config(CONF);
-    for _ in 0..2 {
-        c.add_node(&["--ip-masq"]);
-    }
-    for i in 0..2 {
-        c.add_pod(i);
-    }
-    c.assert_full_mesh();
+    let mut c = Cluster::with_pods("x-doc", CONF, 2, &["--ip-masq"]);
     let conf_dir = c.nodes[0].dir.join("net.d");
     let st = std::process::Command::new(twilld_bin())
         .args([

@@ -133,15 +133,7 @@ fn twilld_in(c: &Cluster, i: usize, args: &[String]) -> (bool, String) {
 
 #[test]
 fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
-    let mut c = Cluster::new("h-clean");
-    c.put_config(CONF);
-    for _ in 0..2 {
-        c.add_node(&["--ip-masq"]);
-    }
-    for i in 0..2 {
-        c.add_pod(i);
-    }
-    c.assert_full_mesh();
+    let mut c = Cluster::with_pods("h-clean", CONF, 2, &["--ip-masq"]);
     let dir = c.nodes[0].dir.clone();
     let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
     let paths = vec![
@@ -255,15 +247,7 @@ fn cleanup_keeps_a_cni0_that_is_not_ours() {
 
 #[test]
 fn restarts_lose_no_ping_and_touch_no_device_or_route() {
-    let mut c = Cluster::new("h-rest");
-    c.put_config(CONF);
-    for _ in 0..2 {
-        c.add_node(&["--ip-masq"]);
-    }
-    for i in 0..2 {
-        c.add_pod(i);
-    }
-    c.assert_full_mesh();
+    let mut c = Cluster::with_pods("h-rest", CONF, 2, &["--ip-masq"]);
     // Watch every link and route change in both node namespaces for the whole restart.
     let monitors: Vec<std::process::Child> = (0..2)
         .map(|i| {

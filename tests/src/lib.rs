@@ -178,6 +178,21 @@ impl Cluster {
         }
     }
 
+    /// A cluster with `config` in etcd and `n` running nodes (each started with `args`),
+    /// one pod per node, every pod reaching every other.
+    pub fn with_pods(tag: &str, config: &str, n: usize, args: &[&str]) -> Self {
+        let mut c = Cluster::new(tag);
+        c.put_config(config);
+        for _ in 0..n {
+            c.add_node(args);
+        }
+        for i in 0..n {
+            c.add_pod(i);
+        }
+        c.assert_full_mesh();
+        c
+    }
+
     pub fn put_config(&self, json: &str) {
         self.etcd.ctl(&["put", &format!("{PREFIX}/config"), json]);
     }

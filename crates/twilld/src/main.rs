@@ -45,22 +45,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    if let Some(cli::Command::Cleanup(args)) = &cli.command {
-        return match rt.block_on(cleanup::run(&cli, args)) {
+    // cleanup and doctor exit 1 when something failed, 0 when all went well.
+    let checked = match &cli.command {
+        Some(cli::Command::Cleanup(args)) => {
+            Some(("cleanup", rt.block_on(cleanup::run(&cli, args))))
+        }
+        Some(cli::Command::Doctor(args)) => Some(("doctor", rt.block_on(doctor::run(&cli, args)))),
+        _ => None,
+    };
+    if let Some((name, result)) = checked {
+        return match result {
             Ok(true) => std::process::ExitCode::SUCCESS,
             Ok(false) => std::process::ExitCode::FAILURE,
             Err(e) => {
-                eprintln!("twilld cleanup: error: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(cli::Command::Doctor(args)) = &cli.command {
-        return match rt.block_on(doctor::run(&cli, args)) {
-            Ok(true) => std::process::ExitCode::SUCCESS,
-            Ok(false) => std::process::ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("twilld doctor: error: {e:#}");
+                eprintln!("twilld {name}: error: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };
