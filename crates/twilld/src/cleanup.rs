@@ -43,13 +43,15 @@ struct Report {
 }
 
 impl Report {
-    fn act(&mut self, what: &str, f: impl FnOnce() -> Result<()>) {
+    /// Reports `what`, and with --yes removes it by running `remove` (a future does
+    /// nothing until awaited, so a dry run never touches anything).
+    async fn act(&mut self, what: &str, remove: impl std::future::Future<Output = Result<()>>) {
         self.found += 1;
         if !self.yes {
             println!("would remove: {what}");
             return;
         }
-        match f() {
+        match remove.await {
             Ok(()) => println!("removed: {what}"),
             Err(e) => {
                 self.failed += 1;
@@ -103,31 +105,27 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
                 &format!(
                     "link {name} (VXLAN device, with its peer routes, neighbours and FDB entries)"
                 ),
-                || {
-                    futures_block(nl.delete_link(&name))
-                        .map(|_| ())
-                        .map_err(Into::into)
-                },
-            );
+                async { Ok(nl.delete_link(&name).await.map(|_| ())?) },
+            )
+            .await;
         }
     }
     cleanup_cni0(&nl, subnet, &mut r).await?;
 
     let fw = Iptables::new()?;
     let rules = RuleSet::none();
-    for item in fw.present(&rules)? {
-        r.act(&format!("iptables {item}"), || Ok(()));
-    }
-    if args.yes {
-        if let Err(e) = fw.ensure(&rules) {
-            r.failed += 1;
-            println!("FAILED to remove iptables rules: {e}");
-        }
+    let present = fw.present(&rules)?;
+    if !present.is_empty() {
+        r.act(&format!("iptables {}", present.join(", ")), async {
+            Ok(fw.ensure(&rules).map(|_| ())?)
+        })
+        .await;
     }
     for (family, table) in nft_tables() {
-        r.act(&format!("nft table {family} {table}"), || {
+        r.act(&format!("nft table {family} {table}"), async {
             run_cmd("nft", &["delete", "table", &family, &table])
-        });
+        })
+        .await;
     }
 
     if !args.keep_cni_files {
@@ -135,16 +133,18 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
             &args.cni_conf_dir.join(&args.conflist_name),
             "CNI config",
             &mut r,
-        );
-        remove_file(&args.cni_bin_dir.join("twill"), "CNI plugin", &mut r);
+        )
+        .await;
+        remove_file(&args.cni_bin_dir.join("twill"), "CNI plugin", &mut r).await;
     }
     if args.cni_data_dir.exists() {
         let d = args.cni_data_dir.clone();
-        r.act(&format!("{} (CNI plugin state)", d.display()), || {
+        r.act(&format!("{} (CNI plugin state)", d.display()), async {
             Ok(std::fs::remove_dir_all(&d)?)
-        });
+        })
+        .await;
     }
-    remove_file(&cli.subnet_file, "subnet.env", &mut r);
+    remove_file(&cli.subnet_file, "subnet.env", &mut r).await;
 
     if r.found == 0 {
         println!("nothing of twill's left on this node");
@@ -152,10 +152,6 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
         println!("dry run: nothing was removed; run again with --yes");
     }
     Ok(r.failed == 0)
-}
-
-fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 /// Releases the lease named in subnet.env or, without it, the ones carrying our public IP.
@@ -226,12 +222,9 @@ async fn cleanup_cni0(nl: &Netlink, subnet: Option<IpNetwork>, r: &mut Report) -
         Some(s) if cni0.addrs.iter().any(|a| s.contains(IpAddr::V4(a.ip))) => {
             r.act(
                 &format!("link cni0 (bridge {}, in our subnet {s})", addrs.join(",")),
-                || {
-                    futures_block(nl.delete_link("cni0"))
-                        .map(|_| ())
-                        .map_err(Into::into)
-                },
-            );
+                async { Ok(nl.delete_link("cni0").await.map(|_| ())?) },
+            )
+            .await;
         }
         Some(s) => println!(
             "kept cni0: its addresses [{}] are not in our subnet {s}",
@@ -280,11 +273,11 @@ fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn remove_file(path: &Path, what: &str, r: &mut Report) {
+async fn remove_file(path: &Path, what: &str, r: &mut Report) {
     if path.exists() {
-        let p = path.to_path_buf();
-        r.act(&format!("{} ({what})", p.display()), || {
-            Ok(std::fs::remove_file(&p)?)
-        });
+        r.act(&format!("{} ({what})", path.display()), async {
+            Ok(std::fs::remove_file(path)?)
+        })
+        .await;
     }
 }
