@@ -187,6 +187,7 @@ impl Dataplane {
                 peers = desired.len(),
                 entries_changed = report.entries_changed,
                 rule_repairs = report.rule_repairs,
+                rule_changes = ?report.rule_changes,
                 device_created = report.device_created,
                 took_ms = report.duration.as_millis() as u64,
                 "reconciled"

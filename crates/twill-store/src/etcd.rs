@@ -54,6 +54,17 @@ pub enum StoreError {
     Contention(usize),
 }
 
+impl StoreError {
+    /// Errors that retrying won't fix: wrong files or flags, an exhausted range. The rest
+    /// (etcd down, timeouts, lost races) are worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::File { .. } | StoreError::Invalid(_) | StoreError::Alloc(_)
+        )
+    }
+}
+
 async fn rpc<T>(
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
@@ -374,26 +385,6 @@ impl EtcdStore {
         } else {
             RenewOutcome::Lost
         })
-    }
-
-    /// Gives the subnet back (uninstall). A reservation is left alone: it was the
-    /// operator's, not ours.
-    pub async fn release(&self, held: &HeldLease) -> Result<(), StoreError> {
-        if held.etcd_lease == 0 {
-            return Ok(());
-        }
-        let key = self.lease_key(&held.key);
-        let txn = Txn::new()
-            .when([Compare::lease(
-                key.as_str(),
-                CompareOp::Equal,
-                held.etcd_lease,
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        let mut c = self.client.clone();
-        rpc(c.txn(txn)).await?;
-        let _ = rpc(c.lease_revoke(held.etcd_lease)).await;
-        Ok(())
     }
 
     /// Deletes the lease for `key` and revokes its etcd lease (uninstall). Returns what

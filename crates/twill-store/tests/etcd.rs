@@ -205,7 +205,7 @@ async fn restart_reuses_lease_by_public_ip_and_by_previous_subnet() {
     );
 
     // New PublicIP (node re-addressed) but the subnet.env subnet is free: keep it.
-    store.release(&again).await.unwrap();
+    assert_eq!(store.release_key(&again.key).await.unwrap(), "released");
     let mut r = req(&c, "198.18.0.33");
     r.previous = first.key;
     let moved = store.acquire(&r).await.unwrap();

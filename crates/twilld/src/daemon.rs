@@ -231,7 +231,6 @@ impl Node {
                     }
                     let snapshot = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
                     let mut lost = false;
-                    let mut changed = 0usize;
                     let mut peer_events = Vec::new();
                     for ev in events {
                         if matches!(ev, WatchEvent::Snapshot(_)) {
@@ -239,7 +238,6 @@ impl Node {
                         }
                         let a = self.table.apply(ev);
                         lost |= a.own_lost;
-                        changed += a.events.len();
                         for e in &a.events {
                             self.tel.store_event(match e {
                                 PeerEvent::Added(_) => "added",
@@ -249,8 +247,8 @@ impl Node {
                         }
                         peer_events.extend(a.events);
                     }
-                    if changed > 0 {
-                        info!(changed, peers = self.table.len(), "peer table updated");
+                    if !peer_events.is_empty() {
+                        info!(changed = peer_events.len(), peers = self.table.len(), "peer table updated");
                     }
                     if lost {
                         self.reacquire(&cancel).await?;
@@ -362,19 +360,18 @@ impl Node {
         let vni = self.req.conf.backend.vni;
         let mac = self.dp.ensure_device().await?.mac;
         self.req.attrs = LeaseAttrs::vxlan(self.req.attrs.public_ip, vni, &mac.to_string());
-        if self
+        let keeps = self
             .req
             .conf
             .fits(self.held.key.v4.as_ref(), self.held.key.v6.as_ref())
-            && self.held.attrs == self.req.attrs
-        {
-            self.dp.set_lease(v4_subnet(&self.held)?).await?;
-        } else {
+            && self.held.attrs == self.req.attrs;
+        if !keeps {
             // Out of the new range, or our advertised VNI/MAC changed: lease again (the
             // allocator drops our lease that no longer fits and prefers the same subnet).
             self.reacquire(cancel).await?;
-            self.dp.set_lease(v4_subnet(&self.held)?).await?;
         }
+        // The address is re-checked against the new Network even when the lease stays.
+        self.dp.set_lease(v4_subnet(&self.held)?).await?;
         self.reconcile(Trigger::Event).await;
         if self.ready {
             self.write_subnet_env()?;
@@ -421,12 +418,11 @@ impl Node {
                 self.tel.reconcile_seconds.observe(r.duration.as_secs_f64());
                 self.tel
                     .set_entries(desired.len().saturating_sub(r.entries_failed.len()));
+                // After an event (start, re-list, lease change, reload) changes are the
+                // point; on a periodic or device-deleted pass they mean something broke.
                 if why != Trigger::Event {
                     self.tel.repaired("entries", r.entries_changed);
                     self.tel.repaired("device", r.device_created as usize);
-                }
-                // Rules are only repaired, never changed by peer events.
-                if self.ready {
                     self.tel.repaired("rules", r.rule_repairs);
                 }
                 let rules_ok = r.rules_error.is_none();
@@ -512,23 +508,38 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken, tel: &Telemetr
     }
 }
 
+/// Runs a store call until it succeeds or fails in a way retrying won't fix, backing off
+/// from RETRY_MIN to RETRY_MAX between attempts.
+async fn retry<T, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    tel: &Telemetry,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = RETRY_MIN;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_permanent() => return Err(e.into()),
+            Err(e) => warn!("{what}: {e}; retrying"),
+        }
+        sleep_or_cancel(delay, cancel, tel).await?;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
 async fn connect_store(
     cli: &Cli,
     cancel: &CancellationToken,
     tel: &Telemetry,
 ) -> Result<EtcdStore> {
     let opts = cli.etcd_options();
-    let mut delay = RETRY_MIN;
-    loop {
-        match EtcdStore::connect(&opts).await {
-            Ok(s) => return Ok(s),
-            // Wrong files or flags won't fix themselves.
-            Err(e @ (StoreError::File { .. } | StoreError::Invalid(_))) => return Err(e.into()),
-            Err(e) => warn!(endpoints = ?opts.endpoints, "connecting to etcd: {e}; retrying"),
-        }
-        sleep_or_cancel(delay, cancel, tel).await?;
-        delay = (delay * 2).min(RETRY_MAX);
-    }
+    let what = format!("connecting to etcd {}", opts.endpoints.join(","));
+    retry(&what, cancel, tel, || EtcdStore::connect(&opts)).await
 }
 
 async fn wait_for_etcd_config(
@@ -560,19 +571,9 @@ async fn acquire(
     cancel: &CancellationToken,
     tel: &Telemetry,
 ) -> Result<HeldLease> {
-    let mut delay = RETRY_MIN;
-    loop {
-        match store.acquire(req).await {
-            Ok(h) => {
-                info!(subnet = %h.key, source = ?h.source, etcd_lease = h.etcd_lease, "lease held");
-                return Ok(h);
-            }
-            Err(e @ StoreError::Alloc(_)) => return Err(e.into()),
-            Err(e) => warn!("acquiring a subnet: {e}; retrying"),
-        }
-        sleep_or_cancel(delay, cancel, tel).await?;
-        delay = (delay * 2).min(RETRY_MAX);
-    }
+    let h = retry("acquiring a subnet", cancel, tel, || store.acquire(req)).await?;
+    info!(subnet = %h.key, source = ?h.source, etcd_lease = h.etcd_lease, "lease held");
+    Ok(h)
 }
 
 pub(crate) async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {

@@ -52,7 +52,7 @@ impl Readiness {
 pub struct Telemetry {
     pub ready: Mutex<Readiness>,
     heartbeat: AtomicU64,
-    pub liveness_window: Duration,
+    liveness_window: Duration,
     registry: Registry,
     pub peers: Gauge,
     pub entries: Family<Labels, Gauge>,
