@@ -20,6 +20,8 @@ pub enum PlanSource {
     PreviousSubnet,
     /// A uniformly random free subnet.
     Random,
+    /// Not ours to choose: Kubernetes assigned it (node spec.podCIDR).
+    Assigned,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

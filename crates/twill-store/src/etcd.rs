@@ -52,6 +52,13 @@ pub enum StoreError {
     Invalid(String),
     #[error("could not take a subnet after {0} attempts: other nodes kept winning the race")]
     Contention(usize),
+    /// The store's API failed in a way worth retrying (Kubernetes API errors).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something outside twill has to happen first (a podCIDR to be assigned): keep
+    /// checking, and keep saying what is missing.
+    #[error("{0}")]
+    Waiting(String),
 }
 
 impl StoreError {
@@ -558,5 +565,35 @@ impl Backoff {
             _ = cancel.cancelled() => {}
             _ = tokio::time::sleep(d) => {}
         }
+    }
+}
+
+impl crate::manager::SubnetManager for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn advertised_mac(&self, public_ip: std::net::Ipv4Addr) -> Option<String> {
+        let (leases, _) = self.list().await.ok()?;
+        leases.into_iter().find_map(|l| {
+            let a = l.attrs?;
+            (a.public_ip == public_ip).then_some(a.vxlan_data()?.vtep_mac)
+        })
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<HeldLease, StoreError> {
+        EtcdStore::acquire(self, req).await
+    }
+
+    async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
+        EtcdStore::renew(self, held).await
+    }
+
+    async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {
+        EtcdStore::watch(self, tx, cancel).await
+    }
+
+    fn error_count(&self) -> u64 {
+        EtcdStore::error_count(self)
     }
 }

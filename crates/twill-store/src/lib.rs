@@ -5,9 +5,11 @@
 mod alloc;
 mod etcd;
 mod lease;
+mod manager;
 mod peers;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
 pub use etcd::{AcquireRequest, EtcdOptions, EtcdStore, HeldLease, RenewOutcome, StoreError};
 pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, StoredLease, VxlanBackendData};
+pub use manager::SubnetManager;
 pub use peers::{Lease, PeerEvent, PeerTable, WatchEvent};

@@ -1,0 +1,10 @@
+//! The Kubernetes subnet manager (`--kube-subnet-mgr`): a node's lease is its
+//! `spec.podCIDR`, published and discovered through flannel's node annotations, so
+//! flanneld and twilld nodes see each other as peers.
+
+mod annotations;
+
+pub use annotations::{
+    network_condition_patch, network_condition_set, own_subnet, pod_cidrs, AnnotationKeys,
+    NodeLeases, PodCidrError, CONDITION_REASON, DEFAULT_PREFIX,
+};
