@@ -3,8 +3,10 @@
 //! flanneld and twilld nodes see each other as peers.
 
 mod annotations;
+mod store;
 
 pub use annotations::{
     network_condition_patch, network_condition_set, own_subnet, pod_cidrs, AnnotationKeys,
     NodeLeases, PodCidrError, CONDITION_REASON, DEFAULT_PREFIX,
 };
+pub use store::{KubeOptions, KubeStore, API_ACCESS};

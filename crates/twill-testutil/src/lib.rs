@@ -1,11 +1,13 @@
 //! Fixtures for tests that need real parts: an etcd server, network namespaces, a proxy
-//! that can cut connections. Everything cleans up on drop, including after a panic.
+//! that can cut connections, and a (labelled) fake of the Kubernetes nodes API. Everything cleans up on drop, including after a panic.
 
 mod etcd;
+pub mod fake_kube;
 mod netns;
 mod proxy;
 
 pub use etcd::{Etcd, TlsFiles};
+pub use fake_kube::FakeKube;
 pub use netns::{run_prefix, sh, Netns};
 pub use proxy::TcpProxy;
 

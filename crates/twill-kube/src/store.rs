@@ -1,0 +1,329 @@
+//! The Kubernetes API side: connect, find our node, publish our lease as annotations,
+//! and watch every node. Decisions live in `annotations`; this file only talks to the API.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Config};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use twill_store::{
+    AcquireRequest, HeldLease, PlanSource, RenewOutcome, StoreError, SubnetManager, WatchEvent,
+};
+
+use crate::annotations::{
+    network_condition_patch, network_condition_set, own_subnet, AnnotationKeys, NodeLeases,
+    PodCidrError,
+};
+
+/// Every API call twill makes, as (resource, verb). The ClusterRole in
+/// manifests/kube-twill.yml must grant exactly these; a test holds the two together.
+pub const API_ACCESS: &[(&str, &str)] = &[
+    ("nodes", "get"),
+    ("nodes", "list"),
+    ("nodes", "watch"),
+    ("nodes", "patch"),
+    ("nodes/status", "patch"),
+    ("pods", "get"),
+];
+
+/// The field manager our patches are recorded under (server-side field ownership).
+const FIELD_MANAGER: &str = "twilld";
+
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    /// `--kube-api-url`: overrides the server of the kubeconfig, or is the whole config.
+    pub api_url: Option<String>,
+    /// `--kubeconfig-file`; neither this nor `api_url` means in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-annotation-prefix`.
+    pub annotation_prefix: String,
+    /// NODE_NAME.
+    pub node_name: Option<String>,
+    /// POD_NAMESPACE and POD_NAME, to find the node from our own pod.
+    pub pod: Option<(String, String)>,
+    /// `--set-node-network-unavailable`.
+    pub set_network_unavailable: bool,
+    /// Whether the network is dual-stack (the v6 podCIDR is part of each lease).
+    pub ipv6: bool,
+}
+
+#[derive(Clone)]
+pub struct KubeStore {
+    nodes: Api<Node>,
+    node_name: String,
+    keys: AnnotationKeys,
+    set_network_unavailable: bool,
+    ipv6: bool,
+    errors: Arc<AtomicU64>,
+    /// Patches sent since start (annotations and condition), for tests and metrics.
+    patches: Arc<AtomicU64>,
+}
+
+fn api_err(what: &str, e: kube::Error) -> StoreError {
+    StoreError::Unavailable(format!("kubernetes API: {what}: {e}"))
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+async fn client_config(opts: &KubeOptions) -> Result<Config, StoreError> {
+    let url = match &opts.api_url {
+        Some(u) => Some(
+            u.parse::<http::Uri>()
+                .map_err(|e| StoreError::Invalid(format!("--kube-api-url={u}: not a URL: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut cfg = match (&opts.kubeconfig, &url) {
+        (Some(path), _) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| {
+                StoreError::Invalid(format!("--kubeconfig-file={}: {e}", path.display()))
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| {
+                    StoreError::Invalid(format!("--kubeconfig-file={}: {e}", path.display()))
+                })?
+        }
+        (None, Some(u)) => Config::new(u.clone()),
+        (None, None) => Config::incluster().map_err(|e| {
+            StoreError::Invalid(format!(
+                "--kube-subnet-mgr: not running in a pod ({e}); give --kubeconfig-file or --kube-api-url"
+            ))
+        })?,
+    };
+    if let Some(u) = url {
+        cfg.cluster_url = u;
+    }
+    Ok(cfg)
+}
+
+impl KubeStore {
+    /// Connects and resolves which node we are. Fails without retrying only on bad
+    /// flags or environment; an unreachable API is retried by the caller.
+    pub async fn connect(opts: &KubeOptions) -> Result<Self, StoreError> {
+        let cfg = client_config(opts).await?;
+        let client = Client::try_from(cfg)
+            .map_err(|e| StoreError::Invalid(format!("kubernetes client: {e}")))?;
+        let node_name = match (&opts.node_name, &opts.pod) {
+            (Some(n), _) if !n.is_empty() => n.clone(),
+            (_, Some((ns, pod))) => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+                let p = pods
+                    .get(pod)
+                    .await
+                    .map_err(|e| api_err(&format!("get pod {ns}/{pod}"), e))?;
+                p.spec.and_then(|s| s.node_name).ok_or_else(|| {
+                    StoreError::Unavailable(format!("pod {ns}/{pod} has no spec.nodeName yet"))
+                })?
+            }
+            _ => {
+                return Err(StoreError::Invalid(
+                    "--kube-subnet-mgr: NODE_NAME is not set, nor POD_NAME and POD_NAMESPACE; \
+                     set NODE_NAME from the downward API (fieldRef: spec.nodeName)"
+                        .into(),
+                ))
+            }
+        };
+        Ok(KubeStore {
+            nodes: Api::all(client),
+            node_name,
+            keys: AnnotationKeys::new(&opts.annotation_prefix),
+            set_network_unavailable: opts.set_network_unavailable,
+            ipv6: opts.ipv6,
+            errors: Default::default(),
+            patches: Default::default(),
+        })
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub fn patch_count(&self) -> u64 {
+        self.patches.load(Ordering::Relaxed)
+    }
+
+    /// Our Node object.
+    pub async fn node(&self) -> Result<Node, StoreError> {
+        match self.nodes.get(&self.node_name).await {
+            Ok(n) => Ok(n),
+            Err(e) if is_not_found(&e) => Err(StoreError::Waiting(format!(
+                "node {} is not registered with the API server yet (is NODE_NAME the kubelet's node name?)",
+                self.node_name
+            ))),
+            Err(e) => Err(api_err(&format!("get node {}", self.node_name), e)),
+        }
+    }
+
+    /// `node-public-ip` on our node: an operator's `--public-ip`.
+    pub async fn node_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
+        Ok(self.keys.node_public_ip(&self.node().await?))
+    }
+
+    async fn patch(&self, status: bool, body: serde_json::Value) -> Result<Node, StoreError> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Strategic(&body);
+        let r = if status {
+            self.nodes.patch_status(&self.node_name, &pp, &patch).await
+        } else {
+            self.nodes.patch(&self.node_name, &pp, &patch).await
+        };
+        self.patches.fetch_add(1, Ordering::Relaxed);
+        r.map_err(|e| api_err(&format!("patch node {}", self.node_name), e))
+    }
+
+    /// Brings our node's annotations (and condition) to what `held` says, writing only
+    /// what differs.
+    async fn publish(
+        &self,
+        node: &Node,
+        attrs: &twill_store::LeaseAttrs,
+    ) -> Result<(), StoreError> {
+        let desired = self.keys.publish(attrs);
+        if let Some(p) = self.keys.patch(node, &desired) {
+            self.patch(false, p).await?;
+            info!(node = %self.node_name, "node annotations written");
+        }
+        if self.set_network_unavailable && !network_condition_set(node) {
+            let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+            self.patch(true, network_condition_patch(&now)).await?;
+            info!(node = %self.node_name, "node condition NetworkUnavailable=False");
+        }
+        Ok(())
+    }
+
+    /// Uninstall: removes our annotations so other nodes drop this one as a peer.
+    pub async fn release(&self) -> Result<&'static str, StoreError> {
+        let node = self.node().await?;
+        let mut removal = self.keys.publish(&twill_store::LeaseAttrs::vxlan(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            "",
+        ));
+        removal.values_mut().for_each(|v| *v = None);
+        match self.keys.patch(&node, &removal) {
+            Some(p) => {
+                self.patch(false, p).await?;
+                Ok("annotations removed")
+            }
+            None => Ok("no annotations of ours"),
+        }
+    }
+
+    /// Our lease as published, with the podCIDR checked against the config.
+    fn held(&self, node: &Node, req: &AcquireRequest) -> Result<HeldLease, StoreError> {
+        let key = own_subnet(node, &req.conf).map_err(|e| match e {
+            PodCidrError::NotAssigned { .. } => StoreError::Waiting(e.to_string()),
+            PodCidrError::Outside { .. } => StoreError::Invalid(e.to_string()),
+        })?;
+        let mut attrs = req.attrs.clone();
+        if let Some(ip) = self.keys.public_ip_overwrite(node) {
+            attrs.public_ip = ip;
+        }
+        Ok(HeldLease {
+            key,
+            attrs,
+            etcd_lease: 0,
+            ttl: Duration::ZERO,
+            source: PlanSource::Assigned,
+        })
+    }
+}
+
+impl SubnetManager for KubeStore {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn advertised_mac(&self, _public_ip: Ipv4Addr) -> Option<String> {
+        self.keys.vtep_mac(&self.node().await.ok()?)
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<HeldLease, StoreError> {
+        let node = self.node().await?;
+        let held = self.held(&node, req)?;
+        self.publish(&node, &held.attrs).await?;
+        Ok(held)
+    }
+
+    /// Nothing expires in Kubernetes; a renewal re-asserts our annotations (someone may
+    /// have edited them) and notices a podCIDR change.
+    async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
+        let node = self.node().await?;
+        let cidrs = crate::pod_cidrs(&node);
+        let now = twill_store::LeaseKey {
+            v4: cidrs.iter().find(|c| c.is_ipv4()).copied(),
+            v6: cidrs
+                .iter()
+                .find(|c| c.is_ipv6())
+                .copied()
+                .filter(|_| self.ipv6),
+        };
+        if now != held.key {
+            return Ok(RenewOutcome::Lost);
+        }
+        self.publish(&node, &held.attrs).await?;
+        Ok(RenewOutcome::Renewed { ttl: held.ttl })
+    }
+
+    /// kube-rs's watcher lists, watches with bookmarks, resumes from the last
+    /// resourceVersion after a break and re-lists after 410 Gone; each (re)list becomes a
+    /// snapshot the peer table diffs, so a node deleted during a gap is removed.
+    async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {
+        let mut leases = NodeLeases::new(self.keys.clone(), self.ipv6);
+        let stream = watcher(self.nodes.clone(), watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        let mut listing: Option<Vec<Node>> = None;
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            let out = match ev {
+                None => return,
+                Some(Err(e)) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!("node watch: {e}; the watcher retries (re-listing if it fell behind)");
+                    continue;
+                }
+                Some(Ok(Event::Init)) => {
+                    listing = Some(Vec::new());
+                    continue;
+                }
+                Some(Ok(Event::InitApply(n))) => {
+                    listing.get_or_insert_with(Vec::new).push(n);
+                    continue;
+                }
+                Some(Ok(Event::InitDone)) => {
+                    let nodes = listing.take().unwrap_or_default();
+                    vec![leases.snapshot(&nodes)]
+                }
+                Some(Ok(Event::Apply(n))) => leases.apply(&n),
+                Some(Ok(Event::Delete(n))) => leases.delete(&n),
+            };
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
