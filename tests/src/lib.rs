@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use twill_testutil::{sh, wait_until, Etcd, Netns};
+use twill_testutil::{sh, wait_until, Etcd, FakeKube, Netns};
 
 pub const ETCD_IP: &str = "198.18.0.100";
 pub const PREFIX: &str = "/coreos.com/network";
@@ -153,7 +153,7 @@ pub struct Cluster {
     pub pods: Vec<Option<Pod>>,
     pub dir: tempfile::TempDir,
     // Dropped last: the switch every other namespace hangs off.
-    _etcd_ns: Netns,
+    etcd_ns: Netns,
     ul: Netns,
 }
 
@@ -173,7 +173,7 @@ impl Cluster {
             nodes: Vec::new(),
             pods: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
-            _etcd_ns: etcd_ns,
+            etcd_ns,
             ul,
         }
     }
@@ -191,6 +191,15 @@ impl Cluster {
         }
         c.assert_full_mesh();
         c
+    }
+
+    /// A FAKE Kubernetes nodes API (see twill_testutil::fake_kube) served from the etcd
+    /// namespace at ETCD_IP, so every node reaches it over the underlay.
+    pub fn fake_kube(&self) -> FakeKube {
+        let listener = self.etcd_ns.run(|| {
+            Box::pin(async { std::net::TcpListener::bind((ETCD_IP, 0)).expect("bind in netns") })
+        });
+        FakeKube::start(listener)
     }
 
     pub fn put_config(&self, json: &str) {

@@ -100,7 +100,8 @@ pub struct Cli {
     /// Lease lifetime: a duration like 24h, 90m, 30s (a bare number is seconds).
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     pub subnet_lease_ttl: Duration,
-    /// Read net-conf.json from this file instead of etcd's <prefix>/config.
+    /// Read net-conf.json from this file instead of etcd's <prefix>/config (with
+    /// --kube-subnet-mgr the default is /etc/kube-flannel/net-conf.json, a ConfigMap mount).
     #[arg(long, global = true, env = "FLANNELD_NET_CONFIG_PATH")]
     pub net_config_path: Option<PathBuf>,
 
@@ -110,10 +111,24 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
 
-    /// Use the Kubernetes API instead of etcd.
-    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
+    /// Use the Kubernetes API instead of etcd: the subnet is the node's spec.podCIDR.
+    #[arg(long, global = true, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub kube_subnet_mgr: bool,
+    /// API server URL (overrides the kubeconfig's server); with neither this nor
+    /// --kubeconfig-file, the in-cluster service account is used.
+    #[arg(long, global = true, env = "FLANNELD_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    #[arg(long, global = true, env = "FLANNELD_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Prefix of the node annotations twill reads and writes.
+    #[arg(long, global = true, env = "FLANNELD_KUBE_ANNOTATION_PREFIX",
+          default_value = twill_kube::DEFAULT_PREFIX)]
+    pub kube_annotation_prefix: String,
+    /// Set the node condition NetworkUnavailable=False once the network is up.
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", value_parser = BoolishValueParser::new())]
+    pub set_node_network_unavailable: bool,
 
     /// Log as human-readable text (default) or JSON lines.
     #[arg(
@@ -137,7 +152,33 @@ pub enum Command {
     Doctor(crate::doctor::Doctor),
 }
 
+/// Where the DaemonSet mounts net-conf.json; flannel's default in Kubernetes mode.
+pub const KUBE_NET_CONF: &str = "/etc/kube-flannel/net-conf.json";
+
 impl Cli {
+    /// The net-conf.json file to read, if the config comes from a file.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match (&self.net_config_path, self.kube_subnet_mgr) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => Some(PathBuf::from(KUBE_NET_CONF)),
+            (None, false) => None,
+        }
+    }
+
+    /// Kubernetes client options; the node comes from NODE_NAME, else from our pod.
+    pub fn kube_options(&self, ipv6: bool) -> twill_kube::KubeOptions {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        twill_kube::KubeOptions {
+            api_url: self.kube_api_url.clone(),
+            kubeconfig: self.kubeconfig_file.clone(),
+            annotation_prefix: self.kube_annotation_prefix.clone(),
+            node_name: env("NODE_NAME"),
+            pod: env("POD_NAMESPACE").zip(env("POD_NAME")),
+            set_network_unavailable: self.set_node_network_unavailable,
+            ipv6,
+        }
+    }
+
     pub fn etcd_options(&self) -> twill_store::EtcdOptions {
         twill_store::EtcdOptions {
             endpoints: self.etcd_endpoints.clone(),
@@ -210,6 +251,11 @@ mod tests {
         assert_eq!(c.iptables_resync, 5);
         assert!(c.iptables_forward_rules && !c.ip_masq && !c.kube_subnet_mgr);
         assert_eq!(c.healthz_ip.to_string(), "127.0.0.1");
+        assert_eq!(c.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert!(c.set_node_network_unavailable);
+        assert_eq!(c.config_file(), None);
+        let k = parse(&["--kube-subnet-mgr"]).unwrap();
+        assert_eq!(k.config_file(), Some(PathBuf::from(KUBE_NET_CONF)));
     }
 
     #[test]

@@ -17,9 +17,10 @@ use twill_dataplane::{
     choose_interface, desired_peers, incremental as incremental_ops, watch_link_deletions,
     Dataplane, DataplaneConfig, ExtIface, Iptables, Mac, Netlink, VxlanSpec,
 };
+use twill_kube::KubeStore;
 use twill_store::{
     AcquireRequest, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable, RenewOutcome,
-    StoreError, WatchEvent,
+    StoreError, SubnetManager, WatchEvent,
 };
 
 use crate::cli::Cli;
@@ -27,11 +28,28 @@ use crate::telemetry::Telemetry;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where net-conf.json comes from: a file (always in Kubernetes mode), or etcd's
+/// `<prefix>/config`.
+enum ConfigSource {
+    File(std::path::PathBuf),
+    Etcd(EtcdStore),
+}
+
+impl ConfigSource {
+    async fn load(&self) -> Result<NetConf> {
+        match self {
+            ConfigSource::File(p) => load_file_config(p),
+            ConfigSource::Etcd(store) => match store.get_config().await? {
+                Some(text) => parse_conf(&text, &format!("etcd key {}", store.config_key())),
+                None => Err(anyhow!("etcd key {} is missing", store.config_key())),
+            },
+        }
+    }
+}
 
 pub async fn run(cli: Cli) -> Result<()> {
-    if cli.kube_subnet_mgr {
-        bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not in this build yet; use etcd (--etcd-endpoints)");
-    }
     let cancel = CancellationToken::new();
     let reloads = spawn_signal_handler(cancel.clone());
     // Liveness allows for a few missed resyncs before declaring the loop stuck.
@@ -42,16 +60,52 @@ pub async fn run(cli: Cli) -> Result<()> {
         crate::http::serve(addr, tel.clone(), cancel.clone()).await?;
     }
 
-    // A bad file fails before anything touches etcd or the kernel.
-    let file_conf = match &cli.net_config_path {
-        Some(p) => Some(load_file_config(p)?),
+    // A bad file fails before anything touches the store or the kernel.
+    let file_conf = match cli.config_file() {
+        Some(p) => Some((load_file_config(&p)?, p)),
         None => None,
     };
+    if cli.kube_subnet_mgr {
+        let Some((conf, path)) = file_conf else {
+            unreachable!("Kubernetes mode always reads a file")
+        };
+        let opts = cli.kube_options(conf.ipv6.is_some());
+        let store = retry("connecting to the Kubernetes API", &cancel, &tel, || {
+            KubeStore::connect(&opts)
+        })
+        .await?;
+        info!(node = store.node_name(), "Kubernetes subnet manager");
+        // node-public-ip on our node stands in for --public-ip.
+        let hint = match cli.public_ip {
+            Some(_) => None,
+            None => retry("reading our node", &cancel, &tel, || store.node_public_ip()).await?,
+        };
+        let source = ConfigSource::File(path);
+        return start(cli, store, source, conf, hint, cancel, tel, reloads).await;
+    }
     let store = connect_store(&cli, &cancel, &tel).await?;
-    let conf = match file_conf {
-        Some(c) => c,
-        None => wait_for_etcd_config(&store, &cancel, &tel).await?,
+    let (conf, source) = match file_conf {
+        Some((c, p)) => (c, ConfigSource::File(p)),
+        None => (
+            wait_for_etcd_config(&store, &cancel, &tel).await?,
+            ConfigSource::Etcd(store.clone()),
+        ),
     };
+    start(cli, store, source, conf, None, cancel, tel, reloads).await
+}
+
+/// Brings the node up on any store and runs it until cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn start<S: SubnetManager>(
+    cli: Cli,
+    store: S,
+    config: ConfigSource,
+    conf: NetConf,
+    public_ip_hint: Option<std::net::Ipv4Addr>,
+    cancel: CancellationToken,
+    tel: Arc<Telemetry>,
+    reloads: mpsc::UnboundedReceiver<()>,
+) -> Result<()> {
     tel.update_ready(|r| r.config = true);
     // Parsed for compatibility but not built yet: say so rather than silently differ.
     if conf.enable_nftables {
@@ -69,7 +123,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
     let nl = Netlink::connect().context("opening a netlink socket")?;
     let ext = select_underlay(&nl, &cli).await?;
-    let public_ip = cli.public_ip.unwrap_or(ext.addr);
+    let public_ip = cli.public_ip.or(public_ip_hint).unwrap_or(ext.addr);
     let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
     let mtu = underlay_mtu
         .checked_sub(VXLAN_OVERHEAD_V4)
@@ -135,10 +189,16 @@ pub async fn run(cli: Cli) -> Result<()> {
     dp.set_lease(subnet)
         .await
         .context("addressing the VXLAN device")?;
-    match dp.ensure_rules().await {
-        Ok(_) => tel.update_ready(|r| r.rules = true),
-        Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
-    }
+    let rules_ok = match dp.ensure_rules().await {
+        Ok(_) => {
+            tel.update_ready(|r| r.rules = true);
+            true
+        }
+        Err(e) => {
+            warn!("rules not in place yet, will retry every resync: {e}");
+            false
+        }
+    };
     let mut table = PeerTable::new();
     table.set_own(held.key, held.attrs.clone());
     let expires = Instant::now() + held.ttl;
@@ -151,7 +211,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         network,
         mtu,
         cli,
+        config,
         ready: false,
+        rules_ok,
+        notified: false,
         tel,
         expires,
         store_errors_seen: 0,
@@ -161,8 +224,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     node.run_loop(cancel).await
 }
 
-struct Node {
-    store: EtcdStore,
+struct Node<S> {
+    store: S,
     dp: Dataplane,
     table: PeerTable,
     held: HeldLease,
@@ -170,7 +233,11 @@ struct Node {
     network: Ipv4Network,
     mtu: u32,
     cli: Cli,
+    config: ConfigSource,
     ready: bool,
+    rules_ok: bool,
+    /// systemd has been told READY=1.
+    notified: bool,
     tel: Arc<Telemetry>,
     /// When our lease runs out unless renewed.
     expires: Instant,
@@ -189,7 +256,7 @@ enum Trigger {
     DeviceDeleted,
 }
 
-impl Node {
+impl<S: SubnetManager> Node<S> {
     async fn run_loop(&mut self, cancel: CancellationToken) -> Result<()> {
         let (tx, mut rx) = mpsc::channel(64);
         let watch_cancel = cancel.child_token();
@@ -219,6 +286,7 @@ impl Node {
                 }
                 _ = cancel.cancelled() => {
                     info!("stopping; the data plane and the lease stay in place");
+                    notify_systemd(&[sd_notify::NotifyState::Stopping]);
                     watch_cancel.cancel();
                     return Ok(());
                 }
@@ -272,10 +340,12 @@ impl Node {
                         self.ready = true;
                         info!(subnet = %self.held.key, peers = self.table.len(), "ready");
                     }
+                    self.notify_ready();
                 }
                 _ = resync.tick() => {
                     if self.ready {
                         self.reconcile(Trigger::Resync).await;
+                        self.notify_ready();
                     }
                     let errors = self.store.error_count();
                     self.tel.store_errors.inc_by(errors - self.store_errors_seen);
@@ -310,17 +380,7 @@ impl Node {
     /// Re-reads the config (file or etcd) and applies it. An invalid config is refused
     /// and the running one kept: a typo must not take a node's network down.
     async fn reload(&mut self, cancel: &CancellationToken) -> Result<()> {
-        let loaded = match &self.cli.net_config_path {
-            Some(p) => load_file_config(p),
-            None => match self.store.get_config().await {
-                Ok(Some(text)) => {
-                    parse_conf(&text, &format!("etcd key {}", self.store.config_key()))
-                }
-                Ok(None) => Err(anyhow!("etcd key {} is missing", self.store.config_key())),
-                Err(e) => Err(e.into()),
-            },
-        };
-        let conf = match loaded {
+        let conf = match self.config.load().await {
             Ok(c) => c,
             Err(e) => {
                 warn!("config reload refused, keeping the running config: {e:#}");
@@ -426,6 +486,7 @@ impl Node {
                     self.tel.repaired("rules", r.rule_repairs);
                 }
                 let rules_ok = r.rules_error.is_none();
+                self.rules_ok = rules_ok;
                 self.tel.update_ready(|s| {
                     s.rules = rules_ok;
                     s.reconciled = true;
@@ -433,6 +494,20 @@ impl Node {
             }
             Err(e) => warn!("reconcile failed, will retry: {e}"),
         }
+    }
+
+    /// systemd's Type=notify: READY=1 once subnet.env is written and the rules are in
+    /// place, so units ordered after twilld (the container runtime) find both.
+    fn notify_ready(&mut self) {
+        if self.notified || !self.ready || !self.rules_ok {
+            return;
+        }
+        self.notified = true;
+        let status = format!("subnet {} with {} peers", self.held.key, self.table.len());
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
     }
 
     fn write_subnet_env(&self) -> Result<()> {
@@ -455,6 +530,13 @@ fn v4_subnet(held: &HeldLease) -> Result<Ipv4Network> {
     match held.key.v4 {
         Some(IpNetwork::V4(n)) => Ok(n),
         _ => Err(anyhow!("lease {} has no IPv4 subnet", held.key)),
+    }
+}
+
+/// A no-op unless systemd gave us NOTIFY_SOCKET.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!("telling systemd ({state:?}): {e}");
     }
 }
 
@@ -521,10 +603,24 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut delay = RETRY_MIN;
+    let mut said: Option<(String, Instant)> = None;
     loop {
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_permanent() => return Err(e.into()),
+            // Waiting on an operator: check every second, repeat the explanation every
+            // WAITING_LOG_EVERY (and whenever it changes), not on every check.
+            Err(StoreError::Waiting(why)) => {
+                let repeat = said
+                    .as_ref()
+                    .is_some_and(|(s, at)| *s == why && at.elapsed() < WAITING_LOG_EVERY);
+                if !repeat {
+                    warn!("{what}: waiting: {why}");
+                    said = Some((why, Instant::now()));
+                }
+                sleep_or_cancel(Duration::from_secs(1), cancel, tel).await?;
+                continue;
+            }
             Err(e) => warn!("{what}: {e}; retrying"),
         }
         sleep_or_cancel(delay, cancel, tel).await?;
@@ -565,8 +661,8 @@ async fn wait_for_etcd_config(
     }
 }
 
-async fn acquire(
-    store: &EtcdStore,
+async fn acquire<S: SubnetManager>(
+    store: &S,
     req: &AcquireRequest,
     cancel: &CancellationToken,
     tel: &Telemetry,
@@ -605,13 +701,6 @@ fn read_previous(path: &Path) -> LeaseKey {
     }
 }
 
-async fn advertised_mac(store: &EtcdStore, public_ip: std::net::Ipv4Addr) -> Option<Mac> {
-    let (leases, _) = store.list().await.ok()?;
-    leases.into_iter().find_map(|l| {
-        let a = l.attrs?;
-        if a.public_ip != public_ip {
-            return None;
-        }
-        a.vxlan_data()?.vtep_mac.parse().ok()
-    })
+async fn advertised_mac<S: SubnetManager>(store: &S, public_ip: std::net::Ipv4Addr) -> Option<Mac> {
+    store.advertised_mac(public_ip).await?.parse().ok()
 }

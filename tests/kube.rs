@@ -1,0 +1,187 @@
+//! Kubernetes mode end to end: real twilld daemons in node namespaces with
+//! `--kube-subnet-mgr`, against a FAKE nodes API (twill_testutil::FakeKube; no
+//! kube-apiserver can be installed here) served from one namespace on the underlay.
+
+use serde_json::json;
+use twill_e2e::{Cluster, ETCD_IP};
+use twill_testutil::{require_root, wait_until, FakeKube};
+
+const ANN: &str = "flannel.alpha.coreos.com";
+
+fn kube_args(c: &Cluster, fake: &FakeKube) -> Vec<String> {
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let port = fake.url().rsplit(':').next().unwrap().to_string();
+    vec![
+        "--kube-subnet-mgr".into(),
+        format!("--kube-api-url=http://{ETCD_IP}:{port}"),
+        format!("--net-config-path={}", conf.display()),
+        "--ip-masq".into(),
+        "--iptables-resync=1".into(),
+    ]
+}
+
+fn add_kube_node(c: &mut Cluster, args: &[String], name: &str) -> usize {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let i = c.add_node_stopped(&a);
+    c.nodes[i].env.push(("NODE_NAME".into(), name.into()));
+    c.nodes[i].start();
+    i
+}
+
+fn routes(c: &Cluster, i: usize) -> Vec<String> {
+    let mut v: Vec<String> = c.nodes[i]
+        .ns
+        .sh("ip -4 route show dev flannel.1")
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn annotation(fake: &FakeKube, node: &str, key: &str) -> String {
+    fake.node(node).unwrap()["metadata"]["annotations"][format!("{ANN}/{key}")]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn three_nodes_in_kube_mode_against_the_fake_api() {
+    require_root();
+    let mut c = Cluster::new("kube");
+    let fake = c.fake_kube();
+    fake.add_node("kn1", Some("10.244.1.0/24"));
+    fake.add_node("kn2", Some("10.244.2.0/24"));
+    fake.add_node("kn3", None);
+    let args = kube_args(&c, &fake);
+    for (i, name) in ["kn1", "kn2", "kn3"].iter().enumerate() {
+        assert_eq!(add_kube_node(&mut c, &args, name), i);
+    }
+
+    // kn3 has no podCIDR: it waits, says why, and writes nothing.
+    c.nodes[0].wait_ready();
+    c.nodes[1].wait_ready();
+    wait_until(10, "kn3 to explain what it waits for", || {
+        c.nodes[2].log().contains("--allocate-node-cidrs")
+    });
+    assert!(!c.nodes[2].subnet_env().exists());
+    assert!(c.nodes[2].is_running());
+    fake.set_pod_cidr("kn3", "10.244.3.0/24");
+    c.nodes[2].wait_ready();
+
+    for (i, cidr) in ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(&c.nodes[i].lease(), cidr, "the lease is the podCIDR");
+        let name = format!("kn{}", i + 1);
+        assert_eq!(annotation(&fake, &name, "kube-subnet-manager"), "true");
+        assert_eq!(annotation(&fake, &name, "public-ip"), c.nodes[i].ip);
+        let data: serde_json::Value =
+            serde_json::from_str(&annotation(&fake, &name, "backend-data")).unwrap();
+        assert_eq!(data["VtepMAC"], c.nodes[i].vtep_mac());
+        let cond = &fake.node(&name).unwrap()["status"]["conditions"][0];
+        assert_eq!(
+            (cond["type"].as_str(), cond["reason"].as_str()),
+            (Some("NetworkUnavailable"), Some("TwillIsUp"))
+        );
+    }
+    for i in 0..3 {
+        c.add_pod(i);
+    }
+    for i in 0..3 {
+        wait_until(20, "full mesh of routes", || routes(&c, i).len() == 2);
+    }
+    c.assert_full_mesh();
+
+    // A flanneld node joins (annotations only, as flanneld writes them): every twilld
+    // node programs it like any peer.
+    fake.put_node(
+        "flannel-node",
+        json!({
+            "metadata": {"annotations": {
+                format!("{ANN}/backend-type"): "vxlan",
+                format!("{ANN}/backend-data"): r#"{"VNI":1,"VtepMAC":"0a:0f:0f:0f:0f:01"}"#,
+                format!("{ANN}/public-ip"): "198.18.0.77",
+                format!("{ANN}/kube-subnet-manager"): "true",
+            }},
+            "spec": {"podCIDR": "10.244.77.0/24", "podCIDRs": ["10.244.77.0/24"]}
+        }),
+    );
+    for i in 0..3 {
+        wait_until(20, "the flanneld node's route", || {
+            routes(&c, i).contains(&"10.244.77.0/24".to_string())
+        });
+        let neigh = c.nodes[i].ns.sh("ip neigh show dev flannel.1 10.244.77.0");
+        assert!(neigh.contains("0a:0f:0f:0f:0f:01"), "{neigh}");
+        let fdb = c.nodes[i].ns.sh("bridge fdb show dev flannel.1");
+        assert!(fdb.contains("0a:0f:0f:0f:0f:01 dst 198.18.0.77"), "{fdb}");
+    }
+    // ...and leaves.
+    fake.delete_node("flannel-node");
+    for i in 0..3 {
+        wait_until(20, "the flanneld node's route removed", || {
+            routes(&c, i).len() == 2
+        });
+    }
+
+    // A restart keeps the MAC (from our annotation) and writes nothing new.
+    let mac = c.nodes[0].vtep_mac();
+    let patches = fake.patches_to("/api/v1/nodes/kn1");
+    assert_eq!(patches, 1, "annotations written more than once");
+    c.nodes[0].stop(libc::SIGTERM);
+    c.nodes[0].ns.sh("ip link del flannel.1");
+    std::fs::remove_file(c.nodes[0].subnet_env()).unwrap();
+    c.nodes[0].start();
+    c.nodes[0].wait_ready();
+    assert_eq!(
+        c.nodes[0].vtep_mac(),
+        mac,
+        "MAC not reused after a reboot-like restart"
+    );
+    assert_eq!(fake.patches_to("/api/v1/nodes/kn1"), 1);
+    assert_eq!(fake.patches_to("/api/v1/nodes/kn1/status"), 1);
+    wait_until(20, "kn1 routes back", || routes(&c, 0).len() == 2);
+    c.assert_full_mesh();
+
+    // A node deleted while kn2's daemon is down is gone from kn2 after it restarts
+    // (flannel #2554 leaves its route behind).
+    c.nodes[1].stop(libc::SIGKILL);
+    fake.delete_node("kn3");
+    c.nodes[1].start();
+    wait_until(20, "kn2 drops kn3", || routes(&c, 1) == ["10.244.1.0/24"]);
+    wait_until(20, "kn1 drops kn3", || routes(&c, 0) == ["10.244.2.0/24"]);
+}
+
+#[test]
+fn podcidr_outside_network_exits_naming_both_and_leaves_nothing() {
+    require_root();
+    let mut c = Cluster::new("kubebad");
+    let fake = c.fake_kube();
+    fake.add_node("kb1", Some("10.42.0.0/24"));
+    let args = kube_args(&c, &fake);
+    let i = add_kube_node(&mut c, &args, "kb1");
+    let code = c.nodes[i].wait_exit(20);
+    assert_eq!(code, 1);
+    let log = c.nodes[i].log();
+    assert!(
+        log.contains("10.42.0.0/24") && log.contains("10.244.0.0/16"),
+        "{log}"
+    );
+    assert!(
+        !c.nodes[i].ns.try_sh("ip link show flannel.1"),
+        "device left behind"
+    );
+    assert!(!c.nodes[i].subnet_env().exists());
+    assert_eq!(
+        fake.patches_to("/api/v1/nodes/kb1"),
+        0,
+        "annotations written for a refused podCIDR"
+    );
+}
