@@ -34,7 +34,7 @@ const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 /// `<prefix>/config`.
 enum ConfigSource {
     File(std::path::PathBuf),
-    Etcd(EtcdStore),
+    Etcd(Box<EtcdStore>),
 }
 
 impl ConfigSource {
@@ -88,7 +88,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Some((c, p)) => (c, ConfigSource::File(p)),
         None => (
             wait_for_etcd_config(&store, &cancel, &tel).await?,
-            ConfigSource::Etcd(store.clone()),
+            ConfigSource::Etcd(Box::new(store.clone())),
         ),
     };
     start(cli, store, source, conf, None, cancel, tel, reloads).await
