@@ -185,3 +185,106 @@ fn podcidr_outside_network_exits_naming_both_and_leaves_nothing() {
         "annotations written for a refused podCIDR"
     );
 }
+
+/// Runs `twilld <args>` in node `i`'s namespace as NODE_NAME=`node`.
+fn twilld_as(c: &Cluster, i: usize, node: &str, args: &[String]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.nodes[i].ns.name])
+        .arg(twill_e2e::twilld_bin())
+        .args(args)
+        .env("NODE_NAME", node)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {v}"))
+}
+
+#[test]
+fn doctor_and_cleanup_in_kube_mode() {
+    require_root();
+    let mut c = Cluster::new("kubeops");
+    let fake = c.fake_kube();
+    fake.add_node("kd1", Some("10.244.1.0/24"));
+    fake.add_node("kd2", Some("10.244.2.0/24"));
+    fake.add_node("kd3", Some("10.42.0.0/24"));
+    let args = kube_args(&c, &fake);
+    add_kube_node(&mut c, &args, "kd1");
+    add_kube_node(&mut c, &args, "kd2");
+    c.add_pod(0);
+    c.add_pod(1);
+    wait_until(20, "routes", || {
+        routes(&c, 0).len() == 1 && routes(&c, 1).len() == 1
+    });
+
+    let n = &c.nodes[1];
+    let mut common: Vec<String> = args[..3].to_vec();
+    common.extend([
+        "--iface=eth0".into(),
+        format!("--subnet-file={}", n.subnet_env().display()),
+        format!("--cni-conf-dir={}", n.dir.join("net.d").display()),
+    ]);
+    let mut doctor = vec!["doctor".to_string(), "--output=json".into()];
+    doctor.extend(common.clone());
+    let (ok, out) = twilld_as(&c, 1, "kd2", &doctor);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for name in ["kubernetes", "podCIDR", "subnet.env", "peers", "config"] {
+        assert_eq!(check(&v, name)["status"], "pass", "{name}: {v:#}");
+    }
+    assert!(ok, "{v:#}");
+
+    // The mismatch that leaves clusters NotReady: podCIDR outside Network.
+    let (ok, out) = twilld_as(&c, 1, "kd3", &doctor);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let pc = check(&v, "podCIDR");
+    assert_eq!(pc["status"], "fail");
+    let detail = pc["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("10.42.0.0/24") && detail.contains("10.244.0.0/16"),
+        "{detail}"
+    );
+    assert!(pc["hint"].as_str().unwrap().contains("--cluster-cidr"));
+    assert!(!ok);
+
+    // Uninstall kd2: its annotations go, so kd1 drops it as a peer.
+    c.nodes[1].stop(libc::SIGTERM);
+    let mut cleanup = vec!["cleanup".to_string(), "--release-lease".into()];
+    cleanup.extend(common.clone());
+    let (ok, out) = twilld_as(&c, 1, "kd2", &cleanup);
+    assert!(
+        ok && out.contains("would remove: node kd2 annotations"),
+        "{out}"
+    );
+    assert_eq!(
+        annotation(&fake, "kd2", "kube-subnet-manager"),
+        "true",
+        "a dry run wrote"
+    );
+    cleanup.push("--yes".into());
+    let (ok, out) = twilld_as(&c, 1, "kd2", &cleanup);
+    assert!(ok, "{out}");
+    let anns = fake.node("kd2").unwrap()["metadata"]["annotations"].clone();
+    assert!(
+        anns.as_object()
+            .is_none_or(|a| a.keys().all(|k| !k.starts_with(ANN))),
+        "annotations left: {anns}"
+    );
+    wait_until(20, "kd1 drops kd2", || routes(&c, 0).is_empty());
+    let (ok, out) = twilld_as(&c, 1, "kd2", &cleanup);
+    assert!(
+        ok && out.contains("nothing of twill's left"),
+        "not idempotent:\n{out}"
+    );
+}

@@ -208,16 +208,41 @@ impl KubeStore {
         Ok(())
     }
 
-    /// Uninstall: removes our annotations so other nodes drop this one as a peer.
-    pub async fn release(&self) -> Result<&'static str, StoreError> {
+    /// Every node's lease, listed once (diagnostics).
+    pub async fn list_leases(&self) -> Result<Vec<twill_store::StoredLease>, StoreError> {
+        let nodes = self
+            .nodes
+            .list(&Default::default())
+            .await
+            .map_err(|e| api_err("list nodes", e))?;
+        let WatchEvent::Snapshot(leases) =
+            NodeLeases::new(self.keys.clone(), self.ipv6).snapshot(&nodes.items)
+        else {
+            unreachable!("a snapshot is a snapshot")
+        };
+        Ok(leases)
+    }
+
+    /// Whether our node carries any annotation of ours (what `release` would remove).
+    pub async fn published(&self) -> Result<bool, StoreError> {
         let node = self.node().await?;
-        let mut removal = self.keys.publish(&twill_store::LeaseAttrs::vxlan(
+        Ok(self.keys.patch(&node, &self.removal()).is_some())
+    }
+
+    fn removal(&self) -> std::collections::BTreeMap<String, Option<String>> {
+        let mut all = self.keys.publish(&twill_store::LeaseAttrs::vxlan(
             Ipv4Addr::UNSPECIFIED,
             0,
             "",
         ));
-        removal.values_mut().for_each(|v| *v = None);
-        match self.keys.patch(&node, &removal) {
+        all.values_mut().for_each(|v| *v = None);
+        all
+    }
+
+    /// Uninstall: removes our annotations so other nodes drop this one as a peer.
+    pub async fn release(&self) -> Result<&'static str, StoreError> {
+        let node = self.node().await?;
+        match self.keys.patch(&node, &self.removal()) {
             Some(p) => {
                 self.patch(false, p).await?;
                 Ok("annotations removed")

@@ -156,6 +156,9 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
 
 /// Releases the lease named in subnet.env or, without it, the ones carrying our public IP.
 async fn release(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
+    if cli.kube_subnet_mgr {
+        return release_kube(cli, env, r).await;
+    }
     let opts = cli.etcd_options();
     let result = async {
         let store = EtcdStore::connect(&opts).await?;
@@ -188,6 +191,36 @@ async fn release(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
     if let Err(e) = result {
         r.failed += 1;
         println!("FAILED to release the lease: {e:#}");
+    }
+}
+
+/// In Kubernetes the podCIDR is not ours to give back: releasing means removing our
+/// annotations, so other nodes drop this one as a peer.
+async fn release_kube(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
+    let result = async {
+        let store = twill_kube::KubeStore::connect(
+            &cli.kube_options(env.is_some_and(|e| e.lease_subnet6().is_some())),
+        )
+        .await?;
+        if !store.published().await? {
+            return Ok(());
+        }
+        r.found += 1;
+        if !r.yes {
+            println!(
+                "would remove: node {} annotations ({})",
+                store.node_name(),
+                cli.kube_annotation_prefix
+            );
+            return Ok(());
+        }
+        println!("node {}: {}", store.node_name(), store.release().await?);
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        r.failed += 1;
+        println!("FAILED to remove our node annotations: {e:#}");
     }
 }
 

@@ -120,43 +120,15 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         }
     };
 
-    let store = EtcdStore::connect(&cli.etcd_options()).await;
-    let conf = config(cli, store.as_ref().ok(), &mut c).await;
-    if let Err(e) = &store {
-        c.add(
-            "etcd",
-            Status::Fail,
-            format!("{e}"),
-            format!(
-                "check --etcd-endpoints {} and the TLS flags",
-                cli.etcd_endpoints.join(",")
-            ),
-        );
-    }
-    let leases = match &store {
-        Ok(s) => match s.list().await {
-            Ok((l, _)) => {
-                c.pass(
-                    "etcd",
-                    format!(
-                        "{} reachable, {} leases",
-                        cli.etcd_endpoints.join(","),
-                        l.len()
-                    ),
-                );
-                Some(l)
-            }
-            Err(e) => {
-                c.add(
-                    "etcd",
-                    Status::Fail,
-                    e.to_string(),
-                    "is etcd up and reachable from this node?",
-                );
-                None
-            }
-        },
-        Err(_) => None,
+    let (conf, leases) = if cli.kube_subnet_mgr {
+        kube_checks(cli, &mut c).await
+    } else {
+        etcd_checks(cli, &mut c).await
+    };
+    let store_name = if cli.kube_subnet_mgr {
+        "the Kubernetes API"
+    } else {
+        "etcd"
     };
 
     let env_text = std::fs::read_to_string(&cli.subnet_file).ok();
@@ -174,12 +146,12 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cli.subnet_file.display()),
             "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
         (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
-            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == *public) => c.pass("subnet.env", format!("{k} matches our lease in etcd")),
+            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == *public) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
             Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.public_ip)),
                 "another node holds this subnet: stop twilld, remove subnet.env, start twilld"),
-            None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in etcd"), "twilld re-acquires a lost lease; is it running?"),
+            None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in {store_name}"), "twilld re-acquires a lost lease; is it running?"),
         },
-        (Some(_), ..) => c.add("subnet.env", Status::Warn, "present, but the lease could not be checked", "see the etcd and underlay checks"),
+        (Some(_), ..) => c.add("subnet.env", Status::Warn, "present, but the lease could not be checked", format!("see the {store_name} and underlay checks")),
     }
 
     let vni = conf.as_ref().map(|c| c.backend.vni).unwrap_or(1);
@@ -217,7 +189,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     .await;
     vxlan_port(&mut c, conf.as_ref(), device.is_some());
     if let (Some(d), Some(l)) = (&device, &leases) {
-        peers(&mut c, &nl, d.index, own_key.as_ref(), l).await;
+        peers(&mut c, &nl, d.index, own_key.as_ref(), l, store_name).await;
     }
     other_cnis(&mut c, &nl, env.as_ref(), args).await;
 
@@ -245,6 +217,101 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         }
     }
     Ok(ok)
+}
+
+async fn etcd_checks(cli: &Cli, c: &mut Checks) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
+    let store = EtcdStore::connect(&cli.etcd_options()).await;
+    let conf = config(cli, store.as_ref().ok(), c).await;
+    if let Err(e) = &store {
+        c.add(
+            "etcd",
+            Status::Fail,
+            format!("{e}"),
+            format!(
+                "check --etcd-endpoints {} and the TLS flags",
+                cli.etcd_endpoints.join(",")
+            ),
+        );
+    }
+    let leases = match &store {
+        Ok(s) => match s.list().await {
+            Ok((l, _)) => {
+                c.pass(
+                    "etcd",
+                    format!(
+                        "{} reachable, {} leases",
+                        cli.etcd_endpoints.join(","),
+                        l.len()
+                    ),
+                );
+                Some(l)
+            }
+            Err(e) => {
+                c.add(
+                    "etcd",
+                    Status::Fail,
+                    e.to_string(),
+                    "is etcd up and reachable from this node?",
+                );
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    (conf, leases)
+}
+
+/// Kubernetes mode: the API is reachable, our node exists and its podCIDR lies inside
+/// Network (the mismatch that leaves every node NotReady).
+async fn kube_checks(cli: &Cli, c: &mut Checks) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
+    let conf = config(cli, None, c).await;
+    let ipv6 = conf.as_ref().is_some_and(|c| c.ipv6.is_some());
+    let hint =
+        "check --kubeconfig-file / --kube-api-url (or the pod's service account) and NODE_NAME";
+    let store = match twill_kube::KubeStore::connect(&cli.kube_options(ipv6)).await {
+        Ok(s) => s,
+        Err(e) => {
+            c.add("kubernetes", Status::Fail, e.to_string(), hint);
+            return (conf, None);
+        }
+    };
+    let node = match store.node().await {
+        Ok(n) => n,
+        Err(e) => {
+            c.add("kubernetes", Status::Fail, e.to_string(), hint);
+            return (conf, None);
+        }
+    };
+    let leases = match store.list_leases().await {
+        Ok(l) => {
+            c.pass(
+                "kubernetes",
+                format!(
+                    "API reachable, node {}, {} nodes publish a lease",
+                    store.node_name(),
+                    l.len()
+                ),
+            );
+            Some(l)
+        }
+        Err(e) => {
+            c.add(
+                "kubernetes",
+                Status::Fail,
+                e.to_string(),
+                "can this node's service account list nodes? (ClusterRole)",
+            );
+            None
+        }
+    };
+    if let Some(conf) = &conf {
+        match twill_kube::own_subnet(&node, conf) {
+            Ok(k) => c.pass("podCIDR", format!("node {} podCIDR {k} is inside Network", store.node_name())),
+            Err(e) => c.add("podCIDR", Status::Fail, e.to_string(),
+                "make kube-controller-manager --cluster-cidr (kubeadm --pod-network-cidr) and net-conf.json Network agree"),
+        }
+    }
+    (conf, leases)
 }
 
 fn privileges(c: &mut Checks) {
@@ -343,7 +410,7 @@ fn kernel(c: &mut Checks) {
 }
 
 async fn config(cli: &Cli, store: Option<&EtcdStore>, c: &mut Checks) -> Option<NetConf> {
-    let (text, source) = match &cli.net_config_path {
+    let (text, source) = match &cli.config_file() {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|e| e.to_string()),
             p.display().to_string(),
@@ -464,6 +531,7 @@ async fn peers(
     index: u32,
     own: Option<&LeaseKey>,
     leases: &[StoredLease],
+    store_name: &str,
 ) {
     let mut table = PeerTable::new();
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
@@ -476,7 +544,7 @@ async fn peers(
     let missing = ops.add_routes.len() + ops.add_neighs.len() + ops.add_fdb.len();
     let extra = ops.del_routes.len() + ops.del_neighs.len() + ops.del_fdb.len();
     let detail = format!(
-        "{} peers in etcd; {missing} entries missing, {extra} extra",
+        "{} peers in {store_name}; {missing} entries missing, {extra} extra",
         desired.len()
     );
     let hint = "twilld repairs these within --iptables-resync seconds; if they persist, it is not running or can't write (see its log)";
