@@ -8,6 +8,7 @@ PKGS=(
   iproute2 iptables nftables       # kernel state the daemon programs and tests assert
   containernetworking-plugins      # bridge + host-local + portmap + loopback CNI delegates
   containerd runc busybox-static   # a real container runtime as CNI client in the tests
+  systemd                          # systemd-analyze verify on twilld.service
   iputils-ping tcpdump ethtool iperf3 jq openssl procps psmisc curl bc
 )
 
