@@ -384,3 +384,40 @@ async fn broken_watch_with_a_node_deleted_meanwhile_and_410_gone_relists() {
         .await;
     assert_eq!(w.snapshots, 2, "a resumable break must not re-list");
 }
+
+#[tokio::test]
+async fn kubeconfig_file_and_no_condition_when_disabled() {
+    let fake = FakeKube::start_local();
+    fake.add_node("n1", Some("10.244.1.0/24"));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: twill\n\
+             current-context: fake\nusers:\n- name: twill\n  user:\n    token: not-checked-by-the-fake\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let mut o = opts(&fake, "n1");
+    o.api_url = None;
+    o.kubeconfig = Some(kc.clone());
+    o.set_network_unavailable = false;
+    let store = KubeStore::connect(&o).await.unwrap();
+    store
+        .acquire(&request("0a:00:00:00:00:01", "198.18.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(fake.patches_to("/api/v1/nodes/n1"), 1);
+    assert_eq!(
+        fake.patches_to("/api/v1/nodes/n1/status"),
+        0,
+        "--set-node-network-unavailable=false"
+    );
+
+    o.kubeconfig = Some(dir.path().join("missing"));
+    let err = KubeStore::connect(&o).await.err().unwrap();
+    assert!(err.to_string().contains("--kubeconfig-file="), "{err}");
+}
