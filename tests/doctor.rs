@@ -90,7 +90,10 @@ fn healthy_node_passes_and_each_breakage_is_named() {
     // From here on nothing repairs what the test breaks.
     c.nodes[0].stop(libc::SIGTERM);
     let n0 = &c.nodes[0].ns;
-    n0.sh("ip route add 10.244.250.0/24 via 10.244.250.0 dev flannel.1 onlink");
+    let stale = c.unleased_subnet();
+    n0.sh(&format!(
+        "ip route add {stale}/24 via {stale} dev flannel.1 onlink"
+    ));
     n0.sh("ip link add cilium_host type veth peer name cilium_net");
     std::fs::write(conf_dir.join("05-cilium.conflist"), "{}").unwrap();
     let (_, v) = doctor(&c, 0);

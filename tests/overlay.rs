@@ -206,10 +206,15 @@ fn sigkill_restart_keeps_subnet_mac_and_traffic_and_drops_stale_entries() {
     // While it's down: pods keep working (nothing was torn down), and a stale entry for a
     // subnet nobody leases any more appears on its device.
     c.assert_full_mesh();
+    let gone = c.unleased_subnet();
     let n0 = &c.nodes[0].ns;
-    n0.sh("ip neigh replace 10.244.250.0 lladdr 0a:00:00:00:02:50 dev flannel.1 nud permanent");
+    n0.sh(&format!(
+        "ip neigh replace {gone} lladdr 0a:00:00:00:02:50 dev flannel.1 nud permanent"
+    ));
     n0.sh("bridge fdb append 0a:00:00:00:02:50 dev flannel.1 dst 198.18.0.250 self permanent");
-    n0.sh("ip route replace 10.244.250.0/24 via 10.244.250.0 dev flannel.1 onlink");
+    n0.sh(&format!(
+        "ip route replace {gone}/24 via {gone} dev flannel.1 onlink"
+    ));
     c.nodes[0].start();
     wait_until(20, "restart ready", || {
         c.nodes[0].log().matches("ready").count() >= 2
@@ -224,7 +229,8 @@ fn sigkill_restart_keeps_subnet_mac_and_traffic_and_drops_stale_entries() {
             n0.sh("ip neigh show dev flannel.1"),
             n0.sh("bridge fdb show dev flannel.1")
         );
-        (state.contains("10.244.250.0") || state.contains("0a:00:00:00:02:50")).then_some(state)
+        (state.contains(&format!("{gone} ")) || state.contains("0a:00:00:00:02:50"))
+            .then_some(state)
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while let Some(state) = stale(&c) {

@@ -294,6 +294,21 @@ impl Cluster {
         }
     }
 
+    /// A /24 network address in 10.244.240.0–10.244.254.0 that no node holds (leases are
+    /// random, so a fixed "stale" subnet could be a live one).
+    pub fn unleased_subnet(&self) -> String {
+        let leased: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.subnet_env().exists())
+            .map(|n| n.lease())
+            .collect();
+        (240..=254)
+            .map(|x| format!("10.244.{x}.0"))
+            .find(|s| !leased.contains(&format!("{s}/24")))
+            .expect("a free subnet")
+    }
+
     /// Lease keys currently in etcd.
     pub fn leases(&self) -> Vec<String> {
         self.etcd
