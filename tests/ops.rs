@@ -81,12 +81,20 @@ fn metrics_count_peers_entries_and_repairs() {
     assert!(metric(&c, 0, "twill_store_events_total", Some(("type", "added"))) >= 2.0);
     assert!(metric(&c, 0, "twill_reconcile_duration_seconds_count", None) >= 1.0);
     assert!(metric(&c, 0, "twill_lease_expiry_seconds", None) > 80_000.0);
+    // Idle: periodic passes stop reading the kernel once nothing touches our entries.
+    let passes = |kind| metric(&c, 0, "twill_periodic_passes_total", Some(("kind", kind)));
+    wait_until(10, "a light periodic pass", || passes("light") >= 2.0);
+    let full_idle = passes("full");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(passes("full"), full_idle, "idle passes read the kernel");
+    assert!(passes("light") >= 4.0);
     let before = metric(
         &c,
         0,
         "twill_reconcile_repairs_total",
         Some(("kind", "entries")),
     );
+    // Entries touched by someone else: the monitor makes the next pass a full one.
     let peer = c.nodes[1].lease();
     c.nodes[0].ns.sh(&format!("ip route del {peer}"));
     wait_until(10, "the repair counted", || {
@@ -96,6 +104,16 @@ fn metrics_count_peers_entries_and_repairs() {
             "twill_reconcile_repairs_total",
             Some(("kind", "entries")),
         ) > before
+    });
+    assert!(passes("full") > full_idle);
+    let neigh = c.nodes[2].lease().replace(".0/24", ".0");
+    c.nodes[0]
+        .ns
+        .sh(&format!("ip neigh del {neigh} dev flannel.1"));
+    wait_until(10, "the neighbour put back", || {
+        c.nodes[0].ns.try_sh(&format!(
+            "ip neigh show {neigh} dev flannel.1 | grep -q PERMANENT"
+        ))
     });
     let rules_before = metric(
         &c,

@@ -16,6 +16,6 @@ pub mod rules;
 pub use desired::{desired_peers, diff, incremental, Actual, Ops, PeerEntry};
 pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
 pub use mac::Mac;
-pub use netlink::{watch_link_deletions, DeviceState, Netlink, NetlinkError, VxlanSpec};
+pub use netlink::{watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, VxlanSpec};
 pub use reconcile::{Dataplane, DataplaneConfig, DataplaneError, ReconcileReport};
 pub use rules::{Firewall, FirewallError, Iptables, RuleSet, RulesReport};

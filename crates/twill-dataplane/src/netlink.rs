@@ -4,6 +4,8 @@
 //! programming N peers costs about one round trip per phase, not 3·N.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use futures::{stream, FutureExt, StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
@@ -560,27 +562,86 @@ impl Netlink {
     }
 }
 
-/// Reports every RTM_DELLINK of a link called `name`: the daemon repairs at once instead of
-/// waiting for the next resync (flannel #869 never replays peers at all).
-pub fn watch_link_deletions(
-    name: String,
-) -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+/// What a netlink monitor saw happen to our device: its deletion (repaired at once, where
+/// flannel #869 never replays peers) and whether anything touched its neighbour, FDB or
+/// route entries since the last look (a periodic pass with nothing touched can skip
+/// reading the kernel, which at 10 000 peers is a 30 000-entry dump).
+pub struct DeviceMonitor {
+    pub deleted: tokio::sync::mpsc::UnboundedReceiver<()>,
+    shared: Arc<MonitorShared>,
+}
+
+struct MonitorShared {
+    /// The device's ifindex; 0 until known, and then every entry change counts.
+    index: AtomicU32,
+    touched: AtomicBool,
+    /// The monitor stopped: from then on nothing can be skipped.
+    broken: AtomicBool,
+}
+
+impl DeviceMonitor {
+    pub fn set_index(&self, index: u32) {
+        self.shared.index.store(index, Ordering::SeqCst);
+    }
+
+    /// Whether our device's entries may have changed since the last call (true the first
+    /// time). Call it before reading the kernel, so a change racing the read is kept.
+    pub fn take_touched(&self) -> bool {
+        self.shared.touched.swap(false, Ordering::SeqCst)
+            || self.shared.broken.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts a monitor on the link, neighbour and IPv4 route groups for the device `name`.
+pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     use rtnetlink::packet_core::NetlinkPayload;
-    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_route::RouteNetlinkMessage as M;
+    use rtnetlink::MulticastGroup as G;
     let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+        rtnetlink::new_multicast_connection(&[G::Link, G::Neigh, G::Ipv4Route])?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(MonitorShared {
+        index: AtomicU32::new(0),
+        touched: AtomicBool::new(true),
+        broken: AtomicBool::new(false),
+    });
+    let seen = shared.clone();
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
-            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = msg.payload {
-                if parse_link(&l).name == name && tx.send(()).is_err() {
-                    break;
+            let NetlinkPayload::InnerMessage(m) = msg.payload else {
+                continue;
+            };
+            let ours = |i: u32| {
+                let idx = seen.index.load(Ordering::SeqCst);
+                idx == 0 || i == idx
+            };
+            let touched = match &m {
+                M::NewNeighbour(n) | M::DelNeighbour(n) => ours(n.header.ifindex),
+                M::NewRoute(r) | M::DelRoute(r) => r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if ours(*i))),
+                M::NewLink(l) => parse_link(l).name == name,
+                M::DelLink(l) => {
+                    let gone = parse_link(l).name == name;
+                    if gone && tx.send(()).is_err() {
+                        break;
+                    }
+                    gone
                 }
+                _ => false,
+            };
+            if touched {
+                seen.touched.store(true, Ordering::SeqCst);
             }
         }
+        seen.broken.store(true, Ordering::SeqCst);
     });
-    Ok(rx)
+    Ok(DeviceMonitor {
+        deleted: rx,
+        shared,
+    })
 }
 
 type Pending<'a> = futures::future::BoxFuture<'a, (String, Result<(), rtnetlink::Error>)>;

@@ -155,6 +155,24 @@ impl Dataplane {
         &mut self,
         desired: &BTreeMap<Ipv4Network, PeerEntry>,
     ) -> Result<ReconcileReport, DataplaneError> {
+        self.pass(Some(desired)).await
+    }
+
+    /// Device, address and rules, without reading the peer entries: for a periodic pass
+    /// when the netlink monitor saw nothing touch them. A report with `device_created`
+    /// means the device is new and empty: follow with a full `reconcile`.
+    pub async fn check(&mut self) -> Result<ReconcileReport, DataplaneError> {
+        self.pass(None).await
+    }
+
+    pub fn device_index(&self) -> Option<u32> {
+        self.device.as_ref().map(|d| d.index)
+    }
+
+    async fn pass(
+        &mut self,
+        desired: Option<&BTreeMap<Ipv4Network, PeerEntry>>,
+    ) -> Result<ReconcileReport, DataplaneError> {
         let start = Instant::now();
         let mut report = ReconcileReport::default();
         let st = self.ensure_device().await?;
@@ -164,14 +182,16 @@ impl Dataplane {
                 .ensure_address(st.index, lease.network(), self.cfg.network)
                 .await?;
         }
-        debug!("reading kernel state");
-        let actual = self.nl.read_actual(st.index).await?;
-        let ops = diff(desired, &actual);
-        debug!(ops = ops.len(), "applying");
-        if !ops.is_empty() {
-            let r = self.nl.apply(st.index, &ops).await;
-            report.entries_changed = r.applied;
-            report.entries_failed = r.failed;
+        if let Some(desired) = desired {
+            debug!("reading kernel state");
+            let actual = self.nl.read_actual(st.index).await?;
+            let ops = diff(desired, &actual);
+            debug!(ops = ops.len(), "applying");
+            if !ops.is_empty() {
+                let r = self.nl.apply(st.index, &ops).await;
+                report.entries_changed = r.applied;
+                report.entries_failed = r.failed;
+            }
         }
         debug!("checking rules");
         match self.ensure_rules().await {
@@ -184,7 +204,7 @@ impl Dataplane {
         report.duration = start.elapsed();
         if report.entries_changed > 0 || report.rule_repairs > 0 || report.device_created {
             info!(
-                peers = desired.len(),
+                peers = desired.map(|d| d.len()),
                 entries_changed = report.entries_changed,
                 rule_repairs = report.rule_repairs,
                 rule_changes = ?report.rule_changes,

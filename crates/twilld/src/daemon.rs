@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, desired_peers, incremental as incremental_ops, watch_link_deletions,
-    Dataplane, DataplaneConfig, ExtIface, Iptables, Mac, Netlink, VxlanSpec,
+    choose_interface, desired_peers, incremental as incremental_ops, watch_device, Dataplane,
+    DataplaneConfig, ExtIface, Iptables, Mac, Netlink, VxlanSpec,
 };
 use twill_kube::KubeStore;
 use twill_store::{
@@ -29,6 +29,8 @@ use crate::telemetry::Telemetry;
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Even when the netlink monitor saw nothing, read the kernel this often.
+const FULL_PASS_BACKSTOP: Duration = Duration::from_secs(60);
 
 /// Where net-conf.json comes from: a file (always in Kubernetes mode), or etcd's
 /// `<prefix>/config`.
@@ -215,6 +217,7 @@ async fn start<S: SubnetManager>(
         ready: false,
         rules_ok,
         notified: false,
+        last_full: Instant::now(),
         tel,
         expires,
         store_errors_seen: 0,
@@ -238,6 +241,8 @@ struct Node<S> {
     rules_ok: bool,
     /// systemd has been told READY=1.
     notified: bool,
+    /// When the kernel's entries were last read and diffed.
+    last_full: Instant,
     tel: Arc<Telemetry>,
     /// When our lease runs out unless renewed.
     expires: Instant,
@@ -267,20 +272,23 @@ impl<S: SubnetManager> Node<S> {
         let mut resync = tokio::time::interval(Duration::from_secs(self.cli.iptables_resync));
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_at = self.next_renewal();
-        let mut deleted = match watch_link_deletions(self.dp.device_name().to_string()) {
-            Ok(rx) => Some(rx),
+        let mut monitor = match watch_device(self.dp.device_name().to_string()) {
+            Ok(m) => Some(m),
             Err(e) => {
-                warn!("no link monitor ({e}); a deleted device is repaired at the next resync");
+                warn!("no netlink monitor ({e}); a deleted device is repaired at the next resync, and every resync reads the kernel");
                 None
             }
         };
+        if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
+            m.set_index(i);
+        }
         loop {
             self.tel.beat();
             tokio::select! {
                 Some(()) = self.reloads.recv() => {
                     self.reload(&cancel).await?;
                 }
-                Some(()) = async { match deleted.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                Some(()) = async { match monitor.as_mut() { Some(m) => m.deleted.recv().await, None => None } } => {
                     warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
                     self.reconcile(Trigger::DeviceDeleted).await;
                 }
@@ -344,7 +352,21 @@ impl<S: SubnetManager> Node<S> {
                 }
                 _ = resync.tick() => {
                     if self.ready {
-                        self.reconcile(Trigger::Resync).await;
+                        // Reading 3 entries per peer from the kernel is most of an idle
+                        // node's CPU: skip it unless the monitor saw our entries touched
+                        // (or it is the backstop pass, in case the monitor missed a message).
+                        let full = monitor.as_ref().is_none_or(|m| m.take_touched())
+                            || self.last_full.elapsed() >= FULL_PASS_BACKSTOP;
+                        let kind = if full { "full" } else { "light" };
+                        self.tel.periodic_passes.get_or_create(&crate::telemetry::label("kind", kind)).inc();
+                        if full {
+                            self.reconcile(Trigger::Resync).await;
+                        } else {
+                            self.check().await;
+                        }
+                        if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
+                            m.set_index(i);
+                        }
                         self.notify_ready();
                     }
                     let errors = self.store.error_count();
@@ -471,7 +493,26 @@ impl<S: SubnetManager> Node<S> {
         Ok(())
     }
 
+    /// The periodic pass when nothing touched our entries: device, address, rules.
+    async fn check(&mut self) {
+        match self.dp.check().await {
+            // The device was gone (and is new and empty now): fill it.
+            Ok(r) if r.device_created => {
+                self.tel.repaired("device", 1);
+                self.reconcile(Trigger::DeviceDeleted).await;
+            }
+            Ok(r) => {
+                self.tel.repaired("rules", r.rule_repairs);
+                let rules_ok = r.rules_error.is_none();
+                self.rules_ok = rules_ok;
+                self.tel.update_ready(|s| s.rules = rules_ok);
+            }
+            Err(e) => warn!("periodic check failed, will retry: {e}"),
+        }
+    }
+
     async fn reconcile(&mut self, why: Trigger) {
+        self.last_full = Instant::now();
         let desired = desired_peers(self.table.own(), self.table.iter());
         match self.dp.reconcile(&desired).await {
             Ok(r) => {

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-fn label(k: &str, v: &str) -> Labels {
+pub fn label(k: &str, v: &str) -> Labels {
     vec![(k.to_string(), v.to_string())]
 }
 
@@ -58,6 +58,7 @@ pub struct Telemetry {
     pub entries: Family<Labels, Gauge>,
     pub reconcile_seconds: Histogram,
     pub repairs: Family<Labels, Counter>,
+    pub periodic_passes: Family<Labels, Counter>,
     pub store_events: Family<Labels, Counter>,
     pub store_errors: Counter,
     pub lease_renewals: Counter,
@@ -83,6 +84,7 @@ impl Telemetry {
             entries: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             repairs: Family::default(),
+            periodic_passes: Family::default(),
             store_events: Family::default(),
             store_errors: Counter::default(),
             lease_renewals: Counter::default(),
@@ -103,6 +105,11 @@ impl Telemetry {
             "reconcile_repairs",
             "Things found missing, extra or wrong by a periodic reconcile and fixed, by kind (entries, rules, device)",
             t.repairs.clone(),
+        );
+        registry.register(
+            "periodic_passes",
+            "Periodic passes, by kind: full (kernel entries read and diffed) or light (the netlink monitor saw nothing touch them; device, address and rules only)",
+            t.periodic_passes.clone(),
         );
         registry.register(
             "store_events",
