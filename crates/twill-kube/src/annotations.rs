@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Map, Value};
 use twill_config::NetConf;
-use twill_store::{LeaseAttrs, LeaseKey, StoredLease, WatchEvent};
+use twill_store::{LeaseAttrs, LeaseKey, RawJson, StoredLease, WatchEvent};
 
 /// flanneld's default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -35,7 +35,7 @@ impl AnnotationKeys {
     /// The annotations this node's lease is published as. Keys we own but have nothing
     /// for (the v6 ones on a v4-only node) map to `None`, meaning "remove".
     pub fn publish(&self, attrs: &LeaseAttrs) -> BTreeMap<String, Option<String>> {
-        let json = |v: &Option<Value>| v.as_ref().map(|v| v.to_string());
+        let json = |v: &Option<RawJson>| v.as_ref().map(|v| v.get().to_string());
         BTreeMap::from([
             (self.key("backend-type"), Some(attrs.backend_type.clone())),
             (self.key("backend-data"), json(&attrs.backend_data)),
@@ -111,10 +111,7 @@ impl AnnotationKeys {
         if v4.is_none() && v6.is_none() {
             return None;
         }
-        let data = |name| {
-            self.get(node, name)
-                .and_then(|s| serde_json::from_str::<Value>(s).ok())
-        };
+        let data = |name| self.get(node, name).and_then(RawJson::parse);
         let public_ipv6 = match self.get(node, "public-ipv6-overwrite") {
             Some(ip) if ip.trim().parse::<Ipv6Addr>().is_ok() => Some(ip),
             _ => self.get(node, "public-ipv6"),

@@ -10,6 +10,6 @@ mod peers;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
 pub use etcd::{AcquireRequest, EtcdOptions, EtcdStore, HeldLease, RenewOutcome, StoreError};
-pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, StoredLease, VxlanBackendData};
+pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData};
 pub use manager::SubnetManager;
 pub use peers::{Lease, PeerEvent, PeerTable, WatchEvent};
