@@ -8,7 +8,9 @@
 #   4. start-up: start -> subnet.env -> /readyz 200
 #   6. etcd RPCs issued by the three daemons while 10 000 leases arrive
 #   5. data plane: iperf3 pod->pod over twilld's overlay vs the hand-built flannel overlay of
-#      ../shared/netlab.sh (same run, alternating) vs the raw underlay, 1 and 4 streams
+#      ../shared/netlab.sh (same run, alternating) vs the raw underlay, 1 and 4 streams;
+#      5b. variants of the devices' settings (GRO, UDP checksum, jumbo frames) against the
+#      default, as overlay/underlay ratios
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -104,8 +106,60 @@ if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
     printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f Gbit/s | %.2f | %.2f |\n' "$streams" "$A" "$B" "$U" \
       "$(echo "$A / $B" | bc -l)" "$(echo "$A / $U" | bc -l)"
   done
-  for f in /tmp/$P/iperf-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; done
   "$NETLAB" down >/dev/null 2>&1 || true
+
+  # 5b. Can settings on the devices beat flannel's default data plane? Each variant is
+  # applied to nodes 1 and 2 (and the switch for jumbo frames), measured pod->pod and
+  # node->node alternately, and undone.
+  echo "== 5b. data-plane variants, 1 stream, median of $ROUNDS: overlay/underlay per variant"
+  lab() { bash scripts/lab.sh "$@" >/dev/null; }
+  nodes12() { for n in 1 2; do ip netns exec "$LAB_PREFIX-n$n" "$@"; done; }
+  set_mtu() { # set_mtu <underlay> <overlay>: every link on the p1 -> p2 path
+    local l n
+    for l in $(ip -n "$LAB_PREFIX-ul" -o link show master br0 | awk -F': ' '{print $2}' | cut -d@ -f1); do
+      ip -n "$LAB_PREFIX-ul" link set "$l" mtu "$1"; done
+    ip -n "$LAB_PREFIX-ul" link set br0 mtu "$1"
+    for n in 1 2; do
+      ip -n "$LAB_PREFIX-n$n" link set eth0 mtu "$1"
+      ip -n "$LAB_PREFIX-n$n" link set flannel.1 mtu "$2"
+      for l in $(ip -n "$LAB_PREFIX-n$n" -o link show master cni0 | awk -F': ' '{print $2}' | cut -d@ -f1); do
+        ip -n "$LAB_PREFIX-n$n" link set "$l" mtu "$2"; done
+      ip -n "$LAB_PREFIX-n$n" link set cni0 mtu "$2"
+      ip -n "$LAB_PREFIX-p$n" link set eth0 mtu "$2"
+    done
+  }
+  recreate_vxlan() { # recreate_vxlan <udpcsum|noudpcsum>: twilld stopped, device rebuilt, twilld adopts it
+    local n mac addr
+    for n in 1 2; do
+      lab stop-node "$n"
+      mac=$(ip -n "$LAB_PREFIX-n$n" -j link show flannel.1 | jq -r '.[0].address')
+      addr=$(ip -n "$LAB_PREFIX-n$n" -j addr show flannel.1 | jq -r '.[0].addr_info[0].local')
+      ip -n "$LAB_PREFIX-n$n" link del flannel.1
+      ip -n "$LAB_PREFIX-n$n" link add flannel.1 address "$mac" mtu 1450 type vxlan id 1 \
+        local "198.18.0.$n" dev eth0 dstport 8472 nolearning "$1"
+      ip -n "$LAB_PREFIX-n$n" addr add "$addr/32" dev flannel.1
+      ip -n "$LAB_PREFIX-n$n" link set flannel.1 up
+      lab start-node "$n"
+    done
+    while (( $(routes 1) < 2 || $(routes 2) < 2 )); do sleep 0.05; done
+  }
+  ratio() { # ratio <name>
+    local a=() u=() A U
+    for _ in $(seq "$ROUNDS"); do
+      a+=("$(gbps "$LAB_PREFIX-p1" "$ours" 1)"); u+=("$(gbps "$LAB_PREFIX-n1" 198.18.0.2 1)")
+    done
+    A=$(printf '%s\n' "${a[@]}" | median); U=$(printf '%s\n' "${u[@]}" | median)
+    printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f |\n' "$1" "$A" "$U" "$(echo "$A / $U" | bc -l)"
+  }
+  printf '| variant | overlay | underlay | overlay/underlay |\n|---|---|---|---|\n'
+  ratio "default (as flannel: udpcsum, MTU 1500)"
+  nodes12 ethtool -K eth0 gro on; ratio "GRO on the underlay veths"; nodes12 ethtool -K eth0 gro off
+  recreate_vxlan noudpcsum; ratio "VXLAN without UDP checksum"; recreate_vxlan udpcsum
+  set_mtu 9000 8950; ratio "jumbo underlay (9000, overlay 8950)"; set_mtu 1500 1450
+  nodes12 sysctl -qw net.bridge.bridge-nf-call-iptables=0
+  ratio "no br_netfilter on cni0 (not an option with kube-proxy)"
+  nodes12 sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  for f in /tmp/$P/iperf-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; done
 else
   echo "== 5. skipped: $NETLAB missing, or its namespaces (n1, p1, underlay) are in use"
 fi

@@ -8,6 +8,7 @@
 #   scripts/lab.sh check      every pod pings every other pod
 #   scripts/lab.sh status     leases in etcd and each node's kernel state
 #   scripts/lab.sh add-node N one more node N (after up), without a pod
+#   scripts/lab.sh stop-node N | start-node N | restart-node N   twilld on node N
 #   scripts/lab.sh down       stop everything and delete the namespaces
 #
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
@@ -141,6 +142,25 @@ status() {
   done
 }
 
+stop_node() { # stop_node <n>: SIGTERM; the data plane stays, as on any twilld stop
+  local f=$STATE/n$1/twilld.pid
+  [[ -f $f ]] || die "no node n$1"
+  kill "$(cat "$f")" 2>/dev/null || true
+  while kill -0 "$(cat "$f")" 2>/dev/null; do sleep 0.05; done
+}
+
+wait_ready() { # wait_ready <n>: the running twilld logged "ready" (its log starts afresh)
+  local i
+  for i in $(seq 150); do grep -q 'daemon: ready' "$STATE/n$1/twilld.log" && return 0; sleep 0.1; done
+  die "n$1 did not become ready; see $STATE/n$1/twilld.log"
+}
+
+restart_node() { # restart_node <n>: stop, then start with the same flags
+  stop_node "$1"
+  start_node "$1"
+  wait_ready "$1"
+}
+
 down() {
   local f ns
   for f in "$STATE"/n*/twilld.pid "$STATE"/etcd.pid; do
@@ -156,8 +176,11 @@ down() {
 case ${1:-} in
   up) shift; up "$@" ;;
   add-node) shift; add_node "$@" ;;
+  stop-node) shift; stop_node "$@" ;;
+  start-node) shift; start_node "$1"; wait_ready "$1" ;;
+  restart-node) shift; restart_node "$@" ;;
   check) check ;;
   status) status ;;
   down) down ;;
-  *) sed -n '2,15p' "$0"; exit 2 ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
 esac
