@@ -47,6 +47,10 @@ for rt in containerd docker; do
 done
 echo "installed twill under ${root:-/}"
 
+if ((start)) && [[ ! -d /run/systemd/system ]]; then
+  echo "systemd is not running here (no /run/systemd/system): not starting twilld"
+  start=0
+fi
 if ((start)); then
   systemctl daemon-reload
   systemctl enable --now twilld.service
