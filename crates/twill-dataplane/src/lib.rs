@@ -6,6 +6,7 @@
 //! Reconciling the whole difference, rather than replaying events, is what makes a deleted
 //! route, a flushed chain or a recreated device heal on the next pass.
 
+pub mod change;
 pub mod desired;
 pub mod iface;
 pub mod mac;
@@ -13,6 +14,7 @@ pub mod netlink;
 pub mod reconcile;
 pub mod rules;
 
+pub use change::ChangeFlag;
 pub use desired::{desired_peers, diff, incremental, Actual, Ops, PeerEntry};
 pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
 pub use mac::Mac;

@@ -4,7 +4,7 @@
 //! programming N peers costs about one round trip per phase, not 3·N.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use futures::{stream, FutureExt, StreamExt, TryStreamExt};
@@ -24,6 +24,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tracing::{info, warn};
 
+use crate::change::ChangeFlag;
 use crate::desired::{Actual, Ops};
 use crate::iface::{IfAddr, InterfaceInfo};
 use crate::mac::Mac;
@@ -568,27 +569,19 @@ impl Netlink {
 /// reading the kernel, which at 10 000 peers is a 30 000-entry dump).
 pub struct DeviceMonitor {
     pub deleted: tokio::sync::mpsc::UnboundedReceiver<()>,
-    shared: Arc<MonitorShared>,
-}
-
-struct MonitorShared {
-    /// The device's ifindex; 0 until known, and then every entry change counts.
-    index: AtomicU32,
-    touched: AtomicBool,
-    /// The monitor stopped: from then on nothing can be skipped.
-    broken: AtomicBool,
+    /// The device's ifindex; 0 until known, and until then every entry change counts.
+    index: Arc<AtomicU32>,
+    entries: Arc<ChangeFlag>,
 }
 
 impl DeviceMonitor {
     pub fn set_index(&self, index: u32) {
-        self.shared.index.store(index, Ordering::SeqCst);
+        self.index.store(index, Ordering::SeqCst);
     }
 
-    /// Whether our device's entries may have changed since the last call (true the first
-    /// time). Call it before reading the kernel, so a change racing the read is kept.
+    /// Whether our device's entries may have changed since the last call.
     pub fn take_touched(&self) -> bool {
-        self.shared.touched.swap(false, Ordering::SeqCst)
-            || self.shared.broken.load(Ordering::SeqCst)
+        self.entries.take()
     }
 }
 
@@ -601,20 +594,17 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         rtnetlink::new_multicast_connection(&[G::Link, G::Neigh, G::Ipv4Route])?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(MonitorShared {
-        index: AtomicU32::new(0),
-        touched: AtomicBool::new(true),
-        broken: AtomicBool::new(false),
-    });
-    let seen = shared.clone();
+    let index = Arc::new(AtomicU32::new(0));
+    let entries = Arc::new(ChangeFlag::default());
+    let (idx, seen) = (index.clone(), entries.clone());
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
             let NetlinkPayload::InnerMessage(m) = msg.payload else {
                 continue;
             };
             let ours = |i: u32| {
-                let idx = seen.index.load(Ordering::SeqCst);
-                idx == 0 || i == idx
+                let known = idx.load(Ordering::SeqCst);
+                known == 0 || i == known
             };
             let touched = match &m {
                 M::NewNeighbour(n) | M::DelNeighbour(n) => ours(n.header.ifindex),
@@ -633,14 +623,15 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
                 _ => false,
             };
             if touched {
-                seen.touched.store(true, Ordering::SeqCst);
+                seen.mark();
             }
         }
-        seen.broken.store(true, Ordering::SeqCst);
+        seen.mark_broken();
     });
     Ok(DeviceMonitor {
         deleted: rx,
-        shared,
+        index,
+        entries,
     })
 }
 

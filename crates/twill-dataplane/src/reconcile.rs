@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
 
+use crate::change::ChangeFlag;
 use crate::desired::{diff, PeerEntry};
 use crate::mac::Mac;
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
@@ -48,16 +49,20 @@ pub struct Dataplane {
     fw: Arc<dyn Firewall>,
     device: Option<DeviceState>,
     lease: Option<Ipv4Network>,
+    /// Raised by the firewall driver's monitor when the ruleset changed, if it has one.
+    rules_changed: Option<Arc<ChangeFlag>>,
 }
 
 impl Dataplane {
     pub fn new(nl: Netlink, cfg: DataplaneConfig, fw: Arc<dyn Firewall>) -> Self {
+        let rules_changed = fw.watch_changes();
         Dataplane {
             nl,
             cfg,
             fw,
             device: None,
             lease: None,
+            rules_changed,
         }
     }
 
@@ -159,7 +164,8 @@ impl Dataplane {
     }
 
     /// Device, address and rules, without reading the peer entries: for a periodic pass
-    /// when the netlink monitor saw nothing touch them. A report with `device_created`
+    /// when the netlink monitor saw nothing touch them. The rules too are only read when
+    /// the firewall driver's monitor saw the ruleset change (or it has none). A report with `device_created`
     /// means the device is new and empty: follow with a full `reconcile`.
     pub async fn check(&mut self) -> Result<ReconcileReport, DataplaneError> {
         self.pass(None).await
@@ -193,13 +199,23 @@ impl Dataplane {
                 report.entries_failed = r.failed;
             }
         }
-        debug!("checking rules");
-        match self.ensure_rules().await {
-            Ok(r) => {
-                report.rule_repairs = r.repairs;
-                report.rule_changes = r.changes;
+        // Taken before reading, so a change racing the check is seen next time.
+        let rules_touched = self.rules_changed.as_ref().is_none_or(|f| f.take());
+        if desired.is_some() || rules_touched {
+            debug!("checking rules");
+            match self.ensure_rules().await {
+                Ok(r) => {
+                    report.rule_repairs = r.repairs;
+                    report.rule_changes = r.changes;
+                }
+                Err(e) => {
+                    report.rules_error = Some(e.to_string());
+                    // A failed write may change nothing the monitor sees: retry next pass.
+                    if let Some(f) = &self.rules_changed {
+                        f.mark();
+                    }
+                }
             }
-            Err(e) => report.rules_error = Some(e.to_string()),
         }
         report.duration = start.elapsed();
         if report.entries_changed > 0 || report.rule_repairs > 0 || report.device_created {

@@ -9,7 +9,11 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use std::sync::Arc;
+
 use ipnetwork::Ipv4Network;
+
+use crate::change::ChangeFlag;
 
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FWD_CHAIN: &str = "FLANNEL-FWD";
@@ -146,18 +150,60 @@ pub struct FirewallError(pub String);
 pub trait Firewall: Send + Sync {
     /// Makes the kernel match `rules`. Idempotent; blocking (runs the iptables tools).
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError>;
+
+    /// A flag raised whenever the kernel's ruleset may have changed, if this driver can
+    /// watch it; without one every periodic pass checks the rules.
+    fn watch_changes(&self) -> Option<Arc<ChangeFlag>> {
+        None
+    }
+}
+
+/// Raises a flag on every nftables ruleset change: iptables-nft writes through nftables,
+/// so this sees `iptables -F`, a firewalld reload and our own writes alike. A plain
+/// blocking thread: the socket is quiet almost always and needs no runtime.
+fn watch_nftables() -> std::io::Result<Arc<ChangeFlag>> {
+    use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+    // NFNLGRP_NFTABLES in linux/netfilter/nfnetlink.h.
+    const NFNLGRP_NFTABLES: u32 = 7;
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.add_membership(NFNLGRP_NFTABLES)?;
+    let flag = Arc::new(ChangeFlag::default());
+    let raised = flag.clone();
+    std::thread::Builder::new()
+        .name("nft-monitor".into())
+        .spawn(move || loop {
+            match sock.recv_from_full() {
+                Ok(_) => raised.mark(),
+                // The socket overflowed: something changed, we don't know what.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => raised.mark(),
+                Err(e) => {
+                    tracing::warn!("nftables monitor stopped ({e}); every pass checks the rules");
+                    raised.mark_broken();
+                    return;
+                }
+            }
+        })?;
+    Ok(flag)
 }
 
 /// The iptables driver: reads with the `iptables` crate, writes chain contents with
 /// `iptables-restore` for atomicity (the crate has no transaction API).
 pub struct Iptables {
     ipt: iptables::IPTables,
+    /// iptables-nft (Debian's default) rather than iptables-legacy, whose tables change
+    /// without telling anyone.
+    nft_backend: bool,
 }
 
 impl Iptables {
     pub fn new() -> Result<Self, FirewallError> {
         let ipt = iptables::new(false).map_err(|e| FirewallError(e.to_string()))?;
-        Ok(Iptables { ipt })
+        let nft_backend = std::process::Command::new("iptables")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"));
+        Ok(Iptables { ipt, nft_backend })
     }
 
     fn err(what: &str, e: Box<dyn std::error::Error>) -> FirewallError {
@@ -299,6 +345,15 @@ impl Iptables {
 }
 
 impl Firewall for Iptables {
+    fn watch_changes(&self) -> Option<Arc<ChangeFlag>> {
+        if !self.nft_backend {
+            return None;
+        }
+        watch_nftables()
+            .map_err(|e| tracing::warn!("no nftables monitor ({e}); every pass checks the rules"))
+            .ok()
+    }
+
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
         let mut report = RulesReport::default();
         // Every chain is attempted even if one fails, so one broken table doesn't leave
