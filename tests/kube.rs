@@ -220,6 +220,10 @@ fn doctor_and_cleanup_in_kube_mode() {
     fake.add_node("kd1", Some("10.244.1.0/24"));
     fake.add_node("kd2", Some("10.244.2.0/24"));
     fake.add_node("kd3", Some("10.42.0.0/24"));
+    // kd2 sits behind NAT: it publishes the overwrite, and doctor must take that as its own.
+    fake.update_node("kd2", |n| {
+        n["metadata"]["annotations"] = json!({ format!("{ANN}/public-ip-overwrite"): "198.19.0.2" })
+    });
     let args = kube_args(&c, &fake);
     add_kube_node(&mut c, &args, "kd1");
     add_kube_node(&mut c, &args, "kd2");
@@ -240,6 +244,7 @@ fn doctor_and_cleanup_in_kube_mode() {
     doctor.extend(common.clone());
     let (ok, out) = twilld_as(&c, 1, "kd2", &doctor);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(annotation(&fake, "kd2", "public-ip"), "198.19.0.2");
     for name in ["kubernetes", "podCIDR", "subnet.env", "peers", "config"] {
         assert_eq!(check(&v, name)["status"], "pass", "{name}: {v:#}");
     }
@@ -276,9 +281,14 @@ fn doctor_and_cleanup_in_kube_mode() {
     let (ok, out) = twilld_as(&c, 1, "kd2", &cleanup);
     assert!(ok, "{out}");
     let anns = fake.node("kd2").unwrap()["metadata"]["annotations"].clone();
-    assert!(
-        anns.as_object()
-            .is_none_or(|a| a.keys().all(|k| !k.starts_with(ANN))),
+    // Ours are gone; the operator's overwrite stays.
+    let left: Vec<&String> = anns
+        .as_object()
+        .map(|a| a.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        left,
+        [&format!("{ANN}/public-ip-overwrite")],
         "annotations left: {anns}"
     );
     wait_until(20, "kd1 drops kd2", || routes(&c, 0).is_empty());

@@ -120,10 +120,13 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         }
     };
 
-    let (conf, leases) = if cli.kube_subnet_mgr {
+    // In Kubernetes mode our lease is our node's: what it publishes as public-ip (maybe
+    // a public-ip-overwrite) is what the lease must carry, not the interface address.
+    let (conf, leases, published_ip) = if cli.kube_subnet_mgr {
         kube_checks(cli, &mut c).await
     } else {
-        etcd_checks(cli, &mut c).await
+        let (conf, leases) = etcd_checks(cli, &mut c).await;
+        (conf, leases, None)
     };
     let store_name = if cli.kube_subnet_mgr {
         "the Kubernetes API"
@@ -146,7 +149,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cli.subnet_file.display()),
             "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
         (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
-            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == *public) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
+            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == published_ip.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
             Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.public_ip)),
                 "another node holds this subnet: stop twilld, remove subnet.env, start twilld"),
             None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in {store_name}"), "twilld re-acquires a lost lease; is it running?"),
@@ -263,7 +266,14 @@ async fn etcd_checks(cli: &Cli, c: &mut Checks) -> (Option<NetConf>, Option<Vec<
 
 /// Kubernetes mode: the API is reachable, our node exists and its podCIDR lies inside
 /// Network (the mismatch that leaves every node NotReady).
-async fn kube_checks(cli: &Cli, c: &mut Checks) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
+async fn kube_checks(
+    cli: &Cli,
+    c: &mut Checks,
+) -> (
+    Option<NetConf>,
+    Option<Vec<StoredLease>>,
+    Option<std::net::Ipv4Addr>,
+) {
     let conf = config(cli, None, c).await;
     let ipv6 = conf.as_ref().is_some_and(|c| c.ipv6.is_some());
     let hint =
@@ -272,14 +282,14 @@ async fn kube_checks(cli: &Cli, c: &mut Checks) -> (Option<NetConf>, Option<Vec<
         Ok(s) => s,
         Err(e) => {
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
-            return (conf, None);
+            return (conf, None, None);
         }
     };
     let node = match store.node().await {
         Ok(n) => n,
         Err(e) => {
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
-            return (conf, None);
+            return (conf, None, None);
         }
     };
     let leases = match store.list_leases().await {
@@ -304,14 +314,21 @@ async fn kube_checks(cli: &Cli, c: &mut Checks) -> (Option<NetConf>, Option<Vec<
             None
         }
     };
+    let mut published = None;
     if let Some(conf) = &conf {
+        let mine = twill_kube::own_subnet(&node, conf).ok();
+        published = leases
+            .iter()
+            .flatten()
+            .find(|l| Some(l.key) == mine)
+            .and_then(|l| Some(l.attrs.as_ref()?.public_ip));
         match twill_kube::own_subnet(&node, conf) {
             Ok(k) => c.pass("podCIDR", format!("node {} podCIDR {k} is inside Network", store.node_name())),
             Err(e) => c.add("podCIDR", Status::Fail, e.to_string(),
                 "make kube-controller-manager --cluster-cidr (kubeadm --pod-network-cidr) and net-conf.json Network agree"),
         }
     }
-    (conf, leases)
+    (conf, leases, published)
 }
 
 fn privileges(c: &mut Checks) {
