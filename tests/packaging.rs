@@ -393,7 +393,9 @@ fn ready_is_sent_to_systemd_after_subnet_env_and_stopping_on_sigterm() {
     assert!(msg.contains("STATUS="), "{msg:?}");
 
     c.nodes[i].signal(libc::SIGTERM);
-    let n = sock.recv(&mut buf).expect("no STOPPING=1");
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no STOPPING=1 ({e})\n{}", c.nodes[i].log()));
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert_eq!(c.nodes[i].wait_exit(10), 0);
 }

@@ -293,13 +293,20 @@ impl<S: SubnetManager> Node<S> {
                     self.reconcile(Trigger::DeviceDeleted).await;
                 }
                 _ = cancel.cancelled() => {
-                    info!("stopping; the data plane and the lease stay in place");
-                    notify_systemd(&[sd_notify::NotifyState::Stopping]);
                     watch_cancel.cancel();
+                    stopping();
                     return Ok(());
                 }
                 batch = rx.recv() => {
-                    let Some(batch) = batch else { bail!("the lease watch stopped") };
+                    let Some(batch) = batch else {
+                        // The watch ends on the same cancellation as we do: that is a stop,
+                        // not a failure, whichever of the two select! saw first.
+                        if cancel.is_cancelled() {
+                            stopping();
+                            return Ok(());
+                        }
+                        bail!("the lease watch stopped")
+                    };
                     // Drain what's already queued so a burst costs one reconcile.
                     let mut events = batch;
                     while let Ok(more) = rx.try_recv() {
@@ -572,6 +579,11 @@ fn v4_subnet(held: &HeldLease) -> Result<Ipv4Network> {
         Some(IpNetwork::V4(n)) => Ok(n),
         _ => Err(anyhow!("lease {} has no IPv4 subnet", held.key)),
     }
+}
+
+fn stopping() {
+    info!("stopping; the data plane and the lease stay in place");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
 }
 
 /// A no-op unless systemd gave us NOTIFY_SOCKET.
