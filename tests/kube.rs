@@ -102,17 +102,11 @@ fn three_nodes_in_kube_mode_against_the_fake_api() {
 
     // A flanneld node joins (annotations only, as flanneld writes them): every twilld
     // node programs it like any peer.
-    fake.put_node(
+    fake.put_flannel_node(
         "flannel-node",
-        json!({
-            "metadata": {"annotations": {
-                format!("{ANN}/backend-type"): "vxlan",
-                format!("{ANN}/backend-data"): r#"{"VNI":1,"VtepMAC":"0a:0f:0f:0f:0f:01"}"#,
-                format!("{ANN}/public-ip"): "198.18.0.77",
-                format!("{ANN}/kube-subnet-manager"): "true",
-            }},
-            "spec": {"podCIDR": "10.244.77.0/24", "podCIDRs": ["10.244.77.0/24"]}
-        }),
+        "10.244.77.0/24",
+        "198.18.0.77",
+        "0a:0f:0f:0f:0f:01",
     );
     for i in 0..3 {
         wait_until(20, "the flanneld node's route", || {

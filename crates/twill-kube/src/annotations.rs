@@ -101,14 +101,8 @@ impl AnnotationKeys {
             _ => self.get(node, "public-ip")?,
         };
         let public_ip: Ipv4Addr = public_ip.trim().parse().ok()?;
-        let cidrs = pod_cidrs(node);
-        let v4 = cidrs.iter().find(|c| c.is_ipv4()).copied();
-        let v6 = cidrs
-            .iter()
-            .find(|c| c.is_ipv6())
-            .copied()
-            .filter(|_| want_v6);
-        if v4.is_none() && v6.is_none() {
+        let key = lease_key(node, want_v6);
+        if key.v4.is_none() && key.v6.is_none() {
             return None;
         }
         let data = |name| self.get(node, name).and_then(RawJson::parse);
@@ -125,7 +119,7 @@ impl AnnotationKeys {
             backend_v6_data: data("backend-v6-data"),
         };
         Some(StoredLease {
-            key: LeaseKey { v4, v6 },
+            key,
             attrs: Some(attrs),
             // Kubernetes leases have no TTL; expiry is the node object going away.
             etcd_lease: 0,
@@ -151,6 +145,19 @@ pub fn pod_cidrs(node: &Node) -> Vec<IpNetwork> {
         spec.pod_cidr.iter().collect()
     };
     raw.into_iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// The lease key a node's podCIDRs stand for (the v6 one only on a dual-stack network).
+pub fn lease_key(node: &Node, want_v6: bool) -> LeaseKey {
+    let cidrs = pod_cidrs(node);
+    LeaseKey {
+        v4: cidrs.iter().find(|c| c.is_ipv4()).copied(),
+        v6: cidrs
+            .iter()
+            .find(|c| c.is_ipv6())
+            .copied()
+            .filter(|_| want_v6),
+    }
 }
 
 /// Why this node's podCIDR can't be used (yet).

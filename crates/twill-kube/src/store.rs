@@ -291,16 +291,7 @@ impl SubnetManager for KubeStore {
     /// have edited them) and notices a podCIDR change.
     async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
         let node = self.node().await?;
-        let cidrs = crate::pod_cidrs(&node);
-        let now = twill_store::LeaseKey {
-            v4: cidrs.iter().find(|c| c.is_ipv4()).copied(),
-            v6: cidrs
-                .iter()
-                .find(|c| c.is_ipv6())
-                .copied()
-                .filter(|_| self.ipv6),
-        };
-        if now != held.key {
+        if crate::annotations::lease_key(&node, self.ipv6) != held.key {
             return Ok(RenewOutcome::Lost);
         }
         self.publish(&node, &held.attrs).await?;

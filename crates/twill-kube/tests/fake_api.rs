@@ -43,22 +43,6 @@ fn annotation(fake: &FakeKube, node: &str, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A node another flannel/twill daemon has published.
-fn peer(fake: &FakeKube, name: &str, cidr: &str, ip: &str, mac: &str) {
-    fake.put_node(
-        name,
-        json!({
-            "metadata": {"annotations": {
-                format!("{PREFIX}/backend-type"): "vxlan",
-                format!("{PREFIX}/backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
-                format!("{PREFIX}/public-ip"): ip,
-                format!("{PREFIX}/kube-subnet-manager"): "true",
-            }},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
-        }),
-    );
-}
-
 #[tokio::test]
 async fn podcidr_missing_then_assigned_annotations_written_once_mac_reused() {
     let fake = FakeKube::start_local();
@@ -270,36 +254,18 @@ fn peer_ips(t: &PeerTable) -> Vec<String> {
 async fn nodes_added_changed_deleted_become_peer_events() {
     let fake = FakeKube::start_local();
     fake.add_node("n1", Some("10.244.1.0/24"));
-    peer(
-        &fake,
-        "n2",
-        "10.244.2.0/24",
-        "198.18.0.2",
-        "0a:00:00:00:00:02",
-    );
+    fake.put_flannel_node("n2", "10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:02");
     fake.add_node("plain", Some("10.244.9.0/24")); // no annotations: not a peer
     let store = KubeStore::connect(&opts(&fake, "n1")).await.unwrap();
     let mut w = Watched::start(&store);
     w.until("n2 listed", |t| t.len() == 1).await;
     assert_eq!(w.snapshots, 1);
 
-    peer(
-        &fake,
-        "n3",
-        "10.244.3.0/24",
-        "198.18.0.3",
-        "0a:00:00:00:00:03",
-    );
+    fake.put_flannel_node("n3", "10.244.3.0/24", "198.18.0.3", "0a:00:00:00:00:03");
     let ev = w.until("n3 added", |t| t.len() == 2).await;
     assert!(matches!(&ev[..], [PeerEvent::Added(l)] if l.key.to_string() == "10.244.3.0-24"));
 
-    peer(
-        &fake,
-        "n3",
-        "10.244.3.0/24",
-        "198.18.0.3",
-        "0a:00:00:00:00:33",
-    );
+    fake.put_flannel_node("n3", "10.244.3.0/24", "198.18.0.3", "0a:00:00:00:00:33");
     let ev = w
         .until("n3 MAC changed", |t| {
             t.iter()
@@ -325,20 +291,8 @@ async fn nodes_added_changed_deleted_become_peer_events() {
 async fn broken_watch_with_a_node_deleted_meanwhile_and_410_gone_relists() {
     let fake = FakeKube::start_local();
     fake.add_node("n1", Some("10.244.1.0/24"));
-    peer(
-        &fake,
-        "n2",
-        "10.244.2.0/24",
-        "198.18.0.2",
-        "0a:00:00:00:00:02",
-    );
-    peer(
-        &fake,
-        "n3",
-        "10.244.3.0/24",
-        "198.18.0.3",
-        "0a:00:00:00:00:03",
-    );
+    fake.put_flannel_node("n2", "10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:02");
+    fake.put_flannel_node("n3", "10.244.3.0/24", "198.18.0.3", "0a:00:00:00:00:03");
     let store = KubeStore::connect(&opts(&fake, "n1")).await.unwrap();
     let mut w = Watched::start(&store);
     w.until("both peers listed", |t| t.len() == 2).await;
@@ -349,13 +303,7 @@ async fn broken_watch_with_a_node_deleted_meanwhile_and_410_gone_relists() {
     fake.break_watches();
     tokio::time::sleep(Duration::from_millis(300)).await;
     fake.delete_node("n3");
-    peer(
-        &fake,
-        "n4",
-        "10.244.4.0/24",
-        "198.18.0.4",
-        "0a:00:00:00:00:04",
-    );
+    fake.put_flannel_node("n4", "10.244.4.0/24", "198.18.0.4", "0a:00:00:00:00:04");
     fake.compact();
     fake.refuse_watches(false);
     let ev = w

@@ -147,6 +147,24 @@ impl FakeKube {
         self.put_node(name, json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}, "spec": spec, "status": {}}));
     }
 
+    /// A node as flanneld (or twilld) publishes it under the default annotation prefix:
+    /// a vxlan peer at `public_ip` with VTEP `mac`.
+    pub fn put_flannel_node(&self, name: &str, pod_cidr: &str, public_ip: &str, mac: &str) {
+        const P: &str = "flannel.alpha.coreos.com";
+        self.put_node(
+            name,
+            json!({
+                "metadata": {"annotations": {
+                    format!("{P}/backend-type"): "vxlan",
+                    format!("{P}/backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
+                    format!("{P}/public-ip"): public_ip,
+                    format!("{P}/kube-subnet-manager"): "true",
+                }},
+                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+            }),
+        );
+    }
+
     /// Changes a node in place (MODIFIED); false when there is no such node.
     pub fn update_node(&self, name: &str, f: impl FnOnce(&mut Value)) -> bool {
         let mut st = self.state();
