@@ -569,7 +569,8 @@ impl Netlink {
 /// reading the kernel, which at 10 000 peers is a 30 000-entry dump).
 pub struct DeviceMonitor {
     pub deleted: tokio::sync::mpsc::UnboundedReceiver<()>,
-    /// The device's ifindex; 0 until known, and until then every entry change counts.
+    /// The device's ifindex: set once at start, then followed through RTM_NEWLINK; while
+    /// 0 every entry change counts.
     index: Arc<AtomicU32>,
     entries: Arc<ChangeFlag>,
 }
@@ -612,7 +613,14 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
                     .attributes
                     .iter()
                     .any(|a| matches!(a, RouteAttribute::Oif(i) if ours(*i))),
-                M::NewLink(l) => parse_link(l).name == name,
+                M::NewLink(l) => {
+                    // Also how a recreated device's new index becomes known.
+                    let ours = parse_link(l).name == name;
+                    if ours {
+                        idx.store(l.header.index, Ordering::SeqCst);
+                    }
+                    ours
+                }
                 M::DelLink(l) => {
                     let gone = parse_link(l).name == name;
                     if gone && tx.send(()).is_err() {

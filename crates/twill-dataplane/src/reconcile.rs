@@ -165,8 +165,8 @@ impl Dataplane {
 
     /// Device, address and rules, without reading the peer entries: for a periodic pass
     /// when the netlink monitor saw nothing touch them. The rules too are only read when
-    /// the firewall driver's monitor saw the ruleset change (or it has none). A report with `device_created`
-    /// means the device is new and empty: follow with a full `reconcile`.
+    /// the firewall driver's monitor saw the ruleset change (or it has none). A report
+    /// with `device_created` means the device is new and empty: follow with `reconcile`.
     pub async fn check(&mut self) -> Result<ReconcileReport, DataplaneError> {
         self.pass(None).await
     }

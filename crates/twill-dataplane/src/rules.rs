@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-
 use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
@@ -199,7 +198,7 @@ pub struct Iptables {
 impl Iptables {
     pub fn new() -> Result<Self, FirewallError> {
         let ipt = iptables::new(false).map_err(|e| FirewallError(e.to_string()))?;
-        let nft_backend = std::process::Command::new("iptables")
+        let nft_backend = Command::new("iptables")
             .arg("-V")
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"));

@@ -66,8 +66,6 @@ pub struct KubeStore {
     set_network_unavailable: bool,
     ipv6: bool,
     errors: Arc<AtomicU64>,
-    /// Patches sent since start (annotations and condition), for tests and metrics.
-    patches: Arc<AtomicU64>,
 }
 
 fn api_err(what: &str, e: kube::Error) -> StoreError {
@@ -144,16 +142,11 @@ impl KubeStore {
             set_network_unavailable: opts.set_network_unavailable,
             ipv6: opts.ipv6,
             errors: Default::default(),
-            patches: Default::default(),
         })
     }
 
     pub fn node_name(&self) -> &str {
         &self.node_name
-    }
-
-    pub fn patch_count(&self) -> u64 {
-        self.patches.load(Ordering::Relaxed)
     }
 
     /// Our Node object.
@@ -184,7 +177,6 @@ impl KubeStore {
         } else {
             self.nodes.patch(&self.node_name, &pp, &patch).await
         };
-        self.patches.fetch_add(1, Ordering::Relaxed);
         r.map_err(|e| api_err(&format!("patch node {}", self.node_name), e))
     }
 

@@ -191,16 +191,10 @@ async fn start<S: SubnetManager>(
     dp.set_lease(subnet)
         .await
         .context("addressing the VXLAN device")?;
-    let rules_ok = match dp.ensure_rules().await {
-        Ok(_) => {
-            tel.update_ready(|r| r.rules = true);
-            true
-        }
-        Err(e) => {
-            warn!("rules not in place yet, will retry every resync: {e}");
-            false
-        }
-    };
+    match dp.ensure_rules().await {
+        Ok(_) => tel.update_ready(|r| r.rules = true),
+        Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
+    }
     let mut table = PeerTable::new();
     table.set_own(held.key, held.attrs.clone());
     let expires = Instant::now() + held.ttl;
@@ -215,7 +209,6 @@ async fn start<S: SubnetManager>(
         cli,
         config,
         ready: false,
-        rules_ok,
         notified: false,
         last_full: Instant::now(),
         tel,
@@ -238,7 +231,6 @@ struct Node<S> {
     cli: Cli,
     config: ConfigSource,
     ready: bool,
-    rules_ok: bool,
     /// systemd has been told READY=1.
     notified: bool,
     /// When the kernel's entries were last read and diffed.
@@ -279,6 +271,7 @@ impl<S: SubnetManager> Node<S> {
                 None
             }
         };
+        // A recreated device's index the monitor learns from RTM_NEWLINK itself.
         if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
             m.set_index(i);
         }
@@ -370,9 +363,6 @@ impl<S: SubnetManager> Node<S> {
                             self.reconcile(Trigger::Resync).await;
                         } else {
                             self.check().await;
-                        }
-                        if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
-                            m.set_index(i);
                         }
                         self.notify_ready();
                     }
@@ -510,9 +500,7 @@ impl<S: SubnetManager> Node<S> {
             }
             Ok(r) => {
                 self.tel.repaired("rules", r.rule_repairs);
-                let rules_ok = r.rules_error.is_none();
-                self.rules_ok = rules_ok;
-                self.tel.update_ready(|s| s.rules = rules_ok);
+                self.tel.update_ready(|s| s.rules = r.rules_error.is_none());
             }
             Err(e) => warn!("periodic check failed, will retry: {e}"),
         }
@@ -534,7 +522,6 @@ impl<S: SubnetManager> Node<S> {
                     self.tel.repaired("rules", r.rule_repairs);
                 }
                 let rules_ok = r.rules_error.is_none();
-                self.rules_ok = rules_ok;
                 self.tel.update_ready(|s| {
                     s.rules = rules_ok;
                     s.reconciled = true;
@@ -544,10 +531,10 @@ impl<S: SubnetManager> Node<S> {
         }
     }
 
-    /// systemd's Type=notify: READY=1 once subnet.env is written and the rules are in
-    /// place, so units ordered after twilld (the container runtime) find both.
+    /// systemd's Type=notify: READY=1 when /readyz would say 200 (subnet.env written, the
+    /// rules in place, ...), so units ordered after twilld (the container runtime) find both.
     fn notify_ready(&mut self) {
-        if self.notified || !self.ready || !self.rules_ok {
+        if self.notified || self.tel.not_ready().is_some() {
             return;
         }
         self.notified = true;

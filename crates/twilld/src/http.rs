@@ -21,7 +21,7 @@ async fn healthz(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
-    let missing = t.ready.lock().expect("not poisoned").missing();
+    let missing = t.not_ready();
     match missing {
         None => (StatusCode::OK, "twilld is ready\n".to_string()),
         Some(why) => (

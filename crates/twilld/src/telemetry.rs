@@ -156,6 +156,11 @@ impl Telemetry {
         }
     }
 
+    /// What /readyz reports: `None` when ready.
+    pub fn not_ready(&self) -> Option<String> {
+        self.ready.lock().expect("not poisoned").missing()
+    }
+
     pub fn update_ready(&self, f: impl FnOnce(&mut Readiness)) {
         f(&mut self.ready.lock().expect("not poisoned"));
     }
