@@ -179,6 +179,8 @@ fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
         "would remove: link cni0",
         "FLANNEL-POSTRTG",
         "FLANNEL-FWD",
+        "TWILL-NOTRACK-PRE",
+        "TWILL-NOTRACK-OUT",
         "nft table ip flannel-ipv4",
         "10-twill.conflist",
         "subnet.env",
@@ -215,7 +217,7 @@ fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
     );
     let ipt = n0.sh("iptables-save");
     assert!(
-        !ipt.contains("FLANNEL") && !ipt.contains("flanneld"),
+        !ipt.contains("FLANNEL") && !ipt.contains("flanneld") && !ipt.contains("TWILL"),
         "{ipt}"
     );
     assert!(

@@ -111,6 +111,92 @@ fn assert_reference_state(c: &Cluster, i: usize) {
     assert!(fwd_chain.contains(
         r#"-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#
     ));
+    assert_eq!(notrack_rules(c, i), untracked(&node.ip));
+}
+
+/// twilld's raw-table rules on node `i`, one line per chain and jump, as `iptables -S`.
+fn notrack_rules(c: &Cluster, i: usize) -> Vec<String> {
+    let raw = c.nodes[i].ns.sh("iptables -t raw -S");
+    let mut v: Vec<String> = raw
+        .lines()
+        .filter(|l| l.contains("TWILL") || l.contains("twilld"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn untracked(ip: &str) -> Vec<String> {
+    let c = r#"-m comment --comment "twilld vxlan notrack""#;
+    let mut v: Vec<String> = vec![
+        "-N TWILL-NOTRACK-OUT".into(),
+        "-N TWILL-NOTRACK-PRE".into(),
+        format!("-A PREROUTING {c} -j TWILL-NOTRACK-PRE"),
+        format!("-A OUTPUT {c} -j TWILL-NOTRACK-OUT"),
+        format!("-A TWILL-NOTRACK-OUT -s {ip}/32 -p udp -m udp --dport 8472 {c} -j NOTRACK"),
+        format!("-A TWILL-NOTRACK-PRE -d {ip}/32 -p udp -m udp --dport 8472 {c} -j NOTRACK"),
+    ];
+    v.sort();
+    v
+}
+
+/// Node `i`'s conntrack entries (its namespace's /proc/net/nf_conntrack).
+fn conntrack(c: &Cluster, i: usize) -> String {
+    c.nodes[i].ns.sh("cat /proc/net/nf_conntrack")
+}
+
+#[test]
+fn vxlan_packets_stay_out_of_conntrack_unless_disabled() {
+    let mut c = Cluster::new("o-notrack");
+    c.put_config(CONF);
+    c.add_node(&["--iptables-resync=1"]);
+    c.add_node(&["--iptables-resync=1", "--vxlan-notrack=false"]);
+    c.add_pod(0);
+    c.add_pod(1);
+    wait_converged(&c, 0, 1);
+    wait_converged(&c, 1, 1);
+    c.assert_full_mesh();
+    let (p0, p1) = (c.pod(0).ip.clone(), c.pod(1).ip.clone());
+    // Node 1 untracks its own tunnel packets both ways; the pods' packets inside them are
+    // tracked as before (kube-proxy needs them).
+    let ct0 = conntrack(&c, 0);
+    assert!(!ct0.contains("dport=8472"), "{ct0}");
+    assert!(
+        ct0.contains("icmp     1 ") && ct0.contains(&format!("src={p0} dst={p1}")),
+        "{ct0}"
+    );
+    // Node 2 was told not to: its tunnel flows are tracked, flannel's way.
+    let ct1 = conntrack(&c, 1);
+    assert!(
+        ct1.contains("udp      17 ") && ct1.contains("dport=8472"),
+        "{ct1}"
+    );
+    assert!(
+        notrack_rules(&c, 1).is_empty(),
+        "{:?}",
+        notrack_rules(&c, 1)
+    );
+
+    // Turned off on a node that had it: the next twilld removes the chains and jumps.
+    c.nodes[0].stop(libc::SIGTERM);
+    c.nodes[0].args.push("--vxlan-notrack=false".into());
+    c.nodes[0].start();
+    wait_until(10, "node 1 to drop its notrack rules", || {
+        notrack_rules(&c, 0).is_empty()
+    });
+    // And a flushed chain is put back by the periodic check while it is on.
+    c.nodes[1].stop(libc::SIGTERM);
+    c.nodes[1].args.retain(|a| a != "--vxlan-notrack=false");
+    c.nodes[1].start();
+    let ip1 = c.nodes[1].ip.clone();
+    wait_until(10, "node 2 to add its notrack rules", || {
+        notrack_rules(&c, 1) == untracked(&ip1)
+    });
+    c.nodes[1].ns.sh("iptables -t raw -F TWILL-NOTRACK-PRE");
+    wait_until(10, "node 2 to repair TWILL-NOTRACK-PRE", || {
+        notrack_rules(&c, 1) == untracked(&ip1)
+    });
+    c.assert_full_mesh();
 }
 
 #[test]

@@ -20,4 +20,4 @@ pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
 pub use mac::Mac;
 pub use netlink::{watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, VxlanSpec};
 pub use reconcile::{Dataplane, DataplaneConfig, DataplaneError, ReconcileReport};
-pub use rules::{Firewall, FirewallError, Iptables, RuleSet, RulesReport};
+pub use rules::{Firewall, FirewallError, Iptables, RuleOptions, RuleSet, RulesReport, VxlanFlows};

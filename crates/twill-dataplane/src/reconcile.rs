@@ -11,7 +11,7 @@ use crate::change::ChangeFlag;
 use crate::desired::{diff, PeerEntry};
 use crate::mac::Mac;
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
-use crate::rules::{Firewall, FirewallError, RuleSet};
+use crate::rules::{Firewall, FirewallError, RuleOptions, RuleSet, VxlanFlows};
 
 /// What the node's data plane is made of, apart from the peers.
 #[derive(Debug, Clone)]
@@ -21,6 +21,8 @@ pub struct DataplaneConfig {
     pub ip_masq: bool,
     pub fully_random: bool,
     pub forward_rules: bool,
+    /// Untrack the VXLAN packets of `vxlan`'s address and port.
+    pub vxlan_notrack: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -121,13 +123,17 @@ impl Dataplane {
 
     pub fn rules(&self) -> Option<RuleSet> {
         let lease = self.lease?;
-        Some(RuleSet::new(
-            self.cfg.network,
-            lease,
-            self.cfg.ip_masq,
-            self.cfg.fully_random,
-            self.cfg.forward_rules,
-        ))
+        let c = &self.cfg;
+        let opts = RuleOptions {
+            ip_masq: c.ip_masq,
+            fully_random: c.fully_random,
+            forward: c.forward_rules,
+            notrack: c.vxlan_notrack.then_some(VxlanFlows {
+                local: c.vxlan.local,
+                port: c.vxlan.port,
+            }),
+        };
+        Some(RuleSet::new(c.network, lease, &opts))
     }
 
     /// Rules only (blocking tools run off the async threads).

@@ -1,5 +1,6 @@
 //! MASQUERADE and FORWARD rules: flannel's exact set, in flannel's chains, so a node can
-//! switch between flanneld and twilld without rule churn.
+//! switch between flanneld and twilld without rule churn. Plus one thing flannel lacks:
+//! the VXLAN packets themselves kept out of conntrack (raw table, our own chains).
 //!
 //! `RuleSet` is the desired state (pure). A `Firewall` driver makes the kernel match it;
 //! each chain's content is compared with `iptables -S` output and, when it differs,
@@ -7,6 +8,7 @@
 //! half-written chain.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -16,8 +18,30 @@ use crate::change::ChangeFlag;
 
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FWD_CHAIN: &str = "FLANNEL-FWD";
+pub const NOTRACK_IN_CHAIN: &str = "TWILL-NOTRACK-PRE";
+pub const NOTRACK_OUT_CHAIN: &str = "TWILL-NOTRACK-OUT";
 const MASQ_COMMENT: &str = r#"-m comment --comment "flanneld masq""#;
 const FWD_COMMENT: &str = r#"-m comment --comment "flanneld forward""#;
+const NOTRACK_COMMENT: &str = r#"-m comment --comment "twilld vxlan notrack""#;
+
+/// Which rules the node wants besides the pod network itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOptions {
+    pub ip_masq: bool,
+    /// `--random-fully` on the MASQUERADE rules.
+    pub fully_random: bool,
+    pub forward: bool,
+    /// Keep the VXLAN flows to and from this VTEP out of conntrack.
+    pub notrack: Option<VxlanFlows>,
+}
+
+/// Our VTEP's end of the tunnel: the underlay address the device sends from and the UDP
+/// destination port every VXLAN packet carries, whichever way it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanFlows {
+    pub local: Ipv4Addr,
+    pub port: u16,
+}
 
 /// One of our chains, the built-in chain that jumps to it, and its rules, all spelled
 /// exactly as `iptables -S` prints them (that is what makes comparison exact).
@@ -41,14 +65,8 @@ pub struct RuleSet {
 
 impl RuleSet {
     /// `network` is the whole pod network, `pod_subnet` this node's lease.
-    pub fn new(
-        network: Ipv4Network,
-        pod_subnet: Ipv4Network,
-        ip_masq: bool,
-        fully_random: bool,
-        forward: bool,
-    ) -> Self {
-        let masq_target = if fully_random {
+    pub fn new(network: Ipv4Network, pod_subnet: Ipv4Network, opts: &RuleOptions) -> Self {
+        let masq_target = if opts.fully_random {
             "-j MASQUERADE --random-fully"
         } else {
             "-j MASQUERADE"
@@ -67,6 +85,19 @@ impl RuleSet {
             format!("-s {n} {FWD_COMMENT} -j ACCEPT"),
             format!("-d {n} {FWD_COMMENT} -j ACCEPT"),
         ];
+        // A VXLAN "connection" never sees a reply (both directions use the destination
+        // port, from per-flow source ports), so conntrack only fills up with UNREPLIED
+        // entries for it and costs a lookup on every packet, twice per node (Calico and
+        // OpenShift SDN untrack theirs too). The inner packets stay tracked: kube-proxy's
+        // NAT and our MASQUERADE need them.
+        let notrack = |addr: &str| {
+            opts.notrack.map(|f| {
+                vec![format!(
+                    "{addr} {}/32 -p udp -m udp --dport {} {NOTRACK_COMMENT} -j NOTRACK",
+                    f.local, f.port
+                )]
+            })
+        };
         RuleSet {
             chains: vec![
                 ChainSpec {
@@ -75,7 +106,7 @@ impl RuleSet {
                     parent: "POSTROUTING",
                     jump: format!("{MASQ_COMMENT} -j {MASQ_CHAIN}"),
                     jump_first: false,
-                    rules: ip_masq.then_some(masq),
+                    rules: opts.ip_masq.then_some(masq),
                 },
                 ChainSpec {
                     table: "filter",
@@ -83,7 +114,23 @@ impl RuleSet {
                     parent: "FORWARD",
                     jump: format!("{FWD_COMMENT} -j {FWD_CHAIN}"),
                     jump_first: true,
-                    rules: forward.then_some(fwd),
+                    rules: opts.forward.then_some(fwd),
+                },
+                ChainSpec {
+                    table: "raw",
+                    chain: NOTRACK_IN_CHAIN,
+                    parent: "PREROUTING",
+                    jump: format!("{NOTRACK_COMMENT} -j {NOTRACK_IN_CHAIN}"),
+                    jump_first: false,
+                    rules: notrack("-d"),
+                },
+                ChainSpec {
+                    table: "raw",
+                    chain: NOTRACK_OUT_CHAIN,
+                    parent: "OUTPUT",
+                    jump: format!("{NOTRACK_COMMENT} -j {NOTRACK_OUT_CHAIN}"),
+                    jump_first: false,
+                    rules: notrack("-s"),
                 },
             ],
         }
@@ -91,12 +138,16 @@ impl RuleSet {
 
     /// The same chains, all absent: what cleanup wants.
     pub fn none() -> Self {
+        let opts = RuleOptions {
+            ip_masq: false,
+            fully_random: false,
+            forward: false,
+            notrack: None,
+        };
         let mut r = RuleSet::new(
             "10.0.0.0/8".parse().expect("literal"),
             "10.0.0.0/24".parse().expect("literal"),
-            false,
-            false,
-            false,
+            &opts,
         );
         for c in &mut r.chains {
             c.rules = None;
@@ -374,15 +425,29 @@ impl Firewall for Iptables {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flannel_rule_set() {
-        let r = RuleSet::new(
+    fn opts(ip_masq: bool, notrack: bool) -> RuleOptions {
+        RuleOptions {
+            ip_masq,
+            fully_random: true,
+            forward: true,
+            notrack: notrack.then_some(VxlanFlows {
+                local: "198.18.0.7".parse().unwrap(),
+                port: 8472,
+            }),
+        }
+    }
+
+    fn rules(opts: &RuleOptions) -> RuleSet {
+        RuleSet::new(
             "10.244.0.0/16".parse().unwrap(),
             "10.244.3.0/24".parse().unwrap(),
-            true,
-            true,
-            true,
-        );
+            opts,
+        )
+    }
+
+    #[test]
+    fn flannel_rule_set() {
+        let r = rules(&opts(true, true));
         let masq = r.chains[0].rules.as_ref().unwrap();
         assert_eq!(masq.len(), 6);
         assert_eq!(
@@ -424,14 +489,33 @@ mod tests {
     }
 
     #[test]
-    fn masq_off_means_chain_absent() {
-        let r = RuleSet::new(
-            "10.244.0.0/16".parse().unwrap(),
-            "10.244.3.0/24".parse().unwrap(),
-            false,
-            true,
-            true,
+    fn vxlan_flows_untracked_both_ways() {
+        let r = rules(&opts(true, true));
+        let pre = &r.chains[2];
+        assert_eq!((pre.table, pre.parent), ("raw", "PREROUTING"));
+        assert_eq!(
+            pre.rules.as_deref().unwrap(),
+            [
+                r#"-d 198.18.0.7/32 -p udp -m udp --dport 8472 -m comment --comment "twilld vxlan notrack" -j NOTRACK"#
+            ]
         );
+        let out = &r.chains[3];
+        assert_eq!((out.table, out.parent), ("raw", "OUTPUT"));
+        assert_eq!(
+            out.rules.as_deref().unwrap(),
+            [
+                r#"-s 198.18.0.7/32 -p udp -m udp --dport 8472 -m comment --comment "twilld vxlan notrack" -j NOTRACK"#
+            ]
+        );
+        let off = rules(&opts(true, false));
+        assert!(off.chains[2].rules.is_none() && off.chains[3].rules.is_none());
+        // Turning it off must remove the chains it made, so they are named either way.
+        assert_eq!(off.chains[2].chain, pre.chain);
+    }
+
+    #[test]
+    fn masq_off_means_chain_absent() {
+        let r = rules(&opts(false, true));
         assert!(r.chains[0].rules.is_none());
         assert!(RuleSet::none().chains.iter().all(|c| c.rules.is_none()));
     }

@@ -159,6 +159,7 @@ async fn start<S: SubnetManager>(
         ip_masq: cli.ip_masq,
         fully_random: !cli.ip_masq_fully_random_disable,
         forward_rules: cli.iptables_forward_rules,
+        vxlan_notrack: cli.vxlan_notrack,
     };
     let mut dp = Dataplane::new(nl, dp_cfg, fw);
     let dev = dp
