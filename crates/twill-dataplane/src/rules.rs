@@ -410,7 +410,12 @@ impl Firewall for Iptables {
         // the other unrepaired; the first error is returned after.
         let mut first_err = None;
         for c in &rules.chains {
-            if let Err(e) = self.ensure_chain(c, &mut report) {
+            if let Err(mut e) = self.ensure_chain(c, &mut report) {
+                if c.table == "raw" && c.rules.is_some() {
+                    // Only the VXLAN notrack rules live there; a kernel without the raw
+                    // table can still run the overlay.
+                    e.0.push_str(" (twilld --vxlan-notrack=false does without the raw table)");
+                }
                 first_err.get_or_insert(e);
             }
         }
