@@ -81,11 +81,26 @@ fn healthy_node_passes_and_each_breakage_is_named() {
         "vxlan device",
         "mtu",
         "vxlan port",
+        "vxlan firewall",
         "peers",
         "other CNIs",
     ] {
         assert_status(&v, name, "pass");
     }
+
+    // A host firewall that lets VXLAN in only as NEW connections would drop the packets
+    // twilld untracks: named, and no longer a concern once UNTRACKED is accepted too.
+    let n0 = &c.nodes[0].ns;
+    n0.sh("iptables -A INPUT -p udp --dport 8472 -m conntrack --ctstate NEW -j ACCEPT");
+    let (ok, v) = doctor(&c, 0);
+    assert!(ok, "a warning is not a failure: {v:#}");
+    assert_status(&v, "vxlan firewall", "warn");
+    assert!(check(&v, "vxlan firewall")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("--dport 8472 -m conntrack --ctstate NEW -j ACCEPT"));
+    n0.sh("iptables -R INPUT 1 -p udp --dport 8472 -m conntrack --ctstate NEW,UNTRACKED -j ACCEPT");
+    assert_status(&doctor(&c, 0).1, "vxlan firewall", "pass");
 
     // From here on nothing repairs what the test breaks.
     c.nodes[0].stop(libc::SIGTERM);

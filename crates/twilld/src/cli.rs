@@ -82,7 +82,7 @@ pub struct Cli {
     pub iptables_forward_rules: bool,
     /// Keep VXLAN packets to and from this node out of conntrack (raw table chains
     /// TWILL-NOTRACK-PRE/-OUT); false leaves them tracked, as flanneld does.
-    #[arg(long, env = "FLANNELD_VXLAN_NOTRACK", num_args = 0..=1, require_equals = true,
+    #[arg(long, global = true, env = "FLANNELD_VXLAN_NOTRACK", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "true", value_parser = BoolishValueParser::new())]
     pub vxlan_notrack: bool,
     /// Seconds between full reconciles of rules and kernel state.

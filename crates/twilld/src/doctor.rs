@@ -191,6 +191,13 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     )
     .await;
     vxlan_port(&mut c, conf.as_ref(), device.is_some());
+    if cli.vxlan_notrack {
+        let port = conf
+            .as_ref()
+            .map(|c| c.backend.port)
+            .unwrap_or(twill_config::DEFAULT_VXLAN_PORT);
+        vxlan_firewall(&mut c, port);
+    }
     if let (Some(d), Some(l)) = (&device, &leases) {
         peers(&mut c, &nl, d.index, own_key.as_ref(), l, store_name).await;
     }
@@ -368,11 +375,12 @@ fn kernel(c: &mut Checks) {
             return vec![
                 ("vxlan", Err(e.clone())),
                 ("bridge", Err(e.clone())),
-                ("iptables nat", Err(e)),
+                ("iptables nat", Err(e.clone())),
+                ("iptables raw", Err(e)),
             ];
         }
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let out = std::process::Command::new("ip")
+        let run = |cmd: &str, args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new(cmd)
                 .args(args)
                 .output()
                 .map_err(|e| e.to_string())?;
@@ -382,6 +390,8 @@ fn kernel(c: &mut Checks) {
                 Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
             }
         };
+        let ip = |args: &[&str]| run("ip", args);
+        let iptables = |args: &[&str]| run("iptables", args);
         vec![
             (
                 "vxlan",
@@ -390,16 +400,15 @@ fn kernel(c: &mut Checks) {
                 ]),
             ),
             ("bridge", ip(&["link", "add", "twprobe1", "type", "bridge"])),
-            ("iptables nat", {
-                let out = std::process::Command::new("iptables")
-                    .args(["-t", "nat", "-N", "TWILL-PROBE"])
-                    .output();
-                match out {
-                    Ok(o) if o.status.success() => Ok(()),
-                    Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }),
+            (
+                "iptables nat",
+                iptables(&["-t", "nat", "-N", "TWILL-PROBE"]),
+            ),
+            // Only --vxlan-notrack needs it.
+            (
+                "iptables raw",
+                iptables(&["-t", "raw", "-N", "TWILL-PROBE"]),
+            ),
         ]
     });
     match probe.join() {
@@ -411,14 +420,14 @@ fn kernel(c: &mut Checks) {
             if failed.is_empty() {
                 c.pass(
                     "kernel",
-                    "vxlan, bridge and iptables NAT work (probed in a throw-away namespace)",
+                    "vxlan, bridge, iptables NAT and raw work (probed in a throw-away namespace)",
                 );
             } else {
                 c.add(
                     "kernel",
                     Status::Fail,
                     failed.join("; "),
-                    "load the modules (modprobe vxlan bridge iptable_nat) or install iptables",
+                    "load the modules (modprobe vxlan bridge iptable_nat iptable_raw) or install iptables",
                 );
             }
         }
@@ -542,6 +551,89 @@ fn vxlan_port(c: &mut Checks, conf: Option<&NetConf>, device_exists: bool) {
     }
 }
 
+/// twilld untracks VXLAN packets, so to conntrack they are UNTRACKED, never NEW: a
+/// host firewall that accepts the VXLAN port only in state NEW would now drop them.
+fn vxlan_firewall(c: &mut Checks, port: u16) {
+    let mut gated = Vec::new();
+    for (cmd, args) in [
+        ("iptables-save", &[][..]),
+        ("nft", &["list", "ruleset"][..]),
+    ] {
+        if let Ok(out) = std::process::Command::new(cmd).args(args).output() {
+            for l in state_gated_accepts(&String::from_utf8_lossy(&out.stdout), port) {
+                if !gated.contains(&l) {
+                    gated.push(l);
+                }
+            }
+        }
+    }
+    if gated.is_empty() {
+        c.pass(
+            "vxlan firewall",
+            format!("no rule accepts UDP {port} only in conntrack state NEW"),
+        );
+    } else {
+        c.add(
+            "vxlan firewall",
+            Status::Warn,
+            format!("accepted only when NEW: {}", gated.join(" | ")),
+            "twilld keeps VXLAN out of conntrack (state UNTRACKED): add UNTRACKED to these rules' states (firewalld does: ct state new,untracked), or run twilld --vxlan-notrack=false",
+        );
+    }
+}
+
+/// Lines of an `iptables-save` or `nft list ruleset` text that accept destination port
+/// `port` only in connection states that include NEW but not UNTRACKED.
+fn state_gated_accepts(ruleset: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    ruleset
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let names_port = t.windows(2).any(|w| {
+                matches!(w[0], "--dport" | "dport" | "--dports")
+                    && w[1].split(',').any(|p| p == port)
+            });
+            let accepts = t.contains(&"ACCEPT") || t.last() == Some(&"accept");
+            let states = conntrack_states(&t);
+            names_port
+                && accepts
+                && states.iter().any(|s| s == "new")
+                && !states.iter().any(|s| s == "untracked")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The states a rule matches on, lower-cased: `--state`/`--ctstate A,B` (iptables) or
+/// `ct state a` / `ct state { a, b }` (nft).
+fn conntrack_states(t: &[&str]) -> Vec<String> {
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.to_ascii_lowercase())
+            .collect()
+    };
+    for (i, w) in t.iter().enumerate() {
+        if matches!(*w, "--state" | "--ctstate") {
+            return t.get(i + 1).map(|s| list(s)).unwrap_or_default();
+        }
+        if *w == "ct" && t.get(i + 1) == Some(&"state") {
+            return match t.get(i + 2) {
+                Some(&"{") => t[i + 3..]
+                    .iter()
+                    .take_while(|x| **x != "}")
+                    .flat_map(|x| list(x))
+                    .collect(),
+                Some(s) => list(s),
+                None => Vec::new(),
+            };
+        }
+    }
+    Vec::new()
+}
+
 async fn peers(
     c: &mut Checks,
     nl: &Netlink,
@@ -618,5 +710,39 @@ async fn other_cnis(c: &mut Checks, nl: &Netlink, env: Option<&SubnetEnv>, args:
         c.pass("other CNIs", "no leftovers of other CNIs found");
     } else {
         c.add("other CNIs", Status::Warn, found.join("; "), "leftovers of a previous CNI can capture pod traffic: remove them (that CNI's uninstall, or ip link del / rm the conflist)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_vxlan_accepted_only_when_new() {
+        let iptables = r#"*filter
+:INPUT DROP [0:0]
+-A INPUT -p udp -m udp --dport 8472 -m conntrack --ctstate NEW -j ACCEPT
+-A INPUT -p udp -m udp --dport 8472 -m state --state NEW,UNTRACKED -j ACCEPT
+-A INPUT -p udp -m multiport --dports 53,8472 -m state --state NEW -j ACCEPT
+-A INPUT -p udp -m udp --dport 84720 -m state --state NEW -j ACCEPT
+-A INPUT -p udp -m udp --dport 8472 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 8472 -m state --state NEW -j LOG
+COMMIT"#;
+        assert_eq!(
+            state_gated_accepts(iptables, 8472),
+            [
+                "-A INPUT -p udp -m udp --dport 8472 -m conntrack --ctstate NEW -j ACCEPT",
+                "-A INPUT -p udp -m multiport --dports 53,8472 -m state --state NEW -j ACCEPT",
+            ]
+        );
+        let nft = "table inet filter {\n\tchain input {\n\t\tudp dport 8472 ct state { new, untracked } accept\n\t\tudp dport 8472 ct state new accept\n\t\tudp dport 8472 ct state new,related counter accept\n\t}\n}";
+        assert_eq!(
+            state_gated_accepts(nft, 8472),
+            [
+                "udp dport 8472 ct state new accept",
+                "udp dport 8472 ct state new,related counter accept"
+            ]
+        );
+        assert!(state_gated_accepts(iptables, 4789).is_empty());
     }
 }
