@@ -13,6 +13,7 @@ fn doctor(c: &Cluster, i: usize) -> (bool, Value) {
         .arg(twilld_bin())
         .arg("doctor")
         .arg("--output=json")
+        .arg("--vxlan-notrack")
         .arg("--iface=eth0")
         .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
         .arg(format!("--subnet-file={}", n.subnet_env().display()))

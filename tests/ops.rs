@@ -151,7 +151,7 @@ fn twilld_in(c: &Cluster, i: usize, args: &[String]) -> (bool, String) {
 
 #[test]
 fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
-    let mut c = Cluster::with_pods("h-clean", CONF, 2, &["--ip-masq"]);
+    let mut c = Cluster::with_pods("h-clean", CONF, 2, &["--ip-masq", "--vxlan-notrack"]);
     let dir = c.nodes[0].dir.clone();
     let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
     let paths = vec![

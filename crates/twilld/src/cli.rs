@@ -81,9 +81,10 @@ pub struct Cli {
           default_missing_value = "true", default_value = "true", value_parser = BoolishValueParser::new())]
     pub iptables_forward_rules: bool,
     /// Keep VXLAN packets to and from this node out of conntrack (raw table chains
-    /// TWILL-NOTRACK-PRE/-OUT); false leaves them tracked, as flanneld does.
+    /// TWILL-NOTRACK-PRE/-OUT). Off by default, as flanneld: a host firewall that accepts
+    /// the VXLAN port only in state NEW would drop the untracked packets.
     #[arg(long, global = true, env = "FLANNELD_VXLAN_NOTRACK", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", default_value = "true", value_parser = BoolishValueParser::new())]
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub vxlan_notrack: bool,
     /// Seconds between full reconciles of rules and kernel state.
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
@@ -255,7 +256,7 @@ mod tests {
         assert_eq!(c.subnet_lease_ttl, Duration::from_secs(86400));
         assert_eq!(c.iptables_resync, 5);
         assert!(c.iptables_forward_rules && !c.ip_masq && !c.kube_subnet_mgr);
-        assert!(c.vxlan_notrack);
+        assert!(!c.vxlan_notrack);
         assert_eq!(c.healthz_ip.to_string(), "127.0.0.1");
         assert_eq!(c.kube_annotation_prefix, "flannel.alpha.coreos.com");
         assert!(c.set_node_network_unavailable);
@@ -270,14 +271,14 @@ mod tests {
             "-etcd-endpoints=http://198.18.0.1:2379",
             "--ip-masq",
             "--iptables-forward-rules=false",
-            "--vxlan-notrack=false",
+            "--vxlan-notrack",
             "-iface=eth0",
             "--iface",
             "198.18.0.2",
         ])
         .unwrap();
         assert_eq!(c.etcd_endpoints, ["http://198.18.0.1:2379"]);
-        assert!(c.ip_masq && !c.iptables_forward_rules && !c.vxlan_notrack);
+        assert!(c.ip_masq && !c.iptables_forward_rules && c.vxlan_notrack);
         assert_eq!(c.iface, ["eth0", "198.18.0.2"]);
         assert!(parse(&["--ip-masq=maybe"]).is_err());
     }
