@@ -83,12 +83,16 @@ grpc() { ip netns exec "$LAB_PREFIX-etcd" curl -s "$ETCD/metrics" \
 echo "memory at 2 peers: $(rss)"
 
 NETLAB=${NETLAB:-$(cd .. && pwd)/shared/netlab.sh}
-SECS=${BENCH_IPERF_SECS:-5}
-# Throughput on this VM swings by a third from one run to the next: more rounds than the
-# control-plane figures need.
+SECS=${BENCH_IPERF_SECS:-10}
+# Throughput on this VM drifts by a third over minutes. Each round measures the sides
+# back to back (order reversed every other round) and the ratios are taken per round,
+# then their median: the drift cancels within a round, which a ratio of medians would not.
 IPERF_ROUNDS=${BENCH_IPERF_ROUNDS:-5}
+ratios() { # ratios <file of "x y" lines>: "median(x/y) min-max"
+  awk '{print $1 / $2}' "$1" | sort -g | awk '{r[NR]=$1} END {printf "%.2f (%.2f-%.2f)", r[int((NR+1)/2)], r[1], r[NR]}'
+}
 if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
-  echo "== 5. data plane: iperf3 TCP ${SECS}s, median of $IPERF_ROUNDS, A/B alternating"
+  echo "== 5. data plane: iperf3 TCP ${SECS}s, $IPERF_ROUNDS rounds, sides back to back; medians (ratios: median of per-round ratios, range)"
   "$NETLAB" up >/dev/null 2>&1
   ours=$(jq -r '.ips[0].address | split("/")[0]' "/tmp/$LAB_PREFIX/n2/pod.json")
   hand=$(jq -r '.ips[0].address | split("/")[0]' /tmp/lab/cni/p2-bridge.json)
@@ -96,25 +100,31 @@ if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
   ip netns exec "$LAB_PREFIX-n2" iperf3 -s -D -I "/tmp/$P/iperf-u.pid" >/dev/null
   ip netns exec p2 iperf3 -s -D -I "/tmp/$P/iperf-b.pid" >/dev/null
   sleep 0.5
-  gbps() { ip netns exec "$1" iperf3 -c "$2" -t "$SECS" -P "$3" -J | jq '.end.sum_received.bits_per_second / 1e9'; }
+  gbps() { ip netns exec "$1" iperf3 -c "$2" -t "${4:-$SECS}" -P "$3" -J | jq '.end.sum_received.bits_per_second / 1e9'; }
   printf '| streams | twilld overlay | hand-built overlay | underlay | twilld/hand | twilld/underlay |\n|---|---|---|---|---|---|\n'
   for streams in 1 4; do
-    a=(); b=(); u=()
-    for _ in $(seq "$IPERF_ROUNDS"); do
-      a+=("$(gbps "$LAB_PREFIX-p1" "$ours" "$streams")")
-      b+=("$(gbps p1 "$hand" "$streams")")
-      u+=("$(gbps "$LAB_PREFIX-n1" 198.18.0.2 "$streams")")
+    : > "/tmp/$P/ab"; : > "/tmp/$P/au"
+    for r in $(seq "$IPERF_ROUNDS"); do
+      if (( r % 2 )); then
+        a=$(gbps "$LAB_PREFIX-p1" "$ours" "$streams"); b=$(gbps p1 "$hand" "$streams")
+        u=$(gbps "$LAB_PREFIX-n1" 198.18.0.2 "$streams")
+      else
+        u=$(gbps "$LAB_PREFIX-n1" 198.18.0.2 "$streams"); b=$(gbps p1 "$hand" "$streams")
+        a=$(gbps "$LAB_PREFIX-p1" "$ours" "$streams")
+      fi
+      echo "$a $b" >> "/tmp/$P/ab"; echo "$a $u" >> "/tmp/$P/au"
     done
-    A=$(printf '%s\n' "${a[@]}" | median); B=$(printf '%s\n' "${b[@]}" | median); U=$(printf '%s\n' "${u[@]}" | median)
-    printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f Gbit/s | %.2f | %.2f |\n' "$streams" "$A" "$B" "$U" \
-      "$(echo "$A / $B" | bc -l)" "$(echo "$A / $U" | bc -l)"
+    A=$(awk '{print $1}' "/tmp/$P/ab" | median); B=$(awk '{print $2}' "/tmp/$P/ab" | median)
+    U=$(awk '{print $2}' "/tmp/$P/au" | median)
+    printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f Gbit/s | %s | %s |\n' "$streams" "$A" "$B" "$U" \
+      "$(ratios "/tmp/$P/ab")" "$(ratios "/tmp/$P/au")"
   done
   "$NETLAB" down >/dev/null 2>&1 || true
 
   # 5b. Can settings on the devices beat flannel's default data plane? Each variant is
   # applied to nodes 1 and 2 (and the switch for jumbo frames), measured pod->pod and
   # node->node alternately, and undone.
-  echo "== 5b. data-plane variants, 1 stream, median of $IPERF_ROUNDS: overlay/underlay per variant"
+  echo "== 5b. data-plane variants, 1 stream, 5 s, $IPERF_ROUNDS rounds: overlay/underlay per variant"
   lab() { bash scripts/lab.sh "$@" >/dev/null; }
   nodes12() { for n in 1 2; do ip netns exec "$LAB_PREFIX-n$n" "$@"; done; }
   set_mtu() { # set_mtu <underlay> <overlay>: every link on the p1 -> p2 path
@@ -146,13 +156,13 @@ if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
     done
     while (( $(routes 1) < 2 || $(routes 2) < 2 )); do sleep 0.05; done
   }
-  ratio() { # ratio <name>
-    local a=() u=() A U
+  ratio() { # ratio <name>: 5 s runs, overlay and underlay back to back per round
+    : > "/tmp/$P/v"
     for _ in $(seq "$IPERF_ROUNDS"); do
-      a+=("$(gbps "$LAB_PREFIX-p1" "$ours" 1)"); u+=("$(gbps "$LAB_PREFIX-n1" 198.18.0.2 1)")
+      echo "$(gbps "$LAB_PREFIX-p1" "$ours" 1 5) $(gbps "$LAB_PREFIX-n1" 198.18.0.2 1 5)" >> "/tmp/$P/v"
     done
-    A=$(printf '%s\n' "${a[@]}" | median); U=$(printf '%s\n' "${u[@]}" | median)
-    printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f |\n' "$1" "$A" "$U" "$(echo "$A / $U" | bc -l)"
+    printf '| %s | %.2f Gbit/s | %.2f Gbit/s | %s |\n' "$1" "$(awk '{print $1}' "/tmp/$P/v" | median)" \
+      "$(awk '{print $2}' "/tmp/$P/v" | median)" "$(ratios "/tmp/$P/v")"
   }
   printf '| variant | overlay | underlay | overlay/underlay |\n|---|---|---|---|\n'
   ratio "default (as flannel: udpcsum, MTU 1500, VXLAN tracked by conntrack)"
