@@ -328,7 +328,7 @@ async fn handle(inner: Arc<Inner>, req: Request) -> Response {
             if query_param(&query, "watch") == Some("true") {
                 watch_nodes(inner, &query)
             } else {
-                list_nodes(&inner)
+                list_nodes(&inner, &query)
             }
         }
         (Method::GET, ["api", "v1", "nodes", name]) => {
@@ -365,16 +365,56 @@ async fn handle(inner: Arc<Inner>, req: Request) -> Response {
     }
 }
 
-fn list_nodes(inner: &Inner) -> Response {
+/// A list, in pages when the client sends `limit` (kube-rs's watcher asks for 500), with
+/// the real server's `continue` tokens. Unlike the real server, later pages are read from
+/// the current state rather than from the first page's snapshot; every page carries the
+/// first page's resourceVersion, which is what the client resumes watching from.
+fn list_nodes(inner: &Inner, query: &str) -> Response {
     let st = inner.state.lock().unwrap();
-    let items: Vec<&Value> = st.nodes.values().collect();
+    let limit = query_param(query, "limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let (rv, after) = match query_param(query, "continue").filter(|c| !c.is_empty()) {
+        Some(token) => match token.split_once('.') {
+            Some((rv, after)) => (rv.to_string(), Some(after.to_string())),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("invalid continue token {token:?}"),
+                )
+            }
+        },
+        None => (st.rv.to_string(), None),
+    };
+    let rest = st
+        .nodes
+        .iter()
+        .filter(|(name, _)| after.as_ref().is_none_or(|a| name.as_str() > a.as_str()));
+    let items: Vec<(&String, &Value)> = match limit {
+        Some(l) => rest.take(l).collect(),
+        None => rest.collect(),
+    };
+    let more = items.last().is_some_and(|(last, _)| {
+        limit.is_some()
+            && st
+                .nodes
+                .range::<String, _>((
+                    std::ops::Bound::Excluded((*last).clone()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .is_some()
+    });
+    let mut meta = json!({"resourceVersion": rv});
+    if more {
+        // "<rv>.<last name>": split at the first dot, as names may have more.
+        meta["continue"] = json!(format!("{rv}.{}", items.last().expect("more").0));
+    }
+    let items: Vec<&Value> = items.into_iter().map(|(_, v)| v).collect();
     respond(
         StatusCode::OK,
-        &json!({
-            "kind": "NodeList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": st.rv.to_string()},
-            "items": items,
-        }),
+        &json!({"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}),
     )
 }
 
@@ -584,6 +624,56 @@ mod tests {
             false,
         );
         assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn lists_in_pages_with_continue_tokens() {
+        let fake = FakeKube::start_local();
+        for name in ["a", "b.example", "c", "d", "e"] {
+            fake.put_node(name, json!({"metadata": {}}));
+        }
+        let page = |q: String| {
+            let inner = fake.inner.clone();
+            async move {
+                let body = axum::body::to_bytes(list_nodes(&inner, &q).into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                serde_json::from_slice::<Value>(&body).unwrap()
+            }
+        };
+        let mut names = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let p = page(format!("limit=2&continue={token}")).await;
+            pages += 1;
+            assert_eq!(
+                p["metadata"]["resourceVersion"], "5",
+                "every page: the first's RV"
+            );
+            names.extend(
+                p["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n["metadata"]["name"].as_str().unwrap().to_string()),
+            );
+            match p["metadata"]["continue"].as_str() {
+                Some(t) => token = t.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["a", "b.example", "c", "d", "e"]);
+        assert_eq!(pages, 3);
+        // A change between pages leaves the token's RV alone.
+        fake.put_node("f", json!({"metadata": {}}));
+        let p = page(format!("limit=10&continue={token}")).await;
+        assert_eq!(p["metadata"]["resourceVersion"], "5");
+        // No limit: one page, the current RV, no token.
+        let all = page(String::new()).await;
+        assert_eq!(all["items"].as_array().unwrap().len(), 6);
+        assert_eq!(all["metadata"]["resourceVersion"], "6");
+        assert!(all["metadata"].get("continue").is_none());
     }
 
     #[test]
