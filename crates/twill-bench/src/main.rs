@@ -5,6 +5,8 @@
 //! `twill-bench latency ENDPOINT COUNT NETNS...`: for COUNT new leases, one at a time,
 //! measures from the etcd put to the moment the route appears in each node namespace
 //! (a netlink route monitor per namespace), and prints p50/p99 per node.
+//!
+//! `twill-bench fake-kube ADDR COUNT`: see `kube.rs`.
 
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, PutOptions};
 use futures::StreamExt;
 use twill_store::{LeaseAttrs, LeaseKey};
+
+mod kube;
 
 const PREFIX: &str = "/coreos.com/network/subnets/";
 
@@ -151,8 +155,9 @@ async fn main() {
             .await
         }
         Some("latency") => latency(&args[1], args[2].parse().unwrap(), args[3..].to_vec()).await,
+        Some("fake-kube") => kube::serve(&args[1], args[2].parse().unwrap()),
         _ => {
-            eprintln!("usage: twill-bench inject ENDPOINT COUNT [FIRST] | latency ENDPOINT COUNT NETNS...");
+            eprintln!("usage: twill-bench inject ENDPOINT COUNT [FIRST] | latency ENDPOINT COUNT NETNS... | fake-kube ADDR COUNT");
             std::process::exit(2);
         }
     }
