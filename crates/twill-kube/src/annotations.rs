@@ -257,6 +257,13 @@ pub struct NodeLeases {
     by_node: HashMap<String, LeaseKey>,
 }
 
+/// The leases of a listing in progress (see `NodeLeases::listed`).
+#[derive(Debug, Default)]
+pub struct Listing {
+    by_node: HashMap<String, LeaseKey>,
+    leases: Vec<StoredLease>,
+}
+
 impl Default for AnnotationKeys {
     fn default() -> Self {
         AnnotationKeys::new(DEFAULT_PREFIX)
@@ -274,15 +281,26 @@ impl NodeLeases {
 
     /// A complete listing: replaces everything known.
     pub fn snapshot<'a>(&mut self, nodes: impl IntoIterator<Item = &'a Node>) -> WatchEvent {
-        self.by_node.clear();
-        let mut leases = Vec::new();
+        let mut listing = Listing::default();
         for n in nodes {
-            if let Some(l) = self.keys.lease(n, self.want_v6) {
-                self.by_node.insert(node_name(n), l.key);
-                leases.push(l);
-            }
+            self.listed(&mut listing, n);
         }
-        WatchEvent::Snapshot(leases)
+        self.listing_done(listing)
+    }
+
+    /// One node of a listing still arriving: only its lease is kept, so a re-list of
+    /// thousands of nodes never holds them all at once.
+    pub fn listed(&self, listing: &mut Listing, node: &Node) {
+        if let Some(l) = self.keys.lease(node, self.want_v6) {
+            listing.by_node.insert(node_name(node), l.key);
+            listing.leases.push(l);
+        }
+    }
+
+    /// The listing is complete: it replaces everything known.
+    pub fn listing_done(&mut self, listing: Listing) -> WatchEvent {
+        self.by_node = listing.by_node;
+        WatchEvent::Snapshot(listing.leases)
     }
 
     pub fn apply(&mut self, node: &Node) -> Vec<WatchEvent> {

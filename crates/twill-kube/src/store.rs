@@ -22,9 +22,10 @@ use twill_store::{
 };
 
 use crate::annotations::{
-    network_condition_patch, network_condition_set, own_subnet, AnnotationKeys, NodeLeases,
-    PodCidrError,
+    network_condition_patch, network_condition_set, own_subnet, AnnotationKeys, Listing,
+    NodeLeases, PodCidrError,
 };
+use crate::peer_node::PeerNode;
 
 /// Every API call twill makes, as (resource, verb). The ClusterRole in
 /// manifests/kube-twill.yml must grant exactly these; a test holds the two together.
@@ -61,6 +62,8 @@ pub struct KubeOptions {
 #[derive(Clone)]
 pub struct KubeStore {
     nodes: Api<Node>,
+    /// The same objects, decoded to the part peers need (see `PeerNode`).
+    peers: Api<PeerNode>,
     node_name: String,
     keys: AnnotationKeys,
     set_network_unavailable: bool,
@@ -136,7 +139,8 @@ impl KubeStore {
             }
         };
         Ok(KubeStore {
-            nodes: Api::all(client),
+            nodes: Api::all(client.clone()),
+            peers: Api::all(client),
             node_name,
             keys: AnnotationKeys::new(&opts.annotation_prefix),
             set_network_unavailable: opts.set_network_unavailable,
@@ -203,12 +207,13 @@ impl KubeStore {
     /// Every node's lease, listed once (diagnostics).
     pub async fn list_leases(&self) -> Result<Vec<twill_store::StoredLease>, StoreError> {
         let nodes = self
-            .nodes
+            .peers
             .list(&Default::default())
             .await
             .map_err(|e| api_err("list nodes", e))?;
+        let nodes: Vec<Node> = nodes.items.into_iter().map(Node::from).collect();
         let WatchEvent::Snapshot(leases) =
-            NodeLeases::new(self.keys.clone(), self.ipv6).snapshot(&nodes.items)
+            NodeLeases::new(self.keys.clone(), self.ipv6).snapshot(&nodes)
         else {
             unreachable!("a snapshot is a snapshot")
         };
@@ -295,9 +300,13 @@ impl SubnetManager for KubeStore {
     /// snapshot the peer table diffs, so a node deleted during a gap is removed.
     async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {
         let mut leases = NodeLeases::new(self.keys.clone(), self.ipv6);
-        let stream = watcher(self.nodes.clone(), watcher::Config::default()).default_backoff();
+        let stream = watcher(
+            self.peers.clone(),
+            watcher::Config::default().page_size(100),
+        )
+        .default_backoff();
         futures::pin_mut!(stream);
-        let mut listing: Option<Vec<Node>> = None;
+        let mut listing: Option<Listing> = None;
         loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -311,19 +320,18 @@ impl SubnetManager for KubeStore {
                     continue;
                 }
                 Some(Ok(Event::Init)) => {
-                    listing = Some(Vec::new());
+                    listing = Some(Listing::default());
                     continue;
                 }
                 Some(Ok(Event::InitApply(n))) => {
-                    listing.get_or_insert_with(Vec::new).push(n);
+                    leases.listed(listing.get_or_insert_with(Listing::default), &n.into());
                     continue;
                 }
                 Some(Ok(Event::InitDone)) => {
-                    let nodes = listing.take().unwrap_or_default();
-                    vec![leases.snapshot(&nodes)]
+                    vec![leases.listing_done(listing.take().unwrap_or_default())]
                 }
-                Some(Ok(Event::Apply(n))) => leases.apply(&n),
-                Some(Ok(Event::Delete(n))) => leases.delete(&n),
+                Some(Ok(Event::Apply(n))) => leases.apply(&n.into()),
+                Some(Ok(Event::Delete(n))) => leases.delete(&n.into()),
             };
             if !out.is_empty() && tx.send(out).await.is_err() {
                 return;
