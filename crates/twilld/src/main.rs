@@ -34,6 +34,16 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    // glibc gives every thread that allocates an arena of its own and keeps what was freed
+    // there for reuse by that arena only. With twilld's few, mostly idle threads that
+    // retained memory, not live data, was half the heap's resident size (heaptrack on a
+    // Kubernetes node with 1 000 peers: 4.1 MB live at peak, 8.2 MB resident). One arena
+    // is plenty at twilld's allocation rate.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: called before any other thread exists; mallopt only sets a malloc option.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
