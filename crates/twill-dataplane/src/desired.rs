@@ -107,6 +107,65 @@ fn remove(ops: &mut Ops, p: &PeerEntry) {
     ops.del_fdb.push((p.mac, p.public_ip));
 }
 
+/// DirectRouting (flannel's `Backend.DirectRouting`): a peer whose underlay address is on
+/// one of our underlay's connected prefixes is reached by a plain route via that address,
+/// without encapsulation; the others stay on VXLAN. Returns (VXLAN peers, direct routes
+/// subnet → peer address).
+pub fn split_direct(
+    desired: &BTreeMap<Ipv4Network, PeerEntry>,
+    onlink: &[Ipv4Network],
+) -> (
+    BTreeMap<Ipv4Network, PeerEntry>,
+    BTreeMap<Ipv4Network, Ipv4Addr>,
+) {
+    let mut vxlan = BTreeMap::new();
+    let mut direct = BTreeMap::new();
+    for (net, p) in desired {
+        if onlink.iter().any(|o| o.contains(p.public_ip)) {
+            direct.insert(*net, p.public_ip);
+        } else {
+            vxlan.insert(*net, *p);
+        }
+    }
+    (vxlan, direct)
+}
+
+/// Direct routes to add (replacing whatever route the subnet has, a VXLAN one included)
+/// and to delete, given the routes inside the overlay network on the underlay device.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DirectOps {
+    pub del: Vec<(Ipv4Network, Ipv4Addr)>,
+    pub add: Vec<(Ipv4Network, Ipv4Addr)>,
+}
+
+impl DirectOps {
+    pub fn len(&self) -> usize {
+        self.del.len() + self.add.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn diff_direct(
+    want: &BTreeMap<Ipv4Network, Ipv4Addr>,
+    actual: &BTreeMap<Ipv4Network, Ipv4Addr>,
+) -> DirectOps {
+    DirectOps {
+        del: actual
+            .iter()
+            .filter(|(net, _)| !want.contains_key(net))
+            .map(|(n, gw)| (*n, *gw))
+            .collect(),
+        add: want
+            .iter()
+            .filter(|(net, gw)| actual.get(net) != Some(*gw))
+            .map(|(n, gw)| (*n, *gw))
+            .collect(),
+    }
+}
+
 /// What the kernel has on our VXLAN device.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Actual {
@@ -303,6 +362,50 @@ mod tests {
             fdb: d.values().map(|p| (p.mac, p.public_ip)).collect(),
             routes: d.values().map(|p| (p.subnet, Some(p.vtep_ip))).collect(),
         }
+    }
+
+    #[test]
+    fn direct_routing_splits_on_the_underlay_prefixes() {
+        let mut t = table();
+        // Behind a router: not on our link, stays on VXLAN.
+        t.push((
+            "10.244.4.0-24".parse().unwrap(),
+            attrs("198.19.5.4", "0a:00:00:00:00:04"),
+        ));
+        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let (vxlan, direct) = split_direct(&d, &["198.18.0.0/24".parse().unwrap()]);
+        assert_eq!(
+            vxlan.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["10.244.4.0/24"]
+        );
+        assert_eq!(direct.len(), 3);
+        assert_eq!(
+            direct[&"10.244.2.0/24".parse().unwrap()].to_string(),
+            "198.18.0.2"
+        );
+        // No connected prefix: everything on VXLAN.
+        let (vxlan, direct) = split_direct(&d, &[]);
+        assert_eq!((vxlan.len(), direct.len()), (4, 0));
+    }
+
+    #[test]
+    fn direct_routes_diff() {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let want = BTreeMap::from([
+            (net("10.244.2.0/24"), ip("198.18.0.2")),
+            (net("10.244.3.0/24"), ip("198.18.0.3")),
+        ]);
+        let actual = BTreeMap::from([
+            (net("10.244.2.0/24"), ip("198.18.0.2")),
+            // Peer 3 moved; peer 7 is gone.
+            (net("10.244.3.0/24"), ip("198.18.0.33")),
+            (net("10.244.7.0/24"), ip("198.18.0.7")),
+        ]);
+        let ops = diff_direct(&want, &actual);
+        assert_eq!(ops.add, [(net("10.244.3.0/24"), ip("198.18.0.3"))]);
+        assert_eq!(ops.del, [(net("10.244.7.0/24"), ip("198.18.0.7"))]);
+        assert!(diff_direct(&want, &want).is_empty());
     }
 
     #[test]

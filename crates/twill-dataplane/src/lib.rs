@@ -15,9 +15,15 @@ pub mod reconcile;
 pub mod rules;
 
 pub use change::ChangeFlag;
-pub use desired::{desired_peers, diff, incremental, Actual, Ops, PeerEntry};
+pub use desired::{
+    desired_peers, diff, diff_direct, incremental, split_direct, Actual, DirectOps, Ops, PeerEntry,
+};
 pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
 pub use mac::Mac;
-pub use netlink::{watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, VxlanSpec};
-pub use reconcile::{Dataplane, DataplaneConfig, DataplaneError, ReconcileReport};
+pub use netlink::{
+    watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, UnderlayRoutes, VxlanSpec,
+};
+pub use reconcile::{
+    plan_peers, Dataplane, DataplaneConfig, DataplaneError, PeerPlan, ReconcileReport, Underlay,
+};
 pub use rules::{Firewall, FirewallError, Iptables, RuleOptions, RuleSet, RulesReport, VxlanFlows};

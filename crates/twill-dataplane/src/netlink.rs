@@ -3,6 +3,7 @@
 //! concurrently on the one socket (netlink matches replies by sequence number), so
 //! programming N peers costs about one round trip per phase, not 3·N.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -149,6 +150,14 @@ fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
 
 pub struct Netlink {
     handle: Handle,
+}
+
+/// What DirectRouting needs from the underlay device's routes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnderlayRoutes {
+    /// Connected prefixes (scope link, no gateway): peers inside them are on our link.
+    pub onlink: Vec<Ipv4Network>,
+    pub direct: BTreeMap<Ipv4Network, Ipv4Addr>,
 }
 
 /// Outcome of one applied batch.
@@ -548,6 +557,98 @@ impl Netlink {
         report
     }
 
+    /// The underlay device's connected IPv4 prefixes, and the routes with a gateway on it
+    /// whose destination lies inside `network` (direct routes, ours or flanneld's).
+    pub async fn read_underlay(
+        &self,
+        index: u32,
+        network: Ipv4Network,
+    ) -> Result<UnderlayRoutes, NetlinkError> {
+        let mut out = UnderlayRoutes::default();
+        for r in self.routes_v4().await? {
+            if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let (mut oif, mut dst, mut gw) = (None, Ipv4Addr::UNSPECIFIED, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) else {
+                continue;
+            };
+            if oif != Some(index) || net.prefix() == 0 {
+                continue;
+            }
+            match gw {
+                None if r.header.scope == RouteScope::Link => out.onlink.push(net),
+                Some(gw) if network.contains(net.network()) && net.prefix() >= network.prefix() => {
+                    out.direct.insert(net, gw);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Direct routes `<subnet> via <peer address> dev <underlay>`, each replacing whatever
+    /// route the subnet had (a VXLAN one when a peer became reachable directly).
+    pub async fn add_direct_routes(
+        &self,
+        index: u32,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let h = &self.handle;
+        let adds = routes.iter().map(|(net, gw)| {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix())
+                .gateway(*gw)
+                .output_interface(index)
+                .build();
+            async move {
+                let r = h.route().add(msg).replace().execute().await;
+                (format!("direct route {net} via {gw}"), r)
+            }
+            .boxed()
+        });
+        run(adds, &mut report, false).await;
+        report
+    }
+
+    /// Deletes direct routes; one a VXLAN route has already replaced is not matched (the
+    /// gateway and device are part of the match) and counts as gone.
+    pub async fn del_direct_routes(
+        &self,
+        index: u32,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let h = &self.handle;
+        let dels = routes.iter().map(|(net, gw)| {
+            let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix())
+                .gateway(*gw)
+                .output_interface(index)
+                .build();
+            msg.header.protocol = RouteProtocol::Unspec;
+            msg.header.scope = RouteScope::NoWhere;
+            async move {
+                (
+                    format!("del direct route {net} via {gw}"),
+                    h.route().del(msg).execute().await,
+                )
+            }
+            .boxed()
+        });
+        run(dels, &mut report, true).await;
+        report
+    }
+
     /// Deletes a link by name if present (cleanup, tests).
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
         match self.link_by_name(name).await? {
@@ -572,12 +673,18 @@ pub struct DeviceMonitor {
     /// The device's ifindex: set once at start, then followed through RTM_NEWLINK; while
     /// 0 every entry change counts.
     index: Arc<AtomicU32>,
+    /// The underlay's ifindex (0: none), whose route changes count too.
+    underlay: Arc<AtomicU32>,
     entries: Arc<ChangeFlag>,
 }
 
 impl DeviceMonitor {
     pub fn set_index(&self, index: u32) {
         self.index.store(index, Ordering::SeqCst);
+    }
+
+    pub fn set_underlay_index(&self, index: u32) {
+        self.underlay.store(index, Ordering::SeqCst);
     }
 
     /// Whether our device's entries may have changed since the last call.
@@ -596,8 +703,9 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let index = Arc::new(AtomicU32::new(0));
+    let underlay = Arc::new(AtomicU32::new(0));
     let entries = Arc::new(ChangeFlag::default());
-    let (idx, seen) = (index.clone(), entries.clone());
+    let (idx, ul, seen) = (index.clone(), underlay.clone(), entries.clone());
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
             let NetlinkPayload::InnerMessage(m) = msg.payload else {
@@ -609,10 +717,10 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
             };
             let touched = match &m {
                 M::NewNeighbour(n) | M::DelNeighbour(n) => ours(n.header.ifindex),
-                M::NewRoute(r) | M::DelRoute(r) => r
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Oif(i) if ours(*i))),
+                M::NewRoute(r) | M::DelRoute(r) => r.attributes.iter().any(|a| {
+                    matches!(a, RouteAttribute::Oif(i)
+                        if ours(*i) || *i == ul.load(Ordering::SeqCst))
+                }),
                 M::NewLink(l) => {
                     // Also how a recreated device's new index becomes known.
                     let ours = parse_link(l).name == name;
@@ -639,6 +747,7 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     Ok(DeviceMonitor {
         deleted: rx,
         index,
+        underlay,
         entries,
     })
 }

@@ -1,14 +1,16 @@
 //! One reconcile pass over everything the node owns in the kernel.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
+use twill_store::PeerEvent;
 
 use crate::change::ChangeFlag;
-use crate::desired::{diff, PeerEntry};
+use crate::desired::{diff, diff_direct, incremental, split_direct, DirectOps, Ops, PeerEntry};
 use crate::mac::Mac;
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
 use crate::rules::{Firewall, FirewallError, RuleOptions, RuleSet, VxlanFlows};
@@ -23,6 +25,9 @@ pub struct DataplaneConfig {
     pub forward_rules: bool,
     /// Untrack the VXLAN packets of `vxlan`'s address and port.
     pub vxlan_notrack: bool,
+    /// flannel's `Backend.DirectRouting`: peers on the underlay's own link get a plain
+    /// route via their address instead of VXLAN entries.
+    pub direct_routing: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -53,6 +58,11 @@ pub struct Dataplane {
     lease: Option<Ipv4Network>,
     /// Raised by the firewall driver's monitor when the ruleset changed, if it has one.
     rules_changed: Option<Arc<ChangeFlag>>,
+    /// The underlay's connected prefixes as of the last full pass (DirectRouting).
+    onlink: Vec<Ipv4Network>,
+    /// Without DirectRouting, direct routes are looked for once after start or a config
+    /// change (left by DirectRouting before, or by flanneld), not on every pass.
+    sweep_direct: bool,
 }
 
 impl Dataplane {
@@ -65,6 +75,8 @@ impl Dataplane {
             device: None,
             lease: None,
             rules_changed,
+            onlink: Vec::new(),
+            sweep_direct: true,
         }
     }
 
@@ -84,6 +96,7 @@ impl Dataplane {
             self.device = None;
         }
         self.cfg = cfg;
+        self.sweep_direct = true;
     }
 
     pub fn device_name(&self) -> &str {
@@ -147,18 +160,30 @@ impl Dataplane {
             .map_err(|e| FirewallError(format!("rules task: {e}")))?
     }
 
-    /// Applies peer changes straight to the device we know, without reading the kernel or
-    /// touching rules. `None` when there is no device yet: run a full reconcile instead.
+    /// Applies peer events straight to the device we know, without reading the kernel or
+    /// touching rules. `None` when that can't be done (no device yet, or with DirectRouting
+    /// a peer on our link, whose route kind may change): run a full reconcile instead.
     pub async fn apply_incremental(
         &mut self,
-        ops: &crate::desired::Ops,
+        events: &[PeerEvent],
     ) -> Option<crate::netlink::ApplyReport> {
         let index = self.device.as_ref()?.index;
-        let r = self.nl.apply(index, ops).await;
+        if self.cfg.direct_routing && events.iter().any(|e| self.touches_onlink(e)) {
+            return None;
+        }
+        let r = self.nl.apply(index, &incremental(events)).await;
         for f in &r.failed {
             warn!("kernel update failed, the next resync retries: {f}");
         }
         Some(r)
+    }
+
+    fn touches_onlink(&self, ev: &PeerEvent) -> bool {
+        let onlink = |ip: Ipv4Addr| self.onlink.iter().any(|n| n.contains(ip));
+        match ev {
+            PeerEvent::Added(l) | PeerEvent::Removed(l) => onlink(l.attrs.public_ip),
+            PeerEvent::Changed { new, old } => onlink(new.attrs.public_ip) || onlink(old.public_ip),
+        }
     }
 
     /// Device, address, peers, rules: everything made to match, whatever happened to it.
@@ -175,6 +200,47 @@ impl Dataplane {
     /// with `device_created` means the device is new and empty: follow with `reconcile`.
     pub async fn check(&mut self) -> Result<ReconcileReport, DataplaneError> {
         self.pass(None).await
+    }
+
+    /// The peers' entries. With DirectRouting, direct routes go in first (each replaces
+    /// the subnet's VXLAN route, so a peer switching kinds is never without one) and stale
+    /// ones go last (a VXLAN route that replaced one no longer matches its delete).
+    async fn peers(
+        &mut self,
+        index: u32,
+        desired: &BTreeMap<Ipv4Network, PeerEntry>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), NetlinkError> {
+        debug!("reading kernel state");
+        let underlay = self.cfg.vxlan.dev_index;
+        let mode = if self.cfg.direct_routing {
+            Underlay::Direct(underlay, self.cfg.network)
+        } else if self.sweep_direct {
+            Underlay::Sweep(underlay, self.cfg.network)
+        } else {
+            Underlay::Skip
+        };
+        let plan = plan_peers(&self.nl, index, mode, desired).await?;
+        self.sweep_direct = false;
+        if let Some(onlink) = plan.onlink {
+            self.onlink = onlink;
+        }
+        debug!(ops = plan.ops.len(), direct = plan.direct.len(), "applying");
+        let mut results = Vec::new();
+        if !plan.direct.add.is_empty() {
+            results.push(self.nl.add_direct_routes(underlay, &plan.direct.add).await);
+        }
+        if !plan.ops.is_empty() {
+            results.push(self.nl.apply(index, &plan.ops).await);
+        }
+        if !plan.direct.del.is_empty() {
+            results.push(self.nl.del_direct_routes(underlay, &plan.direct.del).await);
+        }
+        for r in results {
+            report.entries_changed += r.applied;
+            report.entries_failed.extend(r.failed);
+        }
+        Ok(())
     }
 
     pub fn device_index(&self) -> Option<u32> {
@@ -195,15 +261,7 @@ impl Dataplane {
                 .await?;
         }
         if let Some(desired) = desired {
-            debug!("reading kernel state");
-            let actual = self.nl.read_actual(st.index).await?;
-            let ops = diff(desired, &actual);
-            debug!(ops = ops.len(), "applying");
-            if !ops.is_empty() {
-                let r = self.nl.apply(st.index, &ops).await;
-                report.entries_changed = r.applied;
-                report.entries_failed = r.failed;
-            }
+            self.peers(st.index, desired, &mut report).await?;
         }
         // Taken before reading, so a change racing the check is seen next time.
         let rules_touched = self.rules_changed.as_ref().is_none_or(|f| f.take());
@@ -243,4 +301,59 @@ impl Dataplane {
         }
         Ok(report)
     }
+}
+
+/// How a pass treats routes on the underlay device (ifindex, overlay network).
+#[derive(Debug, Clone, Copy)]
+pub enum Underlay {
+    /// Not read.
+    Skip,
+    /// DirectRouting off: every peer on VXLAN, direct routes in the network deleted.
+    Sweep(u32, Ipv4Network),
+    /// DirectRouting on: peers on the underlay's link get direct routes.
+    Direct(u32, Ipv4Network),
+}
+
+/// What a pass would change: read from the kernel, nothing written.
+#[derive(Debug, Default)]
+pub struct PeerPlan {
+    pub ops: Ops,
+    pub direct: DirectOps,
+    /// The underlay's connected prefixes, when they were read.
+    pub onlink: Option<Vec<Ipv4Network>>,
+    /// Peers reached by a direct route.
+    pub direct_peers: usize,
+}
+
+/// Reads the VXLAN device's entries (and the underlay's routes, per `mode`) and diffs them
+/// against `desired`: the one place reconcile and `twilld doctor` compute the difference.
+pub async fn plan_peers(
+    nl: &Netlink,
+    index: u32,
+    mode: Underlay,
+    desired: &BTreeMap<Ipv4Network, PeerEntry>,
+) -> Result<PeerPlan, NetlinkError> {
+    let actual = nl.read_actual(index).await?;
+    let (dev, network) = match mode {
+        Underlay::Skip => {
+            return Ok(PeerPlan {
+                ops: diff(desired, &actual),
+                ..Default::default()
+            })
+        }
+        Underlay::Sweep(d, n) | Underlay::Direct(d, n) => (d, n),
+    };
+    let u = nl.read_underlay(dev, network).await?;
+    let (vxlan, direct) = match mode {
+        Underlay::Direct(..) => split_direct(desired, &u.onlink),
+        // Each VXLAN route replaces a direct one; direct routes to subnets no longer
+        // leased are deleted.
+        _ => (desired.clone(), BTreeMap::new()),
+    };
+    Ok(PeerPlan {
+        ops: diff(&vxlan, &actual),
+        direct: diff_direct(&direct, &u.direct),
+        onlink: Some(u.onlink),
+        direct_peers: direct.len(),
+    })
 }

@@ -110,6 +110,9 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
             .await;
         }
     }
+    if let Some(env) = &env {
+        direct_routes(cli, &nl, env, &mut r).await;
+    }
     cleanup_cni0(&nl, subnet, &mut r).await?;
 
     let fw = Iptables::new()?;
@@ -152,6 +155,37 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
         println!("dry run: nothing was removed; run again with --yes");
     }
     Ok(r.failed == 0)
+}
+
+/// DirectRouting's routes (`<peer subnet> via <peer address>` on the underlay device; the
+/// VXLAN ones went with the device): those inside the overlay network of subnet.env.
+async fn direct_routes(cli: &Cli, nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
+    let Ok(ext) = crate::daemon::select_underlay(nl, cli).await else {
+        return;
+    };
+    for net in &env.networks {
+        let IpNetwork::V4(net) = *net else { continue };
+        let Ok(u) = nl.read_underlay(ext.index, net).await else {
+            continue;
+        };
+        if u.direct.is_empty() {
+            continue;
+        }
+        let routes: Vec<_> = u.direct.into_iter().collect();
+        let what = format!(
+            "{} direct routes to {net} subnets on {} (DirectRouting)",
+            routes.len(),
+            ext.name
+        );
+        r.act(&what, async {
+            let rep = nl.del_direct_routes(ext.index, &routes).await;
+            match rep.failed.first() {
+                None => Ok(()),
+                Some(f) => Err(anyhow::anyhow!("{} failed, first: {f}", rep.failed.len())),
+            }
+        })
+        .await;
+    }
 }
 
 /// Releases the lease named in subnet.env or, without it, the ones carrying our public IP.

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, desired_peers, incremental as incremental_ops, watch_device, Dataplane,
-    DataplaneConfig, ExtIface, Iptables, Mac, Netlink, VxlanSpec,
+    choose_interface, desired_peers, watch_device, Dataplane, DataplaneConfig, ExtIface, Iptables,
+    Mac, Netlink, VxlanSpec,
 };
 use twill_kube::KubeStore;
 use twill_store::{
@@ -113,9 +113,6 @@ async fn start<S: SubnetManager>(
     if conf.enable_nftables {
         warn!("net-conf.json: EnableNFTables=true is not implemented yet; using iptables rules in FLANNEL-POSTRTG/FLANNEL-FWD");
     }
-    if conf.backend.direct_routing {
-        warn!("net-conf.json: Backend.DirectRouting=true is not implemented yet; every peer is reached over VXLAN");
-    }
     if conf.ipv6.is_some() {
         warn!("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet");
     }
@@ -160,6 +157,7 @@ async fn start<S: SubnetManager>(
         fully_random: !cli.ip_masq_fully_random_disable,
         forward_rules: cli.iptables_forward_rules,
         vxlan_notrack: cli.vxlan_notrack,
+        direct_routing: conf.backend.direct_routing,
     };
     let mut dp = Dataplane::new(nl, dp_cfg, fw);
     let dev = dp
@@ -275,6 +273,8 @@ impl<S: SubnetManager> Node<S> {
         // A recreated device's index the monitor learns from RTM_NEWLINK itself.
         if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
             m.set_index(i);
+            // Direct routes live on the underlay device (DirectRouting, or leftovers).
+            m.set_underlay_index(self.dp.config().vxlan.dev_index);
         }
         loop {
             self.tel.beat();
@@ -336,7 +336,7 @@ impl<S: SubnetManager> Node<S> {
                     // round trips). At start, after a re-list or a lease change: the full pass.
                     let incremental = self.ready && !snapshot && !lost;
                     let applied = if incremental {
-                        self.dp.apply_incremental(&incremental_ops(&peer_events)).await
+                        self.dp.apply_incremental(&peer_events).await
                     } else {
                         None
                     };
@@ -428,6 +428,7 @@ impl<S: SubnetManager> Node<S> {
         cfg.vxlan.gbp = conf.backend.gbp;
         cfg.vxlan.mtu = mtu;
         cfg.network = network;
+        cfg.direct_routing = conf.backend.direct_routing;
         self.dp.set_config(cfg);
         if old_device != self.dp.device_name() {
             if let Err(e) = self.dp.netlink().delete_link(&old_device).await {

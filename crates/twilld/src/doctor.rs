@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use ipnetwork::IpNetwork;
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
-use twill_dataplane::{desired_peers, diff, Netlink};
+use twill_dataplane::{desired_peers, plan_peers, Netlink, Underlay};
 use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
 use crate::cli::Cli;
@@ -199,7 +199,17 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         vxlan_firewall(&mut c, port);
     }
     if let (Some(d), Some(l)) = (&device, &leases) {
-        peers(&mut c, &nl, d.index, own_key.as_ref(), l, store_name).await;
+        // Direct routes are only checked where twilld keeps them: with DirectRouting.
+        let mode = match (&conf, &ext) {
+            (Some(conf), Some((e, _))) if conf.backend.direct_routing => {
+                match conf.ipv4.as_ref().map(|r| r.network) {
+                    Some(IpNetwork::V4(n)) => Underlay::Direct(e.index, n),
+                    _ => Underlay::Skip,
+                }
+            }
+            _ => Underlay::Skip,
+        };
+        peers(&mut c, &nl, d.index, mode, own_key.as_ref(), l, store_name).await;
     }
     other_cnis(&mut c, &nl, env.as_ref(), args).await;
 
@@ -639,6 +649,7 @@ async fn peers(
     c: &mut Checks,
     nl: &Netlink,
     index: u32,
+    mode: Underlay,
     own: Option<&LeaseKey>,
     leases: &[StoredLease],
     store_name: &str,
@@ -646,15 +657,20 @@ async fn peers(
     let mut table = PeerTable::new();
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
     let desired = desired_peers(own, table.iter());
-    let Ok(actual) = nl.read_actual(index).await else {
+    let Ok(plan) = plan_peers(nl, index, mode, &desired).await else {
         c.add("peers", Status::Warn, "could not read kernel state", "");
         return;
     };
-    let ops = diff(&desired, &actual);
-    let missing = ops.add_routes.len() + ops.add_neighs.len() + ops.add_fdb.len();
-    let extra = ops.del_routes.len() + ops.del_neighs.len() + ops.del_fdb.len();
+    let (ops, direct) = (&plan.ops, &plan.direct);
+    let missing =
+        ops.add_routes.len() + ops.add_neighs.len() + ops.add_fdb.len() + direct.add.len();
+    let extra = ops.del_routes.len() + ops.del_neighs.len() + ops.del_fdb.len() + direct.del.len();
+    let via = match mode {
+        Underlay::Direct(..) => format!(" ({} by direct route)", plan.direct_peers),
+        _ => String::new(),
+    };
     let detail = format!(
-        "{} peers in {store_name}; {missing} entries missing, {extra} extra",
+        "{} peers in {store_name}{via}; {missing} entries missing, {extra} extra",
         desired.len()
     );
     let hint = "twilld repairs these within --iptables-resync seconds; if they persist, it is not running or can't write (see its log)";
