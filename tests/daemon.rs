@@ -160,6 +160,76 @@ fn flags_come_from_flanneld_env_vars() {
 }
 
 #[test]
+fn iface_can_reach_picks_the_interface_of_the_route_to_it() {
+    let mut c = Cluster::new("d-reach");
+    c.put_config(CONF);
+    let i = c.add_node_stopped(&["--iface-can-reach=198.18.0.100"]);
+    let ns = c.nodes[i].ns.name.clone();
+    let twilld = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(twill_e2e::twilld_bin())
+            .arg(format!(
+                "--etcd-endpoints=http://{}:2379",
+                twill_e2e::ETCD_IP
+            ))
+            .arg(format!(
+                "--subnet-file={}",
+                c.nodes[i].subnet_env().display()
+            ))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No route to it: a clear error before anything is built.
+    let out = twilld(&["--iface-can-reach=198.19.200.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--iface-can-reach 198.19.200.1: no route to that address"),
+        "{err}"
+    );
+    assert!(!c.nodes[i].ns.try_sh("ip link show flannel.1"));
+
+    // A second link that holds the default route: what twilld would take without the flag.
+    // Nothing is sent on it.
+    c.nodes[i].ns.sh(
+        "ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up \
+         && ip addr add 198.19.9.1/24 dev eth1 && ip route add default via 198.19.9.2 dev eth1",
+    );
+    let underlay = |reach: &str| {
+        let out = twilld(&[
+            "doctor",
+            "--output=json",
+            &format!("--iface-can-reach={reach}"),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let u = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "underlay")
+            .unwrap()
+            .clone();
+        u["detail"].as_str().unwrap().to_string()
+    };
+    assert!(underlay("198.19.200.1").starts_with("eth1 198.19.9.1 "));
+    assert!(underlay("198.18.0.100").starts_with("eth0 198.18.0.1 "));
+
+    c.nodes[i].start();
+    c.nodes[i].wait_ready();
+    let all = c.etcd.ctl(&[
+        "get",
+        "--prefix",
+        "--print-value-only",
+        &format!("{PREFIX}/subnets/"),
+    ]);
+    assert!(all.contains(r#""PublicIP":"198.18.0.1""#), "{all}");
+    let link = c.nodes[i].ns.sh("ip -d link show flannel.1");
+    assert!(link.contains("local 198.18.0.1 dev eth0"), "{link}");
+}
+
+#[test]
 fn json_logs_on_request() {
     let mut c = Cluster::new("d-json");
     c.put_config(CONF);

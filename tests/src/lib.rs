@@ -61,9 +61,12 @@ impl Node {
         cmd.args(["netns", "exec", &self.ns.name])
             .arg(twilld_bin())
             .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
-            .arg("--iface=eth0")
-            .arg(format!("--subnet-file={}", self.subnet_env().display()))
-            .args(&self.args)
+            .arg(format!("--subnet-file={}", self.subnet_env().display()));
+        // eth0 unless the test chooses the interface itself.
+        if !self.args.iter().any(|a| a.starts_with("--iface")) {
+            cmd.arg("--iface=eth0");
+        }
+        cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -1,6 +1,7 @@
 //! Choosing the underlay interface and address, flanneld's way: `--iface` (names or IPs,
-//! first match wins), then `--iface-regex` (matched against addresses, then names), else
-//! the interface of the default route. Pure over a snapshot of the host's interfaces.
+//! first match wins), then `--iface-regex` (matched against addresses, then names), then
+//! `--iface-can-reach` (the route to an address), else the interface of the default route.
+//! Pure over a snapshot of the host's interfaces and that one route.
 
 use std::net::Ipv4Addr;
 
@@ -45,6 +46,21 @@ pub enum IfaceError {
         "no default route to pick the underlay interface from; pass --iface NAME or --iface IP"
     )]
     NoDefaultRoute,
+    #[error("--iface-can-reach {0}: no route to that address on this host")]
+    NoRouteTo(Ipv4Addr),
+}
+
+/// Where the interface comes from when neither `--iface` nor `--iface-regex` is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The default route's interface index, if there is a default route.
+    DefaultRoute(Option<u32>),
+    /// `--iface-can-reach`: the route the kernel picks for `target` (`ip route get`):
+    /// its interface index and preferred source address.
+    CanReach {
+        target: Ipv4Addr,
+        route: Option<(u32, Option<Ipv4Addr>)>,
+    },
 }
 
 fn best_addr(i: &InterfaceInfo) -> Option<Ipv4Addr> {
@@ -66,7 +82,7 @@ pub fn choose_interface(
     ifaces: &[InterfaceInfo],
     iface: &[String],
     iface_regex: &[String],
-    default_route_index: Option<u32>,
+    fallback: Fallback,
 ) -> Result<ExtIface, IfaceError> {
     if !iface.is_empty() {
         let mut last_err = None;
@@ -110,12 +126,22 @@ pub fn choose_interface(
         }
         return Err(IfaceError::NoRegexMatch(iface_regex.to_vec()));
     }
-    let idx = default_route_index.ok_or(IfaceError::NoDefaultRoute)?;
-    let i = ifaces
-        .iter()
-        .find(|i| i.index == idx)
-        .ok_or(IfaceError::NoDefaultRoute)?;
-    let a = best_addr(i).ok_or_else(|| IfaceError::NoAddress(i.name.clone()))?;
+    let (idx, src, missing) = match fallback {
+        Fallback::DefaultRoute(idx) => (idx, None, IfaceError::NoDefaultRoute),
+        Fallback::CanReach { target, route } => (
+            route.map(|r| r.0),
+            route.and_then(|r| r.1),
+            IfaceError::NoRouteTo(target),
+        ),
+    };
+    let i = idx
+        .and_then(|idx| ifaces.iter().find(|i| i.index == idx))
+        .ok_or(missing)?;
+    // The route's source address when it is one of the interface's own, as flannel does.
+    let a = src
+        .filter(|s| i.addrs.iter().any(|a| a.ip == *s))
+        .or_else(|| best_addr(i))
+        .ok_or_else(|| IfaceError::NoAddress(i.name.clone()))?;
     Ok(ext(i, a))
 }
 
@@ -160,48 +186,117 @@ mod tests {
 
     #[test]
     fn default_route_interface_prefers_permanent_address() {
-        let e = choose_interface(&host(), &[], &[], Some(2)).unwrap();
+        let e = choose_interface(&host(), &[], &[], Fallback::DefaultRoute(Some(2))).unwrap();
         assert_eq!(
             (e.name.as_str(), e.addr.to_string().as_str(), e.mtu),
             ("eth0", "198.18.0.2", 1500)
         );
         assert_eq!(
-            choose_interface(&host(), &[], &[], None),
+            choose_interface(&host(), &[], &[], Fallback::DefaultRoute(None)),
             Err(IfaceError::NoDefaultRoute)
         );
     }
 
     #[test]
     fn iface_by_name_or_ip_first_match_wins() {
-        let e = choose_interface(&host(), &["nope".into(), "eth1".into()], &[], Some(2)).unwrap();
+        let e = choose_interface(
+            &host(),
+            &["nope".into(), "eth1".into()],
+            &[],
+            Fallback::DefaultRoute(Some(2)),
+        )
+        .unwrap();
         assert_eq!(e.name, "eth1");
-        let e = choose_interface(&host(), &["198.18.0.9".into()], &[], Some(3)).unwrap();
+        let e = choose_interface(
+            &host(),
+            &["198.18.0.9".into()],
+            &[],
+            Fallback::DefaultRoute(Some(3)),
+        )
+        .unwrap();
         assert_eq!(
             (e.name.as_str(), e.addr.to_string().as_str()),
             ("eth0", "198.18.0.9")
         );
-        let err = choose_interface(&host(), &["bare".into()], &[], None).unwrap_err();
+        let err = choose_interface(&host(), &["bare".into()], &[], Fallback::DefaultRoute(None))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "--iface bare: the interface has no global IPv4 address"
         );
-        let err = choose_interface(&host(), &["wlan9".into()], &[], None).unwrap_err();
+        let err = choose_interface(
+            &host(),
+            &["wlan9".into()],
+            &[],
+            Fallback::DefaultRoute(None),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("wlan9"));
     }
 
     #[test]
     fn regex_matches_addresses_then_names() {
-        let e = choose_interface(&host(), &[], &["^198\\.19\\.".into()], None).unwrap();
+        let e = choose_interface(
+            &host(),
+            &[],
+            &["^198\\.19\\.".into()],
+            Fallback::DefaultRoute(None),
+        )
+        .unwrap();
         assert_eq!(e.name, "eth1");
-        let e = choose_interface(&host(), &[], &["^eth0$".into()], None).unwrap();
+        let e = choose_interface(
+            &host(),
+            &[],
+            &["^eth0$".into()],
+            Fallback::DefaultRoute(None),
+        )
+        .unwrap();
         assert_eq!(e.addr.to_string(), "198.18.0.2");
         assert!(matches!(
-            choose_interface(&host(), &[], &["(".into()], None),
+            choose_interface(&host(), &[], &["(".into()], Fallback::DefaultRoute(None)),
             Err(IfaceError::BadRegex(..))
         ));
         assert!(matches!(
-            choose_interface(&host(), &[], &["^zz".into()], None),
+            choose_interface(&host(), &[], &["^zz".into()], Fallback::DefaultRoute(None)),
             Err(IfaceError::NoRegexMatch(_))
         ));
+    }
+
+    #[test]
+    fn can_reach_takes_the_routes_interface_and_source() {
+        let reach = |route| Fallback::CanReach {
+            target: "198.19.7.7".parse().unwrap(),
+            route,
+        };
+        let e = choose_interface(
+            &host(),
+            &[],
+            &[],
+            reach(Some((3, Some("198.19.0.2".parse().unwrap())))),
+        )
+        .unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string()),
+            ("eth1", "198.19.0.2".into())
+        );
+        // The route's source is preferred over the interface's first permanent address.
+        let e = choose_interface(
+            &host(),
+            &[],
+            &[],
+            reach(Some((2, Some("198.18.0.9".parse().unwrap())))),
+        )
+        .unwrap();
+        assert_eq!(e.addr.to_string(), "198.18.0.9");
+        let e = choose_interface(&host(), &[], &[], reach(Some((2, None)))).unwrap();
+        assert_eq!(e.addr.to_string(), "198.18.0.2");
+        let err = choose_interface(&host(), &[], &[], reach(None)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--iface-can-reach 198.19.7.7: no route to that address on this host"
+        );
+        // --iface still comes first.
+        let e = choose_interface(&host(), &["eth0".into()], &[], reach(Some((3, None)))).unwrap();
+        assert_eq!(e.name, "eth0");
     }
 }

@@ -18,7 +18,7 @@ pub use change::ChangeFlag;
 pub use desired::{
     desired_peers, diff, diff_direct, incremental, split_direct, Actual, DirectOps, Ops, PeerEntry,
 };
-pub use iface::{choose_interface, ExtIface, IfaceError, InterfaceInfo};
+pub use iface::{choose_interface, ExtIface, Fallback, IfaceError, InterfaceInfo};
 pub use mac::Mac;
 pub use netlink::{
     watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, UnderlayRoutes, VxlanSpec,

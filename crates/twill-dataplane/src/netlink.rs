@@ -257,6 +257,41 @@ impl Netlink {
         }))
     }
 
+    /// The route the kernel would use to reach `dst` (`ip route get`): its interface index
+    /// and preferred source address. `None` when it is unreachable.
+    pub async fn route_to(
+        &self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut replies = self.handle.route().get(req).execute();
+        let r = match replies.try_next().await {
+            Ok(r) => r,
+            // ENETUNREACH, EHOSTUNREACH: no route is an answer, not a failure.
+            Err(e) if matches!(errno(&e), Some(101 | 113)) => None,
+            Err(source) => {
+                return Err(NetlinkError {
+                    op: format!("route get {dst}"),
+                    source,
+                })
+            }
+        };
+        Ok(r.and_then(|r| {
+            let mut oif = None;
+            let mut src = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                    _ => {}
+                }
+            }
+            oif.map(|i| (i, src))
+        }))
+    }
+
     /// Creates the device, or adopts an existing one with the right attributes (fixing
     /// its MTU and bringing it up), or replaces one with the wrong attributes.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<DeviceState, NetlinkError> {

@@ -64,6 +64,10 @@ pub struct Cli {
     /// Regex matched against addresses, then interface names; repeatable.
     #[arg(long, global = true, env = "FLANNELD_IFACE_REGEX", action = ArgAction::Append)]
     pub iface_regex: Vec<String>,
+    /// Without --iface/--iface-regex: the interface (and source address) of the route to
+    /// this address, as `ip route get` shows it.
+    #[arg(long, global = true, env = "FLANNELD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
     /// Address other nodes reach us at (default: the underlay interface's address).
     #[arg(long, global = true, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,

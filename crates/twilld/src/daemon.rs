@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, desired_peers, watch_device, Dataplane, DataplaneConfig, ExtIface, Iptables,
-    Mac, Netlink, VxlanSpec,
+    choose_interface, desired_peers, watch_device, Dataplane, DataplaneConfig, ExtIface, Fallback,
+    Iptables, Mac, Netlink, VxlanSpec,
 };
 use twill_kube::KubeStore;
 use twill_store::{
@@ -716,12 +716,18 @@ async fn acquire<S: SubnetManager>(
 
 pub(crate) async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {
     let ifaces = nl.interfaces().await?;
-    let default = nl.default_route_index().await?;
+    let fallback = match cli.iface_can_reach {
+        Some(target) => Fallback::CanReach {
+            target,
+            route: nl.route_to(target).await?,
+        },
+        None => Fallback::DefaultRoute(nl.default_route_index().await?),
+    };
     Ok(choose_interface(
         &ifaces,
         &cli.iface,
         &cli.iface_regex,
-        default,
+        fallback,
     )?)
 }
 
