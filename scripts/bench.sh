@@ -9,8 +9,8 @@
 #   6. etcd RPCs issued by the three daemons while 10 000 leases arrive
 #   5. data plane: iperf3 pod->pod over twilld's overlay vs the hand-built flannel overlay of
 #      ../shared/netlab.sh (same run, alternating) vs the raw underlay, 1 and 4 streams;
-#      5b. variants (VXLAN untracked, GRO, UDP checksum, jumbo frames) against the
-#      default, as overlay/underlay ratios
+#      5b. variants (VXLAN untracked, GRO, UDP checksum, jumbo frames, DirectRouting)
+#      against the default, as overlay/underlay ratios
 #   7. Kubernetes mode: one twilld against the fake nodes API with 1 000 then 5 000 peer
 #      nodes: time to program them, peak RSS, CPU for 5 000 status-only updates
 set -euo pipefail
@@ -177,6 +177,17 @@ if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
   nodes12 sysctl -qw net.bridge.bridge-nf-call-iptables=0
   ratio "no br_netfilter on cni0 (not an option with kube-proxy)"
   nodes12 sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  # Not a device setting but flannel's own option: with every node on one L2 segment (as
+  # here) pod traffic is routed, not encapsulated. Nodes 1 and 2 re-read the config (SIGHUP).
+  direct_routing() { # direct_routing <net-conf.json>: to etcd, nodes 1 and 2 reload it
+    ip netns exec "$LAB_PREFIX-etcd" etcdctl --endpoints "$ETCD" put /coreos.com/network/config "$1" >/dev/null
+    for n in 1 2; do kill -HUP "$(cat "/tmp/$LAB_PREFIX/n$n/twilld.pid")"; done
+  }
+  direct_routing "$(jq -c '.Backend.DirectRouting = true' <<< "$LAB_CONFIG")"
+  while (( $(routes 1) > 0 || $(routes 2) > 0 )); do sleep 0.05; done
+  ratio "Backend.DirectRouting (nodes on one L2 segment: no encapsulation)"
+  direct_routing "$LAB_CONFIG"
+  while (( $(routes 1) < 2 || $(routes 2) < 2 )); do sleep 0.05; done
   for f in /tmp/$P/iperf-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; done
 else
   echo "== 5. skipped: $NETLAB missing, or its namespaces (n1, p1, underlay) are in use"
