@@ -205,6 +205,11 @@ impl Cluster {
         FakeKube::start(listener)
     }
 
+    /// The etcd namespace's name: a host on the underlay outside the pod network.
+    pub fn etcd_netns(&self) -> &str {
+        &self.etcd_ns.name
+    }
+
     pub fn put_config(&self, json: &str) {
         self.etcd.ctl(&["put", &format!("{PREFIX}/config"), json]);
     }

@@ -11,6 +11,7 @@ pub mod desired;
 pub mod iface;
 pub mod mac;
 pub mod netlink;
+pub mod nft;
 pub mod reconcile;
 pub mod rules;
 
@@ -23,7 +24,10 @@ pub use mac::Mac;
 pub use netlink::{
     watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, UnderlayRoutes, VxlanSpec,
 };
+pub use nft::{Nftables, NFT_TABLE};
 pub use reconcile::{
     plan_peers, Dataplane, DataplaneConfig, DataplaneError, PeerPlan, ReconcileReport, Underlay,
 };
-pub use rules::{Firewall, FirewallError, Iptables, RuleOptions, RuleSet, RulesReport, VxlanFlows};
+pub use rules::{
+    Firewall, FirewallError, Iptables, RuleIntent, RuleOptions, RuleSet, RulesReport, VxlanFlows,
+};

@@ -60,7 +60,18 @@ pub struct ChainSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
+    /// What the rules are made from: the nftables driver renders its table from this.
+    pub intent: RuleIntent,
+    /// The iptables rendering.
     pub chains: Vec<ChainSpec>,
+}
+
+/// The pod network, this node's lease and the options: everything a driver needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleIntent {
+    pub network: Ipv4Network,
+    pub pod_subnet: Ipv4Network,
+    pub opts: RuleOptions,
 }
 
 impl RuleSet {
@@ -99,6 +110,11 @@ impl RuleSet {
             })
         };
         RuleSet {
+            intent: RuleIntent {
+                network,
+                pod_subnet,
+                opts: opts.clone(),
+            },
             chains: vec![
                 ChainSpec {
                     table: "nat",
@@ -196,7 +212,7 @@ pub struct RulesReport {
 #[error("iptables: {0}")]
 pub struct FirewallError(pub String);
 
-/// A replaceable rule backend (iptables now; nftables is the next driver).
+/// A replaceable rule backend: `Iptables`, or `Nftables` (net-conf.json EnableNFTables).
 pub trait Firewall: Send + Sync {
     /// Makes the kernel match `rules`. Idempotent; blocking (runs the iptables tools).
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError>;
@@ -211,7 +227,7 @@ pub trait Firewall: Send + Sync {
 /// Raises a flag on every nftables ruleset change: iptables-nft writes through nftables,
 /// so this sees `iptables -F`, a firewalld reload and our own writes alike. A plain
 /// blocking thread: the socket is quiet almost always and needs no runtime.
-fn watch_nftables() -> std::io::Result<Arc<ChangeFlag>> {
+pub(crate) fn watch_nftables() -> std::io::Result<Arc<ChangeFlag>> {
     use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
     // NFNLGRP_NFTABLES in linux/netfilter/nfnetlink.h.
     const NFNLGRP_NFTABLES: u32 = 7;

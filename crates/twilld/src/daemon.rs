@@ -11,11 +11,11 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
     choose_interface, desired_peers, watch_device, Dataplane, DataplaneConfig, ExtIface, Fallback,
-    Iptables, Mac, Netlink, VxlanSpec,
+    Firewall, Iptables, Mac, Netlink, Nftables, RuleSet, VxlanSpec, NFT_TABLE,
 };
 use twill_kube::KubeStore;
 use twill_store::{
@@ -109,10 +109,6 @@ async fn start<S: SubnetManager>(
     reloads: mpsc::UnboundedReceiver<()>,
 ) -> Result<()> {
     tel.update_ready(|r| r.config = true);
-    // Parsed for compatibility but not built yet: say so rather than silently differ.
-    if conf.enable_nftables {
-        warn!("net-conf.json: EnableNFTables=true is not implemented yet; using iptables rules in FLANNEL-POSTRTG/FLANNEL-FWD");
-    }
     if conf.ipv6.is_some() {
         warn!("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet");
     }
@@ -149,7 +145,7 @@ async fn start<S: SubnetManager>(
         // it, so peers need no FDB update.
         mac: advertised_mac(&store, public_ip).await,
     };
-    let fw = Arc::new(Iptables::new().context("iptables")?);
+    let fw = firewall(conf.enable_nftables)?;
     let dp_cfg = DataplaneConfig {
         vxlan: spec,
         network,
@@ -420,6 +416,12 @@ impl<S: SubnetManager> Node<S> {
             warn!("config reload refused: underlay MTU {underlay} leaves no room for VXLAN");
             return Ok(());
         };
+        if conf.enable_nftables != self.req.conf.enable_nftables {
+            warn!(
+                enable_nftables = conf.enable_nftables,
+                "EnableNFTables changed: the rules driver changes when twilld restarts"
+            );
+        }
         let mut cfg = self.dp.config().clone();
         let old_device = cfg.vxlan.name.clone();
         cfg.vxlan.name = format!("flannel.{}", conf.backend.vni);
@@ -712,6 +714,29 @@ async fn acquire<S: SubnetManager>(
     let h = retry("acquiring a subnet", cancel, tel, || store.acquire(req)).await?;
     info!(subnet = %h.key, source = ?h.source, etcd_lease = h.etcd_lease, "lease held");
     Ok(h)
+}
+
+/// The rules driver net-conf.json asks for. What the other one left (an earlier run in the
+/// other mode, or flanneld's) is removed first, as flanneld does, so the two never both
+/// masquerade.
+fn firewall(nftables: bool) -> Result<Arc<dyn Firewall>> {
+    if nftables {
+        match Iptables::new().and_then(|ipt| ipt.ensure(&RuleSet::none())) {
+            Ok(r) if r.repairs > 0 => {
+                info!(removed = ?r.changes, "iptables rules of the other mode removed")
+            }
+            Ok(_) => {}
+            Err(e) => warn!("EnableNFTables: could not check for iptables rules to remove: {e}"),
+        }
+        return Ok(Arc::new(Nftables::new()?));
+    }
+    match twill_dataplane::nft::remove_table() {
+        Ok(true) => info!("nft table ip {NFT_TABLE} of the other mode removed"),
+        Ok(false) => {}
+        // No nft binary is fine in iptables mode: then there is no table either.
+        Err(e) => debug!("nft table ip {NFT_TABLE} not checked: {e}"),
+    }
+    Ok(Arc::new(Iptables::new().context("iptables")?))
 }
 
 pub(crate) async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {

@@ -1,0 +1,256 @@
+//! The nftables driver (net-conf.json `EnableNFTables: true`): flannel's table
+//! `ip flannel-ipv4`, so a node moves between flanneld and twilld in nftables mode without
+//! leftovers. The whole table is replaced in one `nft -f` transaction (create, delete,
+//! create: atomic even when it does not exist yet), so traffic never sees half of it.
+//!
+//! Drift is found without parsing nft's output: after each write the driver keeps
+//! `nft list table` as it was, and a later listing that differs (a flushed chain, a
+//! deleted table, a firewall reload) means the table is rewritten. Unlike flanneld's
+//! nftables mode, which writes once and never looks again.
+//!
+//! Hand-written against the `nft` binary rather than the `nftables` crate: the script is
+//! a dozen lines, and the crate's JSON schema types would be most of the code.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use crate::change::ChangeFlag;
+use crate::rules::{watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport};
+
+pub const NFT_TABLE: &str = "flannel-ipv4";
+
+/// The table as an `nft -f` script, or `None` when no rule is wanted (no table at all).
+pub fn nft_script(intent: &RuleIntent) -> Option<String> {
+    let (n, p, o) = (intent.network, intent.pod_subnet, &intent.opts);
+    if !o.ip_masq && !o.forward && o.notrack.is_none() {
+        return None;
+    }
+    let masq = if o.fully_random {
+        "masquerade fully-random"
+    } else {
+        "masquerade"
+    };
+    let mut s = format!(
+        "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n"
+    );
+    if o.ip_masq {
+        s.push_str(&format!(
+            "  chain postrtg {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
+             \x20   meta mark & 0x00004000 == 0x00004000 return\n\
+             \x20   ip saddr {p} ip daddr {n} return\n\
+             \x20   ip saddr {n} ip daddr {p} return\n\
+             \x20   ip saddr != {n} ip daddr {p} return\n\
+             \x20   ip saddr {n} ip daddr != 224.0.0.0/4 {masq}\n\
+             \x20   ip saddr != {n} ip daddr {n} {masq}\n  }}\n"
+        ));
+    }
+    if o.forward {
+        s.push_str(&format!(
+            "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
+             \x20   ip saddr {n} accept\n    ip daddr {n} accept\n  }}\n"
+        ));
+    }
+    if let Some(f) = o.notrack {
+        for (chain, hook, dir) in [
+            ("twill-notrack-pre", "prerouting", "daddr"),
+            ("twill-notrack-out", "output", "saddr"),
+        ] {
+            s.push_str(&format!(
+                "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n\
+                 \x20   ip {dir} {} udp dport {} notrack\n  }}\n",
+                f.local, f.port
+            ));
+        }
+    }
+    s.push_str("}\n");
+    Some(s)
+}
+
+pub struct Nftables {
+    /// What we last wrote, and how nft listed the table right after.
+    written: Mutex<Option<(RuleIntent, String)>>,
+}
+
+impl Nftables {
+    pub fn new() -> Result<Self, FirewallError> {
+        let ok = Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return Err(FirewallError(
+                "EnableNFTables: the nft command is not available (install nftables)".into(),
+            ));
+        }
+        Ok(Nftables {
+            written: Mutex::new(None),
+        })
+    }
+
+    /// `nft list table ip flannel-ipv4`, `None` when there is no such table.
+    pub fn listing() -> Result<Option<String>, FirewallError> {
+        let out = Command::new("nft")
+            .args(["list", "table", "ip", NFT_TABLE])
+            .output()
+            .map_err(|e| FirewallError(format!("run nft: {e}")))?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(FirewallError(format!(
+            "nft list table ip {NFT_TABLE}: {}",
+            err.trim()
+        )))
+    }
+
+    fn run(script: &str) -> Result<(), FirewallError> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| FirewallError(format!("run nft: {e}")))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())
+            .map_err(|e| FirewallError(format!("write to nft: {e}")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| FirewallError(format!("nft: {e}")))?;
+        if !out.status.success() {
+            return Err(FirewallError(format!(
+                "nft -f for table ip {NFT_TABLE} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the table if it is there (iptables mode starting after nftables mode, as
+/// flanneld does; cleanup). Whether there was one.
+pub fn remove_table() -> Result<bool, FirewallError> {
+    if Nftables::listing()?.is_none() {
+        return Ok(false);
+    }
+    Nftables::run(&format!("delete table ip {NFT_TABLE}\n"))?;
+    Ok(true)
+}
+
+impl Firewall for Nftables {
+    fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Self::listing()?;
+        let mut report = RulesReport::default();
+        match nft_script(&rules.intent) {
+            None => {
+                if now.is_some() {
+                    Self::run(&format!("delete table ip {NFT_TABLE}\n"))?;
+                    report.repairs += 1;
+                    report
+                        .changes
+                        .push(format!("deleted nft table ip {NFT_TABLE}"));
+                }
+                *written = None;
+            }
+            Some(script) => {
+                let intact = matches!((&*written, &now),
+                    (Some((intent, listing)), Some(now)) if *intent == rules.intent && listing == now);
+                if !intact {
+                    Self::run(&script)?;
+                    let listing = Self::listing()?.ok_or_else(|| {
+                        FirewallError(format!(
+                            "nft table ip {NFT_TABLE} missing right after writing it"
+                        ))
+                    })?;
+                    *written = Some((rules.intent.clone(), listing));
+                    report.repairs += 1;
+                    report
+                        .changes
+                        .push(format!("wrote nft table ip {NFT_TABLE}"));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn watch_changes(&self) -> Option<Arc<ChangeFlag>> {
+        match watch_nftables() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("no nftables monitor ({e}); every pass lists the table");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{RuleOptions, VxlanFlows};
+
+    fn intent(opts: RuleOptions) -> RuleIntent {
+        RuleIntent {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+            opts,
+        }
+    }
+
+    #[test]
+    fn masquerade_and_forward_as_flannel() {
+        let s = nft_script(&intent(RuleOptions {
+            ip_masq: true,
+            fully_random: true,
+            forward: true,
+            notrack: None,
+        }))
+        .unwrap();
+        // Created before it is deleted, so the delete never fails; all one transaction.
+        assert!(s.starts_with(
+            "table ip flannel-ipv4 {}\ndelete table ip flannel-ipv4\ntable ip flannel-ipv4 {\n"
+        ));
+        for want in [
+            "type nat hook postrouting priority srcnat; policy accept;",
+            "meta mark & 0x00004000 == 0x00004000 return",
+            "ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return",
+            "ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+            "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+            "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+            "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random",
+            "type filter hook forward priority filter; policy accept;",
+            "ip saddr 10.244.0.0/16 accept",
+            "ip daddr 10.244.0.0/16 accept",
+        ] {
+            assert!(s.contains(want), "{want:?} missing:\n{s}");
+        }
+        assert!(!s.contains("notrack"));
+    }
+
+    #[test]
+    fn options_select_chains() {
+        let s = nft_script(&intent(RuleOptions {
+            ip_masq: true,
+            fully_random: false,
+            forward: false,
+            notrack: Some(VxlanFlows {
+                local: "198.18.0.1".parse().unwrap(),
+                port: 8472,
+            }),
+        }))
+        .unwrap();
+        assert!(s.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade\n"));
+        assert!(!s.contains("chain forward"));
+        assert!(s.contains("type filter hook prerouting priority raw; policy accept;\n    ip daddr 198.18.0.1 udp dport 8472 notrack"));
+        assert!(s.contains("type filter hook output priority raw; policy accept;\n    ip saddr 198.18.0.1 udp dport 8472 notrack"));
+        assert_eq!(nft_script(&RuleSet::none().intent), None);
+    }
+}
