@@ -221,7 +221,6 @@ impl Dataplane {
             Underlay::Skip
         };
         let plan = plan_peers(&self.nl, index, mode, desired).await?;
-        self.sweep_direct = false;
         if let Some(onlink) = plan.onlink {
             self.onlink = onlink;
         }
@@ -233,8 +232,15 @@ impl Dataplane {
         if !plan.ops.is_empty() {
             results.push(self.nl.apply(index, &plan.ops).await);
         }
+        // A sweep is done once its deletes went through; a failed one is retried next pass.
+        let mut swept = true;
         if !plan.direct.del.is_empty() {
-            results.push(self.nl.del_direct_routes(underlay, &plan.direct.del).await);
+            let r = self.nl.del_direct_routes(underlay, &plan.direct.del).await;
+            swept = r.failed.is_empty();
+            results.push(r);
+        }
+        if matches!(mode, Underlay::Sweep(..)) && swept {
+            self.sweep_direct = false;
         }
         for r in results {
             report.entries_changed += r.applied;
