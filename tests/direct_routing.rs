@@ -75,7 +75,12 @@ fn twilld(c: &Cluster, i: usize, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
-    let mut c = Cluster::with_pods("dr", DIRECT, 3, &["--iptables-resync=1"]);
+    let mut c = Cluster::with_pods(
+        "dr",
+        DIRECT,
+        3,
+        &["--iptables-resync=1", "--healthz-port=8471"],
+    );
     for i in 0..3 {
         wait_until(20, "direct routes to both peers", || {
             direct_routes(&c, i) == expected(&c, i, &[0, 1, 2])
@@ -86,6 +91,12 @@ fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
             assert!(!fdb.contains(&c.nodes[k].vtep_mac()), "{fdb}");
         }
     }
+    // The metrics count them by kind.
+    wait_until(10, "entries by kind in /metrics", || {
+        let m = c.nodes[0].ns.sh("curl -s http://127.0.0.1:8471/metrics");
+        m.contains("twill_kernel_entries{kind=\"direct_route\"} 2")
+            && m.contains("twill_kernel_entries{kind=\"fdb\"} 0")
+    });
     // Pod traffic is routed, not encapsulated: the VXLAN device sends nothing.
     let before = tx_packets(&c, 0);
     c.assert_full_mesh();

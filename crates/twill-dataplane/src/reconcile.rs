@@ -36,6 +36,8 @@ pub struct ReconcileReport {
     /// Kernel entries added or removed to match the peers.
     pub entries_changed: usize,
     pub entries_failed: Vec<String>,
+    /// Peers reached by a direct route (DirectRouting) rather than VXLAN entries.
+    pub direct_peers: usize,
     pub rule_repairs: usize,
     pub rule_changes: Vec<String>,
     pub rules_error: Option<String>,
@@ -224,6 +226,7 @@ impl Dataplane {
         if let Some(onlink) = plan.onlink {
             self.onlink = onlink;
         }
+        report.direct_peers = plan.direct_peers;
         debug!(ops = plan.ops.len(), direct = plan.direct.len(), "applying");
         let mut results = Vec::new();
         if !plan.direct.add.is_empty() {

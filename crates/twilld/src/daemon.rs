@@ -516,8 +516,9 @@ impl<S: SubnetManager> Node<S> {
         match self.dp.reconcile(&desired).await {
             Ok(r) => {
                 self.tel.reconcile_seconds.observe(r.duration.as_secs_f64());
+                let programmed = desired.len().saturating_sub(r.entries_failed.len());
                 self.tel
-                    .set_entries(desired.len().saturating_sub(r.entries_failed.len()));
+                    .set_entries(programmed.saturating_sub(r.direct_peers), r.direct_peers);
                 // After an event (start, re-list, lease change, reload) changes are the
                 // point; on a periodic or device-deleted pass they mean something broke.
                 if why != Trigger::Event {

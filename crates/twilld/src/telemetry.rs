@@ -93,7 +93,7 @@ impl Telemetry {
         registry.register("peers", "Peers in the lease table", t.peers.clone());
         registry.register(
             "kernel_entries",
-            "Kernel entries programmed for peers, by kind (route, neigh, fdb)",
+            "Kernel entries programmed for peers, by kind (route, neigh, fdb, direct_route)",
             t.entries.clone(),
         );
         registry.register(
@@ -165,8 +165,15 @@ impl Telemetry {
         f(&mut self.ready.lock().expect("not poisoned"));
     }
 
-    pub fn set_entries(&self, n: usize) {
-        for kind in ["route", "neigh", "fdb"] {
+    /// `vxlan` peers have a route, a neighbour and an FDB entry each; `direct` ones
+    /// (DirectRouting) a route on the underlay only.
+    pub fn set_entries(&self, vxlan: usize, direct: usize) {
+        for (kind, n) in [
+            ("route", vxlan),
+            ("neigh", vxlan),
+            ("fdb", vxlan),
+            ("direct_route", direct),
+        ] {
             self.entries
                 .get_or_create(&label("kind", kind))
                 .set(n as i64);
@@ -223,12 +230,14 @@ mod tests {
     #[test]
     fn metrics_encode_with_prefix() {
         let t = Telemetry::new(Duration::from_secs(30));
-        t.set_entries(3);
+        t.set_entries(3, 2);
         t.repaired("entries", 2);
         t.store_event("added", 1);
         let text = t.encode();
         for want in [
             "twill_kernel_entries{kind=\"route\"} 3",
+            "twill_kernel_entries{kind=\"fdb\"} 3",
+            "twill_kernel_entries{kind=\"direct_route\"} 2",
             "twill_reconcile_repairs_total{kind=\"entries\"} 2",
             "twill_store_events_total{type=\"added\"} 1",
             "twill_build_info{version=",
