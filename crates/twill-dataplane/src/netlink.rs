@@ -480,26 +480,10 @@ impl Netlink {
     pub async fn apply(&self, index: u32, ops: &Ops) -> ApplyReport {
         let mut report = ApplyReport::default();
         let h = &self.handle;
-        let del_routes = ops.del_routes.iter().map(|(net, gw)| {
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net.network(), net.prefix())
-                .output_interface(index);
-            if let Some(gw) = gw {
-                b = b.gateway(*gw);
-            }
-            let mut msg = b.build();
-            // Wildcards, as `ip route del` sends: the builder's protocol (static) and scope
-            // would only match routes we made, not a leftover made by flanneld or by hand.
-            msg.header.protocol = RouteProtocol::Unspec;
-            msg.header.scope = RouteScope::NoWhere;
-            async move {
-                (
-                    format!("del route {net}"),
-                    h.route().del(msg).execute().await,
-                )
-            }
-            .boxed()
-        });
+        let del_routes = ops
+            .del_routes
+            .iter()
+            .map(|(net, gw)| del_route(h, *net, *gw, index));
         run(del_routes, &mut report, true).await;
 
         let adds = ops
@@ -536,19 +520,10 @@ impl Netlink {
             }));
         run(adds, &mut report, false).await;
 
-        let add_routes = ops.add_routes.iter().map(|(net, gw)| {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net.network(), net.prefix())
-                .gateway(*gw)
-                .output_interface(index)
-                .onlink()
-                .build();
-            async move {
-                let r = h.route().add(msg).replace().execute().await;
-                (format!("route {net} via {gw}"), r)
-            }
-            .boxed()
-        });
+        let add_routes = ops
+            .add_routes
+            .iter()
+            .map(|(net, gw)| replace_route(h, *net, *gw, index, true));
         run(add_routes, &mut report, false).await;
 
         let dels = ops
@@ -638,19 +613,9 @@ impl Netlink {
         routes: &[(Ipv4Network, Ipv4Addr)],
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let h = &self.handle;
-        let adds = routes.iter().map(|(net, gw)| {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net.network(), net.prefix())
-                .gateway(*gw)
-                .output_interface(index)
-                .build();
-            async move {
-                let r = h.route().add(msg).replace().execute().await;
-                (format!("direct route {net} via {gw}"), r)
-            }
-            .boxed()
-        });
+        let adds = routes
+            .iter()
+            .map(|(net, gw)| replace_route(&self.handle, *net, *gw, index, false));
         run(adds, &mut report, false).await;
         report
     }
@@ -663,23 +628,9 @@ impl Netlink {
         routes: &[(Ipv4Network, Ipv4Addr)],
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let h = &self.handle;
-        let dels = routes.iter().map(|(net, gw)| {
-            let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net.network(), net.prefix())
-                .gateway(*gw)
-                .output_interface(index)
-                .build();
-            msg.header.protocol = RouteProtocol::Unspec;
-            msg.header.scope = RouteScope::NoWhere;
-            async move {
-                (
-                    format!("del direct route {net} via {gw}"),
-                    h.route().del(msg).execute().await,
-                )
-            }
-            .boxed()
-        });
+        let dels = routes
+            .iter()
+            .map(|(net, gw)| del_route(&self.handle, *net, Some(*gw), index));
         run(dels, &mut report, true).await;
         report
     }
@@ -806,6 +757,51 @@ async fn run<'a>(
             Err(e) => report.failed.push(format!("{what}: {e}")),
         }
     }
+}
+
+/// `ip route replace <net> via <gw> dev <index> [onlink]`.
+fn replace_route(
+    h: &Handle,
+    net: Ipv4Network,
+    gw: Ipv4Addr,
+    index: u32,
+    onlink: bool,
+) -> Pending<'_> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix())
+        .gateway(gw)
+        .output_interface(index);
+    if onlink {
+        b = b.onlink();
+    }
+    let msg = b.build();
+    async move {
+        let r = h.route().add(msg).replace().execute().await;
+        (format!("route {net} via {gw}"), r)
+    }
+    .boxed()
+}
+
+/// `ip route del <net> [via <gw>] dev <index>`.
+fn del_route(h: &Handle, net: Ipv4Network, gw: Option<Ipv4Addr>, index: u32) -> Pending<'_> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix())
+        .output_interface(index);
+    if let Some(gw) = gw {
+        b = b.gateway(gw);
+    }
+    let mut msg = b.build();
+    // Wildcards, as `ip route del` sends: the builder's protocol (static) and scope would
+    // only match routes we made, not a leftover made by flanneld or by hand.
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.scope = RouteScope::NoWhere;
+    async move {
+        (
+            format!("del route {net}"),
+            h.route().del(msg).execute().await,
+        )
+    }
+    .boxed()
 }
 
 fn neigh_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
