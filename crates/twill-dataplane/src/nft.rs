@@ -11,12 +11,13 @@
 //! Hand-written against the `nft` binary rather than the `nftables` crate: the script is
 //! a dozen lines, and the crate's JSON schema types would be most of the code.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use crate::change::ChangeFlag;
-use crate::rules::{watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport};
+use crate::rules::{
+    feed, watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport,
+};
 
 pub const NFT_TABLE: &str = "flannel-ipv4";
 
@@ -108,29 +109,8 @@ impl Nftables {
     }
 
     fn run(script: &str) -> Result<(), FirewallError> {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| FirewallError(format!("run nft: {e}")))?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(script.as_bytes())
-            .map_err(|e| FirewallError(format!("write to nft: {e}")))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| FirewallError(format!("nft: {e}")))?;
-        if !out.status.success() {
-            return Err(FirewallError(format!(
-                "nft -f for table ip {NFT_TABLE} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        feed("nft", &["-f", "-"], script)
+            .map_err(|e| FirewallError(format!("nft -f for table ip {NFT_TABLE}: {e}")))
     }
 }
 

@@ -253,6 +253,34 @@ pub(crate) fn watch_nftables() -> std::io::Result<Arc<ChangeFlag>> {
     Ok(flag)
 }
 
+/// Runs `program args` with `input` on its stdin: how both drivers write a whole change in
+/// one transaction (`iptables-restore`, `nft -f -`). The error carries the tool's stderr.
+pub(crate) fn feed(program: &str, args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {program}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("write to {program}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The iptables driver: reads with the `iptables` crate, writes chain contents with
 /// `iptables-restore` for atomicity (the crate has no transaction API).
 pub struct Iptables {
@@ -295,29 +323,8 @@ impl Iptables {
             payload.push_str(&format!("-A {chain} {r}\n"));
         }
         payload.push_str("COMMIT\n");
-        let mut child = Command::new("iptables-restore")
-            .args(["--noflush", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| FirewallError(format!("run iptables-restore: {e}")))?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(payload.as_bytes())
-            .map_err(|e| FirewallError(format!("write to iptables-restore: {e}")))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| FirewallError(format!("iptables-restore: {e}")))?;
-        if !out.status.success() {
-            return Err(FirewallError(format!(
-                "iptables-restore for {table}/{chain} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        feed("iptables-restore", &["--noflush", "--wait"], &payload)
+            .map_err(|e| FirewallError(format!("iptables-restore for {table}/{chain}: {e}")))
     }
 
     fn ensure_chain(&self, c: &ChainSpec, report: &mut RulesReport) -> Result<(), FirewallError> {
