@@ -3,7 +3,7 @@
 //! VXLAN; direct routes are repaired, follow leases, go when the option is turned off, and
 //! `twilld cleanup` removes them.
 
-use twill_e2e::{twilld_bin, Cluster, ETCD_IP, PREFIX};
+use twill_e2e::{Cluster, ETCD_IP, PREFIX};
 use twill_testutil::wait_until;
 
 const DIRECT: &str =
@@ -54,23 +54,11 @@ fn tx_packets(c: &Cluster, i: usize) -> u64 {
 
 fn twilld(c: &Cluster, i: usize, args: &[&str]) -> (bool, String) {
     let n = &c.nodes[i];
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &n.ns.name])
-        .arg(twilld_bin())
-        .args(args)
-        .arg("--iface=eth0")
-        .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
-        .arg(format!("--subnet-file={}", n.subnet_env().display()))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
+    let subnet_file = format!("--subnet-file={}", n.subnet_env().display());
+    let mut all = args.to_vec();
+    all.extend(["--iface=eth0", &etcd, &subnet_file]);
+    n.twilld(&all)
 }
 
 #[test]

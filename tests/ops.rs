@@ -133,20 +133,8 @@ fn metrics_count_peers_entries_and_repairs() {
 }
 
 fn twilld_in(c: &Cluster, i: usize, args: &[String]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &c.nodes[i].ns.name])
-        .arg(twill_e2e::twilld_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.nodes[i].twilld(&args)
 }
 
 #[test]

@@ -80,6 +80,25 @@ impl Node {
         self.child = Some(cmd.spawn().expect("spawn twilld"));
     }
 
+    /// Runs `twilld <args>` in the node's namespace to completion (a subcommand, or a
+    /// daemon expected to exit): whether it succeeded, and its stdout then stderr.
+    pub fn twilld(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(twilld_bin())
+            .args(args)
+            .output()
+            .expect("run twilld");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Sends `sig` and waits for the process to end.
     pub fn stop(&mut self, sig: i32) -> Option<i32> {
         let mut c = self.child.take()?;
