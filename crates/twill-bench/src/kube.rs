@@ -101,13 +101,7 @@ fn node(name: &str, cidr: &str, annotations: Value, beat: u64) -> Value {
 
 fn peer(i: u32, beat: u64) -> (String, Value) {
     let name = format!("peer-{i:05}");
-    let ip = Ipv4Addr::from(0xc613_0000 + (i % 65000) + 1);
-    let mac = format!(
-        "0a:02:{:02x}:{:02x}:{:02x}:01",
-        (i >> 16) as u8,
-        (i >> 8) as u8,
-        i as u8
-    );
+    let (ip, mac) = crate::fake_vtep(i, 2);
     let ann = json!({
         format!("{PREFIX}/backend-type"): "vxlan",
         format!("{PREFIX}/backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),

@@ -20,16 +20,23 @@ mod kube;
 
 const PREFIX: &str = "/coreos.com/network/subnets/";
 
-fn lease(i: u32) -> (String, String) {
-    let subnet = format!("{}/24", Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)));
-    let key = LeaseKey::v4(subnet.parse().unwrap());
+/// Fake peer `i`'s underlay address (in 198.19.0.0/16: nothing is ever sent to it) and
+/// VTEP MAC; `tool` keeps the etcd injector's MACs apart from the fake API's.
+fn fake_vtep(i: u32, tool: u8) -> (Ipv4Addr, String) {
     let ip = Ipv4Addr::from(0xc613_0000 + (i % 65000) + 1);
     let mac = format!(
-        "0a:01:{:02x}:{:02x}:{:02x}:01",
+        "0a:{tool:02x}:{:02x}:{:02x}:{:02x}:01",
         (i >> 16) as u8,
         (i >> 8) as u8,
         i as u8
     );
+    (ip, mac)
+}
+
+fn lease(i: u32) -> (String, String) {
+    let subnet = format!("{}/24", Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)));
+    let key = LeaseKey::v4(subnet.parse().unwrap());
+    let (ip, mac) = fake_vtep(i, 1);
     (
         format!("{PREFIX}{key}"),
         LeaseAttrs::vxlan(ip, 1, &mac).to_json(),
