@@ -82,6 +82,25 @@ fn nftables_mode_masquerades_repairs_and_switches_modes_cleanly() {
         "{seen}"
     );
 
+    // doctor probes the tool the config asks for.
+    let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
+    let env = format!("--subnet-file={}", c.nodes[0].subnet_env().display());
+    let (_, out) = c.nodes[0].twilld(&["doctor", "--output=json", "--iface=eth0", &etcd, &env]);
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| panic!("no JSON report: {out}"));
+    let kernel = v["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "kernel"))
+        .unwrap_or_else(|| panic!("no kernel check: {v:#}"));
+    assert_eq!(kernel["status"], "pass", "{kernel}");
+    assert!(
+        kernel["detail"].as_str().unwrap().contains("nftables work"),
+        "{kernel}"
+    );
+
     // A flushed chain is rewritten within a resync.
     c.nodes[0].ns.sh("nft flush chain ip flannel-ipv4 postrtg");
     wait_until(10, "postrtg repaired", || {

@@ -85,7 +85,10 @@ fn read_sysctl(path: &str) -> Option<String> {
 pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     let mut c = Checks::default();
     privileges(&mut c);
-    kernel(&mut c, cli.vxlan_notrack);
+    // The probe runs while the other checks do; its verdict waits for the config, which
+    // says whether iptables or nftables is the tool that must work.
+    let probe = spawn_kernel_probe(cli.vxlan_notrack);
+    let kernel_at = c.0.len();
     match read_sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() {
         Some("1") => c.pass("ip_forward", "net.ipv4.ip_forward = 1"),
         other => c.add("ip_forward", Status::Fail, format!("net.ipv4.ip_forward = {}", other.unwrap_or("?")),
@@ -128,6 +131,10 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         let (conf, leases) = etcd_checks(cli, &mut c).await;
         (conf, leases, None)
     };
+    let nftables = conf.as_ref().is_some_and(|c| c.enable_nftables);
+    let mut verdict = Checks::default();
+    kernel(&mut verdict, probe, nftables);
+    c.0.splice(kernel_at..kernel_at, verdict.0);
     let store_name = if cli.kube_subnet_mgr {
         "the Kubernetes API"
     } else {
@@ -374,19 +381,17 @@ fn privileges(c: &mut Checks) {
     }
 }
 
-/// Creates a VXLAN device, a bridge and a NAT chain in a throw-away network namespace: a
-/// kernel without the modules fails here, not in production.
-fn kernel(c: &mut Checks, raw_table: bool) {
-    let probe = std::thread::spawn(move || -> Vec<(&'static str, Result<(), String>)> {
+type Probes = Vec<(&'static str, Result<(), String>)>;
+
+/// Creates a VXLAN device, a bridge, a NAT chain and an nftables table in a throw-away
+/// network namespace: a kernel without the modules fails here, not in production.
+fn spawn_kernel_probe(raw_table: bool) -> std::thread::JoinHandle<Probes> {
+    std::thread::spawn(move || -> Probes {
         // SAFETY: unshare affects only this thread, which ends with the probe; the
         // namespace dies with it (nothing else references it).
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             let e = std::io::Error::last_os_error().to_string();
-            return vec![
-                ("vxlan", Err(e.clone())),
-                ("bridge", Err(e.clone())),
-                ("iptables nat", Err(e)),
-            ];
+            return vec![("netns", Err(e))];
         }
         let run = |cmd: &str, args: &[&str]| -> Result<(), String> {
             let out = std::process::Command::new(cmd)
@@ -413,6 +418,10 @@ fn kernel(c: &mut Checks, raw_table: bool) {
                 "iptables nat",
                 iptables(&["-t", "nat", "-N", "TWILL-PROBE"]),
             ),
+            (
+                "nftables nat",
+                run("nft", &["add table ip twill-probe; add chain ip twill-probe p { type nat hook postrouting priority srcnat; }"]),
+            ),
         ];
         if raw_table {
             probes.push((
@@ -421,28 +430,33 @@ fn kernel(c: &mut Checks, raw_table: bool) {
             ));
         }
         probes
-    });
-    match probe.join() {
-        Ok(results) => {
-            let failed: Vec<String> = results
-                .iter()
-                .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
-                .collect();
-            if failed.is_empty() {
-                c.pass(
-                    "kernel",
-                    "vxlan, bridge and iptables work (probed in a throw-away namespace)",
-                );
-            } else {
-                c.add(
-                    "kernel",
-                    Status::Fail,
-                    failed.join("; "),
-                    "load the modules (modprobe vxlan bridge iptable_nat iptable_raw) or install iptables",
-                );
-            }
-        }
-        Err(_) => c.add("kernel", Status::Fail, "the probe crashed", ""),
+    })
+}
+
+/// The probe's verdict for the rules tool in use: iptables, or nft with EnableNFTables.
+fn kernel(c: &mut Checks, probe: std::thread::JoinHandle<Probes>, nftables: bool) {
+    let Ok(results) = probe.join() else {
+        c.add("kernel", Status::Fail, "the probe crashed", "");
+        return;
+    };
+    let tool = if nftables { "nftables" } else { "iptables" };
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|(n, _)| !n.starts_with(if nftables { "iptables" } else { "nftables" }))
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+        .collect();
+    if failed.is_empty() {
+        c.pass(
+            "kernel",
+            format!("vxlan, bridge and {tool} work (probed in a throw-away namespace)"),
+        );
+    } else {
+        c.add(
+            "kernel",
+            Status::Fail,
+            failed.join("; "),
+            format!("load the modules (modprobe vxlan bridge iptable_nat iptable_raw nf_tables) or install {tool}"),
+        );
     }
 }
 
