@@ -203,14 +203,7 @@ fn iface_can_reach_picks_the_interface_of_the_route_to_it() {
             "--output=json",
             &format!("--iface-can-reach={reach}"),
         ]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let u = v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == "underlay")
-            .unwrap()
-            .clone();
+        let u = twill_e2e::doctor_check(&String::from_utf8_lossy(&out.stdout), "underlay");
         u["detail"].as_str().unwrap().to_string()
     };
     assert!(underlay("198.19.200.1").starts_with("eth1 198.19.9.1 "));

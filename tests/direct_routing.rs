@@ -3,7 +3,7 @@
 //! VXLAN; direct routes are repaired, follow leases, go when the option is turned off, and
 //! `twilld cleanup` removes them.
 
-use twill_e2e::{Cluster, ETCD_IP, PREFIX};
+use twill_e2e::{doctor_check, Cluster, ETCD_IP, PREFIX};
 use twill_testutil::wait_until;
 
 const DIRECT: &str =
@@ -115,16 +115,7 @@ fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
     // doctor counts direct routes as the peers' entries.
     let conf_dir = format!("--cni-conf-dir={}", c.nodes[0].dir.join("net.d").display());
     let (_, out) = twilld(&c, 0, &["doctor", "--output=json", &conf_dir]);
-    // The JSON report on stdout, then anything on stderr.
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&out)
-        .into_iter()
-        .next()
-        .and_then(|r| r.ok())
-        .unwrap_or_else(|| panic!("no JSON report: {out}"));
-    let peers = v["checks"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["name"] == "peers"))
-        .unwrap_or_else(|| panic!("no peers check: {v:#}"));
+    let peers = doctor_check(&out, "peers");
     assert_eq!(peers["status"], "pass", "{peers}");
     assert_eq!(
         peers["detail"],

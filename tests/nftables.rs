@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use twill_e2e::{Cluster, ETCD_IP};
+use twill_e2e::{doctor_check, Cluster, ETCD_IP};
 use twill_testutil::wait_until;
 
 const IPTABLES: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -86,15 +86,7 @@ fn nftables_mode_masquerades_repairs_and_switches_modes_cleanly() {
     let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
     let env = format!("--subnet-file={}", c.nodes[0].subnet_env().display());
     let (_, out) = c.nodes[0].twilld(&["doctor", "--output=json", "--iface=eth0", &etcd, &env]);
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&out)
-        .into_iter()
-        .next()
-        .and_then(|r| r.ok())
-        .unwrap_or_else(|| panic!("no JSON report: {out}"));
-    let kernel = v["checks"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["name"] == "kernel"))
-        .unwrap_or_else(|| panic!("no kernel check: {v:#}"));
+    let kernel = doctor_check(&out, "kernel");
     assert_eq!(kernel["status"], "pass", "{kernel}");
     assert!(
         kernel["detail"].as_str().unwrap().contains("nftables work"),

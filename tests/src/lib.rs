@@ -370,6 +370,21 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
 
 /// Runs a CNI plugin exactly as a runtime does: `env` (CNI_*), config on stdin, inside the
 /// node namespace (where cni0 lives). Returns whether it succeeded and its stdout.
+/// The check called `name` in the output of `twilld doctor --output=json` (its JSON report
+/// on stdout, possibly followed by log lines from stderr).
+pub fn doctor_check(out: &str, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::Deserializer::from_str(out)
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| panic!("no JSON report: {out}"));
+    v["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} check: {v:#}"))
+        .clone()
+}
+
 pub fn run_plugin(
     node: &Netns,
     plugin: &Path,
