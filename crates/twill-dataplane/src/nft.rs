@@ -35,6 +35,10 @@ pub fn nft_script(intent: &RuleIntent) -> Option<String> {
     let mut s = format!(
         "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n"
     );
+    // The same rules as the iptables chain, including its `--mark 0x4000/0x4000`: kube-proxy
+    // sets that bit among others, so the mark is masked (flanneld's nftables mode compares
+    // the whole mark), and `! -s <net> -d <pod>` (flanneld has the two prefixes the other
+    // way round there).
     if o.ip_masq {
         s.push_str(&format!(
             "  chain postrtg {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
