@@ -160,6 +160,31 @@ pub struct UnderlayRoutes {
     pub direct: BTreeMap<Ipv4Network, Ipv4Addr>,
 }
 
+impl UnderlayRoutes {
+    /// Keeps `r` if it is one of device `dev`'s connected prefixes or a direct route into
+    /// `network`.
+    fn take(&mut self, r: &MainRoute, dev: u32, network: Ipv4Network) {
+        if r.oif != Some(dev) || r.net.prefix() == 0 {
+            return;
+        }
+        match r.gw {
+            None if r.scope == RouteScope::Link => self.onlink.push(r.net),
+            Some(gw) if network.contains(r.net.network()) && r.net.prefix() >= network.prefix() => {
+                self.direct.insert(r.net, gw);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A main-table unicast route, as reads need it.
+struct MainRoute {
+    oif: Option<u32>,
+    net: Ipv4Network,
+    gw: Option<Ipv4Addr>,
+    scope: RouteScope,
+}
+
 /// Outcome of one applied batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -434,6 +459,16 @@ impl Netlink {
 
     /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
     pub async fn read_actual(&self, index: u32) -> Result<Actual, NetlinkError> {
+        Ok(self.read_peers(index, None).await?.0)
+    }
+
+    /// `read_actual`, and with `underlay` (its ifindex and the overlay network) what
+    /// `read_underlay` gives, from the same route dump.
+    pub async fn read_peers(
+        &self,
+        index: u32,
+        underlay: Option<(u32, Ipv4Network)>,
+    ) -> Result<(Actual, Option<UnderlayRoutes>), NetlinkError> {
         let mut actual = Actual::default();
         self.each_neighbour(AddressFamily::Inet, index, |n| {
             if let (Some(IpAddr::V4(ip)), lladdr) = neigh_fields(n) {
@@ -447,32 +482,17 @@ impl Netlink {
             }
         })
         .await?;
-        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut dump = self.handle.route().get(req).execute();
-        while let Some(r) = ctx("dump routes", dump.try_next().await)? {
-            if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
-                continue;
+        let mut under = underlay.map(|_| UnderlayRoutes::default());
+        self.each_main_route(|r| {
+            if r.oif == Some(index) {
+                actual.routes.insert(r.net, r.gw);
             }
-            let mut oif = None;
-            let mut dst = None;
-            let mut gw = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
-                    _ => {}
-                }
+            if let (Some((dev, network)), Some(u)) = (underlay, under.as_mut()) {
+                u.take(&r, dev, network);
             }
-            if oif != Some(index) {
-                continue;
-            }
-            let dst = dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            if let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) {
-                actual.routes.insert(net, gw);
-            }
-        }
-        Ok(actual)
+        })
+        .await?;
+        Ok((actual, under))
     }
 
     /// Applies `ops` on device `index` phase by phase (see [`Ops`] for the order), each
@@ -575,7 +595,16 @@ impl Netlink {
         network: Ipv4Network,
     ) -> Result<UnderlayRoutes, NetlinkError> {
         let mut out = UnderlayRoutes::default();
-        for r in self.routes_v4().await? {
+        self.each_main_route(|r| out.take(&r, index, network))
+            .await?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each unicast IPv4 route of the main table, streamed from one dump.
+    async fn each_main_route(&self, mut f: impl FnMut(MainRoute)) -> Result<(), NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(req).execute();
+        while let Some(r) = ctx("dump routes", dump.try_next().await)? {
             if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
                 continue;
             }
@@ -588,21 +617,16 @@ impl Netlink {
                     _ => {}
                 }
             }
-            let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) else {
-                continue;
-            };
-            if oif != Some(index) || net.prefix() == 0 {
-                continue;
-            }
-            match gw {
-                None if r.header.scope == RouteScope::Link => out.onlink.push(net),
-                Some(gw) if network.contains(net.network()) && net.prefix() >= network.prefix() => {
-                    out.direct.insert(net, gw);
-                }
-                _ => {}
+            if let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) {
+                f(MainRoute {
+                    oif,
+                    net,
+                    gw,
+                    scope: r.header.scope,
+                });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Direct routes `<subnet> via <peer address> dev <underlay>`, each replacing whatever

@@ -342,25 +342,28 @@ pub async fn plan_peers(
     mode: Underlay,
     desired: &BTreeMap<Ipv4Network, PeerEntry>,
 ) -> Result<PeerPlan, NetlinkError> {
-    let actual = nl.read_actual(index).await?;
-    let (dev, network) = match mode {
-        Underlay::Skip => {
-            return Ok(PeerPlan {
-                ops: diff(desired, &actual),
-                ..Default::default()
-            })
-        }
-        Underlay::Sweep(d, n) | Underlay::Direct(d, n) => (d, n),
+    let underlay = match mode {
+        Underlay::Skip => None,
+        Underlay::Sweep(d, n) | Underlay::Direct(d, n) => Some((d, n)),
     };
-    let u = nl.read_underlay(dev, network).await?;
-    let (vxlan, direct) = match mode {
-        Underlay::Direct(..) => split_direct(desired, &u.onlink),
+    let (actual, u) = nl.read_peers(index, underlay).await?;
+    let Some(u) = u else {
+        return Ok(PeerPlan {
+            ops: diff(desired, &actual),
+            ..Default::default()
+        });
+    };
+    let (ops, direct) = match mode {
+        Underlay::Direct(..) => {
+            let (vxlan, direct) = split_direct(desired, &u.onlink);
+            (diff(&vxlan, &actual), direct)
+        }
         // Each VXLAN route replaces a direct one; direct routes to subnets no longer
         // leased are deleted.
-        _ => (desired.clone(), BTreeMap::new()),
+        _ => (diff(desired, &actual), BTreeMap::new()),
     };
     Ok(PeerPlan {
-        ops: diff(&vxlan, &actual),
+        ops,
         direct: diff_direct(&direct, &u.direct),
         onlink: Some(u.onlink),
         direct_peers: direct.len(),
