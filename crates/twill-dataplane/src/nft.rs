@@ -119,13 +119,13 @@ impl Nftables {
 }
 
 /// Deletes the table if it is there (iptables mode starting after nftables mode, as
-/// flanneld does; cleanup). Whether there was one.
+/// flanneld does): the driver's own path for "no rules wanted", without its `nft --version`
+/// probe, since a host without nft has no table either. Whether there was one.
 pub fn remove_table() -> Result<bool, FirewallError> {
-    if Nftables::listing()?.is_none() {
-        return Ok(false);
-    }
-    Nftables::run(&format!("delete table ip {NFT_TABLE}\n"))?;
-    Ok(true)
+    let nft = Nftables {
+        written: Mutex::new(None),
+    };
+    Ok(nft.ensure(&RuleSet::none())?.repairs > 0)
 }
 
 impl Firewall for Nftables {
