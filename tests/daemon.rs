@@ -150,12 +150,7 @@ fn flags_come_from_flanneld_env_vars() {
     c.nodes[i].wait_ready();
     let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
-    let all = c.etcd.ctl(&[
-        "get",
-        "--prefix",
-        "--print-value-only",
-        &format!("{PREFIX}/subnets/"),
-    ]);
+    let all = c.lease_values();
     assert!(all.contains(r#""PublicIP":"198.18.0.77""#), "{all}");
 }
 
@@ -211,12 +206,7 @@ fn iface_can_reach_picks_the_interface_of_the_route_to_it() {
 
     c.nodes[i].start();
     c.nodes[i].wait_ready();
-    let all = c.etcd.ctl(&[
-        "get",
-        "--prefix",
-        "--print-value-only",
-        &format!("{PREFIX}/subnets/"),
-    ]);
+    let all = c.lease_values();
     assert!(all.contains(r#""PublicIP":"198.18.0.1""#), "{all}");
     let link = c.nodes[i].ns.sh("ip -d link show flannel.1");
     assert!(link.contains("local 198.18.0.1 dev eth0"), "{link}");

@@ -337,6 +337,16 @@ impl Cluster {
     }
 
     /// Lease keys currently in etcd.
+    /// Every lease's JSON value, one per line.
+    pub fn lease_values(&self) -> String {
+        self.etcd.ctl(&[
+            "get",
+            "--prefix",
+            "--print-value-only",
+            &format!("{PREFIX}/subnets/"),
+        ])
+    }
+
     pub fn leases(&self) -> Vec<String> {
         self.etcd
             .ctl(&[
