@@ -1,8 +1,10 @@
 //! Benchmark helper (scripts/bench.sh runs it inside a throw-away namespace that has an
 //! `eth0`): programs N peers through twilld's data-plane layer and prints, as one JSON
 //! line, the time to program them from nothing, to run a no-op reconcile (everything in
-//! place: read + diff), and to remove them all. It also writes the same entries as
-//! `ip -batch` / `bridge -batch` files for the baseline.
+//! place: read + diff), and to remove them all; `--nexthops` does it with routes by
+//! nexthop id (`twilld --route-nexthops`). Given a directory it writes the same entries as
+//! `ip -batch` / `bridge -batch` files for the baseline instead: `ip.batch` in flanneld's
+//! form, `ip-nh.batch` with nexthop objects.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use ipnetwork::Ipv4Network;
-use twill_dataplane::{diff, Mac, Netlink, PeerEntry, VxlanSpec};
+use twill_dataplane::{diff, nexthop_id, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
 
 fn peers(n: u32) -> BTreeMap<Ipv4Network, PeerEntry> {
     (0..n)
@@ -35,23 +37,29 @@ fn peers(n: u32) -> BTreeMap<Ipv4Network, PeerEntry> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let (flags, args): (Vec<String>, Vec<String>) =
+        std::env::args().skip(1).partition(|a| a.starts_with("--"));
+    let form = if flags.iter().any(|f| f == "--nexthops") {
+        RouteForm::Nexthop
+    } else {
+        RouteForm::Plain
+    };
     let n: u32 = args
-        .next()
+        .first()
         .and_then(|a| a.parse().ok())
-        .expect("usage: program_peers N [batch-dir]");
-    let batch_dir = args.next();
+        .expect("usage: program_peers N [batch-dir] [--nexthops]");
     let want = peers(n);
-    if let Some(dir) = batch_dir {
+    if let Some(dir) = args.get(1) {
         let mut ip = std::fs::File::create(format!("{dir}/ip.batch")).unwrap();
+        let mut nh = std::fs::File::create(format!("{dir}/ip-nh.batch")).unwrap();
         let mut br = std::fs::File::create(format!("{dir}/bridge.batch")).unwrap();
         for p in want.values() {
-            writeln!(
-                ip,
+            let neigh = format!(
                 "neigh replace {} lladdr {} dev flannel.1 nud permanent",
                 p.vtep_ip, p.mac
-            )
-            .unwrap();
+            );
+            writeln!(ip, "{neigh}").unwrap();
+            writeln!(nh, "{neigh}").unwrap();
             writeln!(
                 br,
                 "fdb replace {} dev flannel.1 dst {} self permanent",
@@ -64,6 +72,22 @@ async fn main() {
                 ip,
                 "route replace {} via {} dev flannel.1 onlink",
                 p.subnet, p.vtep_ip
+            )
+            .unwrap();
+            let id = nexthop_id(p.subnet);
+            writeln!(
+                nh,
+                "nexthop replace id {id} via {} dev flannel.1 onlink",
+                p.vtep_ip
+            )
+            .unwrap();
+        }
+        for p in want.values() {
+            writeln!(
+                nh,
+                "route replace {} nhid {}",
+                p.subnet,
+                nexthop_id(p.subnet)
             )
             .unwrap();
         }
@@ -86,9 +110,18 @@ async fn main() {
         mac: None,
     };
     let dev = nl.ensure_vxlan(&spec).await.unwrap();
+    // As twilld's device has its lease's address: the kernel validates an onlink
+    // nexthop's gateway against the local table, which an address-less namespace lacks.
+    nl.ensure_address(
+        dev.index,
+        "10.0.0.0".parse().unwrap(),
+        "10.0.0.0/8".parse().unwrap(),
+    )
+    .await
+    .unwrap();
 
     let t = Instant::now();
-    let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap());
+    let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap(), form);
     let r = nl.apply(dev.index, &ops).await;
     let program = t.elapsed();
     assert!(
@@ -99,12 +132,14 @@ async fn main() {
 
     let t = Instant::now();
     let actual = nl.read_actual(dev.index).await.unwrap();
-    let noop = diff(&want, &actual);
+    let noop = diff(&want, &actual, form);
     let noop_time = t.elapsed();
     assert!(noop.is_empty(), "not converged");
 
     let t = Instant::now();
-    let r = nl.apply(dev.index, &diff(&BTreeMap::new(), &actual)).await;
+    let r = nl
+        .apply(dev.index, &diff(&BTreeMap::new(), &actual, form))
+        .await;
     let remove = t.elapsed();
     assert!(r.failed.is_empty());
     nl.delete_link("flannel.1").await.unwrap();

@@ -18,6 +18,50 @@ pub struct PeerEntry {
     pub public_ip: Ipv4Addr,
 }
 
+/// How peer routes are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteForm {
+    /// `<subnet> via <vtep ip> dev flannel.1 onlink`: flanneld's form, byte for byte.
+    #[default]
+    Plain,
+    /// The same gateway in a nexthop object of its own (`ip nexthop`), the route pointing
+    /// at it by id: `<subnet> nhid <id>`. Linear instead of quadratic kernel insertion at
+    /// thousands of peers (see `nexthop`), at the price of `ip route` output that differs
+    /// from flanneld's.
+    Nexthop,
+}
+
+impl RouteForm {
+    fn nhid(self, subnet: Ipv4Network) -> Option<u32> {
+        match self {
+            RouteForm::Plain => None,
+            RouteForm::Nexthop => Some(nexthop_id(subnet)),
+        }
+    }
+
+    fn route(self, p: &PeerEntry) -> Via {
+        Via {
+            gw: Some(p.vtep_ip),
+            nhid: self.nhid(p.subnet),
+        }
+    }
+}
+
+/// A peer's nexthop id: its subnet's network address. Subnets of one network never share
+/// it, it needs no allocation or state, and every node agrees on it, so a restart or a
+/// second reader (doctor) finds the same ids. Never 0, which the kernel reserves.
+pub fn nexthop_id(subnet: Ipv4Network) -> u32 {
+    u32::from(subnet.network()).max(1)
+}
+
+/// A route as the kernel holds it: its gateway and, when it goes through a nexthop object,
+/// that object's id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Via {
+    pub gw: Option<Ipv4Addr>,
+    pub nhid: Option<u32>,
+}
+
 /// One entry per usable vxlan peer, keyed by subnet. Leases of other backends, without a
 /// v4 subnet, or with unreadable backend data are skipped (they can't be reached anyway).
 pub fn desired_peers<'a>(
@@ -54,7 +98,7 @@ pub fn desired_peers<'a>(
 /// The kernel changes for a batch of peer events, without reading the kernel: what keeps
 /// a new peer's latency at a few round trips. Anything this misses (someone else's edits,
 /// a failed write) is caught by the periodic full reconcile.
-pub fn incremental(events: &[PeerEvent]) -> Ops {
+pub fn incremental(events: &[PeerEvent], form: RouteForm) -> Ops {
     let entry = |l: &Lease| {
         desired_peers(None, [(&l.key, &l.attrs)])
             .into_values()
@@ -65,9 +109,7 @@ pub fn incremental(events: &[PeerEvent]) -> Ops {
         match ev {
             PeerEvent::Added(l) => {
                 if let Some(p) = entry(l) {
-                    ops.add_neighs.push((p.vtep_ip, p.mac));
-                    ops.add_fdb.push((p.mac, p.public_ip));
-                    ops.add_routes.push((p.subnet, p.vtep_ip));
+                    add(&mut ops, &p, form);
                 }
             }
             PeerEvent::Changed { new, old } => {
@@ -82,18 +124,14 @@ pub fn incremental(events: &[PeerEvent]) -> Ops {
                     }
                 }
                 match (before, after) {
-                    (_, Some(p)) => {
-                        ops.add_neighs.push((p.vtep_ip, p.mac));
-                        ops.add_fdb.push((p.mac, p.public_ip));
-                        ops.add_routes.push((p.subnet, p.vtep_ip));
-                    }
-                    (Some(b), None) => remove(&mut ops, &b),
+                    (_, Some(p)) => add(&mut ops, &p, form),
+                    (Some(b), None) => remove(&mut ops, &b, form),
                     (None, None) => {}
                 }
             }
             PeerEvent::Removed(l) => {
                 if let Some(p) = entry(l) {
-                    remove(&mut ops, &p);
+                    remove(&mut ops, &p, form);
                 }
             }
         }
@@ -101,10 +139,22 @@ pub fn incremental(events: &[PeerEvent]) -> Ops {
     ops
 }
 
-fn remove(ops: &mut Ops, p: &PeerEntry) {
-    ops.del_routes.push((p.subnet, Some(p.vtep_ip)));
+fn add(ops: &mut Ops, p: &PeerEntry, form: RouteForm) {
+    ops.add_neighs.push((p.vtep_ip, p.mac));
+    ops.add_fdb.push((p.mac, p.public_ip));
+    let via = form.route(p);
+    if let Some(id) = via.nhid {
+        ops.add_nexthops.push((id, p.vtep_ip));
+    }
+    ops.add_routes.push((p.subnet, via));
+}
+
+fn remove(ops: &mut Ops, p: &PeerEntry, form: RouteForm) {
+    let via = form.route(p);
+    ops.del_routes.push((p.subnet, via));
     ops.del_neighs.push(p.vtep_ip);
     ops.del_fdb.push((p.mac, p.public_ip));
+    ops.del_nexthops.extend(via.nhid);
 }
 
 /// DirectRouting (flannel's `Backend.DirectRouting`): a peer whose underlay address is on
@@ -171,21 +221,30 @@ pub fn diff_direct(
 pub struct Actual {
     pub neighs: BTreeMap<Ipv4Addr, Option<Mac>>,
     pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
-    /// Destination → gateway (None for a route without one).
-    pub routes: BTreeMap<Ipv4Network, Option<Ipv4Addr>>,
+    /// Destination → how it is routed; a route by nexthop id counts as on our device
+    /// when its nexthop is.
+    pub routes: BTreeMap<Ipv4Network, Via>,
+    /// Nexthop objects on our device: id → gateway.
+    pub nexthops: BTreeMap<u32, Option<Ipv4Addr>>,
 }
 
 /// The changes that turn `Actual` into the desired state. Applied in the order of the
 /// fields: stale routes go first and new routes last, so the kernel never routes to a
 /// gateway whose neighbour entry isn't there yet (it would ARP on a nolearning device).
+/// Nexthops come just before the routes that use them and go only after the routes that
+/// replaced them (deleting a nexthop deletes its routes).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ops {
-    pub del_routes: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+    pub del_routes: Vec<(Ipv4Network, Via)>,
     pub add_neighs: Vec<(Ipv4Addr, Mac)>,
     pub add_fdb: Vec<(Mac, Ipv4Addr)>,
-    pub add_routes: Vec<(Ipv4Network, Ipv4Addr)>,
+    /// id → gateway, on our device, onlink.
+    pub add_nexthops: Vec<(u32, Ipv4Addr)>,
+    /// Each with a gateway (and a nexthop id in the `Nexthop` form).
+    pub add_routes: Vec<(Ipv4Network, Via)>,
     pub del_neighs: Vec<Ipv4Addr>,
     pub del_fdb: Vec<(Mac, Ipv4Addr)>,
+    pub del_nexthops: Vec<u32>,
 }
 
 impl Ops {
@@ -197,24 +256,27 @@ impl Ops {
         self.del_routes.len()
             + self.add_neighs.len()
             + self.add_fdb.len()
+            + self.add_nexthops.len()
             + self.add_routes.len()
             + self.del_neighs.len()
             + self.del_fdb.len()
+            + self.del_nexthops.len()
     }
 }
 
-pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual) -> Ops {
+/// Switching `form` is a diff like any other: each route is replaced in place (never
+/// missing), and the nexthops of the old form go last.
+pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual, form: RouteForm) -> Ops {
     let mut ops = Ops::default();
     let want_neigh: BTreeMap<Ipv4Addr, Mac> =
         desired.values().map(|p| (p.vtep_ip, p.mac)).collect();
     let want_fdb: BTreeSet<(Mac, Ipv4Addr)> =
         desired.values().map(|p| (p.mac, p.public_ip)).collect();
 
-    for (dst, gw) in &actual.routes {
-        match desired.get(dst) {
-            Some(p) if *gw == Some(p.vtep_ip) => {}
-            Some(_) => {} // replaced in place below
-            None => ops.del_routes.push((*dst, *gw)),
+    for (dst, via) in &actual.routes {
+        // One still desired is replaced in place below if it differs.
+        if !desired.contains_key(dst) {
+            ops.del_routes.push((*dst, *via));
         }
     }
     for (ip, mac) in &want_neigh {
@@ -227,9 +289,17 @@ pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual) -> Ops 
             ops.add_fdb.push(*e);
         }
     }
+    let mut want_nexthops = BTreeSet::new();
     for p in desired.values() {
-        if actual.routes.get(&p.subnet) != Some(&Some(p.vtep_ip)) {
-            ops.add_routes.push((p.subnet, p.vtep_ip));
+        let via = form.route(p);
+        if let Some(id) = via.nhid {
+            want_nexthops.insert(id);
+            if actual.nexthops.get(&id) != Some(&Some(p.vtep_ip)) {
+                ops.add_nexthops.push((id, p.vtep_ip));
+            }
+        }
+        if actual.routes.get(&p.subnet) != Some(&via) {
+            ops.add_routes.push((p.subnet, via));
         }
     }
     for ip in actual.neighs.keys() {
@@ -242,6 +312,12 @@ pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual) -> Ops 
             ops.del_fdb.push(*e);
         }
     }
+    ops.del_nexthops = actual
+        .nexthops
+        .keys()
+        .filter(|id| !want_nexthops.contains(id))
+        .copied()
+        .collect();
     ops
 }
 
@@ -297,14 +373,17 @@ mod tests {
         };
         let mut moved = lease(1);
         moved.attrs = attrs("198.18.0.22", "0a:00:00:00:00:22");
-        let ops = incremental(&[
-            PeerEvent::Added(lease(0)),
-            PeerEvent::Changed {
-                new: moved,
-                old: t[1].1.clone(),
-            },
-            PeerEvent::Removed(lease(2)),
-        ]);
+        let ops = incremental(
+            &[
+                PeerEvent::Added(lease(0)),
+                PeerEvent::Changed {
+                    new: moved,
+                    old: t[1].1.clone(),
+                },
+                PeerEvent::Removed(lease(2)),
+            ],
+            RouteForm::Plain,
+        );
         assert_eq!(ops.add_routes.len(), 2);
         assert_eq!(
             ops.add_fdb,
@@ -334,14 +413,54 @@ mod tests {
         );
         assert_eq!(
             ops.del_routes,
-            vec![(
-                "10.244.3.0/24".parse().unwrap(),
-                Some("10.244.3.0".parse().unwrap())
-            )]
+            vec![("10.244.3.0/24".parse().unwrap(), plain("10.244.3.0"))]
         );
         assert_eq!(
             ops.del_neighs,
             vec!["10.244.3.0".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert!(ops.add_nexthops.is_empty() && ops.del_nexthops.is_empty());
+    }
+
+    fn plain(gw: &str) -> Via {
+        Via {
+            gw: Some(gw.parse().unwrap()),
+            nhid: None,
+        }
+    }
+
+    fn by_nexthop(gw: &str) -> Via {
+        let gw: Ipv4Addr = gw.parse().unwrap();
+        Via {
+            gw: Some(gw),
+            nhid: Some(u32::from(gw)),
+        }
+    }
+
+    #[test]
+    fn incremental_nexthop_form_adds_the_nexthop_before_its_route_and_deletes_it_after() {
+        let t = table();
+        let lease = |i: usize| Lease {
+            key: t[i].0,
+            attrs: t[i].1.clone(),
+        };
+        let ops = incremental(
+            &[PeerEvent::Added(lease(0)), PeerEvent::Removed(lease(2))],
+            RouteForm::Nexthop,
+        );
+        let id1 = u32::from("10.244.1.0".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ops.add_nexthops, [(id1, "10.244.1.0".parse().unwrap())]);
+        assert_eq!(
+            ops.add_routes,
+            [("10.244.1.0/24".parse().unwrap(), by_nexthop("10.244.1.0"))]
+        );
+        assert_eq!(
+            ops.del_routes,
+            [("10.244.3.0/24".parse().unwrap(), by_nexthop("10.244.3.0"))]
+        );
+        assert_eq!(
+            ops.del_nexthops,
+            [u32::from("10.244.3.0".parse::<Ipv4Addr>().unwrap())]
         );
     }
 
@@ -349,19 +468,61 @@ mod tests {
     fn empty_kernel_gets_everything_in_order() {
         let t = table();
         let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
-        let ops = diff(&d, &Actual::default());
+        let ops = diff(&d, &Actual::default(), RouteForm::Plain);
         assert_eq!(ops.add_neighs.len(), 3);
         assert_eq!(ops.add_fdb.len(), 3);
         assert_eq!(ops.add_routes.len(), 3);
         assert!(ops.del_routes.is_empty() && ops.del_neighs.is_empty() && ops.del_fdb.is_empty());
     }
 
-    fn actual_for(d: &BTreeMap<Ipv4Network, PeerEntry>) -> Actual {
+    fn actual_for(d: &BTreeMap<Ipv4Network, PeerEntry>, form: RouteForm) -> Actual {
         Actual {
             neighs: d.values().map(|p| (p.vtep_ip, Some(p.mac))).collect(),
             fdb: d.values().map(|p| (p.mac, p.public_ip)).collect(),
-            routes: d.values().map(|p| (p.subnet, Some(p.vtep_ip))).collect(),
+            routes: d.values().map(|p| (p.subnet, form.route(p))).collect(),
+            nexthops: d
+                .values()
+                .filter_map(|p| Some((form.nhid(p.subnet)?, Some(p.vtep_ip))))
+                .collect(),
         }
+    }
+
+    #[test]
+    fn switching_route_form_replaces_routes_in_place_and_drops_old_nexthops_last() {
+        let t = table();
+        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        for form in [RouteForm::Plain, RouteForm::Nexthop] {
+            assert!(diff(&d, &actual_for(&d, form), form).is_empty());
+        }
+
+        let ops = diff(&d, &actual_for(&d, RouteForm::Plain), RouteForm::Nexthop);
+        assert_eq!(ops.add_nexthops.len(), 3);
+        assert_eq!(ops.add_routes.len(), 3);
+        assert!(ops.add_routes.iter().all(|(_, v)| v.nhid.is_some()));
+        assert_eq!(ops.len(), 6, "nothing deleted: {ops:?}");
+
+        let ops = diff(&d, &actual_for(&d, RouteForm::Nexthop), RouteForm::Plain);
+        assert!(ops.add_routes.iter().all(|(_, v)| v.nhid.is_none()));
+        assert_eq!(ops.add_routes.len(), 3);
+        assert_eq!(ops.del_nexthops.len(), 3);
+        assert!(
+            ops.del_routes.is_empty(),
+            "routes replaced, not deleted: {ops:?}"
+        );
+
+        // A nexthop of ours pointing elsewhere is rewritten; a peer gone takes its own.
+        let mut a = actual_for(&d, RouteForm::Nexthop);
+        let id2 = nexthop_id("10.244.2.0/24".parse().unwrap());
+        a.nexthops.insert(id2, Some("10.244.99.0".parse().unwrap()));
+        a.nexthops
+            .insert(nexthop_id("10.244.7.0/24".parse().unwrap()), None);
+        let ops = diff(&d, &a, RouteForm::Nexthop);
+        assert_eq!(ops.add_nexthops, [(id2, "10.244.2.0".parse().unwrap())]);
+        assert_eq!(
+            ops.del_nexthops,
+            [nexthop_id("10.244.7.0/24".parse().unwrap())]
+        );
+        assert!(ops.add_routes.is_empty());
     }
 
     #[test]
@@ -412,19 +573,17 @@ mod tests {
     fn converged_state_is_a_noop() {
         let t = table();
         let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
-        assert!(diff(&d, &actual_for(&d)).is_empty());
+        assert!(diff(&d, &actual_for(&d, RouteForm::Plain), RouteForm::Plain).is_empty());
     }
 
     #[test]
     fn stale_and_changed_entries() {
         let t = table();
         let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
-        let mut a = actual_for(&d);
+        let mut a = actual_for(&d, RouteForm::Plain);
         // A leftover of a previous run for a subnet no longer leased.
-        a.routes.insert(
-            "10.244.7.0/24".parse().unwrap(),
-            Some("10.244.7.0".parse().unwrap()),
-        );
+        a.routes
+            .insert("10.244.7.0/24".parse().unwrap(), plain("10.244.7.0"));
         a.neighs.insert(
             "10.244.7.0".parse().unwrap(),
             Some("0a:00:00:00:00:07".parse().unwrap()),
@@ -443,13 +602,10 @@ mod tests {
             "198.18.0.22".parse().unwrap(),
         ));
         a.routes.remove(&"10.244.3.0/24".parse().unwrap());
-        let ops = diff(&d, &a);
+        let ops = diff(&d, &a, RouteForm::Plain);
         assert_eq!(
             ops.del_routes,
-            vec![(
-                "10.244.7.0/24".parse().unwrap(),
-                Some("10.244.7.0".parse().unwrap())
-            )]
+            vec![("10.244.7.0/24".parse().unwrap(), plain("10.244.7.0"))]
         );
         assert_eq!(
             ops.del_neighs,
@@ -457,10 +613,7 @@ mod tests {
         );
         assert_eq!(
             ops.add_routes,
-            vec![(
-                "10.244.3.0/24".parse().unwrap(),
-                "10.244.3.0".parse().unwrap()
-            )]
+            vec![("10.244.3.0/24".parse().unwrap(), plain("10.244.3.0"))]
         );
         assert_eq!(
             ops.add_fdb,

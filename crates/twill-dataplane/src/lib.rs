@@ -11,13 +11,15 @@ pub mod desired;
 pub mod iface;
 pub mod mac;
 pub mod netlink;
+pub mod nexthop;
 pub mod nft;
 pub mod reconcile;
 pub mod rules;
 
 pub use change::ChangeFlag;
 pub use desired::{
-    desired_peers, diff, diff_direct, incremental, split_direct, Actual, DirectOps, Ops, PeerEntry,
+    desired_peers, diff, diff_direct, incremental, nexthop_id, split_direct, Actual, DirectOps,
+    Ops, PeerEntry, RouteForm, Via,
 };
 pub use iface::{choose_interface, ExtIface, Fallback, IfaceError, InterfaceInfo};
 pub use mac::Mac;

@@ -3,7 +3,7 @@
 //! concurrently on the one socket (netlink matches replies by sequence number), so
 //! programming N peers costs about one round trip per phase, not 3·N.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -26,9 +26,10 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tracing::{info, warn};
 
 use crate::change::ChangeFlag;
-use crate::desired::{Actual, Ops};
+use crate::desired::{Actual, Ops, Via};
 use crate::iface::{IfAddr, InterfaceInfo};
 use crate::mac::Mac;
+use crate::nexthop::{self, NexthopConn};
 
 /// Requests in flight at once within a batch; bounded so a 10 000-peer batch doesn't
 /// overrun the socket's receive buffer with replies.
@@ -38,6 +39,7 @@ const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
+const EOPNOTSUPP: i32 = 95;
 
 #[derive(Debug, thiserror::Error)]
 #[error("netlink {op}: {source}")]
@@ -150,6 +152,7 @@ fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
 
 pub struct Netlink {
     handle: Handle,
+    nexthops: NexthopConn,
 }
 
 /// What DirectRouting needs from the underlay device's routes.
@@ -164,7 +167,8 @@ impl UnderlayRoutes {
     /// Keeps `r` if it is one of device `dev`'s connected prefixes or a direct route into
     /// `network`.
     fn take(&mut self, r: &MainRoute, dev: u32, network: Ipv4Network) {
-        if r.oif != Some(dev) || r.net.prefix() == 0 {
+        // Ours are plain routes; one by nexthop id is someone else's.
+        if r.oif != Some(dev) || r.net.prefix() == 0 || r.nhid.is_some() {
             return;
         }
         match r.gw {
@@ -182,6 +186,7 @@ struct MainRoute {
     oif: Option<u32>,
     net: Ipv4Network,
     gw: Option<Ipv4Addr>,
+    nhid: Option<u32>,
     scope: RouteScope,
 }
 
@@ -197,7 +202,10 @@ impl Netlink {
     pub fn connect() -> std::io::Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            nexthops: NexthopConn::connect()?,
+        })
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
@@ -482,10 +490,33 @@ impl Netlink {
             }
         })
         .await?;
+        match self.nexthops.dump(index).await {
+            Ok(nhs) => actual.nexthops = nhs.into_iter().map(|n| (n.id, n.gateway)).collect(),
+            // A kernel without nexthop objects (before 5.3) has none of ours either.
+            Err(e) if errno(&e) == Some(EOPNOTSUPP) => {}
+            Err(source) => {
+                return Err(NetlinkError {
+                    op: "dump nexthops".into(),
+                    source,
+                })
+            }
+        }
         let mut under = underlay.map(|_| UnderlayRoutes::default());
         self.each_main_route(|r| {
-            if r.oif == Some(index) {
-                actual.routes.insert(r.net, r.gw);
+            // A route by nexthop id is on our device when its nexthop is (the kernel
+            // only adds the nexthop's device and gateway to the dump in compat mode).
+            let route = match r.nhid {
+                Some(id) => actual.nexthops.get(&id).map(|gw| Via {
+                    gw: *gw,
+                    nhid: Some(id),
+                }),
+                None => (r.oif == Some(index)).then_some(Via {
+                    gw: r.gw,
+                    nhid: None,
+                }),
+            };
+            if let Some(via) = route {
+                actual.routes.insert(r.net, via);
             }
             if let (Some((dev, network)), Some(u)) = (underlay, under.as_mut()) {
                 u.take(&r, dev, network);
@@ -503,7 +534,7 @@ impl Netlink {
         let del_routes = ops
             .del_routes
             .iter()
-            .map(|(net, gw)| del_route(h, *net, *gw, index));
+            .map(|(net, via)| del_route(h, *net, *via, index));
         run(del_routes, &mut report, true).await;
 
         let adds = ops
@@ -540,10 +571,29 @@ impl Netlink {
             }));
         run(adds, &mut report, false).await;
 
+        let nh = &self.nexthops;
+        let nexthops: Vec<_> = stream::iter(&ops.add_nexthops)
+            .map(|(id, gw)| async move { (*id, *gw, nh.ensure(*id, *gw, index).await) })
+            .buffer_unordered(PIPELINE_DEPTH)
+            .collect()
+            .await;
+        let mut no_nexthop = BTreeSet::new();
+        for (id, gw, r) in nexthops {
+            match r {
+                Ok(()) => report.applied += 1,
+                Err(e) => {
+                    report.failed.push(format!("nexthop id {id} via {gw}: {e}"));
+                    no_nexthop.insert(id);
+                }
+            }
+        }
+
+        // A route by the id of a nexthop we could not write would use whatever holds it.
         let add_routes = ops
             .add_routes
             .iter()
-            .map(|(net, gw)| replace_route(h, *net, *gw, index, true));
+            .filter(|(_, via)| via.nhid.is_none_or(|id| !no_nexthop.contains(&id)))
+            .map(|(net, via)| replace_peer_route(h, *net, *via, index));
         run(add_routes, &mut report, false).await;
 
         let dels = ops
@@ -582,6 +632,9 @@ impl Netlink {
                     )
                 }
                 .boxed()
+            }))
+            .chain(ops.del_nexthops.iter().map(|id| {
+                async move { (format!("del nexthop id {id}"), nh.delete(*id).await) }.boxed()
             }));
         run(dels, &mut report, true).await;
         report
@@ -608,10 +661,11 @@ impl Netlink {
             if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
                 continue;
             }
-            let (mut oif, mut dst, mut gw) = (None, Ipv4Addr::UNSPECIFIED, None);
+            let (mut oif, mut dst, mut gw, mut nhid) = (None, Ipv4Addr::UNSPECIFIED, None, None);
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::NhId(id) => nhid = Some(*id),
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
                     _ => {}
@@ -622,6 +676,7 @@ impl Netlink {
                     oif,
                     net,
                     gw,
+                    nhid,
                     scope: r.header.scope,
                 });
             }
@@ -652,9 +707,13 @@ impl Netlink {
         routes: &[(Ipv4Network, Ipv4Addr)],
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let dels = routes
-            .iter()
-            .map(|(net, gw)| del_route(&self.handle, *net, Some(*gw), index));
+        let dels = routes.iter().map(|(net, gw)| {
+            let via = Via {
+                gw: Some(*gw),
+                nhid: None,
+            };
+            del_route(&self.handle, *net, via, index)
+        });
         run(dels, &mut report, true).await;
         report
     }
@@ -703,7 +762,8 @@ impl DeviceMonitor {
     }
 }
 
-/// Starts a monitor on the link, neighbour and IPv4 route groups for the device `name`.
+/// Starts a monitor on the link, neighbour, IPv4 route and nexthop groups for the device
+/// `name`.
 pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     use rtnetlink::packet_core::NetlinkPayload;
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
@@ -715,6 +775,18 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     let index = Arc::new(AtomicU32::new(0));
     let underlay = Arc::new(AtomicU32::new(0));
     let entries = Arc::new(ChangeFlag::default());
+    // Deleting a nexthop drops its routes without a route notification.
+    let mut nexthop_events = nexthop::watch()?;
+    let (idx, seen) = (index.clone(), entries.clone());
+    tokio::spawn(async move {
+        while let Some(oif) = nexthop_events.next().await {
+            let known = idx.load(Ordering::SeqCst);
+            if oif.is_some_and(|i| known == 0 || i == known) {
+                seen.mark();
+            }
+        }
+        seen.mark_broken();
+    });
     let (idx, ul, seen) = (index.clone(), underlay.clone(), entries.clone());
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
@@ -727,9 +799,11 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
             };
             let touched = match &m {
                 M::NewNeighbour(n) | M::DelNeighbour(n) => ours(n.header.ifindex),
-                M::NewRoute(r) | M::DelRoute(r) => r.attributes.iter().any(|a| {
-                    matches!(a, RouteAttribute::Oif(i)
-                        if ours(*i) || *i == ul.load(Ordering::SeqCst))
+                // A route by nexthop id carries no device outside compat mode: count it.
+                M::NewRoute(r) | M::DelRoute(r) => r.attributes.iter().any(|a| match a {
+                    RouteAttribute::Oif(i) => ours(*i) || *i == ul.load(Ordering::SeqCst),
+                    RouteAttribute::NhId(_) => true,
+                    _ => false,
                 }),
                 M::NewLink(l) => {
                     // Also how a recreated device's new index becomes known.
@@ -806,13 +880,41 @@ fn replace_route(
     .boxed()
 }
 
-/// `ip route del <net> [via <gw>] dev <index>`.
-fn del_route(h: &Handle, net: Ipv4Network, gw: Option<Ipv4Addr>, index: u32) -> Pending<'_> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net.network(), net.prefix())
-        .output_interface(index);
-    if let Some(gw) = gw {
-        b = b.gateway(gw);
+/// A peer's VXLAN route: `ip route replace <net> nhid <id>`, or without a nexthop id
+/// `ip route replace <net> via <gw> dev <index> onlink`.
+fn replace_peer_route(h: &Handle, net: Ipv4Network, via: Via, index: u32) -> Pending<'_> {
+    match (via.nhid, via.gw) {
+        (Some(id), _) => {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix())
+                .nhid(id)
+                .build();
+            async move {
+                let r = h.route().add(msg).replace().execute().await;
+                (format!("route {net} nhid {id}"), r)
+            }
+            .boxed()
+        }
+        (None, Some(gw)) => replace_route(h, net, gw, index, true),
+        (None, None) => {
+            async move { (format!("route {net}"), Err(rtnetlink::Error::RequestFailed)) }.boxed()
+        }
+    }
+}
+
+/// `ip route del <net> nhid <id>`, or `ip route del <net> [via <gw>] dev <index>`: a route
+/// by nexthop id only matches a delete that names the id.
+fn del_route(h: &Handle, net: Ipv4Network, via: Via, index: u32) -> Pending<'_> {
+    let mut b =
+        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net.network(), net.prefix());
+    match (via.nhid, via.gw) {
+        (Some(id), _) => b = b.nhid(id),
+        (None, gw) => {
+            b = b.output_interface(index);
+            if let Some(gw) = gw {
+                b = b.gateway(gw);
+            }
+        }
     }
     let mut msg = b.build();
     // Wildcards, as `ip route del` sends: the builder's protocol (static) and scope would

@@ -10,7 +10,9 @@ use tracing::{debug, info, warn};
 use twill_store::PeerEvent;
 
 use crate::change::ChangeFlag;
-use crate::desired::{diff, diff_direct, incremental, split_direct, DirectOps, Ops, PeerEntry};
+use crate::desired::{
+    diff, diff_direct, incremental, split_direct, DirectOps, Ops, PeerEntry, RouteForm,
+};
 use crate::mac::Mac;
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
 use crate::rules::{Firewall, FirewallError, RuleOptions, RuleSet, VxlanFlows};
@@ -28,6 +30,8 @@ pub struct DataplaneConfig {
     /// flannel's `Backend.DirectRouting`: peers on the underlay's own link get a plain
     /// route via their address instead of VXLAN entries.
     pub direct_routing: bool,
+    /// How VXLAN peer routes are written (`--route-nexthops`).
+    pub route_form: RouteForm,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -173,7 +177,10 @@ impl Dataplane {
         if self.cfg.direct_routing && events.iter().any(|e| self.touches_onlink(e)) {
             return None;
         }
-        let r = self.nl.apply(index, &incremental(events)).await;
+        let r = self
+            .nl
+            .apply(index, &incremental(events, self.cfg.route_form))
+            .await;
         for f in &r.failed {
             warn!("kernel update failed, the next resync retries: {f}");
         }
@@ -222,7 +229,8 @@ impl Dataplane {
         } else {
             Underlay::Skip
         };
-        let plan = plan_peers(&self.nl, index, mode, desired).await?;
+        let form = Some(self.cfg.route_form);
+        let plan = plan_peers(&self.nl, index, mode, desired, form).await?;
         if let Some(onlink) = plan.onlink {
             self.onlink = onlink;
         }
@@ -336,31 +344,40 @@ pub struct PeerPlan {
 
 /// Reads the VXLAN device's entries (and the underlay's routes, per `mode`) and diffs them
 /// against `desired`: the one place reconcile and `twilld doctor` compute the difference.
+/// A `form` of `None` (doctor, which doesn't know the daemon's flags) takes the one the
+/// kernel shows: nexthops on the device mean the daemon writes them.
 pub async fn plan_peers(
     nl: &Netlink,
     index: u32,
     mode: Underlay,
     desired: &BTreeMap<Ipv4Network, PeerEntry>,
+    form: Option<RouteForm>,
 ) -> Result<PeerPlan, NetlinkError> {
     let underlay = match mode {
         Underlay::Skip => None,
         Underlay::Sweep(d, n) | Underlay::Direct(d, n) => Some((d, n)),
     };
     let (actual, u) = nl.read_peers(index, underlay).await?;
+    let form = form.unwrap_or(if actual.nexthops.is_empty() {
+        RouteForm::Plain
+    } else {
+        RouteForm::Nexthop
+    });
+    let diff = |desired| diff(desired, &actual, form);
     let Some(u) = u else {
         return Ok(PeerPlan {
-            ops: diff(desired, &actual),
+            ops: diff(desired),
             ..Default::default()
         });
     };
     let (ops, direct) = match mode {
         Underlay::Direct(..) => {
             let (vxlan, direct) = split_direct(desired, &u.onlink);
-            (diff(&vxlan, &actual), direct)
+            (diff(&vxlan), direct)
         }
         // Each VXLAN route replaces a direct one; direct routes to subnets no longer
         // leased are deleted.
-        _ => (diff(desired, &actual), BTreeMap::new()),
+        _ => (diff(desired), BTreeMap::new()),
     };
     Ok(PeerPlan {
         ops,

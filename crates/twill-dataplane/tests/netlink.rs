@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
-use twill_dataplane::{diff, Actual, Mac, Netlink, PeerEntry, VxlanSpec};
+use twill_dataplane::{diff, nexthop_id, Actual, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
+
+const PLAIN: RouteForm = RouteForm::Plain;
 use twill_testutil::Netns;
 
 /// A namespace with an underlay veth `eth0` at 198.18.0.1 (its peer is left in the same
@@ -103,19 +105,22 @@ fn peer_entries_added_replaced_and_removed() {
             let nl = Netlink::connect().unwrap();
             let dev = nl.ensure_vxlan(&s).await.unwrap();
             let want = peers(3);
-            let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap());
+            let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN);
             let r = nl.apply(dev.index, &ops).await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
             assert_eq!(r.applied, 9);
             let actual = nl.read_actual(dev.index).await.unwrap();
-            assert!(diff(&want, &actual).is_empty(), "converged: {actual:?}");
+            assert!(
+                diff(&want, &actual, PLAIN).is_empty(),
+                "converged: {actual:?}"
+            );
 
             // Peer 2 moves to a new underlay address and peer 3 leaves.
             let mut next = peers(2);
             next.get_mut(&"10.244.2.0/24".parse().unwrap())
                 .unwrap()
                 .public_ip = "198.18.0.222".parse().unwrap();
-            let ops = diff(&next, &actual);
+            let ops = diff(&next, &actual, PLAIN);
             assert_eq!(
                 (
                     ops.del_routes.len(),
@@ -129,12 +134,14 @@ fn peer_entries_added_replaced_and_removed() {
             assert!(r.failed.is_empty(), "{:?}", r.failed);
             let actual = nl.read_actual(dev.index).await.unwrap();
             assert!(
-                diff(&next, &actual).is_empty(),
+                diff(&next, &actual, PLAIN).is_empty(),
                 "converged again: {actual:?}"
             );
 
             // Everything gone.
-            let r = nl.apply(dev.index, &diff(&BTreeMap::new(), &actual)).await;
+            let r = nl
+                .apply(dev.index, &diff(&BTreeMap::new(), &actual, PLAIN))
+                .await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
             assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
         })
@@ -160,7 +167,7 @@ fn entries_look_exactly_like_flannels() {
             )
             .await
             .unwrap();
-            let ops = diff(&peers(1), &Actual::default());
+            let ops = diff(&peers(1), &Actual::default(), PLAIN);
             assert!(nl.apply(dev.index, &ops).await.failed.is_empty());
         })
     });
@@ -201,11 +208,11 @@ fn leftovers_made_by_hand_are_removed() {
             let r = nl
                 .apply(
                     dev.index,
-                    &diff(&want, &nl.read_actual(dev.index).await.unwrap()),
+                    &diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN),
                 )
                 .await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
-            assert!(diff(&want, &nl.read_actual(dev.index).await.unwrap()).is_empty());
+            assert!(diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN).is_empty());
         })
     });
     let state = ns.sh(
@@ -250,7 +257,7 @@ fn a_thousand_peers_programmed_and_removed() {
             let r = nl
                 .apply(
                     dev.index,
-                    &diff(&want, &nl.read_actual(dev.index).await.unwrap()),
+                    &diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN),
                 )
                 .await;
             let add = t.elapsed();
@@ -262,10 +269,12 @@ fn a_thousand_peers_programmed_and_removed() {
             assert_eq!(r.applied, 3000);
             let t = std::time::Instant::now();
             let actual = nl.read_actual(dev.index).await.unwrap();
-            assert!(diff(&want, &actual).is_empty());
+            assert!(diff(&want, &actual, PLAIN).is_empty());
             let noop = t.elapsed();
             let t = std::time::Instant::now();
-            let r = nl.apply(dev.index, &diff(&BTreeMap::new(), &actual)).await;
+            let r = nl
+                .apply(dev.index, &diff(&BTreeMap::new(), &actual, PLAIN))
+                .await;
             let del = t.elapsed();
             assert!(r.failed.is_empty());
             assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
@@ -273,4 +282,102 @@ fn a_thousand_peers_programmed_and_removed() {
         })
     });
     eprintln!("1000 peers: program {add:?}, no-op read+diff {noop:?}, remove {del:?}");
+}
+
+#[test]
+fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() {
+    let ns = ns("nl-nh");
+    let s = spec(&ns);
+    let id = |net: &str| nexthop_id(net.parse().unwrap());
+    // Someone else's nexthop holding peer 3's id, on another device (a carrier needs the
+    // veth's other end up; no route uses it, nothing is sent).
+    ns.sh(&format!(
+        "ip link set eth0-peer up && ip nexthop add id {} via 198.18.0.254 dev eth0",
+        id("10.244.3.0/24")
+    ));
+    let state = |ns: &Netns| ns.sh("ip route show dev flannel.1; ip nexthop show");
+    let s2 = s.clone();
+    let failed = ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s2).await.unwrap();
+            nl.ensure_address(
+                dev.index,
+                "10.244.9.0".parse().unwrap(),
+                "10.244.0.0/16".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+            let form = RouteForm::Nexthop;
+            let ops = diff(&peers(3), &nl.read_actual(dev.index).await.unwrap(), form);
+            assert_eq!((ops.add_nexthops.len(), ops.add_routes.len()), (3, 3));
+            nl.apply(dev.index, &ops).await.failed
+        })
+    });
+    // Peer 3's id is taken: reported, never overwritten, and no route of ours uses it;
+    // the other two are in place.
+    assert_eq!(failed.len(), 1, "peer 3's nexthop: {failed:?}");
+    assert!(failed[0].contains("File exists"), "{failed:?}");
+    let st = state(&ns);
+    for want in [
+        format!(
+            "10.244.1.0/24 nhid {} via 10.244.1.0 proto static onlink",
+            id("10.244.1.0/24")
+        ),
+        format!(
+            "id {} via 10.244.2.0 dev flannel.1 scope link proto static onlink",
+            id("10.244.2.0/24")
+        ),
+        format!("id {} via 198.18.0.254 dev eth0", id("10.244.3.0/24")),
+    ] {
+        assert!(st.contains(&want), "{want}\n{st}");
+    }
+    assert!(!st.contains("10.244.3.0/24"), "{st}");
+    ns.sh(&format!("ip nexthop del id {}", id("10.244.3.0/24")));
+
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            let want = peers(3);
+            let converge = |form| {
+                let nl = &nl;
+                let want = &want;
+                async move {
+                    let ops = diff(want, &nl.read_actual(dev.index).await.unwrap(), form);
+                    let r = nl.apply(dev.index, &ops).await;
+                    assert!(r.failed.is_empty(), "{:?}", r.failed);
+                    let actual = nl.read_actual(dev.index).await.unwrap();
+                    assert!(diff(want, &actual, form).is_empty(), "{actual:?}");
+                    (ops, actual)
+                }
+            };
+            let (_, actual) = converge(RouteForm::Nexthop).await;
+            assert_eq!(actual.nexthops.len(), 3);
+            assert!(actual.routes.values().all(|v| v.nhid.is_some()));
+
+            // To flanneld's form: routes replaced in place, nexthops gone.
+            let (ops, actual) = converge(PLAIN).await;
+            assert!(ops.del_routes.is_empty(), "{ops:?}");
+            assert!(actual.nexthops.is_empty() && actual.routes.len() == 3);
+            // And back.
+            let (ops, actual) = converge(RouteForm::Nexthop).await;
+            assert!(
+                ops.del_routes.is_empty() && ops.del_nexthops.is_empty(),
+                "{ops:?}"
+            );
+            assert_eq!(actual.nexthops.len(), 3);
+
+            // Removing everything takes the nexthops too.
+            let r = nl
+                .apply(
+                    dev.index,
+                    &diff(&BTreeMap::new(), &actual, RouteForm::Nexthop),
+                )
+                .await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
+        })
+    });
+    assert_eq!(state(&ns).trim(), "");
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
     choose_interface, desired_peers, watch_device, Dataplane, DataplaneConfig, ExtIface, Fallback,
-    Firewall, Iptables, Mac, Netlink, Nftables, RuleSet, VxlanSpec, NFT_TABLE,
+    Firewall, Iptables, Mac, Netlink, Nftables, RouteForm, RuleSet, VxlanSpec, NFT_TABLE,
 };
 use twill_kube::KubeStore;
 use twill_store::{
@@ -154,6 +154,11 @@ async fn start<S: SubnetManager>(
         forward_rules: cli.iptables_forward_rules,
         vxlan_notrack: cli.vxlan_notrack,
         direct_routing: conf.backend.direct_routing,
+        route_form: if cli.route_nexthops {
+            RouteForm::Nexthop
+        } else {
+            RouteForm::Plain
+        },
     };
     let mut dp = Dataplane::new(nl, dp_cfg, fw);
     let dev = dp

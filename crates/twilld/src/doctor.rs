@@ -671,14 +671,21 @@ async fn peers(
     let mut table = PeerTable::new();
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
     let desired = desired_peers(own, table.iter());
-    let Ok(plan) = plan_peers(nl, index, mode, &desired).await else {
+    let Ok(plan) = plan_peers(nl, index, mode, &desired, None).await else {
         c.add("peers", Status::Warn, "could not read kernel state", "");
         return;
     };
     let (ops, direct) = (&plan.ops, &plan.direct);
-    let missing =
-        ops.add_routes.len() + ops.add_neighs.len() + ops.add_fdb.len() + direct.add.len();
-    let extra = ops.del_routes.len() + ops.del_neighs.len() + ops.del_fdb.len() + direct.del.len();
+    let missing = ops.add_routes.len()
+        + ops.add_nexthops.len()
+        + ops.add_neighs.len()
+        + ops.add_fdb.len()
+        + direct.add.len();
+    let extra = ops.del_routes.len()
+        + ops.del_nexthops.len()
+        + ops.del_neighs.len()
+        + ops.del_fdb.len()
+        + direct.del.len();
     let via = match mode {
         Underlay::Direct(..) => format!(" ({} by direct route)", plan.direct_peers),
         _ => String::new(),
