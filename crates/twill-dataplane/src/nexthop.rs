@@ -285,9 +285,11 @@ impl NexthopConn {
 /// monitor that wants to see that must listen here.
 pub fn watch() -> std::io::Result<impl futures::Stream<Item = Option<u32>> + Send + Unpin> {
     let (mut conn, _handle, messages) = proto::new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
-    conn.socket_mut()
-        .socket_mut()
-        .add_membership(RTNLGRP_NEXTHOP)?;
+    let socket = conn.socket_mut().socket_mut();
+    // Unbound, its port id is 0, the kernel's own, and the kernel skips it when it
+    // broadcasts.
+    socket.bind_auto()?;
+    socket.add_membership(RTNLGRP_NEXTHOP)?;
     tokio::spawn(conn);
     Ok(messages.filter_map(|(m, _)| {
         futures::future::ready(match m.payload {
