@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks; prints figures, asserts nothing (the machine is a noisy 2-core VM). Run as
 # root on Debian 12. Ratios are measured in one run, alternating the two sides.
-#   1. kernel programming: twilld's data-plane layer vs ip -batch / bridge -batch
+#   1. kernel programming: twilld's data-plane layer vs ip -batch / bridge -batch;
+#      1b. the same with routes through nexthop objects (--route-nexthops)
 #   2. end to end: 3 twilld nodes, 1 000 then 10 000 leases injected into etcd: time to
 #      converge; then put -> route latency (p50/p99) over 200 single additions
 #   3. twilld memory (peak RSS) and CPU at 0 / 1 000 / 10 000 peers
@@ -13,6 +14,8 @@
 #      against the default, as overlay/underlay ratios
 #   7. Kubernetes mode: one twilld against the fake nodes API with 1 000 then 5 000 peer
 #      nodes: time to program them, peak RSS, CPU for 5 000 status-only updates
+# BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
+# NETLAB=none skips section 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -22,7 +25,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 P=twb$$
 # Real nodes lease from 10.128.0.0 up; injected fake leases use 10.0.1.0 to 10.39.x, so the
 # injector never overwrites a real node's lease.
-export LAB_PREFIX=$P-lab LAB_NETWORK=10.0.0.0/8 LAB_TWILLD_ARGS="--healthz-port=8471"
+export LAB_PREFIX=$P-lab LAB_NETWORK=10.0.0.0/8 LAB_TWILLD_ARGS="--healthz-port=8471 ${BENCH_TWILLD_ARGS:-}"
 export LAB_CONFIG='{"Network":"10.0.0.0/8","SubnetMin":"10.128.0.0","Backend":{"Type":"vxlan"}}'
 BIN=target/release
 cleanup() {
@@ -61,6 +64,36 @@ for n in 100 1000 10000; do
   printf '| %s | %s ms | %s ms | %.2f | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
     "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
 done
+
+echo
+echo "== 1b. the same with --route-nexthops (one nexthop object per peer, routes by id), median of $ROUNDS"
+printf '| peers | twilld program | iproute2 -batch | ratio | twilld, nexthops/flanneld form | no-op reconcile | remove all |\n|---|---|---|---|---|---|---|\n'
+for n in 100 1000 10000; do
+  $BIN/examples/program_peers "$n" "/tmp/$P"
+  tw=(); plain=(); ipb=(); noop=(); rm_=()
+  for _ in $(seq "$ROUNDS"); do
+    # Both forms back to back, so the speed-up is paired within the round.
+    j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n")
+    plain+=("$(jq .program_ms <<<"$j")")
+    j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n" --nexthops)
+    tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
+    ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
+    ip -n "$P-k" link set flannel.1 up
+    # The kernel checks an onlink nexthop's gateway against the local table: the device
+    # needs its address, as twilld's has.
+    ip -n "$P-k" addr add 10.0.0.0/32 dev flannel.1
+    s=$(date +%s%N)
+    ip -n "$P-k" -batch "/tmp/$P/ip-nh.batch"
+    bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
+    e=$(date +%s%N)
+    ipb+=("$(ms "$s" "$e")")
+    ip -n "$P-k" link del flannel.1
+  done
+  t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
+  p=$(printf '%s\n' "${plain[@]}" | median)
+  printf '| %s | %s ms | %s ms | %.2f | %.2f (%s ms) | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
+    "$(echo "$t / $p" | bc -l)" "$p" "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
+done
 ip netns del "$P-k"
 
 echo
@@ -71,6 +104,7 @@ pids() { for n in 1 2 3; do cat "/tmp/$LAB_PREFIX/n$n/twilld.pid"; done; }
 rss() { for p in $(pids); do awk '/VmHWM/ {printf "%.1f ", $2/1024}' "/proc/$p/status"; done; echo "MB (peak RSS per node)"; }
 # utime + stime + the children's (the iptables processes each pass runs).
 cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat"))); done; echo "$t"; }
+# Also counts routes by nexthop id (ip shows their device in the default compat mode).
 routes() { ip -n "$LAB_PREFIX-n$1" route show dev flannel.1 | wc -l; }
 converge() { # converge <expected routes per node> <start ns>: ms until every node has them
   local want=$1 s=$2 n

@@ -490,8 +490,15 @@ impl Netlink {
             }
         })
         .await?;
-        match self.nexthops.dump(index).await {
-            Ok(nhs) => actual.nexthops = nhs.into_iter().map(|n| (n.id, n.gateway)).collect(),
+        let nexthops = &mut actual.nexthops;
+        match self
+            .nexthops
+            .each_on(index, |n| {
+                nexthops.insert(n.id, n.gateway);
+            })
+            .await
+        {
+            Ok(()) => {}
             // A kernel without nexthop objects (before 5.3) has none of ours either.
             Err(e) if errno(&e) == Some(EOPNOTSUPP) => {}
             Err(source) => {

@@ -169,6 +169,18 @@ pub struct Nexthop {
     pub gateway: Option<Ipv4Addr>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    /// Another device's nexthop has the id: someone else's, never overwritten.
+    #[error("the id is held by a nexthop on another device (ifindex {oif}); left alone")]
+    Taken { oif: u32 },
+    /// It existed, then was gone when looked at.
+    #[error("the id was in use, then gone; the next pass adds it")]
+    Vanished,
+    #[error(transparent)]
+    Netlink(#[from] rtnetlink::Error),
+}
+
 /// The connection nexthop requests go through.
 #[derive(Clone)]
 pub struct NexthopConn {
@@ -192,6 +204,18 @@ impl NexthopConn {
         msg: NexthopMessage,
         flags: u16,
     ) -> Result<Vec<NexthopMessage>, rtnetlink::Error> {
+        let mut out = Vec::new();
+        self.request_each(msg, flags, |m| out.push(m)).await?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each reply as it streams in (a 10 000-entry dump is not held whole).
+    async fn request_each(
+        &self,
+        msg: NexthopMessage,
+        flags: u16,
+        mut f: impl FnMut(NexthopMessage),
+    ) -> Result<(), rtnetlink::Error> {
         let mut req =
             NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         req.header.flags = NLM_F_REQUEST | flags;
@@ -200,33 +224,33 @@ impl NexthopConn {
             .handle
             .request(req, SocketAddr::new(0, 0))
             .map_err(|_| rtnetlink::Error::RequestFailed)?;
-        let mut out = Vec::new();
         while let Some(m) = replies.next().await {
             match m.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::InnerMessage(m) => f(m),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(netlink_error(e)),
                 _ => {}
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// The nexthops on device `oif` (filtered by the kernel).
-    pub async fn dump(&self, oif: u32) -> Result<Vec<Nexthop>, rtnetlink::Error> {
+    /// Calls `f` with each nexthop on device `oif` (filtered by the kernel too).
+    pub async fn each_on(
+        &self,
+        oif: u32,
+        mut f: impl FnMut(Nexthop),
+    ) -> Result<(), rtnetlink::Error> {
         let mut m = NexthopMessage::new(Kind::Get);
         m.oif = Some(oif);
-        Ok(self
-            .request(m, NLM_F_DUMP)
-            .await?
-            .into_iter()
-            .filter(|m| m.oif == Some(oif))
-            .filter_map(|m| {
-                Some(Nexthop {
-                    id: m.id?,
+        self.request_each(m, NLM_F_DUMP, |m| {
+            if let (Some(id), true) = (m.id, m.oif == Some(oif)) {
+                f(Nexthop {
+                    id,
                     gateway: m.gateway,
                 })
-            })
-            .collect())
+            }
+        })
+        .await
     }
 
     async fn get(&self, id: u32) -> Result<Option<NexthopMessage>, rtnetlink::Error> {
@@ -248,27 +272,25 @@ impl NexthopConn {
     /// `ip nexthop add id <id> via <gateway> dev <oif> onlink`. An id already in use is
     /// taken over only when it is on `oif` (ours, perhaps with a stale gateway); one on
     /// another device belongs to someone else and is an error, never overwritten.
-    pub async fn ensure(
-        &self,
-        id: u32,
-        gateway: Ipv4Addr,
-        oif: u32,
-    ) -> Result<(), rtnetlink::Error> {
+    pub async fn ensure(&self, id: u32, gateway: Ipv4Addr, oif: u32) -> Result<(), EnsureError> {
         let excl = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        let e = match self.request(Self::onlink(id, gateway, oif), excl).await {
+        match self.request(Self::onlink(id, gateway, oif), excl).await {
             Ok(_) => return Ok(()),
-            Err(e) if crate::netlink::errno(&e) == Some(EEXIST) => e,
-            Err(e) => return Err(e),
+            Err(e) if crate::netlink::errno(&e) == Some(EEXIST) => {}
+            Err(e) => return Err(e.into()),
         };
         match self.get(id).await? {
             Some(m) if m.oif == Some(oif) && m.gateway == Some(gateway) => Ok(()),
             Some(m) if m.oif == Some(oif) => {
                 let replace = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
                 self.request(Self::onlink(id, gateway, oif), replace)
-                    .await
-                    .map(drop)
+                    .await?;
+                Ok(())
             }
-            _ => Err(e),
+            Some(m) => Err(EnsureError::Taken {
+                oif: m.oif.unwrap_or(0),
+            }),
+            None => Err(EnsureError::Vanished),
         }
     }
 

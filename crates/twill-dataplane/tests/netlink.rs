@@ -317,7 +317,10 @@ fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() 
     // Peer 3's id is taken: reported, never overwritten, and no route of ours uses it;
     // the other two are in place.
     assert_eq!(failed.len(), 1, "peer 3's nexthop: {failed:?}");
-    assert!(failed[0].contains("File exists"), "{failed:?}");
+    assert!(
+        failed[0].contains("held by a nexthop on another device"),
+        "{failed:?}"
+    );
     let st = state(&ns);
     for want in [
         format!(
