@@ -86,7 +86,7 @@ fn peers_routed_through_nexthops_repaired_and_switched_back() {
     assert_eq!(peers["status"], "pass", "{peers}");
     assert_eq!(
         peers["detail"],
-        "2 peers in etcd; 0 entries missing, 0 extra"
+        "2 peers in etcd (routes by nexthop id); 0 entries missing, 0 extra"
     );
 
     // Restarted without the flag: flanneld's form again, every nexthop gone, pods reach.

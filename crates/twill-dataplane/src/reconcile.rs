@@ -340,6 +340,8 @@ pub struct PeerPlan {
     pub onlink: Option<Vec<Ipv4Network>>,
     /// Peers reached by a direct route.
     pub direct_peers: usize,
+    /// The route form the diff was taken for (given, or read off the kernel).
+    pub form: RouteForm,
 }
 
 /// Reads the VXLAN device's entries (and the underlay's routes, per `mode`) and diffs them
@@ -367,6 +369,7 @@ pub async fn plan_peers(
     let Some(u) = u else {
         return Ok(PeerPlan {
             ops: diff(desired),
+            form,
             ..Default::default()
         });
     };
@@ -384,5 +387,6 @@ pub async fn plan_peers(
         direct: diff_direct(&direct, &u.direct),
         onlink: Some(u.onlink),
         direct_peers: direct.len(),
+        form,
     })
 }

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use ipnetwork::IpNetwork;
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
-use twill_dataplane::{desired_peers, plan_peers, Netlink, Underlay};
+use twill_dataplane::{desired_peers, plan_peers, Netlink, RouteForm, Underlay};
 use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
 use crate::cli::Cli;
@@ -686,9 +686,17 @@ async fn peers(
         + ops.del_neighs.len()
         + ops.del_fdb.len()
         + direct.del.len();
-    let via = match mode {
-        Underlay::Direct(..) => format!(" ({} by direct route)", plan.direct_peers),
-        _ => String::new(),
+    let mut how = Vec::new();
+    if let Underlay::Direct(..) = mode {
+        how.push(format!("{} by direct route", plan.direct_peers));
+    }
+    if plan.form == RouteForm::Nexthop {
+        how.push("routes by nexthop id".to_string());
+    }
+    let via = if how.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", how.join(", "))
     };
     let detail = format!(
         "{} peers in {store_name}{via}; {missing} entries missing, {extra} extra",
