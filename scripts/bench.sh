@@ -44,6 +44,21 @@ ip -n "$P-k" link set lo up
 ip -n "$P-k" link add eth0 type veth peer name eth0p
 ip -n "$P-k" addr add 198.18.0.1/24 dev eth0
 ip -n "$P-k" link set eth0 up
+# batch_ms <ip batch file>: on a fresh flannel.1, that batch and bridge.batch, timed in ms.
+batch_ms() {
+  ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
+  ip -n "$P-k" link set flannel.1 up
+  # As twilld's device (and program_peers'), it has an address: the kernel checks an
+  # onlink nexthop's gateway against the local table.
+  ip -n "$P-k" addr add 10.0.0.0/32 dev flannel.1
+  local s e
+  s=$(date +%s%N)
+  ip -n "$P-k" -batch "$1"
+  bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
+  e=$(date +%s%N)
+  ip -n "$P-k" link del flannel.1
+  ms "$s" "$e"
+}
 printf '| peers | twilld program | iproute2 -batch | ratio | no-op reconcile | remove all |\n|---|---|---|---|---|---|\n'
 for n in 100 1000 10000; do
   $BIN/examples/program_peers "$n" "/tmp/$P"
@@ -51,14 +66,7 @@ for n in 100 1000 10000; do
   for _ in $(seq "$ROUNDS"); do
     j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n")
     tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
-    ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
-    ip -n "$P-k" link set flannel.1 up
-    s=$(date +%s%N)
-    ip -n "$P-k" -batch "/tmp/$P/ip.batch"
-    bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
-    e=$(date +%s%N)
-    ipb+=("$(ms "$s" "$e")")
-    ip -n "$P-k" link del flannel.1
+    ipb+=("$(batch_ms "/tmp/$P/ip.batch")")
   done
   t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
   printf '| %s | %s ms | %s ms | %.2f | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
@@ -77,17 +85,7 @@ for n in 100 1000 10000; do
     plain+=("$(jq .program_ms <<<"$j")")
     j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n" --nexthops)
     tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
-    ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
-    ip -n "$P-k" link set flannel.1 up
-    # The kernel checks an onlink nexthop's gateway against the local table: the device
-    # needs its address, as twilld's has.
-    ip -n "$P-k" addr add 10.0.0.0/32 dev flannel.1
-    s=$(date +%s%N)
-    ip -n "$P-k" -batch "/tmp/$P/ip-nh.batch"
-    bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
-    e=$(date +%s%N)
-    ipb+=("$(ms "$s" "$e")")
-    ip -n "$P-k" link del flannel.1
+    ipb+=("$(batch_ms "/tmp/$P/ip-nh.batch")")
   done
   t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
   p=$(printf '%s\n' "${plain[@]}" | median)

@@ -36,6 +36,20 @@ fn spec(ns: &Netns) -> VxlanSpec {
     }
 }
 
+/// The device, with its lease's address as twilld gives it (an onlink nexthop's gateway is
+/// checked against the local table, which an address-less namespace lacks).
+async fn addressed_device(nl: &Netlink, s: &VxlanSpec) -> twill_dataplane::DeviceState {
+    let dev = nl.ensure_vxlan(s).await.unwrap();
+    nl.ensure_address(
+        dev.index,
+        "10.244.9.0".parse().unwrap(),
+        "10.244.0.0/16".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    dev
+}
+
 fn peers(n: u8) -> BTreeMap<Ipv4Network, PeerEntry> {
     (1..=n)
         .map(|i| {
@@ -159,14 +173,7 @@ fn entries_look_exactly_like_flannels() {
     ns.run(move || {
         Box::pin(async move {
             let nl = Netlink::connect().unwrap();
-            let dev = nl.ensure_vxlan(&s).await.unwrap();
-            nl.ensure_address(
-                dev.index,
-                "10.244.9.0".parse().unwrap(),
-                "10.244.0.0/16".parse().unwrap(),
-            )
-            .await
-            .unwrap();
+            let dev = addressed_device(&nl, &s).await;
             let ops = diff(&peers(1), &Actual::default(), PLAIN);
             assert!(nl.apply(dev.index, &ops).await.failed.is_empty());
         })
@@ -300,14 +307,7 @@ fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() 
     let failed = ns.run(move || {
         Box::pin(async move {
             let nl = Netlink::connect().unwrap();
-            let dev = nl.ensure_vxlan(&s2).await.unwrap();
-            nl.ensure_address(
-                dev.index,
-                "10.244.9.0".parse().unwrap(),
-                "10.244.0.0/16".parse().unwrap(),
-            )
-            .await
-            .unwrap();
+            let dev = addressed_device(&nl, &s2).await;
             let form = RouteForm::Nexthop;
             let ops = diff(&peers(3), &nl.read_actual(dev.index).await.unwrap(), form);
             assert_eq!((ops.add_nexthops.len(), ops.add_routes.len()), (3, 3));
