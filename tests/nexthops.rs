@@ -8,22 +8,22 @@ use twill_testutil::wait_until;
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
-fn routes(c: &Cluster, i: usize) -> Vec<String> {
+/// The lines `cmd` prints in node `i`'s namespace.
+fn lines(c: &Cluster, i: usize, cmd: &str) -> Vec<String> {
     c.nodes[i]
         .ns
-        .sh("ip -4 route show dev flannel.1")
+        .sh(cmd)
         .lines()
         .map(|l| l.trim().to_string())
         .collect()
 }
 
+fn routes(c: &Cluster, i: usize) -> Vec<String> {
+    lines(c, i, "ip -4 route show dev flannel.1")
+}
+
 fn nexthops(c: &Cluster, i: usize) -> Vec<String> {
-    c.nodes[i]
-        .ns
-        .sh("ip nexthop show")
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect()
+    lines(c, i, "ip nexthop show")
 }
 
 /// The subnet's nexthop id: its network address as a number.
@@ -33,7 +33,7 @@ fn id_of(subnet: &str) -> u32 {
 }
 
 fn by_nexthop(c: &Cluster, i: usize) -> bool {
-    let want: Vec<String> = (0..c.nodes.len())
+    let mut want: Vec<String> = (0..c.nodes.len())
         .filter(|k| *k != i)
         .map(|k| {
             let s = c.nodes[k].lease();
@@ -43,7 +43,6 @@ fn by_nexthop(c: &Cluster, i: usize) -> bool {
         .collect();
     let mut have = routes(c, i);
     have.sort();
-    let mut want = want;
     want.sort();
     have == want && nexthops(c, i).len() == want.len()
 }

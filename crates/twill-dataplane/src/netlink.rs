@@ -35,7 +35,7 @@ use crate::nexthop::{self, NexthopConn};
 /// overrun the socket's receive buffer with replies.
 const PIPELINE_DEPTH: usize = 256;
 const RT_TABLE_MAIN: u8 = 254;
-const EEXIST: i32 = 17;
+pub(crate) const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;

@@ -20,6 +20,8 @@ use rtnetlink::packet_core::{
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::proto::{self, ConnectionHandle};
+
+use crate::netlink::{errno, EEXIST};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
 
 const RTM_NEWNEXTHOP: u16 = 104;
@@ -34,9 +36,8 @@ const AF_INET: u8 = 2;
 const RTNH_F_ONLINK: u32 = 4;
 const RTPROT_STATIC: u8 = 4;
 /// rtnetlink multicast group of nexthop changes.
-pub const RTNLGRP_NEXTHOP: u32 = 32;
+const RTNLGRP_NEXTHOP: u32 = 32;
 const NHMSG_LEN: usize = 8;
-const EEXIST: i32 = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -276,7 +277,7 @@ impl NexthopConn {
         let excl = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         match self.request(Self::onlink(id, gateway, oif), excl).await {
             Ok(_) => return Ok(()),
-            Err(e) if crate::netlink::errno(&e) == Some(EEXIST) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => {}
             Err(e) => return Err(e.into()),
         };
         match self.get(id).await? {
