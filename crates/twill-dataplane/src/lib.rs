@@ -6,6 +6,7 @@
 //! Reconciling the whole difference, rather than replaying events, is what makes a deleted
 //! route, a flushed chain or a recreated device heal on the next pass.
 
+pub mod blackhole;
 pub mod change;
 pub mod desired;
 pub mod iface;
@@ -16,6 +17,7 @@ pub mod nft;
 pub mod reconcile;
 pub mod rules;
 
+pub use blackhole::{Blackhole, BlackholePlan, BLACKHOLE_METRIC};
 pub use change::ChangeFlag;
 pub use desired::{
     desired_peers, diff, diff_direct, incremental, nexthop_id, split_direct, Actual, DirectOps,

@@ -25,6 +25,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tracing::{info, warn};
 
+use crate::blackhole::{Blackhole, BLACKHOLE_METRIC};
 use crate::change::ChangeFlag;
 use crate::desired::{Actual, Ops, Via};
 use crate::iface::{IfAddr, InterfaceInfo};
@@ -662,33 +663,101 @@ impl Netlink {
 
     /// Calls `f` with each unicast IPv4 route of the main table, streamed from one dump.
     async fn each_main_route(&self, mut f: impl FnMut(MainRoute)) -> Result<(), NetlinkError> {
-        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut dump = self.handle.route().get(req).execute();
-        while let Some(r) = ctx("dump routes", dump.try_next().await)? {
-            if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != RouteType::Unicast {
-                continue;
-            }
-            let (mut oif, mut dst, mut gw, mut nhid) = (None, Ipv4Addr::UNSPECIFIED, None, None);
+        self.each_main_of_kind(RouteType::Unicast, |r, net| {
+            let (mut oif, mut gw, mut nhid) = (None, None, None);
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     RouteAttribute::NhId(id) => nhid = Some(*id),
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
                     _ => {}
                 }
             }
+            f(MainRoute {
+                oif,
+                net,
+                gw,
+                nhid,
+                scope: r.header.scope,
+            })
+        })
+        .await
+    }
+
+    /// Calls `f` with each IPv4 route of the main table of one type and its destination.
+    async fn each_main_of_kind(
+        &self,
+        kind: RouteType,
+        mut f: impl FnMut(&RouteMessage, Ipv4Network),
+    ) -> Result<(), NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(req).execute();
+        while let Some(r) = ctx("dump routes", dump.try_next().await)? {
+            if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != kind {
+                continue;
+            }
+            let dst = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
             if let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) {
-                f(MainRoute {
-                    oif,
-                    net,
-                    gw,
-                    nhid,
-                    scope: r.header.scope,
-                });
+                f(&r, net);
             }
         }
         Ok(())
+    }
+
+    /// The main table's IPv4 blackhole routes.
+    pub async fn blackholes(&self) -> Result<Vec<Blackhole>, NetlinkError> {
+        let mut out = Vec::new();
+        self.each_main_of_kind(RouteType::BlackHole, |r, net| {
+            let metric = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            out.push(Blackhole { net, metric });
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// `ip route add blackhole <net> metric <BLACKHOLE_METRIC>`: `true` when it was added,
+    /// `false` when a route already holds that prefix and metric (ours, normally).
+    pub async fn add_blackhole(&self, net: Ipv4Network) -> Result<bool, NetlinkError> {
+        let msg = blackhole_msg(Blackhole {
+            net,
+            metric: BLACKHOLE_METRIC,
+        });
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+            Err(e) => Err(NetlinkError {
+                op: format!("add blackhole {net}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Deletes one blackhole route; one already gone counts as deleted.
+    pub async fn del_blackhole(&self, b: Blackhole) -> Result<(), NetlinkError> {
+        let mut msg = blackhole_msg(b);
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::NoWhere;
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if !matches!(errno(&e), Some(ENOENT | ESRCH)) => Err(NetlinkError {
+                op: format!("delete {b}"),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Direct routes `<subnet> via <peer address> dev <underlay>`, each replacing whatever
@@ -862,6 +931,14 @@ async fn run<'a>(
             Err(e) => report.failed.push(format!("{what}: {e}")),
         }
     }
+}
+
+fn blackhole_msg(b: Blackhole) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(b.net.network(), b.net.prefix())
+        .kind(RouteType::BlackHole)
+        .priority(b.metric)
+        .build()
 }
 
 /// `ip route replace <net> via <gw> dev <index> [onlink]`.

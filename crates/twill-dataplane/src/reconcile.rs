@@ -32,6 +32,8 @@ pub struct DataplaneConfig {
     pub direct_routing: bool,
     /// How VXLAN peer routes are written (`--route-nexthops`).
     pub route_form: RouteForm,
+    /// A blackhole route for our own subnet (`--ip-blackhole-route`).
+    pub blackhole_route: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -69,6 +71,9 @@ pub struct Dataplane {
     /// Without DirectRouting, direct routes are looked for once after start or a config
     /// change (left by DirectRouting before, or by flanneld), not on every pass.
     sweep_direct: bool,
+    /// Blackhole routes are read after start, a config change or a new lease (to remove
+    /// stale ones); in between a pass only re-adds ours if it went missing.
+    sweep_blackholes: bool,
 }
 
 impl Dataplane {
@@ -83,6 +88,7 @@ impl Dataplane {
             rules_changed,
             onlink: Vec::new(),
             sweep_direct: true,
+            sweep_blackholes: true,
         }
     }
 
@@ -103,6 +109,7 @@ impl Dataplane {
         }
         self.cfg = cfg;
         self.sweep_direct = true;
+        self.sweep_blackholes = true;
     }
 
     pub fn device_name(&self) -> &str {
@@ -130,6 +137,9 @@ impl Dataplane {
 
     /// Records our lease and gives the device its address (the lease's network address).
     pub async fn set_lease(&mut self, subnet: Ipv4Network) -> Result<(), NetlinkError> {
+        if self.lease != Some(subnet) {
+            self.sweep_blackholes = true;
+        }
         self.lease = Some(subnet);
         let st = match &self.device {
             Some(d) => d.clone(),
@@ -260,6 +270,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Our subnet's blackhole route, as `--ip-blackhole-route` wants it; the changes made.
+    async fn blackhole(&mut self, own: Ipv4Network) -> Result<usize, NetlinkError> {
+        let want = self.cfg.blackhole_route;
+        if !self.sweep_blackholes {
+            // One request, and no notification when the route is there already.
+            return Ok(if want {
+                usize::from(self.nl.add_blackhole(own).await?)
+            } else {
+                0
+            });
+        }
+        let found = self.nl.blackholes().await?;
+        let plan = crate::blackhole::plan(&found, self.cfg.network, own, want);
+        let mut changed = 0;
+        // Ours in first, so the subnet is never without one while flanneld's goes.
+        if let Some(net) = plan.add {
+            changed += usize::from(self.nl.add_blackhole(net).await?);
+        }
+        for b in plan.del {
+            self.nl.del_blackhole(b).await?;
+            info!(route = %b, "removed a stale blackhole route");
+            changed += 1;
+        }
+        self.sweep_blackholes = false;
+        Ok(changed)
+    }
+
     pub fn device_index(&self) -> Option<u32> {
         self.device.as_ref().map(|d| d.index)
     }
@@ -276,6 +313,10 @@ impl Dataplane {
             self.nl
                 .ensure_address(st.index, lease.network(), self.cfg.network)
                 .await?;
+            match self.blackhole(lease).await {
+                Ok(n) => report.entries_changed += n,
+                Err(e) => report.entries_failed.push(e.to_string()),
+            }
         }
         if let Some(desired) = desired {
             self.peers(st.index, desired, &mut report).await?;

@@ -112,6 +112,7 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
     }
     if let Some(env) = &env {
         direct_routes(cli, &nl, env, &mut r).await;
+        blackhole_routes(&nl, env, &mut r).await;
     }
     cleanup_cni0(&nl, subnet, &mut r).await?;
 
@@ -185,6 +186,25 @@ async fn direct_routes(cli: &Cli, nl: &Netlink, env: &SubnetEnv, r: &mut Report)
             }
         })
         .await;
+    }
+}
+
+/// `--ip-blackhole-route`'s route for our subnet (ours, or flanneld's metric-0 form).
+async fn blackhole_routes(nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
+    let Some(IpNetwork::V4(own)) = env.lease_subnet() else {
+        return;
+    };
+    let Ok(found) = nl.blackholes().await else {
+        return;
+    };
+    for net in &env.networks {
+        let IpNetwork::V4(net) = *net else { continue };
+        for b in twill_dataplane::blackhole::plan(&found, net, own, false).del {
+            r.act(&format!("route {b} (--ip-blackhole-route)"), async {
+                Ok(nl.del_blackhole(b).await?)
+            })
+            .await;
+        }
     }
 }
 

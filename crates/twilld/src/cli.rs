@@ -98,6 +98,13 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_ROUTE_NEXTHOPS", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub route_nexthops: bool,
+    /// Add a blackhole route for this node's own subnet, so traffic to pod addresses no
+    /// local pod holds is dropped here rather than sent out the default route (before the
+    /// first pod, or with cni0 gone). Unlike flanneld's, the route has the highest metric
+    /// (4294967295): cni0's own route to the subnet always wins over it.
+    #[arg(long, global = true, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub ip_blackhole_route: bool,
     /// Seconds between full reconciles of rules and kernel state.
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -268,7 +275,7 @@ mod tests {
         assert_eq!(c.subnet_lease_ttl, Duration::from_secs(86400));
         assert_eq!(c.iptables_resync, 5);
         assert!(c.iptables_forward_rules && !c.ip_masq && !c.kube_subnet_mgr);
-        assert!(!c.vxlan_notrack);
+        assert!(!c.vxlan_notrack && !c.ip_blackhole_route);
         assert_eq!(c.healthz_ip.to_string(), "127.0.0.1");
         assert_eq!(c.kube_annotation_prefix, "flannel.alpha.coreos.com");
         assert!(c.set_node_network_unavailable);
@@ -284,6 +291,7 @@ mod tests {
             "--ip-masq",
             "--iptables-forward-rules=false",
             "--vxlan-notrack",
+            "-ip-blackhole-route",
             "-iface=eth0",
             "--iface",
             "198.18.0.2",
@@ -291,6 +299,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.etcd_endpoints, ["http://198.18.0.1:2379"]);
         assert!(c.ip_masq && !c.iptables_forward_rules && c.vxlan_notrack);
+        assert!(c.ip_blackhole_route);
         assert_eq!(c.iface, ["eth0", "198.18.0.2"]);
         assert!(parse(&["--ip-masq=maybe"]).is_err());
     }

@@ -159,6 +159,7 @@ async fn start<S: SubnetManager>(
         } else {
             RouteForm::Plain
         },
+        blackhole_route: cli.ip_blackhole_route,
     };
     let mut dp = Dataplane::new(nl, dp_cfg, fw);
     let dev = dp

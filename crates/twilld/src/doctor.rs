@@ -8,7 +8,9 @@ use clap::{Args, ValueEnum};
 use ipnetwork::IpNetwork;
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
-use twill_dataplane::{desired_peers, plan_peers, Netlink, RouteForm, Underlay};
+use twill_dataplane::{
+    desired_peers, plan_peers, Blackhole, Netlink, RouteForm, Underlay, BLACKHOLE_METRIC,
+};
 use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
 use crate::cli::Cli;
@@ -217,6 +219,9 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
             _ => Underlay::Skip,
         };
         peers(&mut c, &nl, d.index, mode, own_key.as_ref(), l, store_name).await;
+    }
+    if let Some(env) = &env {
+        blackhole(&mut c, &nl, env, cli.ip_blackhole_route).await;
     }
     other_cnis(&mut c, &nl, env.as_ref(), args).await;
 
@@ -707,6 +712,51 @@ async fn peers(
         (0, 0) => c.pass("peers", detail),
         (0, _) => c.add("peers", Status::Warn, detail, hint),
         _ => c.add("peers", Status::Fail, detail, hint),
+    }
+}
+
+/// Our subnet's blackhole route: present with --ip-blackhole-route, and never in
+/// flanneld's form, which shadows cni0's route to the local pods.
+async fn blackhole(c: &mut Checks, nl: &Netlink, env: &SubnetEnv, want: bool) {
+    let (Some(IpNetwork::V4(own)), Some(IpNetwork::V4(network))) =
+        (env.lease_subnet(), env.networks.first().copied())
+    else {
+        return;
+    };
+    let Ok(found) = nl.blackholes().await else {
+        c.add("blackhole route", Status::Warn, "could not read routes", "");
+        return;
+    };
+    let plan = twill_dataplane::blackhole::plan(&found, network, own, want);
+    // The kernel refuses a same-metric route while cni0's is there, so one that exists was
+    // added first and sits in front of cni0's.
+    let flanneld = Blackhole {
+        net: own,
+        metric: 0,
+    };
+    let ours = Blackhole {
+        net: own,
+        metric: BLACKHOLE_METRIC,
+    };
+    if plan.del.contains(&flanneld) {
+        c.add("blackhole route", Status::Fail, format!("route {flanneld} (flanneld's --ip-blackhole-route) shadows cni0's route: local pods are unreachable"),
+            format!("twilld replaces it at start; by hand: ip route del blackhole {own} metric 0"));
+    } else if plan.add.is_some() {
+        c.add("blackhole route", Status::Fail, format!("no blackhole route for {own}"),
+            "twilld --ip-blackhole-route adds it within --iptables-resync seconds; is it running with the flag?");
+    } else if want {
+        c.pass("blackhole route", format!("route {ours}"));
+    } else if !plan.del.is_empty() {
+        let stale: Vec<String> = plan.del.iter().map(|b| b.to_string()).collect();
+        c.add(
+            "blackhole route",
+            Status::Warn,
+            format!(
+                "left by an earlier --ip-blackhole-route: {}",
+                stale.join(", ")
+            ),
+            "twilld removes them at start; pass --ip-blackhole-route if it should be kept",
+        );
     }
 }
 
