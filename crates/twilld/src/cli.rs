@@ -164,6 +164,66 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub klog: Klog,
+}
+
+/// flanneld's klog flags, so its command lines carry over: `-v` sets twill's log level; the
+/// others are accepted and ignored, since twill always logs to stderr through tracing.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Klog {
+    /// klog verbosity, as flanneld's -v: 0 logs at info, 1-3 add twill's debug events, 4
+    /// and up its trace events. RUST_LOG, when set, wins.
+    #[arg(
+        short = 'v',
+        long = "v",
+        global = true,
+        env = "FLANNELD_V",
+        value_name = "LEVEL"
+    )]
+    pub v: Option<u8>,
+    #[arg(long = "vmodule", global = true, hide = true, num_args = 0..=1, default_missing_value = "")]
+    vmodule: Option<String>,
+    #[arg(long = "log_backtrace_at", global = true, hide = true, num_args = 0..=1, default_missing_value = "")]
+    log_backtrace_at: Option<String>,
+    #[arg(long = "logtostderr", global = true, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    logtostderr: Option<String>,
+    #[arg(long = "alsologtostderr", global = true, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    alsologtostderr: Option<String>,
+    #[arg(long = "stderrthreshold", global = true, hide = true, num_args = 0..=1, default_missing_value = "")]
+    stderrthreshold: Option<String>,
+    #[arg(long = "log_dir", global = true, hide = true, num_args = 0..=1, default_missing_value = "")]
+    log_dir: Option<String>,
+    #[arg(long = "log_file", global = true, hide = true, num_args = 0..=1, default_missing_value = "")]
+    log_file: Option<String>,
+}
+
+impl Klog {
+    /// The tracing filter `-v` asks for; dependencies stay at info either way.
+    pub fn filter(&self) -> &'static str {
+        match self.v.unwrap_or(0) {
+            0 => "info",
+            1..=3 => "info,twill=debug",
+            _ => "info,twill=trace",
+        }
+    }
+
+    /// The klog flags given whose intent twilld doesn't follow, as `--name` (it does log
+    /// to stderr, so -logtostderr and -alsologtostderr need no word).
+    pub fn ignored(&self) -> Vec<&'static str> {
+        [
+            ("--vmodule", &self.vmodule),
+            ("--log_backtrace_at", &self.log_backtrace_at),
+            ("--stderrthreshold", &self.stderrthreshold),
+            ("--log_dir", &self.log_dir),
+            ("--log_file", &self.log_file),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(n, _)| n)
+        .collect()
+    }
 }
 
 /// Tasks other than running the daemon.
@@ -302,6 +362,29 @@ mod tests {
         assert!(c.ip_blackhole_route);
         assert_eq!(c.iface, ["eth0", "198.18.0.2"]);
         assert!(parse(&["--ip-masq=maybe"]).is_err());
+    }
+
+    #[test]
+    fn klog_flags_of_flanneld_command_lines() {
+        assert_eq!(parse(&[]).unwrap().klog.filter(), "info");
+        for v in [&["-v=2"][..], &["-v", "2"], &["--v=2"]] {
+            assert_eq!(parse(v).unwrap().klog.v, Some(2), "{v:?}");
+        }
+        assert_eq!(parse(&["-v=1"]).unwrap().klog.filter(), "info,twill=debug");
+        assert_eq!(parse(&["-v=10"]).unwrap().klog.filter(), "info,twill=trace");
+        let c = parse(&[
+            "-v=0",
+            "-logtostderr",
+            "-vmodule=subnet=4",
+            "-log_backtrace_at=main.go:1",
+            "--ip-masq",
+        ])
+        .unwrap();
+        assert!(c.ip_masq);
+        assert_eq!(c.klog.filter(), "info");
+        assert_eq!(c.klog.ignored(), ["--vmodule", "--log_backtrace_at"]);
+        let e = parse(&["-v=loud"]).unwrap_err().to_string();
+        assert!(e.contains("-v") && e.contains("loud"), "{e}");
     }
 
     #[test]

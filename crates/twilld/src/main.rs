@@ -8,9 +8,9 @@ mod http;
 mod install_cni;
 mod telemetry;
 
-fn init_logging(format: cli::LogFormat) {
+fn init_logging(format: cli::LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -24,7 +24,10 @@ fn init_logging(format: cli::LogFormat) {
 fn main() -> std::process::ExitCode {
     let args = cli::normalize_args(std::env::args());
     let cli = cli::Cli::parse_from(args);
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.klog.filter());
+    for flag in cli.klog.ignored() {
+        tracing::warn!("{flag} (a klog flag of flanneld's) is ignored: twilld logs to stderr; -v sets the level");
+    }
     if let Some(cli::Command::InstallCni(args)) = &cli.command {
         return match install_cni::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
