@@ -57,7 +57,8 @@ fn assert_status(v: &Value, name: &str, want: &str) {
 
 #[test]
 fn healthy_node_passes_and_each_breakage_is_named() {
-    let mut c = Cluster::with_pods("x-doc", CONF, 2, &["--ip-masq"]);
+    // The flags doctor is given below, as it should be run.
+    let mut c = Cluster::with_pods("x-doc", CONF, 2, &["--ip-masq", "--vxlan-notrack"]);
     let conf_dir = c.nodes[0].dir.join("net.d");
     let st = std::process::Command::new(twilld_bin())
         .args([
@@ -84,10 +85,15 @@ fn healthy_node_passes_and_each_breakage_is_named() {
         "vxlan port",
         "vxlan firewall",
         "peers",
+        "rules",
         "other CNIs",
     ] {
         assert_status(&v, name, "pass");
     }
+    assert_eq!(
+        check(&v, "rules")["detail"],
+        "iptables: masquerade, forward, vxlan notrack rules in place"
+    );
 
     // A host firewall that lets VXLAN in only as NEW connections would drop the packets
     // twilld untracks: named, and no longer a concern once UNTRACKED is accepted too.
@@ -112,7 +118,15 @@ fn healthy_node_passes_and_each_breakage_is_named() {
     ));
     n0.sh("ip link add cilium_host type veth peer name cilium_net");
     std::fs::write(conf_dir.join("05-cilium.conflist"), "{}").unwrap();
+    n0.sh(r#"iptables -t nat -D FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#);
+    n0.sh("iptables -I FORWARD -j DROP");
     let (_, v) = doctor(&c, 0);
+    assert_status(&v, "rules", "fail");
+    assert_eq!(
+        check(&v, "rules")["detail"],
+        "iptables: nat/FLANNEL-POSTRTG differs (1 rules missing, 0 extra); \
+         jump filter/FORWARD -> FLANNEL-FWD comes after \"-j DROP\""
+    );
     assert_status(&v, "peers", "warn");
     assert_status(&v, "other CNIs", "warn");
     let other = check(&v, "other CNIs")["detail"]

@@ -92,6 +92,13 @@ fn nftables_mode_masquerades_repairs_and_switches_modes_cleanly() {
         kernel["detail"].as_str().unwrap().contains("nftables work"),
         "{kernel}"
     );
+    // ... and compares the table with the one twilld writes.
+    let rules = doctor_check(&out, "rules");
+    assert_eq!(rules["status"], "pass", "{rules}");
+    assert_eq!(
+        rules["detail"],
+        "nftables: masquerade, forward rules in place"
+    );
 
     // A flushed chain is rewritten within a resync.
     c.nodes[0].ns.sh("nft flush chain ip flannel-ipv4 postrtg");

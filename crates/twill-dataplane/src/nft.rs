@@ -118,6 +118,67 @@ impl Nftables {
     }
 }
 
+/// Each chain of an `nft` script or listing with its statements, trimmed, in order; the
+/// chain's `type … hook …` line counts as one, so a chain on the wrong hook differs too.
+fn chains(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix('{'))
+        {
+            current = Some(name.trim().to_string());
+            out.insert(name.trim().to_string(), Vec::new());
+        } else if line == "}" {
+            current = None;
+        } else if let (Some(c), false) = (&current, line.is_empty()) {
+            out.get_mut(c).expect("inserted").push(line.to_string());
+        }
+    }
+    out
+}
+
+/// How the listed table differs from the wanted script, one line per problem (`twilld
+/// doctor`; the driver itself compares whole listings).
+pub fn drift(want: Option<&str>, listing: Option<&str>) -> Vec<String> {
+    let table = format!("nft table ip {NFT_TABLE}");
+    match (want, listing) {
+        (None, None) => Vec::new(),
+        (None, Some(_)) => vec![format!("{table} present but not wanted")],
+        (Some(_), None) => vec![format!("{table} missing")],
+        (Some(want), Some(have)) => {
+            let (want, have) = (chains(want), chains(have));
+            let mut out = Vec::new();
+            for (name, rules) in &want {
+                match have.get(name) {
+                    None => out.push(format!("{table} chain {name} missing")),
+                    Some(h) if h != rules => {
+                        let missing = rules.iter().filter(|r| !h.contains(r)).count();
+                        let extra = h.iter().filter(|r| !rules.contains(r)).count();
+                        out.push(format!(
+                            "{table} chain {name} differs ({missing} rules missing, {extra} extra)"
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for name in have.keys().filter(|n| !want.contains_key(*n)) {
+                out.push(format!("{table} chain {name} present but not wanted"));
+            }
+            out
+        }
+    }
+}
+
+impl Nftables {
+    /// How the kernel differs from `rules`, read-only.
+    pub fn drift(rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
+        let want = nft_script(&rules.intent);
+        Ok(drift(want.as_deref(), Self::listing()?.as_deref()))
+    }
+}
+
 /// Deletes the table if it is there (iptables mode starting after nftables mode, as
 /// flanneld does): the driver's own path for "no rules wanted", without its `nft --version`
 /// probe, since a host without nft has no table either. Whether there was one.
@@ -179,6 +240,56 @@ impl Firewall for Nftables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `nft list table` prints for `intent`'s script: the same lines, tab-indented.
+    fn listed(intent: &RuleIntent) -> String {
+        let script = nft_script(intent).unwrap();
+        let body = script
+            .split_once("delete table ip flannel-ipv4\n")
+            .unwrap()
+            .1;
+        body.lines()
+            .map(|l| format!("\t{}\n", l.trim()))
+            .collect::<String>()
+    }
+
+    fn sample_intent(ip_masq: bool, notrack: bool) -> RuleIntent {
+        intent(RuleOptions {
+            ip_masq,
+            fully_random: true,
+            forward: true,
+            notrack: notrack.then_some(VxlanFlows {
+                local: "198.18.0.1".parse().unwrap(),
+                port: 8472,
+            }),
+        })
+    }
+
+    #[test]
+    fn drift_compares_chains_and_rules() {
+        let full = sample_intent(true, true);
+        let want = nft_script(&full).unwrap();
+        assert!(drift(Some(&want), Some(&listed(&full))).is_empty());
+        assert!(drift(None, None).is_empty());
+        assert_eq!(
+            drift(Some(&want), None),
+            ["nft table ip flannel-ipv4 missing"]
+        );
+        assert_eq!(
+            drift(None, Some(&listed(&full))),
+            ["nft table ip flannel-ipv4 present but not wanted"]
+        );
+        // Masquerade on in the kernel, off in the config; one forward rule flushed away.
+        let no_masq = sample_intent(false, true);
+        let have = listed(&full).replace("\tip daddr 10.244.0.0/16 accept\n", "");
+        assert_eq!(
+            drift(nft_script(&no_masq).as_deref(), Some(&have)),
+            [
+                "nft table ip flannel-ipv4 chain forward differs (1 rules missing, 0 extra)",
+                "nft table ip flannel-ipv4 chain postrtg present but not wanted",
+            ]
+        );
+    }
     use crate::rules::{RuleOptions, VxlanFlows};
 
     fn intent(opts: RuleOptions) -> RuleIntent {

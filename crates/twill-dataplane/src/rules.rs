@@ -328,36 +328,25 @@ impl Iptables {
     }
 
     fn ensure_chain(&self, c: &ChainSpec, report: &mut RulesReport) -> Result<(), FirewallError> {
-        let t = self.table(c.table)?;
-        let current = t.chains.get(c.chain).cloned();
-        let parent = t.chains.get(c.parent).cloned().unwrap_or_default();
-        let jumps: Vec<usize> = parent
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r == c.jump)
-            .map(|(i, _)| i)
-            .collect();
+        let d = ChainDrift::of(c, &self.table(c.table)?);
+        let delete_jumps = || {
+            (0..d.jumps).try_for_each(|_| {
+                self.ipt
+                    .delete(c.table, c.parent, &c.jump)
+                    .map_err(|e| Self::err("delete jump", e))
+            })
+        };
         match &c.rules {
             Some(want) => {
-                if current.as_ref() != Some(want) {
+                if d.chain_wrong {
                     self.restore(c.table, c.chain, want)?;
                     report.repairs += 1;
                     report
                         .changes
                         .push(format!("rewrote {}/{}", c.table, c.chain));
                 }
-                let shadowed = jumps.first().is_some_and(|&first| {
-                    parent[..first]
-                        .iter()
-                        .any(|r| r.contains("-j DROP") || r.contains("-j REJECT"))
-                });
-                let misplaced = c.jump_first && shadowed;
-                if jumps.len() != 1 || misplaced {
-                    for _ in &jumps {
-                        self.ipt
-                            .delete(c.table, c.parent, &c.jump)
-                            .map_err(|e| Self::err("delete jump", e))?;
-                    }
+                if d.jump_wrong {
+                    delete_jumps()?;
                     if c.jump_first {
                         self.ipt.insert(c.table, c.parent, &c.jump, 1)
                     } else {
@@ -372,18 +361,14 @@ impl Iptables {
                 }
             }
             None => {
-                for _ in &jumps {
-                    self.ipt
-                        .delete(c.table, c.parent, &c.jump)
-                        .map_err(|e| Self::err("delete jump", e))?;
-                }
-                if current.is_some() {
+                delete_jumps()?;
+                if d.chain_wrong {
                     self.ipt
                         .flush_chain(c.table, c.chain)
                         .and_then(|_| self.ipt.delete_chain(c.table, c.chain))
                         .map_err(|e| Self::err("delete chain", e))?;
                 }
-                if !jumps.is_empty() || current.is_some() {
+                if d.jumps > 0 || d.chain_wrong {
                     report.repairs += 1;
                     report
                         .changes
@@ -395,7 +380,100 @@ impl Iptables {
     }
 }
 
+/// How one chain and its jump differ from their spec, read from one `iptables -S` table.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ChainDrift {
+    /// Wanted: the chain is missing or its rules differ. Unwanted: the chain exists.
+    chain_wrong: bool,
+    /// Jumps from the parent chain to ours.
+    jumps: usize,
+    /// Wanted: the jump is missing, duplicated or (for `jump_first`) behind a DROP or
+    /// REJECT. Unwanted: any jump is left.
+    jump_wrong: bool,
+    /// The first DROP/REJECT rule of the parent ahead of our jump, if one is.
+    shadowed_by: Option<String>,
+}
+
+impl ChainDrift {
+    fn of(c: &ChainSpec, t: &TableRules) -> Self {
+        let current = t.chains.get(c.chain);
+        let parent = t
+            .chains
+            .get(c.parent)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let jumps: Vec<usize> = parent
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r == c.jump)
+            .map(|(i, _)| i)
+            .collect();
+        match &c.rules {
+            Some(want) => {
+                let shadowed_by = jumps.first().and_then(|&first| {
+                    parent[..first]
+                        .iter()
+                        .find(|r| r.contains("-j DROP") || r.contains("-j REJECT"))
+                        .cloned()
+                });
+                let misplaced = c.jump_first && shadowed_by.is_some();
+                ChainDrift {
+                    chain_wrong: current != Some(want),
+                    jumps: jumps.len(),
+                    jump_wrong: jumps.len() != 1 || misplaced,
+                    shadowed_by: shadowed_by.filter(|_| c.jump_first),
+                }
+            }
+            None => ChainDrift {
+                chain_wrong: current.is_some(),
+                jumps: jumps.len(),
+                jump_wrong: !jumps.is_empty(),
+                shadowed_by: None,
+            },
+        }
+    }
+
+    /// What is wrong, in words (empty when nothing is).
+    fn describe(&self, c: &ChainSpec, t: &TableRules) -> Vec<String> {
+        let name = format!("{}/{}", c.table, c.chain);
+        let mut out = Vec::new();
+        match (&c.rules, t.chains.get(c.chain)) {
+            (Some(_), None) if self.chain_wrong => out.push(format!("{name} missing")),
+            (Some(want), Some(have)) if self.chain_wrong => {
+                let missing = want.iter().filter(|r| !have.contains(r)).count();
+                let extra = have.iter().filter(|r| !want.contains(r)).count();
+                out.push(format!(
+                    "{name} differs ({missing} rules missing, {extra} extra{})",
+                    if missing + extra == 0 { ", order" } else { "" }
+                ));
+            }
+            (None, Some(_)) => out.push(format!("{name} present but not wanted")),
+            _ => {}
+        }
+        let jump = format!("jump {}/{} -> {}", c.table, c.parent, c.chain);
+        match (&c.rules, self.jumps, &self.shadowed_by) {
+            (Some(_), 0, _) => out.push(format!("{jump} missing")),
+            (Some(_), 1, Some(r)) => out.push(format!("{jump} comes after \"{r}\"")),
+            (Some(_), n, _) if n > 1 => out.push(format!("{jump} present {n} times")),
+            (None, n, _) if n > 0 => out.push(format!("{jump} present but not wanted")),
+            _ => {}
+        }
+        out
+    }
+}
+
 impl Iptables {
+    /// How the kernel differs from `rules`, read-only (`twilld doctor`): one line per
+    /// problem, none when everything is in place.
+    pub fn drift(&self, rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
+        let mut out = Vec::new();
+        for c in &rules.chains {
+            let t = self.table(c.table)?;
+            out.extend(ChainDrift::of(c, &t).describe(c, &t));
+        }
+        Ok(out)
+    }
+
     /// Which of `rules`' chains and jumps exist right now, e.g. "nat/FLANNEL-POSTRTG".
     pub fn present(&self, rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
         let mut out = Vec::new();
@@ -539,6 +617,95 @@ mod tests {
         assert!(off.chains[2].rules.is_none() && off.chains[3].rules.is_none());
         // Turning it off must remove the chains it made, so they are named either way.
         assert_eq!(off.chains[2].chain, pre.chain);
+    }
+
+    fn table(lines: &[&str]) -> TableRules {
+        let v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+        TableRules::parse(&v)
+    }
+
+    fn fwd_lines(spec: &ChainSpec) -> Vec<String> {
+        spec.rules
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|r| format!("-A {FWD_CHAIN} {r}"))
+            .collect()
+    }
+
+    #[test]
+    fn drift_of_a_chain_and_its_jump() {
+        let r = rules(&opts(true, false));
+        let fwd = &r.chains[1];
+        let jump = format!("-A FORWARD {}", fwd.jump);
+        let body = fwd_lines(fwd);
+        let mut lines = vec!["-P FORWARD ACCEPT".to_string(), jump.clone()];
+        lines.push(format!("-N {FWD_CHAIN}"));
+        lines.extend(body.iter().cloned());
+        let t = table(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let d = ChainDrift::of(fwd, &t);
+        assert_eq!(
+            d,
+            ChainDrift {
+                jumps: 1,
+                ..Default::default()
+            }
+        );
+        assert!(d.describe(fwd, &t).is_empty());
+
+        // One rule gone, the jump behind a DROP and doubled.
+        let t = table(&[
+            "-A FORWARD -j DROP",
+            &jump,
+            &jump,
+            &format!("-N {FWD_CHAIN}"),
+            &body[0],
+        ]);
+        let d = ChainDrift::of(fwd, &t);
+        assert!(d.chain_wrong && d.jump_wrong && d.jumps == 2);
+        assert_eq!(
+            d.describe(fwd, &t),
+            [
+                "filter/FLANNEL-FWD differs (1 rules missing, 0 extra)",
+                "jump filter/FORWARD -> FLANNEL-FWD present 2 times",
+            ]
+        );
+        let t = table(&["-A FORWARD -j REJECT", &jump]);
+        assert_eq!(
+            ChainDrift::of(fwd, &t).describe(fwd, &t),
+            [
+                "filter/FLANNEL-FWD missing",
+                "jump filter/FORWARD -> FLANNEL-FWD comes after \"-j REJECT\"",
+            ]
+        );
+        // The masquerade jump is appended, so a DROP before it is not ours to judge.
+        let masq = &r.chains[0];
+        let t = table(&[
+            "-A POSTROUTING -j DROP",
+            &format!("-A POSTROUTING {}", masq.jump),
+        ]);
+        let d = ChainDrift::of(masq, &t);
+        assert!(!d.jump_wrong && d.shadowed_by.is_none());
+    }
+
+    #[test]
+    fn drift_when_rules_are_unwanted() {
+        let off = rules(&opts(false, false));
+        let masq = &off.chains[0];
+        let t = table(&[
+            &format!("-A POSTROUTING {}", masq.jump),
+            &format!("-N {MASQ_CHAIN}"),
+        ]);
+        let d = ChainDrift::of(masq, &t);
+        assert!(d.chain_wrong && d.jump_wrong);
+        assert_eq!(
+            d.describe(masq, &t),
+            [
+                "nat/FLANNEL-POSTRTG present but not wanted",
+                "jump nat/POSTROUTING -> FLANNEL-POSTRTG present but not wanted",
+            ]
+        );
+        assert_eq!(ChainDrift::of(masq, &table(&[])), ChainDrift::default());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use ipnetwork::IpNetwork;
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    desired_peers, plan_peers, Blackhole, Netlink, RouteForm, Underlay, BLACKHOLE_METRIC,
+    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleOptions,
+    RuleSet, Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
 use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
@@ -221,6 +222,8 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
         peers(&mut c, &nl, d.index, mode, own_key.as_ref(), l, store_name).await;
     }
     if let Some(env) = &env {
+        let local = ext.as_ref().map(|(e, _)| e.addr);
+        rules(&mut c, cli, conf.as_ref(), env, local).await;
         blackhole(&mut c, &nl, env, cli.ip_blackhole_route).await;
     }
     other_cnis(&mut c, &nl, env.as_ref(), args).await;
@@ -712,6 +715,69 @@ async fn peers(
         (0, 0) => c.pass("peers", detail),
         (0, _) => c.add("peers", Status::Warn, detail, hint),
         _ => c.add("peers", Status::Fail, detail, hint),
+    }
+}
+
+/// The MASQUERADE/FORWARD (and notrack) rules as the running twilld keeps them: masquerade
+/// as subnet.env says it does, the rest from the flags doctor is given.
+async fn rules(
+    c: &mut Checks,
+    cli: &Cli,
+    conf: Option<&NetConf>,
+    env: &SubnetEnv,
+    local: Option<Ipv4Addr>,
+) {
+    let (Some(IpNetwork::V4(own)), Some(IpNetwork::V4(network)), Some(conf)) =
+        (env.lease_subnet(), env.networks.first().copied(), conf)
+    else {
+        return;
+    };
+    let opts = RuleOptions {
+        ip_masq: env.ipmasq.unwrap_or(cli.ip_masq),
+        fully_random: !cli.ip_masq_fully_random_disable,
+        forward: cli.iptables_forward_rules,
+        notrack: match (cli.vxlan_notrack, local) {
+            (true, Some(local)) => Some(VxlanFlows {
+                local,
+                port: conf.backend.port,
+            }),
+            _ => None,
+        },
+    };
+    let want = RuleSet::new(network, own, &opts);
+    let nftables = conf.enable_nftables;
+    let found = tokio::task::spawn_blocking(move || {
+        if nftables {
+            Nftables::drift(&want)
+        } else {
+            Iptables::new().and_then(|fw| fw.drift(&want))
+        }
+    })
+    .await;
+    let tool = if nftables { "nftables" } else { "iptables" };
+    let wanted: Vec<&str> = [
+        (opts.ip_masq, "masquerade"),
+        (opts.forward, "forward"),
+        (opts.notrack.is_some(), "vxlan notrack"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    let unchecked = if cli.vxlan_notrack && local.is_none() {
+        " (vxlan notrack not checked: no underlay address)"
+    } else {
+        ""
+    };
+    match found {
+        Ok(Ok(d)) if d.is_empty() => c.pass(
+            "rules",
+            format!("{tool}: {} rules in place{unchecked}", if wanted.is_empty() { "no".to_string() } else { wanted.join(", ") }),
+        ),
+        Ok(Ok(d)) => c.add("rules", Status::Fail, format!("{tool}: {}", d.join("; ")),
+            "twilld rewrites its rules within --iptables-resync seconds; if this persists it is not running, runs with other flags than doctor was given, or something rewrites the rules after it"),
+        Ok(Err(e)) => c.add("rules", Status::Warn, format!("could not read the {tool} rules: {e}"), "run doctor as root"),
+        Err(e) => c.add("rules", Status::Warn, format!("rules check: {e}"), ""),
     }
 }
 
