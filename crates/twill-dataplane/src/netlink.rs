@@ -748,9 +748,7 @@ impl Netlink {
 
     /// Deletes one blackhole route; one already gone counts as deleted.
     pub async fn del_blackhole(&self, b: Blackhole) -> Result<(), NetlinkError> {
-        let mut msg = blackhole_msg(b);
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.scope = RouteScope::NoWhere;
+        let msg = match_any_origin(blackhole_msg(b));
         match self.handle.route().del(msg).execute().await {
             Err(e) if !matches!(errno(&e), Some(ENOENT | ESRCH)) => Err(NetlinkError {
                 op: format!("delete {b}"),
@@ -933,6 +931,15 @@ async fn run<'a>(
     }
 }
 
+/// A delete request with wildcards, as `ip route del` sends: the builder's protocol
+/// (static) and scope would only match routes we made, not a leftover made by flanneld or
+/// by hand.
+fn match_any_origin(mut msg: RouteMessage) -> RouteMessage {
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.scope = RouteScope::NoWhere;
+    msg
+}
+
 fn blackhole_msg(b: Blackhole) -> RouteMessage {
     RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(b.net.network(), b.net.prefix())
@@ -1000,11 +1007,7 @@ fn del_route(h: &Handle, net: Ipv4Network, via: Via, index: u32) -> Pending<'_> 
             }
         }
     }
-    let mut msg = b.build();
-    // Wildcards, as `ip route del` sends: the builder's protocol (static) and scope would
-    // only match routes we made, not a leftover made by flanneld or by hand.
-    msg.header.protocol = RouteProtocol::Unspec;
-    msg.header.scope = RouteScope::NoWhere;
+    let msg = match_any_origin(b.build());
     async move {
         (
             format!("del route {net}"),

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
@@ -718,6 +718,14 @@ async fn peers(
     }
 }
 
+/// subnet.env's IPv4 lease and the network it is in.
+fn v4_lease(env: &SubnetEnv) -> Option<(Ipv4Network, Ipv4Network)> {
+    match (env.lease_subnet()?, *env.networks.first()?) {
+        (IpNetwork::V4(own), IpNetwork::V4(network)) => Some((own, network)),
+        _ => None,
+    }
+}
+
 /// The MASQUERADE/FORWARD (and notrack) rules as the running twilld keeps them: masquerade
 /// as subnet.env says it does, the rest from the flags doctor is given.
 async fn rules(
@@ -727,9 +735,7 @@ async fn rules(
     env: &SubnetEnv,
     local: Option<Ipv4Addr>,
 ) {
-    let (Some(IpNetwork::V4(own)), Some(IpNetwork::V4(network)), Some(conf)) =
-        (env.lease_subnet(), env.networks.first().copied(), conf)
-    else {
+    let (Some((own, network)), Some(conf)) = (v4_lease(env), conf) else {
         return;
     };
     let opts = RuleOptions {
@@ -784,9 +790,7 @@ async fn rules(
 /// Our subnet's blackhole route: present with --ip-blackhole-route, and never in
 /// flanneld's form, which shadows cni0's route to the local pods.
 async fn blackhole(c: &mut Checks, nl: &Netlink, env: &SubnetEnv, want: bool) {
-    let (Some(IpNetwork::V4(own)), Some(IpNetwork::V4(network))) =
-        (env.lease_subnet(), env.networks.first().copied())
-    else {
+    let Some((own, network)) = v4_lease(env) else {
         return;
     };
     let Ok(found) = nl.blackholes().await else {
