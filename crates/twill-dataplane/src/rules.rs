@@ -410,18 +410,18 @@ impl ChainDrift {
             .collect();
         match &c.rules {
             Some(want) => {
-                let shadowed_by = jumps.first().and_then(|&first| {
+                // Only a jump that must come first can be misplaced.
+                let shadowed_by = jumps.first().filter(|_| c.jump_first).and_then(|&first| {
                     parent[..first]
                         .iter()
                         .find(|r| r.contains("-j DROP") || r.contains("-j REJECT"))
                         .cloned()
                 });
-                let misplaced = c.jump_first && shadowed_by.is_some();
                 ChainDrift {
                     chain_wrong: current != Some(want),
                     jumps: jumps.len(),
-                    jump_wrong: jumps.len() != 1 || misplaced,
-                    shadowed_by: shadowed_by.filter(|_| c.jump_first),
+                    jump_wrong: jumps.len() != 1 || shadowed_by.is_some(),
+                    shadowed_by,
                 }
             }
             None => ChainDrift {
