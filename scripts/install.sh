@@ -20,9 +20,13 @@ while (($#)); do
   esac
 done
 
+# A new machine has neither protoc for the build nor the tools twilld calls at run time.
 if [[ -z $bin_dir ]]; then
+  bash scripts/setup.sh build node
   cargo build --release -q -p twilld -p twill-cni
   bin_dir=target/release
+elif [[ -z $root ]]; then
+  bash scripts/setup.sh node
 fi
 for b in twilld twill; do
   [[ -x $bin_dir/$b ]] || { echo "install.sh: $bin_dir/$b not found or not executable" >&2; exit 1; }

@@ -73,7 +73,8 @@ pod_ip() { jq -r '.ips[0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
 
 up() {
   local count=${1:-3} n
-  [[ -x $TWILLD && -x $TWILL_CNI ]] || die "no twilld/twill binaries next to $TWILLD (cargo build --release)"
+  [[ -x $TWILLD && -x $TWILL_CNI ]] || die "no twilld/twill binaries next to $TWILLD: run 'bash scripts/setup.sh && cargo build --release -p twilld -p twill-cni' first (scripts/demo.sh does both)"
+  bash "$ROOT/scripts/setup.sh" test >/dev/null
   [[ -e /run/netns/$P-ul ]] && die "a lab with prefix $P is already up (scripts/lab.sh down first)"
   mkdir -p "$STATE"; echo "$count" > "$STATE/nodes"
   ip netns add "$P-ul"

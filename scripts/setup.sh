@@ -1,30 +1,60 @@
 #!/usr/bin/env bash
-# Installs everything twill's build, tests and demo need on Debian 12 (run as root).
+# Installs what twill needs on Debian 12 (run as root). Groups, any combination:
+#   build   compile twilld and the CNI plugin (etcd-client's build runs protoc, which
+#           imports the well-known .proto files from libprotobuf-dev)
+#   node    what twilld and the plugin call at run time on a node
+#   test    the real parts the tests, the demo, the lab and the benchmarks run against
+# No group means all three. Every package is named here, installed without recommends:
+# a package that is only recommended by another is a package a new machine may not have.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-PKGS=(
+BUILD=(protobuf-compiler libprotobuf-dev pkg-config)
+NODE=(
+  iproute2 iptables nftables       # kernel state the daemon programs
+  containernetworking-plugins      # bridge + host-local, the CNI plugin's delegates
+  kmod                             # modprobe vxlan / bridge
+)
+TEST=(
   etcd-server etcd-client          # the real store the tests and the demo run against
-  protobuf-compiler                # etcd-client's build runs protoc
-  iproute2 iptables nftables       # kernel state the daemon programs and tests assert
-  containernetworking-plugins      # bridge + host-local + portmap + loopback CNI delegates
   containerd runc busybox-static   # a real container runtime as CNI client in the tests
   systemd                          # systemd-analyze verify on twilld.service
-  iputils-ping tcpdump ethtool iperf3 jq openssl procps psmisc curl bc
+  iputils-ping tcpdump ethtool iperf3 jq openssl procps psmisc curl bc util-linux
 )
 
+groups=("$@")
+((${#groups[@]})) || groups=(build node test)
+want=() need_cargo=0
+for g in "${groups[@]}"; do
+  case $g in
+    build) want+=("${BUILD[@]}"); need_cargo=1 ;;
+    node) want+=("${NODE[@]}") ;;
+    test) want+=("${TEST[@]}" "${NODE[@]}") ;;
+    *) echo "setup: unknown group '$g' (build, node, test)" >&2; exit 2 ;;
+  esac
+done
+
+[[ $EUID == 0 ]] || { echo "setup: run as root (it installs Debian packages)" >&2; exit 1; }
 missing=()
-for p in "${PKGS[@]}"; do
+for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found: install a Rust toolchain (1.91 or newer) first" >&2
-  exit 1
+if ((need_cargo)); then
+  if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found: install a Rust toolchain ($(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml 2>/dev/null || echo 1.91) or newer) and a C linker first" >&2
+    exit 1
+  fi
+  if ! command -v cc >/dev/null; then
+    echo "setup: no C compiler/linker (cc): apt-get install build-essential" >&2
+    exit 1
+  fi
 fi
 # The vxlan and bridge modules are needed inside the namespaces; loading them is
 # harmless where they are built in.
