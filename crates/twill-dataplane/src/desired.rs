@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerEvent};
 
-use crate::mac::Mac;
+use twill_store::Mac;
 
 /// What one vxlan peer needs on our side: `ip neigh <vtep_ip> lladdr <mac>`, `bridge fdb
 /// <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.

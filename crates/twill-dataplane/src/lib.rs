@@ -10,7 +10,6 @@ pub mod blackhole;
 pub mod change;
 pub mod desired;
 pub mod iface;
-pub mod mac;
 pub mod netlink;
 pub mod nexthop;
 pub mod nft;
@@ -24,7 +23,6 @@ pub use desired::{
     Ops, PeerEntry, RouteForm, Via,
 };
 pub use iface::{choose_interface, ExtIface, Fallback, IfaceError, InterfaceInfo};
-pub use mac::Mac;
 pub use netlink::{
     watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, UnderlayRoutes, VxlanSpec,
 };
@@ -35,3 +33,4 @@ pub use reconcile::{
 pub use rules::{
     Firewall, FirewallError, Iptables, RuleIntent, RuleOptions, RuleSet, RulesReport, VxlanFlows,
 };
+pub use twill_store::Mac;

@@ -29,8 +29,8 @@ use crate::blackhole::{Blackhole, BLACKHOLE_METRIC};
 use crate::change::ChangeFlag;
 use crate::desired::{Actual, Ops, Via};
 use crate::iface::{IfAddr, InterfaceInfo};
-use crate::mac::Mac;
 use crate::nexthop::{self, NexthopConn};
+use twill_store::Mac;
 
 /// Requests in flight at once within a batch; bounded so a 10 000-peer batch doesn't
 /// overrun the socket's receive buffer with replies.

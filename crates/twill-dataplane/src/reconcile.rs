@@ -13,9 +13,9 @@ use crate::change::ChangeFlag;
 use crate::desired::{
     diff, diff_direct, incremental, split_direct, DirectOps, Ops, PeerEntry, RouteForm,
 };
-use crate::mac::Mac;
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
 use crate::rules::{Firewall, FirewallError, RuleOptions, RuleSet, VxlanFlows};
+use twill_store::Mac;
 
 /// What the node's data plane is made of, apart from the peers.
 #[derive(Debug, Clone)]

@@ -5,11 +5,15 @@
 mod alloc;
 mod etcd;
 mod lease;
+mod mac;
 mod manager;
 mod peers;
+mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
 pub use etcd::{AcquireRequest, EtcdOptions, EtcdStore, HeldLease, RenewOutcome, StoreError};
 pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData};
+pub use mac::Mac;
 pub use manager::SubnetManager;
-pub use peers::{Lease, PeerEvent, PeerTable, WatchEvent};
+pub use peers::{Applied, Lease, PeerEvent, PeerTable, WatchEvent};
+pub use validate::{LeasePolicy, Rejection, Verdict};

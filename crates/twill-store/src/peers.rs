@@ -2,9 +2,12 @@
 //! snapshots and incremental events, and turned into added/changed/removed events for the
 //! data plane. Pure; both stores (etcd, Kubernetes) feed it the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ipnetwork::IpNetwork;
 
 use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
+use crate::validate::{claims, LeasePolicy, Rejection, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -39,12 +42,43 @@ pub struct Applied {
     pub events: Vec<PeerEvent>,
     /// Our own lease vanished or was taken over: the daemon must re-acquire.
     pub own_lost: bool,
+    /// Leases refused by this change (newly, or for another reason than before): each is
+    /// reported once, not on every re-list.
+    pub rejected: Vec<(LeaseKey, Rejection)>,
 }
 
+#[derive(Debug)]
+struct Entry {
+    /// `None`: the value is not lease JSON.
+    attrs: Option<LeaseAttrs>,
+    /// The lease judged on its own.
+    verdict: Verdict,
+    /// The lease judged with the others: `None` when it is a peer.
+    refused: Option<Rejection>,
+}
+
+impl Entry {
+    fn peer(&self) -> Option<&LeaseAttrs> {
+        match (&self.verdict, &self.refused) {
+            (Verdict::Usable, None) => self.attrs.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Every lease of the store but ours, each either a peer or refused with a reason. Only
+/// peers produce events, so nothing refused reaches the data plane; a peer whose lease
+/// turns bad is removed like a deleted one.
 #[derive(Debug, Default)]
 pub struct PeerTable {
     own: Option<(LeaseKey, LeaseAttrs)>,
-    peers: BTreeMap<LeaseKey, LeaseAttrs>,
+    /// `None` accepts every well-formed lease (tests of the store alone).
+    policy: Option<LeasePolicy>,
+    entries: BTreeMap<LeaseKey, Entry>,
+    peers: usize,
+    /// Which usable leases claim each subnet. Two on one subnet are both refused: which one
+    /// is real can't be told from here, and every node must decide the same way.
+    claims: HashMap<IpNetwork, Vec<LeaseKey>>,
 }
 
 impl PeerTable {
@@ -52,34 +86,74 @@ impl PeerTable {
         Self::default()
     }
 
-    /// Sets the lease we hold. If it was known as a peer it stops being one.
+    pub fn with_policy(policy: LeasePolicy) -> Self {
+        PeerTable {
+            policy: Some(policy),
+            ..Self::default()
+        }
+    }
+
+    pub fn policy(&self) -> Option<&LeasePolicy> {
+        self.policy.as_ref()
+    }
+
+    /// Judges every lease again under `policy` (the underlay or the config changed).
+    pub fn set_policy(&mut self, policy: LeasePolicy) -> Applied {
+        if self.policy.as_ref() == Some(&policy) {
+            return Applied::default();
+        }
+        self.policy = Some(policy);
+        self.rejudge_all()
+    }
+
+    /// Sets the lease we hold. If it was known as a peer it stops being one, and so does
+    /// any lease overlapping it.
     pub fn set_own(&mut self, key: LeaseKey, attrs: LeaseAttrs) -> Vec<PeerEvent> {
-        let removed = self
-            .peers
-            .remove(&key)
-            .map(|old| PeerEvent::Removed(Lease { key, attrs: old }));
+        let mut out = Applied::default();
+        if let Some(e) = self.entries.get(&key) {
+            let was = e.peer().cloned();
+            self.forget(key);
+            if let Some(attrs) = was {
+                out.events.push(PeerEvent::Removed(Lease { key, attrs }));
+            }
+        }
         self.own = Some((key, attrs));
-        removed.into_iter().collect()
+        out.events.extend(self.rejudge_all().events);
+        out.events
     }
 
     pub fn own(&self) -> Option<&LeaseKey> {
         self.own.as_ref().map(|(k, _)| k)
     }
 
+    /// Number of peers (refused leases not counted).
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.peers
     }
 
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.peers == 0
     }
 
+    /// The peers, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&LeaseKey, &LeaseAttrs)> {
-        self.peers.iter()
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| e.peer().map(|a| (k, a)))
     }
 
     pub fn get(&self, key: &LeaseKey) -> Option<&LeaseAttrs> {
-        self.peers.get(key)
+        self.entries.get(key).and_then(Entry::peer)
+    }
+
+    /// The leases refused right now, with why.
+    pub fn rejected(&self) -> impl Iterator<Item = (&LeaseKey, &Rejection)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| match (&e.verdict, &e.refused) {
+                (Verdict::Rejected(r), _) | (_, Some(r)) => Some((k, r)),
+                _ => None,
+            })
     }
 
     pub fn apply(&mut self, ev: WatchEvent) -> Applied {
@@ -88,10 +162,9 @@ impl PeerTable {
             WatchEvent::Put(l) => self.put(l, &mut out),
             WatchEvent::Delete(key) => self.delete(key, &mut out),
             WatchEvent::Snapshot(all) => {
-                let present: std::collections::HashSet<LeaseKey> =
-                    all.iter().map(|l| l.key).collect();
+                let present: HashSet<LeaseKey> = all.iter().map(|l| l.key).collect();
                 let gone: Vec<LeaseKey> = self
-                    .peers
+                    .entries
                     .keys()
                     .filter(|k| !present.contains(k))
                     .copied()
@@ -126,22 +199,20 @@ impl PeerTable {
                 }
             }
         }
-        let Some(attrs) = l.attrs else {
-            // Unreadable value: not a usable peer. Drop what we had for it.
-            self.delete(l.key, out);
+        if self.entries.get(&l.key).is_some_and(|e| e.attrs == l.attrs) {
             return;
-        };
-        let lease = Lease {
-            key: l.key,
-            attrs: attrs.clone(),
-        };
-        match self.peers.insert(l.key, attrs) {
-            None => out.events.push(PeerEvent::Added(lease)),
-            Some(old) if old != lease.attrs => {
-                out.events.push(PeerEvent::Changed { new: lease, old })
-            }
-            Some(_) => {}
         }
+        let key = l.key;
+        let group = self.group_of(&key);
+        let before = self.standing(&group);
+        self.forget(key);
+        let verdict = match &self.policy {
+            Some(p) => p.check(&key, l.attrs.as_ref(), self.own()),
+            None if l.attrs.is_none() => Verdict::Rejected(Rejection::Malformed),
+            None => Verdict::Usable,
+        };
+        self.remember(key, l.attrs, verdict);
+        self.settle(&group, before, out);
     }
 
     fn delete(&mut self, key: LeaseKey, out: &mut Applied) {
@@ -149,11 +220,147 @@ impl PeerTable {
             out.own_lost = true;
             return;
         }
-        if let Some(attrs) = self.peers.remove(&key) {
-            out.events.push(PeerEvent::Removed(Lease { key, attrs }));
+        if !self.entries.contains_key(&key) {
+            return;
+        }
+        let group = self.group_of(&key);
+        let before = self.standing(&group);
+        self.forget(key);
+        self.settle(&group, before, out);
+    }
+
+    /// `key` and every lease sharing a subnet with it: all whose standing a change of
+    /// `key` can alter.
+    fn group_of(&self, key: &LeaseKey) -> Vec<LeaseKey> {
+        let mut g = vec![*key];
+        for s in claims(key, self.policy.as_ref()) {
+            for k in self.claims.get(&s).into_iter().flatten() {
+                if !g.contains(k) {
+                    g.push(*k);
+                }
+            }
+        }
+        g
+    }
+
+    /// Where each of `keys` stands now: its peer attributes, or why it is refused.
+    fn standing(&self, keys: &[LeaseKey]) -> Vec<Standing> {
+        keys.iter()
+            .map(|k| (self.get(k).cloned(), self.rejection_of(k)))
+            .collect()
+    }
+
+    fn forget(&mut self, key: LeaseKey) {
+        let Some(e) = self.entries.remove(&key) else {
+            return;
+        };
+        if e.peer().is_some() {
+            self.peers -= 1;
+        }
+        if e.verdict == Verdict::Usable {
+            for s in claims(&key, self.policy.as_ref()) {
+                if let Some(v) = self.claims.get_mut(&s) {
+                    v.retain(|k| *k != key);
+                    if v.is_empty() {
+                        self.claims.remove(&s);
+                    }
+                }
+            }
         }
     }
+
+    fn remember(&mut self, key: LeaseKey, attrs: Option<LeaseAttrs>, verdict: Verdict) {
+        if verdict == Verdict::Usable {
+            for s in claims(&key, self.policy.as_ref()) {
+                self.claims.entry(s).or_default().push(key);
+            }
+        }
+        let e = Entry {
+            attrs,
+            verdict,
+            refused: None,
+        };
+        if e.peer().is_some() {
+            self.peers += 1;
+        }
+        self.entries.insert(key, e);
+    }
+
+    /// Decides each of `keys` against the claims and reports what changed since `before`.
+    fn settle(&mut self, keys: &[LeaseKey], before: Vec<Standing>, out: &mut Applied) {
+        for (key, (was, refused_before)) in keys.iter().zip(before) {
+            let overlap = claims(key, self.policy.as_ref()).into_iter().find_map(|s| {
+                self.claims
+                    .get(&s)
+                    .and_then(|v| v.iter().find(|k| *k != key))
+                    .copied()
+            });
+            let now = match self.entries.get_mut(key) {
+                Some(e) => {
+                    let had = e.peer().is_some();
+                    e.refused = overlap.map(|other| Rejection::Overlap { other });
+                    let now = e.peer().cloned();
+                    match (had, now.is_some()) {
+                        (true, false) => self.peers -= 1,
+                        (false, true) => self.peers += 1,
+                        _ => {}
+                    }
+                    now
+                }
+                None => None,
+            };
+            if let Some(r) = self
+                .rejection_of(key)
+                .filter(|r| refused_before.as_ref() != Some(r))
+            {
+                out.rejected.push((*key, r));
+            }
+            match (was, now) {
+                (None, Some(attrs)) => out
+                    .events
+                    .push(PeerEvent::Added(Lease { key: *key, attrs })),
+                (Some(attrs), None) => out
+                    .events
+                    .push(PeerEvent::Removed(Lease { key: *key, attrs })),
+                (Some(old), Some(attrs)) if old != attrs => out.events.push(PeerEvent::Changed {
+                    new: Lease { key: *key, attrs },
+                    old,
+                }),
+                _ => {}
+            }
+        }
+    }
+
+    fn rejection_of(&self, key: &LeaseKey) -> Option<Rejection> {
+        let e = self.entries.get(key)?;
+        match (&e.verdict, &e.refused) {
+            (Verdict::Rejected(r), _) | (_, Some(r)) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Judges every lease from scratch: after the policy or our own lease changed.
+    fn rejudge_all(&mut self) -> Applied {
+        let mut out = Applied::default();
+        let keys: Vec<LeaseKey> = self.entries.keys().copied().collect();
+        let before = self.standing(&keys);
+        let old = std::mem::take(&mut self.entries);
+        self.claims.clear();
+        self.peers = 0;
+        for (key, e) in old {
+            let verdict = match &self.policy {
+                Some(p) => p.check(&key, e.attrs.as_ref(), self.own()),
+                None => e.verdict,
+            };
+            self.remember(key, e.attrs, verdict);
+        }
+        self.settle(&keys, before, &mut out);
+        out
+    }
 }
+
+/// A lease's peer attributes, or why it is refused (neither: a reservation).
+type Standing = (Option<LeaseAttrs>, Option<Rejection>);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,12 @@ impl Mac {
     pub fn from_slice(s: &[u8]) -> Option<Self> {
         s.try_into().ok().map(Mac)
     }
+
+    /// An address one station can own: not group (multicast/broadcast), not all zeros.
+    /// An FDB entry for anything else would flood or blackhole the VXLAN device.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 0x01 == 0 && self.0 != [0; 6]
+    }
 }
 
 impl fmt::Display for Mac {

@@ -1,0 +1,288 @@
+//! Whether a peer's lease may reach the kernel. Everything under the store's prefix is
+//! written by whoever holds write access to it — another node, an operator's tool, a typo,
+//! an attacker — and every node turns it into routes. A lease that would route anything
+//! but a slice of the pod network into the tunnel (the underlay, a default route, our own
+//! pods) is refused here, before the data plane sees it. Pure: the daemon and `twilld
+//! doctor` judge the same lease the same way.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use crate::lease::{LeaseAttrs, LeaseKey};
+use crate::mac::Mac;
+
+/// What this node accepts from its peers: the configured pod network and subnet size,
+/// its backend, and what it must never route into the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasePolicy {
+    pub network: Ipv4Network,
+    pub subnet_len: u8,
+    /// `IPv6Network` and `IPv6SubnetLen` when IPv6 is enabled; the v6 half of a
+    /// dual-stack key is only judged (and only claims its subnet) then.
+    pub ipv6: Option<(Ipv6Network, u8)>,
+    pub backend_type: String,
+    pub vni: u32,
+    /// This node's own addresses: a peer claiming one as its PublicIP would have our own
+    /// VXLAN packets sent to ourselves.
+    pub local_addrs: Vec<IpAddr>,
+    /// What this node reaches outside the overlay: its addresses' connected prefixes and
+    /// the routes of its underlay. A peer subnet overlapping one would pull that traffic
+    /// (the store's own address among it) into the tunnel.
+    pub protected: Vec<IpNetwork>,
+}
+
+/// Why a lease is refused. `reason()` is the metric label; `Display` the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The value is not flannel's lease JSON.
+    Malformed,
+    NoIpv4Subnet,
+    OutsideNetwork {
+        subnet: IpNetwork,
+        network: IpNetwork,
+    },
+    SubnetLength {
+        subnet: IpNetwork,
+        want: u8,
+    },
+    /// The subnet overlaps an address or route of this node's underlay.
+    Underlay {
+        subnet: IpNetwork,
+        prefix: IpNetwork,
+    },
+    /// The subnet overlaps the one this node holds.
+    OwnSubnet {
+        subnet: IpNetwork,
+    },
+    /// PublicIP (or PublicIPv6) is not an address a node can have.
+    PublicIp {
+        ip: IpAddr,
+    },
+    /// PublicIP is one of this node's addresses.
+    PublicIpOurs {
+        ip: IpAddr,
+    },
+    BackendType {
+        got: String,
+        want: String,
+    },
+    BackendData {
+        why: String,
+    },
+    Vni {
+        got: u32,
+        want: u32,
+    },
+    VtepMac {
+        mac: String,
+    },
+    /// Another lease claims the same subnet: neither is trusted, on every node alike.
+    Overlap {
+        other: LeaseKey,
+    },
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::NoIpv4Subnet => "no-ipv4-subnet",
+            Rejection::OutsideNetwork { .. } => "outside-network",
+            Rejection::SubnetLength { .. } => "subnet-length",
+            Rejection::Underlay { .. } => "underlay-overlap",
+            Rejection::OwnSubnet { .. } => "own-subnet",
+            Rejection::PublicIp { .. } => "public-ip",
+            Rejection::PublicIpOurs { .. } => "public-ip-ours",
+            Rejection::BackendType { .. } => "backend-type",
+            Rejection::BackendData { .. } => "backend-data",
+            Rejection::Vni { .. } => "vni",
+            Rejection::VtepMac { .. } => "vtep-mac",
+            Rejection::Overlap { .. } => "overlap",
+        }
+    }
+
+    /// Every label `reason()` can return, so a metric can show all of them at 0.
+    pub const REASONS: [&'static str; 13] = [
+        "malformed",
+        "no-ipv4-subnet",
+        "outside-network",
+        "subnet-length",
+        "underlay-overlap",
+        "own-subnet",
+        "public-ip",
+        "public-ip-ours",
+        "backend-type",
+        "backend-data",
+        "vni",
+        "vtep-mac",
+        "overlap",
+    ];
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Malformed => f.write_str("the value is not lease JSON"),
+            Rejection::NoIpv4Subnet => f.write_str("the key has no IPv4 subnet"),
+            Rejection::OutsideNetwork { subnet, network } => {
+                write!(f, "subnet {subnet} is outside Network {network}")
+            }
+            Rejection::SubnetLength { subnet, want } => {
+                write!(f, "subnet {subnet} is not a /{want} (SubnetLen)")
+            }
+            Rejection::Underlay { subnet, prefix } => write!(
+                f,
+                "subnet {subnet} overlaps {prefix} of this node's underlay"
+            ),
+            Rejection::OwnSubnet { subnet } => {
+                write!(f, "subnet {subnet} overlaps this node's own lease")
+            }
+            Rejection::PublicIp { ip } => write!(f, "PublicIP {ip} is not a unicast address"),
+            Rejection::PublicIpOurs { ip } => {
+                write!(f, "PublicIP {ip} is an address of this node")
+            }
+            Rejection::BackendType { got, want } => {
+                write!(f, "BackendType {got:?} is not ours ({want:?})")
+            }
+            Rejection::BackendData { why } => write!(f, "BackendData: {why}"),
+            Rejection::Vni { got, want } => write!(f, "VNI {got} is not ours ({want})"),
+            Rejection::VtepMac { mac } => write!(f, "VtepMAC {mac:?} is not a unicast MAC"),
+            Rejection::Overlap { other } => {
+                write!(f, "lease {other} claims the same subnet; neither is used")
+            }
+        }
+    }
+}
+
+/// The outcome of the checks that need only the lease itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Usable,
+    /// A reservation (no backend yet): holds its subnet, is nobody's peer yet.
+    Pending,
+    Rejected(Rejection),
+}
+
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+fn unicast_v4(ip: Ipv4Addr) -> bool {
+    let first = ip.octets()[0];
+    // 0/8 is "this network", 240/4 reserved (and the broadcast address), 224/4 multicast.
+    !(first == 0 || first == 127 || first >= 224)
+}
+
+fn unicast_v6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
+}
+
+/// The subnets a key claims under `policy` (v6 only when IPv6 is enabled).
+pub(crate) fn claims(key: &LeaseKey, policy: Option<&LeasePolicy>) -> Vec<IpNetwork> {
+    let v6 = policy.is_none_or(|p| p.ipv6.is_some());
+    key.v4.into_iter().chain(key.v6.filter(|_| v6)).collect()
+}
+
+impl LeasePolicy {
+    /// Judges one lease on its own; `own` is the key this node holds. Overlaps between
+    /// peers need the whole table (`PeerTable`).
+    pub fn check(
+        &self,
+        key: &LeaseKey,
+        attrs: Option<&LeaseAttrs>,
+        own: Option<&LeaseKey>,
+    ) -> Verdict {
+        match self.check_inner(key, attrs, own) {
+            Ok(true) => Verdict::Usable,
+            Ok(false) => Verdict::Pending,
+            Err(r) => Verdict::Rejected(r),
+        }
+    }
+
+    fn check_inner(
+        &self,
+        key: &LeaseKey,
+        attrs: Option<&LeaseAttrs>,
+        own: Option<&LeaseKey>,
+    ) -> Result<bool, Rejection> {
+        // The key first: it is what becomes a route, whatever the value says.
+        let v4 = key.v4.ok_or(Rejection::NoIpv4Subnet)?;
+        self.check_subnet(v4, IpNetwork::V4(self.network), self.subnet_len)?;
+        if let (Some((net, len)), Some(v6)) = (self.ipv6, key.v6) {
+            self.check_subnet(v6, IpNetwork::V6(net), len)?;
+        }
+        if let Some(own) = own {
+            for mine in claims(own, Some(self)) {
+                if let Some(s) = claims(key, Some(self))
+                    .into_iter()
+                    .find(|s| overlaps(*s, mine))
+                {
+                    return Err(Rejection::OwnSubnet { subnet: s });
+                }
+            }
+        }
+        let attrs = attrs.ok_or(Rejection::Malformed)?;
+        if attrs.backend_type.is_empty() && attrs.backend_data.is_none() {
+            return Ok(false);
+        }
+        self.check_public_ip(IpAddr::V4(attrs.public_ip), unicast_v4(attrs.public_ip))?;
+        if let (Some(_), Some(ip6)) = (self.ipv6, attrs.public_ipv6) {
+            self.check_public_ip(IpAddr::V6(ip6), unicast_v6(ip6))?;
+        }
+        if attrs.backend_type != self.backend_type {
+            return Err(Rejection::BackendType {
+                got: attrs.backend_type.clone(),
+                want: self.backend_type.clone(),
+            });
+        }
+        let data = attrs.vxlan_data().ok_or_else(|| Rejection::BackendData {
+            why: "missing, or not {\"VNI\": <number>, \"VtepMAC\": <string>}".into(),
+        })?;
+        if data.vni != self.vni {
+            return Err(Rejection::Vni {
+                got: data.vni,
+                want: self.vni,
+            });
+        }
+        if !data.vtep_mac.parse::<Mac>().is_ok_and(|m| m.is_unicast()) {
+            return Err(Rejection::VtepMac { mac: data.vtep_mac });
+        }
+        Ok(true)
+    }
+
+    fn check_subnet(
+        &self,
+        subnet: IpNetwork,
+        network: IpNetwork,
+        len: u8,
+    ) -> Result<(), Rejection> {
+        if subnet.prefix() != len {
+            return Err(Rejection::SubnetLength { subnet, want: len });
+        }
+        if !(network.contains(subnet.network()) && network.prefix() <= subnet.prefix()) {
+            return Err(Rejection::OutsideNetwork { subnet, network });
+        }
+        if let Some(prefix) = self.protected.iter().find(|p| overlaps(**p, subnet)) {
+            return Err(Rejection::Underlay {
+                subnet,
+                prefix: *prefix,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_public_ip(&self, ip: IpAddr, unicast: bool) -> Result<(), Rejection> {
+        if !unicast {
+            return Err(Rejection::PublicIp { ip });
+        }
+        if self.local_addrs.contains(&ip) {
+            return Err(Rejection::PublicIpOurs { ip });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::lease::LeaseAttrs;
+use crate::peers::{PeerEvent, PeerTable, WatchEvent};
+use crate::StoredLease;
+
+fn policy() -> LeasePolicy {
+    LeasePolicy {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet_len: 24,
+        ipv6: None,
+        backend_type: "vxlan".into(),
+        vni: 1,
+        local_addrs: vec!["198.18.0.1".parse().unwrap()],
+        protected: vec![
+            "198.18.0.0/24".parse().unwrap(),
+            "10.244.200.0/22".parse().unwrap(),
+        ],
+    }
+}
+
+fn attrs(ip: &str, vni: u32, mac: &str) -> LeaseAttrs {
+    LeaseAttrs::vxlan(ip.parse().unwrap(), vni, mac)
+}
+
+fn verdict(key: &str, a: Option<LeaseAttrs>) -> Verdict {
+    let own: LeaseKey = "10.244.1.0-24".parse().unwrap();
+    policy().check(&key.parse().unwrap(), a.as_ref(), Some(&own))
+}
+
+fn reason(key: &str, a: Option<LeaseAttrs>) -> &'static str {
+    match verdict(key, a) {
+        Verdict::Rejected(r) => r.reason(),
+        v => panic!("{key}: expected a rejection, got {v:?}"),
+    }
+}
+
+const MAC: &str = "02:00:00:00:00:02";
+
+#[test]
+fn a_good_peer_is_usable() {
+    assert_eq!(
+        verdict("10.244.2.0-24", Some(attrs("198.18.0.2", 1, MAC))),
+        Verdict::Usable
+    );
+}
+
+#[test]
+fn the_key_is_checked_against_network_length_underlay_and_own() {
+    let good = || Some(attrs("198.18.0.2", 1, MAC));
+    // The report that started this: the underlay's own network as a lease.
+    assert_eq!(reason("198.18.0.0-24", good()), "outside-network");
+    assert_eq!(reason("10.99.0.0-24", good()), "outside-network");
+    assert_eq!(reason("10.244.0.0-16", good()), "subnet-length");
+    assert_eq!(reason("10.244.2.0-25", good()), "subnet-length");
+    assert_eq!(reason("10.244.201.0-24", good()), "underlay-overlap");
+    assert_eq!(reason("10.244.1.0-24&fd00::-64", good()), "own-subnet");
+    assert!(
+        "0.0.0.0-0".parse::<LeaseKey>().is_err(),
+        "a default route is not even a key"
+    );
+}
+
+#[test]
+fn the_value_is_checked() {
+    assert_eq!(reason("10.244.2.0-24", None), "malformed");
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "240.0.0.1",
+    ] {
+        assert_eq!(
+            reason("10.244.2.0-24", Some(attrs(ip, 1, MAC))),
+            "public-ip",
+            "{ip}"
+        );
+    }
+    assert_eq!(
+        reason("10.244.2.0-24", Some(attrs("198.18.0.1", 1, MAC))),
+        "public-ip-ours"
+    );
+    assert_eq!(
+        reason("10.244.2.0-24", Some(attrs("198.18.0.2", 2, MAC))),
+        "vni"
+    );
+    for mac in [
+        "01:00:5e:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+        "00:00:00:00:00:00",
+        "nope",
+    ] {
+        assert_eq!(
+            reason("10.244.2.0-24", Some(attrs("198.18.0.2", 1, mac))),
+            "vtep-mac",
+            "{mac}"
+        );
+    }
+    let mut wg = attrs("198.18.0.2", 1, MAC);
+    wg.backend_type = "wireguard".into();
+    assert_eq!(reason("10.244.2.0-24", Some(wg)), "backend-type");
+    let mut junk = attrs("198.18.0.2", 1, MAC);
+    junk.backend_data = crate::RawJson::parse(r#"{"VNI":"one"}"#);
+    assert_eq!(reason("10.244.2.0-24", Some(junk)), "backend-data");
+}
+
+#[test]
+fn a_reservation_without_backend_is_pending_not_rejected() {
+    let a: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"198.18.0.9"}"#).unwrap();
+    assert_eq!(verdict("10.244.2.0-24", Some(a)), Verdict::Pending);
+}
+
+#[test]
+fn ipv6_half_is_judged_when_enabled() {
+    let mut p = policy();
+    p.ipv6 = Some(("fd00:10::/56".parse().unwrap(), 64));
+    let k = |s: &str| s.parse::<LeaseKey>().unwrap();
+    let a = attrs("198.18.0.2", 1, MAC);
+    assert_eq!(
+        p.check(&k("10.244.2.0-24&fd00:10:0:2::-64"), Some(&a), None),
+        Verdict::Usable
+    );
+    let r = |key: &str| match p.check(&k(key), Some(&a), None) {
+        Verdict::Rejected(r) => r.reason(),
+        v => panic!("{v:?}"),
+    };
+    assert_eq!(r("10.244.2.0-24&fd00:99::-64"), "outside-network");
+    assert_eq!(r("10.244.2.0-24&fd00:10::-60"), "subnet-length");
+}
+
+fn sl(key: &str, a: Option<LeaseAttrs>) -> StoredLease {
+    StoredLease {
+        key: key.parse().unwrap(),
+        attrs: a,
+        etcd_lease: 1,
+        mod_revision: 1,
+    }
+}
+
+fn table() -> PeerTable {
+    let mut t = PeerTable::with_policy(policy());
+    t.set_own(
+        "10.244.1.0-24".parse().unwrap(),
+        attrs("198.18.0.1", 1, "02:00:00:00:00:01"),
+    );
+    t
+}
+
+#[test]
+fn a_peer_turning_bad_is_removed_and_reported_once() {
+    let mut t = table();
+    let a = t.apply(WatchEvent::Put(sl(
+        "10.244.2.0-24",
+        Some(attrs("198.18.0.2", 1, MAC)),
+    )));
+    assert!(matches!(a.events[..], [PeerEvent::Added(_)]));
+    let bad = sl("10.244.2.0-24", Some(attrs("198.18.0.2", 7, MAC)));
+    let a = t.apply(WatchEvent::Put(bad.clone()));
+    assert!(matches!(a.events[..], [PeerEvent::Removed(_)]), "{a:?}");
+    assert_eq!(a.rejected.len(), 1);
+    assert_eq!(t.len(), 0);
+    // A re-list carrying the same bad value is not a new report.
+    let a = t.apply(WatchEvent::Snapshot(vec![
+        bad,
+        sl(
+            "10.244.1.0-24",
+            Some(attrs("198.18.0.1", 1, "02:00:00:00:00:01")),
+        ),
+    ]));
+    assert!(a.events.is_empty() && a.rejected.is_empty(), "{a:?}");
+    assert_eq!(t.rejected().count(), 1);
+    // Fixed: a peer again.
+    let a = t.apply(WatchEvent::Put(sl(
+        "10.244.2.0-24",
+        Some(attrs("198.18.0.2", 1, MAC)),
+    )));
+    assert!(matches!(a.events[..], [PeerEvent::Added(_)]));
+    assert_eq!(t.rejected().count(), 0);
+}
+
+#[test]
+fn two_leases_on_one_subnet_are_both_refused_until_one_goes() {
+    let mut t = table();
+    t.apply(WatchEvent::Put(sl(
+        "10.244.2.0-24",
+        Some(attrs("198.18.0.2", 1, MAC)),
+    )));
+    // The same v4 subnet under a dual-stack key.
+    let a = t.apply(WatchEvent::Put(sl(
+        "10.244.2.0-24&fd00:10:0:2::-64",
+        Some(attrs("198.18.0.3", 1, MAC)),
+    )));
+    assert!(matches!(a.events[..], [PeerEvent::Removed(_)]), "{a:?}");
+    assert_eq!(a.rejected.len(), 2);
+    assert!(a.rejected.iter().all(|(_, r)| r.reason() == "overlap"));
+    assert!(t.is_empty());
+    let a = t.apply(WatchEvent::Delete(
+        "10.244.2.0-24&fd00:10:0:2::-64".parse().unwrap(),
+    ));
+    assert!(
+        matches!(&a.events[..], [PeerEvent::Added(l)] if l.key.to_string() == "10.244.2.0-24"),
+        "{a:?}"
+    );
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn a_new_policy_rejudges_every_lease() {
+    let mut t = table();
+    t.apply(WatchEvent::Put(sl(
+        "10.244.2.0-24",
+        Some(attrs("198.18.0.2", 1, MAC)),
+    )));
+    let mut p = policy();
+    p.protected.push("10.244.2.128/25".parse().unwrap());
+    let a = t.set_policy(p);
+    assert!(matches!(a.events[..], [PeerEvent::Removed(_)]));
+    assert_eq!(a.rejected[0].1.reason(), "underlay-overlap");
+    let a = t.set_policy(policy());
+    assert!(matches!(a.events[..], [PeerEvent::Added(_)]));
+}
+
+fn arb_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=32)
+            .prop_map(|(a, b, c, l)| format!("{a}.{b}.{c}.0-{l}")),
+        (0u8..=255, 16u8..=26).prop_map(|(c, l)| format!("10.244.{c}.0-{l}")),
+        (0u8..=255).prop_map(|c| format!("10.244.{c}.0-24&fd00:10:0:{c:x}::-64")),
+        "[ -~]{0,30}",
+    ]
+}
+
+fn arb_value() -> impl Strategy<Value = String> {
+    let ip = prop_oneof![
+        Just("198.18.0.1".to_string()),
+        (0u8..=255, 0u8..=255).prop_map(|(a, b)| format!("{a}.18.0.{b}")),
+        Just("0.0.0.0".to_string()),
+        Just("not-an-ip".to_string()),
+    ];
+    let mac = prop_oneof![
+        any::<[u8; 6]>().prop_map(|m| format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )),
+        "[ -~]{0,20}",
+    ];
+    let backend = prop_oneof![Just("vxlan"), Just("wireguard"), Just("")];
+    prop_oneof![
+        (ip, backend, 0u32..3, mac).prop_map(|(ip, b, vni, mac)| format!(
+            r#"{{"PublicIP":"{ip}","BackendType":"{b}","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}"#
+        )),
+        "[ -~]{0,60}",
+    ]
+}
+
+proptest! {
+    /// Whatever a store writer puts under the prefix, nothing that reaches the data plane
+    /// routes outside Network, touches the underlay or our subnet, or carries a bad VTEP.
+    #[test]
+    fn nothing_hostile_becomes_a_peer(
+        puts in proptest::collection::vec((arb_key(), arb_value()), 1..40),
+        deletes in proptest::collection::vec(0usize..40, 0..10),
+    ) {
+        let mut t = table();
+        let p = policy();
+        let mut keys = Vec::new();
+        for (k, v) in &puts {
+            let Ok(key) = k.parse::<LeaseKey>() else { continue };
+            keys.push(key);
+            let attrs = serde_json::from_str::<LeaseAttrs>(v).ok();
+            t.apply(WatchEvent::Put(StoredLease { key, attrs, etcd_lease: 1, mod_revision: 1 }));
+        }
+        for i in deletes {
+            if let Some(k) = keys.get(i) {
+                t.apply(WatchEvent::Delete(*k));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut n = 0;
+        for (k, a) in t.iter() {
+            n += 1;
+            let v4 = k.v4.expect("peer has a v4 subnet");
+            prop_assert_eq!(v4.prefix(), 24);
+            prop_assert!(IpNetwork::V4(p.network).contains(v4.network()));
+            prop_assert!(p.protected.iter().all(|x| !overlaps(*x, v4)));
+            prop_assert!(!overlaps(v4, "10.244.1.0/24".parse().unwrap()));
+            prop_assert!(seen.insert(v4), "two peers on {}", v4);
+            prop_assert!(unicast_v4(a.public_ip) && !p.local_addrs.contains(&IpAddr::V4(a.public_ip)));
+            let d = a.vxlan_data().expect("vxlan data");
+            prop_assert_eq!(d.vni, 1);
+            prop_assert!(d.vtep_mac.parse::<Mac>().unwrap().is_unicast());
+        }
+        prop_assert_eq!(n, t.len());
+    }
+}
