@@ -24,7 +24,8 @@ pub use desired::{
 };
 pub use iface::{choose_interface, ExtIface, Fallback, IfaceError, InterfaceInfo};
 pub use netlink::{
-    watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, UnderlayRoutes, VxlanSpec,
+    watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, NodePrefixes, UnderlayRoutes,
+    VxlanSpec,
 };
 pub use nft::{Nftables, NFT_TABLE};
 pub use reconcile::{

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use futures::{stream, FutureExt, StreamExt, TryStreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
 pub use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::packet_route::link::{
@@ -180,6 +180,16 @@ impl UnderlayRoutes {
             _ => {}
         }
     }
+}
+
+/// This node's addresses, and the prefixes it reaches outside the overlay: the connected
+/// prefix of every address and every main-table route, except what twill's own devices
+/// hold, the default route (every subnet lies in it) and routes shaped like a peer's
+/// (`<subnet of Network> via …`, plain, by nexthop or direct: ours or flanneld's).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodePrefixes {
+    pub local_addrs: Vec<IpAddr>,
+    pub protected: Vec<IpNetwork>,
 }
 
 /// A main-table unicast route, as reads need it.
@@ -658,6 +668,52 @@ impl Netlink {
         let mut out = UnderlayRoutes::default();
         self.each_main_route(|r| out.take(&r, index, network))
             .await?;
+        Ok(out)
+    }
+
+    /// What peer leases must stay clear of (see `NodePrefixes`). `ours` are the devices
+    /// whose addresses and routes twill itself owns (the VXLAN device, cni0).
+    pub async fn node_prefixes(
+        &self,
+        ours: &[u32],
+        network: Ipv4Network,
+        subnet_len: u8,
+    ) -> Result<NodePrefixes, NetlinkError> {
+        let mut out = NodePrefixes::default();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = ctx("dump addresses", addrs.try_next().await)? {
+            let Some(ip) = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            if !out.local_addrs.contains(&ip) {
+                out.local_addrs.push(ip);
+            }
+            if ours.contains(&a.header.index) {
+                continue;
+            }
+            if let Ok(net) = IpNetwork::new(ip, a.header.prefix_len) {
+                let net = IpNetwork::new(net.network(), net.prefix()).unwrap_or(net);
+                if !out.protected.contains(&net) {
+                    out.protected.push(net);
+                }
+            }
+        }
+        let in_network =
+            |n: Ipv4Network| network.contains(n.network()) && n.prefix() >= network.prefix();
+        self.each_main_route(|r| {
+            let peerlike = in_network(r.net) && (r.net.prefix() == subnet_len || r.nhid.is_some());
+            if r.net.prefix() == 0 || peerlike || r.oif.is_some_and(|i| ours.contains(&i)) {
+                return;
+            }
+            let net = IpNetwork::V4(r.net);
+            if !out.protected.contains(&net) {
+                out.protected.push(net);
+            }
+        })
+        .await?;
         Ok(out)
     }
 

@@ -108,7 +108,7 @@ impl PeerTable {
 
     /// Sets the lease we hold. If it was known as a peer it stops being one, and so does
     /// any lease overlapping it.
-    pub fn set_own(&mut self, key: LeaseKey, attrs: LeaseAttrs) -> Vec<PeerEvent> {
+    pub fn set_own(&mut self, key: LeaseKey, attrs: LeaseAttrs) -> Applied {
         let mut out = Applied::default();
         if let Some(e) = self.entries.get(&key) {
             let was = e.peer().cloned();
@@ -118,8 +118,10 @@ impl PeerTable {
             }
         }
         self.own = Some((key, attrs));
-        out.events.extend(self.rejudge_all().events);
-        out.events
+        let rest = self.rejudge_all();
+        out.events.extend(rest.events);
+        out.rejected = rest.rejected;
+        out
     }
 
     pub fn own(&self) -> Option<&LeaseKey> {

@@ -19,11 +19,12 @@ use twill_dataplane::{
 };
 use twill_kube::KubeStore;
 use twill_store::{
-    AcquireRequest, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable, RenewOutcome,
-    StoreError, SubnetManager, WatchEvent,
+    AcquireRequest, Applied, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable,
+    RenewOutcome, StoreError, SubnetManager, WatchEvent,
 };
 
 use crate::cli::Cli;
+use crate::policy::lease_policy;
 use crate::telemetry::Telemetry;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -196,7 +197,8 @@ async fn start<S: SubnetManager>(
         Ok(_) => tel.update_ready(|r| r.rules = true),
         Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
     }
-    let mut table = PeerTable::new();
+    let policy = lease_policy(dp.netlink(), dp.device_index(), &conf).await?;
+    let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
     let expires = Instant::now() + held.ttl;
     let mut node = Node {
@@ -316,6 +318,7 @@ impl<S: SubnetManager> Node<S> {
                             self.tel.store_event("snapshot", 1);
                         }
                         let a = self.table.apply(ev);
+                        self.note_rejections(&a);
                         lost |= a.own_lost;
                         for e in &a.events {
                             self.tel.store_event(match e {
@@ -363,6 +366,9 @@ impl<S: SubnetManager> Node<S> {
                         let kind = if full { "full" } else { "light" };
                         self.tel.periodic_passes.get_or_create(&crate::telemetry::label("kind", kind)).inc();
                         if full {
+                            // The underlay may have gained an address or a route since;
+                            // whatever that makes unsafe leaves with this pass.
+                            self.refresh_policy().await;
                             self.reconcile(Trigger::Resync).await;
                         } else {
                             self.check().await;
@@ -461,6 +467,7 @@ impl<S: SubnetManager> Node<S> {
         }
         // The address is re-checked against the new Network even when the lease stays.
         self.dp.set_lease(v4_subnet(&self.held)?).await?;
+        self.refresh_policy().await;
         self.reconcile(Trigger::Event).await;
         if self.ready {
             self.write_subnet_env()?;
@@ -486,9 +493,11 @@ impl<S: SubnetManager> Node<S> {
         let held = acquire(&self.store, &self.req, cancel, &self.tel).await?;
         self.expires = Instant::now() + held.ttl;
         let moved = held.key != self.held.key;
-        for ev in self.table.set_own(held.key, held.attrs.clone()) {
-            info!(?ev, "our new subnet was known as a peer");
+        let a = self.table.set_own(held.key, held.attrs.clone());
+        for ev in &a.events {
+            info!(?ev, "a peer's standing changed with our new subnet");
         }
+        self.note_rejections(&a);
         self.held = held;
         if moved {
             warn!(subnet = %self.held.key, "moved to a new subnet");
@@ -498,6 +507,34 @@ impl<S: SubnetManager> Node<S> {
             }
         }
         Ok(())
+    }
+
+    /// Re-reads what leases are judged against. Peers it refuses now are dropped by the
+    /// full pass that follows, like deleted ones.
+    async fn refresh_policy(&mut self) {
+        match lease_policy(self.dp.netlink(), self.dp.device_index(), &self.req.conf).await {
+            Ok(p) => {
+                let a = self.table.set_policy(p);
+                self.note_rejections(&a);
+            }
+            Err(e) => warn!("judging peer leases by the previous view of this node: {e:#}"),
+        }
+    }
+
+    /// Logs and counts each newly refused lease once; a refused lease is never programmed.
+    fn note_rejections(&self, a: &Applied) {
+        for (key, r) in &a.rejected {
+            warn!(lease = %key, reason = r.reason(), "peer lease refused, not programmed: {r}");
+            self.tel
+                .leases_rejected
+                .get_or_create(&crate::telemetry::label("reason", r.reason()))
+                .inc();
+        }
+        if !a.rejected.is_empty() || !a.events.is_empty() {
+            self.tel
+                .leases_refused
+                .set(self.table.rejected().count() as i64);
+        }
     }
 
     /// The periodic pass when nothing touched our entries: device, address, rules.

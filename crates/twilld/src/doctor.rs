@@ -15,6 +15,7 @@ use twill_dataplane::{
 use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
 use crate::cli::Cli;
+use crate::policy::lease_policy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -219,7 +220,17 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
             }
             _ => Underlay::Skip,
         };
-        peers(&mut c, &nl, d.index, mode, own_key.as_ref(), l, store_name).await;
+        peers(
+            &mut c,
+            &nl,
+            d.index,
+            mode,
+            conf.as_ref(),
+            own_key.as_ref(),
+            l,
+            store_name,
+        )
+        .await;
     }
     if let Some(env) = &env {
         let local = ext.as_ref().map(|(e, _)| e.addr);
@@ -667,17 +678,44 @@ fn conntrack_states(t: &[&str]) -> Vec<String> {
     Vec::new()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn peers(
     c: &mut Checks,
     nl: &Netlink,
     index: u32,
     mode: Underlay,
+    conf: Option<&NetConf>,
     own: Option<&LeaseKey>,
     leases: &[StoredLease],
     store_name: &str,
 ) {
-    let mut table = PeerTable::new();
+    // Judged as the daemon judges them, so doctor expects exactly what twilld programs.
+    let mut table = match conf {
+        Some(conf) => match lease_policy(nl, Some(index), conf).await {
+            Ok(p) => PeerTable::with_policy(p),
+            Err(e) => {
+                c.add(
+                    "leases",
+                    Status::Warn,
+                    format!("could not judge the leases: {e:#}"),
+                    "",
+                );
+                PeerTable::new()
+            }
+        },
+        None => PeerTable::new(),
+    };
+    if let Some(own) = own {
+        if let Some(mine) = leases
+            .iter()
+            .find(|l| l.key == *own)
+            .and_then(|l| l.attrs.clone())
+        {
+            table.set_own(*own, mine);
+        }
+    }
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
+    leases_refused(c, &table, store_name);
     let desired = desired_peers(own, table.iter());
     let Ok(plan) = plan_peers(nl, index, mode, &desired, None).await else {
         c.add("peers", Status::Warn, "could not read kernel state", "");
@@ -715,6 +753,31 @@ async fn peers(
         (0, 0) => c.pass("peers", detail),
         (0, _) => c.add("peers", Status::Warn, detail, hint),
         _ => c.add("peers", Status::Fail, detail, hint),
+    }
+}
+
+/// Names every lease twilld refuses to program (and why): a peer unreachable from here,
+/// or someone writing what they should not into the store.
+fn leases_refused(c: &mut Checks, table: &PeerTable, store_name: &str) {
+    if table.policy().is_none() {
+        return;
+    }
+    let refused: Vec<String> = table
+        .rejected()
+        .map(|(k, r)| format!("{k} ({}: {r})", r.reason()))
+        .collect();
+    if refused.is_empty() {
+        c.pass(
+            "leases",
+            format!("every peer lease in {store_name} is usable"),
+        );
+    } else {
+        c.add(
+            "leases",
+            Status::Warn,
+            format!("{} refused, never programmed: {}", refused.len(), refused.join("; ")),
+            format!("fix or delete these in {store_name}; twilld counts them in twill_leases_rejected_total"),
+        );
     }
 }
 

@@ -6,6 +6,7 @@ mod daemon;
 mod doctor;
 mod http;
 mod install_cni;
+mod policy;
 mod telemetry;
 
 fn init_logging(format: cli::LogFormat, level: &str) {

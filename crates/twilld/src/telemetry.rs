@@ -61,6 +61,10 @@ pub struct Telemetry {
     pub periodic_passes: Family<Labels, Counter>,
     pub store_events: Family<Labels, Counter>,
     pub store_errors: Counter,
+    pub leases_rejected: Family<Labels, Counter>,
+    /// Leases refused right now (a gauge beside the counter: what doctor and /readyz-like
+    /// checks want to know is whether any are refused now, not how many ever were).
+    pub leases_refused: Gauge,
     pub lease_renewals: Counter,
     pub lease_expiry: Gauge,
 }
@@ -87,6 +91,8 @@ impl Telemetry {
             periodic_passes: Family::default(),
             store_events: Family::default(),
             store_errors: Counter::default(),
+            leases_rejected: Family::default(),
+            leases_refused: Gauge::default(),
             lease_renewals: Counter::default(),
             lease_expiry: Gauge::default(),
         };
@@ -111,6 +117,19 @@ impl Telemetry {
             "Periodic passes, by kind: full (kernel entries read and diffed) or light (the netlink monitor saw nothing touch them; device, address and rules only)",
             t.periodic_passes.clone(),
         );
+        registry.register(
+            "leases_rejected",
+            "Peer leases refused before they could reach the kernel, by reason (outside-network, underlay-overlap, overlap, vtep-mac, ...); each refusal counted once",
+            t.leases_rejected.clone(),
+        );
+        registry.register(
+            "leases_refused_current",
+            "Peer leases refused right now",
+            t.leases_refused.clone(),
+        );
+        for reason in twill_store::Rejection::REASONS {
+            let _ = t.leases_rejected.get_or_create(&label("reason", reason));
+        }
         registry.register(
             "store_events",
             "Lease events from the store, by type (added, changed, removed, snapshot)",

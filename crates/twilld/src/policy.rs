@@ -1,0 +1,52 @@
+//! What peer leases are judged against, read from the config and the kernel. The judging
+//! itself is pure (`twill_store::LeasePolicy`); the daemon and `twilld doctor` both build
+//! the policy here, so they refuse the same leases.
+
+use anyhow::{anyhow, Context, Result};
+use ipnetwork::IpNetwork;
+use twill_config::NetConf;
+use twill_dataplane::Netlink;
+use twill_store::LeasePolicy;
+
+/// The bridge the CNI plugin's delegate creates: its address and route are our own subnet.
+pub const CNI_BRIDGE: &str = "cni0";
+
+/// The policy for `conf` on this node as the kernel is now. `vxlan_index` is our VXLAN
+/// device, whose addresses and routes are ours rather than the underlay's.
+pub async fn lease_policy(
+    nl: &Netlink,
+    vxlan_index: Option<u32>,
+    conf: &NetConf,
+) -> Result<LeasePolicy> {
+    let range = conf
+        .ipv4
+        .as_ref()
+        .ok_or_else(|| anyhow!("net-conf.json: no IPv4 Network"))?;
+    let IpNetwork::V4(network) = range.network else {
+        return Err(anyhow!(
+            "net-conf.json: Network {} is not IPv4",
+            range.network
+        ));
+    };
+    let mut ours: Vec<u32> = vxlan_index.into_iter().collect();
+    if let Some(l) = nl.link_by_name(CNI_BRIDGE).await? {
+        ours.push(l.index);
+    }
+    let node = nl
+        .node_prefixes(&ours, network, range.subnet_len)
+        .await
+        .context("reading this node's addresses and routes")?;
+    let ipv6 = conf.ipv6.as_ref().and_then(|r| match r.network {
+        IpNetwork::V6(n) => Some((n, r.subnet_len)),
+        IpNetwork::V4(_) => None,
+    });
+    Ok(LeasePolicy {
+        network,
+        subnet_len: range.subnet_len,
+        ipv6,
+        backend_type: conf.backend.kind.as_str().to_string(),
+        vni: conf.backend.vni,
+        local_addrs: node.local_addrs,
+        protected: node.protected,
+    })
+}
