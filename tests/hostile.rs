@@ -176,3 +176,73 @@ fn hostile_leases_never_reach_the_kernel() {
     // The hostile keys are all still there: recovery never needed them gone.
     assert_eq!(c.leases().len(), 3 + hostile.len());
 }
+
+/// A misplaced, doubled FORWARD jump under a DROP policy is repaired in one nftables
+/// generation (one `iptables-restore --noflush` commit): the deletions and the new jump
+/// land together, so forwarded pod traffic never meets the chain without its jump.
+#[test]
+fn a_misplaced_jump_is_repaired_without_a_gap() {
+    let mut c = Cluster::new("gapless");
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let i = c.add_node(&["--iptables-resync=1"]);
+    let n = &c.nodes[i];
+    n.wait_ready();
+    let jump = r#"-m comment --comment "flanneld forward" -j FLANNEL-FWD"#;
+    wait_until(10, "the FORWARD jump in place", || {
+        n.ns.sh("iptables -S FORWARD").contains(jump)
+    });
+    let mut monitor = std::process::Command::new("ip")
+        .args(["netns", "exec", &n.ns.name, "nft", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft monitor");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    n.ns.sh(&format!(
+        "iptables -P FORWARD DROP && iptables -I FORWARD 1 -j DROP && iptables -A FORWARD {jump}"
+    ));
+    wait_until(10, "the jump first and single again", || {
+        let rules = n.ns.sh("iptables -S FORWARD");
+        let lines: Vec<&str> = rules.lines().filter(|l| l.starts_with("-A")).collect();
+        lines.first().is_some_and(|l| l.contains("FLANNEL-FWD"))
+            && lines.iter().filter(|l| l.contains("FLANNEL-FWD")).count() == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = monitor.kill();
+    let out = monitor.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Split the event stream into commits: each ends with "# new generation N by …".
+    let mut commits: Vec<Vec<&str>> = vec![vec![]];
+    for l in text.lines() {
+        if l.starts_with("# new generation") {
+            commits.push(vec![]);
+        } else {
+            commits.last_mut().unwrap().push(l);
+        }
+    }
+    let repairs: Vec<&Vec<&str>> = commits
+        .iter()
+        .filter(|c| {
+            c.iter()
+                .any(|l| l.starts_with("delete rule ip filter FORWARD"))
+        })
+        .collect();
+    assert_eq!(
+        repairs.len(),
+        1,
+        "one commit deletes FORWARD rules:\n{text}"
+    );
+    let r = repairs[0];
+    assert_eq!(
+        r.iter()
+            .filter(|l| l.starts_with("delete rule ip filter FORWARD"))
+            .count(),
+        2,
+        "both old jumps removed in it:\n{text}"
+    );
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("insert rule ip filter FORWARD") && l.contains("FLANNEL-FWD")),
+        "and the new jump inserted in the same commit:\n{text}"
+    );
+    n.ns.sh("iptables -P FORWARD ACCEPT");
+}

@@ -317,66 +317,88 @@ impl Iptables {
         Ok(TableRules::parse(&lines))
     }
 
-    fn restore(&self, table: &str, chain: &str, rules: &[String]) -> Result<(), FirewallError> {
-        let mut payload = format!("*{table}\n:{chain} - [0:0]\n");
-        for r in rules {
-            payload.push_str(&format!("-A {chain} {r}\n"));
+    /// Brings one table's chains in line with one `iptables-restore --noflush`: the
+    /// kernel swaps the table in a single commit, so a misplaced or duplicated jump is
+    /// never briefly absent (with a DROP policy, a gap drops pod traffic).
+    fn ensure_table(
+        &self,
+        table: &str,
+        chains: &[&ChainSpec],
+        report: &mut RulesReport,
+    ) -> Result<(), FirewallError> {
+        let Some(patch) = TablePatch::of(table, chains, &self.table(table)?) else {
+            return Ok(());
+        };
+        feed("iptables-restore", &["--noflush", "--wait"], &patch.payload)
+            .map_err(|e| FirewallError(format!("iptables-restore for table {table}: {e}")))?;
+        report.repairs += patch.changes.len();
+        report.changes.extend(patch.changes);
+        Ok(())
+    }
+}
+
+/// One table's repair as an `iptables-restore --noflush` input: chain (re)declarations
+/// first (declaring an existing user chain flushes it), then jump deletions, rules,
+/// jump insertions and chain deletions, all under one COMMIT.
+#[derive(Debug, PartialEq, Eq)]
+struct TablePatch {
+    payload: String,
+    /// What it changes, in words: one entry per chain rewritten or jump (re)placed.
+    changes: Vec<String>,
+}
+
+impl TablePatch {
+    /// `None` when the table already matches.
+    fn of(table: &str, chains: &[&ChainSpec], t: &TableRules) -> Option<Self> {
+        let (mut decl, mut dels, mut body, mut tail, mut changes) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for c in chains {
+            let d = ChainDrift::of(c, t);
+            let exists = t.chains.contains_key(c.chain);
+            let drop_jumps = |dels: &mut Vec<String>| {
+                for _ in 0..d.jumps {
+                    dels.push(format!("-D {} {}", c.parent, c.jump));
+                }
+            };
+            match &c.rules {
+                Some(want) => {
+                    if d.chain_wrong {
+                        decl.push(format!(":{} - [0:0]", c.chain));
+                        body.extend(want.iter().map(|r| format!("-A {} {r}", c.chain)));
+                        changes.push(format!("rewrote {table}/{}", c.chain));
+                    }
+                    if d.jump_wrong {
+                        drop_jumps(&mut dels);
+                        tail.push(if c.jump_first {
+                            format!("-I {} 1 {}", c.parent, c.jump)
+                        } else {
+                            format!("-A {} {}", c.parent, c.jump)
+                        });
+                        changes.push(format!("placed jump {table}/{} -> {}", c.parent, c.chain));
+                    }
+                }
+                None => {
+                    drop_jumps(&mut dels);
+                    if exists {
+                        decl.push(format!(":{} - [0:0]", c.chain));
+                        tail.push(format!("-X {}", c.chain));
+                    }
+                    if d.jumps > 0 || exists {
+                        changes.push(format!("removed {table}/{}", c.chain));
+                    }
+                }
+            }
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        let mut payload = format!("*{table}\n");
+        for l in decl.iter().chain(&dels).chain(&body).chain(&tail) {
+            payload.push_str(l);
+            payload.push('\n');
         }
         payload.push_str("COMMIT\n");
-        feed("iptables-restore", &["--noflush", "--wait"], &payload)
-            .map_err(|e| FirewallError(format!("iptables-restore for {table}/{chain}: {e}")))
-    }
-
-    fn ensure_chain(&self, c: &ChainSpec, report: &mut RulesReport) -> Result<(), FirewallError> {
-        let d = ChainDrift::of(c, &self.table(c.table)?);
-        let delete_jumps = || {
-            (0..d.jumps).try_for_each(|_| {
-                self.ipt
-                    .delete(c.table, c.parent, &c.jump)
-                    .map_err(|e| Self::err("delete jump", e))
-            })
-        };
-        match &c.rules {
-            Some(want) => {
-                if d.chain_wrong {
-                    self.restore(c.table, c.chain, want)?;
-                    report.repairs += 1;
-                    report
-                        .changes
-                        .push(format!("rewrote {}/{}", c.table, c.chain));
-                }
-                if d.jump_wrong {
-                    delete_jumps()?;
-                    if c.jump_first {
-                        self.ipt.insert(c.table, c.parent, &c.jump, 1)
-                    } else {
-                        self.ipt.append(c.table, c.parent, &c.jump)
-                    }
-                    .map_err(|e| Self::err("add jump", e))?;
-                    report.repairs += 1;
-                    report.changes.push(format!(
-                        "placed jump {}/{} -> {}",
-                        c.table, c.parent, c.chain
-                    ));
-                }
-            }
-            None => {
-                delete_jumps()?;
-                if d.chain_wrong {
-                    self.ipt
-                        .flush_chain(c.table, c.chain)
-                        .and_then(|_| self.ipt.delete_chain(c.table, c.chain))
-                        .map_err(|e| Self::err("delete chain", e))?;
-                }
-                if d.jumps > 0 || d.chain_wrong {
-                    report.repairs += 1;
-                    report
-                        .changes
-                        .push(format!("removed {}/{}", c.table, c.chain));
-                }
-            }
-        }
-        Ok(())
+        Some(TablePatch { payload, changes })
     }
 }
 
@@ -507,12 +529,16 @@ impl Firewall for Iptables {
 
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
         let mut report = RulesReport::default();
-        // Every chain is attempted even if one fails, so one broken table doesn't leave
+        // Every table is attempted even if one fails, so one broken table doesn't leave
         // the other unrepaired; the first error is returned after.
         let mut first_err = None;
-        for c in &rules.chains {
-            if let Err(mut e) = self.ensure_chain(c, &mut report) {
-                if c.table == "raw" && c.rules.is_some() {
+        let mut tables: Vec<&str> = rules.chains.iter().map(|c| c.table).collect();
+        tables.dedup();
+        for table in tables {
+            let chains: Vec<&ChainSpec> =
+                rules.chains.iter().filter(|c| c.table == table).collect();
+            if let Err(mut e) = self.ensure_table(table, &chains, &mut report) {
+                if table == "raw" && chains.iter().any(|c| c.rules.is_some()) {
                     // Only the VXLAN notrack rules live there; a kernel without the raw
                     // table can still run the overlay.
                     e.0.push_str(" (twilld --vxlan-notrack=false does without the raw table)");
@@ -631,6 +657,52 @@ mod tests {
             .iter()
             .map(|r| format!("-A {FWD_CHAIN} {r}"))
             .collect()
+    }
+
+    #[test]
+    fn a_table_is_repaired_in_one_transaction() {
+        let r = rules(&opts(true, false));
+        let fwd = &r.chains[1];
+        let jump = format!("-A FORWARD {}", fwd.jump);
+        let mut ok = vec![jump.clone(), format!("-N {FWD_CHAIN}")];
+        ok.extend(fwd_lines(fwd));
+        let t = table(&ok.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(TablePatch::of("filter", &[fwd], &t), None);
+
+        // The jump doubled and behind a DROP, the chain short of a rule: the deletions,
+        // the rewrite and the new jump land in one COMMIT, deletions first.
+        let body = fwd_lines(fwd);
+        let t = table(&[
+            "-A FORWARD -j DROP",
+            &jump,
+            &jump,
+            &format!("-N {FWD_CHAIN}"),
+            &body[0],
+        ]);
+        let p = TablePatch::of("filter", &[fwd], &t).unwrap();
+        let want = format!(
+            "*filter\n:{FWD_CHAIN} - [0:0]\n-D FORWARD {j}\n-D FORWARD {j}\n{b0}\n{b1}\n-I FORWARD 1 {j}\nCOMMIT\n",
+            j = fwd.jump,
+            b0 = body[0],
+            b1 = body[1]
+        );
+        assert_eq!(p.payload, want);
+        assert_eq!(p.payload.matches("COMMIT").count(), 1);
+        assert_eq!(p.changes.len(), 2);
+
+        // Unwanted: jump out, chain flushed and deleted, still one transaction.
+        let mut off = fwd.clone();
+        off.rules = None;
+        let t = table(&[&jump, &format!("-N {FWD_CHAIN}"), &body[0]]);
+        let p = TablePatch::of("filter", &[&off], &t).unwrap();
+        assert_eq!(
+            p.payload,
+            format!(
+                "*filter\n:{FWD_CHAIN} - [0:0]\n-D FORWARD {}\n-X {FWD_CHAIN}\nCOMMIT\n",
+                fwd.jump
+            )
+        );
+        assert_eq!(TablePatch::of("filter", &[&off], &table(&[])), None);
     }
 
     #[test]
