@@ -9,6 +9,8 @@
 #   scripts/lab.sh status     leases in etcd and each node's kernel state
 #   scripts/lab.sh add-node N one more node N (after up), without a pod
 #   scripts/lab.sh stop-node N | start-node N | restart-node N   twilld on node N
+#   scripts/lab.sh kill-node N   SIGKILL twilld on node N, then start it again
+#   scripts/lab.sh restart-etcd  stop etcd and start it again on the same data
 #   scripts/lab.sh down       stop everything and delete the namespaces
 #
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
@@ -71,6 +73,32 @@ add_pod() { # add_pod <n>: pod namespace p<n> on node n, wired by our twill CNI 
 
 pod_ip() { jq -r '.ips[0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
 
+start_etcd() { # the lab's etcd, on its data dir (kept across restarts); waits until healthy
+  start_bg "$STATE/etcd.pid" "$STATE/etcd.log" ip netns exec "$P-etcd" etcd --name lab \
+    --data-dir "$STATE/etcd-data" --listen-client-urls "$ETCD_EP" --advertise-client-urls "$ETCD_EP" \
+    --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
+    --initial-cluster "lab=http://$ETCD_IP:2380"
+  for _ in $(seq 100); do nsx etcd etcdctl --endpoints "$ETCD_EP" endpoint health >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "etcd did not come up; see $STATE/etcd.log"
+}
+
+restart_etcd() { # SIGTERM etcd, wait for it to exit, start it again
+  local pid
+  pid=$(cat "$STATE/etcd.pid")
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  start_etcd
+}
+
+kill_node() { # kill_node <n>: SIGKILL twilld (no clean stop at all), then start it again
+  local f=$STATE/n$1/twilld.pid
+  [[ -f $f ]] || die "no node n$1"
+  kill -9 "$(cat "$f")" 2>/dev/null || true
+  while kill -0 "$(cat "$f")" 2>/dev/null; do sleep 0.05; done
+  start_node "$1"
+  wait_ready "$1"
+}
+
 up() {
   local count=${1:-3} n
   [[ -x $TWILLD && -x $TWILL_CNI ]] || die "no twilld/twill binaries next to $TWILLD: run 'bash scripts/setup.sh && cargo build --release -p twilld -p twill-cni' first (scripts/demo.sh does both)"
@@ -85,11 +113,7 @@ up() {
   # otherwise traverse iptables here (not part of any node), costing throughput.
   nsx ul sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
   add_host etcd "$ETCD_IP"
-  start_bg "$STATE/etcd.pid" "$STATE/etcd.log" ip netns exec "$P-etcd" etcd --name lab \
-    --data-dir "$STATE/etcd-data" --listen-client-urls "$ETCD_EP" --advertise-client-urls "$ETCD_EP" \
-    --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
-    --initial-cluster "lab=http://$ETCD_IP:2380"
-  for _ in $(seq 100); do nsx etcd etcdctl --endpoints "$ETCD_EP" endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+  start_etcd
   local conf=${LAB_CONFIG:-}
   [[ -n $conf ]] || conf="{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}"
   nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config "$conf" >/dev/null
@@ -180,8 +204,10 @@ case ${1:-} in
   stop-node) shift; stop_node "$@" ;;
   start-node) shift; start_node "$1"; wait_ready "$1" ;;
   restart-node) shift; restart_node "$@" ;;
+  kill-node) shift; kill_node "$@" ;;
+  restart-etcd) restart_etcd ;;
   check) check ;;
   status) status ;;
   down) down ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

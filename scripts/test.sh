@@ -50,7 +50,7 @@ if [[ -n $left ]]; then
   echo "test.sh: namespaces left behind by the tests: $left" >&2
   status=1
 fi
-if pgrep -f "etcd --name=test" >/dev/null; then
+if pgrep -f "etcd --name=test-${TWILL_NS_PREFIX}( |$)" >/dev/null; then
   echo "test.sh: an etcd started by the tests is still running" >&2
   status=1
 fi

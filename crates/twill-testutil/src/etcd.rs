@@ -115,13 +115,16 @@ impl Etcd {
             }
             None => Command::new("/usr/bin/etcd"),
         };
-        cmd.arg("--name=test")
+        // The member name carries the run's prefix, so test.sh's leftover check finds this
+        // run's etcd and not another run's (or a fresh-machine run's, which shares the PIDs).
+        let name = format!("test-{}", crate::netns::run_prefix());
+        cmd.arg(format!("--name={name}"))
             .arg(format!("--data-dir={}", self.data.path().display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={name}={peer}"))
             .arg("--log-level=error")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
