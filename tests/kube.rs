@@ -292,3 +292,46 @@ fn doctor_and_cleanup_in_kube_mode() {
         "not idempotent:\n{out}"
     );
 }
+
+/// Node objects are store input too: a hostile node's podCIDR and annotations are judged
+/// like an etcd lease — refused, logged, never programmed — and the real peers stay.
+#[test]
+fn hostile_node_objects_are_refused() {
+    require_root();
+    let mut c = Cluster::new("kubehostile");
+    let fake = c.fake_kube();
+    fake.add_node("kh1", Some("10.244.1.0/24"));
+    fake.add_node("kh2", Some("10.244.2.0/24"));
+    // The underlay's own network as a pod network, and a broadcast VTEP MAC.
+    fake.put_flannel_node("kx1", "198.18.0.0/24", "198.18.0.99", "02:00:00:00:00:99");
+    fake.put_flannel_node("kx2", "10.244.9.0/24", "198.18.0.98", "ff:ff:ff:ff:ff:ff");
+    let args = kube_args(&c, &fake);
+    add_kube_node(&mut c, &args, "kh1");
+    add_kube_node(&mut c, &args, "kh2");
+    c.add_pod(0);
+    c.add_pod(1);
+    wait_until(20, "the real peers routed", || {
+        routes(&c, 0) == ["10.244.2.0/24"] && routes(&c, 1) == ["10.244.1.0/24"]
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for i in 0..2 {
+        let n = &c.nodes[i];
+        assert_eq!(routes(&c, i).len(), 1, "{:?}", routes(&c, i));
+        let via = n.ns.sh(&format!("ip route get {ETCD_IP}"));
+        assert!(via.contains("dev eth0"), "{via}");
+        let log = n.log();
+        for (key, reason) in [
+            ("198.18.0.0-24", "outside-network"),
+            ("10.244.9.0-24", "vtep-mac"),
+        ] {
+            let hits = log
+                .lines()
+                .filter(|l| {
+                    l.contains("peer lease refused") && l.contains(key) && l.contains(reason)
+                })
+                .count();
+            assert_eq!(hits, 1, "{key} refused once as {reason}:\n{log}");
+        }
+    }
+    c.assert_full_mesh();
+}

@@ -197,7 +197,8 @@ async fn start<S: SubnetManager>(
         Ok(_) => tel.update_ready(|r| r.rules = true),
         Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
     }
-    let policy = lease_policy(dp.netlink(), dp.device_index(), &conf).await?;
+    let kube = cli.kube_subnet_mgr.then_some(&held.key);
+    let policy = lease_policy(dp.netlink(), dp.device_index(), &conf, kube).await?;
     let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
     let expires = Instant::now() + held.ttl;
@@ -512,7 +513,15 @@ impl<S: SubnetManager> Node<S> {
     /// Re-reads what leases are judged against. Peers it refuses now are dropped by the
     /// full pass that follows, like deleted ones.
     async fn refresh_policy(&mut self) {
-        match lease_policy(self.dp.netlink(), self.dp.device_index(), &self.req.conf).await {
+        let kube = self.cli.kube_subnet_mgr.then_some(&self.held.key);
+        match lease_policy(
+            self.dp.netlink(),
+            self.dp.device_index(),
+            &self.req.conf,
+            kube,
+        )
+        .await
+        {
             Ok(p) => {
                 let a = self.table.set_policy(p);
                 self.note_rejections(&a);

@@ -227,6 +227,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
             mode,
             conf.as_ref(),
             own_key.as_ref(),
+            cli.kube_subnet_mgr,
             l,
             store_name,
         )
@@ -686,12 +687,13 @@ async fn peers(
     mode: Underlay,
     conf: Option<&NetConf>,
     own: Option<&LeaseKey>,
+    kube: bool,
     leases: &[StoredLease],
     store_name: &str,
 ) {
     // Judged as the daemon judges them, so doctor expects exactly what twilld programs.
     let mut table = match conf {
-        Some(conf) => match lease_policy(nl, Some(index), conf).await {
+        Some(conf) => match lease_policy(nl, Some(index), conf, own.filter(|_| kube)).await {
             Ok(p) => PeerTable::with_policy(p),
             Err(e) => {
                 c.add(

@@ -6,17 +6,21 @@ use anyhow::{anyhow, Context, Result};
 use ipnetwork::IpNetwork;
 use twill_config::NetConf;
 use twill_dataplane::Netlink;
-use twill_store::LeasePolicy;
+use twill_store::{LeaseKey, LeasePolicy};
 
 /// The bridge the CNI plugin's delegate creates: its address and route are our own subnet.
 pub const CNI_BRIDGE: &str = "cni0";
 
 /// The policy for `conf` on this node as the kernel is now. `vxlan_index` is our VXLAN
-/// device, whose addresses and routes are ours rather than the underlay's.
+/// device, whose addresses and routes are ours rather than the underlay's. `own` is the
+/// subnet we hold: in Kubernetes mode subnets are sized by kube-controller-manager's
+/// `--node-cidr-mask-size`, not by SubnetLen (flanneld ignores it there too), so peers
+/// are held to the size of ours.
 pub async fn lease_policy(
     nl: &Netlink,
     vxlan_index: Option<u32>,
     conf: &NetConf,
+    kube: Option<&LeaseKey>,
 ) -> Result<LeasePolicy> {
     let range = conf
         .ipv4
@@ -32,17 +36,22 @@ pub async fn lease_policy(
     if let Some(l) = nl.link_by_name(CNI_BRIDGE).await? {
         ours.push(l.index);
     }
+    let subnet_len = kube
+        .and_then(|k| k.v4)
+        .map(|n| n.prefix())
+        .unwrap_or(range.subnet_len);
+    let v6_len = |len: u8| kube.and_then(|k| k.v6).map(|n| n.prefix()).unwrap_or(len);
     let node = nl
-        .node_prefixes(&ours, network, range.subnet_len)
+        .node_prefixes(&ours, network, subnet_len)
         .await
         .context("reading this node's addresses and routes")?;
     let ipv6 = conf.ipv6.as_ref().and_then(|r| match r.network {
-        IpNetwork::V6(n) => Some((n, r.subnet_len)),
+        IpNetwork::V6(n) => Some((n, v6_len(r.subnet_len))),
         IpNetwork::V4(_) => None,
     });
     Ok(LeasePolicy {
         network,
-        subnet_len: range.subnet_len,
+        subnet_len,
         ipv6,
         backend_type: conf.backend.kind.as_str().to_string(),
         vni: conf.backend.vni,
