@@ -143,6 +143,8 @@ while (( $(date +%s) < end )); do
     sleep 3 # lets a loss show up before the next fault, and be counted against this one
     echo "$f n$n $window $(now_ms) $repair" >> "$W/faults"
   done
+  # Growth shows as a trend over rounds; warm-up as a step in the first ones.
+  for n in 1 2; do echo "$(proc_figures "$n")" >> "$W/rounds-$n"; done
 done
 
 for n in 1 2 3; do proc_figures "$n" > "$W/proc-after-$n"; echo "$(objects "$n")" > "$W/objects-after-$n"; done
@@ -211,4 +213,8 @@ for n in (1, 2, 3):
     oa = open(os.path.join(w, f"objects-after-{n}")).read().strip()
     note = " (restarted by twilld-kill)" if n == 3 else ""
     print(f"n{n:<4} {fb + ' / ' + fa:>17} {rb + ' / ' + ra:>20}  {ob} -> {oa}{note}")
+for n in (1, 2):
+    rounds = [l.split() for l in open(os.path.join(w, f"rounds-{n}"))]
+    print(f"n{n} after each round, fds: {' '.join(r[0] for r in rounds)}")
+    print(f"n{n} after each round, RSS kB: {' '.join(r[1] for r in rounds)}")
 PY
