@@ -127,8 +127,10 @@ while (( $(date +%s) < end )); do
       hostile-lease)
         ctl put /coreos.com/network/subnets/198.18.0.0-24 \
           "{\"PublicIP\":\"198.18.0.$((200 + round % 50))\",\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:00:99\"}}" >/dev/null
-        ctl put "/coreos.com/network/subnets/10.99.$((round % 250)).0-24" \
-          '{"PublicIP":"198.18.0.250","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:98"}}' >/dev/null
+        # The same keys every round with new values: each is judged again, and the table
+        # keeps its size, so RSS growth over rounds means a leak, not more data.
+        ctl put /coreos.com/network/subnets/10.99.0.0-24 \
+          "{\"PublicIP\":\"198.18.0.$((100 + round % 50))\",\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:00:98\"}}" >/dev/null
         ctl put /coreos.com/network/subnets/10.244.254.0-24 \
           '{"PublicIP":"198.18.0.251","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}}' >/dev/null
         # Nothing to repair: the underlay must simply stay where it is.

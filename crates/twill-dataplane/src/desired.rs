@@ -3,20 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
-use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerEvent};
+use ipnetwork::Ipv4Network;
+use twill_store::{PeerEntry, PeerEvent};
 
 use twill_store::Mac;
-
-/// What one vxlan peer needs on our side: `ip neigh <vtep_ip> lladdr <mac>`, `bridge fdb
-/// <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PeerEntry {
-    pub subnet: Ipv4Network,
-    pub vtep_ip: Ipv4Addr,
-    pub mac: Mac,
-    pub public_ip: Ipv4Addr,
-}
 
 /// How peer routes are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,78 +52,30 @@ pub struct Via {
     pub nhid: Option<u32>,
 }
 
-/// One entry per usable vxlan peer, keyed by subnet. Leases of other backends, without a
-/// v4 subnet, or with unreadable backend data are skipped (they can't be reached anyway).
+/// The peers keyed by subnet: the form every diff works on. The entries come judged and
+/// parsed from the peer table; nothing here reads lease JSON.
 pub fn desired_peers<'a>(
-    own: Option<&LeaseKey>,
-    peers: impl IntoIterator<Item = (&'a LeaseKey, &'a LeaseAttrs)>,
+    peers: impl IntoIterator<Item = &'a PeerEntry>,
 ) -> BTreeMap<Ipv4Network, PeerEntry> {
-    let mut out = BTreeMap::new();
-    for (key, attrs) in peers {
-        if Some(key) == own {
-            continue;
-        }
-        let Some(IpNetwork::V4(subnet)) = key.v4 else {
-            continue;
-        };
-        let Some(data) = attrs.vxlan_data() else {
-            continue;
-        };
-        let Ok(mac) = data.vtep_mac.parse::<Mac>() else {
-            continue;
-        };
-        out.insert(
-            subnet,
-            PeerEntry {
-                subnet,
-                vtep_ip: subnet.network(),
-                mac,
-                public_ip: attrs.public_ip,
-            },
-        );
-    }
-    out
+    peers.into_iter().map(|p| (p.subnet, *p)).collect()
 }
 
 /// The kernel changes for a batch of peer events, without reading the kernel: what keeps
 /// a new peer's latency at a few round trips. Anything this misses (someone else's edits,
 /// a failed write) is caught by the periodic full reconcile.
 pub fn incremental(events: &[PeerEvent], form: RouteForm) -> Ops {
-    let entry = |l: &Lease| {
-        desired_peers(None, [(&l.key, &l.attrs)])
-            .into_values()
-            .next()
-    };
     let mut ops = Ops::default();
     for ev in events {
         match ev {
-            PeerEvent::Added(l) => {
-                if let Some(p) = entry(l) {
-                    add(&mut ops, &p, form);
-                }
-            }
+            PeerEvent::Added(l) => add(&mut ops, &l.entry, form),
             PeerEvent::Changed { new, old } => {
-                let before = entry(&Lease {
-                    key: new.key,
-                    attrs: old.clone(),
-                });
-                let after = entry(new);
-                if let (Some(b), Some(a)) = (&before, &after) {
-                    if (b.mac, b.public_ip) != (a.mac, a.public_ip) {
-                        ops.del_fdb.push((b.mac, b.public_ip));
-                    }
+                let (b, a) = (&old.entry, &new.entry);
+                if (b.mac, b.public_ip) != (a.mac, a.public_ip) {
+                    ops.del_fdb.push((b.mac, b.public_ip));
                 }
-                match (before, after) {
-                    (_, Some(p)) => add(&mut ops, &p, form),
-                    (Some(b), None) => remove(&mut ops, &b, form),
-                    (None, None) => {}
-                }
+                add(&mut ops, a, form);
             }
-            PeerEvent::Removed(l) => {
-                if let Some(p) = entry(l) {
-                    remove(&mut ops, &p, form);
-                }
-            }
+            PeerEvent::Removed(l) => remove(&mut ops, &l.entry, form),
         }
     }
     ops
@@ -324,6 +266,18 @@ pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual, form: R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerTable, StoredLease, WatchEvent};
+
+    fn lease_of(key: LeaseKey, attrs: LeaseAttrs) -> Lease {
+        let entry = PeerEntry::of(&key, &attrs).unwrap().unwrap();
+        Lease { key, attrs, entry }
+    }
+
+    fn entries(t: &[(LeaseKey, LeaseAttrs)]) -> Vec<PeerEntry> {
+        t.iter()
+            .map(|(k, a)| lease_of(*k, a.clone()).entry)
+            .collect()
+    }
 
     fn attrs(ip: &str, mac: &str) -> LeaseAttrs {
         LeaseAttrs::vxlan(ip.parse().unwrap(), 1, mac)
@@ -357,7 +311,17 @@ mod tests {
             attrs("198.18.0.8", "garbage"),
         ));
         let own: LeaseKey = "10.244.1.0-24".parse().unwrap();
-        let d = desired_peers(Some(&own), t.iter().map(|(k, a)| (k, a)));
+        let mut table = PeerTable::new();
+        table.set_own(own, t[0].1.clone());
+        for (key, a) in &t {
+            table.apply(WatchEvent::Put(StoredLease {
+                key: *key,
+                attrs: Some(a.clone()),
+                etcd_lease: 1,
+                mod_revision: 1,
+            }));
+        }
+        let d = desired_peers(table.entries());
         assert_eq!(d.len(), 2);
         let p = &d[&"10.244.2.0/24".parse().unwrap()];
         assert_eq!(p.vtep_ip.to_string(), "10.244.2.0");
@@ -367,18 +331,14 @@ mod tests {
     #[test]
     fn incremental_ops_match_full_diff_results() {
         let t = table();
-        let lease = |i: usize| Lease {
-            key: t[i].0,
-            attrs: t[i].1.clone(),
-        };
-        let mut moved = lease(1);
-        moved.attrs = attrs("198.18.0.22", "0a:00:00:00:00:22");
+        let lease = |i: usize| lease_of(t[i].0, t[i].1.clone());
+        let moved = lease_of(t[1].0, attrs("198.18.0.22", "0a:00:00:00:00:22"));
         let ops = incremental(
             &[
                 PeerEvent::Added(lease(0)),
                 PeerEvent::Changed {
                     new: moved,
-                    old: t[1].1.clone(),
+                    old: lease(1),
                 },
                 PeerEvent::Removed(lease(2)),
             ],
@@ -440,10 +400,7 @@ mod tests {
     #[test]
     fn incremental_nexthop_form_adds_the_nexthop_before_its_route_and_deletes_it_after() {
         let t = table();
-        let lease = |i: usize| Lease {
-            key: t[i].0,
-            attrs: t[i].1.clone(),
-        };
+        let lease = |i: usize| lease_of(t[i].0, t[i].1.clone());
         let ops = incremental(
             &[PeerEvent::Added(lease(0)), PeerEvent::Removed(lease(2))],
             RouteForm::Nexthop,
@@ -467,7 +424,7 @@ mod tests {
     #[test]
     fn empty_kernel_gets_everything_in_order() {
         let t = table();
-        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let d = desired_peers(&entries(&t));
         let ops = diff(&d, &Actual::default(), RouteForm::Plain);
         assert_eq!(ops.add_neighs.len(), 3);
         assert_eq!(ops.add_fdb.len(), 3);
@@ -490,7 +447,7 @@ mod tests {
     #[test]
     fn switching_route_form_replaces_routes_in_place_and_drops_old_nexthops_last() {
         let t = table();
-        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let d = desired_peers(&entries(&t));
         for form in [RouteForm::Plain, RouteForm::Nexthop] {
             assert!(diff(&d, &actual_for(&d, form), form).is_empty());
         }
@@ -533,7 +490,7 @@ mod tests {
             "10.244.4.0-24".parse().unwrap(),
             attrs("198.19.5.4", "0a:00:00:00:00:04"),
         ));
-        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let d = desired_peers(&entries(&t));
         let (vxlan, direct) = split_direct(&d, &["198.18.0.0/24".parse().unwrap()]);
         assert_eq!(
             vxlan.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
@@ -572,14 +529,14 @@ mod tests {
     #[test]
     fn converged_state_is_a_noop() {
         let t = table();
-        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let d = desired_peers(&entries(&t));
         assert!(diff(&d, &actual_for(&d, RouteForm::Plain), RouteForm::Plain).is_empty());
     }
 
     #[test]
     fn stale_and_changed_entries() {
         let t = table();
-        let d = desired_peers(None, t.iter().map(|(k, a)| (k, a)));
+        let d = desired_peers(&entries(&t));
         let mut a = actual_for(&d, RouteForm::Plain);
         // A leftover of a previous run for a subnet no longer leased.
         a.routes

@@ -20,7 +20,7 @@ pub use blackhole::{Blackhole, BlackholePlan, BLACKHOLE_METRIC};
 pub use change::ChangeFlag;
 pub use desired::{
     desired_peers, diff, diff_direct, incremental, nexthop_id, split_direct, Actual, DirectOps,
-    Ops, PeerEntry, RouteForm, Via,
+    Ops, RouteForm, Via,
 };
 pub use iface::{choose_interface, ExtIface, Fallback, IfaceError, InterfaceInfo};
 pub use netlink::{
@@ -34,4 +34,4 @@ pub use reconcile::{
 pub use rules::{
     Firewall, FirewallError, Iptables, RuleIntent, RuleOptions, RuleSet, RulesReport, VxlanFlows,
 };
-pub use twill_store::Mac;
+pub use twill_store::{Mac, PeerEntry};

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
-use twill_store::PeerEvent;
+use twill_store::{PeerEntry, PeerEvent, PeerTable};
 
 use crate::change::ChangeFlag;
 use crate::desired::{
-    diff, diff_direct, incremental, split_direct, DirectOps, Ops, PeerEntry, RouteForm,
+    desired_peers, diff, diff_direct, incremental, split_direct, DirectOps, Ops, RouteForm,
 };
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
 use crate::rules::{Firewall, FirewallError, RuleOptions, RuleSet, VxlanFlows};
@@ -200,9 +200,29 @@ impl Dataplane {
     fn touches_onlink(&self, ev: &PeerEvent) -> bool {
         let onlink = |ip: Ipv4Addr| self.onlink.iter().any(|n| n.contains(ip));
         match ev {
-            PeerEvent::Added(l) | PeerEvent::Removed(l) => onlink(l.attrs.public_ip),
-            PeerEvent::Changed { new, old } => onlink(new.attrs.public_ip) || onlink(old.public_ip),
+            PeerEvent::Added(l) | PeerEvent::Removed(l) => onlink(l.entry.public_ip),
+            PeerEvent::Changed { new, old } => {
+                onlink(new.entry.public_ip) || onlink(old.entry.public_ip)
+            }
         }
+    }
+
+    /// The one way peer events reach the kernel: straight to the device when that is
+    /// enough, else (`full`: at start, after a re-list or a lease change; or when the
+    /// events can't be applied alone) a full pass over every peer of `table`. `Some` is
+    /// the full pass's report.
+    pub async fn on_peer_events(
+        &mut self,
+        events: &[PeerEvent],
+        table: &PeerTable,
+        full: bool,
+    ) -> Result<Option<ReconcileReport>, DataplaneError> {
+        if !full && self.apply_incremental(events).await.is_some() {
+            return Ok(None);
+        }
+        self.reconcile(&desired_peers(table.entries()))
+            .await
+            .map(Some)
     }
 
     /// Device, address, peers, rules: everything made to match, whatever happened to it.

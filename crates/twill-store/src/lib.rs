@@ -3,6 +3,7 @@
 //! etcd, so the decisions are unit-tested without a server.
 
 mod alloc;
+mod entry;
 mod etcd;
 mod lease;
 mod mac;
@@ -11,6 +12,7 @@ mod peers;
 mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
+pub use entry::PeerEntry;
 pub use etcd::{AcquireRequest, EtcdOptions, EtcdStore, HeldLease, RenewOutcome, StoreError};
 pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData};
 pub use mac::Mac;

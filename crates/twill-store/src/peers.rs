@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ipnetwork::IpNetwork;
 
+use crate::entry::PeerEntry;
 use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
 use crate::validate::{claims, LeasePolicy, Rejection, Verdict};
 
@@ -13,15 +14,17 @@ use crate::validate::{claims, LeasePolicy, Rejection, Verdict};
 pub struct Lease {
     pub key: LeaseKey,
     pub attrs: LeaseAttrs,
+    /// The lease as the data plane programs it, parsed once when it was judged.
+    pub entry: PeerEntry,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     Added(Lease),
-    /// The new lease, and the attributes it replaced (their FDB entry must go).
+    /// The new lease, and the one it replaced (its FDB entry must go).
     Changed {
         new: Lease,
-        old: LeaseAttrs,
+        old: Lease,
     },
     /// Carries the last attributes seen, which removal needs (the VTEP MAC of the FDB entry).
     Removed(Lease),
@@ -58,11 +61,19 @@ struct Entry {
 }
 
 impl Entry {
-    fn peer(&self) -> Option<&LeaseAttrs> {
-        match (&self.verdict, &self.refused) {
-            (Verdict::Usable, None) => self.attrs.as_ref(),
+    fn peer(&self) -> Option<(&LeaseAttrs, &PeerEntry)> {
+        match (&self.verdict, &self.refused, &self.attrs) {
+            (Verdict::Usable(e), None, Some(a)) => Some((a, e)),
             _ => None,
         }
+    }
+
+    fn lease(&self, key: LeaseKey) -> Option<Lease> {
+        self.peer().map(|(attrs, entry)| Lease {
+            key,
+            attrs: attrs.clone(),
+            entry: *entry,
+        })
     }
 }
 
@@ -111,10 +122,10 @@ impl PeerTable {
     pub fn set_own(&mut self, key: LeaseKey, attrs: LeaseAttrs) -> Applied {
         let mut out = Applied::default();
         if let Some(e) = self.entries.get(&key) {
-            let was = e.peer().cloned();
+            let was = e.lease(key);
             self.forget(key);
-            if let Some(attrs) = was {
-                out.events.push(PeerEvent::Removed(Lease { key, attrs }));
+            if let Some(l) = was {
+                out.events.push(PeerEvent::Removed(l));
             }
         }
         self.own = Some((key, attrs));
@@ -141,11 +152,18 @@ impl PeerTable {
     pub fn iter(&self) -> impl Iterator<Item = (&LeaseKey, &LeaseAttrs)> {
         self.entries
             .iter()
-            .filter_map(|(k, e)| e.peer().map(|a| (k, a)))
+            .filter_map(|(k, e)| e.peer().map(|(a, _)| (k, a)))
+    }
+
+    /// The peers as the data plane programs them, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> {
+        self.entries
+            .values()
+            .filter_map(|e| e.peer().map(|(_, p)| p))
     }
 
     pub fn get(&self, key: &LeaseKey) -> Option<&LeaseAttrs> {
-        self.entries.get(key).and_then(Entry::peer)
+        self.entries.get(key).and_then(Entry::peer).map(|(a, _)| a)
     }
 
     /// The leases refused right now, with why.
@@ -210,8 +228,12 @@ impl PeerTable {
         self.forget(key);
         let verdict = match &self.policy {
             Some(p) => p.check(&key, l.attrs.as_ref(), self.own()),
-            None if l.attrs.is_none() => Verdict::Rejected(Rejection::Malformed),
-            None => Verdict::Usable,
+            None => match l.attrs.as_ref().map(|a| PeerEntry::of(&key, a)) {
+                None => Verdict::Rejected(Rejection::Malformed),
+                Some(Ok(Some(e))) => Verdict::Usable(e),
+                Some(Ok(None)) => Verdict::Pending,
+                Some(Err(r)) => Verdict::Rejected(r),
+            },
         };
         self.remember(key, l.attrs, verdict);
         self.settle(&group, before, out);
@@ -248,7 +270,10 @@ impl PeerTable {
     /// Where each of `keys` stands now: its peer attributes, or why it is refused.
     fn standing(&self, keys: &[LeaseKey]) -> Vec<Standing> {
         keys.iter()
-            .map(|k| (self.get(k).cloned(), self.rejection_of(k)))
+            .map(|k| {
+                let lease = self.entries.get(k).and_then(|e| e.lease(*k));
+                (lease, self.rejection_of(k))
+            })
             .collect()
     }
 
@@ -259,7 +284,7 @@ impl PeerTable {
         if e.peer().is_some() {
             self.peers -= 1;
         }
-        if e.verdict == Verdict::Usable {
+        if matches!(e.verdict, Verdict::Usable(_)) {
             for s in claims(&key, self.policy.as_ref()) {
                 if let Some(v) = self.claims.get_mut(&s) {
                     v.retain(|k| *k != key);
@@ -272,7 +297,7 @@ impl PeerTable {
     }
 
     fn remember(&mut self, key: LeaseKey, attrs: Option<LeaseAttrs>, verdict: Verdict) {
-        if verdict == Verdict::Usable {
+        if matches!(verdict, Verdict::Usable(_)) {
             for s in claims(&key, self.policy.as_ref()) {
                 self.claims.entry(s).or_default().push(key);
             }
@@ -301,7 +326,7 @@ impl PeerTable {
                 Some(e) => {
                     let had = e.peer().is_some();
                     e.refused = overlap.map(|other| Rejection::Overlap { other });
-                    let now = e.peer().cloned();
+                    let now = e.lease(*key);
                     match (had, now.is_some()) {
                         (true, false) => self.peers -= 1,
                         (false, true) => self.peers += 1,
@@ -318,16 +343,11 @@ impl PeerTable {
                 out.rejected.push((*key, r));
             }
             match (was, now) {
-                (None, Some(attrs)) => out
-                    .events
-                    .push(PeerEvent::Added(Lease { key: *key, attrs })),
-                (Some(attrs), None) => out
-                    .events
-                    .push(PeerEvent::Removed(Lease { key: *key, attrs })),
-                (Some(old), Some(attrs)) if old != attrs => out.events.push(PeerEvent::Changed {
-                    new: Lease { key: *key, attrs },
-                    old,
-                }),
+                (None, Some(l)) => out.events.push(PeerEvent::Added(l)),
+                (Some(l), None) => out.events.push(PeerEvent::Removed(l)),
+                (Some(old), Some(new)) if old != new => {
+                    out.events.push(PeerEvent::Changed { new, old })
+                }
                 _ => {}
             }
         }
@@ -362,7 +382,7 @@ impl PeerTable {
 }
 
 /// A lease's peer attributes, or why it is refused (neither: a reservation).
-type Standing = (Option<LeaseAttrs>, Option<Rejection>);
+type Standing = (Option<Lease>, Option<Rejection>);
 
 #[cfg(test)]
 mod tests {

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
+use crate::entry::PeerEntry;
 use crate::lease::{LeaseAttrs, LeaseKey};
-use crate::mac::Mac;
 
 /// What this node accepts from its peers: the configured pod network and subnet size,
 /// its backend, and what it must never route into the tunnel.
@@ -159,7 +159,8 @@ impl fmt::Display for Rejection {
 /// The outcome of the checks that need only the lease itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Usable,
+    /// Safe to program, as this entry.
+    Usable(PeerEntry),
     /// A reservation (no backend yet): holds its subnet, is nobody's peer yet.
     Pending,
     Rejected(Rejection),
@@ -195,8 +196,8 @@ impl LeasePolicy {
         own: Option<&LeaseKey>,
     ) -> Verdict {
         match self.check_inner(key, attrs, own) {
-            Ok(true) => Verdict::Usable,
-            Ok(false) => Verdict::Pending,
+            Ok(Some(e)) => Verdict::Usable(e),
+            Ok(None) => Verdict::Pending,
             Err(r) => Verdict::Rejected(r),
         }
     }
@@ -206,7 +207,7 @@ impl LeasePolicy {
         key: &LeaseKey,
         attrs: Option<&LeaseAttrs>,
         own: Option<&LeaseKey>,
-    ) -> Result<bool, Rejection> {
+    ) -> Result<Option<PeerEntry>, Rejection> {
         // The key first: it is what becomes a route, whatever the value says.
         let v4 = key.v4.ok_or(Rejection::NoIpv4Subnet)?;
         self.check_subnet(v4, IpNetwork::V4(self.network), self.subnet_len)?;
@@ -225,7 +226,7 @@ impl LeasePolicy {
         }
         let attrs = attrs.ok_or(Rejection::Malformed)?;
         if attrs.backend_type.is_empty() && attrs.backend_data.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
         self.check_public_ip(IpAddr::V4(attrs.public_ip), unicast_v4(attrs.public_ip))?;
         if let (Some(_), Some(ip6)) = (self.ipv6, attrs.public_ipv6) {
@@ -237,19 +238,21 @@ impl LeasePolicy {
                 want: self.backend_type.clone(),
             });
         }
-        let data = attrs.vxlan_data().ok_or_else(|| Rejection::BackendData {
-            why: "missing, or not {\"VNI\": <number>, \"VtepMAC\": <string>}".into(),
-        })?;
-        if data.vni != self.vni {
+        let Some((entry, vni)) = PeerEntry::with_vni(key, attrs)? else {
+            return Ok(None);
+        };
+        if vni != self.vni {
             return Err(Rejection::Vni {
-                got: data.vni,
+                got: vni,
                 want: self.vni,
             });
         }
-        if !data.vtep_mac.parse::<Mac>().is_ok_and(|m| m.is_unicast()) {
-            return Err(Rejection::VtepMac { mac: data.vtep_mac });
+        if !entry.mac.is_unicast() {
+            return Err(Rejection::VtepMac {
+                mac: entry.mac.to_string(),
+            });
         }
-        Ok(true)
+        Ok(Some(entry))
     }
 
     fn check_subnet(

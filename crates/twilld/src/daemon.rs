@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, desired_peers, watch_device, Dataplane, DataplaneConfig, ExtIface, Fallback,
-    Firewall, Iptables, Mac, Netlink, Nftables, RouteForm, RuleSet, VxlanSpec, NFT_TABLE,
+    choose_interface, watch_device, Dataplane, DataplaneConfig, DataplaneError, ExtIface, Fallback,
+    Firewall, Iptables, Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec,
+    NFT_TABLE,
 };
 use twill_kube::KubeStore;
 use twill_store::{
@@ -338,17 +339,12 @@ impl<S: SubnetManager> Node<S> {
                         renew_at = self.next_renewal();
                     }
                     self.tel.peers.set(self.table.len() as i64);
-                    // Steady state: apply just the events (a new peer costs a few netlink
-                    // round trips). At start, after a re-list or a lease change: the full pass.
-                    let incremental = self.ready && !snapshot && !lost;
-                    let applied = if incremental {
-                        self.dp.apply_incremental(&peer_events).await
-                    } else {
-                        None
-                    };
-                    if applied.is_none() {
-                        self.reconcile(Trigger::Event).await;
-                    }
+                    // Steady state: just the events (a new peer costs a few netlink round
+                    // trips). At start, after a re-list or a lease change: the full pass.
+                    let full = !self.ready || snapshot || lost;
+                    self.last_full = if full { Instant::now() } else { self.last_full };
+                    let pass = self.dp.on_peer_events(&peer_events, &self.table, full).await;
+                    self.record_pass(pass, Trigger::Event);
                     if snapshot && !self.ready {
                         self.write_subnet_env()?;
                         self.tel.update_ready(|r| r.subnet_env = true);
@@ -564,11 +560,17 @@ impl<S: SubnetManager> Node<S> {
 
     async fn reconcile(&mut self, why: Trigger) {
         self.last_full = Instant::now();
-        let desired = desired_peers(self.table.own(), self.table.iter());
-        match self.dp.reconcile(&desired).await {
-            Ok(r) => {
+        let pass = self.dp.on_peer_events(&[], &self.table, true).await;
+        self.record_pass(pass, why);
+    }
+
+    /// Metrics and readiness from a full pass (`Ok(None)`: the events went in alone).
+    fn record_pass(&mut self, pass: Result<Option<ReconcileReport>, DataplaneError>, why: Trigger) {
+        match pass {
+            Ok(None) => {}
+            Ok(Some(r)) => {
                 self.tel.reconcile_seconds.observe(r.duration.as_secs_f64());
-                let programmed = desired.len().saturating_sub(r.entries_failed.len());
+                let programmed = self.table.len().saturating_sub(r.entries_failed.len());
                 self.tel
                     .set_entries(programmed.saturating_sub(r.direct_peers), r.direct_peers);
                 // After an event (start, re-list, lease change, reload) changes are the

@@ -718,7 +718,7 @@ async fn peers(
     }
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
     leases_refused(c, &table, store_name);
-    let desired = desired_peers(own, table.iter());
+    let desired = desired_peers(table.entries());
     let Ok(plan) = plan_peers(nl, index, mode, &desired, None).await else {
         c.add("peers", Status::Warn, "could not read kernel state", "");
         return;

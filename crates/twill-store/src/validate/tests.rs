@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::lease::LeaseAttrs;
 use crate::peers::{PeerEvent, PeerTable, WatchEvent};
-use crate::StoredLease;
+use crate::{Mac, StoredLease};
 
 fn policy() -> LeasePolicy {
     LeasePolicy {
@@ -40,10 +40,13 @@ const MAC: &str = "02:00:00:00:00:02";
 
 #[test]
 fn a_good_peer_is_usable() {
-    assert_eq!(
-        verdict("10.244.2.0-24", Some(attrs("198.18.0.2", 1, MAC))),
-        Verdict::Usable
-    );
+    let Verdict::Usable(e) = verdict("10.244.2.0-24", Some(attrs("198.18.0.2", 1, MAC))) else {
+        panic!("usable");
+    };
+    assert_eq!(e.subnet.to_string(), "10.244.2.0/24");
+    assert_eq!(e.vtep_ip.to_string(), "10.244.2.0");
+    assert_eq!(e.public_ip.to_string(), "198.18.0.2");
+    assert_eq!(e.mac.to_string(), MAC);
 }
 
 #[test]
@@ -118,10 +121,10 @@ fn ipv6_half_is_judged_when_enabled() {
     p.ipv6 = Some(("fd00:10::/56".parse().unwrap(), 64));
     let k = |s: &str| s.parse::<LeaseKey>().unwrap();
     let a = attrs("198.18.0.2", 1, MAC);
-    assert_eq!(
+    assert!(matches!(
         p.check(&k("10.244.2.0-24&fd00:10:0:2::-64"), Some(&a), None),
-        Verdict::Usable
-    );
+        Verdict::Usable(_)
+    ));
     let r = |key: &str| match p.check(&k(key), Some(&a), None) {
         Verdict::Rejected(r) => r.reason(),
         v => panic!("{v:?}"),
@@ -293,5 +296,12 @@ proptest! {
             prop_assert!(d.vtep_mac.parse::<Mac>().unwrap().is_unicast());
         }
         prop_assert_eq!(n, t.len());
+        // The typed entries are the same peers, parsed once.
+        let entries: Vec<_> = t.entries().collect();
+        prop_assert_eq!(entries.len(), n);
+        for ((k, a), e) in t.iter().zip(entries) {
+            prop_assert_eq!(Some(IpNetwork::V4(e.subnet)), k.v4);
+            prop_assert_eq!(e.public_ip, a.public_ip);
+        }
     }
 }
