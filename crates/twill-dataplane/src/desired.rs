@@ -317,7 +317,7 @@ mod tests {
             table.apply(WatchEvent::Put(StoredLease {
                 key: *key,
                 attrs: Some(a.clone()),
-                etcd_lease: 1,
+                reservation: false,
                 mod_revision: 1,
             }));
         }

@@ -122,7 +122,7 @@ impl AnnotationKeys {
             key,
             attrs: Some(attrs),
             // Kubernetes leases have no TTL; expiry is the node object going away.
-            etcd_lease: 0,
+            reservation: true,
             mod_revision: node
                 .metadata
                 .resource_version

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_store::{
-    AcquireRequest, HeldLease, PlanSource, RenewOutcome, StoreError, SubnetManager, WatchEvent,
+    AcquireRequest, Expiry, HeldLease, PlanSource, RenewOutcome, StoreError, SubnetManager,
+    WatchEvent,
 };
 
 use crate::annotations::{
@@ -261,8 +262,7 @@ impl KubeStore {
         Ok(HeldLease {
             key,
             attrs,
-            etcd_lease: 0,
-            ttl: Duration::ZERO,
+            expiry: Expiry::Never,
             source: PlanSource::Assigned,
         })
     }
@@ -292,7 +292,7 @@ impl SubnetManager for KubeStore {
             return Ok(RenewOutcome::Lost);
         }
         self.publish(&node, &held.attrs).await?;
-        Ok(RenewOutcome::Renewed { ttl: held.ttl })
+        Ok(RenewOutcome::Renewed(Expiry::Never))
     }
 
     /// kube-rs's watcher lists, watches with bookmarks, resumes from the last

@@ -30,7 +30,6 @@ pub enum Plan {
     Reuse {
         key: LeaseKey,
         mod_revision: i64,
-        etcd_lease: i64,
         source: PlanSource,
     },
     /// Create a key that must not exist yet.
@@ -94,7 +93,6 @@ pub fn plan(
         let plan = Plan::Reuse {
             key: l.key,
             mod_revision: l.mod_revision,
-            etcd_lease: l.etcd_lease,
             source,
         };
         return Ok((plan, stale));

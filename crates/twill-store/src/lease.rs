@@ -187,14 +187,16 @@ pub struct StoredLease {
     pub key: LeaseKey,
     /// `None` when the value is not valid lease JSON: the subnet is still taken.
     pub attrs: Option<LeaseAttrs>,
-    /// etcd lease ID; 0 means no TTL, i.e. a reservation.
-    pub etcd_lease: i64,
+    /// Written without a TTL: in etcd, an operator's reservation for the node with that
+    /// PublicIP; every Kubernetes lease (it lives as long as its node object).
+    pub reservation: bool,
+    /// The store's revision of this write: what a compare-and-swap is guarded by.
     pub mod_revision: i64,
 }
 
 impl StoredLease {
     pub fn is_reservation(&self) -> bool {
-        self.etcd_lease == 0
+        self.reservation
     }
 }
 

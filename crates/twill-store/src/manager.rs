@@ -4,12 +4,110 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use twill_config::NetConf;
 
-use crate::etcd::{AcquireRequest, HeldLease, RenewOutcome, StoreError};
+use crate::alloc::{AllocError, PlanSource};
+use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::peers::WatchEvent;
+
+/// What to lease: the config decides the range, `attrs` is the value to publish,
+/// `previous` is the subnet from the last subnet.env (preferred when free).
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub conf: NetConf,
+    pub attrs: LeaseAttrs,
+    pub previous: LeaseKey,
+    /// How long a lease lives without renewal, where the store has such leases.
+    pub ttl: Duration,
+}
+
+/// When a held lease ends unless renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A reservation, or a subnet the store assigned (Kubernetes podCIDR): nothing runs out.
+    Never,
+    /// Gone at `deadline` unless renewed; `ttl` is what each renewal grants.
+    At { deadline: Instant, ttl: Duration },
+}
+
+impl Expiry {
+    /// A lease of `ttl` granted now.
+    pub fn after(ttl: Duration) -> Self {
+        Expiry::At {
+            deadline: Instant::now() + ttl,
+            ttl,
+        }
+    }
+}
+
+/// A lease we hold. Backend handles (etcd's lease id) stay inside the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub key: LeaseKey,
+    pub attrs: LeaseAttrs,
+    pub expiry: Expiry,
+    pub source: PlanSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// Still ours, now until this.
+    Renewed(Expiry),
+    /// Expired, deleted or overwritten: acquire again.
+    Lost,
+}
+
+/// What any store can fail with. The backend's own error is kept as the source, under
+/// the store's name ("etcd", "kubernetes").
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store}: {source}")]
+    Backend {
+        store: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{store}: no answer within {after:?}")]
+    Timeout {
+        store: &'static str,
+        after: Duration,
+    },
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error("{flag} {path}: {err}")]
+    File {
+        flag: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("could not take a subnet after {0} attempts: other nodes kept winning the race")]
+    Contention(usize),
+    /// The store's API failed in a way worth retrying (Kubernetes API errors).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something outside twill has to happen first (a podCIDR to be assigned): keep
+    /// checking, and keep saying what is missing.
+    #[error("{0}")]
+    Waiting(String),
+}
+
+impl StoreError {
+    /// Errors that retrying won't fix: wrong files or flags, an exhausted range. The rest
+    /// (store down, timeouts, lost races) are worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::File { .. } | StoreError::Invalid(_) | StoreError::Alloc(_)
+        )
+    }
+}
 
 pub trait SubnetManager: Clone + Send + Sync + 'static {
     /// The store's name in logs and errors ("etcd", "kubernetes").

@@ -392,7 +392,7 @@ mod tests {
         StoredLease {
             key: key.parse().unwrap(),
             attrs: Some(LeaseAttrs::vxlan(ip.parse().unwrap(), 1, mac)),
-            etcd_lease: 1,
+            reservation: false,
             mod_revision: 1,
         }
     }

@@ -10,7 +10,8 @@ use clap::Args;
 use ipnetwork::IpNetwork;
 use twill_config::SubnetEnv;
 use twill_dataplane::{Firewall, Iptables, Netlink, RuleSet};
-use twill_store::{EtcdStore, LeaseKey};
+use twill_etcd::EtcdStore;
+use twill_store::LeaseKey;
 
 use crate::cli::Cli;
 

@@ -264,8 +264,8 @@ impl Cli {
         }
     }
 
-    pub fn etcd_options(&self) -> twill_store::EtcdOptions {
-        twill_store::EtcdOptions {
+    pub fn etcd_options(&self) -> twill_etcd::EtcdOptions {
+        twill_etcd::EtcdOptions {
             endpoints: self.etcd_endpoints.clone(),
             prefix: self.etcd_prefix.clone(),
             ca_file: self.etcd_cafile.clone(),

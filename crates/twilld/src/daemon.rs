@@ -18,9 +18,10 @@ use twill_dataplane::{
     Firewall, Iptables, Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec,
     NFT_TABLE,
 };
+use twill_etcd::EtcdStore;
 use twill_kube::KubeStore;
 use twill_store::{
-    AcquireRequest, Applied, EtcdStore, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable,
+    AcquireRequest, Applied, Expiry, HeldLease, LeaseAttrs, LeaseKey, PeerEvent, PeerTable,
     RenewOutcome, StoreError, SubnetManager, WatchEvent,
 };
 
@@ -190,7 +191,7 @@ async fn start<S: SubnetManager>(
     };
     let subnet = v4_subnet(&held)?;
     tel.update_ready(|r| r.lease = true);
-    tel.lease_expiry.set(held.ttl.as_secs() as i64);
+    tel.lease_expiry.set(seconds_left(held.expiry));
     dp.set_lease(subnet)
         .await
         .context("addressing the VXLAN device")?;
@@ -202,7 +203,6 @@ async fn start<S: SubnetManager>(
     let policy = lease_policy(dp.netlink(), dp.device_index(), &conf, kube).await?;
     let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
-    let expires = Instant::now() + held.ttl;
     let mut node = Node {
         store,
         dp,
@@ -217,7 +217,6 @@ async fn start<S: SubnetManager>(
         notified: false,
         last_full: Instant::now(),
         tel,
-        expires,
         store_errors_seen: 0,
         iface_mtu: ext.mtu,
         reloads,
@@ -241,8 +240,6 @@ struct Node<S> {
     /// When the kernel's entries were last read and diffed.
     last_full: Instant,
     tel: Arc<Telemetry>,
-    /// When our lease runs out unless renewed.
-    expires: Instant,
     store_errors_seen: u64,
     /// The underlay interface's MTU, the default when Backend.MTU is unset.
     iface_mtu: u32,
@@ -375,15 +372,14 @@ impl<S: SubnetManager> Node<S> {
                     let errors = self.store.error_count();
                     self.tel.store_errors.inc_by(errors - self.store_errors_seen);
                     self.store_errors_seen = errors;
-                    let left = self.expires.saturating_duration_since(Instant::now());
-                    self.tel.lease_expiry.set(if self.held.etcd_lease == 0 { -1 } else { left.as_secs() as i64 });
+                    self.tel.lease_expiry.set(seconds_left(self.held.expiry));
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     renew_at = match self.store.renew(&self.held).await {
-                        Ok(RenewOutcome::Renewed { ttl }) => {
-                            info!(subnet = %self.held.key, ttl_s = ttl.as_secs(), "lease renewed");
+                        Ok(RenewOutcome::Renewed(expiry)) => {
+                            info!(subnet = %self.held.key, expires_in_s = seconds_left(expiry), "lease renewed");
                             self.tel.lease_renewals.inc();
-                            self.expires = Instant::now() + ttl;
+                            self.held.expiry = expiry;
                             self.next_renewal()
                         }
                         Ok(RenewOutcome::Lost) => {
@@ -394,7 +390,11 @@ impl<S: SubnetManager> Node<S> {
                         Err(e) => {
                             self.tel.store_errors.inc();
                             warn!("renewing the lease failed, retrying: {e}");
-                            Instant::now() + (self.held.ttl / 8).min(Duration::from_secs(60))
+                            let every = match self.held.expiry {
+                                Expiry::At { ttl, .. } => (ttl / 8).min(Duration::from_secs(60)),
+                                Expiry::Never => Duration::from_secs(60),
+                            };
+                            Instant::now() + every
                         }
                     };
                 }
@@ -474,11 +474,10 @@ impl<S: SubnetManager> Node<S> {
     }
 
     fn next_renewal(&self) -> Instant {
-        if self.held.etcd_lease == 0 {
-            // A reservation never expires; check on it hourly.
+        let Expiry::At { ttl, .. } = self.held.expiry else {
+            // Nothing runs out (a reservation, a podCIDR); check on it hourly.
             return Instant::now() + Duration::from_secs(3600);
-        }
-        let ttl = self.held.ttl;
+        };
         let margin = Duration::from_secs(self.cli.subnet_lease_renew_margin * 60);
         let after = if margin < ttl { ttl - margin } else { ttl / 2 };
         Instant::now() + after
@@ -488,7 +487,6 @@ impl<S: SubnetManager> Node<S> {
         warn!(subnet = %self.held.key, "our lease is gone; acquiring again, preferring the same subnet");
         self.req.previous = self.held.key;
         let held = acquire(&self.store, &self.req, cancel, &self.tel).await?;
-        self.expires = Instant::now() + held.ttl;
         let moved = held.key != self.held.key;
         let a = self.table.set_own(held.key, held.attrs.clone());
         for ev in &a.events {
@@ -767,8 +765,18 @@ async fn acquire<S: SubnetManager>(
     tel: &Telemetry,
 ) -> Result<HeldLease> {
     let h = retry("acquiring a subnet", cancel, tel, || store.acquire(req)).await?;
-    info!(subnet = %h.key, source = ?h.source, etcd_lease = h.etcd_lease, "lease held");
+    info!(subnet = %h.key, source = ?h.source, expires_in_s = seconds_left(h.expiry), "lease held");
     Ok(h)
+}
+
+/// Seconds until the lease runs out unless renewed; -1 when it never does (the metric).
+fn seconds_left(e: Expiry) -> i64 {
+    match e {
+        Expiry::Never => -1,
+        Expiry::At { deadline, .. } => deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs() as i64,
+    }
 }
 
 /// The rules driver net-conf.json asks for. What the other one left (an earlier run in the

@@ -12,7 +12,8 @@ use twill_dataplane::{
     desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleOptions,
     RuleSet, Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
-use twill_store::{EtcdStore, LeaseKey, PeerTable, StoredLease, WatchEvent};
+use twill_etcd::EtcdStore;
+use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
 
 use crate::cli::Cli;
 use crate::policy::lease_policy;

@@ -8,7 +8,8 @@ fn conf(json: &str) -> NetConf {
     NetConf::parse(json).unwrap().0
 }
 
-fn lease(key: &str, ip: &str, etcd_lease: i64) -> StoredLease {
+/// `ttl`: written with a TTL; without one it is a reservation.
+fn lease(key: &str, ip: &str, ttl: bool) -> StoredLease {
     StoredLease {
         key: key.parse().unwrap(),
         attrs: Some(LeaseAttrs::vxlan(
@@ -16,7 +17,7 @@ fn lease(key: &str, ip: &str, etcd_lease: i64) -> StoredLease {
             1,
             "aa:bb:cc:dd:ee:ff",
         )),
-        etcd_lease,
+        reservation: !ttl,
         mod_revision: 7,
     }
 }
@@ -39,8 +40,8 @@ const ME: &str = "198.18.0.3";
 fn reuses_own_lease_by_public_ip() {
     let c = conf(r#"{"Network":"10.244.0.0/16"}"#);
     let leases = [
-        lease("10.244.9.0-24", "198.18.0.9", 5),
-        lease("10.244.3.0-24", ME, 6),
+        lease("10.244.9.0-24", "198.18.0.9", true),
+        lease("10.244.3.0-24", ME, true),
     ];
     let (p, stale) = plan(
         &c,
@@ -56,7 +57,6 @@ fn reuses_own_lease_by_public_ip() {
         Plan::Reuse {
             key: "10.244.3.0-24".parse().unwrap(),
             mod_revision: 7,
-            etcd_lease: 6,
             source: PlanSource::OwnLease
         }
     );
@@ -66,7 +66,7 @@ fn reuses_own_lease_by_public_ip() {
 #[test]
 fn own_lease_that_no_longer_fits_is_stale_and_replaced() {
     let c = conf(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
-    let leases = [lease("10.244.3.0-24", ME, 6)];
+    let leases = [lease("10.244.3.0-24", ME, true)];
     let (p, stale) = plan(
         &c,
         &leases,
@@ -96,7 +96,7 @@ fn own_lease_that_no_longer_fits_is_stale_and_replaced() {
 fn reservation_for_us_is_used_and_others_are_never_taken() {
     let c =
         conf(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0"}"#);
-    let leases = [lease("10.244.1.0-24", "198.18.0.50", 0)];
+    let leases = [lease("10.244.1.0-24", "198.18.0.50", false)];
     // The only free subnet is .2; the reservation of someone else is honoured.
     for seed in 0..20 {
         let (p, _) = plan(
@@ -124,7 +124,6 @@ fn reservation_for_us_is_used_and_others_are_never_taken() {
         p,
         Plan::Reuse {
             source: PlanSource::Reservation,
-            etcd_lease: 0,
             ..
         }
     ));
@@ -133,7 +132,10 @@ fn reservation_for_us_is_used_and_others_are_never_taken() {
 #[test]
 fn reservation_beats_own_ttl_lease() {
     let c = conf(r#"{"Network":"10.244.0.0/16"}"#);
-    let leases = [lease("10.244.3.0-24", ME, 6), lease("10.244.4.0-24", ME, 0)];
+    let leases = [
+        lease("10.244.3.0-24", ME, true),
+        lease("10.244.4.0-24", ME, false),
+    ];
     let (p, _) = plan(
         &c,
         &leases,
@@ -167,7 +169,7 @@ fn previous_subnet_is_preferred_when_free() {
         }
     );
     // ...but never when someone else holds it (flannel #1289).
-    let leases = [lease("10.244.77.0-24", "198.18.0.77", 3)];
+    let leases = [lease("10.244.77.0-24", "198.18.0.77", true)];
     let (p, _) = plan(
         &c,
         &leases,
@@ -217,9 +219,9 @@ fn excluded_keys_are_avoided() {
 fn exhaustion_names_network_range_and_count() {
     let c = conf(r#"{"Network":"10.0.0.0/22"}"#);
     let leases = [
-        lease("10.0.1.0-24", "198.18.0.1", 1),
-        lease("10.0.2.0-24", "198.18.0.2", 1),
-        lease("10.0.3.0-24", "198.18.0.4", 0),
+        lease("10.0.1.0-24", "198.18.0.1", true),
+        lease("10.0.2.0-24", "198.18.0.2", true),
+        lease("10.0.3.0-24", "198.18.0.4", false),
     ];
     let e = plan(
         &c,
@@ -244,7 +246,7 @@ fn exhaustion_names_network_range_and_count() {
 #[test]
 fn overlapping_lease_of_another_length_blocks_subnets() {
     let c = conf(r#"{"Network":"10.0.0.0/22"}"#);
-    let leases = [lease("10.0.2.0-23", "198.18.0.1", 1)]; // covers .2 and .3
+    let leases = [lease("10.0.2.0-23", "198.18.0.1", true)]; // covers .2 and .3
     let (p, _) = plan(
         &c,
         &leases,
@@ -310,7 +312,7 @@ proptest! {
         let r = c.ipv4.clone().unwrap();
         let leases: Vec<StoredLease> = taken.iter().map(|t| {
             let n = r.nth(*t as u128 % r.count());
-            lease(&LeaseKey::v4(n).to_string(), "198.18.1.1", 1)
+            lease(&LeaseKey::v4(n).to_string(), "198.18.1.1", true)
         }).collect();
         let distinct: HashSet<_> = leases.iter().map(|l| l.key).collect();
         match plan(&c, &leases, ME.parse().unwrap(), none(), &HashSet::new(), &mut StdRng::seed_from_u64(seed)) {

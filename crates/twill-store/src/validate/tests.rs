@@ -137,7 +137,7 @@ fn sl(key: &str, a: Option<LeaseAttrs>) -> StoredLease {
     StoredLease {
         key: key.parse().unwrap(),
         attrs: a,
-        etcd_lease: 1,
+        reservation: false,
         mod_revision: 1,
     }
 }
@@ -273,7 +273,7 @@ proptest! {
             let Ok(key) = k.parse::<LeaseKey>() else { continue };
             keys.push(key);
             let attrs = serde_json::from_str::<LeaseAttrs>(v).ok();
-            t.apply(WatchEvent::Put(StoredLease { key, attrs, etcd_lease: 1, mod_revision: 1 }));
+            t.apply(WatchEvent::Put(StoredLease { key, attrs, reservation: false, mod_revision: 1 }));
         }
         for i in deletes {
             if let Some(k) = keys.get(i) {

@@ -1,7 +1,8 @@
 //! The etcd v3 store: flannel's keys, written with compare-and-swap transactions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
@@ -11,11 +12,11 @@ use etcd_client::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use twill_config::NetConf;
 
-use crate::alloc::{self, AllocError, Plan, PlanSource};
-use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
-use crate::peers::WatchEvent;
+use twill_store::{
+    AcquireRequest, Expiry, HeldLease, LeaseAttrs, LeaseKey, Plan, PlanSource, RenewOutcome,
+    StoreError, StoredLease, SubnetManager, WatchEvent,
+};
 
 /// Every unary call gets this long; a watch is bounded by HTTP/2 keep-alive instead.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,41 +35,11 @@ pub struct EtcdOptions {
     pub password: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
-    #[error("etcd: no answer within {0:?}")]
-    Timeout(Duration),
-    #[error(transparent)]
-    Alloc(#[from] AllocError),
-    #[error("{flag} {path}: {err}")]
-    File {
-        flag: &'static str,
-        path: PathBuf,
-        err: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("could not take a subnet after {0} attempts: other nodes kept winning the race")]
-    Contention(usize),
-    /// The store's API failed in a way worth retrying (Kubernetes API errors).
-    #[error("{0}")]
-    Unavailable(String),
-    /// Something outside twill has to happen first (a podCIDR to be assigned): keep
-    /// checking, and keep saying what is missing.
-    #[error("{0}")]
-    Waiting(String),
-}
-
-impl StoreError {
-    /// Errors that retrying won't fix: wrong files or flags, an exhausted range. The rest
-    /// (etcd down, timeouts, lost races) are worth retrying.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            StoreError::File { .. } | StoreError::Invalid(_) | StoreError::Alloc(_)
-        )
+/// The client's error, kept as the source under the store's name.
+fn etcd_err(e: etcd_client::Error) -> StoreError {
+    StoreError::Backend {
+        store: "etcd",
+        source: Box::new(e),
     }
 }
 
@@ -76,39 +47,12 @@ async fn rpc<T>(
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(StoreError::Timeout(RPC_TIMEOUT)),
+        Ok(r) => r.map_err(etcd_err),
+        Err(_) => Err(StoreError::Timeout {
+            store: "etcd",
+            after: RPC_TIMEOUT,
+        }),
     }
-}
-
-/// What to lease: the config decides the range, `attrs` is the value to publish,
-/// `previous` is the subnet from the last subnet.env (preferred when free).
-#[derive(Debug, Clone)]
-pub struct AcquireRequest {
-    pub conf: NetConf,
-    pub attrs: LeaseAttrs,
-    pub previous: LeaseKey,
-    pub ttl: Duration,
-}
-
-/// A lease we hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldLease {
-    pub key: LeaseKey,
-    pub attrs: LeaseAttrs,
-    /// 0 for a reservation (no TTL, nothing to renew).
-    pub etcd_lease: i64,
-    pub ttl: Duration,
-    pub source: PlanSource,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RenewOutcome {
-    Renewed {
-        ttl: Duration,
-    },
-    /// Expired, deleted or overwritten: acquire again.
-    Lost,
 }
 
 #[derive(Clone)]
@@ -116,7 +60,10 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     /// Watch breaks and failed lists since start, for the daemon's metrics.
-    errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+    /// The etcd lease behind each key we hold (0: a reservation): etcd's handle, which
+    /// renewal needs and nothing outside this backend should see.
+    held: Arc<Mutex<HashMap<LeaseKey, i64>>>,
 }
 
 impl EtcdStore {
@@ -170,6 +117,7 @@ impl EtcdStore {
             client,
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             errors: Default::default(),
+            held: Default::default(),
         })
     }
 
@@ -195,6 +143,12 @@ impl EtcdStore {
         format!("{}{key}", self.subnets_prefix())
     }
 
+    /// The etcd lease id behind a key this store acquired (0 for a reservation): for
+    /// tests and etcd-specific diagnostics.
+    pub fn lease_id(&self, key: &LeaseKey) -> Option<i64> {
+        self.held.lock().expect("not poisoned").get(key).copied()
+    }
+
     /// The raw client, for tests and for the etcd-specific diagnostics.
     pub fn client(&self) -> Client {
         self.client.clone()
@@ -214,15 +168,28 @@ impl EtcdStore {
     /// (flannel adds a TimeToLive per key): the lease ID in each key-value tells TTL from
     /// reservation.
     pub async fn list(&self) -> Result<(Vec<StoredLease>, i64), StoreError> {
+        let (leases, _, rev) = self.list_with_ids().await?;
+        Ok((leases, rev))
+    }
+
+    /// [`EtcdStore::list`] and the etcd lease behind each key.
+    async fn list_with_ids(
+        &self,
+    ) -> Result<(Vec<StoredLease>, HashMap<LeaseKey, i64>, i64), StoreError> {
         let mut c = self.client.clone();
         let resp = rpc(c.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut ids = HashMap::new();
         let leases = resp
             .kvs()
             .iter()
-            .filter_map(|kv| self.parse_kv(kv))
+            .filter_map(|kv| {
+                let l = self.parse_kv(kv)?;
+                ids.insert(l.key, kv.lease());
+                Some(l)
+            })
             .collect();
-        Ok((leases, rev))
+        Ok((leases, ids, rev))
     }
 
     fn parse_key(&self, raw: &[u8]) -> Option<LeaseKey> {
@@ -249,7 +216,7 @@ impl EtcdStore {
         Some(StoredLease {
             key,
             attrs,
-            etcd_lease: kv.lease(),
+            reservation: kv.lease() == 0,
             mod_revision: kv.mod_revision(),
         })
     }
@@ -262,8 +229,8 @@ impl EtcdStore {
         let value = req.attrs.to_json();
         let ttl_secs = req.ttl.as_secs().max(1) as i64;
         for attempt in 1..=MAX_ATTEMPTS {
-            let (leases, _) = self.list().await?;
-            let (plan, stale) = alloc::plan(
+            let (leases, ids, _) = self.list_with_ids().await?;
+            let (plan, stale) = twill_store::plan(
                 &req.conf,
                 &leases,
                 req.attrs.public_ip,
@@ -276,12 +243,21 @@ impl EtcdStore {
             }
             let key = self.lease_key(plan.key());
             let mut c = self.client.clone();
-            let held = |etcd_lease, source| HeldLease {
-                key: *plan.key(),
-                attrs: req.attrs.clone(),
-                etcd_lease,
-                ttl: req.ttl,
-                source,
+            let held = |etcd_lease: i64, source| {
+                self.held
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(*plan.key(), etcd_lease);
+                HeldLease {
+                    key: *plan.key(),
+                    attrs: req.attrs.clone(),
+                    expiry: if etcd_lease == 0 {
+                        Expiry::Never
+                    } else {
+                        Expiry::after(req.ttl)
+                    },
+                    source,
+                }
             };
             match &plan {
                 Plan::Reuse {
@@ -302,11 +278,11 @@ impl EtcdStore {
                     }
                 }
                 Plan::Reuse {
+                    key: reused,
                     mod_revision,
-                    etcd_lease: old,
                     source,
-                    ..
                 } => {
+                    let old = ids.get(reused).copied().unwrap_or(0);
                     let id = rpc(c.lease_grant(ttl_secs, None)).await?.id();
                     let txn = Txn::new()
                         .when([Compare::mod_revision(
@@ -322,8 +298,8 @@ impl EtcdStore {
                     if rpc(c.txn(txn)).await?.succeeded() {
                         // The key now hangs off the new lease; the old one holds nothing and
                         // would otherwise live on for a day (flannel leaks one per renewal).
-                        if *old != 0 && *old != id {
-                            let _ = rpc(c.lease_revoke(*old)).await;
+                        if old != 0 && old != id {
+                            let _ = rpc(c.lease_revoke(old)).await;
                         }
                         info!(subnet = %plan.key(), "reusing this node's existing lease");
                         return Ok(held(id, *source));
@@ -372,23 +348,27 @@ impl EtcdStore {
     /// so nothing leaks), then checks the key is still ours.
     pub async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
         let mut c = self.client.clone();
-        let mut ttl = held.ttl;
-        if held.etcd_lease != 0 {
-            let (mut keeper, mut stream) = rpc(c.lease_keep_alive(held.etcd_lease)).await?;
+        // A key this process never acquired (none, normally) is checked as a reservation.
+        let id = self.lease_id(&held.key).unwrap_or(0);
+        let mut expiry = Expiry::Never;
+        if id != 0 {
+            let (mut keeper, mut stream) = rpc(c.lease_keep_alive(id)).await?;
             rpc(keeper.keep_alive()).await?;
             match rpc(stream.message()).await? {
-                Some(r) if r.ttl() > 0 => ttl = Duration::from_secs(r.ttl() as u64),
+                Some(r) if r.ttl() > 0 => {
+                    expiry = Expiry::after(Duration::from_secs(r.ttl() as u64))
+                }
                 _ => return Ok(RenewOutcome::Lost),
             }
         }
         let resp = rpc(c.get(self.lease_key(&held.key), None)).await?;
         let still_ours = resp.kvs().first().is_some_and(|kv| {
-            kv.lease() == held.etcd_lease
+            kv.lease() == id
                 && serde_json::from_slice::<LeaseAttrs>(kv.value())
                     .is_ok_and(|a| a.public_ip == held.attrs.public_ip)
         });
         Ok(if still_ours {
-            RenewOutcome::Renewed { ttl }
+            RenewOutcome::Renewed(expiry)
         } else {
             RenewOutcome::Lost
         })
@@ -568,7 +548,7 @@ impl Backoff {
     }
 }
 
-impl crate::manager::SubnetManager for EtcdStore {
+impl SubnetManager for EtcdStore {
     fn kind(&self) -> &'static str {
         "etcd"
     }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use twill_config::NetConf;
+use twill_etcd::{EtcdOptions, EtcdStore};
 use twill_store::{
-    AcquireRequest, AllocError, EtcdOptions, EtcdStore, LeaseAttrs, LeaseKey, PeerTable,
-    PlanSource, RenewOutcome, StoreError,
+    AcquireRequest, AllocError, Expiry, LeaseAttrs, LeaseKey, PeerTable, PlanSource, RenewOutcome,
+    StoreError,
 };
 use twill_testutil::{Etcd, TcpProxy, TlsFiles};
 
@@ -165,7 +166,7 @@ async fn lease_json_and_key_layout_match_flannel() {
     );
     let ttl = store
         .client()
-        .lease_time_to_live(held.etcd_lease, None)
+        .lease_time_to_live(store.lease_id(&held.key).expect("a lease id"), None)
         .await
         .unwrap();
     assert!(
@@ -229,12 +230,12 @@ async fn renewal_keeps_one_etcd_lease_and_detects_loss() {
     let held = store.acquire(&r).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..5 {
-        assert_eq!(
-            store.renew(&held).await.unwrap(),
-            RenewOutcome::Renewed {
-                ttl: Duration::from_secs(30)
+        match store.renew(&held).await.unwrap() {
+            RenewOutcome::Renewed(Expiry::At { ttl, .. }) => {
+                assert_eq!(ttl, Duration::from_secs(30))
             }
-        );
+            other => panic!("{other:?}"),
+        }
     }
     assert_eq!(
         store.client().leases().await.unwrap().leases().len(),
@@ -274,7 +275,8 @@ async fn reservations_are_honoured_and_never_taken() {
     // The reserved node gets its reservation, which keeps having no TTL.
     let mine = store.acquire(&req(&c, "198.18.0.101")).await.unwrap();
     assert_eq!(mine.key.to_string(), "10.9.1.0-24");
-    assert_eq!(mine.etcd_lease, 0);
+    assert_eq!(mine.expiry, Expiry::Never);
+    assert_eq!(store.lease_id(&mine.key), Some(0));
     let (all, _) = store.list().await.unwrap();
     let res = all.iter().find(|l| l.key == mine.key).unwrap();
     assert!(res.is_reservation());
