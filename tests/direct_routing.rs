@@ -26,12 +26,7 @@ fn direct_routes(c: &Cluster, i: usize) -> Vec<String> {
 }
 
 fn vxlan_routes(c: &Cluster, i: usize) -> Vec<String> {
-    c.nodes[i]
-        .ns
-        .sh("ip -4 route show dev flannel.1")
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-        .collect()
+    c.nodes[i].vxlan_subnets()
 }
 
 /// The direct routes node `i` should have: every other node's subnet via its address.

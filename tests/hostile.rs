@@ -24,12 +24,7 @@ fn metrics(c: &Cluster, i: usize) -> String {
 }
 
 fn flannel_routes(c: &Cluster, i: usize) -> Vec<String> {
-    c.nodes[i]
-        .ns
-        .sh("ip -4 route show dev flannel.1")
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-        .collect()
+    c.nodes[i].vxlan_subnets()
 }
 
 #[test]

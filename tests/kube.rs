@@ -34,14 +34,7 @@ fn add_kube_node(c: &mut Cluster, args: &[String], name: &str) -> usize {
 }
 
 fn routes(c: &Cluster, i: usize) -> Vec<String> {
-    let mut v: Vec<String> = c.nodes[i]
-        .ns
-        .sh("ip -4 route show dev flannel.1")
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-        .collect();
-    v.sort();
-    v
+    c.nodes[i].vxlan_subnets()
 }
 
 fn annotation(fake: &FakeKube, node: &str, key: &str) -> String {

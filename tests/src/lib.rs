@@ -156,6 +156,18 @@ impl Node {
         format!("{}.{}.{}.{}/{len}", o[0], o[1], o[2], o[3])
     }
 
+    /// The destinations routed into flannel.1 (the peers' subnets), sorted.
+    pub fn vxlan_subnets(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ns
+            .sh("ip -4 route show dev flannel.1")
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn vtep_mac(&self) -> String {
         let j = self.ns.sh("ip -j link show flannel.1");
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();

@@ -145,6 +145,45 @@ pub fn choose_interface(
     Ok(ext(i, a))
 }
 
+/// flanneld's interface selection flags: `--iface` (names or addresses, in order),
+/// `--iface-regex`, `--iface-can-reach`; the default route's interface without any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IfaceSelection {
+    pub iface: Vec<String>,
+    pub iface_regex: Vec<String>,
+    pub can_reach: Option<Ipv4Addr>,
+}
+
+/// Why no underlay could be chosen: the flags matched nothing, or the kernel could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+}
+
+/// The underlay as the daemon, doctor and cleanup all choose it, read from the kernel now.
+pub async fn select_underlay(
+    nl: &crate::netlink::Netlink,
+    sel: &IfaceSelection,
+) -> Result<ExtIface, SelectError> {
+    let ifaces = nl.interfaces().await?;
+    let fallback = match sel.can_reach {
+        Some(target) => Fallback::CanReach {
+            target,
+            route: nl.route_to(target).await?,
+        },
+        None => Fallback::DefaultRoute(nl.default_route_index().await?),
+    };
+    Ok(choose_interface(
+        &ifaces,
+        &sel.iface,
+        &sel.iface_regex,
+        fallback,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

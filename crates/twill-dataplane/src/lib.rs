@@ -2,19 +2,20 @@
 //! and the MASQUERADE/FORWARD rules.
 //!
 //! `desired` computes what should exist from the lease table (pure, unit-tested); `netlink`
-//! reads what does exist and applies the difference; `rules` does the same for iptables.
+//! reads what does exist and applies the difference; `firewall` does the same for the
+//! iptables or nftables rules.
 //! Reconciling the whole difference, rather than replaying events, is what makes a deleted
 //! route, a flushed chain or a recreated device heal on the next pass.
 
 pub mod blackhole;
 pub mod change;
 pub mod desired;
+pub mod errno;
+pub mod firewall;
 pub mod iface;
 pub mod netlink;
 pub mod nexthop;
-pub mod nft;
 pub mod reconcile;
-pub mod rules;
 
 pub use blackhole::{Blackhole, BlackholePlan, BLACKHOLE_METRIC};
 pub use change::ChangeFlag;
@@ -22,16 +23,19 @@ pub use desired::{
     desired_peers, diff, diff_direct, incremental, nexthop_id, split_direct, Actual, DirectOps,
     Ops, RouteForm, Via,
 };
-pub use iface::{choose_interface, ExtIface, Fallback, IfaceError, InterfaceInfo};
+pub use firewall::{
+    Firewall, FirewallError, Iptables, Nftables, RuleFlags, RuleIntent, RuleOptions, RuleSet,
+    RulesReport, VxlanFlows, NFT_TABLE,
+};
+pub use iface::{
+    choose_interface, select_underlay, ExtIface, Fallback, IfaceError, IfaceSelection,
+    InterfaceInfo, SelectError,
+};
 pub use netlink::{
     watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, NodePrefixes, UnderlayRoutes,
     VxlanSpec,
 };
-pub use nft::{Nftables, NFT_TABLE};
 pub use reconcile::{
     plan_peers, Dataplane, DataplaneConfig, DataplaneError, PeerPlan, ReconcileReport, Underlay,
-};
-pub use rules::{
-    Firewall, FirewallError, Iptables, RuleIntent, RuleOptions, RuleSet, RulesReport, VxlanFlows,
 };
 pub use twill_store::{Mac, PeerEntry};

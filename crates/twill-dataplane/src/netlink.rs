@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::blackhole::{Blackhole, BLACKHOLE_METRIC};
 use crate::change::ChangeFlag;
 use crate::desired::{Actual, Ops, Via};
+use crate::errno::{errno, EEXIST, EHOSTUNREACH, ENETUNREACH, ENODEV, ENOENT, EOPNOTSUPP, ESRCH};
 use crate::iface::{IfAddr, InterfaceInfo};
 use crate::nexthop::{self, NexthopConn};
 use twill_store::Mac;
@@ -36,11 +37,6 @@ use twill_store::Mac;
 /// overrun the socket's receive buffer with replies.
 const PIPELINE_DEPTH: usize = 256;
 const RT_TABLE_MAIN: u8 = 254;
-pub(crate) const EEXIST: i32 = 17;
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
-const ENODEV: i32 = 19;
-const EOPNOTSUPP: i32 = 95;
 
 #[derive(Debug, thiserror::Error)]
 #[error("netlink {op}: {source}")]
@@ -48,14 +44,6 @@ pub struct NetlinkError {
     pub op: String,
     #[source]
     pub source: rtnetlink::Error,
-}
-
-/// The kernel errno behind a netlink error, positive (EEXIST = 17).
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
 }
 
 fn ctx<T>(op: impl Into<String>, r: Result<T, rtnetlink::Error>) -> Result<T, NetlinkError> {
@@ -314,7 +302,7 @@ impl Netlink {
         let r = match replies.try_next().await {
             Ok(r) => r,
             // ENETUNREACH, EHOSTUNREACH: no route is an answer, not a failure.
-            Err(e) if matches!(errno(&e), Some(101 | 113)) => None,
+            Err(e) if matches!(errno(&e), Some(ENETUNREACH | EHOSTUNREACH)) => None,
             Err(source) => {
                 return Err(NetlinkError {
                     op: format!("route get {dst}"),

@@ -13,8 +13,8 @@ use crate::change::ChangeFlag;
 use crate::desired::{
     desired_peers, diff, diff_direct, incremental, split_direct, DirectOps, Ops, RouteForm,
 };
+use crate::firewall::{Firewall, FirewallError, RuleFlags, RuleSet, VxlanFlows};
 use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
-use crate::rules::{Firewall, FirewallError, RuleOptions, RuleSet, VxlanFlows};
 use twill_store::Mac;
 
 /// What the node's data plane is made of, apart from the peers.
@@ -22,11 +22,8 @@ use twill_store::Mac;
 pub struct DataplaneConfig {
     pub vxlan: VxlanSpec,
     pub network: Ipv4Network,
-    pub ip_masq: bool,
-    pub fully_random: bool,
-    pub forward_rules: bool,
-    /// Untrack the VXLAN packets of `vxlan`'s address and port.
-    pub vxlan_notrack: bool,
+    /// MASQUERADE, FORWARD and (for `vxlan`'s address and port) notrack rules.
+    pub rules: RuleFlags,
     /// flannel's `Backend.DirectRouting`: peers on the underlay's own link get a plain
     /// route via their address instead of VXLAN entries.
     pub direct_routing: bool,
@@ -153,27 +150,20 @@ impl Dataplane {
     pub fn rules(&self) -> Option<RuleSet> {
         let lease = self.lease?;
         let c = &self.cfg;
-        let opts = RuleOptions {
-            ip_masq: c.ip_masq,
-            fully_random: c.fully_random,
-            forward: c.forward_rules,
-            notrack: c.vxlan_notrack.then_some(VxlanFlows {
-                local: c.vxlan.local,
-                port: c.vxlan.port,
-            }),
-        };
+        let opts = c.rules.options(Some(VxlanFlows {
+            local: c.vxlan.local,
+            port: c.vxlan.port,
+        }));
         Some(RuleSet::new(c.network, lease, &opts))
     }
 
     /// Rules only (blocking tools run off the async threads).
-    pub async fn ensure_rules(&self) -> Result<crate::rules::RulesReport, FirewallError> {
+    pub async fn ensure_rules(&self) -> Result<crate::firewall::RulesReport, FirewallError> {
         let Some(rules) = self.rules() else {
             return Ok(Default::default());
         };
         let fw = self.fw.clone();
-        tokio::task::spawn_blocking(move || fw.ensure(&rules))
-            .await
-            .map_err(|e| FirewallError(format!("rules task: {e}")))?
+        tokio::task::spawn_blocking(move || fw.ensure(&rules)).await?
     }
 
     /// Applies peer events straight to the device we know, without reading the kernel or

@@ -162,7 +162,7 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
 /// DirectRouting's routes (`<peer subnet> via <peer address>` on the underlay device; the
 /// VXLAN ones went with the device): those inside the overlay network of subnet.env.
 async fn direct_routes(cli: &Cli, nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
-    let Ok(ext) = crate::daemon::select_underlay(nl, cli).await else {
+    let Ok(ext) = twill_dataplane::select_underlay(nl, &cli.iface_selection()).await else {
         return;
     };
     for net in &env.networks {
@@ -284,7 +284,7 @@ async fn public_ip(cli: &Cli) -> Option<std::net::Ipv4Addr> {
         return Some(ip);
     }
     let nl = Netlink::connect().ok()?;
-    crate::daemon::select_underlay(&nl, cli)
+    twill_dataplane::select_underlay(&nl, &cli.iface_selection())
         .await
         .ok()
         .map(|e| e.addr)

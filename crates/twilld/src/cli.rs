@@ -264,6 +264,25 @@ impl Cli {
         }
     }
 
+    /// The rule flags, as the data plane takes them.
+    pub fn rule_flags(&self) -> twill_dataplane::RuleFlags {
+        twill_dataplane::RuleFlags {
+            ip_masq: self.ip_masq,
+            fully_random: !self.ip_masq_fully_random_disable,
+            forward: self.iptables_forward_rules,
+            notrack: self.vxlan_notrack,
+        }
+    }
+
+    /// The underlay selection flags, as the data plane takes them.
+    pub fn iface_selection(&self) -> twill_dataplane::IfaceSelection {
+        twill_dataplane::IfaceSelection {
+            iface: self.iface.clone(),
+            iface_regex: self.iface_regex.clone(),
+            can_reach: self.iface_can_reach,
+        }
+    }
+
     pub fn etcd_options(&self) -> twill_etcd::EtcdOptions {
         twill_etcd::EtcdOptions {
             endpoints: self.etcd_endpoints.clone(),

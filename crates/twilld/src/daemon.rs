@@ -14,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    choose_interface, watch_device, Dataplane, DataplaneConfig, DataplaneError, ExtIface, Fallback,
-    Firewall, Iptables, Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec,
-    NFT_TABLE,
+    select_underlay, watch_device, Dataplane, DataplaneConfig, DataplaneError, Firewall, Iptables,
+    Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec, NFT_TABLE,
 };
 use twill_etcd::EtcdStore;
 use twill_kube::KubeStore;
@@ -86,7 +85,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             None => retry("reading our node", &cancel, &tel, || store.node_public_ip()).await?,
         };
         let source = ConfigSource::File(path);
-        return start(cli, store, source, conf, hint, cancel, tel, reloads).await;
+        return start(Startup {
+            cli,
+            store,
+            config: source,
+            conf,
+            public_ip_hint: hint,
+            cancel,
+            tel,
+            reloads,
+        })
+        .await;
     }
     let store = connect_store(&cli, &cancel, &tel).await?;
     let (conf, source) = match file_conf {
@@ -96,21 +105,45 @@ pub async fn run(cli: Cli) -> Result<()> {
             ConfigSource::Etcd(Box::new(store.clone())),
         ),
     };
-    start(cli, store, source, conf, None, cancel, tel, reloads).await
+    start(Startup {
+        cli,
+        store,
+        config: source,
+        conf,
+        public_ip_hint: None,
+        cancel,
+        tel,
+        reloads,
+    })
+    .await
 }
 
-/// Brings the node up on any store and runs it until cancelled.
-#[allow(clippy::too_many_arguments)]
-async fn start<S: SubnetManager>(
+/// Everything a node starts from, whichever store it runs on.
+struct Startup<S> {
     cli: Cli,
     store: S,
+    /// Where SIGHUP re-reads net-conf.json from.
     config: ConfigSource,
     conf: NetConf,
+    /// Our node's `node-public-ip` annotation (Kubernetes), standing in for --public-ip.
     public_ip_hint: Option<std::net::Ipv4Addr>,
     cancel: CancellationToken,
     tel: Arc<Telemetry>,
     reloads: mpsc::UnboundedReceiver<()>,
-) -> Result<()> {
+}
+
+/// Brings the node up on any store and runs it until cancelled.
+async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
+    let Startup {
+        cli,
+        store,
+        config,
+        conf,
+        public_ip_hint,
+        cancel,
+        tel,
+        reloads,
+    } = up;
     tel.update_ready(|r| r.config = true);
     if conf.ipv6.is_some() {
         warn!("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet");
@@ -120,7 +153,7 @@ async fn start<S: SubnetManager>(
     };
 
     let nl = Netlink::connect().context("opening a netlink socket")?;
-    let ext = select_underlay(&nl, &cli).await?;
+    let ext = select_underlay(&nl, &cli.iface_selection()).await?;
     let public_ip = cli.public_ip.or(public_ip_hint).unwrap_or(ext.addr);
     let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
     let mtu = underlay_mtu
@@ -152,10 +185,7 @@ async fn start<S: SubnetManager>(
     let dp_cfg = DataplaneConfig {
         vxlan: spec,
         network,
-        ip_masq: cli.ip_masq,
-        fully_random: !cli.ip_masq_fully_random_disable,
-        forward_rules: cli.iptables_forward_rules,
-        vxlan_notrack: cli.vxlan_notrack,
+        rules: cli.rule_flags(),
         direct_routing: conf.backend.direct_routing,
         route_form: if cli.route_nexthops {
             RouteForm::Nexthop
@@ -793,30 +823,13 @@ fn firewall(nftables: bool) -> Result<Arc<dyn Firewall>> {
         }
         return Ok(Arc::new(Nftables::new()?));
     }
-    match twill_dataplane::nft::remove_table() {
+    match twill_dataplane::firewall::remove_table() {
         Ok(true) => info!("nft table ip {NFT_TABLE} of the other mode removed"),
         Ok(false) => {}
         // No nft binary is fine in iptables mode: then there is no table either.
         Err(e) => debug!("nft table ip {NFT_TABLE} not checked: {e}"),
     }
     Ok(Arc::new(Iptables::new().context("iptables")?))
-}
-
-pub(crate) async fn select_underlay(nl: &Netlink, cli: &Cli) -> Result<ExtIface> {
-    let ifaces = nl.interfaces().await?;
-    let fallback = match cli.iface_can_reach {
-        Some(target) => Fallback::CanReach {
-            target,
-            route: nl.route_to(target).await?,
-        },
-        None => Fallback::DefaultRoute(nl.default_route_index().await?),
-    };
-    Ok(choose_interface(
-        &ifaces,
-        &cli.iface,
-        &cli.iface_regex,
-        fallback,
-    )?)
 }
 
 fn read_previous(path: &Path) -> LeaseKey {

@@ -9,8 +9,8 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleOptions,
-    RuleSet, Underlay, VxlanFlows, BLACKHOLE_METRIC,
+    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
+    Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
 use twill_etcd::EtcdStore;
 use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
@@ -108,7 +108,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     }
 
     let nl = Netlink::connect()?;
-    let ext = match crate::daemon::select_underlay(&nl, cli).await {
+    let ext = match twill_dataplane::select_underlay(&nl, &cli.iface_selection()).await {
         Ok(e) => {
             let public = cli.public_ip.unwrap_or(e.addr);
             c.pass(
@@ -804,18 +804,13 @@ async fn rules(
     let (Some((own, network)), Some(conf)) = (v4_lease(env), conf) else {
         return;
     };
-    let opts = RuleOptions {
-        ip_masq: env.ipmasq.unwrap_or(cli.ip_masq),
-        fully_random: !cli.ip_masq_fully_random_disable,
-        forward: cli.iptables_forward_rules,
-        notrack: match (cli.vxlan_notrack, local) {
-            (true, Some(local)) => Some(VxlanFlows {
-                local,
-                port: conf.backend.port,
-            }),
-            _ => None,
-        },
-    };
+    // Masquerade as the running twilld recorded it; the rest from the flags.
+    let mut flags = cli.rule_flags();
+    flags.ip_masq = env.ipmasq.unwrap_or(flags.ip_masq);
+    let opts = flags.options(local.map(|local| VxlanFlows {
+        local,
+        port: conf.backend.port,
+    }));
     let want = RuleSet::new(network, own, &opts);
     let nftables = conf.enable_nftables;
     let found = tokio::task::spawn_blocking(move || {

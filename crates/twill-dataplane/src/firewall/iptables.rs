@@ -1,176 +1,11 @@
-//! MASQUERADE and FORWARD rules: flannel's exact set, in flannel's chains, so a node can
-//! switch between flanneld and twilld without rule churn. Plus one thing flannel lacks:
-//! the VXLAN packets themselves kept out of conntrack (raw table, our own chains).
-//!
-//! `RuleSet` is the desired state (pure). A `Firewall` driver makes the kernel match it;
-//! each chain's content is compared with `iptables -S` output and, when it differs,
-//! rewritten in one `iptables-restore --noflush` transaction, so traffic never sees a
-//! half-written chain.
+//! The iptables driver: flannel's chains, read with the `iptables` crate and written with
+//! `iptables-restore --noflush`, one commit per table (the crate has no transaction API).
 
-use std::io::Write;
-use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
-
+use super::{feed, watch_nftables, ChainSpec, Firewall, FirewallError, RuleSet, RulesReport};
 use crate::change::ChangeFlag;
-
-pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
-pub const FWD_CHAIN: &str = "FLANNEL-FWD";
-pub const NOTRACK_IN_CHAIN: &str = "TWILL-NOTRACK-PRE";
-pub const NOTRACK_OUT_CHAIN: &str = "TWILL-NOTRACK-OUT";
-const MASQ_COMMENT: &str = r#"-m comment --comment "flanneld masq""#;
-const FWD_COMMENT: &str = r#"-m comment --comment "flanneld forward""#;
-const NOTRACK_COMMENT: &str = r#"-m comment --comment "twilld vxlan notrack""#;
-
-/// Which rules the node wants besides the pod network itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleOptions {
-    pub ip_masq: bool,
-    /// `--random-fully` on the MASQUERADE rules.
-    pub fully_random: bool,
-    pub forward: bool,
-    /// Keep the VXLAN flows to and from this VTEP out of conntrack.
-    pub notrack: Option<VxlanFlows>,
-}
-
-/// Our VTEP's end of the tunnel: the underlay address the device sends from and the UDP
-/// destination port every VXLAN packet carries, whichever way it goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VxlanFlows {
-    pub local: Ipv4Addr,
-    pub port: u16,
-}
-
-/// One of our chains, the built-in chain that jumps to it, and its rules, all spelled
-/// exactly as `iptables -S` prints them (that is what makes comparison exact).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainSpec {
-    pub table: &'static str,
-    pub chain: &'static str,
-    pub parent: &'static str,
-    pub jump: String,
-    /// Insert the jump first in `parent` and keep it ahead of any DROP/REJECT there
-    /// (flannel appends, and a distro's FORWARD DROP then shadows it: flannel #2116).
-    pub jump_first: bool,
-    /// `None`: the chain and its jump must not exist.
-    pub rules: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleSet {
-    /// What the rules are made from: the nftables driver renders its table from this.
-    pub intent: RuleIntent,
-    /// The iptables rendering.
-    pub chains: Vec<ChainSpec>,
-}
-
-/// The pod network, this node's lease and the options: everything a driver needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleIntent {
-    pub network: Ipv4Network,
-    pub pod_subnet: Ipv4Network,
-    pub opts: RuleOptions,
-}
-
-impl RuleSet {
-    /// `network` is the whole pod network, `pod_subnet` this node's lease.
-    pub fn new(network: Ipv4Network, pod_subnet: Ipv4Network, opts: &RuleOptions) -> Self {
-        let masq_target = if opts.fully_random {
-            "-j MASQUERADE --random-fully"
-        } else {
-            "-j MASQUERADE"
-        };
-        let (n, p) = (network, pod_subnet);
-        let masq = vec![
-            // kube-proxy marks traffic it will masquerade itself.
-            format!("-m mark --mark 0x4000/0x4000 {MASQ_COMMENT} -j RETURN"),
-            format!("-s {p} -d {n} {MASQ_COMMENT} -j RETURN"),
-            format!("-s {n} -d {p} {MASQ_COMMENT} -j RETURN"),
-            format!("! -s {n} -d {p} {MASQ_COMMENT} -j RETURN"),
-            format!("-s {n} ! -d 224.0.0.0/4 {MASQ_COMMENT} {masq_target}"),
-            format!("! -s {n} -d {n} {MASQ_COMMENT} {masq_target}"),
-        ];
-        let fwd = vec![
-            format!("-s {n} {FWD_COMMENT} -j ACCEPT"),
-            format!("-d {n} {FWD_COMMENT} -j ACCEPT"),
-        ];
-        // A VXLAN "connection" never sees a reply (both directions use the destination
-        // port, from per-flow source ports), so conntrack only fills up with UNREPLIED
-        // entries for it and costs a lookup on every packet, twice per node (Calico and
-        // OpenShift SDN untrack theirs too). The inner packets stay tracked: kube-proxy's
-        // NAT and our MASQUERADE need them.
-        let notrack = |addr: &str| {
-            opts.notrack.map(|f| {
-                vec![format!(
-                    "{addr} {}/32 -p udp -m udp --dport {} {NOTRACK_COMMENT} -j NOTRACK",
-                    f.local, f.port
-                )]
-            })
-        };
-        RuleSet {
-            intent: RuleIntent {
-                network,
-                pod_subnet,
-                opts: opts.clone(),
-            },
-            chains: vec![
-                ChainSpec {
-                    table: "nat",
-                    chain: MASQ_CHAIN,
-                    parent: "POSTROUTING",
-                    jump: format!("{MASQ_COMMENT} -j {MASQ_CHAIN}"),
-                    jump_first: false,
-                    rules: opts.ip_masq.then_some(masq),
-                },
-                ChainSpec {
-                    table: "filter",
-                    chain: FWD_CHAIN,
-                    parent: "FORWARD",
-                    jump: format!("{FWD_COMMENT} -j {FWD_CHAIN}"),
-                    jump_first: true,
-                    rules: opts.forward.then_some(fwd),
-                },
-                ChainSpec {
-                    table: "raw",
-                    chain: NOTRACK_IN_CHAIN,
-                    parent: "PREROUTING",
-                    jump: format!("{NOTRACK_COMMENT} -j {NOTRACK_IN_CHAIN}"),
-                    jump_first: false,
-                    rules: notrack("-d"),
-                },
-                ChainSpec {
-                    table: "raw",
-                    chain: NOTRACK_OUT_CHAIN,
-                    parent: "OUTPUT",
-                    jump: format!("{NOTRACK_COMMENT} -j {NOTRACK_OUT_CHAIN}"),
-                    jump_first: false,
-                    rules: notrack("-s"),
-                },
-            ],
-        }
-    }
-
-    /// The same chains, all absent: what cleanup wants.
-    pub fn none() -> Self {
-        let opts = RuleOptions {
-            ip_masq: false,
-            fully_random: false,
-            forward: false,
-            notrack: None,
-        };
-        let mut r = RuleSet::new(
-            "10.0.0.0/8".parse().expect("literal"),
-            "10.0.0.0/24".parse().expect("literal"),
-            &opts,
-        );
-        for c in &mut r.chains {
-            c.rules = None;
-        }
-        r
-    }
-}
 
 /// One table as `iptables -S` prints it.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -201,86 +36,6 @@ impl TableRules {
     }
 }
 
-/// What a pass changed; `repairs` counts chains rewritten and jumps (re)placed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RulesReport {
-    pub repairs: usize,
-    pub changes: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("iptables: {0}")]
-pub struct FirewallError(pub String);
-
-/// A replaceable rule backend: `Iptables`, or `Nftables` (net-conf.json EnableNFTables).
-pub trait Firewall: Send + Sync {
-    /// Makes the kernel match `rules`. Idempotent; blocking (runs the iptables tools).
-    fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError>;
-
-    /// A flag raised whenever the kernel's ruleset may have changed, if this driver can
-    /// watch it; without one every periodic pass checks the rules.
-    fn watch_changes(&self) -> Option<Arc<ChangeFlag>> {
-        None
-    }
-}
-
-/// Raises a flag on every nftables ruleset change: iptables-nft writes through nftables,
-/// so this sees `iptables -F`, a firewalld reload and our own writes alike. A plain
-/// blocking thread: the socket is quiet almost always and needs no runtime.
-pub(crate) fn watch_nftables() -> std::io::Result<Arc<ChangeFlag>> {
-    use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
-    // NFNLGRP_NFTABLES in linux/netfilter/nfnetlink.h.
-    const NFNLGRP_NFTABLES: u32 = 7;
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    sock.add_membership(NFNLGRP_NFTABLES)?;
-    let flag = Arc::new(ChangeFlag::default());
-    let raised = flag.clone();
-    std::thread::Builder::new()
-        .name("nft-monitor".into())
-        .spawn(move || loop {
-            match sock.recv_from_full() {
-                Ok(_) => raised.mark(),
-                // The socket overflowed: something changed, we don't know what.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => raised.mark(),
-                Err(e) => {
-                    tracing::warn!("nftables monitor stopped ({e}); every pass checks the rules");
-                    raised.mark_broken();
-                    return;
-                }
-            }
-        })?;
-    Ok(flag)
-}
-
-/// Runs `program args` with `input` on its stdin: how both drivers write a whole change in
-/// one transaction (`iptables-restore`, `nft -f -`). The error carries the tool's stderr.
-pub(crate) fn feed(program: &str, args: &[&str], input: &str) -> Result<(), String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("run {program}: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input.as_bytes())
-        .map_err(|e| format!("write to {program}: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
 /// The iptables driver: reads with the `iptables` crate, writes chain contents with
 /// `iptables-restore` for atomicity (the crate has no transaction API).
 pub struct Iptables {
@@ -292,7 +47,7 @@ pub struct Iptables {
 
 impl Iptables {
     pub fn new() -> Result<Self, FirewallError> {
-        let ipt = iptables::new(false).map_err(|e| FirewallError(e.to_string()))?;
+        let ipt = iptables::new(false).map_err(|e| Self::err("open", e))?;
         let nft_backend = Command::new("iptables")
             .arg("-V")
             .output()
@@ -300,8 +55,12 @@ impl Iptables {
         Ok(Iptables { ipt, nft_backend })
     }
 
+    /// The crate's errors are not `Send`; their text is what survives.
     fn err(what: &str, e: Box<dyn std::error::Error>) -> FirewallError {
-        FirewallError(format!("{what}: {e}"))
+        FirewallError::Read {
+            what: what.to_string(),
+            source: e.to_string().into(),
+        }
     }
 
     /// Every chain of `table` with its rules (without the `-A CHAIN ` prefix), from one
@@ -329,8 +88,12 @@ impl Iptables {
         let Some(patch) = TablePatch::of(table, chains, &self.table(table)?) else {
             return Ok(());
         };
-        feed("iptables-restore", &["--noflush", "--wait"], &patch.payload)
-            .map_err(|e| FirewallError(format!("iptables-restore for table {table}: {e}")))?;
+        feed(
+            "iptables-restore",
+            &["--noflush", "--wait"],
+            &patch.payload,
+            &format!("table {table}"),
+        )?;
         report.repairs += patch.changes.len();
         report.changes.extend(patch.changes);
         Ok(())
@@ -530,23 +293,25 @@ impl Firewall for Iptables {
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
         let mut report = RulesReport::default();
         // Every table is attempted even if one fails, so one broken table doesn't leave
-        // the other unrepaired; the first error is returned after.
-        let mut first_err = None;
+        // the other unrepaired; every failure is reported.
+        let mut errors = Vec::new();
         let mut tables: Vec<&str> = rules.chains.iter().map(|c| c.table).collect();
         tables.dedup();
         for table in tables {
             let chains: Vec<&ChainSpec> =
                 rules.chains.iter().filter(|c| c.table == table).collect();
-            if let Err(mut e) = self.ensure_table(table, &chains, &mut report) {
-                if table == "raw" && chains.iter().any(|c| c.rules.is_some()) {
-                    // Only the VXLAN notrack rules live there; a kernel without the raw
-                    // table can still run the overlay.
-                    e.0.push_str(" (twilld --vxlan-notrack=false does without the raw table)");
-                }
-                first_err.get_or_insert(e);
+            if let Err(e) = self.ensure_table(table, &chains, &mut report) {
+                // Only the VXLAN notrack rules live in raw; a kernel without the raw table
+                // can still run the overlay.
+                let raw = table == "raw" && chains.iter().any(|c| c.rules.is_some());
+                errors.push(if raw {
+                    e.with_hint("twilld --vxlan-notrack=false does without the raw table")
+                } else {
+                    e
+                });
             }
         }
-        match first_err {
+        match FirewallError::all(errors) {
             Some(e) => Err(e),
             None => Ok(report),
         }
@@ -555,6 +320,7 @@ impl Firewall for Iptables {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{RuleOptions, VxlanFlows, FWD_CHAIN, MASQ_CHAIN};
     use super::*;
 
     fn opts(ip_masq: bool, notrack: bool) -> RuleOptions {

@@ -14,10 +14,8 @@
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use super::{feed, watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport};
 use crate::change::ChangeFlag;
-use crate::rules::{
-    feed, watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport,
-};
 
 pub const NFT_TABLE: &str = "flannel-ipv4";
 
@@ -79,14 +77,22 @@ pub struct Nftables {
 
 impl Nftables {
     pub fn new() -> Result<Self, FirewallError> {
-        let ok = Command::new("nft")
+        let what = "EnableNFTables: nft --version";
+        let out = Command::new("nft")
             .arg("--version")
             .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            return Err(FirewallError(
-                "EnableNFTables: the nft command is not available (install nftables)".into(),
-            ));
+            .map_err(|source| FirewallError::Run {
+                tool: "nft",
+                what: what.into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(FirewallError::Refused {
+                tool: "nft",
+                what: what.into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                hint: Some("install nftables"),
+            });
         }
         Ok(Nftables {
             written: Mutex::new(None),
@@ -98,7 +104,11 @@ impl Nftables {
         let out = Command::new("nft")
             .args(["list", "table", "ip", NFT_TABLE])
             .output()
-            .map_err(|e| FirewallError(format!("run nft: {e}")))?;
+            .map_err(|source| FirewallError::Run {
+                tool: "nft",
+                what: format!("list table ip {NFT_TABLE}"),
+                source,
+            })?;
         if out.status.success() {
             return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
         }
@@ -106,15 +116,21 @@ impl Nftables {
         if err.contains("No such file or directory") {
             return Ok(None);
         }
-        Err(FirewallError(format!(
-            "nft list table ip {NFT_TABLE}: {}",
-            err.trim()
-        )))
+        Err(FirewallError::Refused {
+            tool: "nft",
+            what: format!("list table ip {NFT_TABLE}"),
+            stderr: err.trim().to_string(),
+            hint: None,
+        })
     }
 
     fn run(script: &str) -> Result<(), FirewallError> {
-        feed("nft", &["-f", "-"], script)
-            .map_err(|e| FirewallError(format!("nft -f for table ip {NFT_TABLE}: {e}")))
+        feed(
+            "nft",
+            &["-f", "-"],
+            script,
+            &format!("write table ip {NFT_TABLE}"),
+        )
     }
 }
 
@@ -210,10 +226,11 @@ impl Firewall for Nftables {
                     (Some((intent, listing)), Some(now)) if *intent == rules.intent && listing == now);
                 if !intact {
                     Self::run(&script)?;
-                    let listing = Self::listing()?.ok_or_else(|| {
-                        FirewallError(format!(
-                            "nft table ip {NFT_TABLE} missing right after writing it"
-                        ))
+                    let listing = Self::listing()?.ok_or_else(|| FirewallError::Refused {
+                        tool: "nft",
+                        what: format!("list table ip {NFT_TABLE}"),
+                        stderr: "missing right after writing it".into(),
+                        hint: None,
                     })?;
                     *written = Some((rules.intent.clone(), listing));
                     report.repairs += 1;
@@ -290,7 +307,7 @@ mod tests {
             ]
         );
     }
-    use crate::rules::{RuleOptions, VxlanFlows};
+    use crate::firewall::{RuleOptions, VxlanFlows};
 
     fn intent(opts: RuleOptions) -> RuleIntent {
         RuleIntent {
