@@ -1,0 +1,284 @@
+//! Links: the VXLAN device (created, adopted or replaced to match its spec), its
+//! address, and the interface listing underlay selection reads.
+
+use super::*;
+
+/// What the VXLAN device must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub dev_index: u32,
+    pub port: u16,
+    pub gbp: bool,
+    pub mtu: u32,
+    /// MAC to use when the device has to be created (the one our lease already
+    /// advertises, so peers need no update); random when `None`.
+    pub mac: Option<Mac>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    pub index: u32,
+    pub mac: Mac,
+    /// Created (or replaced) by this call rather than adopted.
+    pub created: bool,
+}
+
+/// A link as we care about it.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub up: bool,
+    pub kind: Option<InfoKind>,
+    pub vxlan: Vec<InfoVxlan>,
+}
+
+pub(super) fn parse_link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        up: m.header.flags.contains(LinkFlags::Up),
+        ..Default::default()
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Address(b) => l.mac = Mac::from_slice(b),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.clone()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = v.clone(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Does an existing device carry the attributes peers depend on? MTU is not among them:
+/// it is corrected in place (flannel never corrects it, #1775).
+pub(super) fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
+    if l.kind != Some(InfoKind::Vxlan) {
+        return Err(format!("kind {:?}, not vxlan", l.kind));
+    }
+    let has = |want: &InfoVxlan| l.vxlan.contains(want);
+    let checks = [
+        (InfoVxlan::Id(spec.vni), "VNI"),
+        (InfoVxlan::Link(spec.dev_index), "underlay device"),
+        (InfoVxlan::Local(spec.local), "local address"),
+        (InfoVxlan::Port(spec.port), "UDP port"),
+        (InfoVxlan::Learning(false), "learning"),
+    ];
+    for (want, what) in checks {
+        if !has(&want) {
+            return Err(format!("{what} differs (want {want:?})"));
+        }
+    }
+    if l.vxlan.contains(&InfoVxlan::Gbp) != spec.gbp {
+        return Err("GBP differs".into());
+    }
+    Ok(())
+}
+
+impl Netlink {
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = ctx(
+            "dump links",
+            self.handle.link().get().execute().try_collect().await,
+        )?;
+        Ok(msgs.iter().map(parse_link).collect())
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(parse_link)),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError {
+                op: format!("get link {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Every interface with its IPv4 addresses, for underlay selection.
+    pub async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, NetlinkError> {
+        let links = self.links().await?;
+        let addrs: Vec<_> = ctx(
+            "dump addresses",
+            self.handle.address().get().execute().try_collect().await,
+        )?;
+        Ok(links
+            .into_iter()
+            .map(|l| {
+                let addrs = addrs
+                    .iter()
+                    .filter(|a| a.header.index == l.index)
+                    .filter_map(|a| {
+                        let ip = a.attributes.iter().find_map(|x| match x {
+                            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                            _ => None,
+                        })?;
+                        Some(IfAddr {
+                            ip,
+                            prefix: a.header.prefix_len,
+                            global: a.header.scope == AddressScope::Universe,
+                            permanent: a.header.flags.contains(AddressHeaderFlags::Permanent),
+                        })
+                    })
+                    .collect();
+                InterfaceInfo {
+                    index: l.index,
+                    name: l.name,
+                    mtu: l.mtu,
+                    addrs,
+                }
+            })
+            .collect())
+    }
+
+    /// Creates the device, or adopts an existing one with the right attributes (fixing
+    /// its MTU and bringing it up), or replaces one with the wrong attributes.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<DeviceState, NetlinkError> {
+        let mut keep_mac = spec.mac;
+        if let Some(l) = self.link_by_name(&spec.name).await? {
+            match vxlan_matches(&l, spec) {
+                Ok(()) => {
+                    if l.mtu != spec.mtu {
+                        info!(device = %spec.name, from = l.mtu, to = spec.mtu, "correcting MTU");
+                        let m = LinkUnspec::new_with_index(l.index).mtu(spec.mtu).build();
+                        ctx("set mtu", self.handle.link().set(m).execute().await)?;
+                    }
+                    if !l.up {
+                        let m = LinkUnspec::new_with_index(l.index).up().build();
+                        ctx("set link up", self.handle.link().set(m).execute().await)?;
+                    }
+                    if let Some(mac) = l.mac {
+                        return Ok(DeviceState {
+                            index: l.index,
+                            mac,
+                            created: false,
+                        });
+                    }
+                }
+                Err(why) => warn!(device = %spec.name, "replacing existing device: {why}"),
+            }
+            keep_mac = keep_mac.or(l.mac);
+            ctx(
+                "delete link",
+                self.handle.link().del(l.index).execute().await,
+            )?;
+        }
+        let mac = keep_mac.unwrap_or_else(Mac::random);
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.dev_index)
+            .local(spec.local)
+            .port(spec.port)
+            .learning(false)
+            .mtu(spec.mtu)
+            .address(mac.0.to_vec())
+            .up();
+        if spec.gbp {
+            b = b.gbp();
+        }
+        match self.handle.link().add(b.build()).execute().await {
+            Ok(()) => {}
+            // Someone (a racing flanneld) created it between our lookup and add: adopt
+            // it on the next pass rather than fail.
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => {
+                return Err(NetlinkError {
+                    op: format!("create vxlan device {}", spec.name),
+                    source: e,
+                })
+            }
+        }
+        let l = self
+            .link_by_name(&spec.name)
+            .await?
+            .ok_or_else(|| NetlinkError {
+                op: format!("find {} after creating it", spec.name),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
+        info!(device = %spec.name, index = l.index, mac = %mac, "created VXLAN device");
+        Ok(DeviceState {
+            index: l.index,
+            mac: l.mac.unwrap_or(mac),
+            created: true,
+        })
+    }
+
+    /// Gives the device exactly `addr`/32 among the addresses inside `network`.
+    pub async fn ensure_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        network: Ipv4Network,
+    ) -> Result<(), NetlinkError> {
+        let msgs: Vec<_> = ctx(
+            "dump addresses",
+            self.handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await,
+        )?;
+        let mut have = false;
+        for m in msgs {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            if ip == addr && m.header.prefix_len == 32 {
+                have = true;
+            } else if network.contains(ip) {
+                ctx(
+                    "delete stale address",
+                    self.handle.address().del(m).execute().await,
+                )?;
+            }
+        }
+        if !have {
+            ctx(
+                "add address",
+                self.handle
+                    .address()
+                    .add(index, IpAddr::V4(addr), 32)
+                    .execute()
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a link by name if present (cleanup, tests).
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        match self.link_by_name(name).await? {
+            Some(l) => {
+                ctx(
+                    "delete link",
+                    self.handle.link().del(l.index).execute().await,
+                )?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Routes of the main table: peer routes (plain or by nexthop id), direct routes,
+//! the blackhole, and what the underlay and this node already route.
+
+use super::*;
+
+pub(super) const RT_TABLE_MAIN: u8 = 254;
+
+/// What DirectRouting needs from the underlay device's routes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnderlayRoutes {
+    /// Connected prefixes (scope link, no gateway): peers inside them are on our link.
+    pub onlink: Vec<Ipv4Network>,
+    pub direct: BTreeMap<Ipv4Network, Ipv4Addr>,
+}
+
+impl UnderlayRoutes {
+    /// Keeps `r` if it is one of device `dev`'s connected prefixes or a direct route into
+    /// `network`.
+    pub(super) fn take(&mut self, r: &MainRoute, dev: u32, network: Ipv4Network) {
+        // Ours are plain routes; one by nexthop id is someone else's.
+        if r.oif != Some(dev) || r.net.prefix() == 0 || r.nhid.is_some() {
+            return;
+        }
+        match r.gw {
+            None if r.scope == RouteScope::Link => self.onlink.push(r.net),
+            Some(gw) if network.contains(r.net.network()) && r.net.prefix() >= network.prefix() => {
+                self.direct.insert(r.net, gw);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// This node's addresses, and the prefixes it reaches outside the overlay: the connected
+/// prefix of every address and every main-table route, except what twill's own devices
+/// hold, the default route (every subnet lies in it) and routes shaped like a peer's
+/// (`<subnet of Network> via …`, plain, by nexthop or direct: ours or flanneld's).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodePrefixes {
+    pub local_addrs: Vec<IpAddr>,
+    pub protected: Vec<IpNetwork>,
+}
+
+/// A main-table unicast route, as reads need it.
+pub(super) struct MainRoute {
+    pub(super) oif: Option<u32>,
+    pub(super) net: Ipv4Network,
+    pub(super) gw: Option<Ipv4Addr>,
+    pub(super) nhid: Option<u32>,
+    pub(super) scope: RouteScope,
+}
+
+impl Netlink {
+    pub(super) async fn routes_v4(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        ctx(
+            "dump routes",
+            self.handle.route().get(req).execute().try_collect().await,
+        )
+    }
+
+    /// Interface index of the IPv4 default route in the main table.
+    pub async fn default_route_index(&self) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.routes_v4().await?.iter().find_map(|r| {
+            if r.header.destination_prefix_length != 0 || route_table(r) != RT_TABLE_MAIN as u32 {
+                return None;
+            }
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }))
+    }
+
+    /// The route the kernel would use to reach `dst` (`ip route get`): its interface index
+    /// and preferred source address. `None` when it is unreachable.
+    pub async fn route_to(
+        &self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut replies = self.handle.route().get(req).execute();
+        let r = match replies.try_next().await {
+            Ok(r) => r,
+            // ENETUNREACH, EHOSTUNREACH: no route is an answer, not a failure.
+            Err(e) if matches!(errno(&e), Some(ENETUNREACH | EHOSTUNREACH)) => None,
+            Err(source) => {
+                return Err(NetlinkError {
+                    op: format!("route get {dst}"),
+                    source,
+                })
+            }
+        };
+        Ok(r.and_then(|r| {
+            let mut oif = None;
+            let mut src = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                    _ => {}
+                }
+            }
+            oif.map(|i| (i, src))
+        }))
+    }
+
+    /// The underlay device's connected IPv4 prefixes, and the routes with a gateway on it
+    /// whose destination lies inside `network` (direct routes, ours or flanneld's).
+    pub async fn read_underlay(
+        &self,
+        index: u32,
+        network: Ipv4Network,
+    ) -> Result<UnderlayRoutes, NetlinkError> {
+        let mut out = UnderlayRoutes::default();
+        self.each_main_route(|r| out.take(&r, index, network))
+            .await?;
+        Ok(out)
+    }
+
+    /// What peer leases must stay clear of (see `NodePrefixes`). `ours` are the devices
+    /// whose addresses and routes twill itself owns (the VXLAN device, cni0).
+    pub async fn node_prefixes(
+        &self,
+        ours: &[u32],
+        network: Ipv4Network,
+        subnet_len: u8,
+    ) -> Result<NodePrefixes, NetlinkError> {
+        let mut out = NodePrefixes::default();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = ctx("dump addresses", addrs.try_next().await)? {
+            let Some(ip) = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            if !out.local_addrs.contains(&ip) {
+                out.local_addrs.push(ip);
+            }
+            if ours.contains(&a.header.index) {
+                continue;
+            }
+            if let Ok(net) = IpNetwork::new(ip, a.header.prefix_len) {
+                let net = IpNetwork::new(net.network(), net.prefix()).unwrap_or(net);
+                if !out.protected.contains(&net) {
+                    out.protected.push(net);
+                }
+            }
+        }
+        let in_network =
+            |n: Ipv4Network| network.contains(n.network()) && n.prefix() >= network.prefix();
+        self.each_main_route(|r| {
+            let peerlike = in_network(r.net) && (r.net.prefix() == subnet_len || r.nhid.is_some());
+            if r.net.prefix() == 0 || peerlike || r.oif.is_some_and(|i| ours.contains(&i)) {
+                return;
+            }
+            let net = IpNetwork::V4(r.net);
+            if !out.protected.contains(&net) {
+                out.protected.push(net);
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each unicast IPv4 route of the main table, streamed from one dump.
+    pub(super) async fn each_main_route(
+        &self,
+        mut f: impl FnMut(MainRoute),
+    ) -> Result<(), NetlinkError> {
+        self.each_main_of_kind(RouteType::Unicast, |r, net| {
+            let (mut oif, mut gw, mut nhid) = (None, None, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::NhId(id) => nhid = Some(*id),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            f(MainRoute {
+                oif,
+                net,
+                gw,
+                nhid,
+                scope: r.header.scope,
+            })
+        })
+        .await
+    }
+
+    /// Calls `f` with each IPv4 route of the main table of one type and its destination.
+    pub(super) async fn each_main_of_kind(
+        &self,
+        kind: RouteType,
+        mut f: impl FnMut(&RouteMessage, Ipv4Network),
+    ) -> Result<(), NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(req).execute();
+        while let Some(r) = ctx("dump routes", dump.try_next().await)? {
+            if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != kind {
+                continue;
+            }
+            let dst = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) {
+                f(&r, net);
+            }
+        }
+        Ok(())
+    }
+
+    /// The main table's IPv4 blackhole routes.
+    pub async fn blackholes(&self) -> Result<Vec<Blackhole>, NetlinkError> {
+        let mut out = Vec::new();
+        self.each_main_of_kind(RouteType::BlackHole, |r, net| {
+            let metric = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            out.push(Blackhole { net, metric });
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// `ip route add blackhole <net> metric <BLACKHOLE_METRIC>`: `true` when it was added,
+    /// `false` when a route already holds that prefix and metric (ours, normally).
+    pub async fn add_blackhole(&self, net: Ipv4Network) -> Result<bool, NetlinkError> {
+        let msg = blackhole_msg(Blackhole {
+            net,
+            metric: BLACKHOLE_METRIC,
+        });
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+            Err(e) => Err(NetlinkError {
+                op: format!("add blackhole {net}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Deletes one blackhole route; one already gone counts as deleted.
+    pub async fn del_blackhole(&self, b: Blackhole) -> Result<(), NetlinkError> {
+        let msg = match_any_origin(blackhole_msg(b));
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if !matches!(errno(&e), Some(ENOENT | ESRCH)) => Err(NetlinkError {
+                op: format!("delete {b}"),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Direct routes `<subnet> via <peer address> dev <underlay>`, each replacing whatever
+    /// route the subnet had (a VXLAN one when a peer became reachable directly).
+    pub async fn add_direct_routes(
+        &self,
+        index: u32,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let adds = routes
+            .iter()
+            .map(|(net, gw)| replace_route(&self.handle, *net, *gw, index, false));
+        run(adds, &mut report, false).await;
+        report
+    }
+
+    /// Deletes direct routes; one a VXLAN route has already replaced is not matched (the
+    /// gateway and device are part of the match) and counts as gone.
+    pub async fn del_direct_routes(
+        &self,
+        index: u32,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let dels = routes.iter().map(|(net, gw)| {
+            let via = Via {
+                gw: Some(*gw),
+                nhid: None,
+            };
+            del_route(&self.handle, *net, via, index)
+        });
+        run(dels, &mut report, true).await;
+        report
+    }
+}
+
+/// A delete request with wildcards, as `ip route del` sends: the builder's protocol
+/// (static) and scope would only match routes we made, not a leftover made by flanneld or
+/// by hand.
+pub(super) fn match_any_origin(mut msg: RouteMessage) -> RouteMessage {
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.scope = RouteScope::NoWhere;
+    msg
+}
+
+pub(super) fn blackhole_msg(b: Blackhole) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(b.net.network(), b.net.prefix())
+        .kind(RouteType::BlackHole)
+        .priority(b.metric)
+        .build()
+}
+
+/// `ip route replace <net> via <gw> dev <index> [onlink]`.
+pub(super) fn replace_route(
+    h: &Handle,
+    net: Ipv4Network,
+    gw: Ipv4Addr,
+    index: u32,
+    onlink: bool,
+) -> Pending<'_> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix())
+        .gateway(gw)
+        .output_interface(index);
+    if onlink {
+        b = b.onlink();
+    }
+    let msg = b.build();
+    async move {
+        let r = h.route().add(msg).replace().execute().await;
+        (format!("route {net} via {gw}"), r)
+    }
+    .boxed()
+}
+
+/// A peer's VXLAN route: `ip route replace <net> nhid <id>`, or without a nexthop id
+/// `ip route replace <net> via <gw> dev <index> onlink`.
+pub(super) fn replace_peer_route(
+    h: &Handle,
+    net: Ipv4Network,
+    via: Via,
+    index: u32,
+) -> Pending<'_> {
+    match (via.nhid, via.gw) {
+        (Some(id), _) => {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix())
+                .nhid(id)
+                .build();
+            async move {
+                let r = h.route().add(msg).replace().execute().await;
+                (format!("route {net} nhid {id}"), r)
+            }
+            .boxed()
+        }
+        (None, Some(gw)) => replace_route(h, net, gw, index, true),
+        (None, None) => {
+            async move { (format!("route {net}"), Err(rtnetlink::Error::RequestFailed)) }.boxed()
+        }
+    }
+}
+
+/// `ip route del <net> nhid <id>`, or `ip route del <net> [via <gw>] dev <index>`: a route
+/// by nexthop id only matches a delete that names the id.
+pub(super) fn del_route(h: &Handle, net: Ipv4Network, via: Via, index: u32) -> Pending<'_> {
+    let mut b =
+        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net.network(), net.prefix());
+    match (via.nhid, via.gw) {
+        (Some(id), _) => b = b.nhid(id),
+        (None, gw) => {
+            b = b.output_interface(index);
+            if let Some(gw) = gw {
+                b = b.gateway(gw);
+            }
+        }
+    }
+    let msg = match_any_origin(b.build());
+    async move {
+        (
+            format!("del route {net}"),
+            h.route().del(msg).execute().await,
+        )
+    }
+    .boxed()
+}
+
+pub(super) fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(r.header.table as u32)
+}
