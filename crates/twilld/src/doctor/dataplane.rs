@@ -1,0 +1,190 @@
+//! Checks of what twilld programs: peer entries against the leases, the rules, the
+//! blackhole route.
+
+use super::*;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn peers(
+    c: &mut Checks,
+    nl: &Netlink,
+    index: u32,
+    mode: Underlay,
+    conf: Option<&NetConf>,
+    own: Option<&LeaseKey>,
+    kube: bool,
+    leases: &[StoredLease],
+    store_name: &str,
+) {
+    // Judged as the daemon judges them, so doctor expects exactly what twilld programs.
+    let mut table = match conf {
+        Some(conf) => match lease_policy(nl, Some(index), conf, own.filter(|_| kube)).await {
+            Ok(p) => PeerTable::with_policy(p),
+            Err(e) => {
+                c.add(
+                    "leases",
+                    Status::Warn,
+                    format!("could not judge the leases: {e:#}"),
+                    "",
+                );
+                PeerTable::new()
+            }
+        },
+        None => PeerTable::new(),
+    };
+    if let Some(own) = own {
+        if let Some(mine) = leases
+            .iter()
+            .find(|l| l.key == *own)
+            .and_then(|l| l.attrs.clone())
+        {
+            table.set_own(*own, mine);
+        }
+    }
+    table.apply(WatchEvent::Snapshot(leases.to_vec()));
+    leases_refused(c, &table, store_name);
+    let desired = desired_peers(table.entries());
+    let Ok(plan) = plan_peers(nl, index, mode, &desired, None).await else {
+        c.add("peers", Status::Warn, "could not read kernel state", "");
+        return;
+    };
+    let (ops, direct) = (&plan.ops, &plan.direct);
+    let missing = ops.add_routes.len()
+        + ops.add_nexthops.len()
+        + ops.add_neighs.len()
+        + ops.add_fdb.len()
+        + direct.add.len();
+    let extra = ops.del_routes.len()
+        + ops.del_nexthops.len()
+        + ops.del_neighs.len()
+        + ops.del_fdb.len()
+        + direct.del.len();
+    let mut how = Vec::new();
+    if let Underlay::Direct(..) = mode {
+        how.push(format!("{} by direct route", plan.direct_peers));
+    }
+    if plan.form == RouteForm::Nexthop {
+        how.push("routes by nexthop id".to_string());
+    }
+    let via = if how.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", how.join(", "))
+    };
+    let detail = format!(
+        "{} peers in {store_name}{via}; {missing} entries missing, {extra} extra",
+        desired.len()
+    );
+    let hint = "twilld repairs these within --iptables-resync seconds; if they persist, it is not running or can't write (see its log)";
+    match (missing, extra) {
+        (0, 0) => c.pass("peers", detail),
+        (0, _) => c.add("peers", Status::Warn, detail, hint),
+        _ => c.add("peers", Status::Fail, detail, hint),
+    }
+}
+
+/// subnet.env's IPv4 lease and the network it is in.
+pub(super) fn v4_lease(env: &SubnetEnv) -> Option<(Ipv4Network, Ipv4Network)> {
+    match (env.lease_subnet()?, *env.networks.first()?) {
+        (IpNetwork::V4(own), IpNetwork::V4(network)) => Some((own, network)),
+        _ => None,
+    }
+}
+
+/// The MASQUERADE/FORWARD (and notrack) rules as the running twilld keeps them: masquerade
+/// as subnet.env says it does, the rest from the flags doctor is given.
+pub(super) async fn rules(
+    c: &mut Checks,
+    cli: &Cli,
+    conf: Option<&NetConf>,
+    env: &SubnetEnv,
+    local: Option<Ipv4Addr>,
+) {
+    let (Some((own, network)), Some(conf)) = (v4_lease(env), conf) else {
+        return;
+    };
+    // Masquerade as the running twilld recorded it; the rest from the flags.
+    let mut flags = cli.rule_flags();
+    flags.ip_masq = env.ipmasq.unwrap_or(flags.ip_masq);
+    let opts = flags.options(local.map(|local| VxlanFlows {
+        local,
+        port: conf.backend.port,
+    }));
+    let want = RuleSet::new(network, own, &opts);
+    let nftables = conf.enable_nftables;
+    let found = tokio::task::spawn_blocking(move || {
+        if nftables {
+            Nftables::drift(&want)
+        } else {
+            Iptables::new().and_then(|fw| fw.drift(&want))
+        }
+    })
+    .await;
+    let tool = if nftables { "nftables" } else { "iptables" };
+    let wanted: Vec<&str> = [
+        (opts.ip_masq, "masquerade"),
+        (opts.forward, "forward"),
+        (opts.notrack.is_some(), "vxlan notrack"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    let unchecked = if cli.vxlan_notrack && local.is_none() {
+        " (vxlan notrack not checked: no underlay address)"
+    } else {
+        ""
+    };
+    match found {
+        Ok(Ok(d)) if d.is_empty() => c.pass(
+            "rules",
+            format!("{tool}: {} rules in place{unchecked}", if wanted.is_empty() { "no".to_string() } else { wanted.join(", ") }),
+        ),
+        Ok(Ok(d)) => c.add("rules", Status::Fail, format!("{tool}: {}", d.join("; ")),
+            "twilld rewrites its rules within --iptables-resync seconds; if this persists it is not running, runs with other flags than doctor was given, or something rewrites the rules after it"),
+        Ok(Err(e)) => c.add("rules", Status::Warn, format!("could not read the {tool} rules: {e}"), "run doctor as root"),
+        Err(e) => c.add("rules", Status::Warn, format!("rules check: {e}"), ""),
+    }
+}
+
+/// Our subnet's blackhole route: present with --ip-blackhole-route, and never in
+/// flanneld's form, which shadows cni0's route to the local pods.
+pub(super) async fn blackhole(c: &mut Checks, nl: &Netlink, env: &SubnetEnv, want: bool) {
+    let Some((own, network)) = v4_lease(env) else {
+        return;
+    };
+    let Ok(found) = nl.blackholes().await else {
+        c.add("blackhole route", Status::Warn, "could not read routes", "");
+        return;
+    };
+    let plan = twill_dataplane::blackhole::plan(&found, network, own, want);
+    // The kernel refuses a same-metric route while cni0's is there, so one that exists was
+    // added first and sits in front of cni0's.
+    let flanneld = Blackhole {
+        net: own,
+        metric: 0,
+    };
+    let ours = Blackhole {
+        net: own,
+        metric: BLACKHOLE_METRIC,
+    };
+    if plan.del.contains(&flanneld) {
+        c.add("blackhole route", Status::Fail, format!("route {flanneld} (flanneld's --ip-blackhole-route) shadows cni0's route: local pods are unreachable"),
+            format!("twilld replaces it at start; by hand: ip route del blackhole {own} metric 0"));
+    } else if plan.add.is_some() {
+        c.add("blackhole route", Status::Fail, format!("no blackhole route for {own}"),
+            "twilld --ip-blackhole-route adds it within --iptables-resync seconds; is it running with the flag?");
+    } else if want {
+        c.pass("blackhole route", format!("route {ours}"));
+    } else if !plan.del.is_empty() {
+        let stale: Vec<String> = plan.del.iter().map(|b| b.to_string()).collect();
+        c.add(
+            "blackhole route",
+            Status::Warn,
+            format!(
+                "left by an earlier --ip-blackhole-route: {}",
+                stale.join(", ")
+            ),
+            "twilld removes them at start; pass --ip-blackhole-route if it should be kept",
+        );
+    }
+}

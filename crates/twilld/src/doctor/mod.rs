@@ -1,0 +1,310 @@
+//! `twilld doctor`: read-only checks of everything twill needs and everything it made,
+//! each a pass/warn/fail line with a hint, for the operator whose pods are stuck.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde_json::json;
+use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
+use twill_dataplane::{
+    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
+    Underlay, VxlanFlows, BLACKHOLE_METRIC,
+};
+use twill_etcd::EtcdStore;
+use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
+
+use crate::cli::Cli;
+use crate::policy::lease_policy;
+
+mod dataplane;
+mod host;
+mod store;
+
+use dataplane::*;
+use host::*;
+use store::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Doctor {
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "10-twill.conflist")]
+    pub conflist_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+struct Check {
+    name: &'static str,
+    status: Status,
+    detail: String,
+    hint: String,
+}
+
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(
+        &mut self,
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.0.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+            hint: hint.into(),
+        });
+    }
+    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.add(name, Status::Pass, detail, "");
+    }
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
+    let mut c = Checks::default();
+    privileges(&mut c);
+    // The probe runs while the other checks do; its verdict waits for the config, which
+    // says whether iptables or nftables is the tool that must work.
+    let probe = spawn_kernel_probe(cli.vxlan_notrack);
+    let kernel_at = c.0.len();
+    match read_sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() {
+        Some("1") => c.pass("ip_forward", "net.ipv4.ip_forward = 1"),
+        other => c.add("ip_forward", Status::Fail, format!("net.ipv4.ip_forward = {}", other.unwrap_or("?")),
+            "pods can't reach other nodes: sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d)"),
+    }
+    match read_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables").as_deref() {
+        Some("1") => c.pass("br_netfilter", "net.bridge.bridge-nf-call-iptables = 1"),
+        Some(v) => c.add("br_netfilter", Status::Warn, format!("net.bridge.bridge-nf-call-iptables = {v}"),
+            "kube-proxy's rules won't see bridged pod traffic: sysctl -w net.bridge.bridge-nf-call-iptables=1"),
+        None => c.add("br_netfilter", Status::Warn, "br_netfilter not loaded",
+            "modprobe br_netfilter (kube-proxy needs it for Services between pods on one node)"),
+    }
+
+    let nl = Netlink::connect()?;
+    let ext = match twill_dataplane::select_underlay(&nl, &cli.iface_selection()).await {
+        Ok(e) => {
+            let public = cli.public_ip.unwrap_or(e.addr);
+            c.pass(
+                "underlay",
+                format!("{} {} (mtu {}), public IP {public}", e.name, e.addr, e.mtu),
+            );
+            Some((e, public))
+        }
+        Err(err) => {
+            c.add(
+                "underlay",
+                Status::Fail,
+                format!("{err:#}"),
+                "pass --iface NAME|IP (or --iface-regex) as twilld runs",
+            );
+            None
+        }
+    };
+
+    // In Kubernetes mode our lease is our node's: what it publishes as public-ip (maybe
+    // a public-ip-overwrite) is what the lease must carry, not the interface address.
+    let (conf, leases, published_ip) = if cli.kube_subnet_mgr {
+        kube_checks(cli, &mut c).await
+    } else {
+        let (conf, leases) = etcd_checks(cli, &mut c).await;
+        (conf, leases, None)
+    };
+    let nftables = conf.as_ref().is_some_and(|c| c.enable_nftables);
+    let mut verdict = Checks::default();
+    kernel(&mut verdict, probe, nftables);
+    c.0.splice(kernel_at..kernel_at, verdict.0);
+    let store_name = if cli.kube_subnet_mgr {
+        "the Kubernetes API"
+    } else {
+        "etcd"
+    };
+
+    let env_text = std::fs::read_to_string(&cli.subnet_file).ok();
+    let env = env_text
+        .as_deref()
+        .and_then(|t| SubnetEnv::parse(t, &cli.subnet_file.display().to_string()).ok());
+    let own_key = env
+        .as_ref()
+        .and_then(|e| e.lease_subnet())
+        .map(|s| LeaseKey {
+            v4: Some(s),
+            v6: env.as_ref().and_then(|e| e.lease_subnet6()),
+        });
+    match (&env, &own_key, &leases, &ext) {
+        (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cli.subnet_file.display()),
+            "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
+        (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
+            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == published_ip.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
+            Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.public_ip)),
+                "another node holds this subnet: stop twilld, remove subnet.env, start twilld"),
+            None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in {store_name}"), "twilld re-acquires a lost lease; is it running?"),
+        },
+        (Some(_), ..) => c.add("subnet.env", Status::Warn, "present, but the lease could not be checked", format!("see the {store_name} and underlay checks")),
+    }
+
+    let vni = conf.as_ref().map(|c| c.backend.vni).unwrap_or(1);
+    let device_name = format!("flannel.{vni}");
+    let device = nl.link_by_name(&device_name).await.ok().flatten();
+    match &device {
+        Some(d) if d.up => c.pass(
+            "vxlan device",
+            format!(
+                "{device_name} up, mac {}",
+                d.mac.map(|m| m.to_string()).unwrap_or_default()
+            ),
+        ),
+        Some(_) => c.add(
+            "vxlan device",
+            Status::Fail,
+            format!("{device_name} is down"),
+            "twilld brings it up at the next resync; is it running?",
+        ),
+        None => c.add(
+            "vxlan device",
+            Status::Fail,
+            format!("{device_name} does not exist"),
+            "twilld creates it at start and within one resync after a deletion; is it running?",
+        ),
+    }
+    mtu_chain(
+        &mut c,
+        conf.as_ref(),
+        ext.as_ref().map(|(e, _)| e.mtu),
+        device.as_ref().map(|d| d.mtu),
+        env.as_ref(),
+        &nl,
+    )
+    .await;
+    vxlan_port(&mut c, conf.as_ref(), device.is_some());
+    if cli.vxlan_notrack {
+        let port = conf
+            .as_ref()
+            .map(|c| c.backend.port)
+            .unwrap_or(twill_config::DEFAULT_VXLAN_PORT);
+        vxlan_firewall(&mut c, port);
+    }
+    if let (Some(d), Some(l)) = (&device, &leases) {
+        // Direct routes are only checked where twilld keeps them: with DirectRouting.
+        let mode = match (&conf, &ext) {
+            (Some(conf), Some((e, _))) if conf.backend.direct_routing => {
+                match conf.ipv4.as_ref().map(|r| r.network) {
+                    Some(IpNetwork::V4(n)) => Underlay::Direct(e.index, n),
+                    _ => Underlay::Skip,
+                }
+            }
+            _ => Underlay::Skip,
+        };
+        peers(
+            &mut c,
+            &nl,
+            d.index,
+            mode,
+            conf.as_ref(),
+            own_key.as_ref(),
+            cli.kube_subnet_mgr,
+            l,
+            store_name,
+        )
+        .await;
+    }
+    if let Some(env) = &env {
+        let local = ext.as_ref().map(|(e, _)| e.addr);
+        rules(&mut c, cli, conf.as_ref(), env, local).await;
+        blackhole(&mut c, &nl, env, cli.ip_blackhole_route).await;
+    }
+    other_cnis(&mut c, &nl, env.as_ref(), args).await;
+
+    let ok = !c.0.iter().any(|x| x.status == Status::Fail);
+    match args.output {
+        Output::Json => {
+            let checks: Vec<_> = c.0.iter().map(|x| json!({"name": x.name, "status": x.status.as_str(), "detail": x.detail, "hint": x.hint})).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"ok": ok, "checks": checks}))?
+            );
+        }
+        Output::Text => {
+            for x in &c.0 {
+                println!(
+                    "{:<4} {}: {}",
+                    x.status.as_str().to_uppercase(),
+                    x.name,
+                    x.detail
+                );
+                if !x.hint.is_empty() {
+                    println!("     hint: {}", x.hint);
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_vxlan_accepted_only_when_new() {
+        let iptables = r#"*filter
+:INPUT DROP [0:0]
+-A INPUT -p udp -m udp --dport 8472 -m conntrack --ctstate NEW -j ACCEPT
+-A INPUT -p udp -m udp --dport 8472 -m state --state NEW,UNTRACKED -j ACCEPT
+-A INPUT -p udp -m multiport --dports 53,8472 -m state --state NEW -j ACCEPT
+-A INPUT -p udp -m udp --dport 84720 -m state --state NEW -j ACCEPT
+-A INPUT -p udp -m udp --dport 8472 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 8472 -m state --state NEW -j LOG
+COMMIT"#;
+        assert_eq!(
+            state_gated_accepts(iptables, 8472),
+            [
+                "-A INPUT -p udp -m udp --dport 8472 -m conntrack --ctstate NEW -j ACCEPT",
+                "-A INPUT -p udp -m multiport --dports 53,8472 -m state --state NEW -j ACCEPT",
+            ]
+        );
+        let nft = "table inet filter {\n\tchain input {\n\t\tudp dport 8472 ct state { new, untracked } accept\n\t\tudp dport 8472 ct state new accept\n\t\tudp dport 8472 ct state new,related counter accept\n\t}\n}";
+        assert_eq!(
+            state_gated_accepts(nft, 8472),
+            [
+                "udp dport 8472 ct state new accept",
+                "udp dport 8472 ct state new,related counter accept"
+            ]
+        );
+        assert!(state_gated_accepts(iptables, 4789).is_empty());
+    }
+}

@@ -1,0 +1,212 @@
+//! Checks of the store: etcd or the Kubernetes API, the network config, and the leases
+//! twilld refuses.
+
+use super::*;
+
+pub(super) async fn etcd_checks(
+    cli: &Cli,
+    c: &mut Checks,
+) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
+    let store = EtcdStore::connect(&cli.etcd_options()).await;
+    let conf = config(cli, store.as_ref().ok(), c).await;
+    if let Err(e) = &store {
+        c.add(
+            "etcd",
+            Status::Fail,
+            format!("{e}"),
+            format!(
+                "check --etcd-endpoints {} and the TLS flags",
+                cli.etcd_endpoints.join(",")
+            ),
+        );
+    }
+    let leases = match &store {
+        Ok(s) => match s.list().await {
+            Ok((l, _)) => {
+                c.pass(
+                    "etcd",
+                    format!(
+                        "{} reachable, {} leases",
+                        cli.etcd_endpoints.join(","),
+                        l.len()
+                    ),
+                );
+                Some(l)
+            }
+            Err(e) => {
+                c.add(
+                    "etcd",
+                    Status::Fail,
+                    e.to_string(),
+                    "is etcd up and reachable from this node?",
+                );
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    (conf, leases)
+}
+
+/// Kubernetes mode: the API is reachable, our node exists and its podCIDR lies inside
+/// Network (the mismatch that leaves every node NotReady).
+pub(super) async fn kube_checks(
+    cli: &Cli,
+    c: &mut Checks,
+) -> (
+    Option<NetConf>,
+    Option<Vec<StoredLease>>,
+    Option<std::net::Ipv4Addr>,
+) {
+    let conf = config(cli, None, c).await;
+    let ipv6 = conf.as_ref().is_some_and(|c| c.ipv6.is_some());
+    let hint =
+        "check --kubeconfig-file / --kube-api-url (or the pod's service account) and NODE_NAME";
+    let store = match twill_kube::KubeStore::connect(&cli.kube_options(ipv6)).await {
+        Ok(s) => s,
+        Err(e) => {
+            c.add("kubernetes", Status::Fail, e.to_string(), hint);
+            return (conf, None, None);
+        }
+    };
+    let node = match store.node().await {
+        Ok(n) => n,
+        Err(e) => {
+            c.add("kubernetes", Status::Fail, e.to_string(), hint);
+            return (conf, None, None);
+        }
+    };
+    let leases = match store.list_leases().await {
+        Ok(l) => {
+            c.pass(
+                "kubernetes",
+                format!(
+                    "API reachable, node {}, {} nodes publish a lease",
+                    store.node_name(),
+                    l.len()
+                ),
+            );
+            Some(l)
+        }
+        Err(e) => {
+            c.add(
+                "kubernetes",
+                Status::Fail,
+                e.to_string(),
+                "can this node's service account list nodes? (ClusterRole)",
+            );
+            None
+        }
+    };
+    let mut published = None;
+    if let Some(conf) = &conf {
+        let mine = twill_kube::own_subnet(&node, conf).ok();
+        published = leases
+            .iter()
+            .flatten()
+            .find(|l| Some(l.key) == mine)
+            .and_then(|l| Some(l.attrs.as_ref()?.public_ip));
+        match twill_kube::own_subnet(&node, conf) {
+            Ok(k) => c.pass("podCIDR", format!("node {} podCIDR {k} is inside Network", store.node_name())),
+            Err(e) => c.add("podCIDR", Status::Fail, e.to_string(),
+                "make kube-controller-manager --cluster-cidr (kubeadm --pod-network-cidr) and net-conf.json Network agree"),
+        }
+    }
+    (conf, leases, published)
+}
+
+pub(super) async fn config(
+    cli: &Cli,
+    store: Option<&EtcdStore>,
+    c: &mut Checks,
+) -> Option<NetConf> {
+    let (text, source) = match &cli.config_file() {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            p.display().to_string(),
+        ),
+        None => {
+            let Some(s) = store else {
+                c.add(
+                    "config",
+                    Status::Fail,
+                    "etcd unreachable",
+                    "see the etcd check",
+                );
+                return None;
+            };
+            let key = s.config_key();
+            match s.get_config().await {
+                Ok(Some(t)) => (Ok(t), format!("etcd key {key}")),
+                Ok(None) => {
+                    c.add("config", Status::Fail, format!("etcd key {key} is missing"),
+                        format!("etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'"));
+                    return None;
+                }
+                Err(e) => (Err(e.to_string()), format!("etcd key {key}")),
+            }
+        }
+    };
+    match text.map(|t| NetConf::parse(&t)) {
+        Ok(Ok((conf, warnings))) => {
+            let net = conf
+                .ipv4
+                .as_ref()
+                .map(|r| r.network.to_string())
+                .unwrap_or_default();
+            if warnings.is_empty() {
+                c.pass(
+                    "config",
+                    format!("{source}: Network {net}, VNI {}", conf.backend.vni),
+                );
+            } else {
+                let w: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+                c.add(
+                    "config",
+                    Status::Warn,
+                    format!("{source}: {}", w.join("; ")),
+                    "fix or remove the keys named",
+                );
+            }
+            Some(conf)
+        }
+        Ok(Err(e)) => {
+            c.add(
+                "config",
+                Status::Fail,
+                e.to_string(),
+                "fix the field named; twilld refuses this config",
+            );
+            None
+        }
+        Err(e) => {
+            c.add("config", Status::Fail, format!("{source}: {e}"), "");
+            None
+        }
+    }
+}
+
+/// Names every lease twilld refuses to program (and why): a peer unreachable from here,
+/// or someone writing what they should not into the store.
+pub(super) fn leases_refused(c: &mut Checks, table: &PeerTable, store_name: &str) {
+    if table.policy().is_none() {
+        return;
+    }
+    let refused: Vec<String> = table
+        .rejected()
+        .map(|(k, r)| format!("{k} ({}: {r})", r.reason()))
+        .collect();
+    if refused.is_empty() {
+        c.pass(
+            "leases",
+            format!("every peer lease in {store_name} is usable"),
+        );
+    } else {
+        c.add(
+            "leases",
+            Status::Warn,
+            format!("{} refused, never programmed: {}", refused.len(), refused.join("; ")),
+            format!("fix or delete these in {store_name}; twilld counts them in twill_leases_rejected_total"),
+        );
+    }
+}
