@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
-    select_underlay, watch_device, Dataplane, DataplaneConfig, DataplaneError, Firewall, Iptables,
-    Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec, NFT_TABLE,
+    select_underlay, watch_device, Dataplane, DataplaneConfig, DataplaneError, DeviceMonitor,
+    Firewall, Iptables, Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec,
+    NFT_TABLE,
 };
 use twill_etcd::EtcdStore;
 use twill_kube::KubeStore;
@@ -339,97 +340,132 @@ impl<S: SubnetManager> Node<S> {
                     while let Ok(more) = rx.try_recv() {
                         events.extend(more);
                     }
-                    let snapshot = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
-                    let mut lost = false;
-                    let mut peer_events = Vec::new();
-                    for ev in events {
-                        if matches!(ev, WatchEvent::Snapshot(_)) {
-                            self.tel.store_event("snapshot", 1);
-                        }
-                        let a = self.table.apply(ev);
-                        self.note_rejections(&a);
-                        lost |= a.own_lost;
-                        for e in &a.events {
-                            self.tel.store_event(match e {
-                                PeerEvent::Added(_) => "added",
-                                PeerEvent::Changed { .. } => "changed",
-                                PeerEvent::Removed(_) => "removed",
-                            }, 1);
-                        }
-                        peer_events.extend(a.events);
-                    }
-                    if !peer_events.is_empty() {
-                        info!(changed = peer_events.len(), peers = self.table.len(), "peer table updated");
-                    }
-                    if lost {
-                        self.reacquire(&cancel).await?;
+                    if self.on_store_events(events, &cancel).await? {
                         renew_at = self.next_renewal();
                     }
-                    self.tel.peers.set(self.table.len() as i64);
-                    // Steady state: just the events (a new peer costs a few netlink round
-                    // trips). At start, after a re-list or a lease change: the full pass.
-                    let full = !self.ready || snapshot || lost;
-                    self.last_full = if full { Instant::now() } else { self.last_full };
-                    let pass = self.dp.on_peer_events(&peer_events, &self.table, full).await;
-                    self.record_pass(pass, Trigger::Event);
-                    if snapshot && !self.ready {
-                        self.write_subnet_env()?;
-                        self.tel.update_ready(|r| r.subnet_env = true);
-                        self.ready = true;
-                        info!(subnet = %self.held.key, peers = self.table.len(), "ready");
-                    }
-                    self.notify_ready();
                 }
-                _ = resync.tick() => {
-                    if self.ready {
-                        // Reading 3 entries per peer from the kernel is most of an idle
-                        // node's CPU: skip it unless the monitor saw our entries touched
-                        // (or it is the backstop pass, in case the monitor missed a message).
-                        let full = monitor.as_ref().is_none_or(|m| m.take_touched())
-                            || self.last_full.elapsed() >= FULL_PASS_BACKSTOP;
-                        let kind = if full { "full" } else { "light" };
-                        self.tel.periodic_passes.get_or_create(&crate::telemetry::label("kind", kind)).inc();
-                        if full {
-                            // The underlay may have gained an address or a route since;
-                            // whatever that makes unsafe leaves with this pass.
-                            self.refresh_policy().await;
-                            self.reconcile(Trigger::Resync).await;
-                        } else {
-                            self.check().await;
-                        }
-                        self.notify_ready();
-                    }
-                    let errors = self.store.error_count();
-                    self.tel.store_errors.inc_by(errors - self.store_errors_seen);
-                    self.store_errors_seen = errors;
-                    self.tel.lease_expiry.set(seconds_left(self.held.expiry));
-                }
+                _ = resync.tick() => self.on_resync(monitor.as_ref()).await,
                 _ = tokio::time::sleep_until(renew_at) => {
-                    renew_at = match self.store.renew(&self.held).await {
-                        Ok(RenewOutcome::Renewed(expiry)) => {
-                            info!(subnet = %self.held.key, expires_in_s = seconds_left(expiry), "lease renewed");
-                            self.tel.lease_renewals.inc();
-                            self.held.expiry = expiry;
-                            self.next_renewal()
-                        }
-                        Ok(RenewOutcome::Lost) => {
-                            self.reacquire(&cancel).await?;
-                            self.reconcile(Trigger::Event).await;
-                            self.next_renewal()
-                        }
-                        Err(e) => {
-                            self.tel.store_errors.inc();
-                            warn!("renewing the lease failed, retrying: {e}");
-                            let every = match self.held.expiry {
-                                Expiry::At { ttl, .. } => (ttl / 8).min(Duration::from_secs(60)),
-                                Expiry::Never => Duration::from_secs(60),
-                            };
-                            Instant::now() + every
-                        }
-                    };
+                    renew_at = self.on_renewal(&cancel).await?;
                 }
             }
         }
+    }
+
+    /// A batch of lease events: into the peer table, then to the kernel (just the events
+    /// in steady state; at start, after a re-list or a lease change, the full pass).
+    /// `true` when our lease was re-acquired (the renewal timer starts over).
+    async fn on_store_events(
+        &mut self,
+        events: Vec<WatchEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<bool> {
+        let snapshot = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
+        let mut lost = false;
+        let mut peer_events = Vec::new();
+        for ev in events {
+            if matches!(ev, WatchEvent::Snapshot(_)) {
+                self.tel.store_event("snapshot", 1);
+            }
+            let a = self.table.apply(ev);
+            self.note_rejections(&a);
+            lost |= a.own_lost;
+            for e in &a.events {
+                self.tel.store_event(
+                    match e {
+                        PeerEvent::Added(_) => "added",
+                        PeerEvent::Changed { .. } => "changed",
+                        PeerEvent::Removed(_) => "removed",
+                    },
+                    1,
+                );
+            }
+            peer_events.extend(a.events);
+        }
+        if !peer_events.is_empty() {
+            info!(
+                changed = peer_events.len(),
+                peers = self.table.len(),
+                "peer table updated"
+            );
+        }
+        if lost {
+            self.reacquire(cancel).await?;
+        }
+        self.tel.peers.set(self.table.len() as i64);
+        let full = !self.ready || snapshot || lost;
+        if full {
+            self.last_full = Instant::now();
+        }
+        let pass = self
+            .dp
+            .on_peer_events(&peer_events, &self.table, full)
+            .await;
+        self.record_pass(pass, Trigger::Event);
+        if snapshot && !self.ready {
+            self.write_subnet_env()?;
+            self.tel.update_ready(|r| r.subnet_env = true);
+            self.ready = true;
+            info!(subnet = %self.held.key, peers = self.table.len(), "ready");
+        }
+        self.notify_ready();
+        Ok(lost)
+    }
+
+    /// The periodic pass. Reading 3 entries per peer from the kernel is most of an idle
+    /// node's CPU: it is skipped unless the monitor saw our entries touched (or it is the
+    /// backstop pass, in case the monitor missed a message).
+    async fn on_resync(&mut self, monitor: Option<&DeviceMonitor>) {
+        if self.ready {
+            let full = monitor.is_none_or(|m| m.take_touched())
+                || self.last_full.elapsed() >= FULL_PASS_BACKSTOP;
+            let kind = if full { "full" } else { "light" };
+            self.tel
+                .periodic_passes
+                .get_or_create(&crate::telemetry::label("kind", kind))
+                .inc();
+            if full {
+                // The underlay may have gained an address or a route since; whatever
+                // that makes unsafe leaves with this pass.
+                self.refresh_policy().await;
+                self.reconcile(Trigger::Resync).await;
+            } else {
+                self.check().await;
+            }
+            self.notify_ready();
+        }
+        let errors = self.store.error_count();
+        self.tel
+            .store_errors
+            .inc_by(errors - self.store_errors_seen);
+        self.store_errors_seen = errors;
+        self.tel.lease_expiry.set(seconds_left(self.held.expiry));
+    }
+
+    /// Renews our lease; returns when to do it next.
+    async fn on_renewal(&mut self, cancel: &CancellationToken) -> Result<Instant> {
+        Ok(match self.store.renew(&self.held).await {
+            Ok(RenewOutcome::Renewed(expiry)) => {
+                info!(subnet = %self.held.key, expires_in_s = seconds_left(expiry), "lease renewed");
+                self.tel.lease_renewals.inc();
+                self.held.expiry = expiry;
+                self.next_renewal()
+            }
+            Ok(RenewOutcome::Lost) => {
+                self.reacquire(cancel).await?;
+                self.reconcile(Trigger::Event).await;
+                self.next_renewal()
+            }
+            Err(e) => {
+                self.tel.store_errors.inc();
+                warn!("renewing the lease failed, retrying: {e}");
+                let every = match self.held.expiry {
+                    Expiry::At { ttl, .. } => (ttl / 8).min(Duration::from_secs(60)),
+                    Expiry::Never => Duration::from_secs(60),
+                };
+                Instant::now() + every
+            }
+        })
     }
 
     /// Re-reads the config (file or etcd) and applies it. An invalid config is refused
