@@ -27,13 +27,12 @@ use twill_store::{
 
 use crate::cli::Cli;
 use crate::policy::lease_policy;
+use crate::schedule;
 use crate::telemetry::Telemetry;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
-/// Even when the netlink monitor saw nothing, read the kernel this often.
-const FULL_PASS_BACKSTOP: Duration = Duration::from_secs(60);
 
 /// Where net-conf.json comes from: a file (always in Kubernetes mode), or etcd's
 /// `<prefix>/config`.
@@ -393,7 +392,7 @@ impl<S: SubnetManager> Node<S> {
             self.reacquire(cancel).await?;
         }
         self.tel.peers.set(self.table.len() as i64);
-        let full = !self.ready || snapshot || lost;
+        let full = schedule::events_need_full_pass(self.ready, snapshot, lost);
         if full {
             self.last_full = Instant::now();
         }
@@ -417,8 +416,10 @@ impl<S: SubnetManager> Node<S> {
     /// backstop pass, in case the monitor missed a message).
     async fn on_resync(&mut self, monitor: Option<&DeviceMonitor>) {
         if self.ready {
-            let full = monitor.is_none_or(|m| m.take_touched())
-                || self.last_full.elapsed() >= FULL_PASS_BACKSTOP;
+            let full = schedule::periodic_full_pass(
+                monitor.map(|m| m.take_touched()),
+                self.last_full.elapsed(),
+            );
             let kind = if full { "full" } else { "light" };
             self.tel
                 .periodic_passes
@@ -459,11 +460,7 @@ impl<S: SubnetManager> Node<S> {
             Err(e) => {
                 self.tel.store_errors.inc();
                 warn!("renewing the lease failed, retrying: {e}");
-                let every = match self.held.expiry {
-                    Expiry::At { ttl, .. } => (ttl / 8).min(Duration::from_secs(60)),
-                    Expiry::Never => Duration::from_secs(60),
-                };
-                Instant::now() + every
+                Instant::now() + schedule::retry_renewal_after(self.held.expiry)
             }
         })
     }
@@ -540,13 +537,8 @@ impl<S: SubnetManager> Node<S> {
     }
 
     fn next_renewal(&self) -> Instant {
-        let Expiry::At { ttl, .. } = self.held.expiry else {
-            // Nothing runs out (a reservation, a podCIDR); check on it hourly.
-            return Instant::now() + Duration::from_secs(3600);
-        };
         let margin = Duration::from_secs(self.cli.subnet_lease_renew_margin * 60);
-        let after = if margin < ttl { ttl - margin } else { ttl / 2 };
-        Instant::now() + after
+        Instant::now() + schedule::renew_after(self.held.expiry, margin)
     }
 
     async fn reacquire(&mut self, cancel: &CancellationToken) -> Result<()> {
@@ -835,14 +827,8 @@ async fn acquire<S: SubnetManager>(
     Ok(h)
 }
 
-/// Seconds until the lease runs out unless renewed; -1 when it never does (the metric).
 fn seconds_left(e: Expiry) -> i64 {
-    match e {
-        Expiry::Never => -1,
-        Expiry::At { deadline, .. } => deadline
-            .saturating_duration_since(std::time::Instant::now())
-            .as_secs() as i64,
-    }
+    schedule::seconds_left(e, std::time::Instant::now())
 }
 
 /// The rules driver net-conf.json asks for. What the other one left (an earlier run in the

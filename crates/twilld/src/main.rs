@@ -1,13 +1,5 @@
 use clap::Parser;
-
-mod cleanup;
-mod cli;
-mod daemon;
-mod doctor;
-mod http;
-mod install_cni;
-mod policy;
-mod telemetry;
+use twilld::{cleanup, cli, daemon, doctor, install_cni};
 
 fn init_logging(format: cli::LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;

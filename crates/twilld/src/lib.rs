@@ -1,0 +1,13 @@
+//! twilld as a library: the daemon and its subcommands, so their decisions (the loop's
+//! timing in `schedule`, lease judging in `policy`, the checks of `doctor`) are unit-tested
+//! apart from the binary, which is only `main.rs`: flags, logging, the runtime.
+
+pub mod cleanup;
+pub mod cli;
+pub mod daemon;
+pub mod doctor;
+mod http;
+pub mod install_cni;
+mod policy;
+pub mod schedule;
+mod telemetry;
