@@ -41,6 +41,23 @@ pub struct NodePrefixes {
     pub protected: Vec<IpNetwork>,
 }
 
+/// Whether a main-table route (not on one of our devices) is underlay that peer subnets
+/// must stay off. Not: a route covering the whole pod network (the default route, an
+/// aggregate towards a router): a peer's route is more specific and takes only its own
+/// slice of pod addresses from it. Nor one shaped like a peer's (`<subnet of Network>`
+/// of the lease size, or by nexthop id): a direct route or a peer route, ours or flanneld's.
+pub fn guards_underlay(
+    net: Ipv4Network,
+    by_nexthop: bool,
+    network: Ipv4Network,
+    subnet_len: u8,
+) -> bool {
+    let covers_network = net.prefix() <= network.prefix() && net.contains(network.network());
+    let in_network = network.contains(net.network()) && net.prefix() >= network.prefix();
+    let peerlike = in_network && (net.prefix() == subnet_len || by_nexthop);
+    !(covers_network || peerlike)
+}
+
 /// A main-table unicast route, as reads need it.
 pub(super) struct MainRoute {
     pub(super) oif: Option<u32>,
@@ -150,15 +167,13 @@ impl Netlink {
                 }
             }
         }
-        let in_network =
-            |n: Ipv4Network| network.contains(n.network()) && n.prefix() >= network.prefix();
         self.each_main_route(|r| {
-            let peerlike = in_network(r.net) && (r.net.prefix() == subnet_len || r.nhid.is_some());
-            if r.net.prefix() == 0 || peerlike || r.oif.is_some_and(|i| ours.contains(&i)) {
-                return;
-            }
+            let ours = r.oif.is_some_and(|i| ours.contains(&i));
             let net = IpNetwork::V4(r.net);
-            if !out.protected.contains(&net) {
+            if !ours
+                && guards_underlay(r.net, r.nhid.is_some(), network, subnet_len)
+                && !out.protected.contains(&net)
+            {
                 out.protected.push(net);
             }
         })
@@ -400,4 +415,32 @@ pub(super) fn route_table(r: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(r.header.table as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_routes_guard_the_underlay() {
+        let n = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let network = n("10.0.0.0/8");
+        let g = |s: &str, nh: bool| guards_underlay(n(s), nh, network, 24);
+        assert!(!g("0.0.0.0/0", false), "the default route");
+        assert!(
+            !g("10.0.0.0/8", false),
+            "an aggregate of the pod network towards a router"
+        );
+        assert!(!g("10.0.0.0/7", false));
+        assert!(!g("10.5.3.0/24", false), "a peer's direct route");
+        assert!(!g("10.5.3.0/24", true));
+        assert!(!g("10.5.0.0/16", true), "by nexthop id: ours");
+        assert!(
+            g("10.5.0.0/16", false),
+            "a remote site inside a too-wide Network"
+        );
+        assert!(g("10.5.3.0/25", false));
+        assert!(g("198.18.0.0/24", false));
+        assert!(g("192.168.0.0/16", false));
+    }
 }
