@@ -32,8 +32,8 @@ pub use iface::{
     InterfaceInfo, SelectError,
 };
 pub use netlink::{
-    watch_device, DeviceMonitor, DeviceState, Netlink, NetlinkError, NodePrefixes, UnderlayRoutes,
-    VxlanSpec,
+    watch_device, ApplyReport, DeviceMonitor, DeviceState, EntryError, Netlink, NetlinkError,
+    NodePrefixes, UnderlayRoutes, VxlanSpec,
 };
 pub use reconcile::{
     plan_peers, Dataplane, DataplaneConfig, DataplaneError, PeerPlan, ReconcileReport, Underlay,

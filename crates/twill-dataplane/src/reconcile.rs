@@ -14,7 +14,7 @@ use crate::desired::{
     desired_peers, diff, diff_direct, incremental, split_direct, DirectOps, Ops, RouteForm,
 };
 use crate::firewall::{Firewall, FirewallError, RuleFlags, RuleSet, VxlanFlows};
-use crate::netlink::{DeviceState, Netlink, NetlinkError, VxlanSpec};
+use crate::netlink::{DeviceState, EntryError, Netlink, NetlinkError, VxlanSpec};
 use twill_store::Mac;
 
 /// What the node's data plane is made of, apart from the peers.
@@ -33,12 +33,12 @@ pub struct DataplaneConfig {
     pub blackhole_route: bool,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct ReconcileReport {
     pub device_created: bool,
     /// Kernel entries added or removed to match the peers.
     pub entries_changed: usize,
-    pub entries_failed: Vec<String>,
+    pub entries_failed: Vec<EntryError>,
     /// Peers reached by a direct route (DirectRouting) rather than VXLAN entries.
     pub direct_peers: usize,
     pub rule_repairs: usize,
@@ -325,7 +325,7 @@ impl Dataplane {
                 .await?;
             match self.blackhole(lease).await {
                 Ok(n) => report.entries_changed += n,
-                Err(e) => report.entries_failed.push(e.to_string()),
+                Err(e) => report.entries_failed.push(e.into()),
             }
         }
         if let Some(desired) = desired {

@@ -318,7 +318,19 @@ fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() 
     // the other two are in place.
     assert_eq!(failed.len(), 1, "peer 3's nexthop: {failed:?}");
     assert!(
-        failed[0].contains("held by a nexthop on another device"),
+        matches!(
+            &failed[0],
+            twill_dataplane::EntryError::Nexthop {
+                source: twill_dataplane::nexthop::EnsureError::Taken { .. },
+                ..
+            }
+        ),
+        "{failed:?}"
+    );
+    assert!(
+        failed[0]
+            .to_string()
+            .contains("held by a nexthop on another device"),
         "{failed:?}"
     );
     let st = state(&ns);

@@ -39,6 +39,7 @@ pub struct EtcdOptions {
 fn etcd_err(e: etcd_client::Error) -> StoreError {
     StoreError::Backend {
         store: "etcd",
+        op: None,
         source: Box::new(e),
     }
 }
@@ -90,9 +91,10 @@ impl EtcdStore {
                 Some(TlsOptions::new().identity(identity))
             }
             (Some(_), None) | (None, Some(_)) => {
-                return Err(StoreError::Invalid(
-                    "--etcd-certfile and --etcd-keyfile must be given together".into(),
-                ))
+                return Err(StoreError::Invalid {
+                    setting: "--etcd-certfile, --etcd-keyfile".into(),
+                    source: "must be given together".into(),
+                })
             }
             (None, None) => opts.ca_file.as_ref().map(|_| TlsOptions::new()),
         };
@@ -104,9 +106,10 @@ impl EtcdStore {
         };
         if let Some(t) = tls {
             if let Some(e) = opts.endpoints.iter().find(|e| e.starts_with("http://")) {
-                return Err(StoreError::Invalid(format!(
-                    "--etcd-endpoints {e}: TLS files were given, so endpoints must be https://"
-                )));
+                return Err(StoreError::Invalid {
+                    setting: format!("--etcd-endpoints {e}"),
+                    source: "TLS files were given, so endpoints must be https://".into(),
+                });
             }
             co = co.with_tls(t);
         } else if opts.endpoints.iter().any(|e| !e.starts_with("https://")) {

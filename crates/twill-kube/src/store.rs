@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_store::{
-    AcquireRequest, Expiry, HeldLease, PlanSource, RenewOutcome, StoreError, SubnetManager,
-    WatchEvent,
+    AcquireRequest, BoxError, Expiry, HeldLease, PlanSource, RenewOutcome, StoreError,
+    SubnetManager, WatchEvent,
 };
 
 use crate::annotations::{
@@ -73,7 +73,11 @@ pub struct KubeStore {
 }
 
 fn api_err(what: &str, e: kube::Error) -> StoreError {
-    StoreError::Unavailable(format!("kubernetes API: {what}: {e}"))
+    StoreError::Backend {
+        store: "kubernetes",
+        op: Some(what.to_string()),
+        source: Box::new(e),
+    }
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -82,28 +86,28 @@ fn is_not_found(e: &kube::Error) -> bool {
 
 async fn client_config(opts: &KubeOptions) -> Result<Config, StoreError> {
     let url = match &opts.api_url {
-        Some(u) => Some(
-            u.parse::<http::Uri>()
-                .map_err(|e| StoreError::Invalid(format!("--kube-api-url={u}: not a URL: {e}")))?,
-        ),
+        Some(u) => Some(u.parse::<http::Uri>().map_err(|e| StoreError::Invalid {
+            setting: format!("--kube-api-url={u}"),
+            source: Box::new(e),
+        })?),
         None => None,
     };
     let mut cfg = match (&opts.kubeconfig, &url) {
         (Some(path), _) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| {
-                StoreError::Invalid(format!("--kubeconfig-file={}: {e}", path.display()))
-            })?;
+            let bad = |e: BoxError| StoreError::Invalid {
+                setting: format!("--kubeconfig-file={}", path.display()),
+                source: e,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(|e| bad(Box::new(e)))?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| {
-                    StoreError::Invalid(format!("--kubeconfig-file={}: {e}", path.display()))
-                })?
+                .map_err(|e| bad(Box::new(e)))?
         }
         (None, Some(u)) => Config::new(u.clone()),
-        (None, None) => Config::incluster().map_err(|e| {
-            StoreError::Invalid(format!(
-                "--kube-subnet-mgr: not running in a pod ({e}); give --kubeconfig-file or --kube-api-url"
-            ))
+        (None, None) => Config::incluster().map_err(|e| StoreError::Invalid {
+            setting: "--kube-subnet-mgr".into(),
+            source: format!("not running in a pod ({e}); give --kubeconfig-file or --kube-api-url")
+                .into(),
         })?,
     };
     if let Some(u) = url {
@@ -117,8 +121,10 @@ impl KubeStore {
     /// flags or environment; an unreachable API is retried by the caller.
     pub async fn connect(opts: &KubeOptions) -> Result<Self, StoreError> {
         let cfg = client_config(opts).await?;
-        let client = Client::try_from(cfg)
-            .map_err(|e| StoreError::Invalid(format!("kubernetes client: {e}")))?;
+        let client = Client::try_from(cfg).map_err(|e| StoreError::Invalid {
+            setting: "kubernetes client".into(),
+            source: Box::new(e),
+        })?;
         let node_name = match (&opts.node_name, &opts.pod) {
             (Some(n), _) if !n.is_empty() => n.clone(),
             (_, Some((ns, pod))) => {
@@ -127,16 +133,21 @@ impl KubeStore {
                     .get(pod)
                     .await
                     .map_err(|e| api_err(&format!("get pod {ns}/{pod}"), e))?;
-                p.spec.and_then(|s| s.node_name).ok_or_else(|| {
-                    StoreError::Unavailable(format!("pod {ns}/{pod} has no spec.nodeName yet"))
-                })?
+                p.spec
+                    .and_then(|s| s.node_name)
+                    .ok_or_else(|| StoreError::Backend {
+                        store: "kubernetes",
+                        op: Some(format!("pod {ns}/{pod}")),
+                        source: "no spec.nodeName yet".into(),
+                    })?
             }
             _ => {
-                return Err(StoreError::Invalid(
-                    "--kube-subnet-mgr: NODE_NAME is not set, nor POD_NAME and POD_NAMESPACE; \
+                return Err(StoreError::Invalid {
+                    setting: "--kube-subnet-mgr".into(),
+                    source: "NODE_NAME is not set, nor POD_NAME and POD_NAMESPACE; \
                      set NODE_NAME from the downward API (fieldRef: spec.nodeName)"
                         .into(),
-                ))
+                })
             }
         };
         Ok(KubeStore {
@@ -158,10 +169,13 @@ impl KubeStore {
     pub async fn node(&self) -> Result<Node, StoreError> {
         match self.nodes.get(&self.node_name).await {
             Ok(n) => Ok(n),
-            Err(e) if is_not_found(&e) => Err(StoreError::Waiting(format!(
-                "node {} is not registered with the API server yet (is NODE_NAME the kubelet's node name?)",
-                self.node_name
-            ))),
+            Err(e) if is_not_found(&e) => Err(StoreError::Waiting(
+                format!(
+                    "node {} is not registered with the API server yet (is NODE_NAME the kubelet's node name?)",
+                    self.node_name
+                )
+                .into(),
+            )),
             Err(e) => Err(api_err(&format!("get node {}", self.node_name), e)),
         }
     }
@@ -252,8 +266,11 @@ impl KubeStore {
     /// Our lease as published, with the podCIDR checked against the config.
     fn held(&self, node: &Node, req: &AcquireRequest) -> Result<HeldLease, StoreError> {
         let key = own_subnet(node, &req.conf).map_err(|e| match e {
-            PodCidrError::NotAssigned { .. } => StoreError::Waiting(e.to_string()),
-            PodCidrError::Outside { .. } => StoreError::Invalid(e.to_string()),
+            PodCidrError::NotAssigned { .. } => StoreError::Waiting(Box::new(e)),
+            PodCidrError::Outside { .. } => StoreError::Invalid {
+                setting: "spec.podCIDR".into(),
+                source: Box::new(e),
+            },
         })?;
         let mut attrs = req.attrs.clone();
         if let Some(ip) = self.keys.public_ip_overwrite(node) {

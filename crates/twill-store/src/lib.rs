@@ -15,6 +15,8 @@ pub use alloc::{plan, AllocError, Plan, PlanSource};
 pub use entry::PeerEntry;
 pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData};
 pub use mac::Mac;
-pub use manager::{AcquireRequest, Expiry, HeldLease, RenewOutcome, StoreError, SubnetManager};
+pub use manager::{
+    AcquireRequest, BoxError, Expiry, HeldLease, RenewOutcome, StoreError, SubnetManager,
+};
 pub use peers::{Applied, Lease, PeerEvent, PeerTable, WatchEvent};
 pub use validate::{LeasePolicy, Rejection, Verdict};

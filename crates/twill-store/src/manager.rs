@@ -62,15 +62,21 @@ pub enum RenewOutcome {
     Lost,
 }
 
-/// What any store can fail with. The backend's own error is kept as the source, under
-/// the store's name ("etcd", "kubernetes").
+/// An error of whatever kind, kept as it came.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What any store can fail with. The cause is kept as the source, not as text, under the
+/// store's name ("etcd", "kubernetes") and what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{store}: {source}")]
+    /// The store's API failed in a way worth retrying.
+    #[error("{store}: {}{source}", op_text(.op))]
     Backend {
         store: &'static str,
+        /// What was asked ("get node n1"), when the backend says.
+        op: Option<String>,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
     #[error("{store}: no answer within {after:?}")]
     Timeout {
@@ -85,17 +91,24 @@ pub enum StoreError {
         path: PathBuf,
         err: std::io::Error,
     },
-    #[error("{0}")]
-    Invalid(String),
+    /// A setting (flag, environment, file content) that can't work: it names the setting,
+    /// and retrying won't help.
+    #[error("{setting}: {source}")]
+    Invalid {
+        setting: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("could not take a subnet after {0} attempts: other nodes kept winning the race")]
     Contention(usize),
-    /// The store's API failed in a way worth retrying (Kubernetes API errors).
-    #[error("{0}")]
-    Unavailable(String),
     /// Something outside twill has to happen first (a podCIDR to be assigned): keep
     /// checking, and keep saying what is missing.
     #[error("{0}")]
-    Waiting(String),
+    Waiting(BoxError),
+}
+
+fn op_text(op: &Option<String>) -> String {
+    op.as_ref().map(|o| format!("{o}: ")).unwrap_or_default()
 }
 
 impl StoreError {
@@ -104,7 +117,7 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            StoreError::File { .. } | StoreError::Invalid(_) | StoreError::Alloc(_)
+            StoreError::File { .. } | StoreError::Invalid { .. } | StoreError::Alloc(_)
         )
     }
 }

@@ -766,6 +766,7 @@ where
             // Waiting on an operator: check every second, repeat the explanation every
             // WAITING_LOG_EVERY (and whenever it changes), not on every check.
             Err(StoreError::Waiting(why)) => {
+                let why = why.to_string();
                 let repeat = said
                     .as_ref()
                     .is_some_and(|(s, at)| *s == why && at.elapsed() < WAITING_LOG_EVERY);

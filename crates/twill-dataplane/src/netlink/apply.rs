@@ -127,7 +127,11 @@ impl Netlink {
             match r {
                 Ok(()) => report.applied += 1,
                 Err(e) => {
-                    report.failed.push(format!("nexthop id {id} via {gw}: {e}"));
+                    report.failed.push(EntryError::Nexthop {
+                        id,
+                        gateway: gw,
+                        source: e,
+                    });
                     no_nexthop.insert(id);
                 }
             }

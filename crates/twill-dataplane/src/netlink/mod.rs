@@ -81,10 +81,24 @@ impl Netlink {
 }
 
 /// Outcome of one applied batch.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct ApplyReport {
     pub applied: usize,
-    pub failed: Vec<String>,
+    pub failed: Vec<EntryError>,
+}
+
+/// One kernel entry that could not be written, with the kernel's (or the codec's) error.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("nexthop id {id} via {gateway}: {source}")]
+    Nexthop {
+        id: u32,
+        gateway: Ipv4Addr,
+        #[source]
+        source: nexthop::EnsureError,
+    },
 }
 
 type Pending<'a> = futures::future::BoxFuture<'a, (String, Result<(), rtnetlink::Error>)>;
@@ -103,7 +117,9 @@ async fn run<'a>(
             Ok(()) => report.applied += 1,
             // Already gone is what a delete wanted.
             Err(e) if deleting && matches!(errno(&e), Some(ENOENT | ESRCH)) => report.applied += 1,
-            Err(e) => report.failed.push(format!("{what}: {e}")),
+            Err(source) => report
+                .failed
+                .push(EntryError::Netlink(NetlinkError { op: what, source })),
         }
     }
 }
