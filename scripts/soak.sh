@@ -12,6 +12,7 @@
 #     hostile-lease     hostile keys written into etcd (the underlay network, outside
 #                       Network, broadcast VtepMAC), left there
 #     etcd-compact      etcd compacted to its current revision
+#   SOAK_FAULTS limits the faults to a list of those names.
 #   Per fault: pod packets lost (all 6 pairs) and the time until the kernel object was back
 #   (polled every 10 ms). At the end: kernel objects, fds and RSS of each twilld, before
 #   and after.
@@ -38,6 +39,15 @@ trap cleanup EXIT
 rm -rf "$W"; mkdir -p "$W"
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
+faults=(etcd-restart twilld-kill chains-flush route-delete device-delete underlay-flap hostile-lease etcd-compact)
+# SOAK_FAULTS="etcd-restart route-delete" injects only those (e.g. to find what grows RSS).
+if [[ -n ${SOAK_FAULTS:-} ]]; then
+  read -r -a faults <<<"$SOAK_FAULTS"
+  for f in "${faults[@]}"; do
+    [[ " etcd-restart twilld-kill chains-flush route-delete device-delete underlay-flap hostile-lease etcd-compact " == *" $f "* ]] \
+      || { echo "soak: unknown fault '$f'" >&2; exit 2; }
+  done
+fi
 echo "== soak: 3 nodes, ${SECONDS_TOTAL} s of faults"
 lab up 3 >/dev/null
 pod_ip() { jq -r '.ips[0].address | split("/")[0]' "/tmp/$P/n$1/pod.json"; }
@@ -86,7 +96,6 @@ wait_for() {
   echo "never"
 }
 
-faults=(etcd-restart twilld-kill chains-flush route-delete device-delete underlay-flap hostile-lease etcd-compact)
 round=0
 end=$(( $(date +%s) + SECONDS_TOTAL ))
 : > "$W/faults"

@@ -2,7 +2,7 @@
 //! snapshots and incremental events, and turned into added/changed/removed events for the
 //! data plane. Pure; both stores (etcd, Kubernetes) feed it the same way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ipnetwork::IpNetwork;
 
@@ -50,20 +50,44 @@ pub struct Applied {
     pub rejected: Vec<(LeaseKey, Rejection)>,
 }
 
+/// One lease as the table keeps it: kept small, there is one per node of the cluster.
 #[derive(Debug)]
 struct Entry {
     /// `None`: the value is not lease JSON.
     attrs: Option<LeaseAttrs>,
-    /// The lease judged on its own.
-    verdict: Verdict,
-    /// The lease judged with the others: `None` when it is a peer.
-    refused: Option<Rejection>,
+    /// Judged on its own: usable, as this entry.
+    usable: Option<PeerEntry>,
+    /// Why it is not a peer: judged on its own, or (usable, but) sharing its subnet with
+    /// another lease. Neither this nor `usable`: a reservation.
+    refused: Option<Box<Rejection>>,
 }
 
 impl Entry {
+    fn new(attrs: Option<LeaseAttrs>, verdict: Verdict) -> Self {
+        let (usable, refused) = match verdict {
+            Verdict::Usable(e) => (Some(e), None),
+            Verdict::Pending => (None, None),
+            Verdict::Rejected(r) => (None, Some(Box::new(r))),
+        };
+        Entry {
+            attrs,
+            usable,
+            refused,
+        }
+    }
+
+    /// How the lease was judged on its own.
+    fn verdict(&self) -> Verdict {
+        match (&self.usable, &self.refused) {
+            (Some(e), _) => Verdict::Usable(*e),
+            (None, Some(r)) => Verdict::Rejected((**r).clone()),
+            (None, None) => Verdict::Pending,
+        }
+    }
+
     fn peer(&self) -> Option<(&LeaseAttrs, &PeerEntry)> {
-        match (&self.verdict, &self.refused, &self.attrs) {
-            (Verdict::Usable(e), None, Some(a)) => Some((a, e)),
+        match (&self.usable, &self.refused, &self.attrs) {
+            (Some(e), None, Some(a)) => Some((a, e)),
             _ => None,
         }
     }
@@ -87,9 +111,12 @@ pub struct PeerTable {
     policy: Option<LeasePolicy>,
     entries: BTreeMap<LeaseKey, Entry>,
     peers: usize,
-    /// Which usable leases claim each subnet. Two on one subnet are both refused: which one
-    /// is real can't be told from here, and every node must decide the same way.
-    claims: HashMap<IpNetwork, Vec<LeaseKey>>,
+    /// Which usable leases claim each IPv6 subnet, as (subnet, key) pairs. IPv4 needs no
+    /// index: keys order by their v4 subnet first, so the leases of one v4 subnet sit
+    /// side by side in `entries` (10 000 peers would otherwise pay ~2 MB for it). Two
+    /// leases on one subnet are both refused: which one is real can't be told from here,
+    /// and every node must decide the same way.
+    claims_v6: BTreeSet<(IpNetwork, LeaseKey)>,
 }
 
 impl PeerTable {
@@ -170,10 +197,7 @@ impl PeerTable {
     pub fn rejected(&self) -> impl Iterator<Item = (&LeaseKey, &Rejection)> {
         self.entries
             .iter()
-            .filter_map(|(k, e)| match (&e.verdict, &e.refused) {
-                (Verdict::Rejected(r), _) | (_, Some(r)) => Some((k, r)),
-                _ => None,
-            })
+            .filter_map(|(k, e)| e.refused.as_deref().map(|r| (k, r)))
     }
 
     pub fn apply(&mut self, ev: WatchEvent) -> Applied {
@@ -258,13 +282,38 @@ impl PeerTable {
     fn group_of(&self, key: &LeaseKey) -> Vec<LeaseKey> {
         let mut g = vec![*key];
         for s in claims(key, self.policy.as_ref()) {
-            for k in self.claims.get(&s).into_iter().flatten() {
+            for k in self.claimants(s) {
                 if !g.contains(k) {
                     g.push(*k);
                 }
             }
         }
         g
+    }
+
+    /// The usable leases claiming subnet `s`.
+    fn claimants(&self, s: IpNetwork) -> Box<dyn Iterator<Item = &LeaseKey> + '_> {
+        if s.is_ipv4() {
+            let first = LeaseKey {
+                v4: Some(s),
+                v6: None,
+            };
+            Box::new(
+                self.entries
+                    .range(first..)
+                    .take_while(move |(k, _)| k.v4 == Some(s))
+                    .filter(|(_, e)| e.usable.is_some())
+                    .map(|(k, _)| k),
+            )
+        } else {
+            let first = LeaseKey { v4: None, v6: None };
+            Box::new(
+                self.claims_v6
+                    .range((s, first)..)
+                    .take_while(move |(n, _)| *n == s)
+                    .map(|(_, k)| k),
+            )
+        }
     }
 
     /// Where each of `keys` stands now: its peer attributes, or why it is refused.
@@ -284,29 +333,26 @@ impl PeerTable {
         if e.peer().is_some() {
             self.peers -= 1;
         }
-        if matches!(e.verdict, Verdict::Usable(_)) {
-            for s in claims(&key, self.policy.as_ref()) {
-                if let Some(v) = self.claims.get_mut(&s) {
-                    v.retain(|k| *k != key);
-                    if v.is_empty() {
-                        self.claims.remove(&s);
-                    }
-                }
+        if e.usable.is_some() {
+            for s in claims(&key, self.policy.as_ref())
+                .into_iter()
+                .filter(|s| s.is_ipv6())
+            {
+                self.claims_v6.remove(&(s, key));
             }
         }
     }
 
     fn remember(&mut self, key: LeaseKey, attrs: Option<LeaseAttrs>, verdict: Verdict) {
-        if matches!(verdict, Verdict::Usable(_)) {
-            for s in claims(&key, self.policy.as_ref()) {
-                self.claims.entry(s).or_default().push(key);
+        let e = Entry::new(attrs, verdict);
+        if e.usable.is_some() {
+            for s in claims(&key, self.policy.as_ref())
+                .into_iter()
+                .filter(|s| s.is_ipv6())
+            {
+                self.claims_v6.insert((s, key));
             }
         }
-        let e = Entry {
-            attrs,
-            verdict,
-            refused: None,
-        };
         if e.peer().is_some() {
             self.peers += 1;
         }
@@ -316,16 +362,16 @@ impl PeerTable {
     /// Decides each of `keys` against the claims and reports what changed since `before`.
     fn settle(&mut self, keys: &[LeaseKey], before: Vec<Standing>, out: &mut Applied) {
         for (key, (was, refused_before)) in keys.iter().zip(before) {
-            let overlap = claims(key, self.policy.as_ref()).into_iter().find_map(|s| {
-                self.claims
-                    .get(&s)
-                    .and_then(|v| v.iter().find(|k| *k != key))
-                    .copied()
-            });
+            let overlap = claims(key, self.policy.as_ref())
+                .into_iter()
+                .find_map(|s| self.claimants(s).find(|k| *k != key).copied());
             let now = match self.entries.get_mut(key) {
                 Some(e) => {
                     let had = e.peer().is_some();
-                    e.refused = overlap.map(|other| Rejection::Overlap { other });
+                    // Only a lease usable on its own can clash; another keeps its reason.
+                    if e.usable.is_some() {
+                        e.refused = overlap.map(|other| Box::new(Rejection::Overlap { other }));
+                    }
                     let now = e.lease(*key);
                     match (had, now.is_some()) {
                         (true, false) => self.peers -= 1,
@@ -355,10 +401,7 @@ impl PeerTable {
 
     fn rejection_of(&self, key: &LeaseKey) -> Option<Rejection> {
         let e = self.entries.get(key)?;
-        match (&e.verdict, &e.refused) {
-            (Verdict::Rejected(r), _) | (_, Some(r)) => Some(r.clone()),
-            _ => None,
-        }
+        e.refused.as_deref().cloned()
     }
 
     /// Judges every lease from scratch: after the policy or our own lease changed.
@@ -367,12 +410,12 @@ impl PeerTable {
         let keys: Vec<LeaseKey> = self.entries.keys().copied().collect();
         let before = self.standing(&keys);
         let old = std::mem::take(&mut self.entries);
-        self.claims.clear();
+        self.claims_v6.clear();
         self.peers = 0;
         for (key, e) in old {
             let verdict = match &self.policy {
                 Some(p) => p.check(&key, e.attrs.as_ref(), self.own()),
-                None => e.verdict,
+                None => e.verdict(),
             };
             self.remember(key, e.attrs, verdict);
         }
