@@ -37,7 +37,10 @@ impl AnnotationKeys {
     pub fn publish(&self, attrs: &LeaseAttrs) -> BTreeMap<String, Option<String>> {
         let json = |v: &Option<RawJson>| v.as_ref().map(|v| v.get().to_string());
         BTreeMap::from([
-            (self.key("backend-type"), Some(attrs.backend_type.clone())),
+            (
+                self.key("backend-type"),
+                Some(attrs.backend_type.to_string()),
+            ),
             (self.key("backend-data"), json(&attrs.backend_data)),
             (self.key("backend-v6-data"), json(&attrs.backend_v6_data)),
             (self.key("public-ip"), Some(attrs.public_ip.to_string())),
@@ -114,7 +117,7 @@ impl AnnotationKeys {
         let attrs = LeaseAttrs {
             public_ip,
             public_ipv6,
-            backend_type: self.get(node, "backend-type").unwrap_or("").to_string(),
+            backend_type: twill_store::backend_name(self.get(node, "backend-type").unwrap_or("")),
             backend_data: data("backend-data"),
             backend_v6_data: data("backend-v6-data"),
         };

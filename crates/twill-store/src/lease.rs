@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -52,9 +53,10 @@ pub struct LeaseAttrs {
     #[serde(
         rename = "BackendType",
         default,
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty",
+        deserialize_with = "backend_name_de"
     )]
-    pub backend_type: String,
+    pub backend_type: Cow<'static, str>,
     #[serde(
         rename = "BackendData",
         default,
@@ -67,6 +69,20 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_v6_data: Option<RawJson>,
+}
+
+/// A backend's name as leases carry it. Nearly every lease says "vxlan": sharing one static
+/// string saves an allocation per lease (10 000 of them on every node of a large cluster).
+pub fn backend_name(name: &str) -> Cow<'static, str> {
+    match name {
+        "vxlan" => Cow::Borrowed("vxlan"),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+fn backend_name_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'static, str>, D::Error> {
+    let s = <std::borrow::Cow<'de, str> as Deserialize>::deserialize(d)?;
+    Ok(backend_name(&s))
 }
 
 /// `BackendData` of a vxlan lease: what a peer needs to reach our VTEP.

@@ -13,7 +13,9 @@ mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
 pub use entry::PeerEntry;
-pub use lease::{LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData};
+pub use lease::{
+    backend_name, LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData,
+};
 pub use mac::Mac;
 pub use manager::{
     AcquireRequest, BoxError, Expiry, HeldLease, RenewOutcome, StoreError, SubnetManager,

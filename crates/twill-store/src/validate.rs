@@ -232,9 +232,9 @@ impl LeasePolicy {
         if let (Some(_), Some(ip6)) = (self.ipv6, attrs.public_ipv6) {
             self.check_public_ip(IpAddr::V6(ip6), unicast_v6(ip6))?;
         }
-        if attrs.backend_type != self.backend_type {
+        if attrs.backend_type != self.backend_type.as_str() {
             return Err(Rejection::BackendType {
-                got: attrs.backend_type.clone(),
+                got: attrs.backend_type.to_string(),
                 want: self.backend_type.clone(),
             });
         }
