@@ -416,6 +416,20 @@ mod tests {
         TableRules::parse(&v)
     }
 
+    /// FORWARD with a DROP first and our jump twice behind it, FLANNEL-FWD short of its
+    /// second rule: all that can be wrong with the filter table at once.
+    fn broken_filter(fwd: &ChainSpec) -> TableRules {
+        let jump = format!("-A FORWARD {}", fwd.jump);
+        let body = fwd_lines(fwd);
+        table(&[
+            "-A FORWARD -j DROP",
+            &jump,
+            &jump,
+            &format!("-N {FWD_CHAIN}"),
+            &body[0],
+        ])
+    }
+
     fn fwd_lines(spec: &ChainSpec) -> Vec<String> {
         spec.rules
             .as_ref()
@@ -438,14 +452,7 @@ mod tests {
         // The jump doubled and behind a DROP, the chain short of a rule: the deletions,
         // the rewrite and the new jump land in one COMMIT, deletions first.
         let body = fwd_lines(fwd);
-        let t = table(&[
-            "-A FORWARD -j DROP",
-            &jump,
-            &jump,
-            &format!("-N {FWD_CHAIN}"),
-            &body[0],
-        ]);
-        let p = TablePatch::of("filter", &[fwd], &t).unwrap();
+        let p = TablePatch::of("filter", &[fwd], &broken_filter(fwd)).unwrap();
         let want = format!(
             "*filter\n:{FWD_CHAIN} - [0:0]\n-D FORWARD {j}\n-D FORWARD {j}\n{b0}\n{b1}\n-I FORWARD 1 {j}\nCOMMIT\n",
             j = fwd.jump,
@@ -492,13 +499,7 @@ mod tests {
         assert!(d.describe(fwd, &t).is_empty());
 
         // One rule gone, the jump behind a DROP and doubled.
-        let t = table(&[
-            "-A FORWARD -j DROP",
-            &jump,
-            &jump,
-            &format!("-N {FWD_CHAIN}"),
-            &body[0],
-        ]);
+        let t = broken_filter(fwd);
         let d = ChainDrift::of(fwd, &t);
         assert!(d.chain_wrong && d.jump_wrong && d.jumps == 2);
         assert_eq!(
