@@ -54,10 +54,10 @@ pub struct Via {
 
 /// The peers keyed by subnet: the form every diff works on. The entries come judged and
 /// parsed from the peer table; nothing here reads lease JSON.
-pub fn desired_peers<'a>(
-    peers: impl IntoIterator<Item = &'a PeerEntry>,
+pub fn desired_peers(
+    peers: impl IntoIterator<Item = PeerEntry>,
 ) -> BTreeMap<Ipv4Network, PeerEntry> {
-    peers.into_iter().map(|p| (p.subnet, *p)).collect()
+    peers.into_iter().map(|p| (p.subnet, p)).collect()
 }
 
 /// The kernel changes for a batch of peer events, without reading the kernel: what keeps
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn empty_kernel_gets_everything_in_order() {
         let t = table();
-        let d = desired_peers(&entries(&t));
+        let d = desired_peers(entries(&t));
         let ops = diff(&d, &Actual::default(), RouteForm::Plain);
         assert_eq!(ops.add_neighs.len(), 3);
         assert_eq!(ops.add_fdb.len(), 3);
@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn switching_route_form_replaces_routes_in_place_and_drops_old_nexthops_last() {
         let t = table();
-        let d = desired_peers(&entries(&t));
+        let d = desired_peers(entries(&t));
         for form in [RouteForm::Plain, RouteForm::Nexthop] {
             assert!(diff(&d, &actual_for(&d, form), form).is_empty());
         }
@@ -490,7 +490,7 @@ mod tests {
             "10.244.4.0-24".parse().unwrap(),
             attrs("198.19.5.4", "0a:00:00:00:00:04"),
         ));
-        let d = desired_peers(&entries(&t));
+        let d = desired_peers(entries(&t));
         let (vxlan, direct) = split_direct(&d, &["198.18.0.0/24".parse().unwrap()]);
         assert_eq!(
             vxlan.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
@@ -529,14 +529,14 @@ mod tests {
     #[test]
     fn converged_state_is_a_noop() {
         let t = table();
-        let d = desired_peers(&entries(&t));
+        let d = desired_peers(entries(&t));
         assert!(diff(&d, &actual_for(&d, RouteForm::Plain), RouteForm::Plain).is_empty());
     }
 
     #[test]
     fn stale_and_changed_entries() {
         let t = table();
-        let d = desired_peers(&entries(&t));
+        let d = desired_peers(entries(&t));
         let mut a = actual_for(&d, RouteForm::Plain);
         // A leftover of a previous run for a subnet no longer leased.
         a.routes

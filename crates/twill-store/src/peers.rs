@@ -8,6 +8,7 @@ use ipnetwork::IpNetwork;
 
 use crate::entry::PeerEntry;
 use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
+use crate::mac::Mac;
 use crate::validate::{claims, LeasePolicy, Rejection, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +56,9 @@ pub struct Applied {
 struct Entry {
     /// `None`: the value is not lease JSON.
     attrs: Option<LeaseAttrs>,
-    /// Judged on its own: usable, as this entry.
-    usable: Option<PeerEntry>,
+    /// Judged on its own: usable, with this VTEP MAC. The rest of its `PeerEntry` (subnet,
+    /// VTEP address, PublicIP) is the key's and the attrs', so it is not kept twice.
+    usable: Option<Mac>,
     /// Why it is not a peer: judged on its own, or (usable, but) sharing its subnet with
     /// another lease. Neither this nor `usable`: a reservation.
     refused: Option<Box<Rejection>>,
@@ -65,7 +67,7 @@ struct Entry {
 impl Entry {
     fn new(attrs: Option<LeaseAttrs>, verdict: Verdict) -> Self {
         let (usable, refused) = match verdict {
-            Verdict::Usable(e) => (Some(e), None),
+            Verdict::Usable(e) => (Some(e.mac), None),
             Verdict::Pending => (None, None),
             Verdict::Rejected(r) => (None, Some(Box::new(r))),
         };
@@ -76,27 +78,42 @@ impl Entry {
         }
     }
 
+    /// The entry the lease was judged usable as (whether or not it is a peer now).
+    fn usable_entry(&self, key: &LeaseKey) -> Option<PeerEntry> {
+        let (Some(mac), Some(a), Some(IpNetwork::V4(subnet))) = (self.usable, &self.attrs, key.v4)
+        else {
+            return None;
+        };
+        Some(PeerEntry {
+            subnet,
+            vtep_ip: subnet.network(),
+            mac,
+            public_ip: a.public_ip,
+        })
+    }
+
     /// How the lease was judged on its own.
-    fn verdict(&self) -> Verdict {
-        match (&self.usable, &self.refused) {
-            (Some(e), _) => Verdict::Usable(*e),
+    fn verdict(&self, key: &LeaseKey) -> Verdict {
+        match (self.usable_entry(key), &self.refused) {
+            (Some(e), _) => Verdict::Usable(e),
             (None, Some(r)) => Verdict::Rejected((**r).clone()),
             (None, None) => Verdict::Pending,
         }
     }
 
-    fn peer(&self) -> Option<(&LeaseAttrs, &PeerEntry)> {
-        match (&self.usable, &self.refused, &self.attrs) {
-            (Some(e), None, Some(a)) => Some((a, e)),
-            _ => None,
-        }
+    fn is_peer(&self) -> bool {
+        self.usable.is_some() && self.refused.is_none() && self.attrs.is_some()
+    }
+
+    fn peer_entry(&self, key: &LeaseKey) -> Option<PeerEntry> {
+        self.usable_entry(key).filter(|_| self.is_peer())
     }
 
     fn lease(&self, key: LeaseKey) -> Option<Lease> {
-        self.peer().map(|(attrs, entry)| Lease {
+        Some(Lease {
             key,
-            attrs: attrs.clone(),
-            entry: *entry,
+            attrs: self.attrs.clone()?,
+            entry: self.peer_entry(&key)?,
         })
     }
 }
@@ -179,18 +196,20 @@ impl PeerTable {
     pub fn iter(&self) -> impl Iterator<Item = (&LeaseKey, &LeaseAttrs)> {
         self.entries
             .iter()
-            .filter_map(|(k, e)| e.peer().map(|(a, _)| (k, a)))
+            .filter(|(_, e)| e.is_peer())
+            .filter_map(|(k, e)| e.attrs.as_ref().map(|a| (k, a)))
     }
 
     /// The peers as the data plane programs them, in key order.
-    pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> {
-        self.entries
-            .values()
-            .filter_map(|e| e.peer().map(|(_, p)| p))
+    pub fn entries(&self) -> impl Iterator<Item = PeerEntry> + '_ {
+        self.entries.iter().filter_map(|(k, e)| e.peer_entry(k))
     }
 
     pub fn get(&self, key: &LeaseKey) -> Option<&LeaseAttrs> {
-        self.entries.get(key).and_then(Entry::peer).map(|(a, _)| a)
+        self.entries
+            .get(key)
+            .filter(|e| e.is_peer())
+            .and_then(|e| e.attrs.as_ref())
     }
 
     /// The leases refused right now, with why.
@@ -330,7 +349,7 @@ impl PeerTable {
         let Some(e) = self.entries.remove(&key) else {
             return;
         };
-        if e.peer().is_some() {
+        if e.is_peer() {
             self.peers -= 1;
         }
         if e.usable.is_some() {
@@ -353,7 +372,7 @@ impl PeerTable {
                 self.claims_v6.insert((s, key));
             }
         }
-        if e.peer().is_some() {
+        if e.is_peer() {
             self.peers += 1;
         }
         self.entries.insert(key, e);
@@ -367,7 +386,7 @@ impl PeerTable {
                 .find_map(|s| self.claimants(s).find(|k| *k != key).copied());
             let now = match self.entries.get_mut(key) {
                 Some(e) => {
-                    let had = e.peer().is_some();
+                    let had = e.is_peer();
                     // Only a lease usable on its own can clash; another keeps its reason.
                     if e.usable.is_some() {
                         e.refused = overlap.map(|other| Box::new(Rejection::Overlap { other }));
@@ -415,7 +434,7 @@ impl PeerTable {
         for (key, e) in old {
             let verdict = match &self.policy {
                 Some(p) => p.check(&key, e.attrs.as_ref(), self.own()),
-                None => e.verdict(),
+                None => e.verdict(&key),
             };
             self.remember(key, e.attrs, verdict);
         }
