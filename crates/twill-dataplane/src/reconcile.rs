@@ -169,7 +169,7 @@ impl Dataplane {
     /// Applies peer events straight to the device we know, without reading the kernel or
     /// touching rules. `None` when that can't be done (no device yet, or with DirectRouting
     /// a peer on our link, whose route kind may change): run a full reconcile instead.
-    pub async fn apply_incremental(
+    async fn apply_incremental(
         &mut self,
         events: &[PeerEvent],
     ) -> Option<crate::netlink::ApplyReport> {
@@ -216,7 +216,7 @@ impl Dataplane {
     }
 
     /// Device, address, peers, rules: everything made to match, whatever happened to it.
-    pub async fn reconcile(
+    async fn reconcile(
         &mut self,
         desired: &BTreeMap<Ipv4Network, PeerEntry>,
     ) -> Result<ReconcileReport, DataplaneError> {

@@ -36,7 +36,7 @@ impl PeerEntry {
         let Some(IpNetwork::V4(subnet)) = key.v4 else {
             return Err(Rejection::NoIpv4Subnet);
         };
-        if attrs.backend_type.is_empty() && attrs.backend_data.is_none() {
+        if attrs.is_placeholder() {
             return Ok(None);
         }
         let data = attrs.vxlan_data().ok_or_else(|| Rejection::BackendData {

@@ -108,6 +108,12 @@ impl LeaseAttrs {
         }
     }
 
+    /// A reservation's value: an operator pinned the subnet to a PublicIP and no node has
+    /// published a backend for it yet, so it is nobody's peer (nor a bad one).
+    pub fn is_placeholder(&self) -> bool {
+        self.backend_type.is_empty() && self.backend_data.is_none()
+    }
+
     /// The VXLAN data when this is a vxlan lease with well-formed data.
     pub fn vxlan_data(&self) -> Option<VxlanBackendData> {
         if self.backend_type != "vxlan" {

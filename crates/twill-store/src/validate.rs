@@ -225,7 +225,7 @@ impl LeasePolicy {
             }
         }
         let attrs = attrs.ok_or(Rejection::Malformed)?;
-        if attrs.backend_type.is_empty() && attrs.backend_data.is_none() {
+        if attrs.is_placeholder() {
             return Ok(None);
         }
         self.check_public_ip(IpAddr::V4(attrs.public_ip), unicast_v4(attrs.public_ip))?;
