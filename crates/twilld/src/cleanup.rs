@@ -11,9 +11,10 @@ use ipnetwork::IpNetwork;
 use twill_config::SubnetEnv;
 use twill_dataplane::{Firewall, Iptables, Netlink, RuleSet};
 use twill_etcd::EtcdStore;
+use twill_kube::KubeOptions;
 use twill_store::LeaseKey;
 
-use crate::cli::Cli;
+use crate::node::{kube_with_ipv6, NodeOptions, StoreOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct Cleanup {
@@ -77,7 +78,7 @@ fn other_twilld() -> Option<String> {
     })
 }
 
-pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
+pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
     if let Some(pid) = other_twilld() {
         println!("warning: twilld (pid {pid}) is running in this network namespace and will recreate what it owns; stop it first");
     }
@@ -86,14 +87,14 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
         failed: 0,
         found: 0,
     };
-    let env = std::fs::read_to_string(&cli.subnet_file)
+    let env = std::fs::read_to_string(&node.subnet_file)
         .ok()
-        .and_then(|t| SubnetEnv::parse(&t, &cli.subnet_file.display().to_string()).ok());
+        .and_then(|t| SubnetEnv::parse(&t, &node.subnet_file.display().to_string()).ok());
     let subnet = env.as_ref().and_then(|e| e.lease_subnet());
 
     // The lease first: it is named in subnet.env, which goes later.
     if args.release_lease {
-        release(cli, env.as_ref(), &mut r).await;
+        release(node, env.as_ref(), &mut r).await;
     }
 
     let nl = Netlink::connect()?;
@@ -112,7 +113,7 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
         }
     }
     if let Some(env) = &env {
-        direct_routes(cli, &nl, env, &mut r).await;
+        direct_routes(node, &nl, env, &mut r).await;
         blackhole_routes(&nl, env, &mut r).await;
     }
     cleanup_cni0(&nl, subnet, &mut r).await?;
@@ -149,7 +150,7 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
         })
         .await;
     }
-    remove_file(&cli.subnet_file, "subnet.env", &mut r).await;
+    remove_file(&node.subnet_file, "subnet.env", &mut r).await;
 
     if r.found == 0 {
         println!("nothing of twill's left on this node");
@@ -161,8 +162,8 @@ pub async fn run(cli: &Cli, args: &Cleanup) -> Result<bool> {
 
 /// DirectRouting's routes (`<peer subnet> via <peer address>` on the underlay device; the
 /// VXLAN ones went with the device): those inside the overlay network of subnet.env.
-async fn direct_routes(cli: &Cli, nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
-    let Ok(ext) = twill_dataplane::select_underlay(nl, &cli.iface_selection()).await else {
+async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
+    let Ok(ext) = twill_dataplane::select_underlay(nl, &node.iface).await else {
         return;
     };
     for net in &env.networks {
@@ -210,18 +211,18 @@ async fn blackhole_routes(nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
 }
 
 /// Releases the lease named in subnet.env or, without it, the ones carrying our public IP.
-async fn release(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
-    if cli.kube_subnet_mgr {
-        return release_kube(cli, env, r).await;
-    }
-    let opts = cli.etcd_options();
+async fn release(node: &NodeOptions, env: Option<&SubnetEnv>, r: &mut Report) {
+    let opts = match &node.store {
+        StoreOptions::Kube(kube) => return release_kube(kube, env, r).await,
+        StoreOptions::Etcd(opts) => opts,
+    };
     let result = async {
-        let store = EtcdStore::connect(&opts).await?;
+        let store = EtcdStore::connect(opts).await?;
         let keys: Vec<LeaseKey> = match env.and_then(|e| e.lease_subnet().map(|s| (s, e))) {
             Some((s, e)) => vec![LeaseKey { v4: Some(s), v6: e.lease_subnet6() }],
             None => {
-                let Some(ip) = public_ip(cli).await else {
-                    println!("no lease to release: {} is missing and this node's public IP is unknown (pass --public-ip or --iface)", cli.subnet_file.display());
+                let Some(ip) = public_ip(node).await else {
+                    println!("no lease to release: {} is missing and this node's public IP is unknown (pass --public-ip or --iface)", node.subnet_file.display());
                     return Ok(());
                 };
                 let (leases, _) = store.list().await?;
@@ -251,12 +252,10 @@ async fn release(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
 
 /// In Kubernetes the podCIDR is not ours to give back: releasing means removing our
 /// annotations, so other nodes drop this one as a peer.
-async fn release_kube(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
+async fn release_kube(opts: &KubeOptions, env: Option<&SubnetEnv>, r: &mut Report) {
     let result = async {
-        let store = twill_kube::KubeStore::connect(
-            &cli.kube_options(env.is_some_and(|e| e.lease_subnet6().is_some())),
-        )
-        .await?;
+        let ipv6 = env.is_some_and(|e| e.lease_subnet6().is_some());
+        let store = twill_kube::KubeStore::connect(&kube_with_ipv6(opts, ipv6)).await?;
         if !store.published().await? {
             return Ok(());
         }
@@ -265,7 +264,7 @@ async fn release_kube(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
             println!(
                 "would remove: node {} annotations ({})",
                 store.node_name(),
-                cli.kube_annotation_prefix
+                opts.annotation_prefix
             );
             return Ok(());
         }
@@ -279,12 +278,12 @@ async fn release_kube(cli: &Cli, env: Option<&SubnetEnv>, r: &mut Report) {
     }
 }
 
-async fn public_ip(cli: &Cli) -> Option<std::net::Ipv4Addr> {
-    if let Some(ip) = cli.public_ip {
+async fn public_ip(node: &NodeOptions) -> Option<std::net::Ipv4Addr> {
+    if let Some(ip) = node.public_ip {
         return Some(ip);
     }
     let nl = Netlink::connect().ok()?;
-    twill_dataplane::select_underlay(&nl, &cli.iface_selection())
+    twill_dataplane::select_underlay(&nl, &node.iface)
         .await
         .ok()
         .map(|e| e.addr)

@@ -250,6 +250,25 @@ impl Cli {
         }
     }
 
+    /// What `doctor` and `cleanup` share with the daemon, gathered from these flags.
+    pub fn node_options(&self) -> crate::node::NodeOptions {
+        use crate::node::StoreOptions;
+        crate::node::NodeOptions {
+            subnet_file: self.subnet_file.clone(),
+            config_file: self.config_file(),
+            store: if self.kube_subnet_mgr {
+                // The IPv6 half is known only once the config is read.
+                StoreOptions::Kube(self.kube_options(false))
+            } else {
+                StoreOptions::Etcd(self.etcd_options())
+            },
+            iface: self.iface_selection(),
+            public_ip: self.public_ip,
+            rules: self.rule_flags(),
+            ip_blackhole_route: self.ip_blackhole_route,
+        }
+    }
+
     /// Kubernetes client options; the node comes from NODE_NAME, else from our pod.
     pub fn kube_options(&self, ipv6: bool) -> twill_kube::KubeOptions {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -361,6 +380,39 @@ mod tests {
         assert_eq!(c.config_file(), None);
         let k = parse(&["--kube-subnet-mgr"]).unwrap();
         assert_eq!(k.config_file(), Some(PathBuf::from(KUBE_NET_CONF)));
+    }
+
+    #[test]
+    fn subcommands_see_the_flags_the_daemon_runs_with() {
+        use crate::node::StoreOptions;
+        let n = parse(&[
+            "--etcd-endpoints=http://198.18.0.1:2379",
+            "--vxlan-notrack",
+            "--public-ip=198.18.0.7",
+        ])
+        .unwrap()
+        .node_options();
+        let StoreOptions::Etcd(etcd) = &n.store else {
+            panic!("etcd expected, got {:?}", n.store)
+        };
+        assert_eq!(etcd.endpoints, ["http://198.18.0.1:2379"]);
+        assert!(n.rules.notrack && n.rules.forward && !n.rules.ip_masq);
+        assert_eq!(n.public_ip, Some("198.18.0.7".parse().unwrap()));
+        assert_eq!(n.config_file, None);
+        let k = parse(&[
+            "--kube-subnet-mgr",
+            "--kube-annotation-prefix=example.com",
+            "--ip-blackhole-route",
+        ])
+        .unwrap()
+        .node_options();
+        let StoreOptions::Kube(kube) = &k.store else {
+            panic!("kube expected, got {:?}", k.store)
+        };
+        assert_eq!(kube.annotation_prefix, "example.com");
+        assert_eq!(k.store.name(), "the Kubernetes API");
+        assert!(k.ip_blackhole_route);
+        assert_eq!(k.config_file, Some(PathBuf::from(KUBE_NET_CONF)));
     }
 
     #[test]

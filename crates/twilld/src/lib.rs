@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod doctor;
 mod http;
 pub mod install_cni;
+pub mod node;
 mod policy;
 pub mod schedule;
 mod telemetry;

@@ -53,10 +53,14 @@ fn main() -> std::process::ExitCode {
     };
     // cleanup and doctor exit 1 when something failed, 0 when all went well.
     let checked = match &cli.command {
-        Some(cli::Command::Cleanup(args)) => {
-            Some(("cleanup", rt.block_on(cleanup::run(&cli, args))))
-        }
-        Some(cli::Command::Doctor(args)) => Some(("doctor", rt.block_on(doctor::run(&cli, args)))),
+        Some(cli::Command::Cleanup(args)) => Some((
+            "cleanup",
+            rt.block_on(cleanup::run(&cli.node_options(), args)),
+        )),
+        Some(cli::Command::Doctor(args)) => Some((
+            "doctor",
+            rt.block_on(doctor::run(&cli.node_options(), args)),
+        )),
         _ => None,
     };
     if let Some((name, result)) = checked {

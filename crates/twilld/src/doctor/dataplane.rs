@@ -94,7 +94,7 @@ pub(super) fn v4_lease(env: &SubnetEnv) -> Option<(Ipv4Network, Ipv4Network)> {
 /// as subnet.env says it does, the rest from the flags doctor is given.
 pub(super) async fn rules(
     c: &mut Checks,
-    cli: &Cli,
+    mut flags: twill_dataplane::RuleFlags,
     conf: Option<&NetConf>,
     env: &SubnetEnv,
     local: Option<Ipv4Addr>,
@@ -103,7 +103,6 @@ pub(super) async fn rules(
         return;
     };
     // Masquerade as the running twilld recorded it; the rest from the flags.
-    let mut flags = cli.rule_flags();
     flags.ip_masq = env.ipmasq.unwrap_or(flags.ip_masq);
     let opts = flags.options(local.map(|local| VxlanFlows {
         local,
@@ -129,7 +128,7 @@ pub(super) async fn rules(
     .filter(|(on, _)| *on)
     .map(|(_, n)| *n)
     .collect();
-    let unchecked = if cli.vxlan_notrack && local.is_none() {
+    let unchecked = if flags.notrack && local.is_none() {
         " (vxlan notrack not checked: no underlay address)"
     } else {
         ""

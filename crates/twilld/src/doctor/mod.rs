@@ -12,10 +12,11 @@ use twill_dataplane::{
     desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
     Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
-use twill_etcd::EtcdStore;
+use twill_etcd::{EtcdOptions, EtcdStore};
+use twill_kube::KubeOptions;
 use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
 
-use crate::cli::Cli;
+use crate::node::{kube_with_ipv6, NodeOptions, StoreOptions};
 use crate::policy::lease_policy;
 
 mod dataplane;
@@ -95,12 +96,12 @@ fn read_sysctl(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
+pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     let mut c = Checks::default();
     privileges(&mut c);
     // The probe runs while the other checks do; its verdict waits for the config, which
     // says whether iptables or nftables is the tool that must work.
-    let probe = spawn_kernel_probe(cli.vxlan_notrack);
+    let probe = spawn_kernel_probe(node.rules.notrack);
     let kernel_at = c.0.len();
     match read_sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() {
         Some("1") => c.pass("ip_forward", "net.ipv4.ip_forward = 1"),
@@ -116,9 +117,9 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     }
 
     let nl = Netlink::connect()?;
-    let ext = match twill_dataplane::select_underlay(&nl, &cli.iface_selection()).await {
+    let ext = match twill_dataplane::select_underlay(&nl, &node.iface).await {
         Ok(e) => {
-            let public = cli.public_ip.unwrap_or(e.addr);
+            let public = node.public_ip.unwrap_or(e.addr);
             c.pass(
                 "underlay",
                 format!("{} {} (mtu {}), public IP {public}", e.name, e.addr, e.mtu),
@@ -138,26 +139,23 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
 
     // In Kubernetes mode our lease is our node's: what it publishes as public-ip (maybe
     // a public-ip-overwrite) is what the lease must carry, not the interface address.
-    let (conf, leases, published_ip) = if cli.kube_subnet_mgr {
-        kube_checks(cli, &mut c).await
-    } else {
-        let (conf, leases) = etcd_checks(cli, &mut c).await;
-        (conf, leases, None)
+    let (conf, leases, published_ip) = match &node.store {
+        StoreOptions::Kube(opts) => kube_checks(node, opts, &mut c).await,
+        StoreOptions::Etcd(opts) => {
+            let (conf, leases) = etcd_checks(node, opts, &mut c).await;
+            (conf, leases, None)
+        }
     };
     let nftables = conf.as_ref().is_some_and(|c| c.enable_nftables);
     let mut verdict = Checks::default();
     kernel(&mut verdict, probe, nftables);
     c.0.splice(kernel_at..kernel_at, verdict.0);
-    let store_name = if cli.kube_subnet_mgr {
-        "the Kubernetes API"
-    } else {
-        "etcd"
-    };
+    let store_name = node.store.name();
 
-    let env_text = std::fs::read_to_string(&cli.subnet_file).ok();
+    let env_text = std::fs::read_to_string(&node.subnet_file).ok();
     let env = env_text
         .as_deref()
-        .and_then(|t| SubnetEnv::parse(t, &cli.subnet_file.display().to_string()).ok());
+        .and_then(|t| SubnetEnv::parse(t, &node.subnet_file.display().to_string()).ok());
     let own_key = env
         .as_ref()
         .and_then(|e| e.lease_subnet())
@@ -166,7 +164,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
             v6: env.as_ref().and_then(|e| e.lease_subnet6()),
         });
     match (&env, &own_key, &leases, &ext) {
-        (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cli.subnet_file.display()),
+        (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", node.subnet_file.display()),
             "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
         (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
             Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == published_ip.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
@@ -211,7 +209,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     )
     .await;
     vxlan_port(&mut c, conf.as_ref(), device.is_some());
-    if cli.vxlan_notrack {
+    if node.rules.notrack {
         let port = conf
             .as_ref()
             .map(|c| c.backend.port)
@@ -236,7 +234,7 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
             mode,
             conf.as_ref(),
             own_key.as_ref(),
-            cli.kube_subnet_mgr,
+            matches!(node.store, StoreOptions::Kube(_)),
             l,
             store_name,
         )
@@ -244,8 +242,8 @@ pub async fn run(cli: &Cli, args: &Doctor) -> anyhow::Result<bool> {
     }
     if let Some(env) = &env {
         let local = ext.as_ref().map(|(e, _)| e.addr);
-        rules(&mut c, cli, conf.as_ref(), env, local).await;
-        blackhole(&mut c, &nl, env, cli.ip_blackhole_route).await;
+        rules(&mut c, node.rules, conf.as_ref(), env, local).await;
+        blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
     }
     other_cnis(&mut c, &nl, env.as_ref(), args).await;
 

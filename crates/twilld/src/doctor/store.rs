@@ -4,11 +4,12 @@
 use super::*;
 
 pub(super) async fn etcd_checks(
-    cli: &Cli,
+    node: &NodeOptions,
+    opts: &EtcdOptions,
     c: &mut Checks,
 ) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
-    let store = EtcdStore::connect(&cli.etcd_options()).await;
-    let conf = config(cli, store.as_ref().ok(), c).await;
+    let store = EtcdStore::connect(opts).await;
+    let conf = config(node.config_file.as_deref(), store.as_ref().ok(), c).await;
     if let Err(e) = &store {
         c.add(
             "etcd",
@@ -16,7 +17,7 @@ pub(super) async fn etcd_checks(
             format!("{e}"),
             format!(
                 "check --etcd-endpoints {} and the TLS flags",
-                cli.etcd_endpoints.join(",")
+                opts.endpoints.join(",")
             ),
         );
     }
@@ -25,11 +26,7 @@ pub(super) async fn etcd_checks(
             Ok((l, _)) => {
                 c.pass(
                     "etcd",
-                    format!(
-                        "{} reachable, {} leases",
-                        cli.etcd_endpoints.join(","),
-                        l.len()
-                    ),
+                    format!("{} reachable, {} leases", opts.endpoints.join(","), l.len()),
                 );
                 Some(l)
             }
@@ -51,18 +48,19 @@ pub(super) async fn etcd_checks(
 /// Kubernetes mode: the API is reachable, our node exists and its podCIDR lies inside
 /// Network (the mismatch that leaves every node NotReady).
 pub(super) async fn kube_checks(
-    cli: &Cli,
+    node: &NodeOptions,
+    opts: &KubeOptions,
     c: &mut Checks,
 ) -> (
     Option<NetConf>,
     Option<Vec<StoredLease>>,
     Option<std::net::Ipv4Addr>,
 ) {
-    let conf = config(cli, None, c).await;
+    let conf = config(node.config_file.as_deref(), None, c).await;
     let ipv6 = conf.as_ref().is_some_and(|c| c.ipv6.is_some());
     let hint =
         "check --kubeconfig-file / --kube-api-url (or the pod's service account) and NODE_NAME";
-    let store = match twill_kube::KubeStore::connect(&cli.kube_options(ipv6)).await {
+    let store = match twill_kube::KubeStore::connect(&kube_with_ipv6(opts, ipv6)).await {
         Ok(s) => s,
         Err(e) => {
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
@@ -116,11 +114,11 @@ pub(super) async fn kube_checks(
 }
 
 pub(super) async fn config(
-    cli: &Cli,
+    file: Option<&std::path::Path>,
     store: Option<&EtcdStore>,
     c: &mut Checks,
 ) -> Option<NetConf> {
-    let (text, source) = match &cli.config_file() {
+    let (text, source) = match file {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|e| e.to_string()),
             p.display().to_string(),

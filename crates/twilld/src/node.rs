@@ -1,0 +1,52 @@
+//! How twilld runs on this node, as `doctor` and `cleanup` need to know it: the flags they
+//! share with the daemon, gathered once from the command line. The subcommands take this
+//! and not the `Cli`, so they don't depend on the command line's shape (and `cli` may name
+//! their argument structs without the modules importing each other).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use twill_dataplane::{IfaceSelection, RuleFlags};
+use twill_etcd::EtcdOptions;
+use twill_kube::KubeOptions;
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// `--subnet-file`.
+    pub subnet_file: PathBuf,
+    /// `--net-config-path`, or the Kubernetes default; `None` reads the config from etcd.
+    pub config_file: Option<PathBuf>,
+    pub store: StoreOptions,
+    pub iface: IfaceSelection,
+    /// `--public-ip`.
+    pub public_ip: Option<Ipv4Addr>,
+    pub rules: RuleFlags,
+    /// `--ip-blackhole-route`.
+    pub ip_blackhole_route: bool,
+}
+
+/// The store the node's twilld uses, with the options to reach it.
+#[derive(Debug, Clone)]
+pub enum StoreOptions {
+    Etcd(EtcdOptions),
+    Kube(KubeOptions),
+}
+
+impl StoreOptions {
+    /// The name operators know it by, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreOptions::Etcd(_) => "etcd",
+            StoreOptions::Kube(_) => "the Kubernetes API",
+        }
+    }
+}
+
+/// The Kubernetes options for a network with or without an IPv6 half, which decides the
+/// annotations twilld reads and writes.
+pub fn kube_with_ipv6(opts: &KubeOptions, ipv6: bool) -> KubeOptions {
+    KubeOptions {
+        ipv6,
+        ..opts.clone()
+    }
+}
