@@ -1,5 +1,8 @@
 //! The network configuration a runtime hands us, and the delegate config we hand on.
 
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 pub use serde_json::Value;
 use serde_json::{json, Map};
 use twill_config::SubnetEnv;
@@ -9,16 +12,28 @@ use crate::{DEFAULT_DATA_DIR, DEFAULT_SUBNET_FILE, SUPPORTED_VERSIONS};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConf {
-    pub cni_version: String,
+    /// As the input gives it; `None` without one (the delegate then gets none either, as
+    /// flannel's plugin copies the field only when it is set).
+    pub cni_version: Option<String>,
     pub name: String,
     pub subnet_file: String,
     pub data_dir: String,
+    /// `dataDir` came from the input rather than the default.
+    pub data_dir_given: bool,
     pub delegate: Map<String, Value>,
     /// User IPAM settings merged under ours (e.g. host-local's dataDir, extra routes).
     pub ipam: Map<String, Value>,
-    pub runtime_config: Option<Value>,
-    pub capabilities: Option<Value>,
+    pub runtime_config: Option<Map<String, Value>>,
     pub prev_result: Option<Value>,
+    /// GC's `cni.dev/valid-attachments`: (containerID, ifname) pairs still in use.
+    pub valid_attachments: Option<Vec<(String, String)>>,
+}
+
+/// What a missing `cniVersion` means: libcni and Go's skel read it as 0.1.0.
+pub const IMPLIED_VERSION: &str = "0.1.0";
+
+fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg, details)
 }
 
 impl PluginConf {
@@ -42,127 +57,198 @@ impl PluginConf {
         let string = |m: &mut Map<String, Value>, k: &str| -> Result<Option<String>, CniError> {
             match m.remove(k) {
                 None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.is_empty() => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s)),
-                Some(other) => Err(CniError::new(
-                    code::INVALID_CONFIG,
+                Some(other) => Err(invalid(
                     format!("{k} must be a string"),
                     format!("got {other}"),
                 )),
             }
         };
         let object =
-            |m: &mut Map<String, Value>, k: &str| -> Result<Map<String, Value>, CniError> {
+            |m: &mut Map<String, Value>, k: &str| -> Result<Option<Map<String, Value>>, CniError> {
                 match m.remove(k) {
-                    None | Some(Value::Null) => Ok(Map::new()),
-                    Some(Value::Object(o)) => Ok(o),
-                    Some(other) => Err(CniError::new(
-                        code::INVALID_CONFIG,
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::Object(o)) => Ok(Some(o)),
+                    Some(other) => Err(invalid(
                         format!("{k} must be a JSON object"),
                         format!("got {other}"),
                     )),
                 }
             };
-        let cni_version = string(&mut m, "cniVersion")?.unwrap_or_else(|| "0.3.0".into());
-        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+        let cni_version = string(&mut m, "cniVersion")?;
+        let version = cni_version.as_deref().unwrap_or(IMPLIED_VERSION);
+        if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
-                format!("unsupported cniVersion {cni_version:?}"),
+                format!("unsupported cniVersion {version:?}"),
                 format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
             ));
         }
-        let name = string(&mut m, "name")?.ok_or_else(|| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                "network configuration has no name",
-                "",
-            )
-        })?;
-        let delegate = object(&mut m, "delegate")?;
+        let name = string(&mut m, "name")?
+            .ok_or_else(|| invalid("network configuration has no name", ""))?;
+        let delegate = object(&mut m, "delegate")?.unwrap_or_default();
+        if delegate.get("type").is_some_and(|t| !t.is_string()) {
+            return Err(invalid(
+                "'delegate' dictionary, if present, must have (string) 'type' field",
+                format!("got {}", delegate["type"]),
+            ));
+        }
         for forbidden in ["name", "ipam"] {
             if delegate.contains_key(forbidden) {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    format!("delegate must not set {forbidden:?}"),
+                return Err(invalid(
+                    format!("'delegate' dictionary must not have '{forbidden}' field, it'll be set by flannel"),
                     "twill sets the delegate's name from the network and its ipam from subnet.env",
                 ));
             }
         }
+        let data_dir = string(&mut m, "dataDir")?;
         Ok(PluginConf {
             cni_version,
             name,
             subnet_file: string(&mut m, "subnetFile")?
                 .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into()),
-            data_dir: string(&mut m, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            data_dir_given: data_dir.is_some(),
+            data_dir: data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             delegate,
-            ipam: object(&mut m, "ipam")?,
-            runtime_config: m.remove("runtimeConfig"),
-            capabilities: m.remove("capabilities"),
+            ipam: object(&mut m, "ipam")?.unwrap_or_default(),
+            runtime_config: object(&mut m, "runtimeConfig")?,
             prev_result: m.remove("prevResult"),
+            valid_attachments: valid_attachments(m.remove("cni.dev/valid-attachments"))?,
         })
     }
+
+    /// The version this call is spoken in.
+    pub fn version(&self) -> &str {
+        self.cni_version.as_deref().unwrap_or(IMPLIED_VERSION)
+    }
+}
+
+fn valid_attachments(v: Option<Value>) -> Result<Option<Vec<(String, String)>>, CniError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |what: &Value| {
+        invalid(
+            "cni.dev/valid-attachments must be a list of {\"containerID\": <string>, \"ifname\": <string>}",
+            format!("got {what}"),
+        )
+    };
+    let list = v.as_array().ok_or_else(|| bad(&v))?;
+    list.iter()
+        .map(
+            |a| match (a["containerID"].as_str(), a["ifname"].as_str()) {
+                (Some(id), Some(ifname)) => Ok((id.to_string(), ifname.to_string())),
+                _ => Err(bad(a)),
+            },
+        )
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// One of `ipam.routes` as libcni's `types.Route` reads and writes it: `dst` and `gw`
+/// re-spelled in canonical form (host bits of `dst` kept, as libcni keeps them), the
+/// numeric fields only when set, anything else dropped.
+fn normalize_route(r: &Value) -> Result<Value, String> {
+    let Value::Object(m) = r else {
+        return Err(format!("a route must be a JSON object, got {r}"));
+    };
+    let dst = m
+        .get("dst")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("route {r} has no \"dst\" string"))?;
+    let net: IpNetwork = dst
+        .parse()
+        .map_err(|_| format!("route dst {dst:?} is not an address/prefix"))?;
+    let mut out = Map::new();
+    out.insert("dst".into(), net.to_string().into());
+    match m.get("gw") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(gw)) if gw.is_empty() => {}
+        Some(Value::String(gw)) => {
+            let ip: IpAddr = gw
+                .parse()
+                .map_err(|_| format!("route gw {gw:?} is not an IP address"))?;
+            out.insert("gw".into(), ip.to_string().into());
+        }
+        Some(other) => return Err(format!("route gw must be a string, got {other}")),
+    }
+    for (key, omit_zero) in [
+        ("mtu", true),
+        ("advmss", true),
+        ("priority", true),
+        ("table", false),
+        ("scope", false),
+    ] {
+        match m.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let n = v
+                    .as_i64()
+                    .ok_or_else(|| format!("route {key} must be an integer, got {v}"))?;
+                if !(omit_zero && n == 0) {
+                    out.insert(key.into(), n.into());
+                }
+            }
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 /// The delegate config flannel's plugin would render from `conf` and `env`.
 pub fn render_delegate(conf: &PluginConf, env: &SubnetEnv) -> Result<Value, CniError> {
-    let missing = |what: &str| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("{} has no {what}", conf.subnet_file),
+    let missing = env.missing();
+    if !missing.is_empty() {
+        return Err(invalid(
+            format!("{} is missing {}", conf.subnet_file, missing.join(", ")),
             "twilld writes it once it holds a lease; is this file from an older tool?",
-        )
-    };
-    let has_v4 = !env.networks.is_empty() && env.subnet.is_some();
-    let has_v6 = !env.ipv6_networks.is_empty() && env.ipv6_subnet.is_some();
-    if !has_v4 && !has_v6 {
-        return Err(missing("FLANNEL_NETWORK/FLANNEL_SUBNET"));
+        ));
     }
-    let mtu = env.mtu.ok_or_else(|| missing("FLANNEL_MTU"))?;
-    let ipmasq = env.ipmasq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?;
+    let (Some(mtu), Some(ipmasq)) = (env.mtu, env.ipmasq) else {
+        unreachable!("missing() names both");
+    };
 
     let mut d = conf.delegate.clone();
+    d.insert("name".into(), conf.name.clone().into());
     d.entry("type").or_insert_with(|| "bridge".into());
     d.entry("ipMasq").or_insert_with(|| (!ipmasq).into());
     d.entry("mtu").or_insert_with(|| mtu.into());
     if d.get("type") == Some(&Value::from("bridge")) {
         d.entry("isGateway").or_insert_with(|| true.into());
     }
-    d.insert("cniVersion".into(), conf.cni_version.clone().into());
-    d.insert("name".into(), conf.name.clone().into());
+    if let Some(v) = &conf.cni_version {
+        d.insert("cniVersion".into(), v.clone().into());
+    }
 
     let mut ipam = conf.ipam.clone();
     ipam.entry("type").or_insert_with(|| "host-local".into());
-    let mut ranges = Vec::new();
-    if let (true, Some(s)) = (has_v4, env.lease_subnet()) {
-        ranges.push(json!([{"subnet": s.to_string()}]));
-    }
-    if let (true, Some(s)) = (has_v6, env.lease_subnet6()) {
-        ranges.push(json!([{"subnet": s.to_string()}]));
-    }
+    let ranges: Vec<Value> = [env.lease_subnet(), env.lease_subnet6()]
+        .into_iter()
+        .flatten()
+        .map(|s| json!([{"subnet": s.to_string()}]))
+        .collect();
     ipam.insert("ranges".into(), ranges.into());
     let mut routes = match ipam.remove("routes") {
-        Some(Value::Array(r)) => r,
-        _ => Vec::new(),
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(r)) => r
+            .iter()
+            .map(normalize_route)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("failed to parse ipam.routes", e))?,
+        Some(other) => {
+            return Err(invalid(
+                "failed to parse ipam.routes",
+                format!("expected a list, got {other}"),
+            ))
+        }
     };
-    let nets = if has_v4 {
-        env.networks.iter()
-    } else {
-        [].iter()
-    }
-    .chain(if has_v6 {
-        env.ipv6_networks.iter()
-    } else {
-        [].iter()
-    });
-    for n in nets {
+    for n in env.networks.iter().chain(&env.ipv6_networks) {
         routes.push(json!({"dst": n.to_string()}));
     }
     ipam.insert("routes".into(), routes.into());
     d.insert("ipam".into(), ipam.into());
     if let Some(rc) = &conf.runtime_config {
-        d.insert("runtimeConfig".into(), rc.clone());
-    }
-    if let Some(c) = &conf.capabilities {
-        d.entry("capabilities").or_insert_with(|| c.clone());
+        d.insert("runtimeConfig".into(), Value::Object(rc.clone()));
     }
     Ok(Value::Object(d))
 }

@@ -18,6 +18,8 @@ pub mod code {
     pub const DECODE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD now (CNI 1.1.0).
+    pub const NOT_AVAILABLE: u32 = 50;
 }
 
 impl CniError {

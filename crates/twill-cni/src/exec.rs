@@ -33,9 +33,84 @@ pub fn find(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
 
 /// Runs `plugin` with CNI_COMMAND=`command`; returns its stdout, or its error result.
 pub fn run(plugin: &str, cni_path: &str, command: &str, conf: &Value) -> Result<String, CniError> {
+    run_with_env(plugin, cni_path, command, conf, &[])
+}
+
+/// The spec versions `plugin` says it speaks (its VERSION command).
+pub fn supported_versions(plugin: &str, cni_path: &str) -> Result<Vec<String>, CniError> {
+    let out = run(
+        plugin,
+        cni_path,
+        "VERSION",
+        &serde_json::json!({"cniVersion": "1.0.0"}),
+    )?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            format!("{plugin} VERSION: unreadable answer"),
+            e.to_string(),
+        )
+    })?;
+    Ok(v["supportedVersions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Runs the delegate in the config's version, or, when the config asks for 1.1.0 and
+/// the delegate predates it (Debian 12's plugins stop at 1.0.0), in 1.0.0 with the result
+/// relabelled: 1.1.0 changed no result or error format, only added verbs.
+pub fn delegate(
+    plugin: &str,
+    cni_path: &str,
+    command: &str,
+    conf: &Value,
+    env: &[(&str, &str)],
+) -> Result<String, CniError> {
+    if conf["cniVersion"] != "1.1.0" || speaks(plugin, cni_path, "1.1.0")? {
+        return run_with_env(plugin, cni_path, command, conf, env);
+    }
+    let mut older = conf.clone();
+    older["cniVersion"] = "1.0.0".into();
+    if let Some(prev) = older
+        .get_mut("prevResult")
+        .filter(|p| p["cniVersion"] == "1.1.0")
+    {
+        prev["cniVersion"] = "1.0.0".into();
+    }
+    let out = run_with_env(plugin, cni_path, command, &older, env)?;
+    Ok(match serde_json::from_str::<Value>(&out) {
+        Ok(mut v) if v.get("cniVersion").is_some() => {
+            v["cniVersion"] = "1.1.0".into();
+            v.to_string()
+        }
+        _ => out,
+    })
+}
+
+/// Whether `plugin` speaks spec `version`.
+pub fn speaks(plugin: &str, cni_path: &str, version: &str) -> Result<bool, CniError> {
+    Ok(supported_versions(plugin, cni_path)?
+        .iter()
+        .any(|v| v == version))
+}
+
+/// `run` with extra environment (e.g. the attachment a GC releases).
+pub fn run_with_env(
+    plugin: &str,
+    cni_path: &str,
+    command: &str,
+    conf: &Value,
+    env: &[(&str, &str)],
+) -> Result<String, CniError> {
     let bin = find(plugin, cni_path)?;
     let mut child = Command::new(&bin)
         .env("CNI_COMMAND", command)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -61,6 +61,53 @@ pub fn remove(data_dir: &str, container_id: &str) -> Result<(), CniError> {
     }
 }
 
+/// The container IDs with saved state in `data_dir` (none when it does not exist).
+pub fn list(data_dir: &str) -> Result<Vec<String>, CniError> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(CniError::new(
+                code::IO,
+                format!("listing {data_dir}"),
+                e.to_string(),
+            ))
+        }
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        // write_atomic's temp files are dot files; no container ID starts with a dot.
+        .filter(|n| !n.starts_with('.') && validate_container_id(n).is_ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The state directories to read, in order: the configured one, and without a configured
+/// one also where earlier twill releases wrote.
+pub fn read_dirs(conf: &crate::PluginConf) -> Vec<&str> {
+    let mut dirs = vec![conf.data_dir.as_str()];
+    if !conf.data_dir_given {
+        dirs.push(crate::LEGACY_DATA_DIR);
+    }
+    dirs
+}
+
+/// The saved state of `container_id` from the first of `dirs` that has it, with that dir.
+pub fn find<'a>(
+    dirs: &[&'a str],
+    container_id: &str,
+) -> Result<Option<(&'a str, Vec<u8>)>, CniError> {
+    for d in dirs {
+        if let Some(b) = load(d, container_id)? {
+            return Ok(Some((d, b)));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,8 +136,13 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+        save(&dir, "c2", b"{}").unwrap();
+        assert_eq!(list(&dir).unwrap(), ["c1", "c2"]);
+        assert_eq!(find(&["/nonexistent", &dir], "c2").unwrap().unwrap().0, dir);
+        remove(&dir, "c2").unwrap();
         remove(&dir, "c1").unwrap();
         remove(&dir, "c1").unwrap();
+        assert!(list(&dir).unwrap().is_empty());
         assert_eq!(load(&dir, "c1").unwrap(), None);
     }
 }

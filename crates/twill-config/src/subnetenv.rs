@@ -29,12 +29,6 @@ pub enum SubnetEnvError {
         value: String,
         reason: &'static str,
     },
-    #[error("{file}: line {line}: expected KEY=VALUE, got {text:?}")]
-    Syntax {
-        file: String,
-        line: usize,
-        text: String,
-    },
 }
 
 impl SubnetEnv {
@@ -88,21 +82,16 @@ impl SubnetEnv {
         out
     }
 
-    /// Parses the file. Unknown keys are ignored (other tools append to it); a known key
-    /// with a bad value is an error naming the line, so a hand-edited file fails loudly.
+    /// Parses the file as flannel's CNI plugin does: lines that are not a known
+    /// `KEY=VALUE` are ignored (other tools append to the file), FLANNEL_IPMASQ is true only
+    /// when it says `true`, and each network list is masked to its prefix and loses repeats.
+    /// A known key with a bad value is an error naming the line, so a hand-edited file
+    /// fails loudly.
     pub fn parse(text: &str, file: &str) -> Result<Self, SubnetEnvError> {
         let mut env = SubnetEnv::default();
         for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let Some((key, value)) = raw.trim().split_once('=') else {
                 continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                return Err(SubnetEnvError::Syntax {
-                    file: file.into(),
-                    line: i + 1,
-                    text: raw.into(),
-                });
             };
             let (key, value) = (key.trim(), value.trim().trim_matches('"'));
             let bad = |reason| SubnetEnvError::Value {
@@ -113,18 +102,23 @@ impl SubnetEnv {
                 reason,
             };
             let cidrs = |v4: bool| -> Result<Vec<IpNetwork>, SubnetEnvError> {
-                value
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| match s.trim().parse::<IpNetwork>() {
-                        Ok(n) if n.is_ipv4() == v4 => Ok(n),
-                        _ => Err(bad(if v4 {
-                            "expected IPv4 CIDRs"
-                        } else {
-                            "expected IPv6 CIDRs"
-                        })),
-                    })
-                    .collect()
+                let mut nets: Vec<IpNetwork> = Vec::new();
+                for s in value.split(',').filter(|s| !s.is_empty()) {
+                    let n = match s.trim().parse::<IpNetwork>() {
+                        Ok(n) if n.is_ipv4() == v4 => network_of(n),
+                        _ => {
+                            return Err(bad(if v4 {
+                                "expected IPv4 CIDRs"
+                            } else {
+                                "expected IPv6 CIDRs"
+                            }))
+                        }
+                    };
+                    if !nets.contains(&n) {
+                        nets.push(n);
+                    }
+                }
+                Ok(nets)
             };
             let one = |v4: bool| -> Result<Option<IpNetwork>, SubnetEnvError> {
                 match value.parse::<IpNetwork>() {
@@ -144,13 +138,30 @@ impl SubnetEnv {
                 "FLANNEL_MTU" => {
                     env.mtu = Some(value.parse().map_err(|_| bad("expected a number"))?)
                 }
-                "FLANNEL_IPMASQ" => {
-                    env.ipmasq = Some(value.parse().map_err(|_| bad("expected true or false"))?)
-                }
+                "FLANNEL_IPMASQ" => env.ipmasq = Some(value == "true"),
                 _ => {}
             }
         }
         Ok(env)
+    }
+
+    /// The keys a CNI plugin needs that the file lacks, named as flannel's plugin names
+    /// them: one family's network and subnet are enough.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.networks.is_empty() && self.ipv6_networks.is_empty() {
+            m.extend(["FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"]);
+        }
+        if self.subnet.is_none() && self.ipv6_subnet.is_none() {
+            m.extend(["FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"]);
+        }
+        if self.mtu.is_none() {
+            m.push("FLANNEL_MTU");
+        }
+        if self.ipmasq.is_none() {
+            m.push("FLANNEL_IPMASQ");
+        }
+        m
     }
 
     /// The leased subnet (network address) behind FLANNEL_SUBNET.
@@ -250,6 +261,59 @@ mod tests {
         assert_eq!(env.networks.len(), 2);
     }
 
+    /// flannel's CNI plugin: each network masked to its prefix, repeats dropped in order.
+    #[test]
+    fn networks_are_masked_and_deduplicated() {
+        let env = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.1.2.3/16,192.168.0.0/16,10.1.0.0/16\nFLANNEL_IPV6_NETWORK=fc00::1/48,fc00::/48\n",
+            "f",
+        )
+        .unwrap();
+        let s = |v: &[IpNetwork]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(s(&env.networks), ["10.1.0.0/16", "192.168.0.0/16"]);
+        assert_eq!(s(&env.ipv6_networks), ["fc00::/48"]);
+    }
+
+    /// flannel's CNI plugin ignores what it doesn't know and reads IPMASQ as `== "true"`.
+    #[test]
+    fn unknown_lines_are_ignored_and_ipmasq_is_true_only_for_true() {
+        let env = SubnetEnv::parse(
+            "garbage\n#FLANNEL_MTU=1\nfoo=bar\nFLANNEL_IPMASQ=True\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(env.mtu, None);
+        assert_eq!(env.ipmasq, Some(false));
+        for (v, want) in [
+            ("true", true),
+            ("false", false),
+            ("1", false),
+            ("yes", false),
+        ] {
+            let env = SubnetEnv::parse(&format!("FLANNEL_IPMASQ={v}"), "f").unwrap();
+            assert_eq!(env.ipmasq, Some(want), "{v}");
+        }
+    }
+
+    #[test]
+    fn missing_keys_are_named_as_flannel_names_them() {
+        let all = [
+            "FLANNEL_NETWORK",
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_SUBNET",
+            "FLANNEL_IPV6_SUBNET",
+            "FLANNEL_MTU",
+            "FLANNEL_IPMASQ",
+        ];
+        assert_eq!(SubnetEnv::parse("foo=bar", "f").unwrap().missing(), all);
+        let v6 = SubnetEnv::parse(
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(v6.missing(), ["FLANNEL_IPMASQ"]);
+    }
+
     #[test]
     fn bad_values_name_the_line_and_key() {
         let e = SubnetEnv::parse(
@@ -266,8 +330,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("FLANNEL_SUBNET"), "{e}");
-        let e = SubnetEnv::parse("garbage", "f").unwrap_err().to_string();
-        assert!(e.contains("expected KEY=VALUE"), "{e}");
     }
 
     #[test]

@@ -33,10 +33,14 @@ pub struct Cleanup {
     pub cni_bin_dir: PathBuf,
     #[arg(long, default_value = "10-twill.conflist")]
     pub conflist_name: String,
-    /// The plugin's per-container state directory.
-    #[arg(long, default_value = "/var/lib/cni/twill")]
+    /// The plugin's per-container state directory (flannel's, which the plugin shares).
+    #[arg(long, default_value = CNI_DATA_DIR)]
     pub cni_data_dir: PathBuf,
 }
+
+const CNI_DATA_DIR: &str = "/var/lib/cni/flannel";
+/// Where earlier twill plugins kept their state.
+const LEGACY_CNI_DATA_DIR: &str = "/var/lib/cni/twill";
 
 struct Report {
     yes: bool,
@@ -142,13 +146,20 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
         )
         .await;
         remove_file(&args.cni_bin_dir.join("twill"), "CNI plugin", &mut r).await;
-    }
-    if args.cni_data_dir.exists() {
-        let d = args.cni_data_dir.clone();
-        r.act(&format!("{} (CNI plugin state)", d.display()), async {
-            Ok(std::fs::remove_dir_all(&d)?)
-        })
-        .await;
+        // The state of running pods goes with the plugin that could delete them; kept
+        // with the CNI files, it lets the plugin installed next (twill's or flannel's,
+        // which read the same files) delete pods added before.
+        // The old directory only goes with the default: a --cni-data-dir names the one.
+        let legacy = (args.cni_data_dir == Path::new(CNI_DATA_DIR))
+            .then(|| PathBuf::from(LEGACY_CNI_DATA_DIR));
+        for d in std::iter::once(args.cni_data_dir.clone()).chain(legacy) {
+            if d.exists() {
+                r.act(&format!("{} (CNI plugin state)", d.display()), async {
+                    Ok(std::fs::remove_dir_all(&d)?)
+                })
+                .await;
+            }
+        }
     }
     remove_file(&node.subnet_file, "subnet.env", &mut r).await;
 
