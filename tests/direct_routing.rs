@@ -62,7 +62,7 @@ fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
         "dr",
         DIRECT,
         3,
-        &["--iptables-resync=1", "--healthz-port=8471"],
+        &["--iptables-resync=1", "--metrics-port=8471"],
     );
     for i in 0..3 {
         wait_until(20, "direct routes to both peers", || {

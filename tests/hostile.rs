@@ -33,7 +33,7 @@ fn hostile_leases_never_reach_the_kernel() {
         "hostile",
         CONF,
         3,
-        &["--iptables-resync=1", "--healthz-port=8471"],
+        &["--iptables-resync=1", "--metrics-port=8471"],
     );
     let key = |k: &str| format!("{PREFIX}/subnets/{k}");
     let hostile = [

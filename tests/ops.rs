@@ -1,23 +1,28 @@
 //! Operating twilld: health endpoints and metrics with real HTTP requests from inside the
-//! node namespace (where --healthz-ip 127.0.0.1 lives).
+//! node namespace (health on all addresses as flanneld, metrics on 127.0.0.1).
 
 use twill_e2e::Cluster;
 use twill_testutil::wait_until;
 
 const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const PORT: u16 = 8471;
+const METRICS_PORT: u16 = 8472;
 
-/// (status code, body) of GET http://127.0.0.1:PORT<path> in node `i`'s namespace.
-fn get(c: &Cluster, i: usize, path: &str) -> (u16, String) {
+/// (status code, body) of GET http://<ip>:<port><path> in node `i`'s namespace.
+fn get_at(c: &Cluster, i: usize, ip: &str, port: u16, path: &str) -> (u16, String) {
     let out = c.nodes[i].ns.sh(&format!(
-        "curl -s -m 2 -w '\\n%{{http_code}}' http://127.0.0.1:{PORT}{path} || true"
+        "curl -s -m 2 -w '\\n%{{http_code}}' http://{ip}:{port}{path} || true"
     ));
     let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+fn get(c: &Cluster, i: usize, path: &str) -> (u16, String) {
+    get_at(c, i, "127.0.0.1", PORT, path)
+}
+
 fn metric(c: &Cluster, i: usize, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let (code, body) = get(c, i, "/metrics");
+    let (code, body) = get_at(c, i, "127.0.0.1", METRICS_PORT, "/metrics");
     assert_eq!(code, 200);
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .expect("metrics parse as Prometheus text");
@@ -61,13 +66,48 @@ fn readyz_follows_startup_and_healthz_is_up_throughout() {
     );
     assert_eq!(get(&c, i, "/healthz").0, 200);
     assert_eq!(get(&c, i, "/nope").0, 404);
+    // flannel's DaemonSet probes carry no host: the kubelet probes the node's address.
+    let node_ip = c.nodes[i].ip.clone();
+    assert_eq!(get_at(&c, i, &node_ip, PORT, "/healthz").0, 200);
+    assert_eq!(get_at(&c, i, &node_ip, PORT, "/readyz").0, 200);
+    // Metrics are not on the health port, and (without --metrics-port) nowhere.
+    assert_eq!(get(&c, i, "/metrics").0, 404);
+}
+
+#[test]
+fn metrics_stay_on_loopback_unless_published() {
+    let mut c = Cluster::new("h-mip");
+    c.put_config(CONF);
+    let m = format!("--metrics-port={METRICS_PORT}");
+    let i = c.add_node(&[&m]);
+    c.nodes[i].wait_ready();
+    let node_ip = c.nodes[i].ip.clone();
+    assert_eq!(get_at(&c, i, "127.0.0.1", METRICS_PORT, "/metrics").0, 200);
+    assert_eq!(
+        get_at(&c, i, &node_ip, METRICS_PORT, "/metrics").0,
+        0,
+        "not on the node IP"
+    );
+    assert_eq!(get_at(&c, i, "127.0.0.1", METRICS_PORT, "/healthz").0, 404);
+    // One address for both: one listener serves all three paths.
+    let same = [
+        format!("--healthz-port={PORT}"),
+        format!("--metrics-port={PORT}"),
+        "--metrics-ip=0.0.0.0".to_string(),
+    ];
+    let j = c.add_node(&same.iter().map(String::as_str).collect::<Vec<_>>());
+    c.nodes[j].wait_ready();
+    let ip = c.nodes[j].ip.clone();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get_at(&c, j, &ip, PORT, path).0, 200, "{path}");
+    }
 }
 
 #[test]
 fn metrics_count_peers_entries_and_repairs() {
     let mut c = Cluster::new("h-metr");
     c.put_config(CONF);
-    let port = format!("--healthz-port={PORT}");
+    let port = format!("--metrics-port={METRICS_PORT}");
     for _ in 0..3 {
         c.add_node(&[&port, "--iptables-resync=1"]);
     }

@@ -161,7 +161,12 @@ fn daemonset_runs_twilld_as_the_issue_says_and_its_flags_parse() {
     let cmd = main.command.clone().unwrap();
     assert_eq!(
         cmd[1..],
-        ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"]
+        [
+            "--ip-masq",
+            "--kube-subnet-mgr",
+            "--healthz-port=8081",
+            "--metrics-port=9464"
+        ]
     );
     // Both command lines are accepted by the real binary's parser.
     for argv in [&init_cmd, &cmd] {
@@ -191,17 +196,12 @@ fn daemonset_runs_twilld_as_the_issue_says_and_its_flags_parse() {
     assert_eq!(caps, BTreeSet::from(["NET_ADMIN".into(), "NET_RAW".into()]));
     let http = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         let g = p.as_ref().unwrap().http_get.clone().unwrap();
-        (g.path.unwrap(), g.host.unwrap())
+        (g.path.unwrap(), g.host)
     };
-    // twilld listens on 127.0.0.1 by default; the probes go there (host network).
-    assert_eq!(
-        http(&main.liveness_probe),
-        ("/healthz".into(), "127.0.0.1".into())
-    );
-    assert_eq!(
-        http(&main.readiness_probe),
-        ("/readyz".into(), "127.0.0.1".into())
-    );
+    // As flannel's probes: no host, so the kubelet probes the node IP, where twilld's
+    // health endpoints listen by default.
+    assert_eq!(http(&main.liveness_probe), ("/healthz".into(), None));
+    assert_eq!(http(&main.readiness_probe), ("/readyz".into(), None));
     let req = main.resources.as_ref().unwrap().requests.clone().unwrap();
     assert_eq!(req["cpu"].0, "50m");
     assert_eq!(req["memory"].0, "32Mi");
@@ -294,7 +294,10 @@ fn systemd_unit_verifies_and_says_what_the_issue_asks() {
         .filter(|l| !l.starts_with('#') && l.contains('='))
     {
         let (k, v) = line.split_once('=').unwrap();
-        assert!(k.starts_with("FLANNELD_") || k == "TWILLD_ARGS", "{k}");
+        assert!(
+            k.starts_with("FLANNELD_") || k.starts_with("TWILLD_"),
+            "{k}"
+        );
         cmd.env(k, v);
     }
     let out = cmd.arg("--help").output().unwrap();

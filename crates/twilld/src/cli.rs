@@ -130,11 +130,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLANNELD_NET_CONFIG_PATH")]
     pub net_config_path: Option<PathBuf>,
 
-    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "127.0.0.1")]
+    /// /healthz and /readyz listen here: all addresses, as flanneld, so the probes of
+    /// flannel's DaemonSet (no host: the kubelet probes the node IP) reach them.
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: IpAddr,
     /// 0 disables the health endpoints.
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// /metrics listens here: loopback unless you publish it (e.g. 0.0.0.0 for a
+    /// Prometheus outside the node).
+    #[arg(long, env = "TWILLD_METRICS_IP", default_value = "127.0.0.1")]
+    pub metrics_ip: IpAddr,
+    /// 0 disables /metrics. Equal to --healthz-port with an equal --metrics-ip, one
+    /// listener serves all three paths.
+    #[arg(long, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
 
     /// Use the Kubernetes API instead of etcd: the subnet is the node's spec.podCIDR.
     #[arg(long, global = true, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
@@ -374,7 +384,11 @@ mod tests {
         assert_eq!(c.iptables_resync, 5);
         assert!(c.iptables_forward_rules && !c.ip_masq && !c.kube_subnet_mgr);
         assert!(!c.vxlan_notrack && !c.ip_blackhole_route);
-        assert_eq!(c.healthz_ip.to_string(), "127.0.0.1");
+        assert_eq!(c.healthz_ip.to_string(), "0.0.0.0");
+        assert_eq!(
+            (c.metrics_ip.to_string().as_str(), c.metrics_port),
+            ("127.0.0.1", 0)
+        );
         assert_eq!(c.kube_annotation_prefix, "flannel.alpha.coreos.com");
         assert!(c.set_node_network_unavailable);
         assert_eq!(c.config_file(), None);

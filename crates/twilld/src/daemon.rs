@@ -59,9 +59,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     // Liveness allows for a few missed resyncs before declaring the loop stuck.
     let window = Duration::from_secs((cli.iptables_resync * 3).max(30));
     let tel = Arc::new(Telemetry::new(window));
-    if cli.healthz_port != 0 {
-        let addr = std::net::SocketAddr::new(cli.healthz_ip, cli.healthz_port);
-        crate::http::serve(addr, tel.clone(), cancel.clone()).await?;
+    let addr = |ip, port| (port != 0).then(|| std::net::SocketAddr::new(ip, port));
+    for (a, paths) in crate::http::listeners(
+        addr(cli.healthz_ip, cli.healthz_port),
+        addr(cli.metrics_ip, cli.metrics_port),
+    ) {
+        crate::http::serve(a, paths, tel.clone(), cancel.clone()).await?;
     }
 
     // A bad file fails before anything touches the store or the kernel.

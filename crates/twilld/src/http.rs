@@ -1,5 +1,6 @@
-//! /healthz, /readyz and /metrics on --healthz-ip:--healthz-port (127.0.0.1 by default:
-//! unlike flannel's 0.0.0.0, the node's metrics aren't published to the network unasked).
+//! /healthz and /readyz on --healthz-ip:--healthz-port (0.0.0.0 by default, as flanneld,
+//! whose DaemonSet probes the node IP), /metrics on --metrics-ip:--metrics-port (127.0.0.1
+//! by default: the node's metrics aren't published to the network unasked).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,25 +42,111 @@ async fn metrics(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
     )
 }
 
+/// What one listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paths {
+    pub health: bool,
+    pub metrics: bool,
+}
+
+/// The listeners for the health and metrics addresses (`None`: that one is off); one
+/// listener when both are the same address.
+pub fn listeners(
+    health: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Vec<(SocketAddr, Paths)> {
+    match (health, metrics) {
+        (Some(h), Some(m)) if h == m => vec![(
+            h,
+            Paths {
+                health: true,
+                metrics: true,
+            },
+        )],
+        (h, m) => h
+            .map(|a| {
+                (
+                    a,
+                    Paths {
+                        health: true,
+                        metrics: false,
+                    },
+                )
+            })
+            .into_iter()
+            .chain(m.map(|a| {
+                (
+                    a,
+                    Paths {
+                        health: false,
+                        metrics: true,
+                    },
+                )
+            }))
+            .collect(),
+    }
+}
+
 /// Binds now (so a busy port fails start-up loudly) and serves until `cancel`.
 pub async fn serve(
     addr: SocketAddr,
+    paths: Paths,
     telemetry: Arc<Telemetry>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(telemetry);
+    let mut app = Router::new();
+    if paths.health {
+        app = app
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz));
+    }
+    if paths.metrics {
+        app = app.route("/metrics", get(metrics));
+    }
+    let app = app.with_state(telemetry);
+    let flags = match (paths.health, paths.metrics) {
+        (true, false) => "--healthz-ip/--healthz-port",
+        (false, true) => "--metrics-ip/--metrics-port",
+        _ => "--healthz-ip/--healthz-port (= --metrics-ip/--metrics-port)",
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("--healthz-ip/--healthz-port {addr}: {e}"))?;
-    tracing::info!(%addr, "serving /healthz /readyz /metrics");
+        .map_err(|e| anyhow::anyhow!("{flags} {addr}: {e}"))?;
+    tracing::info!(%addr, health = paths.health, metrics = paths.metrics, "serving HTTP");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await;
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_listener_only_for_one_address() {
+        let h: SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        let m: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let both = Paths {
+            health: true,
+            metrics: true,
+        };
+        assert_eq!(listeners(Some(h), Some(h)), vec![(h, both)]);
+        let l = listeners(Some(h), Some(m));
+        assert_eq!(l.len(), 2);
+        assert!(l[0].1.health && !l[0].1.metrics && l[1].1.metrics && !l[1].1.health);
+        assert_eq!(
+            listeners(None, Some(m)),
+            vec![(
+                m,
+                Paths {
+                    health: false,
+                    metrics: true
+                }
+            )]
+        );
+        assert!(listeners(None, None).is_empty());
+    }
 }
