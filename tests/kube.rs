@@ -120,8 +120,8 @@ fn three_nodes_in_kube_mode_against_the_fake_api() {
 
     // A restart keeps the MAC (from our annotation) and writes nothing new.
     let mac = c.nodes[0].vtep_mac();
-    let patches = fake.patches_to("/api/v1/nodes/kn1");
-    assert_eq!(patches, 1, "annotations written more than once");
+    let patches = fake.patches_to("/api/v1/nodes/kn1/status");
+    assert_eq!(patches, 2, "annotations and condition, each written once");
     c.nodes[0].stop(libc::SIGTERM);
     c.nodes[0].ns.sh("ip link del flannel.1");
     std::fs::remove_file(c.nodes[0].subnet_env()).unwrap();
@@ -132,8 +132,8 @@ fn three_nodes_in_kube_mode_against_the_fake_api() {
         mac,
         "MAC not reused after a reboot-like restart"
     );
-    assert_eq!(fake.patches_to("/api/v1/nodes/kn1"), 1);
-    assert_eq!(fake.patches_to("/api/v1/nodes/kn1/status"), 1);
+    assert_eq!(fake.patches_to("/api/v1/nodes/kn1"), 0);
+    assert_eq!(fake.patches_to("/api/v1/nodes/kn1/status"), 2);
     wait_until(20, "kn1 routes back", || routes(&c, 0).len() == 2);
     c.assert_full_mesh();
 
@@ -167,7 +167,7 @@ fn podcidr_outside_network_exits_naming_both_and_leaves_nothing() {
     );
     assert!(!c.nodes[i].subnet_env().exists());
     assert_eq!(
-        fake.patches_to("/api/v1/nodes/kb1"),
+        fake.patches_to("/api/v1/nodes/kb1/status"),
         0,
         "annotations written for a refused podCIDR"
     );
@@ -327,4 +327,60 @@ fn hostile_node_objects_are_refused() {
         }
     }
     c.assert_full_mesh();
+}
+
+/// The container of flannel's own DaemonSet (kube-flannel.yml) with only the image
+/// swapped: `--ip-masq --kube-subnet-mgr --healthz-port=8081`, the node found through
+/// POD_NAME/POD_NAMESPACE (flannel's manifest sets no NODE_NAME), under flannel's
+/// ClusterRole, which the fake enforces (403 to anything else). The API URL and the
+/// config path stand in for the in-cluster config and the ConfigMap mount.
+#[test]
+fn flannels_daemonset_and_rbac_work_unchanged() {
+    require_root();
+    let mut c = Cluster::new("kflan");
+    let fake = c.fake_kube();
+    fake.enforce_rbac(twill_testutil::FLANNEL_CLUSTER_ROLE);
+    fake.add_node("fn1", Some("10.244.1.0/24"));
+    fake.add_node("fn2", Some("10.244.2.0/24"));
+    let base = kube_args(&c, &fake);
+    let mut args: Vec<String> = base
+        .iter()
+        .filter(|a| a.starts_with("--kube-api-url") || a.starts_with("--net-config-path"))
+        .cloned()
+        .collect();
+    args.extend(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"].map(String::from));
+    for (i, node) in ["fn1", "fn2"].iter().enumerate() {
+        let pod = format!("kube-flannel-ds-{i}");
+        fake.add_pod("kube-flannel", &pod, node);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let n = c.add_node_stopped(&a);
+        c.nodes[n].env.push(("POD_NAME".into(), pod));
+        c.nodes[n]
+            .env
+            .push(("POD_NAMESPACE".into(), "kube-flannel".into()));
+        c.nodes[n].start();
+    }
+    for i in 0..2 {
+        c.nodes[i].wait_ready();
+        // flannel's probes name no host: the kubelet probes the node IP.
+        for path in ["/healthz", "/readyz"] {
+            let url = format!("http://{}:8081{path}", c.nodes[i].ip);
+            assert!(
+                c.nodes[i].ns.try_sh(&format!("curl -sf -m 2 {url}")),
+                "{url} failed"
+            );
+        }
+    }
+    assert_eq!(annotation(&fake, "fn1", "public-ip"), c.nodes[0].ip);
+    assert_eq!(annotation(&fake, "fn2", "public-ip"), c.nodes[1].ip);
+    wait_until(20, "both routes", || {
+        routes(&c, 0).len() == 1 && routes(&c, 1).len() == 1
+    });
+    c.assert_full_mesh();
+    assert!(
+        fake.forbidden().is_empty(),
+        "requests flannel's role refuses: {:?}",
+        fake.forbidden()
+    );
+    assert_eq!(fake.patches_to("/api/v1/nodes/fn1"), 0);
 }

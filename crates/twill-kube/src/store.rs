@@ -28,13 +28,13 @@ use crate::annotations::{
 };
 use crate::peer_node::PeerNode;
 
-/// Every API call twill makes, as (resource, verb). The ClusterRole in
+/// Every API call twill makes, as (resource, verb): exactly what flannel's ClusterRole
+/// grants, so twilld runs under flannel's RBAC. The ClusterRole in
 /// manifests/kube-twill.yml must grant exactly these; a test holds the two together.
 pub const API_ACCESS: &[(&str, &str)] = &[
     ("nodes", "get"),
     ("nodes", "list"),
     ("nodes", "watch"),
-    ("nodes", "patch"),
     ("nodes/status", "patch"),
     ("pods", "get"),
 ];
@@ -185,18 +185,18 @@ impl KubeStore {
         Ok(self.keys.node_public_ip(&self.node().await?))
     }
 
-    async fn patch(&self, status: bool, body: serde_json::Value) -> Result<Node, StoreError> {
+    /// Every write goes through the `status` subresource, annotations included, as
+    /// flanneld's do: flannel's ClusterRole grants `nodes/status: patch` and not
+    /// `nodes: patch`, and the status endpoint keeps metadata changes.
+    async fn patch(&self, body: serde_json::Value) -> Result<Node, StoreError> {
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        let patch = Patch::Strategic(&body);
-        let r = if status {
-            self.nodes.patch_status(&self.node_name, &pp, &patch).await
-        } else {
-            self.nodes.patch(&self.node_name, &pp, &patch).await
-        };
-        r.map_err(|e| api_err(&format!("patch node {}", self.node_name), e))
+        self.nodes
+            .patch_status(&self.node_name, &pp, &Patch::Strategic(&body))
+            .await
+            .map_err(|e| api_err(&format!("patch node {} status", self.node_name), e))
     }
 
     /// Brings our node's annotations (and condition) to what `held` says, writing only
@@ -208,12 +208,12 @@ impl KubeStore {
     ) -> Result<(), StoreError> {
         let desired = self.keys.publish(attrs);
         if let Some(p) = self.keys.patch(node, &desired) {
-            self.patch(false, p).await?;
+            self.patch(p).await?;
             info!(node = %self.node_name, "node annotations written");
         }
         if self.set_network_unavailable && !network_condition_set(node) {
             let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-            self.patch(true, network_condition_patch(&now)).await?;
+            self.patch(network_condition_patch(&now)).await?;
             info!(node = %self.node_name, "node condition NetworkUnavailable=False");
         }
         Ok(())
@@ -256,7 +256,7 @@ impl KubeStore {
         let node = self.node().await?;
         match self.keys.patch(&node, &self.removal()) {
             Some(p) => {
-                self.patch(false, p).await?;
+                self.patch(p).await?;
                 Ok("annotations removed")
             }
             None => Ok("no annotations of ours"),

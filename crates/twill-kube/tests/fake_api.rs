@@ -54,7 +54,7 @@ async fn podcidr_missing_then_assigned_annotations_written_once_mac_reused() {
     assert!(matches!(err, StoreError::Waiting(_)), "{err:?}");
     assert!(err.to_string().contains("--allocate-node-cidrs"), "{err}");
     assert_eq!(
-        fake.patches_to("/api/v1/nodes/n1"),
+        fake.patches_to("/api/v1/nodes/n1/status"),
         0,
         "nothing written before a podCIDR"
     );
@@ -82,9 +82,10 @@ async fn podcidr_missing_then_assigned_annotations_written_once_mac_reused() {
     assert_eq!(cond["type"], "NetworkUnavailable");
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "TwillIsUp");
-    // One patch each, with kube's request shape.
-    assert_eq!(fake.patches_to("/api/v1/nodes/n1"), 1);
-    assert_eq!(fake.patches_to("/api/v1/nodes/n1/status"), 1);
+    // One patch each (annotations, condition), both through the status subresource as
+    // flanneld's (flannel's ClusterRole grants no nodes: patch), with kube's request shape.
+    assert_eq!(fake.patches_to("/api/v1/nodes/n1"), 0);
+    assert_eq!(fake.patches_to("/api/v1/nodes/n1/status"), 2);
     let patch = fake
         .requests()
         .into_iter()
@@ -109,14 +110,9 @@ async fn podcidr_missing_then_assigned_annotations_written_once_mac_reused() {
     let held2 = again.acquire(&req).await.unwrap();
     assert_eq!(held2, held);
     assert_eq!(
-        fake.patches_to("/api/v1/nodes/n1"),
-        1,
-        "unchanged annotations rewritten"
-    );
-    assert_eq!(
         fake.patches_to("/api/v1/nodes/n1/status"),
-        1,
-        "condition rewritten"
+        2,
+        "unchanged annotations or condition rewritten"
     );
 
     // Someone strips our annotations: a renewal puts them back.
@@ -146,7 +142,7 @@ async fn podcidr_outside_network_is_a_clear_permanent_error() {
         msg.contains("10.42.0.0/24") && msg.contains("10.244.0.0/16"),
         "{msg}"
     );
-    assert_eq!(fake.patches_to("/api/v1/nodes/n1"), 0);
+    assert_eq!(fake.patches_to("/api/v1/nodes/n1/status"), 0);
 }
 
 #[tokio::test]
@@ -358,10 +354,13 @@ async fn kubeconfig_file_and_no_condition_when_disabled() {
         .acquire(&request("0a:00:00:00:00:01", "198.18.0.1"))
         .await
         .unwrap();
-    assert_eq!(fake.patches_to("/api/v1/nodes/n1"), 1);
     assert_eq!(
         fake.patches_to("/api/v1/nodes/n1/status"),
-        0,
+        1,
+        "annotations only"
+    );
+    assert!(
+        fake.node("n1").unwrap()["status"]["conditions"].is_null(),
         "--set-node-network-unavailable=false"
     );
 

@@ -11,6 +11,9 @@
 //!   or JSON merge patches; the main resource ignores status and the status subresource
 //!   ignores spec, as the real server does; a patch that changes nothing bumps nothing.
 //!
+//! With [`FakeKube::enforce_rbac`] it answers 403 Forbidden, in the real server's words,
+//! to every request the given role does not allow ([`FLANNEL_CLUSTER_ROLE`]: flannel's).
+//!
 //! Tests drive it directly (add, change, delete nodes; compact history; break or refuse
 //! watches) and read back the request log.
 
@@ -28,6 +31,19 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
+/// The rules of flannel's ClusterRole "flannel" (Documentation/kube-flannel.yml), as
+/// (resource, verb).
+pub const FLANNEL_CLUSTER_ROLE: &[(&str, &str)] = &[
+    ("pods", "get"),
+    ("nodes", "get"),
+    ("nodes", "list"),
+    ("nodes", "watch"),
+    ("nodes/status", "patch"),
+];
+
+/// The service account flannel's manifest runs as, for the 403 message.
+const FLANNEL_USER: &str = "system:serviceaccount:kube-flannel:flannel";
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -55,6 +71,9 @@ struct State {
     compacted: u64,
     refuse_watches: bool,
     seen: Vec<Seen>,
+    /// (resource, verb) pairs allowed; `None` allows everything.
+    rbac: Option<Vec<(String, String)>>,
+    forbidden: Vec<(String, String)>,
 }
 
 struct Inner {
@@ -234,6 +253,21 @@ impl FakeKube {
         self.state().refuse_watches = refuse;
     }
 
+    /// From now on, answer 403 to what `rules` (resource, verb) does not allow.
+    pub fn enforce_rbac(&self, rules: &[(&str, &str)]) {
+        self.state().rbac = Some(
+            rules
+                .iter()
+                .map(|(r, v)| (r.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+
+    /// The (resource, verb) of every request refused with 403.
+    pub fn forbidden(&self) -> Vec<(String, String)> {
+        self.state().forbidden.clone()
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.state().seen.clone()
     }
@@ -323,6 +357,9 @@ async fn handle(inner: Arc<Inner>, req: Request) -> Response {
         .await
         .unwrap_or_default();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(refused) = authorize(&inner, &method, &parts, &query) {
+        return refused;
+    }
     match (method, parts.as_slice()) {
         (Method::GET, ["api", "v1", "nodes"]) => {
             if query_param(&query, "watch") == Some("true") {
@@ -363,6 +400,54 @@ async fn handle(inner: Arc<Inner>, req: Request) -> Response {
             format!("the fake API server does not serve {path}"),
         ),
     }
+}
+
+/// The (resource, verb) an RBAC rule must grant for this request, as the real server
+/// names them.
+fn access(method: &Method, parts: &[&str], query: &str) -> Option<(String, String)> {
+    let verb = |v: &str| v.to_string();
+    match (method, parts) {
+        (&Method::GET, ["api", "v1", "nodes"]) if query_param(query, "watch") == Some("true") => {
+            Some(("nodes".into(), verb("watch")))
+        }
+        (&Method::GET, ["api", "v1", "nodes"]) => Some(("nodes".into(), verb("list"))),
+        (&Method::GET, ["api", "v1", "nodes", _]) => Some(("nodes".into(), verb("get"))),
+        (&Method::PATCH, ["api", "v1", "nodes", _]) => Some(("nodes".into(), verb("patch"))),
+        (&Method::PATCH, ["api", "v1", "nodes", _, sub]) => {
+            Some((format!("nodes/{sub}"), verb("patch")))
+        }
+        (&Method::GET, ["api", "v1", "namespaces", _, "pods", _]) => {
+            Some(("pods".into(), verb("get")))
+        }
+        _ => None,
+    }
+}
+
+/// 403 Forbidden, worded as the real server words it, when RBAC is enforced and the
+/// request's (resource, verb) is not granted.
+fn authorize(inner: &Inner, method: &Method, parts: &[&str], query: &str) -> Option<Response> {
+    let mut st = inner.state.lock().unwrap();
+    let rules = st.rbac.as_ref()?;
+    let (resource, verb) = access(method, parts, query)?;
+    if rules.iter().any(|(r, v)| *r == resource && *v == verb) {
+        return None;
+    }
+    st.forbidden.push((resource.clone(), verb.clone()));
+    let (kind, sub) = resource.split_once('/').unwrap_or((&resource, ""));
+    let what = if sub.is_empty() {
+        format!("resource \"{kind}\"")
+    } else {
+        format!("resource \"{kind}/{sub}\"")
+    };
+    let name = match parts {
+        ["api", "v1", "nodes", n, ..] => format!("{kind} \"{n}\" is forbidden"),
+        _ => format!("{kind} is forbidden"),
+    };
+    Some(error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!("{name}: User \"{FLANNEL_USER}\" cannot {verb} {what} in API group \"\" at the cluster scope"),
+    ))
 }
 
 /// A list, in pages when the client sends `limit` (kube-rs's watcher asks for 500), with
@@ -624,6 +709,42 @@ mod tests {
             false,
         );
         assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn flannels_role_forbids_patching_the_node_but_not_its_status() {
+        let fake = FakeKube::start_local();
+        fake.put_node("n1", json!({"metadata": {}}));
+        fake.enforce_rbac(FLANNEL_CLUSTER_ROLE);
+        let req = |method: Method, path: &str, query: &str| {
+            let parts: Vec<String> = path
+                .trim_matches('/')
+                .split('/')
+                .map(String::from)
+                .collect();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            authorize(&fake.inner, &method, &parts, query).map(|r| r.status())
+        };
+        assert_eq!(
+            req(Method::PATCH, "/api/v1/nodes/n1", ""),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(req(Method::PATCH, "/api/v1/nodes/n1/status", ""), None);
+        assert_eq!(req(Method::GET, "/api/v1/nodes", "watch=true"), None);
+        assert_eq!(req(Method::GET, "/api/v1/nodes", ""), None);
+        assert_eq!(
+            req(Method::GET, "/api/v1/namespaces/kube-flannel/pods/p", ""),
+            None
+        );
+        assert_eq!(
+            fake.forbidden(),
+            [("nodes".to_string(), "patch".to_string())]
+        );
+        fake.enforce_rbac(&[("nodes", "get")]);
+        assert_eq!(
+            req(Method::GET, "/api/v1/nodes", "watch=true"),
+            Some(StatusCode::FORBIDDEN)
+        );
     }
 
     #[tokio::test]

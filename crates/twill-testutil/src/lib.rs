@@ -7,7 +7,7 @@ mod netns;
 mod proxy;
 
 pub use etcd::{Etcd, TlsFiles};
-pub use fake_kube::FakeKube;
+pub use fake_kube::{FakeKube, FLANNEL_CLUSTER_ROLE};
 pub use netns::{run_prefix, sh, Netns};
 pub use proxy::TcpProxy;
 
