@@ -18,18 +18,49 @@ pub const CONDITION_REASON: &str = "TwillIsUp";
 /// Annotation names under one prefix, as flannel spells them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnotationKeys {
+    /// Ends in `/` or `-`: names are appended as they are.
     prefix: String,
 }
 
+/// A `--kube-annotation-prefix` flanneld would refuse, in flanneld's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    #[error("{0:?}: prefix can contain at most single slash")]
+    Slashes(String),
+    #[error("{0:?}: prefix must be in a format: fqdn/[0-9a-z-_]*")]
+    Format(String),
+}
+
 impl AnnotationKeys {
-    pub fn new(prefix: &str) -> Self {
-        AnnotationKeys {
-            prefix: prefix.trim_end_matches('/').to_string(),
+    /// flanneld's rules: without a `/` one is appended (`example.com` → `example.com/`);
+    /// a path part gets a `-` unless it ends in one (`example.com/net` → keys
+    /// `example.com/net-public-ip`); the result must match flanneld's pattern, which is
+    /// searched, not anchored, so it is checked the same way.
+    pub fn new(prefix: &str) -> Result<Self, PrefixError> {
+        let slashes = prefix.matches('/').count();
+        if slashes > 1 {
+            return Err(PrefixError::Slashes(prefix.into()));
         }
+        let mut p = prefix.to_string();
+        if slashes == 0 {
+            p.push('/');
+        }
+        if !p.ends_with('/') && !p.ends_with('-') {
+            p.push('-');
+        }
+        static PATTERN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+        let pattern = PATTERN.get_or_init(|| {
+            regex::Regex::new(r"(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?$")
+                .expect("a valid pattern")
+        });
+        if !pattern.is_match(&p) {
+            return Err(PrefixError::Format(prefix.into()));
+        }
+        Ok(AnnotationKeys { prefix: p })
     }
 
     pub fn key(&self, name: &str) -> String {
-        format!("{}/{name}", self.prefix)
+        format!("{}{name}", self.prefix)
     }
 
     /// The annotations this node's lease is published as. Keys we own but have nothing
@@ -269,7 +300,7 @@ pub struct Listing {
 
 impl Default for AnnotationKeys {
     fn default() -> Self {
-        AnnotationKeys::new(DEFAULT_PREFIX)
+        AnnotationKeys::new(DEFAULT_PREFIX).expect("flannel's default prefix is valid")
     }
 }
 

@@ -8,7 +8,7 @@ mod store;
 
 pub use annotations::{
     network_condition_patch, network_condition_set, own_subnet, pod_cidrs, AnnotationKeys,
-    NodeLeases, PodCidrError, CONDITION_REASON, DEFAULT_PREFIX,
+    NodeLeases, PodCidrError, PrefixError, CONDITION_REASON, DEFAULT_PREFIX,
 };
 pub use peer_node::PeerNode;
 pub use store::{KubeOptions, KubeStore, API_ACCESS};

@@ -154,7 +154,12 @@ impl KubeStore {
             nodes: Api::all(client.clone()),
             peers: Api::all(client),
             node_name,
-            keys: AnnotationKeys::new(&opts.annotation_prefix),
+            keys: AnnotationKeys::new(&opts.annotation_prefix).map_err(|e| {
+                StoreError::Invalid {
+                    setting: "--kube-annotation-prefix".into(),
+                    source: Box::new(e),
+                }
+            })?,
             set_network_unavailable: opts.set_network_unavailable,
             ipv6: opts.ipv6,
             errors: Default::default(),

@@ -368,3 +368,34 @@ async fn kubeconfig_file_and_no_condition_when_disabled() {
     let err = KubeStore::connect(&o).await.err().unwrap();
     assert!(err.to_string().contains("--kubeconfig-file="), "{err}");
 }
+
+/// A prefix with a path part names keys as flanneld does (`<domain>/<path>-<name>`), and
+/// the whole store works under flannel's ClusterRole.
+#[tokio::test]
+async fn path_prefix_keys_under_flannels_role() {
+    let fake = FakeKube::start_local();
+    fake.enforce_rbac(twill_testutil::FLANNEL_CLUSTER_ROLE);
+    fake.add_node("n1", Some("10.244.7.0/24"));
+    let mut o = opts(&fake, "n1");
+    o.annotation_prefix = "example.com/overlay".into();
+    let store = KubeStore::connect(&o).await.unwrap();
+    store
+        .acquire(&request("0a:00:00:00:00:07", "198.18.0.7"))
+        .await
+        .unwrap();
+    let ann = fake.node("n1").unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(ann["example.com/overlay-public-ip"], "198.18.0.7", "{ann}");
+    assert_eq!(
+        ann["example.com/overlay-kube-subnet-manager"], "true",
+        "{ann}"
+    );
+    assert!(fake.forbidden().is_empty(), "{:?}", fake.forbidden());
+
+    o.annotation_prefix = "a/b/c".into();
+    let err = KubeStore::connect(&o).await.err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("--kube-annotation-prefix") && msg.contains("a/b/c"),
+        "{msg}"
+    );
+}

@@ -156,9 +156,10 @@ pub struct Cli {
     pub kube_api_url: Option<String>,
     #[arg(long, global = true, env = "FLANNELD_KUBECONFIG_FILE")]
     pub kubeconfig_file: Option<PathBuf>,
-    /// Prefix of the node annotations twill reads and writes.
+    /// Prefix of the node annotations twill reads and writes, under flanneld's rules: a
+    /// domain, then optionally `/` and a path part that the names follow after a `-`.
     #[arg(long, global = true, env = "FLANNELD_KUBE_ANNOTATION_PREFIX",
-          default_value = twill_kube::DEFAULT_PREFIX)]
+          default_value = twill_kube::DEFAULT_PREFIX, value_parser = annotation_prefix)]
     pub kube_annotation_prefix: String,
     /// Set the node condition NetworkUnavailable=False once the network is up.
     #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, require_equals = true,
@@ -325,6 +326,12 @@ impl Cli {
     }
 }
 
+fn annotation_prefix(s: &str) -> Result<String, String> {
+    twill_kube::AnnotationKeys::new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match s.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
@@ -424,6 +431,18 @@ mod tests {
             panic!("kube expected, got {:?}", k.store)
         };
         assert_eq!(kube.annotation_prefix, "example.com");
+        for bad in ["a/b/c", "org", "example.com/Net"] {
+            let e = parse(&[
+                "--kube-subnet-mgr",
+                &format!("--kube-annotation-prefix={bad}"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("--kube-annotation-prefix") && e.contains(bad),
+                "{e}"
+            );
+        }
         assert_eq!(k.store.name(), "the Kubernetes API");
         assert!(k.ip_blackhole_route);
         assert_eq!(k.config_file, Some(PathBuf::from(KUBE_NET_CONF)));

@@ -51,7 +51,7 @@ fn published_annotations_match_flannels() {
 
 #[test]
 fn patch_only_what_differs_and_nothing_when_equal() {
-    let keys = AnnotationKeys::new("example.com/");
+    let keys = AnnotationKeys::new("example.com/").unwrap();
     let attrs = LeaseAttrs::vxlan("198.18.0.1".parse().unwrap(), 1, "0a:58:0a:f4:01:00");
     let want = keys.publish(&attrs);
     let mut n = node(json!({"metadata": {"name": "a", "annotations": {
@@ -217,4 +217,39 @@ fn node_set_turns_into_lease_events() {
 
     assert_eq!(t.delete(&c_moved).len(), 1);
     assert_eq!(t.delete(&plain), vec![]);
+}
+
+/// flanneld's newAnnotations rules, case by case.
+#[test]
+fn annotation_prefixes_follow_flanneld() {
+    let key = |p: &str| AnnotationKeys::new(p).map(|k| k.key("public-ip"));
+    assert_eq!(
+        key("flannel.alpha.coreos.com").unwrap(),
+        "flannel.alpha.coreos.com/public-ip"
+    );
+    assert_eq!(key("example.com/").unwrap(), "example.com/public-ip");
+    assert_eq!(key("example.com/net").unwrap(), "example.com/net-public-ip");
+    assert_eq!(
+        key("example.com/net-").unwrap(),
+        "example.com/net-public-ip"
+    );
+    assert_eq!(
+        key("a_b.example-1.com/x_y").unwrap(),
+        "a_b.example-1.com/x_y-public-ip"
+    );
+    assert!(matches!(key("a/b/c"), Err(PrefixError::Slashes(_))));
+    for bad in [
+        "org",
+        "example.com/Net",
+        "example.com/a.b",
+        "EXAMPLE.COM",
+        "example.com/a b",
+        "",
+    ] {
+        let e = key(bad).unwrap_err();
+        assert!(matches!(e, PrefixError::Format(_)), "{bad}: {e}");
+        assert!(e.to_string().contains("fqdn/[0-9a-z-_]*"), "{e}");
+    }
+    // flanneld searches its pattern rather than anchoring it; so do we.
+    assert_eq!(key("My.example.com").unwrap(), "My.example.com/public-ip");
 }
