@@ -281,6 +281,75 @@ fn lease_deleted_under_us_is_reacquired_with_the_same_subnet() {
     assert_eq!(c.nodes[i].lease(), lease);
 }
 
+/// As flanneld: an empty FLANNELD_* variable is no value at all (the default stands), and
+/// a bad one is reported naming the variable, with exit 2.
+#[test]
+fn empty_flanneld_env_vars_are_ignored_and_bad_ones_named() {
+    let mut c = Cluster::new("d-envempty");
+    c.put_config(CONF);
+    let i = c.add_node_stopped(&[]);
+    c.nodes[i].env = [
+        "FLANNELD_IP_MASQ",
+        "FLANNELD_PUBLIC_IP",
+        "FLANNELD_PUBLIC_IPV6",
+        "FLANNELD_IFACE",
+        "FLANNELD_HEALTHZ_PORT",
+        "FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+        "FLANNELD_KUBE_ANNOTATION_PREFIX",
+        "FLANNELD_IPTABLES_FORWARD_RULES",
+        "FLANNELD_NET_CONFIG_PATH",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), String::new()))
+    .collect();
+    c.nodes[i].start();
+    c.nodes[i].wait_ready();
+    let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=false"), "{env}");
+    assert!(
+        c.lease_values()
+            .contains(&format!(r#""PublicIP":"{}""#, c.nodes[i].ip)),
+        "the interface's address, not an empty override"
+    );
+    assert!(
+        c.nodes[i]
+            .ns
+            .sh("iptables -S FORWARD")
+            .contains("FLANNEL-FWD"),
+        "--iptables-forward-rules kept its default"
+    );
+
+    let out = std::process::Command::new(twill_e2e::twilld_bin())
+        .args(["install-cni", "--plugin=/nonexistent"])
+        .env("FLANNELD_HEALTHZ_PORT", "eighty")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"invalid value "eighty" for FLANNELD_HEALTHZ_PORT"#),
+        "{err}"
+    );
+}
+
+/// `--public-ipv6` (FLANNELD_PUBLIC_IPV6) is the lease's PublicIPv6 when IPv6 is on.
+#[test]
+fn public_ipv6_is_published_with_ipv6_enabled() {
+    let mut c = Cluster::new("d-pub6");
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+    );
+    let i = c.add_node_stopped(&[]);
+    c.nodes[i].env = vec![("FLANNELD_PUBLIC_IPV6".into(), "2001:db8::7".into())];
+    c.nodes[i].start();
+    c.nodes[i].wait_ready();
+    let all = c.lease_values();
+    assert!(all.contains(r#""PublicIPv6":"2001:db8::7""#), "{all}");
+    let j = c.add_node(&["--public-ipv6=2001:db8::8"]);
+    c.nodes[j].wait_ready();
+    assert!(c.lease_values().contains(r#""PublicIPv6":"2001:db8::8""#));
+}
+
 #[test]
 fn dual_stack_config_leases_both_families_and_writes_ipv6_lines() {
     let mut c = Cluster::new("d-dual");

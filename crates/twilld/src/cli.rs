@@ -71,6 +71,10 @@ pub struct Cli {
     /// Address other nodes reach us at (default: the underlay interface's address).
     #[arg(long, global = true, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address other nodes reach us at, published as the lease's PublicIPv6 when
+    /// net-conf.json enables IPv6 (ignored otherwise, as flanneld ignores it).
+    #[arg(long, global = true, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
 
     /// Masquerade traffic from pods to outside the pod network.
     #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true,
@@ -345,6 +349,56 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// flanneld is a Go program, so `-etcd-endpoints=...` (one dash) works there; accept it
 /// here too so unit files and scripts carry over unchanged.
+/// flanneld's rule for its environment: a variable that is set but empty is as good as
+/// unset (a manifest's `value: ""`, a blank line in an env file). Removes those of ours,
+/// so the defaults stand. Call before any other thread exists.
+pub fn drop_empty_env() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, v)| {
+            v.is_empty()
+                && k.to_str()
+                    .is_some_and(|k| k.starts_with("FLANNELD_") || k.starts_with("TWILLD_"))
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        // SAFETY: main calls this first, while it is the only thread, so nothing reads
+        // the environment concurrently.
+        unsafe { std::env::remove_var(k) };
+    }
+}
+
+/// A parse error that comes from a variable rather than the command line, reworded the
+/// way flanneld words it: `invalid value "x" for FLANNELD_Y: why`. `None` for errors of
+/// the command line itself (clap's own message names the flag).
+pub fn env_error(err: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?.split('[').next()?;
+    let given = args
+        .iter()
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if given {
+        return None;
+    }
+    let long = flag.trim_start_matches('-');
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let env = cmd
+        .get_arguments()
+        .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()))
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_string();
+    let value = std::env::var(&env).ok()?;
+    let why = std::error::Error::source(err)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "not one of the accepted values".into());
+    Some(format!("invalid value {value:?} for {env} ({flag}): {why}"))
+}
+
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     args.into_iter()
         .enumerate()

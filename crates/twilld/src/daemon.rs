@@ -150,6 +150,8 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
     tel.update_ready(|r| r.config = true);
     if conf.ipv6.is_some() {
         warn!("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet");
+    } else if let Some(ip) = cli.public_ipv6 {
+        warn!(%ip, "--public-ipv6 is ignored: net-conf.json does not enable IPv6");
     }
     let Some(IpNetwork::V4(network)) = conf.ipv4.as_ref().map(|r| r.network) else {
         bail!("net-conf.json: EnableIPv4=false: IPv6-only overlays are not supported yet");
@@ -206,7 +208,10 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
 
     let req = AcquireRequest {
         conf: conf.clone(),
-        attrs: LeaseAttrs::vxlan(public_ip, vni, &dev.mac.to_string()),
+        attrs: LeaseAttrs {
+            public_ipv6: cli.public_ipv6.filter(|_| conf.ipv6.is_some()),
+            ..LeaseAttrs::vxlan(public_ip, vni, &dev.mac.to_string())
+        },
         previous,
         ttl: cli.subnet_lease_ttl,
     };
@@ -517,7 +522,14 @@ impl<S: SubnetManager> Node<S> {
         self.req.conf = conf;
         let vni = self.req.conf.backend.vni;
         let mac = self.dp.ensure_device().await?.mac;
-        self.req.attrs = LeaseAttrs::vxlan(self.req.attrs.public_ip, vni, &mac.to_string());
+        self.req.attrs = LeaseAttrs {
+            public_ipv6: self
+                .req
+                .attrs
+                .public_ipv6
+                .filter(|_| self.req.conf.ipv6.is_some()),
+            ..LeaseAttrs::vxlan(self.req.attrs.public_ip, vni, &mac.to_string())
+        };
         let keeps = self
             .req
             .conf

@@ -15,8 +15,18 @@ fn init_logging(format: cli::LogFormat, level: &str) {
 }
 
 fn main() -> std::process::ExitCode {
+    cli::drop_empty_env();
     let args = cli::normalize_args(std::env::args());
-    let cli = cli::Cli::parse_from(args);
+    let cli = match cli::Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => match cli::env_error(&e, &args) {
+            Some(msg) => {
+                eprintln!("twilld: error: {msg}");
+                return std::process::ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     init_logging(cli.log_format, cli.klog.filter());
     for flag in cli.klog.ignored() {
         tracing::warn!("{flag} (a klog flag of flanneld's) is ignored: twilld logs to stderr; -v sets the level");
