@@ -212,6 +212,66 @@ fn iface_can_reach_picks_the_interface_of_the_route_to_it() {
     assert!(link.contains("local 198.18.0.1 dev eth0"), "{link}");
 }
 
+/// flanneld's selection order, read through doctor's underlay check and a real start:
+/// --public-ip picks the interface holding it; an --iface that matches nothing falls
+/// through to --iface-regex; --iface-can-reach takes an IPv6 address.
+#[test]
+fn interface_selection_as_flanneld() {
+    let mut c = Cluster::new("d-sel");
+    c.put_config(CONF);
+    let i = c.add_node_stopped(&[]);
+    let ns = c.nodes[i].ns.name.clone();
+    // A second link (nothing is sent on it) with an IPv4 and an IPv6 address; the default
+    // route stays on eth0.
+    c.nodes[i].ns.sh(
+        "ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up \
+         && ip addr add 198.19.9.1/24 dev eth1 && ip -6 addr add 2001:db8:9::1/64 dev eth1 nodad \
+         && ip route replace default via 198.18.0.100 dev eth0",
+    );
+    let underlay = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(twill_e2e::twilld_bin())
+            .arg(format!(
+                "--etcd-endpoints=http://{}:2379",
+                twill_e2e::ETCD_IP
+            ))
+            .arg("doctor")
+            .arg("--output=json")
+            .args(args)
+            .output()
+            .unwrap();
+        let u = twill_e2e::doctor_check(&String::from_utf8_lossy(&out.stdout), "underlay");
+        (
+            u["status"].as_str().unwrap().to_string(),
+            u["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    assert!(underlay(&[]).1.starts_with("eth0 198.18.0.1 "));
+    assert!(underlay(&["--public-ip=198.19.9.1"])
+        .1
+        .starts_with("eth1 198.19.9.1 "));
+    assert!(underlay(&["--iface=wlan9", "--iface-regex=^eth1$"])
+        .1
+        .starts_with("eth1 198.19.9.1 "));
+    assert!(underlay(&["--iface-can-reach=2001:db8:9::7"])
+        .1
+        .starts_with("eth1 198.19.9.1 "));
+    let (status, detail) = underlay(&["--iface=wlan9", "--iface-regex=^zz"]);
+    assert_eq!(status, "fail");
+    assert!(
+        detail.contains("--iface wlan9") && detail.contains("--iface-regex ^zz"),
+        "{detail}"
+    );
+
+    c.nodes[i].args.push("--public-ip=198.19.9.1".into());
+    c.nodes[i].start();
+    c.nodes[i].wait_ready();
+    let link = c.nodes[i].ns.sh("ip -d link show flannel.1");
+    assert!(link.contains("local 198.19.9.1 dev eth1"), "{link}");
+    assert!(c.lease_values().contains(r#""PublicIP":"198.19.9.1""#));
+}
+
 #[test]
 fn json_logs_on_request() {
     let mut c = Cluster::new("d-json");

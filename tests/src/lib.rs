@@ -62,8 +62,12 @@ impl Node {
             .arg(twilld_bin())
             .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
             .arg(format!("--subnet-file={}", self.subnet_env().display()));
-        // eth0 unless the test chooses the interface itself.
-        if !self.args.iter().any(|a| a.starts_with("--iface")) {
+        // eth0 unless the test chooses the interface itself (--public-ip chooses it too).
+        if !self
+            .args
+            .iter()
+            .any(|a| a.starts_with("--iface") || a.starts_with("--public-ip="))
+        {
             cmd.arg("--iface=eth0");
         }
         cmd.args(&self.args)

@@ -1,9 +1,10 @@
 //! Choosing the underlay interface and address, flanneld's way: `--iface` (names or IPs,
 //! first match wins), then `--iface-regex` (matched against addresses, then names), then
-//! `--iface-can-reach` (the route to an address), else the interface of the default route.
-//! Pure over a snapshot of the host's interfaces and that one route.
+//! `--iface-can-reach` (the route to an address), each falling through to the next; with
+//! none of them, the interface holding `--public-ip`, else the default route's.
+//! Pure over a snapshot of the host's interfaces and the routes asked about.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfAddr {
@@ -40,29 +41,47 @@ pub enum IfaceError {
     NoAddress(String),
     #[error("--iface-regex {0}: invalid regular expression: {1}")]
     BadRegex(String, String),
-    #[error("--iface-regex {0:?}: no interface name or address matches")]
-    NoRegexMatch(Vec<String>),
+    #[error("--iface-regex {0}: no interface name or address matches")]
+    NoRegexMatch(String),
     #[error(
         "no default route to pick the underlay interface from; pass --iface NAME or --iface IP"
     )]
     NoDefaultRoute,
     #[error("--iface-can-reach {0}: no route to that address on this host")]
-    NoRouteTo(Ipv4Addr),
+    NoRouteTo(IpAddr),
+    #[error(
+        "--iface-can-reach {0}: {1}, the interface of the route to it, has no global IPv4 address"
+    )]
+    RouteIfaceNoAddress(IpAddr, String),
+    /// Every selection flag given was tried, in flanneld's order, and none matched.
+    #[error("{}", tried(.0))]
+    NoneMatched(Vec<IfaceError>),
 }
 
-/// Where the interface comes from when neither `--iface` nor `--iface-regex` is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
+fn tried(errs: &[IfaceError]) -> String {
+    match errs {
+        [one] => one.to_string(),
+        all => format!(
+            "no interface matches the --iface/--iface-regex/--iface-can-reach given: {}",
+            all.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// What the kernel says about routes, read once for a selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routes {
     /// The default route's interface index, if there is a default route.
-    DefaultRoute(Option<u32>),
-    /// `--iface-can-reach`: the route the kernel picks for `target` (`ip route get`):
-    /// its interface index and preferred source address.
-    CanReach {
-        target: Ipv4Addr,
-        route: Option<(u32, Option<Ipv4Addr>)>,
-    },
+    pub default: Option<u32>,
+    /// `--iface-can-reach`: the route the kernel picks for it (`ip route get`): its
+    /// interface index and, for an IPv4 target, its preferred source address.
+    pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
 }
 
+/// The interface's first global IPv4 address, permanent ones first.
 fn best_addr(i: &InterfaceInfo) -> Option<Ipv4Addr> {
     let mut global: Vec<&IfAddr> = i.addrs.iter().filter(|a| a.global).collect();
     global.sort_by_key(|a| !a.permanent);
@@ -78,80 +97,119 @@ fn ext(i: &InterfaceInfo, addr: Ipv4Addr) -> ExtIface {
     }
 }
 
+/// One `--iface` value: an address on this host (that address is used) or an interface
+/// name (its best address).
+fn by_name_or_ip(ifaces: &[InterfaceInfo], want: &str) -> Result<ExtIface, IfaceError> {
+    if let Ok(ip) = want.parse::<Ipv4Addr>() {
+        return ifaces
+            .iter()
+            .find(|i| i.addrs.iter().any(|a| a.ip == ip))
+            .map(|i| ext(i, ip))
+            .ok_or_else(|| IfaceError::NotFound(want.into()));
+    }
+    let i = ifaces
+        .iter()
+        .find(|i| i.name == want)
+        .ok_or_else(|| IfaceError::NotFound(want.into()))?;
+    best_addr(i)
+        .map(|a| ext(i, a))
+        .ok_or_else(|| IfaceError::NoAddress(want.into()))
+}
+
+/// One `--iface-regex`: matched against every interface's global addresses first, then
+/// against the names.
+fn by_regex(ifaces: &[InterfaceInfo], pat: &str) -> Result<ExtIface, IfaceError> {
+    let re = regex::Regex::new(pat).map_err(|e| IfaceError::BadRegex(pat.into(), e.to_string()))?;
+    for i in ifaces {
+        if let Some(a) = i
+            .addrs
+            .iter()
+            .find(|a| a.global && re.is_match(&a.ip.to_string()))
+        {
+            return Ok(ext(i, a.ip));
+        }
+    }
+    ifaces
+        .iter()
+        .filter(|i| re.is_match(&i.name))
+        .find_map(|i| best_addr(i).map(|a| ext(i, a)))
+        .ok_or_else(|| IfaceError::NoRegexMatch(pat.into()))
+}
+
+fn by_route(
+    ifaces: &[InterfaceInfo],
+    target: IpAddr,
+    route: Option<(u32, Option<Ipv4Addr>)>,
+) -> Result<ExtIface, IfaceError> {
+    let (idx, src) = route.ok_or(IfaceError::NoRouteTo(target))?;
+    let i = ifaces
+        .iter()
+        .find(|i| i.index == idx)
+        .ok_or(IfaceError::NoRouteTo(target))?;
+    // The route's source when it is ours; for an IPv6 target, the interface's IPv4 address.
+    src.filter(|s| i.addrs.iter().any(|a| a.ip == *s))
+        .or_else(|| best_addr(i))
+        .map(|a| ext(i, a))
+        .ok_or_else(|| IfaceError::RouteIfaceNoAddress(target, i.name.clone()))
+}
+
+/// flanneld's order: each `--iface`, then each `--iface-regex`, then `--iface-can-reach`,
+/// the first match winning; one that matches nothing falls through to the next, and only
+/// when all given fail is it an error (naming each). With none given, the interface that
+/// holds `--public-ip` (which is then also the VXLAN source), else the default route's.
 pub fn choose_interface(
     ifaces: &[InterfaceInfo],
-    iface: &[String],
-    iface_regex: &[String],
-    fallback: Fallback,
+    sel: &IfaceSelection,
+    routes: Routes,
 ) -> Result<ExtIface, IfaceError> {
-    if !iface.is_empty() {
-        let mut last_err = None;
-        for want in iface {
-            if let Ok(ip) = want.parse::<Ipv4Addr>() {
-                if let Some(i) = ifaces.iter().find(|i| i.addrs.iter().any(|a| a.ip == ip)) {
-                    return Ok(ext(i, ip));
-                }
-                last_err = Some(IfaceError::NotFound(want.clone()));
-            } else if let Some(i) = ifaces.iter().find(|i| &i.name == want) {
-                match best_addr(i) {
-                    Some(a) => return Ok(ext(i, a)),
-                    None => last_err = Some(IfaceError::NoAddress(want.clone())),
-                }
-            } else {
-                last_err = Some(IfaceError::NotFound(want.clone()));
+    let explicit = !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.can_reach.is_some();
+    if !explicit {
+        if let Some(ip) = sel.public_ip {
+            if let Some(i) = ifaces.iter().find(|i| i.addrs.iter().any(|a| a.ip == ip)) {
+                return Ok(ext(i, ip));
             }
         }
-        return Err(last_err.expect("non-empty"));
+        let i = routes
+            .default
+            .and_then(|idx| ifaces.iter().find(|i| i.index == idx))
+            .ok_or(IfaceError::NoDefaultRoute)?;
+        return best_addr(i)
+            .map(|a| ext(i, a))
+            .ok_or_else(|| IfaceError::NoAddress(i.name.clone()));
     }
-    if !iface_regex.is_empty() {
-        for pat in iface_regex {
-            let re = regex::Regex::new(pat)
-                .map_err(|e| IfaceError::BadRegex(pat.clone(), e.to_string()))?;
-            for i in ifaces {
-                if let Some(a) = i
-                    .addrs
-                    .iter()
-                    .find(|a| a.global && re.is_match(&a.ip.to_string()))
-                {
-                    return Ok(ext(i, a.ip));
-                }
-            }
-            for i in ifaces {
-                if re.is_match(&i.name) {
-                    if let Some(a) = best_addr(i) {
-                        return Ok(ext(i, a));
-                    }
-                }
-            }
+    let mut failed = Vec::new();
+    for want in &sel.iface {
+        match by_name_or_ip(ifaces, want) {
+            Ok(e) => return Ok(e),
+            Err(e) => failed.push(e),
         }
-        return Err(IfaceError::NoRegexMatch(iface_regex.to_vec()));
     }
-    let (idx, src, missing) = match fallback {
-        Fallback::DefaultRoute(idx) => (idx, None, IfaceError::NoDefaultRoute),
-        Fallback::CanReach { target, route } => (
-            route.map(|r| r.0),
-            route.and_then(|r| r.1),
-            IfaceError::NoRouteTo(target),
-        ),
-    };
-    let i = idx
-        .and_then(|idx| ifaces.iter().find(|i| i.index == idx))
-        .ok_or(missing)?;
-    // The route's source address when it is one of the interface's own, as flannel does.
-    let a = src
-        .filter(|s| i.addrs.iter().any(|a| a.ip == *s))
-        .or_else(|| best_addr(i))
-        .ok_or_else(|| IfaceError::NoAddress(i.name.clone()))?;
-    Ok(ext(i, a))
+    for pat in &sel.iface_regex {
+        match by_regex(ifaces, pat) {
+            Ok(e) => return Ok(e),
+            // A pattern that can't compile is a mistake to fix, not a miss to skip.
+            Err(e @ IfaceError::BadRegex(..)) => return Err(e),
+            Err(e) => failed.push(e),
+        }
+    }
+    if let Some(target) = sel.can_reach {
+        match by_route(ifaces, target, routes.can_reach) {
+            Ok(e) => return Ok(e),
+            Err(e) => failed.push(e),
+        }
+    }
+    Err(IfaceError::NoneMatched(failed))
 }
 
 /// flanneld's interface selection flags: `--iface` (names or addresses, in order),
-/// `--iface-regex`, `--iface-can-reach`; the default route's interface without any.
+/// `--iface-regex`, `--iface-can-reach`; without any, the interface holding `--public-ip`,
+/// else the default route's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IfaceSelection {
     pub iface: Vec<String>,
     pub iface_regex: Vec<String>,
-    pub can_reach: Option<Ipv4Addr>,
+    pub can_reach: Option<IpAddr>,
+    pub public_ip: Option<Ipv4Addr>,
 }
 
 /// Why no underlay could be chosen: the flags matched nothing, or the kernel could not be read.
@@ -169,19 +227,14 @@ pub async fn select_underlay(
     sel: &IfaceSelection,
 ) -> Result<ExtIface, SelectError> {
     let ifaces = nl.interfaces().await?;
-    let fallback = match sel.can_reach {
-        Some(target) => Fallback::CanReach {
-            target,
-            route: nl.route_to(target).await?,
+    let routes = Routes {
+        default: nl.default_route_index().await?,
+        can_reach: match sel.can_reach {
+            Some(target) => nl.route_to(target).await?,
+            None => None,
         },
-        None => Fallback::DefaultRoute(nl.default_route_index().await?),
     };
-    Ok(choose_interface(
-        &ifaces,
-        &sel.iface,
-        &sel.iface_regex,
-        fallback,
-    )?)
+    Ok(choose_interface(&ifaces, sel, routes)?)
 }
 
 #[cfg(test)]
@@ -223,15 +276,30 @@ mod tests {
         ]
     }
 
+    fn sel(iface: &[&str], regex: &[&str]) -> IfaceSelection {
+        IfaceSelection {
+            iface: iface.iter().map(|s| s.to_string()).collect(),
+            iface_regex: regex.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn default_route(idx: Option<u32>) -> Routes {
+        Routes {
+            default: idx,
+            can_reach: None,
+        }
+    }
+
     #[test]
     fn default_route_interface_prefers_permanent_address() {
-        let e = choose_interface(&host(), &[], &[], Fallback::DefaultRoute(Some(2))).unwrap();
+        let e = choose_interface(&host(), &sel(&[], &[]), default_route(Some(2))).unwrap();
         assert_eq!(
             (e.name.as_str(), e.addr.to_string().as_str(), e.mtu),
             ("eth0", "198.18.0.2", 1500)
         );
         assert_eq!(
-            choose_interface(&host(), &[], &[], Fallback::DefaultRoute(None)),
+            choose_interface(&host(), &sel(&[], &[]), default_route(None)),
             Err(IfaceError::NoDefaultRoute)
         );
     }
@@ -240,102 +308,149 @@ mod tests {
     fn iface_by_name_or_ip_first_match_wins() {
         let e = choose_interface(
             &host(),
-            &["nope".into(), "eth1".into()],
-            &[],
-            Fallback::DefaultRoute(Some(2)),
+            &sel(&["nope", "eth1"], &[]),
+            default_route(Some(2)),
         )
         .unwrap();
         assert_eq!(e.name, "eth1");
-        let e = choose_interface(
-            &host(),
-            &["198.18.0.9".into()],
-            &[],
-            Fallback::DefaultRoute(Some(3)),
-        )
-        .unwrap();
+        let e =
+            choose_interface(&host(), &sel(&["198.18.0.9"], &[]), default_route(Some(3))).unwrap();
         assert_eq!(
             (e.name.as_str(), e.addr.to_string().as_str()),
             ("eth0", "198.18.0.9")
         );
-        let err = choose_interface(&host(), &["bare".into()], &[], Fallback::DefaultRoute(None))
-            .unwrap_err();
+        let err = choose_interface(&host(), &sel(&["bare"], &[]), default_route(None)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "--iface bare: the interface has no global IPv4 address"
         );
-        let err = choose_interface(
-            &host(),
-            &["wlan9".into()],
-            &[],
-            Fallback::DefaultRoute(None),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("wlan9"));
+        let err =
+            choose_interface(&host(), &sel(&["wlan9"], &[]), default_route(Some(2))).unwrap_err();
+        assert!(err.to_string().contains("wlan9"), "{err}");
     }
 
     #[test]
     fn regex_matches_addresses_then_names() {
-        let e = choose_interface(
-            &host(),
-            &[],
-            &["^198\\.19\\.".into()],
-            Fallback::DefaultRoute(None),
-        )
-        .unwrap();
+        let e =
+            choose_interface(&host(), &sel(&[], &["^198\\.19\\."]), default_route(None)).unwrap();
         assert_eq!(e.name, "eth1");
-        let e = choose_interface(
-            &host(),
-            &[],
-            &["^eth0$".into()],
-            Fallback::DefaultRoute(None),
-        )
-        .unwrap();
+        let e = choose_interface(&host(), &sel(&[], &["^eth0$"]), default_route(None)).unwrap();
         assert_eq!(e.addr.to_string(), "198.18.0.2");
         assert!(matches!(
-            choose_interface(&host(), &[], &["(".into()], Fallback::DefaultRoute(None)),
+            choose_interface(&host(), &sel(&[], &["("]), default_route(None)),
             Err(IfaceError::BadRegex(..))
         ));
         assert!(matches!(
-            choose_interface(&host(), &[], &["^zz".into()], Fallback::DefaultRoute(None)),
-            Err(IfaceError::NoRegexMatch(_))
+            choose_interface(&host(), &sel(&[], &["^zz"]), default_route(Some(2))),
+            Err(IfaceError::NoneMatched(_))
         ));
+    }
+
+    /// flanneld: an --iface that matches nothing falls through to --iface-regex, then to
+    /// --iface-can-reach; the error names everything tried.
+    #[test]
+    fn unmatched_iface_falls_through_to_regex_then_can_reach() {
+        let e = choose_interface(
+            &host(),
+            &sel(&["wlan9"], &["^eth1$"]),
+            default_route(Some(2)),
+        )
+        .unwrap();
+        assert_eq!(e.name, "eth1");
+        let mut s = sel(&["wlan9"], &["^zz"]);
+        s.can_reach = Some("198.19.7.7".parse().unwrap());
+        let routes = Routes {
+            default: Some(2),
+            can_reach: Some((3, None)),
+        };
+        assert_eq!(choose_interface(&host(), &s, routes).unwrap().name, "eth1");
+        let err = choose_interface(&host(), &s, default_route(Some(2))).unwrap_err();
+        let msg = err.to_string();
+        for part in [
+            "--iface wlan9",
+            "--iface-regex ^zz",
+            "--iface-can-reach 198.19.7.7",
+        ] {
+            assert!(msg.contains(part), "{msg}");
+        }
+    }
+
+    /// flanneld: without selection flags, --public-ip picks the interface that holds it,
+    /// and that address is the VXLAN source.
+    #[test]
+    fn public_ip_picks_its_interface_without_selection_flags() {
+        let mut s = sel(&[], &[]);
+        s.public_ip = Some("198.19.0.2".parse().unwrap());
+        let e = choose_interface(&host(), &s, default_route(Some(2))).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string().as_str()),
+            ("eth1", "198.19.0.2")
+        );
+        s.public_ip = Some("198.18.0.9".parse().unwrap());
+        let e = choose_interface(&host(), &s, default_route(Some(3))).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string().as_str()),
+            ("eth0", "198.18.0.9")
+        );
+        // An address no interface holds (NAT): the default route's interface.
+        s.public_ip = Some("203.0.113.9".parse().unwrap());
+        let e = choose_interface(&host(), &s, default_route(Some(2))).unwrap();
+        assert_eq!(e.addr.to_string(), "198.18.0.2");
+        // --iface wins over --public-ip.
+        let mut s = sel(&["eth0"], &[]);
+        s.public_ip = Some("198.19.0.2".parse().unwrap());
+        assert_eq!(
+            choose_interface(&host(), &s, default_route(Some(2)))
+                .unwrap()
+                .name,
+            "eth0"
+        );
     }
 
     #[test]
     fn can_reach_takes_the_routes_interface_and_source() {
-        let reach = |route| Fallback::CanReach {
-            target: "198.19.7.7".parse().unwrap(),
-            route,
+        let reach = |target: &str, route| {
+            let mut s = sel(&[], &[]);
+            s.can_reach = Some(target.parse().unwrap());
+            choose_interface(
+                &host(),
+                &s,
+                Routes {
+                    default: Some(2),
+                    can_reach: route,
+                },
+            )
         };
-        let e = choose_interface(
-            &host(),
-            &[],
-            &[],
-            reach(Some((3, Some("198.19.0.2".parse().unwrap())))),
-        )
-        .unwrap();
+        let e = reach("198.19.7.7", Some((3, Some("198.19.0.2".parse().unwrap())))).unwrap();
         assert_eq!(
             (e.name.as_str(), e.addr.to_string()),
             ("eth1", "198.19.0.2".into())
         );
         // The route's source is preferred over the interface's first permanent address.
-        let e = choose_interface(
-            &host(),
-            &[],
-            &[],
-            reach(Some((2, Some("198.18.0.9".parse().unwrap())))),
-        )
-        .unwrap();
+        let e = reach("198.19.7.7", Some((2, Some("198.18.0.9".parse().unwrap())))).unwrap();
         assert_eq!(e.addr.to_string(), "198.18.0.9");
-        let e = choose_interface(&host(), &[], &[], reach(Some((2, None)))).unwrap();
+        let e = reach("198.19.7.7", Some((2, None))).unwrap();
         assert_eq!(e.addr.to_string(), "198.18.0.2");
-        let err = choose_interface(&host(), &[], &[], reach(None)).unwrap_err();
+        let err = reach("198.19.7.7", None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "--iface-can-reach 198.19.7.7: no route to that address on this host"
         );
+        // An IPv6 target: the route's interface, with its IPv4 address.
+        let e = reach("2001:db8::1", Some((3, None))).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string()),
+            ("eth1", "198.19.0.2".into())
+        );
+        let err = reach("2001:db8::1", Some((4, None))).unwrap_err();
+        assert!(err.to_string().contains("bare"), "{err}");
         // --iface still comes first.
-        let e = choose_interface(&host(), &["eth0".into()], &[], reach(Some((3, None)))).unwrap();
-        assert_eq!(e.name, "eth0");
+        let mut s = sel(&["eth0"], &[]);
+        s.can_reach = Some("198.19.7.7".parse().unwrap());
+        let routes = Routes {
+            default: Some(2),
+            can_reach: Some((3, None)),
+        };
+        assert_eq!(choose_interface(&host(), &s, routes).unwrap().name, "eth0");
     }
 }

@@ -28,8 +28,8 @@ pub use firewall::{
     RulesReport, VxlanFlows, NFT_TABLE,
 };
 pub use iface::{
-    choose_interface, select_underlay, ExtIface, Fallback, IfaceError, IfaceSelection,
-    InterfaceInfo, SelectError,
+    choose_interface, select_underlay, ExtIface, IfaceError, IfaceSelection, InterfaceInfo, Routes,
+    SelectError,
 };
 pub use netlink::{
     watch_device, ApplyReport, DeviceMonitor, DeviceState, EntryError, Netlink, NetlinkError,

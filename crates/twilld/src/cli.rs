@@ -67,7 +67,7 @@ pub struct Cli {
     /// Without --iface/--iface-regex: the interface (and source address) of the route to
     /// this address, as `ip route get` shows it.
     #[arg(long, global = true, env = "FLANNELD_IFACE_CAN_REACH")]
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<IpAddr>,
     /// Address other nodes reach us at (default: the underlay interface's address).
     #[arg(long, global = true, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
@@ -314,6 +314,7 @@ impl Cli {
             iface: self.iface.clone(),
             iface_regex: self.iface_regex.clone(),
             can_reach: self.iface_can_reach,
+            public_ip: self.public_ip,
         }
     }
 

@@ -93,11 +93,16 @@ impl Netlink {
     /// and preferred source address. `None` when it is unreachable.
     pub async fn route_to(
         &self,
-        dst: Ipv4Addr,
+        dst: std::net::IpAddr,
     ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
-        let req = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .build();
+        let req = match dst {
+            std::net::IpAddr::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d, 32)
+                .build(),
+            std::net::IpAddr::V6(d) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(d, 128)
+                .build(),
+        };
         let mut replies = self.handle.route().get(req).execute();
         let r = match replies.try_next().await {
             Ok(r) => r,
