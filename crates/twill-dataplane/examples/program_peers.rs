@@ -106,6 +106,7 @@ async fn main() {
         dev_index: index,
         port: 8472,
         gbp: false,
+        learning: false,
         mtu: 1450,
         mac: None,
     };

@@ -31,6 +31,7 @@ fn spec(ns: &Netns) -> VxlanSpec {
         dev_index: index,
         port: 8472,
         gbp: false,
+        learning: false,
         mtu: 1450,
         mac: None,
     }
@@ -108,6 +109,17 @@ fn device_create_adopt_fix_mtu_and_replace() {
     assert!(replaced.created);
     assert_eq!(replaced.mac, first.mac);
     assert!(ns.sh("ip -d link show flannel.1").contains("vxlan id 7 "));
+
+    // Backend.Learning: honoured on the device, and a device without it is replaced.
+    let mut s4 = s.clone();
+    s4.vni = 7;
+    s4.learning = true;
+    let learning = ns.run(move || {
+        Box::pin(async move { Netlink::connect().unwrap().ensure_vxlan(&s4).await.unwrap() })
+    });
+    assert!(learning.created);
+    let link = ns.sh("ip -d link show flannel.1");
+    assert!(!link.contains("nolearning"), "{link}");
 }
 
 #[test]

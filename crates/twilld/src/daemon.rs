@@ -181,6 +181,7 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         dev_index: ext.index,
         port: conf.backend.port,
         gbp: conf.backend.gbp,
+        learning: conf.backend.learning,
         mtu,
         // After a reboot the device is gone but our lease still advertises a MAC: reuse
         // it, so peers need no FDB update.
@@ -508,6 +509,7 @@ impl<S: SubnetManager> Node<S> {
         cfg.vxlan.vni = conf.backend.vni;
         cfg.vxlan.port = conf.backend.port;
         cfg.vxlan.gbp = conf.backend.gbp;
+        cfg.vxlan.learning = conf.backend.learning;
         cfg.vxlan.mtu = mtu;
         cfg.network = network;
         cfg.direct_routing = conf.backend.direct_routing;

@@ -12,6 +12,9 @@ pub struct VxlanSpec {
     pub dev_index: u32,
     pub port: u16,
     pub gbp: bool,
+    /// Backend.Learning: the kernel learns remote MACs from received packets (flannel's
+    /// option; off by default, where only the FDB entries twill writes count).
+    pub learning: bool,
     pub mtu: u32,
     /// MAC to use when the device has to be created (the one our lease already
     /// advertises, so peers need no update); random when `None`.
@@ -76,7 +79,7 @@ pub(super) fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
         (InfoVxlan::Link(spec.dev_index), "underlay device"),
         (InfoVxlan::Local(spec.local), "local address"),
         (InfoVxlan::Port(spec.port), "UDP port"),
-        (InfoVxlan::Learning(false), "learning"),
+        (InfoVxlan::Learning(spec.learning), "learning"),
     ];
     for (want, what) in checks {
         if !has(&want) {
@@ -188,7 +191,7 @@ impl Netlink {
             .dev(spec.dev_index)
             .local(spec.local)
             .port(spec.port)
-            .learning(false)
+            .learning(spec.learning)
             .mtu(spec.mtu)
             .address(mac.0.to_vec())
             .up();
