@@ -95,3 +95,126 @@ nsenter --net=/run/netns/{ns} unshare -m sh -c "
         .unwrap_or(0);
     assert_eq!(state, 0, "per-container state removed");
 }
+
+/// A stand-in for flannel's CNI plugin, which is not in Debian: what its ADD and DEL do to
+/// the node, and nothing else. ADD saves the delegate config flannel's plugin renders for
+/// this conflist and subnet.env as `<dataDir>/<container ID>` (0600) and hands those bytes
+/// to the bridge plugin; DEL hands the saved bytes to the bridge plugin and removes them.
+const FLANNEL_STAND_IN: &str = r#"#!/bin/sh
+state="$STATE_DIR/$CNI_CONTAINERID"
+cat > /dev/null
+case "$CNI_COMMAND" in
+ADD) mkdir -p "$STATE_DIR" && printf '%s' "$DELEGATE" > "$state" && chmod 600 "$state"
+     exec "$PLUGINS/bridge" < "$state" ;;
+DEL) [ -f "$state" ] || exit 0
+     "$PLUGINS/bridge" < "$state" && rm -f "$state" ;;
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}' ;;
+esac
+"#;
+
+/// In-place migration under a real runtime: containerd adds a pod with one plugin and,
+/// after the plugin binary is swapped underneath it (as a node's CNI plugin is replaced),
+/// deletes it with the other, both ways. The address goes back to host-local and the state
+/// file goes, whichever plugin added the pod.
+#[test]
+fn containerd_deletes_pods_across_flannels_plugin_and_ours() {
+    let node = Netns::new("k-mig");
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().display().to_string();
+    // flannel's rendering of the conflist below against the subnet.env below.
+    let delegate = format!(
+        r#"{{"cniVersion":"1.0.0","hairpinMode":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{{"dataDir":"{d}/ipam","routes":[{{"dst":"10.244.0.0/16"}}],"ranges":[[{{"subnet":"10.244.8.0/24"}}]],"type":"host-local"}},"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}}"#
+    );
+    std::fs::write(t.path().join("flannel-stand-in"), FLANNEL_STAND_IN).unwrap();
+    let script = format!(
+        r#"set -eu
+T={d}
+mkdir -p $T/root $T/state $T/rootfs/bin $T/netd $T/plugins $T/etc-up $T/etc-work
+cp -a /usr/lib/cni/. $T/plugins/
+cp $T/flannel-stand-in $T/flannel-plugin && chmod 755 $T/flannel-plugin
+cp {plugin} $T/twill-plugin
+printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n' > $T/subnet.env
+cat > $T/netd/10-flannel.conflist <<EOC
+{{"name":"cbr0","cniVersion":"1.0.0","plugins":[{{"type":"flannel","subnetFile":"$T/subnet.env","dataDir":"$T/cni-state","ipam":{{"dataDir":"$T/ipam"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}]}}
+EOC
+cp /bin/busybox $T/rootfs/bin/ && for c in sh ip sleep; do ln -s busybox $T/rootfs/bin/$c; done
+cat > $T/config.toml <<EOC
+version = 2
+root = "$T/root"
+state = "$T/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$T/containerd.sock"
+[ttrpc]
+  address = "$T/containerd.sock.ttrpc"
+EOC
+export STATE_DIR=$T/cni-state PLUGINS=/usr/lib/cni DELEGATE='{delegate}'
+nsenter --net=/run/netns/{ns} unshare -m sh -c "
+  set -e
+  mount --make-rprivate /
+  mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
+  mkdir -p /etc/cni/net.d && mount --bind $T/netd /etc/cni/net.d
+  mount --bind $T/plugins /usr/lib/cni
+  containerd --config $T/config.toml > $T/containerd.log 2>&1 &
+  pid=\$!
+  for i in \$(seq 100); do [ -S $T/containerd.sock ] && break; sleep 0.1; done
+  # One pod per direction: added by the first plugin, deleted by the second.
+  for pair in 'flannel-plugin twill-plugin by-flannel' 'twill-plugin flannel-plugin by-twill'; do
+    set -- \$pair
+    cp $T/\$1 /usr/lib/cni/flannel
+    ctr --address $T/containerd.sock run --rm --cni --rootfs $T/rootfs mig-\$3 \
+      /bin/sh -c 'ip -4 -o addr show eth0; sleep 2' > $T/ctr-\$3.out 2>&1 &
+    run=\$!
+    for i in \$(seq 100); do grep -q 'inet ' $T/ctr-\$3.out 2>/dev/null && break; sleep 0.1; done
+    ls $T/cni-state > $T/state-\$3.txt
+    ls $T/ipam/cbr0 | grep -c '^10\.' > $T/ipam-\$3.txt || true
+    cp $T/\$2 /usr/lib/cni/flannel.new && mv /usr/lib/cni/flannel.new /usr/lib/cni/flannel
+    wait \$run
+  done
+  kill \$pid; wait \$pid || true
+"
+"#,
+        plugin = twill_plugin_bin().display(),
+        ns = node.name,
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+    let log = read("containerd.log");
+    assert!(
+        out.status.success(),
+        "{}\nctr: {} {}\ncontainerd: {}",
+        String::from_utf8_lossy(&out.stderr),
+        read("ctr-by-flannel.out"),
+        read("ctr-by-twill.out"),
+        &log[log.len().saturating_sub(2000)..]
+    );
+    for pod in ["by-flannel", "by-twill"] {
+        let ctr = read(&format!("ctr-{pod}.out"));
+        assert!(ctr.contains("inet 10.244.8."), "{pod}: {ctr}");
+        // While it ran: one address reserved, its state saved under the container ID.
+        assert_eq!(read(&format!("ipam-{pod}.txt")).trim(), "1", "{pod}");
+        assert_eq!(
+            read(&format!("state-{pod}.txt")).trim(),
+            format!("default-mig-{pod}"),
+            "{pod}: ctr names the container <namespace>-<id>"
+        );
+    }
+    // Both deleted by the other plugin: nothing reserved, no state left.
+    let ipam: Vec<String> = std::fs::read_dir(t.path().join("ipam/cbr0"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(ipam.is_empty(), "addresses released: {ipam:?}");
+    let state = std::fs::read_dir(t.path().join("cni-state"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(state, 0, "per-container state removed");
+}
