@@ -190,6 +190,28 @@ pub struct Ops {
 }
 
 impl Ops {
+    /// What the ops put (back) into the kernel, as (kind, object): after a pass that was
+    /// not asked for by a lease event, each is a repair of something removed or changed.
+    pub fn added(&self) -> Vec<(&'static str, String)> {
+        let routes = self
+            .add_routes
+            .iter()
+            .map(|(n, _)| ("route", n.to_string()));
+        let neighs = self
+            .add_neighs
+            .iter()
+            .map(|(ip, _)| ("neigh", ip.to_string()));
+        let fdb = self
+            .add_fdb
+            .iter()
+            .map(|(mac, ip)| ("fdb", format!("{mac} dst {ip}")));
+        let nexthops = self
+            .add_nexthops
+            .iter()
+            .map(|(id, _)| ("nexthop", id.to_string()));
+        routes.chain(neighs).chain(fdb).chain(nexthops).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -303,10 +303,10 @@ impl NexthopConn {
     }
 }
 
-/// Nexthop change notifications, each as the device it is on (`None`: a group or
-/// blackhole). Deleting a nexthop drops its routes without any route notification, so a
-/// monitor that wants to see that must listen here.
-pub fn watch() -> std::io::Result<impl futures::Stream<Item = Option<u32>> + Send + Unpin> {
+/// Nexthop change notifications, each as (deleted, the device it is on; `None`: a group
+/// or blackhole). Deleting a nexthop drops its routes without any route notification, so
+/// a monitor that wants to see that must listen here.
+pub fn watch() -> std::io::Result<impl futures::Stream<Item = (bool, Option<u32>)> + Send + Unpin> {
     let (mut conn, _handle, messages) = proto::new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
     let socket = conn.socket_mut().socket_mut();
     // Unbound, its port id is 0, the kernel's own, and the kernel skips it when it
@@ -316,7 +316,7 @@ pub fn watch() -> std::io::Result<impl futures::Stream<Item = Option<u32>> + Sen
     tokio::spawn(conn);
     Ok(messages.filter_map(|(m, _)| {
         futures::future::ready(match m.payload {
-            NetlinkPayload::InnerMessage(m) => Some(m.oif),
+            NetlinkPayload::InnerMessage(m) => Some((matches!(m.kind, Kind::Del), m.oif)),
             _ => None,
         })
     }))

@@ -45,6 +45,9 @@ pub struct ReconcileReport {
     pub rule_changes: Vec<String>,
     pub rules_error: Option<String>,
     pub duration: Duration,
+    /// Every kernel object this pass put back or rewrote, as (kind, object): repairs,
+    /// unless a lease event asked for the pass.
+    pub restored: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +259,13 @@ impl Dataplane {
         }
         report.direct_peers = plan.direct_peers;
         debug!(ops = plan.ops.len(), direct = plan.direct.len(), "applying");
+        report.restored.extend(plan.ops.added());
+        report.restored.extend(
+            plan.direct
+                .add
+                .iter()
+                .map(|(n, _)| ("direct-route", n.to_string())),
+        );
         let mut results = Vec::new();
         if !plan.direct.add.is_empty() {
             results.push(self.nl.add_direct_routes(underlay, &plan.direct.add).await);
@@ -307,6 +317,12 @@ impl Dataplane {
         Ok(changed)
     }
 
+    /// The firewall driver's change flag, when it has a monitor (nftables, iptables-nft):
+    /// raised when someone touched the ruleset, so the daemon can repair at once.
+    pub fn rules_flag(&self) -> Option<Arc<ChangeFlag>> {
+        self.rules_changed.clone()
+    }
+
     pub fn device_index(&self) -> Option<u32> {
         self.device.as_ref().map(|d| d.index)
     }
@@ -319,12 +335,22 @@ impl Dataplane {
         let mut report = ReconcileReport::default();
         let st = self.ensure_device().await?;
         report.device_created = st.created;
+        if st.created {
+            report
+                .restored
+                .push(("device", self.cfg.vxlan.name.clone()));
+        }
         if let Some(lease) = self.lease {
             self.nl
                 .ensure_address(st.index, lease.network(), self.cfg.network)
                 .await?;
             match self.blackhole(lease).await {
-                Ok(n) => report.entries_changed += n,
+                Ok(n) => {
+                    report.entries_changed += n;
+                    if n > 0 && self.cfg.blackhole_route {
+                        report.restored.push(("blackhole", lease.to_string()));
+                    }
+                }
                 Err(e) => report.entries_failed.push(e.into()),
             }
         }
@@ -338,6 +364,9 @@ impl Dataplane {
             match self.ensure_rules().await {
                 Ok(r) => {
                     report.rule_repairs = r.repairs;
+                    report
+                        .restored
+                        .extend(r.changes.iter().map(|c| ("rules", c.clone())));
                     report.rule_changes = r.changes;
                 }
                 Err(e) => {

@@ -162,6 +162,8 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
         }
     }
     remove_file(&node.subnet_file, "subnet.env", &mut r).await;
+    let conflicts = crate::repairs::conflicts_file(&node.subnet_file);
+    remove_file(&conflicts, "twilld's repair conflicts", &mut r).await;
 
     if r.found == 0 {
         println!("nothing of twill's left on this node");

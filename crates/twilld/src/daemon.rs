@@ -27,6 +27,7 @@ use twill_store::{
 
 use crate::cli::Cli;
 use crate::policy::lease_policy;
+use crate::repairs::{self, Repairs};
 use crate::schedule;
 use crate::telemetry::Telemetry;
 
@@ -259,6 +260,7 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         store_errors_seen: 0,
         iface_mtu: ext.mtu,
         reloads,
+        repairs: Repairs::default(),
     };
     node.run_loop(cancel).await
 }
@@ -283,6 +285,8 @@ struct Node<S> {
     /// The underlay interface's MTU, the default when Backend.MTU is unset.
     iface_mtu: u32,
     reloads: mpsc::UnboundedReceiver<()>,
+    /// Objects put back by repairs, to tell a fight with another agent.
+    repairs: Repairs,
 }
 
 /// Why a reconcile runs: only the periodic ones count what they fix as repairs (after an
@@ -292,6 +296,17 @@ enum Trigger {
     Event,
     Resync,
     DeviceDeleted,
+    /// The kernel said something of ours was removed.
+    Removed,
+}
+
+/// A repair waiting out its coalescing window: what to run when it is due.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Entries were removed: read and diff everything.
+    Full,
+    /// Only the ruleset changed: device, address and rules.
+    Rules,
 }
 
 impl<S: SubnetManager> Node<S> {
@@ -318,11 +333,32 @@ impl<S: SubnetManager> Node<S> {
             // Direct routes live on the underlay device (DirectRouting, or leftovers).
             m.set_underlay_index(self.dp.config().vxlan.dev_index);
         }
+        let rules = self.dp.rules_flag();
+        let removed = monitor.as_ref().map(|m| m.removed_flag());
+        let mut repair: Option<(Instant, Due)> = None;
+        let cap = Duration::from_secs(self.cli.iptables_resync);
         loop {
             self.tel.beat();
+            let due_at = repair.map(|(at, _)| at);
             tokio::select! {
                 Some(()) = self.reloads.recv() => {
                     self.reload(&cancel).await?;
+                }
+                // Something of ours removed: repair once the burst is over (a fight with
+                // another agent makes that wait grow).
+                () = async { match removed.as_deref() { Some(f) => { f.marked().await; f.take(); } None => std::future::pending().await } },
+                    if !matches!(repair, Some((_, Due::Full))) => {
+                    let wait = self.repairs.delay(std::time::Instant::now(), repairs::COALESCE, cap);
+                    repair = Some((Instant::now() + wait, Due::Full));
+                }
+                () = async { match rules.as_deref() { Some(f) => f.marked().await, None => std::future::pending().await } },
+                    if repair.is_none() => {
+                    let wait = self.repairs.delay(std::time::Instant::now(), repairs::COALESCE_RULES, cap);
+                    repair = Some((Instant::now() + wait, Due::Rules));
+                }
+                _ = tokio::time::sleep_until(due_at.unwrap_or_else(Instant::now)), if due_at.is_some() => {
+                    let (_, due) = repair.take().expect("due");
+                    self.on_removed(due).await;
                 }
                 Some(()) = async { match monitor.as_mut() { Some(m) => m.deleted.recv().await, None => None } } => {
                     warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
@@ -418,6 +454,19 @@ impl<S: SubnetManager> Node<S> {
         }
         self.notify_ready();
         Ok(lost)
+    }
+
+    /// The repair the kernel's notifications asked for, once their burst is over.
+    async fn on_removed(&mut self, due: Due) {
+        if !self.ready {
+            return;
+        }
+        self.tel.repair_passes.inc();
+        match due {
+            Due::Full => self.reconcile(Trigger::Removed).await,
+            Due::Rules => self.check().await,
+        }
+        self.notify_ready();
     }
 
     /// The periodic pass. Reading 3 entries per peer from the kernel is most of an idle
@@ -625,6 +674,7 @@ impl<S: SubnetManager> Node<S> {
             }
             Ok(r) => {
                 self.tel.repaired("rules", r.rule_repairs);
+                self.note_repairs(&r.restored);
                 self.tel.update_ready(|s| s.rules = r.rules_error.is_none());
             }
             Err(e) => warn!("periodic check failed, will retry: {e}"),
@@ -635,6 +685,39 @@ impl<S: SubnetManager> Node<S> {
         self.last_full = Instant::now();
         let pass = self.dp.on_peer_events(&[], &self.table, true).await;
         self.record_pass(pass, why);
+    }
+
+    /// Counts the objects a repair put back that were put back recently too, and leaves
+    /// the list for `twilld doctor` beside subnet.env.
+    fn note_repairs(&mut self, restored: &[(&'static str, String)]) {
+        if restored.is_empty() {
+            return;
+        }
+        let kinds = self.repairs.record(std::time::Instant::now(), restored);
+        if kinds.is_empty() {
+            return;
+        }
+        for kind in &kinds {
+            self.tel
+                .repair_conflicts
+                .get_or_create(&crate::telemetry::label("kind", kind))
+                .inc();
+        }
+        let conflicts = self.repairs.conflicts();
+        if let Some(top) = conflicts.first() {
+            warn!(
+                kind = %top.kind,
+                object = %top.object,
+                repairs = top.repairs,
+                "something else on this node keeps removing what twilld keeps; repairing it less eagerly"
+            );
+        }
+        let path = repairs::conflicts_file(&self.cli.subnet_file);
+        let json =
+            serde_json::Value::from(conflicts.iter().map(|c| c.to_json()).collect::<Vec<_>>());
+        if let Err(e) = write_atomic(&path, json.to_string().as_bytes(), 0o644) {
+            warn!(path = %path.display(), "writing the repair conflicts: {e}");
+        }
     }
 
     /// Metrics and readiness from a full pass (`Ok(None)`: the events went in alone).
@@ -652,6 +735,7 @@ impl<S: SubnetManager> Node<S> {
                     self.tel.repaired("entries", r.entries_changed);
                     self.tel.repaired("device", r.device_created as usize);
                     self.tel.repaired("rules", r.rule_repairs);
+                    self.note_repairs(&r.restored);
                 }
                 let rules_ok = r.rules_error.is_none();
                 self.tel.update_ready(|s| {

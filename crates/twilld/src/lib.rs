@@ -10,5 +10,6 @@ mod http;
 pub mod install_cni;
 pub mod node;
 mod policy;
+pub mod repairs;
 pub mod schedule;
 mod telemetry;

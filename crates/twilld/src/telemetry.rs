@@ -58,6 +58,8 @@ pub struct Telemetry {
     pub entries: Family<Labels, Gauge>,
     pub reconcile_seconds: Histogram,
     pub repairs: Family<Labels, Counter>,
+    pub repair_conflicts: Family<Labels, Counter>,
+    pub repair_passes: Counter,
     pub periodic_passes: Family<Labels, Counter>,
     pub store_events: Family<Labels, Counter>,
     pub store_errors: Counter,
@@ -88,6 +90,8 @@ impl Telemetry {
             entries: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             repairs: Family::default(),
+            repair_conflicts: Family::default(),
+            repair_passes: Counter::default(),
             periodic_passes: Family::default(),
             store_events: Family::default(),
             store_errors: Counter::default(),
@@ -111,6 +115,16 @@ impl Telemetry {
             "reconcile_repairs",
             "Things found missing, extra or wrong by a periodic reconcile and fixed, by kind (entries, rules, device)",
             t.repairs.clone(),
+        );
+        registry.register(
+            "repair_conflicts",
+            "Objects put back again within 30 s of their last repair (something else on the node keeps removing them), by kind (route, neigh, fdb, nexthop, direct-route, blackhole, device, rules); twilld doctor names them",
+            t.repair_conflicts.clone(),
+        );
+        registry.register(
+            "repair_passes",
+            "Passes started by the kernel's notification that something of ours was removed (coalesced: a flush of many entries is one pass)",
+            t.repair_passes.clone(),
         );
         registry.register(
             "periodic_passes",

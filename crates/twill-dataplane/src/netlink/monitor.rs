@@ -1,5 +1,6 @@
-//! The netlink monitor: a deleted device at once, and whether anything touched our
-//! entries since the last pass (so an idle pass can skip reading the kernel).
+//! The netlink monitor: a deleted device at once, one of our entries removed at once (so
+//! it is repaired in milliseconds, not at the next resync), and whether anything touched
+//! our entries since the last pass (so an idle pass can skip reading the kernel).
 
 use super::*;
 
@@ -15,6 +16,10 @@ pub struct DeviceMonitor {
     /// The underlay's ifindex (0: none), whose route changes count too.
     underlay: Arc<AtomicU32>,
     entries: Arc<ChangeFlag>,
+    /// Raised when something removed (or took down, or resized) what we keep on the
+    /// device: a route, neighbour or FDB entry, a nexthop, its address; the daemon
+    /// repairs at once. Additions only raise `entries`: our own writes are additions.
+    removed: Arc<ChangeFlag>,
 }
 
 impl DeviceMonitor {
@@ -30,6 +35,11 @@ impl DeviceMonitor {
     pub fn take_touched(&self) -> bool {
         self.entries.take()
     }
+
+    /// Raised when something of ours was removed; `marked()` waits for it.
+    pub fn removed_flag(&self) -> Arc<ChangeFlag> {
+        self.removed.clone()
+    }
 }
 
 /// Starts a monitor on the link, neighbour, IPv4 route and nexthop groups for the device
@@ -39,25 +49,34 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
     use rtnetlink::MulticastGroup as G;
     let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[G::Link, G::Neigh, G::Ipv4Route])?;
+        rtnetlink::new_multicast_connection(&[G::Link, G::Neigh, G::Ipv4Route, G::Ipv4Ifaddr])?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let index = Arc::new(AtomicU32::new(0));
     let underlay = Arc::new(AtomicU32::new(0));
     let entries = Arc::new(ChangeFlag::default());
+    let removed = Arc::new(ChangeFlag::default());
     // Deleting a nexthop drops its routes without a route notification.
     let mut nexthop_events = nexthop::watch()?;
-    let (idx, seen) = (index.clone(), entries.clone());
+    let (idx, seen, gone) = (index.clone(), entries.clone(), removed.clone());
     tokio::spawn(async move {
-        while let Some(oif) = nexthop_events.next().await {
+        while let Some((deleted, oif)) = nexthop_events.next().await {
             let known = idx.load(Ordering::SeqCst);
             if oif.is_some_and(|i| known == 0 || i == known) {
                 seen.mark();
+                if deleted {
+                    gone.mark();
+                }
             }
         }
         seen.mark_broken();
     });
-    let (idx, ul, seen) = (index.clone(), underlay.clone(), entries.clone());
+    let (idx, ul, seen, gone) = (
+        index.clone(),
+        underlay.clone(),
+        entries.clone(),
+        removed.clone(),
+    );
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
             let NetlinkPayload::InnerMessage(m) = msg.payload else {
@@ -67,33 +86,44 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
                 let known = idx.load(Ordering::SeqCst);
                 known == 0 || i == known
             };
-            let touched = match &m {
-                M::NewNeighbour(n) | M::DelNeighbour(n) => ours(n.header.ifindex),
+            let route_ours = |r: &RouteMessage| {
                 // A route by nexthop id carries no device outside compat mode: count it.
-                M::NewRoute(r) | M::DelRoute(r) => r.attributes.iter().any(|a| match a {
+                r.attributes.iter().any(|a| match a {
                     RouteAttribute::Oif(i) => ours(*i) || *i == ul.load(Ordering::SeqCst),
                     RouteAttribute::NhId(_) => true,
                     _ => false,
-                }),
+                })
+            };
+            let (touched, lost) = match &m {
+                M::NewNeighbour(n) => (ours(n.header.ifindex), false),
+                M::DelNeighbour(n) => (ours(n.header.ifindex), ours(n.header.ifindex)),
+                M::NewRoute(r) => (route_ours(r), false),
+                M::DelRoute(r) => (route_ours(r), route_ours(r)),
+                M::DelAddress(a) => (false, idx.load(Ordering::SeqCst) == a.header.index),
                 M::NewLink(l) => {
-                    // Also how a recreated device's new index becomes known.
+                    // Also how a recreated device's new index becomes known. A change to
+                    // our device (taken down, resized) is repaired at once; the pass that
+                    // follows one of our own changes finds nothing to do.
                     let ours = parse_link(l).name == name;
                     if ours {
                         idx.store(l.header.index, Ordering::SeqCst);
                     }
-                    ours
+                    (ours, ours)
                 }
                 M::DelLink(l) => {
                     let gone = parse_link(l).name == name;
                     if gone && tx.send(()).is_err() {
                         break;
                     }
-                    gone
+                    (gone, false)
                 }
-                _ => false,
+                _ => (false, false),
             };
             if touched {
                 seen.mark();
+            }
+            if lost {
+                gone.mark();
             }
         }
         seen.mark_broken();
@@ -103,5 +133,6 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         index,
         underlay,
         entries,
+        removed,
     })
 }

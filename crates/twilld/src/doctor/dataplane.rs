@@ -187,3 +187,38 @@ pub(super) async fn blackhole(c: &mut Checks, nl: &Netlink, env: &SubnetEnv, wan
         );
     }
 }
+
+/// What the running twilld had to put back again and again (something else on the node
+/// keeps removing it), from the list it keeps beside subnet.env.
+pub(super) fn repair_conflicts(c: &mut Checks, subnet_file: &std::path::Path) {
+    let path = crate::repairs::conflicts_file(subnet_file);
+    let conflicts: Vec<crate::repairs::Conflict> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(crate::repairs::Conflict::from_json)
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    if conflicts.is_empty() {
+        c.pass(
+            "repairs",
+            "nothing of twill's is being removed over and over",
+        );
+        return;
+    }
+    let named: Vec<String> = conflicts
+        .iter()
+        .take(5)
+        .map(|x| format!("{} {} put back {} times", x.kind, x.object, x.repairs + 1))
+        .collect();
+    c.add(
+        "repairs",
+        Status::Warn,
+        named.join("; "),
+        "another agent on this node removes what twilld keeps (a second CNI, a cleanup script, a flanneld?): find it and stop it; twilld backs off while it fights",
+    );
+}

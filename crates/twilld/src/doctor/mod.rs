@@ -245,6 +245,7 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         rules(&mut c, node.rules, conf.as_ref(), env, local).await;
         blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
     }
+    repair_conflicts(&mut c, &node.subnet_file);
     other_cnis(&mut c, &nl, env.as_ref(), args).await;
 
     let ok = !c.0.iter().any(|x| x.status == Status::Fail);
