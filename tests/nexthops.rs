@@ -60,12 +60,13 @@ fn peers_routed_through_nexthops_repaired_and_switched_back() {
     }
     c.assert_full_mesh();
 
-    // Deleting a nexthop takes its route without a route event; both come back.
+    // Deleting a nexthop takes its route without a route event; the nexthop's own
+    // deletion notice brings both back (within milliseconds: by the time a check could
+    // look, they may already be back).
     let peer = c.nodes[1].lease();
     c.nodes[0]
         .ns
         .sh(&format!("ip nexthop del id {}", id_of(&peer)));
-    assert!(!routes(&c, 0).iter().any(|r| r.starts_with(&peer)));
     wait_until(10, "the deleted nexthop and its route repaired", || {
         by_nexthop(&c, 0)
     });
