@@ -14,6 +14,8 @@
 #      against the default, as overlay/underlay ratios
 #   7. Kubernetes mode: one twilld against the fake nodes API with 1 000 then 5 000 peer
 #      nodes: time to program them, peak RSS, CPU for 5 000 status-only updates
+#   8. repair: deletion -> repair time per kind (p50/p99 over 200), and pings lost at a
+#      10 ms interval while a route is deleted (scripts/bench-repair.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
 # NETLAB=none skips section 5.
 set -euo pipefail
@@ -267,3 +269,5 @@ ip netns exec "$LAB_PREFIX-etcd" $BIN/twill-bench latency "$ETCD" 200 "$LAB_PREF
 bash scripts/lab.sh down >/dev/null 2>&1 || true
 echo "== 7. Kubernetes mode (FAKE nodes API, kubeadm-sized node objects)"
 BIN=$BIN bash scripts/bench-kube.sh | sed 's/^/  /'
+echo "== 8. repair at the kernel's word (resync 60 s: only the monitors repair in time)"
+BIN=$BIN LAB_PREFIX=$P-rep bash scripts/bench-repair.sh | sed 's/^/  /'
