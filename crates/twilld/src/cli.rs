@@ -19,7 +19,10 @@ pub enum LogFormat {
     name = "twilld",
     version,
     about = "twill node daemon: a flannel-compatible VXLAN overlay",
-    long_about = None
+    long_about = None,
+    // As Go's flag package (flanneld's): a flag given twice takes the last value, so a
+    // wrapper can append overrides to a unit's or a manifest's command line.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -501,6 +504,23 @@ mod tests {
         assert_eq!(k.store.name(), "the Kubernetes API");
         assert!(k.ip_blackhole_route);
         assert_eq!(k.config_file, Some(PathBuf::from(KUBE_NET_CONF)));
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_the_last_value_as_flanneld() {
+        let c = parse(&[
+            "--iptables-resync",
+            "2",
+            "--ip-masq",
+            "--iptables-resync=60",
+            "--ip-masq",
+        ])
+        .unwrap();
+        assert_eq!(c.iptables_resync, 60);
+        assert!(c.ip_masq);
+        // Repeatable flags still collect every value.
+        let c = parse(&["--iface=eth0", "--iface=eth1"]).unwrap();
+        assert_eq!(c.iface, ["eth0", "eth1"]);
     }
 
     #[test]
