@@ -86,6 +86,9 @@ pub struct NetConf {
     pub ipv6: Option<SubnetRange>,
     pub enable_nftables: bool,
     pub backend: BackendConf,
+    /// `NonMasqueradeCIDRs` (twill's): destinations our pods reach without NAT, such as
+    /// the pod network of the CNI a cluster is migrating to. Both families, in order.
+    pub non_masquerade: Vec<IpNetwork>,
 }
 
 /// Backend types flannel knows but twill does not implement: a clearer message than
@@ -219,6 +222,47 @@ impl Fields {
             )));
         }
         Ok(Some(normal))
+    }
+
+    /// A list of CIDRs of either family, each named by its index in errors and warnings
+    /// (host bits are masked with a warning, as for `Network`); repeats are dropped.
+    fn cidr_list(
+        &mut self,
+        name: &str,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<Vec<IpNetwork>, ConfigError> {
+        let items = match self.take(name) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(a)) => a,
+            Some(v) => {
+                return Err(ConfigError::new(
+                    &self.label(name),
+                    compact(&v),
+                    "expected a list of CIDRs, e.g. [\"172.20.0.0/16\"]",
+                ))
+            }
+        };
+        let mut out: Vec<IpNetwork> = Vec::new();
+        for (i, v) in items.into_iter().enumerate() {
+            let label = format!("{}[{i}]", self.label(name));
+            let net: IpNetwork = v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                ConfigError::new(
+                    &label,
+                    compact(&v),
+                    "not a CIDR (e.g. 172.20.0.0/16 or fd00:20::/56)",
+                )
+            })?;
+            let normal = IpNetwork::new(net.network(), net.prefix()).expect("same prefix");
+            if normal != net {
+                warnings.push(Warning(format!(
+                    "{label}={net} has host bits set; using {normal}"
+                )));
+            }
+            if !out.contains(&normal) {
+                out.push(normal);
+            }
+        }
+        Ok(out)
     }
 
     fn addr(&mut self, name: &str, v4: bool) -> Result<Option<IpAddr>, ConfigError> {
@@ -431,6 +475,7 @@ impl NetConf {
             None => BackendConf::default(),
             Some(v) => parse_backend(v, &mut warnings)?,
         };
+        let non_masquerade = f.cidr_list("NonMasqueradeCIDRs", &mut warnings)?;
         f.leftovers(&mut warnings, |k| {
             if k.eq_ignore_ascii_case("Networks") || k.eq_ignore_ascii_case("IPv6Networks") {
                 Some("multiple networks are not supported, ignored")
@@ -472,9 +517,27 @@ impl NetConf {
                 ipv6,
                 enable_nftables,
                 backend,
+                non_masquerade,
             },
             warnings,
         ))
+    }
+
+    /// The IPv4 destinations exempt from masquerading: `NonMasqueradeCIDRs` and then
+    /// `extra` (the `--no-masq-cidr` flags), without repeats. The daemon and doctor both
+    /// take them from here.
+    pub fn non_masquerade_v4(&self, extra: &[IpNetwork]) -> Vec<ipnetwork::Ipv4Network> {
+        let mut out = Vec::new();
+        for n in self.non_masquerade.iter().chain(extra) {
+            if let IpNetwork::V4(v4) = n {
+                let v4 =
+                    ipnetwork::Ipv4Network::new(v4.network(), v4.prefix()).expect("same prefix");
+                if !out.contains(&v4) {
+                    out.push(v4);
+                }
+            }
+        }
+        out
     }
 
     /// Whether `(v4, v6)` subnets of a lease can be kept under this configuration.

@@ -24,6 +24,8 @@ pub struct DataplaneConfig {
     pub network: Ipv4Network,
     /// MASQUERADE, FORWARD and (for `vxlan`'s address and port) notrack rules.
     pub rules: RuleFlags,
+    /// Destinations exempt from masquerading (NonMasqueradeCIDRs, --no-masq-cidr).
+    pub no_masq: Vec<Ipv4Network>,
     /// flannel's `Backend.DirectRouting`: peers on the underlay's own link get a plain
     /// route via their address instead of VXLAN entries.
     pub direct_routing: bool,
@@ -153,10 +155,13 @@ impl Dataplane {
     pub fn rules(&self) -> Option<RuleSet> {
         let lease = self.lease?;
         let c = &self.cfg;
-        let opts = c.rules.options(Some(VxlanFlows {
-            local: c.vxlan.local,
-            port: c.vxlan.port,
-        }));
+        let opts = c.rules.options(
+            Some(VxlanFlows {
+                local: c.vxlan.local,
+                port: c.vxlan.port,
+            }),
+            &c.no_masq,
+        );
         Some(RuleSet::new(c.network, lease, &opts))
     }
 

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
@@ -112,6 +114,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub ip_blackhole_route: bool,
+    /// Never masquerade from our pods to this CIDR (repeatable; the env variable takes a
+    /// comma-separated list): another pod network during a CNI migration, say. Added to
+    /// net-conf.json's NonMasqueradeCIDRs.
+    #[arg(long, global = true, env = "FLANNELD_NO_MASQ_CIDR", action = ArgAction::Append, value_delimiter = ',')]
+    pub no_masq_cidr: Vec<IpNetwork>,
     /// Seconds between full reconciles of rules and kernel state.
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -283,6 +290,7 @@ impl Cli {
             iface: self.iface_selection(),
             public_ip: self.public_ip,
             rules: self.rule_flags(),
+            no_masq_cidr: self.no_masq_cidr.clone(),
             ip_blackhole_route: self.ip_blackhole_route,
         }
     }
@@ -521,6 +529,23 @@ mod tests {
         // Repeatable flags still collect every value.
         let c = parse(&["--iface=eth0", "--iface=eth1"]).unwrap();
         assert_eq!(c.iface, ["eth0", "eth1"]);
+    }
+
+    #[test]
+    fn no_masq_cidrs_repeat_and_split_on_commas() {
+        let c = parse(&[
+            "--no-masq-cidr=172.20.0.0/16,192.0.2.0/24",
+            "--no-masq-cidr",
+            "fd00:20::/56",
+        ])
+        .unwrap();
+        let got: Vec<String> = c.no_masq_cidr.iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, ["172.20.0.0/16", "192.0.2.0/24", "fd00:20::/56"]);
+        let e = parse(&["--no-masq-cidr=nonsense"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--no-masq-cidr") && e.contains("nonsense"),
+            "{e}"
+        );
     }
 
     #[test]

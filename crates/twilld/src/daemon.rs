@@ -193,6 +193,7 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         vxlan: spec,
         network,
         rules: cli.rule_flags(),
+        no_masq: conf.non_masquerade_v4(&cli.no_masq_cidr),
         direct_routing: conf.backend.direct_routing,
         route_form: if cli.route_nexthops {
             RouteForm::Nexthop
@@ -562,6 +563,7 @@ impl<S: SubnetManager> Node<S> {
         cfg.vxlan.mtu = mtu;
         cfg.network = network;
         cfg.direct_routing = conf.backend.direct_routing;
+        cfg.no_masq = conf.non_masquerade_v4(&self.cli.no_masq_cidr);
         self.dp.set_config(cfg);
         if old_device != self.dp.device_name() {
             if let Err(e) = self.dp.netlink().delete_link(&old_device).await {

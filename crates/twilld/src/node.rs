@@ -21,6 +21,8 @@ pub struct NodeOptions {
     /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
     pub rules: RuleFlags,
+    /// `--no-masq-cidr`.
+    pub no_masq_cidr: Vec<ipnetwork::IpNetwork>,
     /// `--ip-blackhole-route`.
     pub ip_blackhole_route: bool,
 }

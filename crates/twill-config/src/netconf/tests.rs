@@ -282,3 +282,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn non_masquerade_cidrs_of_both_families() {
+    let (c, warnings) = NetConf::parse(
+        r#"{"Network":"10.244.0.0/16","NonMasqueradeCIDRs":["172.20.0.0/16","fd00:20::1/56","172.20.0.0/16"]}"#,
+    )
+    .unwrap();
+    let got: Vec<String> = c.non_masquerade.iter().map(|n| n.to_string()).collect();
+    assert_eq!(got, ["172.20.0.0/16", "fd00:20::/56"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.0.contains("NonMasqueradeCIDRs[1]")),
+        "{warnings:?}"
+    );
+    assert!(ok(r#"{"Network":"10.244.0.0/16"}"#)
+        .non_masquerade
+        .is_empty());
+    let e = err(r#"{"Network":"10.244.0.0/16","NonMasqueradeCIDRs":["172.20.0.0/16","oops"]}"#);
+    assert!(
+        e.to_string().contains("NonMasqueradeCIDRs[1]") && e.to_string().contains("oops"),
+        "{e}"
+    );
+    let e = err(r#"{"Network":"10.244.0.0/16","NonMasqueradeCIDRs":"172.20.0.0/16"}"#);
+    assert!(e.to_string().contains("NonMasqueradeCIDRs"), "{e}");
+}

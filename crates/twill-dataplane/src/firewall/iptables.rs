@@ -332,6 +332,7 @@ mod tests {
                 local: "198.18.0.7".parse().unwrap(),
                 port: 8472,
             }),
+            no_masq: Vec::new(),
         }
     }
 
@@ -361,6 +362,40 @@ mod tests {
             r#"-s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#
         );
         assert!(r.chains[1].jump_first && !r.chains[0].jump_first);
+    }
+
+    /// NonMasqueradeCIDRs: a RETURN per destination, after flannel's RETURNs and before
+    /// any MASQUERADE.
+    #[test]
+    fn non_masquerade_destinations_return_before_masquerading() {
+        let mut o = opts(true, false);
+        o.no_masq = vec![
+            "172.20.0.0/16".parse().unwrap(),
+            "192.0.2.0/24".parse().unwrap(),
+        ];
+        let r = rules(&o);
+        let masq = r.chains[0].rules.as_ref().unwrap();
+        let at = |needle: &str| masq.iter().position(|l| l.contains(needle)).unwrap();
+        let first_masq = at("MASQUERADE");
+        for c in ["172.20.0.0/16", "192.0.2.0/24"] {
+            let i = at(&format!("-d {c} "));
+            assert_eq!(
+                masq[i],
+                format!(
+                    r#"-s 10.244.0.0/16 -d {c} -m comment --comment "flanneld masq" -j RETURN"#
+                )
+            );
+            assert!(
+                i > at("! -s 10.244.0.0/16 -d 10.244.3.0/24") && i < first_masq,
+                "{masq:?}"
+            );
+            // And their traffic into the overlay keeps its source too.
+            assert!(
+                at(&format!("-s {c} -d 10.244.0.0/16 ")) < first_masq,
+                "{masq:?}"
+            );
+        }
+        assert_eq!(masq.len(), 10);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct RuleOptions {
     pub forward: bool,
     /// Keep the VXLAN flows to and from this VTEP out of conntrack.
     pub notrack: Option<VxlanFlows>,
+    /// Networks our pods and theirs reach each other without NAT (NonMasqueradeCIDRs,
+    /// --no-masq-cidr): RETURNs both ways ahead of the MASQUERADE rules.
+    pub no_masq: Vec<Ipv4Network>,
 }
 
 /// The rule flags as the operator gives them (`--ip-masq`, `--ip-masq-fully-random-disable`
@@ -54,13 +57,15 @@ pub struct RuleFlags {
 
 impl RuleFlags {
     /// The options for a VTEP at `vtep`; the notrack rules need it, and are left out
-    /// without one (doctor on a node whose underlay it could not find).
-    pub fn options(&self, vtep: Option<VxlanFlows>) -> RuleOptions {
+    /// without one (doctor on a node whose underlay it could not find). `no_masq` are the
+    /// destinations exempt from masquerading.
+    pub fn options(&self, vtep: Option<VxlanFlows>, no_masq: &[Ipv4Network]) -> RuleOptions {
         RuleOptions {
             ip_masq: self.ip_masq,
             fully_random: self.fully_random,
             forward: self.forward,
             notrack: vtep.filter(|_| self.notrack),
+            no_masq: no_masq.to_vec(),
         }
     }
 }
@@ -113,15 +118,26 @@ impl RuleSet {
             "-j MASQUERADE"
         };
         let (n, p) = (network, pod_subnet);
-        let masq = vec![
+        let mut masq = vec![
             // kube-proxy marks traffic it will masquerade itself.
             format!("-m mark --mark 0x4000/0x4000 {MASQ_COMMENT} -j RETURN"),
             format!("-s {p} -d {n} {MASQ_COMMENT} -j RETURN"),
             format!("-s {n} -d {p} {MASQ_COMMENT} -j RETURN"),
             format!("! -s {n} -d {p} {MASQ_COMMENT} -j RETURN"),
+        ];
+        // A second pod network (the CNI being migrated to) and ours see each other's own
+        // addresses, both ways: ours going out, and its traffic that this node forwards
+        // into the overlay (which flannel's `! -s <network> -d <network>` would NAT).
+        masq.extend(opts.no_masq.iter().flat_map(|c| {
+            [
+                format!("-s {n} -d {c} {MASQ_COMMENT} -j RETURN"),
+                format!("-s {c} -d {n} {MASQ_COMMENT} -j RETURN"),
+            ]
+        }));
+        masq.extend([
             format!("-s {n} ! -d 224.0.0.0/4 {MASQ_COMMENT} {masq_target}"),
             format!("! -s {n} -d {n} {MASQ_COMMENT} {masq_target}"),
-        ];
+        ]);
         let fwd = vec![
             format!("-s {n} {FWD_COMMENT} -j ACCEPT"),
             format!("-d {n} {FWD_COMMENT} -j ACCEPT"),
@@ -189,6 +205,7 @@ impl RuleSet {
             fully_random: false,
             forward: false,
             notrack: None,
+            no_masq: Vec::new(),
         };
         let mut r = RuleSet::new(
             "10.0.0.0/8".parse().expect("literal"),

@@ -38,12 +38,22 @@ pub fn nft_script(intent: &RuleIntent) -> Option<String> {
     // the whole mark), and `! -s <net> -d <pod>` (flanneld has the two prefixes the other
     // way round there).
     if o.ip_masq {
+        let exempt: String = o
+            .no_masq
+            .iter()
+            .map(|c| {
+                format!(
+                    "    ip saddr {n} ip daddr {c} return\n    ip saddr {c} ip daddr {n} return\n"
+                )
+            })
+            .collect();
         s.push_str(&format!(
             "  chain postrtg {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
              \x20   meta mark & 0x00004000 == 0x00004000 return\n\
              \x20   ip saddr {p} ip daddr {n} return\n\
              \x20   ip saddr {n} ip daddr {p} return\n\
              \x20   ip saddr != {n} ip daddr {p} return\n\
+             {exempt}\
              \x20   ip saddr {n} ip daddr != 224.0.0.0/4 {masq}\n\
              \x20   ip saddr != {n} ip daddr {n} {masq}\n  }}\n"
         ));
@@ -270,6 +280,22 @@ mod tests {
             .collect::<String>()
     }
 
+    #[test]
+    fn non_masquerade_destinations_return_before_masquerading() {
+        let mut i = sample_intent(true, false);
+        i.opts.no_masq = vec!["172.20.0.0/16".parse().unwrap()];
+        let s = nft_script(&i).unwrap();
+        let ret = s
+            .find("ip saddr 10.244.0.0/16 ip daddr 172.20.0.0/16 return")
+            .expect(&s);
+        assert!(ret < s.find("masquerade").unwrap(), "{s}");
+        assert!(
+            ret > s
+                .find("ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return")
+                .unwrap()
+        );
+    }
+
     fn sample_intent(ip_masq: bool, notrack: bool) -> RuleIntent {
         intent(RuleOptions {
             ip_masq,
@@ -279,6 +305,7 @@ mod tests {
                 local: "198.18.0.1".parse().unwrap(),
                 port: 8472,
             }),
+            no_masq: Vec::new(),
         })
     }
 
@@ -324,6 +351,7 @@ mod tests {
             fully_random: true,
             forward: true,
             notrack: None,
+            no_masq: Vec::new(),
         }))
         .unwrap();
         // Created before it is deleted, so the delete never fails; all one transaction.
@@ -357,6 +385,7 @@ mod tests {
                 local: "198.18.0.1".parse().unwrap(),
                 port: 8472,
             }),
+            no_masq: Vec::new(),
         }))
         .unwrap();
         assert!(s.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade\n"));

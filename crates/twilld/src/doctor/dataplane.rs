@@ -95,6 +95,7 @@ pub(super) fn v4_lease(env: &SubnetEnv) -> Option<(Ipv4Network, Ipv4Network)> {
 pub(super) async fn rules(
     c: &mut Checks,
     mut flags: twill_dataplane::RuleFlags,
+    no_masq_cidr: &[ipnetwork::IpNetwork],
     conf: Option<&NetConf>,
     env: &SubnetEnv,
     local: Option<Ipv4Addr>,
@@ -104,10 +105,13 @@ pub(super) async fn rules(
     };
     // Masquerade as the running twilld recorded it; the rest from the flags.
     flags.ip_masq = env.ipmasq.unwrap_or(flags.ip_masq);
-    let opts = flags.options(local.map(|local| VxlanFlows {
-        local,
-        port: conf.backend.port,
-    }));
+    let opts = flags.options(
+        local.map(|local| VxlanFlows {
+            local,
+            port: conf.backend.port,
+        }),
+        &conf.non_masquerade_v4(no_masq_cidr),
+    );
     let want = RuleSet::new(network, own, &opts);
     let nftables = conf.enable_nftables;
     let found = tokio::task::spawn_blocking(move || {

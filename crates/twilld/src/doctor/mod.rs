@@ -242,7 +242,15 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     }
     if let Some(env) = &env {
         let local = ext.as_ref().map(|(e, _)| e.addr);
-        rules(&mut c, node.rules, conf.as_ref(), env, local).await;
+        rules(
+            &mut c,
+            node.rules,
+            &node.no_masq_cidr,
+            conf.as_ref(),
+            env,
+            local,
+        )
+        .await;
         blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
     }
     repair_conflicts(&mut c, &node.subnet_file);
