@@ -384,3 +384,127 @@ fn flannels_daemonset_and_rbac_work_unchanged() {
     );
     assert_eq!(fake.patches_to("/api/v1/nodes/fn1"), 0);
 }
+
+/// manifests/uninstall-twill.yml's cleanup container, its command read from the manifest,
+/// run on a node as a kubelet would run it: in the node's network namespace, with the host
+/// paths it mounts bind-mounted from this node's files in a private mount namespace (so
+/// the test machine's own /etc, /opt, /run and /var/lib are never touched). Where this
+/// differs from a kubelet: the binary is the built twilld (the image's
+/// /usr/local/bin/twilld), and --kube-api-url stands in for the in-cluster config (the fake
+/// API speaks plain HTTP).
+#[test]
+fn uninstall_manifest_leaves_nothing_of_twill() {
+    require_root();
+    let mut c = Cluster::new("kuninst");
+    let fake = c.fake_kube();
+    fake.add_node("ku1", Some("10.244.1.0/24"));
+    fake.add_node("ku2", Some("10.244.2.0/24"));
+    let args = kube_args(&c, &fake);
+    add_kube_node(&mut c, &args, "ku1");
+    add_kube_node(&mut c, &args, "ku2");
+    c.add_pod(0);
+    c.add_pod(1);
+    wait_until(20, "routes", || {
+        routes(&c, 0).len() == 1 && routes(&c, 1).len() == 1
+    });
+    // The main DaemonSet is deleted first: twilld stops, leaving everything in place.
+    c.nodes[1].stop(libc::SIGTERM);
+
+    // What the host paths hold on this node (twilld here writes subnet.env in its dir).
+    let host = c.nodes[1].dir.join("host");
+    let (run, netd, bin, lib) = (
+        host.join("run"),
+        host.join("netd"),
+        host.join("bin"),
+        host.join("lib"),
+    );
+    for d in [&run, &netd, &bin, &lib.join("flannel")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(c.nodes[1].subnet_env(), run.join("subnet.env")).unwrap();
+    std::fs::write(netd.join("10-twill.conflist"), "{}").unwrap();
+    std::fs::copy(twill_e2e::twill_plugin_bin(), bin.join("twill")).unwrap();
+    std::fs::write(lib.join("flannel/some-container"), "{}").unwrap();
+
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/uninstall-twill.yml"),
+    )
+    .unwrap();
+    let ds: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let cmd: Vec<String> = ds["spec"]["template"]["spec"]["initContainers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cmd[0], "/usr/local/bin/twilld");
+    let api = args
+        .iter()
+        .find(|a| a.starts_with("--kube-api-url"))
+        .unwrap();
+    let up = host.join("etc-up");
+    let work = host.join("etc-work");
+    std::fs::create_dir_all(&up).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let script = format!(
+        "set -e; mount --make-rprivate /
+         for d in /run /opt /var/lib; do mount -t tmpfs none $d; done
+         mount -t overlay overlay -o lowerdir=/etc,upperdir={up},workdir={work} /etc
+         mkdir -p /run/flannel /etc/cni/net.d /opt/cni/bin /var/lib/cni
+         mount --bind {run} /run/flannel; mount --bind {netd} /etc/cni/net.d
+         mount --bind {bin} /opt/cni/bin; mount --bind {lib} /var/lib/cni
+         exec {twilld} {args} {api}",
+        up = up.display(),
+        work = work.display(),
+        run = run.display(),
+        netd = netd.display(),
+        bin = bin.display(),
+        lib = lib.display(),
+        twilld = twill_e2e::twilld_bin().display(),
+        args = cmd[1..].join(" "),
+    );
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.nodes[1].ns.name,
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("NODE_NAME", "ku2")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+
+    // Nothing of twill's on the node: files, devices, rules, annotations.
+    for gone in [
+        run.join("subnet.env"),
+        netd.join("10-twill.conflist"),
+        bin.join("twill"),
+        lib.join("flannel"),
+    ] {
+        assert!(!gone.exists(), "{} left\n{text}", gone.display());
+    }
+    let ns = &c.nodes[1].ns;
+    assert!(!ns.try_sh("ip link show flannel.1"), "{text}");
+    assert!(!ns.try_sh("ip link show cni0"), "{text}");
+    for table in ["nat", "filter"] {
+        let rules = ns.sh(&format!("iptables -t {table} -S"));
+        assert!(!rules.contains("FLANNEL"), "{table}: {rules}");
+    }
+    let anns = fake.node("ku2").unwrap()["metadata"]["annotations"].clone();
+    assert!(
+        anns.as_object()
+            .is_none_or(|a| a.keys().all(|k| !k.starts_with(ANN))),
+        "{anns}"
+    );
+    wait_until(20, "ku1 drops ku2", || routes(&c, 0).is_empty());
+}

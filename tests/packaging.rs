@@ -19,9 +19,67 @@ fn repo() -> PathBuf {
 }
 
 fn manifest() -> Vec<Value> {
-    let text = std::fs::read_to_string(repo().join("manifests/kube-twill.yml")).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("kube-twill.yml is YAML");
+    manifest_file("kube-twill.yml")
+}
+
+fn manifest_file(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo().join("manifests").join(name)).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("manifest is YAML");
     docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// The uninstall DaemonSet parses into its type, runs in kube-twill.yml's namespace with
+/// its ServiceAccount, mounts every host path cleanup removes from, and its command
+/// parses. (tests/kube.rs runs that command on a node.)
+#[test]
+fn uninstall_daemonset_parses_and_uses_the_main_manifests_account() {
+    let docs = manifest_file("uninstall-twill.yml");
+    assert_eq!(docs.len(), 1);
+    let ds: k8s_openapi::api::apps::v1::DaemonSet = typed(&docs[0]);
+    let main = manifest();
+    assert_eq!(
+        ds.metadata.namespace,
+        find(&main, "Namespace")["metadata"]["name"]
+            .as_str()
+            .map(String::from)
+    );
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        find(&main, "ServiceAccount")["metadata"]["name"].as_str()
+    );
+    let init = &pod.init_containers.unwrap()[0];
+    let cmd = init.command.clone().unwrap();
+    assert_eq!(
+        cmd[1..],
+        ["cleanup", "--yes", "--release-lease", "--kube-subnet-mgr"]
+    );
+    let mounts: BTreeSet<String> = init
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_path)
+        .collect();
+    for path in [
+        "/run/flannel",
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/var/lib/cni",
+    ] {
+        assert!(mounts.contains(path), "{path} not mounted: {mounts:?}");
+    }
+    let out = Command::new(twilld_bin())
+        .args(&cmd[1..])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Parses `doc` as `T` and checks nothing was lost on the way: a misspelt or misplaced
