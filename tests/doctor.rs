@@ -86,6 +86,7 @@ fn healthy_node_passes_and_each_breakage_is_named() {
         "vxlan firewall",
         "peers",
         "rules",
+        "CNI conflicts",
         "other CNIs",
     ] {
         assert_status(&v, name, "pass");
@@ -134,9 +135,28 @@ fn healthy_node_passes_and_each_breakage_is_named() {
         .unwrap()
         .to_string();
     assert!(
-        other.contains("cilium_host") && other.contains("05-cilium.conflist"),
+        other.contains("cilium_host") && other.contains("ip link del cilium_host"),
         "{other}"
     );
+    // A conflist ahead of ours, and another overlay on our UDP port: conflicts, failed.
+    n0.sh("ip link add vxlan.calico type vxlan id 4096 dstport 8472 dev eth0");
+    let (ok, v) = doctor(&c, 0);
+    assert!(!ok);
+    assert_status(&v, "CNI conflicts", "fail");
+    let conflicts = check(&v, "CNI conflicts")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        conflicts.contains("05-cilium.conflist")
+            && conflicts.contains("vxlan.calico is bound to UDP 8472"),
+        "{conflicts}"
+    );
+    assert!(check(&v, "CNI conflicts")["hint"]
+        .as_str()
+        .unwrap()
+        .contains("ip link del vxlan.calico"));
+    n0.sh("ip link del vxlan.calico");
 
     n0.sh("sysctl -qw net.ipv4.ip_forward=0");
     n0.sh("ip link del flannel.1");

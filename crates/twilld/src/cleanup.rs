@@ -67,23 +67,9 @@ impl Report {
     }
 }
 
-/// Another twilld in this network namespace (it would recreate what we remove).
-fn other_twilld() -> Option<String> {
-    let me = std::process::id().to_string();
-    let my_net = std::fs::read_link("/proc/self/ns/net").ok()?;
-    let procs = std::fs::read_dir("/proc").ok()?;
-    procs.filter_map(|e| e.ok()).find_map(|e| {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        let is_other_twilld = pid != me
-            && pid.bytes().all(|b| b.is_ascii_digit())
-            && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "twilld")
-            && std::fs::read_link(e.path().join("ns/net")).ok().as_ref() == Some(&my_net);
-        is_other_twilld.then_some(pid)
-    })
-}
-
 pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
-    if let Some(pid) = other_twilld() {
+    // Another twilld here would recreate what we remove.
+    if let Some(pid) = crate::procs::in_this_netns("twilld").first() {
         println!("warning: twilld (pid {pid}) is running in this network namespace and will recreate what it owns; stop it first");
     }
     let mut r = Report {

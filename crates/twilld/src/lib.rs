@@ -10,6 +10,7 @@ mod http;
 pub mod install_cni;
 pub mod node;
 mod policy;
+mod procs;
 pub mod repairs;
 pub mod schedule;
 mod telemetry;

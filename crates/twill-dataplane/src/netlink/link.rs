@@ -41,6 +41,16 @@ pub struct Link {
     pub vxlan: Vec<InfoVxlan>,
 }
 
+impl Link {
+    /// The UDP port of a VXLAN device (`None` for other kinds).
+    pub fn vxlan_port(&self) -> Option<u16> {
+        self.vxlan.iter().find_map(|a| match a {
+            InfoVxlan::Port(p) => Some(*p),
+            _ => None,
+        })
+    }
+}
+
 pub(super) fn parse_link(m: &LinkMessage) -> Link {
     let mut l = Link {
         index: m.header.index,

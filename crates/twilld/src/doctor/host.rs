@@ -240,12 +240,9 @@ pub(super) fn conntrack_states(t: &[&str]) -> Vec<String> {
     Vec::new()
 }
 
-pub(super) async fn other_cnis(
-    c: &mut Checks,
-    nl: &Netlink,
-    env: Option<&SubnetEnv>,
-    args: &Doctor,
-) {
+/// Leftovers of another CNI that do no harm by themselves but can capture pod traffic.
+/// (What breaks pods outright is the `CNI conflicts` check.)
+pub(super) async fn other_cnis(c: &mut Checks, nl: &Netlink, env: Option<&SubnetEnv>) {
     let mut found = Vec::new();
     if let Ok(ifaces) = nl.interfaces().await {
         for i in &ifaces {
@@ -256,7 +253,7 @@ pub(super) async fn other_cnis(
                 || n == "vxlan.calico"
                 || n.starts_with("kube-bridge")
             {
-                found.push(format!("interface {n}"));
+                found.push(format!("interface {n} (ip link del {n})"));
             }
             if n == "cni0" {
                 let ours = env.and_then(|e| e.lease_subnet());
@@ -272,24 +269,9 @@ pub(super) async fn other_cnis(
             }
         }
     }
-    if let Ok(rd) = std::fs::read_dir(&args.cni_conf_dir) {
-        let mut names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".conf") || n.ends_with(".conflist") || n.ends_with(".json"))
-            .collect();
-        names.sort();
-        for n in names.iter().take_while(|n| **n != args.conflist_name) {
-            found.push(format!(
-                "{} sorts before {} (the runtime uses the first)",
-                args.cni_conf_dir.join(n).display(),
-                args.conflist_name
-            ));
-        }
-    }
     if found.is_empty() {
         c.pass("other CNIs", "no leftovers of other CNIs found");
     } else {
-        c.add("other CNIs", Status::Warn, found.join("; "), "leftovers of a previous CNI can capture pod traffic: remove them (that CNI's uninstall, or ip link del / rm the conflist)");
+        c.add("other CNIs", Status::Warn, found.join("; "), "leftovers of a previous CNI can capture pod traffic: run that CNI's uninstall, or the command given with each");
     }
 }

@@ -19,10 +19,12 @@ use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
 use crate::node::{kube_with_ipv6, NodeOptions, StoreOptions};
 use crate::policy::lease_policy;
 
+mod conflicts;
 mod dataplane;
 mod host;
 mod store;
 
+use conflicts::conflicts;
 use dataplane::*;
 use host::*;
 use store::*;
@@ -254,7 +256,8 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
     }
     repair_conflicts(&mut c, &node.subnet_file);
-    other_cnis(&mut c, &nl, env.as_ref(), args).await;
+    conflicts(&mut c, &nl, conf.as_ref(), args).await;
+    other_cnis(&mut c, &nl, env.as_ref()).await;
 
     let ok = !c.0.iter().any(|x| x.status == Status::Fail);
     match args.output {
