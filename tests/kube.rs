@@ -508,3 +508,51 @@ fn uninstall_manifest_leaves_nothing_of_twill() {
     );
     wait_until(20, "ku1 drops ku2", || routes(&c, 0).is_empty());
 }
+
+/// kubeadm's pod network, not a copy in net-conf.json: a ConfigMap net-conf.json without
+/// `Network` takes the cluster's (here from kube-system/kubeadm-config), logs where from,
+/// and writes it to subnet.env as usual; doctor reads the same.
+#[test]
+fn network_is_taken_from_the_cluster_when_net_conf_has_none() {
+    require_root();
+    let mut c = Cluster::new("knet");
+    let fake = c.fake_kube();
+    fake.add_node("kn1", Some("10.244.1.0/24"));
+    fake.put_configmap(
+        "kube-system",
+        "kubeadm-config",
+        json!({"ClusterConfiguration": "kind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.244.0.0/16\n"}),
+    );
+    let mut args = kube_args(&c, &fake);
+    let conf = c.dir.path().join("net-conf-auto.json");
+    std::fs::write(&conf, r#"{"Backend":{"Type":"vxlan"}}"#).unwrap();
+    for a in args.iter_mut() {
+        if a.starts_with("--net-config-path") {
+            *a = format!("--net-config-path={}", conf.display());
+        }
+    }
+    let i = add_kube_node(&mut c, &args, "kn1");
+    c.nodes[i].wait_ready();
+    let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
+    assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16\n"), "{env}");
+    assert!(env.contains("FLANNEL_SUBNET=10.244.1.1/24\n"), "{env}");
+    let log = c.nodes[i].log();
+    assert!(
+        log.contains("kubeadm-config") && log.contains("has no Network"),
+        "{log}"
+    );
+
+    let mut doctor = vec!["doctor".to_string(), "--output=json".into()];
+    doctor.extend(args[..3].to_vec());
+    doctor.push(format!(
+        "--subnet-file={}",
+        c.nodes[i].subnet_env().display()
+    ));
+    let (_, out) = twilld_as(&c, i, "kn1", &doctor);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(check(&v, "config")["status"], "pass", "{v:#}");
+    assert!(check(&v, "config")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("10.244.0.0/16"));
+}

@@ -113,6 +113,8 @@ fn every_object_parses_into_its_kubernetes_type() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "ConfigMap",
             "DaemonSet"
         ]
@@ -158,6 +160,29 @@ fn rbac_grants_exactly_what_the_code_calls() {
         .map(|(r, v)| (r.to_string(), v.to_string()))
         .collect();
     assert_eq!(granted, used);
+    // The one namespaced read: a Role in its namespace, for that one name, bound to our
+    // ServiceAccount.
+    let role: k8s_openapi::api::rbac::v1::Role = typed(find(&docs, "Role"));
+    let (ns, resource, name, verb) = twill_kube::KUBEADM_CONFIG_ACCESS;
+    assert_eq!(role.metadata.namespace.as_deref(), Some(ns));
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&[resource.to_string()][..])
+    );
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&[name.to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, [verb]);
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = typed(find(&docs, "RoleBinding"));
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    let sa = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (sa.name.as_str(), sa.namespace.as_deref()),
+        ("twill", Some("kube-twill"))
+    );
 }
 
 #[test]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -16,17 +17,24 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Config};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use twill_store::{
     AcquireRequest, BoxError, Expiry, HeldLease, PlanSource, RenewOutcome, StoreError,
     SubnetManager, WatchEvent,
 };
 
 use crate::annotations::{
-    network_condition_patch, network_condition_set, own_subnet, AnnotationKeys, Listing,
+    network_condition_patch, network_condition_set, own_subnet, pod_cidrs, AnnotationKeys, Listing,
     NodeLeases, PodCidrError,
 };
+use crate::network::{covering, kubeadm_pod_subnets, Detected};
 use crate::peer_node::PeerNode;
+
+/// The one namespaced read, (namespace, resource, name, verb): kubeadm's record of the pod
+/// network, for a net-conf.json without `Network`. Granted by a Role in kube-system limited
+/// to that name; under flannel's RBAC it is refused and the nodes' podCIDRs are used.
+pub const KUBEADM_CONFIG_ACCESS: (&str, &str, &str, &str) =
+    ("kube-system", "configmaps", "kubeadm-config", "get");
 
 /// Every API call twill makes, as (resource, verb): exactly what flannel's ClusterRole
 /// grants, so twilld runs under flannel's RBAC. The ClusterRole in
@@ -63,6 +71,8 @@ pub struct KubeOptions {
 #[derive(Clone)]
 pub struct KubeStore {
     nodes: Api<Node>,
+    /// kube-system's ConfigMaps: only kubeadm-config is read (Network detection).
+    kube_system: Api<ConfigMap>,
     /// The same objects, decoded to the part peers need (see `PeerNode`).
     peers: Api<PeerNode>,
     node_name: String,
@@ -152,6 +162,7 @@ impl KubeStore {
         };
         Ok(KubeStore {
             nodes: Api::all(client.clone()),
+            kube_system: Api::namespaced(client.clone(), "kube-system"),
             peers: Api::all(client),
             node_name,
             keys: AnnotationKeys::new(&opts.annotation_prefix).map_err(|e| {
@@ -222,6 +233,45 @@ impl KubeStore {
             info!(node = %self.node_name, "node condition NetworkUnavailable=False");
         }
         Ok(())
+    }
+
+    /// The cluster's pod network(s), for a net-conf.json that names none: kubeadm's
+    /// `podSubnet` when the ConfigMap is there and readable, else the smallest prefix
+    /// covering every node's podCIDRs.
+    pub async fn detect_pod_networks(&self) -> Result<(Vec<IpNetwork>, Detected), StoreError> {
+        let (_, _, name, _) = KUBEADM_CONFIG_ACCESS;
+        match self.kube_system.get_opt(name).await {
+            Ok(Some(cm)) => {
+                let nets = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("ClusterConfiguration"))
+                    .map(|cc| kubeadm_pod_subnets(cc))
+                    .unwrap_or_default();
+                if !nets.is_empty() {
+                    return Ok((nets, Detected::KubeadmConfig));
+                }
+            }
+            Ok(None) => {}
+            // Forbidden (flannel's RBAC), or anything else: the nodes still tell.
+            Err(e) => debug!("reading kube-system/{name}: {e}; using the nodes' podCIDRs"),
+        }
+        let nodes = self
+            .nodes
+            .list(&Default::default())
+            .await
+            .map_err(|e| api_err("list nodes", e))?;
+        let cidrs: Vec<IpNetwork> = nodes.items.iter().flat_map(pod_cidrs).collect();
+        let nets: Vec<IpNetwork> = [true, false]
+            .into_iter()
+            .filter_map(|v4| covering(&cidrs, v4))
+            .collect();
+        if nets.is_empty() {
+            return Err(StoreError::Waiting(
+                "net-conf.json has no Network, there is no kubeadm-config ConfigMap, and no node has a podCIDR yet: set Network, or run kube-controller-manager with --allocate-node-cidrs=true --cluster-cidr=<Network>".into(),
+            ));
+        }
+        Ok((nets, Detected::NodePodCidrs))
     }
 
     /// Every node's lease, listed once (diagnostics).

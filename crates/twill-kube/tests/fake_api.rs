@@ -399,3 +399,43 @@ async fn path_prefix_keys_under_flannels_role() {
         "{msg}"
     );
 }
+
+/// A net-conf.json without Network takes the cluster's: kubeadm's podSubnet when its
+/// ConfigMap is readable, else the prefix covering the nodes' podCIDRs (also what happens
+/// under flannel's RBAC, which cannot read the ConfigMap).
+#[tokio::test]
+async fn the_pod_network_is_detected_from_kubeadm_else_from_the_nodes() {
+    let fake = FakeKube::start_local();
+    fake.add_node("n1", Some("10.244.1.0/24"));
+    fake.add_node("n2", Some("10.244.130.0/24"));
+    let store = KubeStore::connect(&opts(&fake, "n1")).await.unwrap();
+    let (nets, from) = store.detect_pod_networks().await.unwrap();
+    assert_eq!(nets, ["10.244.0.0/16".parse().unwrap()]);
+    assert_eq!(from, twill_kube::Detected::NodePodCidrs);
+
+    fake.put_configmap(
+        "kube-system",
+        "kubeadm-config",
+        json!({"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.240.0.0/12\n  serviceSubnet: 10.96.0.0/12\n"}),
+    );
+    let (nets, from) = store.detect_pod_networks().await.unwrap();
+    assert_eq!(nets, ["10.240.0.0/12".parse().unwrap()]);
+    assert_eq!(from, twill_kube::Detected::KubeadmConfig);
+
+    fake.enforce_rbac(twill_testutil::FLANNEL_CLUSTER_ROLE);
+    let (nets, from) = store.detect_pod_networks().await.unwrap();
+    assert_eq!(nets, ["10.244.0.0/16".parse().unwrap()]);
+    assert_eq!(from, twill_kube::Detected::NodePodCidrs);
+    assert_eq!(
+        fake.forbidden(),
+        [("configmaps".to_string(), "get".to_string())]
+    );
+
+    // Nothing to go by: the caller waits, told what to set.
+    let empty = FakeKube::start_local();
+    empty.add_node("n1", None);
+    let store = KubeStore::connect(&opts(&empty, "n1")).await.unwrap();
+    let err = store.detect_pod_networks().await.unwrap_err();
+    assert!(matches!(err, StoreError::Waiting(_)), "{err:?}");
+    assert!(err.to_string().contains("--allocate-node-cidrs"), "{err}");
+}

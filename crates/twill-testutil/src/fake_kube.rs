@@ -7,6 +7,7 @@
 //!   after N as JSON lines, BOOKMARKs, an `ERROR` event with a 410 Status when N was
 //!   compacted away,
 //! - `GET /api/v1/nodes/{name}`, `GET /api/v1/namespaces/{ns}/pods/{name}`,
+//!   `GET /api/v1/namespaces/{ns}/configmaps/{name}`,
 //! - `PATCH /api/v1/nodes/{name}[/status]` with strategic-merge (conditions merge by type)
 //!   or JSON merge patches; the main resource ignores status and the status subresource
 //!   ignores spec, as the real server does; a patch that changes nothing bumps nothing.
@@ -66,6 +67,7 @@ struct State {
     rv: u64,
     nodes: BTreeMap<String, Value>,
     pods: BTreeMap<(String, String), Value>,
+    configmaps: BTreeMap<(String, String), Value>,
     history: Vec<Ev>,
     /// Watches from before this resourceVersion get 410 Gone.
     compacted: u64,
@@ -236,6 +238,18 @@ impl FakeKube {
             .insert((namespace.into(), name.into()), pod);
     }
 
+    /// A ConfigMap with `data` (e.g. kube-system/kubeadm-config).
+    pub fn put_configmap(&self, namespace: &str, name: &str, data: Value) {
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+            "data": data
+        });
+        self.state()
+            .configmaps
+            .insert((namespace.into(), name.into()), cm);
+    }
+
     /// Forgets history, like etcd compaction: a watch resuming from before now gets 410.
     pub fn compact(&self) {
         let mut st = self.state();
@@ -383,6 +397,17 @@ async fn handle(inner: Arc<Inner>, req: Request) -> Response {
         {
             patch_node(&inner, name, !rest.is_empty(), &content_type, &body)
         }
+        (Method::GET, ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+            let st = inner.state.lock().unwrap();
+            match st.configmaps.get(&(ns.to_string(), name.to_string())) {
+                Some(c) => respond(StatusCode::OK, c),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("configmaps \"{name}\" not found"),
+                ),
+            }
+        }
         (Method::GET, ["api", "v1", "namespaces", ns, "pods", name]) => {
             let st = inner.state.lock().unwrap();
             match st.pods.get(&(ns.to_string(), name.to_string())) {
@@ -418,6 +443,9 @@ fn access(method: &Method, parts: &[&str], query: &str) -> Option<(String, Strin
         }
         (&Method::GET, ["api", "v1", "namespaces", _, "pods", _]) => {
             Some(("pods".into(), verb("get")))
+        }
+        (&Method::GET, ["api", "v1", "namespaces", _, "configmaps", _]) => {
+            Some(("configmaps".into(), verb("get")))
         }
         _ => None,
     }

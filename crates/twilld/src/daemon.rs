@@ -38,14 +38,16 @@ const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Where net-conf.json comes from: a file (always in Kubernetes mode), or etcd's
 /// `<prefix>/config`.
 enum ConfigSource {
-    File(std::path::PathBuf),
+    /// A file, with the pod network(s) detected from the cluster for a file without
+    /// `Network` (Kubernetes mode), filled in on every read.
+    File(std::path::PathBuf, Vec<IpNetwork>),
     Etcd(Box<EtcdStore>),
 }
 
 impl ConfigSource {
     async fn load(&self) -> Result<NetConf> {
         match self {
-            ConfigSource::File(p) => load_file_config(p),
+            ConfigSource::File(p, detected) => load_file_config(p, detected),
             ConfigSource::Etcd(store) => match store.get_config().await? {
                 Some(text) => parse_conf(&text, &format!("etcd key {}", store.config_key())),
                 None => Err(anyhow!("etcd key {} is missing", store.config_key())),
@@ -68,27 +70,41 @@ pub async fn run(cli: Cli) -> Result<()> {
         crate::http::serve(a, paths, tel.clone(), cancel.clone()).await?;
     }
 
-    // A bad file fails before anything touches the store or the kernel.
-    let file_conf = match cli.config_file() {
-        Some(p) => Some((load_file_config(&p)?, p)),
-        None => None,
-    };
     if cli.kube_subnet_mgr {
-        let Some((conf, path)) = file_conf else {
-            unreachable!("Kubernetes mode always reads a file")
-        };
-        let opts = cli.kube_options(conf.ipv6.is_some());
+        let path = cli
+            .config_file()
+            .expect("Kubernetes mode always reads a file");
+        // A bad file fails before anything touches the store or the kernel; one that
+        // leaves Network to the cluster is checked once it is filled in.
+        let doc = read_config_doc(&path)?;
+        let detect = twill_kube::needs_detection(&doc);
+        if !detect {
+            load_file_config(&path, &[])?;
+        }
+        let opts = cli.kube_options(twill_kube::enables_ipv6(&doc));
         let store = retry("connecting to the Kubernetes API", &cancel, &tel, || {
             KubeStore::connect(&opts)
         })
         .await?;
         info!(node = store.node_name(), "Kubernetes subnet manager");
+        let detected = if detect {
+            let (nets, from) = retry("detecting the cluster's pod network", &cancel, &tel, || {
+                store.detect_pod_networks()
+            })
+            .await?;
+            let shown: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            info!(networks = %shown.join(","), %from, "{} has no Network: taken from the cluster", path.display());
+            nets
+        } else {
+            Vec::new()
+        };
+        let conf = load_file_config(&path, &detected)?;
         // node-public-ip on our node stands in for --public-ip.
         let hint = match cli.public_ip {
             Some(_) => None,
             None => retry("reading our node", &cancel, &tel, || store.node_public_ip()).await?,
         };
-        let source = ConfigSource::File(path);
+        let source = ConfigSource::File(path, detected);
         return start(Startup {
             cli,
             store,
@@ -101,9 +117,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         })
         .await;
     }
+    // A bad file fails before anything touches the store or the kernel.
+    let file_conf = match cli.config_file() {
+        Some(p) => Some((load_file_config(&p, &[])?, p)),
+        None => None,
+    };
     let store = connect_store(&cli, &cancel, &tel).await?;
     let (conf, source) = match file_conf {
-        Some((c, p)) => (c, ConfigSource::File(p)),
+        Some((c, p)) => (c, ConfigSource::File(p, Vec::new())),
         None => (
             wait_for_etcd_config(&store, &cancel, &tel).await?,
             ConfigSource::Etcd(Box::new(store.clone())),
@@ -826,10 +847,35 @@ fn spawn_signal_handler(cancel: CancellationToken) -> mpsc::UnboundedReceiver<()
     rx
 }
 
-fn load_file_config(path: &Path) -> Result<NetConf> {
+fn read_config_doc(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--net-config-path {}", path.display()))?;
-    parse_conf(&text, &path.display().to_string())
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "config from {}: (document)=line {} column {}: invalid JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// net-conf.json from a file; `detected` fills a missing `Network`/`IPv6Network`.
+fn load_file_config(path: &Path, detected: &[IpNetwork]) -> Result<NetConf> {
+    if detected.is_empty() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--net-config-path {}", path.display()))?;
+        return parse_conf(&text, &path.display().to_string());
+    }
+    let mut doc = read_config_doc(path)?;
+    twill_kube::fill_networks(&mut doc, detected);
+    let source = path.display().to_string();
+    let (conf, warnings) =
+        NetConf::from_value(doc).with_context(|| format!("config from {source}"))?;
+    for w in warnings {
+        warn!("net-conf.json ({source}): {w}");
+    }
+    Ok(conf)
 }
 
 fn parse_conf(text: &str, source: &str) -> Result<NetConf> {

@@ -9,7 +9,7 @@ pub(super) async fn etcd_checks(
     c: &mut Checks,
 ) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
     let store = EtcdStore::connect(opts).await;
-    let conf = config(node.config_file.as_deref(), store.as_ref().ok(), c).await;
+    let conf = config(node.config_file.as_deref(), store.as_ref().ok(), &[], c).await;
     if let Err(e) = &store {
         c.add(
             "etcd",
@@ -56,17 +56,32 @@ pub(super) async fn kube_checks(
     Option<Vec<StoredLease>>,
     Option<std::net::Ipv4Addr>,
 ) {
-    let conf = config(node.config_file.as_deref(), None, c).await;
-    let ipv6 = conf.as_ref().is_some_and(|c| c.ipv6.is_some());
+    let doc = node
+        .config_file
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let ipv6 = doc.as_ref().is_some_and(twill_kube::enables_ipv6);
     let hint =
         "check --kubeconfig-file / --kube-api-url (or the pod's service account) and NODE_NAME";
     let store = match twill_kube::KubeStore::connect(&kube_with_ipv6(opts, ipv6)).await {
         Ok(s) => s,
         Err(e) => {
+            let conf = config(node.config_file.as_deref(), None, &[], c).await;
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
             return (conf, None, None);
         }
     };
+    // A file without Network takes it from the cluster, as twilld does.
+    let detected = match doc.as_ref().is_some_and(twill_kube::needs_detection) {
+        true => store
+            .detect_pod_networks()
+            .await
+            .map(|(n, _)| n)
+            .unwrap_or_default(),
+        false => Vec::new(),
+    };
+    let conf = config(node.config_file.as_deref(), None, &detected, c).await;
     let node = match store.node().await {
         Ok(n) => n,
         Err(e) => {
@@ -116,6 +131,7 @@ pub(super) async fn kube_checks(
 pub(super) async fn config(
     file: Option<&std::path::Path>,
     store: Option<&EtcdStore>,
+    detected: &[ipnetwork::IpNetwork],
     c: &mut Checks,
 ) -> Option<NetConf> {
     let (text, source) = match file {
@@ -145,6 +161,14 @@ pub(super) async fn config(
             }
         }
     };
+    let text = text.map(|t| {
+        if detected.is_empty() {
+            return t;
+        }
+        let mut doc: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+        twill_kube::fill_networks(&mut doc, detected);
+        doc.to_string()
+    });
     match text.map(|t| NetConf::parse(&t)) {
         Ok(Ok((conf, warnings))) => {
             let net = conf
