@@ -142,3 +142,107 @@ fn two_pod_networks_see_each_others_real_addresses() {
         "the exemption was what kept the address"
     );
 }
+
+/// flannel -> twill in place, node by node: a node still run by flanneld (its data plane
+/// written here exactly as flanneld writes it — lease with a TTL in etcd, flannel.1 with
+/// its MAC, FDB + neighbour + onlink route per peer, subnet.env — since flanneld itself is
+/// not installable here) beside twilld nodes; pods ping across the mixed cluster; then the
+/// last flanneld node gets twilld, which adopts its lease, device and MAC without taking
+/// the pods' traffic down.
+#[test]
+fn flanneld_nodes_move_to_twilld_in_place() {
+    let mut c = twill_e2e::Cluster::new("mig-fl");
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    for _ in 0..2 {
+        c.add_node(&["--iptables-resync=1"]);
+    }
+    let f = c.add_node_stopped(&["--iptables-resync=1"]);
+    for i in 0..2 {
+        c.nodes[i].wait_ready();
+    }
+    // The flanneld node: its lease (flanneld's JSON, on a 24 h etcd lease)...
+    let (subnet, vtep, mac) = ("10.244.50.0/24", "10.244.50.0", "0a:0f:00:00:00:03");
+    let grant = c.etcd.ctl(&["lease", "grant", "86400"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    c.etcd.ctl(&[
+        "put",
+        "--lease",
+        &id,
+        &format!("{}/subnets/10.244.50.0-24", twill_e2e::PREFIX),
+        &format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
+            c.nodes[f].ip
+        ),
+    ]);
+    // ...its device and its entries for each twilld peer, and its subnet.env.
+    let ns = &c.nodes[f].ns;
+    ns.sh(&format!(
+        "ip link add flannel.1 type vxlan id 1 local {} dev eth0 dstport 8472 nolearning \
+         && ip link set flannel.1 address {mac} mtu 1450 up && ip addr add {vtep}/32 dev flannel.1",
+        c.nodes[f].ip
+    ));
+    for i in 0..2 {
+        let peer = c.nodes[i].lease();
+        let pvtep = peer.trim_end_matches("/24");
+        ns.sh(&format!(
+            "bridge fdb append {m} dev flannel.1 dst {ip} && \
+             ip neigh replace {pvtep} lladdr {m} dev flannel.1 nud permanent && \
+             ip route replace {peer} via {pvtep} dev flannel.1 onlink",
+            m = c.nodes[i].vtep_mac(),
+            ip = c.nodes[i].ip
+        ));
+    }
+    std::fs::write(
+        c.nodes[f].subnet_env(),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.50.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    for i in 0..3 {
+        c.add_pod(i);
+    }
+    // The twilld nodes took the flanneld node's lease as a peer.
+    wait_until(20, "twilld nodes route to the flanneld node", || {
+        (0..2).all(|i| c.nodes[i].vxlan_subnets().contains(&subnet.to_string()))
+    });
+    c.assert_full_mesh();
+
+    // The flanneld node moves to twilld while a pod on another node pings one on it.
+    let target = c.pod(f).ip.clone();
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.pod(0).ns.name,
+            "ping",
+            "-i",
+            "0.02",
+            "-w",
+            "6",
+            "-q",
+            &target,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    c.nodes[f].start();
+    c.nodes[f].wait_ready();
+    let out = pinger.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lost: f64 = summary
+        .split(", ")
+        .find_map(|p| p.strip_suffix("% packet loss"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(100.0);
+    assert!(
+        lost <= 2.0,
+        "pings lost while the node moved to twilld: {summary}"
+    );
+    assert_eq!(c.nodes[f].lease(), subnet, "the flanneld lease was adopted");
+    assert_eq!(
+        c.nodes[f].vtep_mac(),
+        mac,
+        "and its MAC, so no peer had to change"
+    );
+    c.assert_full_mesh();
+}
