@@ -410,6 +410,92 @@ fn public_ipv6_is_published_with_ipv6_enabled() {
     assert!(c.lease_values().contains(r#""PublicIPv6":"2001:db8::8""#));
 }
 
+/// Dual stack: flannel's IPv6 MASQUERADE/FORWARD rules (ip6tables, then the `ip6
+/// flannel-ipv6` table in nftables mode), with the IPv6 NonMasqueradeCIDRs, kept in place
+/// like the IPv4 ones and removed by cleanup.
+#[test]
+fn dual_stack_keeps_flannels_ipv6_rules() {
+    let mut c = Cluster::new("d-rules6");
+    let conf = |nft: bool| {
+        format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":{nft},"NonMasqueradeCIDRs":["fd00:20::/56","172.20.0.0/16"]}}"#
+        )
+    };
+    c.put_config(&conf(false));
+    let i = c.add_node(&["--ip-masq"]);
+    c.nodes[i].wait_ready();
+    let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
+    let own6 = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+        .unwrap()
+        .replace("::1/64", "::/64");
+    let ns = &c.nodes[i].ns;
+    let cm = r#"-m comment --comment "flanneld masq""#;
+    let nat6 = ns.sh("ip6tables -t nat -S");
+    for want in [
+        format!("-A POSTROUTING {cm} -j FLANNEL-POSTRTG"),
+        format!("-A FLANNEL-POSTRTG -s {own6} -d fd00:10:244::/56 {cm} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s fd00:10:244::/56 -d fd00:20::/56 {cm} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 {cm} -j MASQUERADE --random-fully"),
+    ] {
+        assert!(nat6.contains(&want), "{want}\n{nat6}");
+    }
+    assert!(
+        !nat6.contains("172.20.0.0/16"),
+        "IPv4 exemptions stay in iptables: {nat6}"
+    );
+    assert!(ns.sh("iptables -t nat -S").contains("-d 172.20.0.0/16"));
+    let fwd6 = |ns: &twill_testutil::Netns| ns.sh("ip6tables -S FLANNEL-FWD 2>/dev/null || true");
+    assert!(
+        fwd6(ns).contains("-A FLANNEL-FWD -s fd00:10:244::/56"),
+        "{}",
+        fwd6(ns)
+    );
+    // Flushed: back (the nftables monitor sees ip6tables-nft too).
+    ns.sh("ip6tables -F FLANNEL-FWD");
+    wait_until(10, "the IPv6 FORWARD chain repaired", || {
+        fwd6(&c.nodes[i].ns).contains("-A FLANNEL-FWD -d fd00:10:244::/56")
+    });
+
+    // nftables mode: the ip6 table instead.
+    c.nodes[i].stop(libc::SIGTERM);
+    c.put_config(&conf(true));
+    c.nodes[i].start();
+    wait_until(10, "the ip6 flannel-ipv6 table", || {
+        c.nodes[i].ns.try_sh("nft list table ip6 flannel-ipv6 | grep -q 'ip6 saddr fd00:10:244::/56 ip6 daddr fd00:20::/56 return'")
+    });
+    assert!(
+        !fwd6(&c.nodes[i].ns).contains("FLANNEL-FWD"),
+        "the ip6tables chains gave way"
+    );
+
+    // cleanup takes both families away.
+    c.nodes[i].stop(libc::SIGTERM);
+    c.put_config(&conf(false));
+    c.nodes[i].start();
+    wait_until(10, "ip6tables again", || {
+        fwd6(&c.nodes[i].ns).contains("ACCEPT")
+    });
+    c.nodes[i].stop(libc::SIGTERM);
+    let (ok, out) = c.nodes[i].twilld(&[
+        "cleanup",
+        "--yes",
+        &format!("--subnet-file={}", c.nodes[i].subnet_env().display()),
+        &format!("--etcd-endpoints=http://{}:2379", twill_e2e::ETCD_IP),
+        &format!("--cni-conf-dir={}", c.nodes[i].dir.join("net.d").display()),
+        &format!("--cni-bin-dir={}", c.nodes[i].dir.join("bin").display()),
+        &format!(
+            "--cni-data-dir={}",
+            c.nodes[i].dir.join("cni-state").display()
+        ),
+    ]);
+    assert!(ok, "{out}");
+    let ns = &c.nodes[i].ns;
+    assert!(!ns.sh("ip6tables -t nat -S").contains("FLANNEL"), "{out}");
+    assert!(!ns.sh("ip6tables -S").contains("FLANNEL"), "{out}");
+}
+
 #[test]
 fn dual_stack_config_leases_both_families_and_writes_ipv6_lines() {
     let mut c = Cluster::new("d-dual");

@@ -523,18 +523,15 @@ impl NetConf {
         ))
     }
 
-    /// The IPv4 destinations exempt from masquerading: `NonMasqueradeCIDRs` and then
-    /// `extra` (the `--no-masq-cidr` flags), without repeats. The daemon and doctor both
-    /// take them from here.
-    pub fn non_masquerade_v4(&self, extra: &[IpNetwork]) -> Vec<ipnetwork::Ipv4Network> {
+    /// The networks exempt from masquerading, both families: `NonMasqueradeCIDRs` and
+    /// then `extra` (the `--no-masq-cidr` flags), masked, without repeats. The daemon and
+    /// doctor both take them from here.
+    pub fn exempt_from_masquerade(&self, extra: &[IpNetwork]) -> Vec<IpNetwork> {
         let mut out = Vec::new();
         for n in self.non_masquerade.iter().chain(extra) {
-            if let IpNetwork::V4(v4) = n {
-                let v4 =
-                    ipnetwork::Ipv4Network::new(v4.network(), v4.prefix()).expect("same prefix");
-                if !out.contains(&v4) {
-                    out.push(v4);
-                }
+            let n = IpNetwork::new(n.network(), n.prefix()).expect("same prefix");
+            if !out.contains(&n) {
+                out.push(n);
             }
         }
         out

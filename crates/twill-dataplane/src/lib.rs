@@ -25,7 +25,7 @@ pub use desired::{
 };
 pub use firewall::{
     Firewall, FirewallError, Iptables, Nftables, RuleFlags, RuleIntent, RuleOptions, RuleSet,
-    RulesReport, VxlanFlows, NFT_TABLE,
+    RulesReport, VxlanFlows, NFT_TABLE, NFT_TABLE6,
 };
 pub use iface::{
     choose_interface, select_underlay, ExtIface, IfaceError, IfaceSelection, InterfaceInfo, Routes,

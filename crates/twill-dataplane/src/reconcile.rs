@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::{debug, info, warn};
 use twill_store::{PeerEntry, PeerEvent, PeerTable};
 
@@ -24,8 +24,12 @@ pub struct DataplaneConfig {
     pub network: Ipv4Network,
     /// MASQUERADE, FORWARD and (for `vxlan`'s address and port) notrack rules.
     pub rules: RuleFlags,
-    /// Destinations exempt from masquerading (NonMasqueradeCIDRs, --no-masq-cidr).
-    pub no_masq: Vec<Ipv4Network>,
+    /// Networks exempt from masquerading (NonMasqueradeCIDRs, --no-masq-cidr), both
+    /// families.
+    pub no_masq: Vec<IpNetwork>,
+    /// The IPv6 pod network (EnableIPv6): its MASQUERADE/FORWARD rules, with ip6tables or
+    /// the `ip6 flannel-ipv6` table, once we hold an IPv6 subnet too.
+    pub network6: Option<IpNetwork>,
     /// flannel's `Backend.DirectRouting`: peers on the underlay's own link get a plain
     /// route via their address instead of VXLAN entries.
     pub direct_routing: bool,
@@ -66,6 +70,7 @@ pub struct Dataplane {
     fw: Arc<dyn Firewall>,
     device: Option<DeviceState>,
     lease: Option<Ipv4Network>,
+    lease6: Option<IpNetwork>,
     /// Raised by the firewall driver's monitor when the ruleset changed, if it has one.
     rules_changed: Option<Arc<ChangeFlag>>,
     /// The underlay's connected prefixes as of the last full pass (DirectRouting).
@@ -76,6 +81,8 @@ pub struct Dataplane {
     /// Blackhole routes are read after start, a config change or a new lease (to remove
     /// stale ones); in between a pass only re-adds ours if it went missing.
     sweep_blackholes: bool,
+    /// IPv6 rules were wanted since start: when that stops, they are removed.
+    had_v6_rules: bool,
 }
 
 impl Dataplane {
@@ -87,10 +94,12 @@ impl Dataplane {
             fw,
             device: None,
             lease: None,
+            lease6: None,
             rules_changed,
             onlink: Vec::new(),
             sweep_direct: true,
             sweep_blackholes: true,
+            had_v6_rules: false,
         }
     }
 
@@ -152,8 +161,17 @@ impl Dataplane {
             .await
     }
 
-    pub fn rules(&self) -> Option<RuleSet> {
-        let lease = self.lease?;
+    /// Our IPv6 subnet (dual stack), for the IPv6 rules; `None` takes them away.
+    pub fn set_lease6(&mut self, subnet: Option<IpNetwork>) {
+        self.lease6 = subnet.filter(|s| s.is_ipv6());
+    }
+
+    /// The rule sets to keep: IPv4's once we hold a lease, and IPv6's with an IPv6 network
+    /// and subnet; without them the IPv6 chains and table are kept away.
+    pub fn rules(&self) -> Vec<RuleSet> {
+        let Some(lease) = self.lease else {
+            return Vec::new();
+        };
         let c = &self.cfg;
         let opts = c.rules.options(
             Some(VxlanFlows {
@@ -162,16 +180,47 @@ impl Dataplane {
             }),
             &c.no_masq,
         );
-        Some(RuleSet::new(c.network, lease, &opts))
+        let mut sets = vec![RuleSet::new(
+            IpNetwork::V4(c.network),
+            IpNetwork::V4(lease),
+            &opts,
+        )];
+        match (c.network6, self.lease6) {
+            (Some(n6), Some(l6)) => sets.push(RuleSet::new(n6, l6, &opts)),
+            // Only where IPv6 was on before (or flanneld left them): nothing to read on a
+            // v4-only node that never had them.
+            _ if self.had_v6_rules => sets.push(RuleSet::none_of(true)),
+            _ => {}
+        }
+        sets
     }
 
-    /// Rules only (blocking tools run off the async threads).
-    pub async fn ensure_rules(&self) -> Result<crate::firewall::RulesReport, FirewallError> {
-        let Some(rules) = self.rules() else {
-            return Ok(Default::default());
-        };
+    /// Rules only (blocking tools run off the async threads). Every family is attempted
+    /// even if one fails; every failure is reported.
+    pub async fn ensure_rules(&mut self) -> Result<crate::firewall::RulesReport, FirewallError> {
+        let sets = self.rules();
+        self.had_v6_rules = sets
+            .iter()
+            .any(|r| r.intent.v6() && r.chains.iter().any(|c| c.rules.is_some()));
         let fw = self.fw.clone();
-        tokio::task::spawn_blocking(move || fw.ensure(&rules)).await?
+        tokio::task::spawn_blocking(move || {
+            let mut report = crate::firewall::RulesReport::default();
+            let mut errors = Vec::new();
+            for rules in &sets {
+                match fw.ensure(rules) {
+                    Ok(r) => {
+                        report.repairs += r.repairs;
+                        report.changes.extend(r.changes);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            match FirewallError::all(errors) {
+                Some(e) => Err(e),
+                None => Ok(report),
+            }
+        })
+        .await?
     }
 
     /// Applies peer events straight to the device we know, without reading the kernel or

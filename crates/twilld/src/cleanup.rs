@@ -109,13 +109,16 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
     cleanup_cni0(&nl, subnet, &mut r).await?;
 
     let fw = Iptables::new()?;
-    let rules = RuleSet::none();
-    let present = fw.present(&rules)?;
-    if !present.is_empty() {
-        r.act(&format!("iptables {}", present.join(", ")), async {
-            Ok(fw.ensure(&rules).map(|_| ())?)
-        })
-        .await;
+    for v6 in [false, true] {
+        let rules = RuleSet::none_of(v6);
+        let present = fw.present(&rules)?;
+        if !present.is_empty() {
+            let tool = if v6 { "ip6tables" } else { "iptables" };
+            r.act(&format!("{tool} {}", present.join(", ")), async {
+                Ok(fw.ensure(&rules).map(|_| ())?)
+            })
+            .await;
+        }
     }
     for (family, table) in nft_tables() {
         r.act(&format!("nft table {family} {table}"), async {

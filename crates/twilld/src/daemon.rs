@@ -16,7 +16,7 @@ use twill_config::{write_atomic, NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
 use twill_dataplane::{
     select_underlay, watch_device, Dataplane, DataplaneConfig, DataplaneError, DeviceMonitor,
     Firewall, Iptables, Mac, Netlink, Nftables, ReconcileReport, RouteForm, RuleSet, VxlanSpec,
-    NFT_TABLE,
+    NFT_TABLE, NFT_TABLE6,
 };
 use twill_etcd::EtcdStore;
 use twill_kube::KubeStore;
@@ -214,7 +214,8 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         vxlan: spec,
         network,
         rules: cli.rule_flags(),
-        no_masq: conf.non_masquerade_v4(&cli.no_masq_cidr),
+        no_masq: conf.exempt_from_masquerade(&cli.no_masq_cidr),
+        network6: conf.ipv6.as_ref().map(|r| r.network),
         direct_routing: conf.backend.direct_routing,
         route_form: if cli.route_nexthops {
             RouteForm::Nexthop
@@ -257,6 +258,7 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
     dp.set_lease(subnet)
         .await
         .context("addressing the VXLAN device")?;
+    dp.set_lease6(held.key.v6);
     match dp.ensure_rules().await {
         Ok(_) => tel.update_ready(|r| r.rules = true),
         Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
@@ -584,7 +586,8 @@ impl<S: SubnetManager> Node<S> {
         cfg.vxlan.mtu = mtu;
         cfg.network = network;
         cfg.direct_routing = conf.backend.direct_routing;
-        cfg.no_masq = conf.non_masquerade_v4(&self.cli.no_masq_cidr);
+        cfg.no_masq = conf.exempt_from_masquerade(&self.cli.no_masq_cidr);
+        cfg.network6 = conf.ipv6.as_ref().map(|r| r.network);
         self.dp.set_config(cfg);
         if old_device != self.dp.device_name() {
             if let Err(e) = self.dp.netlink().delete_link(&old_device).await {
@@ -616,6 +619,7 @@ impl<S: SubnetManager> Node<S> {
         }
         // The address is re-checked against the new Network even when the lease stays.
         self.dp.set_lease(v4_subnet(&self.held)?).await?;
+        self.dp.set_lease6(self.held.key.v6);
         self.refresh_policy().await;
         self.reconcile(Trigger::Event).await;
         if self.ready {
@@ -644,6 +648,7 @@ impl<S: SubnetManager> Node<S> {
         if moved {
             warn!(subnet = %self.held.key, "moved to a new subnet");
             self.dp.set_lease(v4_subnet(&self.held)?).await?;
+            self.dp.set_lease6(self.held.key.v6);
             if self.ready {
                 self.write_subnet_env()?;
             }
@@ -986,20 +991,32 @@ fn seconds_left(e: Expiry) -> i64 {
 /// masquerade.
 fn firewall(nftables: bool) -> Result<Arc<dyn Firewall>> {
     if nftables {
-        match Iptables::new().and_then(|ipt| ipt.ensure(&RuleSet::none())) {
-            Ok(r) if r.repairs > 0 => {
-                info!(removed = ?r.changes, "iptables rules of the other mode removed")
+        for v6 in [false, true] {
+            let tool = if v6 { "ip6tables" } else { "iptables" };
+            match Iptables::new().and_then(|ipt| {
+                // Only where the tool's table can be read: a host without ip6tables has
+                // no IPv6 chains of ours either.
+                if ipt.present(&RuleSet::none_of(v6))?.is_empty() {
+                    return Ok(Default::default());
+                }
+                ipt.ensure(&RuleSet::none_of(v6))
+            }) {
+                Ok(r) if r.repairs > 0 => {
+                    info!(removed = ?r.changes, "{tool} rules of the other mode removed")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("EnableNFTables: could not check for {tool} rules to remove: {e}")
+                }
             }
-            Ok(_) => {}
-            Err(e) => warn!("EnableNFTables: could not check for iptables rules to remove: {e}"),
         }
         return Ok(Arc::new(Nftables::new()?));
     }
     match twill_dataplane::firewall::remove_table() {
-        Ok(true) => info!("nft table ip {NFT_TABLE} of the other mode removed"),
+        Ok(true) => info!("nft tables ip {NFT_TABLE} / ip6 {NFT_TABLE6} of the other mode removed"),
         Ok(false) => {}
         // No nft binary is fine in iptables mode: then there is no table either.
-        Err(e) => debug!("nft table ip {NFT_TABLE} not checked: {e}"),
+        Err(e) => debug!("nft tables of the other mode not checked: {e}"),
     }
     Ok(Arc::new(Iptables::new().context("iptables")?))
 }

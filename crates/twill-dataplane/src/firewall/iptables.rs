@@ -40,6 +40,9 @@ impl TableRules {
 /// `iptables-restore` for atomicity (the crate has no transaction API).
 pub struct Iptables {
     ipt: iptables::IPTables,
+    /// ip6tables, for an IPv6 pod network's rules; opened when first needed, so a host
+    /// without ip6tables runs an IPv4-only network as before.
+    ipt6: std::sync::OnceLock<Result<iptables::IPTables, String>>,
     /// iptables-nft (Debian's default) rather than iptables-legacy, whose tables change
     /// without telling anyone.
     nft_backend: bool,
@@ -52,7 +55,24 @@ impl Iptables {
             .arg("-V")
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"));
-        Ok(Iptables { ipt, nft_backend })
+        Ok(Iptables {
+            ipt,
+            ipt6: std::sync::OnceLock::new(),
+            nft_backend,
+        })
+    }
+
+    fn family(&self, v6: bool) -> Result<&iptables::IPTables, FirewallError> {
+        if !v6 {
+            return Ok(&self.ipt);
+        }
+        self.ipt6
+            .get_or_init(|| iptables::new(true).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| FirewallError::Read {
+                what: "open ip6tables".into(),
+                source: e.clone().into(),
+            })
     }
 
     /// The crate's errors are not `Send`; their text is what survives.
@@ -68,9 +88,9 @@ impl Iptables {
     /// which is most of a resync's cost. Never `iptables -L` (as the crate's `chain_exists`
     /// does): it resolves every address through DNS and hangs on a node whose resolver is
     /// unreachable or sits behind this very overlay; and iptables rejects `-S` with `-n`.
-    fn table(&self, table: &str) -> Result<TableRules, FirewallError> {
+    fn table(&self, v6: bool, table: &str) -> Result<TableRules, FirewallError> {
         let lines = self
-            .ipt
+            .family(v6)?
             .list_table(table)
             .map_err(|e| Self::err("list table", e))?;
         Ok(TableRules::parse(&lines))
@@ -81,21 +101,29 @@ impl Iptables {
     /// never briefly absent (with a DROP policy, a gap drops pod traffic).
     fn ensure_table(
         &self,
+        v6: bool,
         table: &str,
         chains: &[&ChainSpec],
         report: &mut RulesReport,
     ) -> Result<(), FirewallError> {
-        let Some(patch) = TablePatch::of(table, chains, &self.table(table)?) else {
+        let Some(patch) = TablePatch::of(table, chains, &self.table(v6, table)?) else {
             return Ok(());
         };
+        let (tool, label) = if v6 {
+            ("ip6tables-restore", "ip6 ")
+        } else {
+            ("iptables-restore", "")
+        };
         feed(
-            "iptables-restore",
+            tool,
             &["--noflush", "--wait"],
             &patch.payload,
             &format!("table {table}"),
         )?;
         report.repairs += patch.changes.len();
-        report.changes.extend(patch.changes);
+        report
+            .changes
+            .extend(patch.changes.into_iter().map(|c| format!("{label}{c}")));
         Ok(())
     }
 }
@@ -252,8 +280,9 @@ impl Iptables {
     /// problem, none when everything is in place.
     pub fn drift(&self, rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
         let mut out = Vec::new();
+        let v6 = rules.intent.v6();
         for c in &rules.chains {
-            let t = self.table(c.table)?;
+            let t = self.table(v6, c.table)?;
             out.extend(ChainDrift::of(c, &t).describe(c, &t));
         }
         Ok(out)
@@ -262,16 +291,23 @@ impl Iptables {
     /// Which of `rules`' chains and jumps exist right now, e.g. "nat/FLANNEL-POSTRTG".
     pub fn present(&self, rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
         let mut out = Vec::new();
+        let v6 = rules.intent.v6();
+        let fam = if v6 { "ip6 " } else { "" };
         for c in &rules.chains {
-            let t = self.table(c.table)?;
+            let t = match self.table(v6, c.table) {
+                Ok(t) => t,
+                // No ip6tables (or its table): nothing of ours there either.
+                Err(_) if v6 => continue,
+                Err(e) => return Err(e),
+            };
             if t.chains.contains_key(c.chain) {
-                out.push(format!("{}/{} chain", c.table, c.chain));
+                out.push(format!("{fam}{}/{} chain", c.table, c.chain));
             }
             let parent = t.chains.get(c.parent).cloned().unwrap_or_default();
             let n = parent.iter().filter(|r| **r == c.jump).count();
             if n > 0 {
                 out.push(format!(
-                    "{}/{} jump to {} ({n}x)",
+                    "{fam}{}/{} jump to {} ({n}x)",
                     c.table, c.parent, c.chain
                 ));
             }
@@ -300,7 +336,7 @@ impl Firewall for Iptables {
         for table in tables {
             let chains: Vec<&ChainSpec> =
                 rules.chains.iter().filter(|c| c.table == table).collect();
-            if let Err(e) = self.ensure_table(table, &chains, &mut report) {
+            if let Err(e) = self.ensure_table(rules.intent.v6(), table, &chains, &mut report) {
                 // Only the VXLAN notrack rules live in raw; a kernel without the raw table
                 // can still run the overlay.
                 let raw = table == "raw" && chains.iter().any(|c| c.rules.is_some());
@@ -396,6 +432,44 @@ mod tests {
             );
         }
         assert_eq!(masq.len(), 10);
+    }
+
+    /// flannel's IPv6 set: the same chains with ff00::/8 for multicast, no VXLAN notrack
+    /// (the VTEP is IPv4), and only the IPv6 exemptions.
+    #[test]
+    fn ipv6_rule_set_is_flannels() {
+        let mut o = opts(true, true);
+        o.no_masq = vec![
+            "172.20.0.0/16".parse().unwrap(),
+            "fd00:20::/56".parse().unwrap(),
+        ];
+        let r = RuleSet::new(
+            "fd00:10:244::/56".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+            &o,
+        );
+        assert!(r.intent.v6());
+        let masq = r.chains[0].rules.as_ref().unwrap();
+        let c = r#"-m comment --comment "flanneld masq""#;
+        assert_eq!(
+            masq,
+            &vec![
+                format!("-m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+                format!("-s fd00:10:244:3::/64 -d fd00:10:244::/56 {c} -j RETURN"),
+                format!("-s fd00:10:244::/56 -d fd00:10:244:3::/64 {c} -j RETURN"),
+                format!("! -s fd00:10:244::/56 -d fd00:10:244:3::/64 {c} -j RETURN"),
+                format!("-s fd00:10:244::/56 -d fd00:20::/56 {c} -j RETURN"),
+                format!("-s fd00:20::/56 -d fd00:10:244::/56 {c} -j RETURN"),
+                format!("-s fd00:10:244::/56 ! -d ff00::/8 {c} -j MASQUERADE --random-fully"),
+                format!(
+                    "! -s fd00:10:244::/56 -d fd00:10:244::/56 {c} -j MASQUERADE --random-fully"
+                ),
+            ]
+        );
+        assert!(
+            r.chains[2].rules.is_none() && r.chains[3].rules.is_none(),
+            "no notrack"
+        );
     }
 
     #[test]

@@ -11,14 +11,14 @@ mod iptables;
 mod nftables;
 
 pub use iptables::Iptables;
-pub use nftables::{nft_script, remove_table, Nftables, NFT_TABLE};
+pub use nftables::{nft_script, nft_table, remove_table, Nftables, NFT_TABLE, NFT_TABLE6};
 
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::change::ChangeFlag;
 
@@ -40,8 +40,9 @@ pub struct RuleOptions {
     /// Keep the VXLAN flows to and from this VTEP out of conntrack.
     pub notrack: Option<VxlanFlows>,
     /// Networks our pods and theirs reach each other without NAT (NonMasqueradeCIDRs,
-    /// --no-masq-cidr): RETURNs both ways ahead of the MASQUERADE rules.
-    pub no_masq: Vec<Ipv4Network>,
+    /// --no-masq-cidr), either family: RETURNs both ways ahead of the MASQUERADE rules of
+    /// the same family.
+    pub no_masq: Vec<IpNetwork>,
 }
 
 /// The rule flags as the operator gives them (`--ip-masq`, `--ip-masq-fully-random-disable`
@@ -59,7 +60,7 @@ impl RuleFlags {
     /// The options for a VTEP at `vtep`; the notrack rules need it, and are left out
     /// without one (doctor on a node whose underlay it could not find). `no_masq` are the
     /// destinations exempt from masquerading.
-    pub fn options(&self, vtep: Option<VxlanFlows>, no_masq: &[Ipv4Network]) -> RuleOptions {
+    pub fn options(&self, vtep: Option<VxlanFlows>, no_masq: &[IpNetwork]) -> RuleOptions {
         RuleOptions {
             ip_masq: self.ip_masq,
             fully_random: self.fully_random,
@@ -101,17 +102,39 @@ pub struct RuleSet {
     pub chains: Vec<ChainSpec>,
 }
 
-/// The pod network, this node's lease and the options: everything a driver needs.
+/// The pod network, this node's lease and the options: everything a driver needs. One
+/// family per intent: an IPv6 pod network gets its own (ip6tables, `ip6 flannel-ipv6`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleIntent {
-    pub network: Ipv4Network,
-    pub pod_subnet: Ipv4Network,
+    pub network: IpNetwork,
+    pub pod_subnet: IpNetwork,
     pub opts: RuleOptions,
 }
 
+impl RuleIntent {
+    pub fn v6(&self) -> bool {
+        self.network.is_ipv6()
+    }
+
+    /// The exempt networks of this intent's family.
+    pub fn no_masq(&self) -> impl Iterator<Item = &IpNetwork> {
+        let v6 = self.v6();
+        self.opts.no_masq.iter().filter(move |n| n.is_ipv6() == v6)
+    }
+}
+
 impl RuleSet {
-    /// `network` is the whole pod network, `pod_subnet` this node's lease.
-    pub fn new(network: Ipv4Network, pod_subnet: Ipv4Network, opts: &RuleOptions) -> Self {
+    /// `network` is the whole pod network, `pod_subnet` this node's lease, both of one
+    /// family. The IPv6 set is flannel's with `ff00::/8` for multicast, and has no VXLAN
+    /// notrack rules (the VTEP is IPv4).
+    pub fn new(network: IpNetwork, pod_subnet: IpNetwork, opts: &RuleOptions) -> Self {
+        let v6 = network.is_ipv6();
+        let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
+        let mut opts = opts.clone();
+        if v6 {
+            opts.notrack = None;
+        }
+        let opts = &opts;
         let masq_target = if opts.fully_random {
             "-j MASQUERADE --random-fully"
         } else {
@@ -128,14 +151,15 @@ impl RuleSet {
         // A second pod network (the CNI being migrated to) and ours see each other's own
         // addresses, both ways: ours going out, and its traffic that this node forwards
         // into the overlay (which flannel's `! -s <network> -d <network>` would NAT).
-        masq.extend(opts.no_masq.iter().flat_map(|c| {
+        let same_family = opts.no_masq.iter().filter(|c| c.is_ipv6() == v6);
+        masq.extend(same_family.flat_map(|c| {
             [
                 format!("-s {n} -d {c} {MASQ_COMMENT} -j RETURN"),
                 format!("-s {c} -d {n} {MASQ_COMMENT} -j RETURN"),
             ]
         }));
         masq.extend([
-            format!("-s {n} ! -d 224.0.0.0/4 {MASQ_COMMENT} {masq_target}"),
+            format!("-s {n} ! -d {multicast} {MASQ_COMMENT} {masq_target}"),
             format!("! -s {n} -d {n} {MASQ_COMMENT} {masq_target}"),
         ]);
         let fwd = vec![
@@ -198,8 +222,13 @@ impl RuleSet {
         }
     }
 
-    /// The same chains, all absent: what cleanup wants.
+    /// The same chains, all absent: what cleanup wants (IPv4).
     pub fn none() -> Self {
+        Self::none_of(false)
+    }
+
+    /// The chains of one family, all absent.
+    pub fn none_of(v6: bool) -> Self {
         let opts = RuleOptions {
             ip_masq: false,
             fully_random: false,
@@ -207,9 +236,14 @@ impl RuleSet {
             notrack: None,
             no_masq: Vec::new(),
         };
+        let (net, pod) = if v6 {
+            ("fd00::/8", "fd00::/64")
+        } else {
+            ("10.0.0.0/8", "10.0.0.0/24")
+        };
         let mut r = RuleSet::new(
-            "10.0.0.0/8".parse().expect("literal"),
-            "10.0.0.0/24".parse().expect("literal"),
+            net.parse().expect("literal"),
+            pod.parse().expect("literal"),
             &opts,
         );
         for c in &mut r.chains {

@@ -18,53 +18,68 @@ use super::{feed, watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, 
 use crate::change::ChangeFlag;
 
 pub const NFT_TABLE: &str = "flannel-ipv4";
+/// flannel's IPv6 table (family `ip6`).
+pub const NFT_TABLE6: &str = "flannel-ipv6";
+
+/// The nft family and table of one address family: `ip flannel-ipv4` or `ip6 flannel-ipv6`.
+pub fn nft_table(v6: bool) -> (&'static str, &'static str) {
+    if v6 {
+        ("ip6", NFT_TABLE6)
+    } else {
+        ("ip", NFT_TABLE)
+    }
+}
 
 /// The table as an `nft -f` script, or `None` when no rule is wanted (no table at all).
 pub fn nft_script(intent: &RuleIntent) -> Option<String> {
     let (n, p, o) = (intent.network, intent.pod_subnet, &intent.opts);
-    if !o.ip_masq && !o.forward && o.notrack.is_none() {
+    let v6 = intent.v6();
+    let notrack = o.notrack.filter(|_| !v6);
+    if !o.ip_masq && !o.forward && notrack.is_none() {
         return None;
     }
+    let (family, table) = nft_table(v6);
+    let ip = family;
+    let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
     let masq = if o.fully_random {
         "masquerade fully-random"
     } else {
         "masquerade"
     };
     let mut s = format!(
-        "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n"
+        "table {family} {table} {{}}\ndelete table {family} {table}\ntable {family} {table} {{\n"
     );
     // The same rules as the iptables chain, including its `--mark 0x4000/0x4000`: kube-proxy
     // sets that bit among others, so the mark is masked (flanneld's nftables mode compares
     // the whole mark), and `! -s <net> -d <pod>` (flanneld has the two prefixes the other
     // way round there).
     if o.ip_masq {
-        let exempt: String = o
-            .no_masq
-            .iter()
+        let exempt: String = intent
+            .no_masq()
             .map(|c| {
                 format!(
-                    "    ip saddr {n} ip daddr {c} return\n    ip saddr {c} ip daddr {n} return\n"
+                    "    {ip} saddr {n} {ip} daddr {c} return\n    {ip} saddr {c} {ip} daddr {n} return\n"
                 )
             })
             .collect();
         s.push_str(&format!(
             "  chain postrtg {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
              \x20   meta mark & 0x00004000 == 0x00004000 return\n\
-             \x20   ip saddr {p} ip daddr {n} return\n\
-             \x20   ip saddr {n} ip daddr {p} return\n\
-             \x20   ip saddr != {n} ip daddr {p} return\n\
+             \x20   {ip} saddr {p} {ip} daddr {n} return\n\
+             \x20   {ip} saddr {n} {ip} daddr {p} return\n\
+             \x20   {ip} saddr != {n} {ip} daddr {p} return\n\
              {exempt}\
-             \x20   ip saddr {n} ip daddr != 224.0.0.0/4 {masq}\n\
-             \x20   ip saddr != {n} ip daddr {n} {masq}\n  }}\n"
+             \x20   {ip} saddr {n} {ip} daddr != {multicast} {masq}\n\
+             \x20   {ip} saddr != {n} {ip} daddr {n} {masq}\n  }}\n"
         ));
     }
     if o.forward {
         s.push_str(&format!(
             "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
-             \x20   ip saddr {n} accept\n    ip daddr {n} accept\n  }}\n"
+             \x20   {ip} saddr {n} accept\n    {ip} daddr {n} accept\n  }}\n"
         ));
     }
-    if let Some(f) = o.notrack {
+    if let Some(f) = notrack {
         for (chain, hook, dir) in [
             ("twill-notrack-pre", "prerouting", "daddr"),
             ("twill-notrack-out", "output", "saddr"),
@@ -81,8 +96,9 @@ pub fn nft_script(intent: &RuleIntent) -> Option<String> {
 }
 
 pub struct Nftables {
-    /// What we last wrote, and how nft listed the table right after.
-    written: Mutex<Option<(RuleIntent, String)>>,
+    /// What we last wrote, and how nft listed the table right after, per family (IPv4,
+    /// IPv6).
+    written: Mutex<[Option<(RuleIntent, String)>; 2]>,
 }
 
 impl Nftables {
@@ -105,18 +121,20 @@ impl Nftables {
             });
         }
         Ok(Nftables {
-            written: Mutex::new(None),
+            written: Mutex::new([None, None]),
         })
     }
 
-    /// `nft list table ip flannel-ipv4`, `None` when there is no such table.
-    pub fn listing() -> Result<Option<String>, FirewallError> {
+    /// `nft list table ip flannel-ipv4` (or `ip6 flannel-ipv6`), `None` when there is no
+    /// such table.
+    pub fn listing(v6: bool) -> Result<Option<String>, FirewallError> {
+        let (family, table) = nft_table(v6);
         let out = Command::new("nft")
-            .args(["list", "table", "ip", NFT_TABLE])
+            .args(["list", "table", family, table])
             .output()
             .map_err(|source| FirewallError::Run {
                 tool: "nft",
-                what: format!("list table ip {NFT_TABLE}"),
+                what: format!("list table {family} {table}"),
                 source,
             })?;
         if out.status.success() {
@@ -128,18 +146,19 @@ impl Nftables {
         }
         Err(FirewallError::Refused {
             tool: "nft",
-            what: format!("list table ip {NFT_TABLE}"),
+            what: format!("list table {family} {table}"),
             stderr: err.trim().to_string(),
             hint: None,
         })
     }
 
-    fn run(script: &str) -> Result<(), FirewallError> {
+    fn run(script: &str, v6: bool) -> Result<(), FirewallError> {
+        let (family, table) = nft_table(v6);
         feed(
             "nft",
             &["-f", "-"],
             script,
-            &format!("write table ip {NFT_TABLE}"),
+            &format!("write table {family} {table}"),
         )
     }
 }
@@ -167,8 +186,9 @@ fn chains(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
 
 /// How the listed table differs from the wanted script, one line per problem (`twilld
 /// doctor`; the driver itself compares whole listings).
-pub fn drift(want: Option<&str>, listing: Option<&str>) -> Vec<String> {
-    let table = format!("nft table ip {NFT_TABLE}");
+pub fn drift(want: Option<&str>, listing: Option<&str>, v6: bool) -> Vec<String> {
+    let (family, table) = nft_table(v6);
+    let table = format!("nft table {family} {table}");
     match (want, listing) {
         (None, None) => Vec::new(),
         (None, Some(_)) => vec![format!("{table} present but not wanted")],
@@ -201,7 +221,8 @@ impl Nftables {
     /// How the kernel differs from `rules`, read-only.
     pub fn drift(rules: &RuleSet) -> Result<Vec<String>, FirewallError> {
         let want = nft_script(&rules.intent);
-        Ok(drift(want.as_deref(), Self::listing()?.as_deref()))
+        let v6 = rules.intent.v6();
+        Ok(drift(want.as_deref(), Self::listing(v6)?.as_deref(), v6))
     }
 }
 
@@ -210,24 +231,29 @@ impl Nftables {
 /// probe, since a host without nft has no table either. Whether there was one.
 pub fn remove_table() -> Result<bool, FirewallError> {
     let nft = Nftables {
-        written: Mutex::new(None),
+        written: Mutex::new([None, None]),
     };
-    Ok(nft.ensure(&RuleSet::none())?.repairs > 0)
+    let v4 = nft.ensure(&RuleSet::none_of(false))?.repairs;
+    let v6 = nft.ensure(&RuleSet::none_of(true))?.repairs;
+    Ok(v4 + v6 > 0)
 }
 
 impl Firewall for Nftables {
     fn ensure(&self, rules: &RuleSet) -> Result<RulesReport, FirewallError> {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Self::listing()?;
+        let v6 = rules.intent.v6();
+        let (family, table) = nft_table(v6);
+        let mut all = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let written = &mut all[usize::from(v6)];
+        let now = Self::listing(v6)?;
         let mut report = RulesReport::default();
         match nft_script(&rules.intent) {
             None => {
                 if now.is_some() {
-                    Self::run(&format!("delete table ip {NFT_TABLE}\n"))?;
+                    Self::run(&format!("delete table {family} {table}\n"), v6)?;
                     report.repairs += 1;
                     report
                         .changes
-                        .push(format!("deleted nft table ip {NFT_TABLE}"));
+                        .push(format!("deleted nft table {family} {table}"));
                 }
                 *written = None;
             }
@@ -235,10 +261,10 @@ impl Firewall for Nftables {
                 let intact = matches!((&*written, &now),
                     (Some((intent, listing)), Some(now)) if *intent == rules.intent && listing == now);
                 if !intact {
-                    Self::run(&script)?;
-                    let listing = Self::listing()?.ok_or_else(|| FirewallError::Refused {
+                    Self::run(&script, v6)?;
+                    let listing = Self::listing(v6)?.ok_or_else(|| FirewallError::Refused {
                         tool: "nft",
-                        what: format!("list table ip {NFT_TABLE}"),
+                        what: format!("list table {family} {table}"),
                         stderr: "missing right after writing it".into(),
                         hint: None,
                     })?;
@@ -246,7 +272,7 @@ impl Firewall for Nftables {
                     report.repairs += 1;
                     report
                         .changes
-                        .push(format!("wrote nft table ip {NFT_TABLE}"));
+                        .push(format!("wrote nft table {family} {table}"));
                 }
             }
         }
@@ -296,6 +322,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn ipv6_table_is_flannels_ip6_flannel_ipv6() {
+        let mut opts = sample_intent(true, true).opts;
+        opts.no_masq = vec![
+            "fd00:20::/56".parse().unwrap(),
+            "172.20.0.0/16".parse().unwrap(),
+        ];
+        let i = RuleIntent {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            pod_subnet: "fd00:10:244:3::/64".parse().unwrap(),
+            opts,
+        };
+        let s = nft_script(&i).unwrap();
+        assert!(
+            s.starts_with("table ip6 flannel-ipv6 {}\ndelete table ip6 flannel-ipv6\n"),
+            "{s}"
+        );
+        for want in [
+            "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:20::/56 return",
+            "ip6 saddr fd00:10:244::/56 accept",
+        ] {
+            assert!(s.contains(want), "{want}: {s}");
+        }
+        assert!(
+            !s.contains("notrack") && !s.contains("172.20.0.0/16") && !s.contains(" ip saddr"),
+            "{s}"
+        );
+    }
+
     fn sample_intent(ip_masq: bool, notrack: bool) -> RuleIntent {
         intent(RuleOptions {
             ip_masq,
@@ -313,21 +369,21 @@ mod tests {
     fn drift_compares_chains_and_rules() {
         let full = sample_intent(true, true);
         let want = nft_script(&full).unwrap();
-        assert!(drift(Some(&want), Some(&listed(&full))).is_empty());
-        assert!(drift(None, None).is_empty());
+        assert!(drift(Some(&want), Some(&listed(&full)), false).is_empty());
+        assert!(drift(None, None, false).is_empty());
         assert_eq!(
-            drift(Some(&want), None),
+            drift(Some(&want), None, false),
             ["nft table ip flannel-ipv4 missing"]
         );
         assert_eq!(
-            drift(None, Some(&listed(&full))),
+            drift(None, Some(&listed(&full)), false),
             ["nft table ip flannel-ipv4 present but not wanted"]
         );
         // Masquerade on in the kernel, off in the config; one forward rule flushed away.
         let no_masq = sample_intent(false, true);
         let have = listed(&full).replace("\tip daddr 10.244.0.0/16 accept\n", "");
         assert_eq!(
-            drift(nft_script(&no_masq).as_deref(), Some(&have)),
+            drift(nft_script(&no_masq).as_deref(), Some(&have), false),
             [
                 "nft table ip flannel-ipv4 chain forward differs (1 rules missing, 0 extra)",
                 "nft table ip flannel-ipv4 chain postrtg present but not wanted",

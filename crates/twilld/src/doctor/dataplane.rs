@@ -110,16 +110,28 @@ pub(super) async fn rules(
             local,
             port: conf.backend.port,
         }),
-        &conf.non_masquerade_v4(no_masq_cidr),
+        &conf.exempt_from_masquerade(no_masq_cidr),
     );
-    let want = RuleSet::new(network, own, &opts);
+    let mut want = vec![RuleSet::new(
+        ipnetwork::IpNetwork::V4(network),
+        ipnetwork::IpNetwork::V4(own),
+        &opts,
+    )];
+    // Dual stack: the IPv6 chains (or ip6 table) as well.
+    if let (Some(r6), Some(own6)) = (conf.ipv6.as_ref(), env.lease_subnet6()) {
+        want.push(RuleSet::new(r6.network, own6, &opts));
+    }
     let nftables = conf.enable_nftables;
     let found = tokio::task::spawn_blocking(move || {
-        if nftables {
-            Nftables::drift(&want)
-        } else {
-            Iptables::new().and_then(|fw| fw.drift(&want))
+        let mut all = Vec::new();
+        for w in &want {
+            all.extend(if nftables {
+                Nftables::drift(w)?
+            } else {
+                Iptables::new().and_then(|fw| fw.drift(w))?
+            });
         }
+        Ok::<_, twill_dataplane::FirewallError>(all)
     })
     .await;
     let tool = if nftables { "nftables" } else { "iptables" };
