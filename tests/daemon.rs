@@ -408,6 +408,17 @@ fn public_ipv6_is_published_with_ipv6_enabled() {
     let j = c.add_node(&["--public-ipv6=2001:db8::8"]);
     c.nodes[j].wait_ready();
     assert!(c.lease_values().contains(r#""PublicIPv6":"2001:db8::8""#));
+    // Without the flag, the underlay interface's global IPv6 address, as flanneld: not
+    // the link-local one, not a deprecated one.
+    let k = c.add_node_stopped(&[]);
+    c.nodes[k].ns.sh(
+        "ip -6 addr add 2001:db8:18::9/64 dev eth0 nodad preferred_lft 0 && \
+         ip -6 addr add 2001:db8:18::3/64 dev eth0 nodad",
+    );
+    c.nodes[k].start();
+    c.nodes[k].wait_ready();
+    let all = c.lease_values();
+    assert!(all.contains(r#""PublicIPv6":"2001:db8:18::3""#), "{all}");
 }
 
 /// Dual stack: flannel's IPv6 MASQUERADE/FORWARD rules (ip6tables, then the `ip6

@@ -16,12 +16,25 @@ pub struct IfAddr {
     pub permanent: bool,
 }
 
+/// One IPv6 address of an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr6 {
+    pub ip: std::net::Ipv6Addr,
+    /// Scope global (not link-local).
+    pub global: bool,
+    /// Neither deprecated, tentative nor failed duplicate address detection.
+    pub usable: bool,
+    /// Configured rather than autoconfigured-temporary.
+    pub permanent: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceInfo {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
     pub addrs: Vec<IfAddr>,
+    pub addrs6: Vec<IfAddr6>,
 }
 
 /// The chosen underlay: VXLAN packets leave through `name` from `addr`.
@@ -31,6 +44,9 @@ pub struct ExtIface {
     pub name: String,
     pub mtu: u32,
     pub addr: Ipv4Addr,
+    /// The interface's IPv6 address, as flanneld picks it for an IPv6 network: global,
+    /// usable (not deprecated or tentative), permanent ones first.
+    pub addr6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +110,14 @@ fn ext(i: &InterfaceInfo, addr: Ipv4Addr) -> ExtIface {
         name: i.name.clone(),
         mtu: i.mtu,
         addr,
+        addr6: best_addr6(i),
     }
+}
+
+fn best_addr6(i: &InterfaceInfo) -> Option<std::net::Ipv6Addr> {
+    let mut ok: Vec<&IfAddr6> = i.addrs6.iter().filter(|a| a.global && a.usable).collect();
+    ok.sort_by_key(|a| !a.permanent);
+    ok.first().map(|a| a.ip)
 }
 
 /// One `--iface` value: an address on this host (that address is used) or an interface
@@ -254,26 +277,54 @@ mod tests {
                 name: "lo".into(),
                 mtu: 65536,
                 addrs: vec![a("127.0.0.1", false, true)],
+                addrs6: vec![],
             },
             InterfaceInfo {
                 index: 2,
                 name: "eth0".into(),
                 mtu: 1500,
                 addrs: vec![a("198.18.0.9", true, false), a("198.18.0.2", true, true)],
+                addrs6: vec![
+                    a6("fe80::1", false, true, true),
+                    a6("2001:db8::9", true, false, true),
+                    a6("2001:db8::dead", true, true, false),
+                    a6("2001:db8::2", true, true, true),
+                ],
             },
             InterfaceInfo {
                 index: 3,
                 name: "eth1".into(),
                 mtu: 9000,
                 addrs: vec![a("198.19.0.2", true, true)],
+                addrs6: vec![],
             },
             InterfaceInfo {
                 index: 4,
                 name: "bare".into(),
                 mtu: 1500,
                 addrs: vec![],
+                addrs6: vec![],
             },
         ]
+    }
+
+    fn a6(ip: &str, global: bool, usable: bool, permanent: bool) -> IfAddr6 {
+        IfAddr6 {
+            ip: ip.parse().unwrap(),
+            global,
+            usable,
+            permanent,
+        }
+    }
+
+    /// flanneld's IPv6 address of the interface: global, not deprecated or tentative,
+    /// permanent (not temporary) first.
+    #[test]
+    fn the_interfaces_ipv6_address_is_global_usable_and_permanent_first() {
+        let e = choose_interface(&host(), &sel(&[], &[]), default_route(Some(2))).unwrap();
+        assert_eq!(e.addr6, Some("2001:db8::2".parse().unwrap()));
+        let e = choose_interface(&host(), &sel(&["eth1"], &[]), default_route(Some(2))).unwrap();
+        assert_eq!(e.addr6, None);
     }
 
     fn sel(iface: &[&str], regex: &[&str]) -> IfaceSelection {

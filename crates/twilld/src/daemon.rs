@@ -234,7 +234,11 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
     let req = AcquireRequest {
         conf: conf.clone(),
         attrs: LeaseAttrs {
-            public_ipv6: cli.public_ipv6.filter(|_| conf.ipv6.is_some()),
+            // As flanneld: --public-ipv6, else the underlay interface's IPv6 address.
+            public_ipv6: cli
+                .public_ipv6
+                .or(ext.addr6)
+                .filter(|_| conf.ipv6.is_some()),
             ..LeaseAttrs::vxlan(public_ip, vni, &dev.mac.to_string())
         },
         previous,

@@ -128,13 +128,14 @@ impl Netlink {
         }
     }
 
-    /// Every interface with its IPv4 addresses, for underlay selection.
+    /// Every interface with its addresses, for underlay selection.
     pub async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, NetlinkError> {
         let links = self.links().await?;
         let addrs: Vec<_> = ctx(
             "dump addresses",
             self.handle.address().get().execute().try_collect().await,
         )?;
+        let addrs_all = &addrs;
         Ok(links
             .into_iter()
             .map(|l| {
@@ -154,16 +155,55 @@ impl Netlink {
                         })
                     })
                     .collect();
+                let addrs6 = addrs6_of(addrs_all, l.index);
                 InterfaceInfo {
                     index: l.index,
                     name: l.name,
                     mtu: l.mtu,
                     addrs,
+                    addrs6,
                 }
             })
             .collect())
     }
+}
 
+/// An interface's IPv6 addresses as underlay selection sees them. The kernel keeps the
+/// extended flags (deprecated, temporary) in IFA_FLAGS; the header holds the low byte.
+fn addrs6_of(
+    msgs: &[rtnetlink::packet_route::address::AddressMessage],
+    index: u32,
+) -> Vec<crate::iface::IfAddr6> {
+    use rtnetlink::packet_route::address::AddressFlags;
+    msgs.iter()
+        .filter(|a| a.header.index == index)
+        .filter_map(|a| {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(ip.to_owned()),
+                _ => None,
+            })?;
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|x| match x {
+                    AddressAttribute::Flags(f) => Some(f.to_owned()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| AddressFlags::from_bits_retain(a.header.flags.bits() as u32));
+            Some(crate::iface::IfAddr6 {
+                ip,
+                global: a.header.scope == AddressScope::Universe,
+                usable: !flags.intersects(
+                    AddressFlags::Deprecated | AddressFlags::Tentative | AddressFlags::Dadfailed,
+                ),
+                permanent: flags.contains(AddressFlags::Permanent)
+                    && !flags.contains(AddressFlags::Secondary),
+            })
+        })
+        .collect()
+}
+
+impl Netlink {
     /// Creates the device, or adopts an existing one with the right attributes (fixing
     /// its MTU and bringing it up), or replaces one with the wrong attributes.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<DeviceState, NetlinkError> {
