@@ -260,6 +260,8 @@ pub enum Command {
     Cleanup(crate::cleanup::Cleanup),
     /// Check this node: read-only, one pass/warn/fail line per check with a hint.
     Doctor(crate::doctor::Doctor),
+    /// Run as an ExaBGP `process`: print announce/withdraw lines for every lease in etcd.
+    ExabgpFeed(crate::exabgp::ExabgpFeed),
 }
 
 /// Where the DaemonSet mounts net-conf.json; flannel's default in Kubernetes mode.

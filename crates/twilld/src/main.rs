@@ -1,5 +1,5 @@
 use clap::Parser;
-use twilld::{cleanup, cli, daemon, doctor, install_cni};
+use twilld::{cleanup, cli, daemon, doctor, exabgp, install_cni};
 
 fn init_logging(format: cli::LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
@@ -61,6 +61,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(cli::Command::ExabgpFeed(args)) = &cli.command {
+        return match rt.block_on(exabgp::run(&cli.node_options(), args)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("twilld exabgp-feed: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // cleanup and doctor exit 1 when something failed, 0 when all went well.
     let checked = match &cli.command {
         Some(cli::Command::Cleanup(args)) => Some((

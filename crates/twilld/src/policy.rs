@@ -22,6 +22,23 @@ pub async fn lease_policy(
     conf: &NetConf,
     kube: Option<&LeaseKey>,
 ) -> Result<LeasePolicy> {
+    let mut policy = conf_policy(conf, kube)?;
+    let mut ours: Vec<u32> = vxlan_index.into_iter().collect();
+    if let Some(l) = nl.link_by_name(CNI_BRIDGE).await? {
+        ours.push(l.index);
+    }
+    let node = nl
+        .node_prefixes(&ours, policy.network, policy.subnet_len)
+        .await
+        .context("reading this node's addresses and routes")?;
+    policy.local_addrs = node.local_addrs;
+    policy.protected = node.protected;
+    Ok(policy)
+}
+
+/// The part of the policy the config alone decides (nothing of a node's own): what a
+/// host that is not a node, such as the ExaBGP feed, judges leases by.
+pub fn conf_policy(conf: &NetConf, kube: Option<&LeaseKey>) -> Result<LeasePolicy> {
     let range = conf
         .ipv4
         .as_ref()
@@ -32,19 +49,11 @@ pub async fn lease_policy(
             range.network
         ));
     };
-    let mut ours: Vec<u32> = vxlan_index.into_iter().collect();
-    if let Some(l) = nl.link_by_name(CNI_BRIDGE).await? {
-        ours.push(l.index);
-    }
     let subnet_len = kube
         .and_then(|k| k.v4)
         .map(|n| n.prefix())
         .unwrap_or(range.subnet_len);
     let v6_len = |len: u8| kube.and_then(|k| k.v6).map(|n| n.prefix()).unwrap_or(len);
-    let node = nl
-        .node_prefixes(&ours, network, subnet_len)
-        .await
-        .context("reading this node's addresses and routes")?;
     let ipv6 = conf.ipv6.as_ref().and_then(|r| match r.network {
         IpNetwork::V6(n) => Some((n, v6_len(r.subnet_len))),
         IpNetwork::V4(_) => None,
@@ -55,7 +64,7 @@ pub async fn lease_policy(
         ipv6,
         backend_type: conf.backend.kind.as_str().to_string(),
         vni: conf.backend.vni,
-        local_addrs: node.local_addrs,
-        protected: node.protected,
+        local_addrs: Vec::new(),
+        protected: Vec::new(),
     })
 }

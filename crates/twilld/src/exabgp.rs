@@ -1,0 +1,198 @@
+//! `twilld exabgp-feed`: an ExaBGP `process` that tells one BGP speaker where every
+//! node's pod network is. It watches the leases in the store and prints, on stdout, the
+//! API lines ExaBGP turns into updates: `announce route <subnet> next-hop <PublicIP>` for
+//! a lease that appears or moves, `withdraw route …` for one that goes. A re-list after a
+//! lost watch re-announces the complete set and withdraws what vanished. Leases are judged
+//! as a node judges them (from the config alone: this host is no node), so a bad record is
+//! refused, never announced. BGP itself is ExaBGP's: twill speaks only its text API.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use ipnetwork::Ipv4Network;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use twill_config::NetConf;
+use twill_etcd::EtcdStore;
+use twill_store::{PeerEvent, PeerTable};
+
+use crate::node::{NodeOptions, StoreOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct ExabgpFeed {}
+
+/// What the speaker was told so far: each announced subnet and its next hop.
+pub type Announced = BTreeMap<Ipv4Network, Ipv4Addr>;
+
+/// The API lines that bring the speaker from `announced` to after `events` (pure).
+pub fn feed_lines(announced: &mut Announced, events: &[PeerEvent]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut announce = |a: &mut Announced, net: Ipv4Network, hop: Ipv4Addr| {
+        if a.insert(net, hop) != Some(hop) {
+            out.push(format!("announce route {net} next-hop {hop}"));
+        }
+    };
+    let mut withdrawn = Vec::new();
+    for ev in events {
+        match ev {
+            PeerEvent::Added(l) => announce(announced, l.entry.subnet, l.entry.public_ip),
+            PeerEvent::Changed { new, old } => {
+                if old.entry.subnet != new.entry.subnet {
+                    if let Some(hop) = announced.remove(&old.entry.subnet) {
+                        withdrawn.push(format!(
+                            "withdraw route {} next-hop {hop}",
+                            old.entry.subnet
+                        ));
+                    }
+                }
+                announce(announced, new.entry.subnet, new.entry.public_ip);
+            }
+            PeerEvent::Removed(l) => {
+                if let Some(hop) = announced.remove(&l.entry.subnet) {
+                    withdrawn.push(format!("withdraw route {} next-hop {hop}", l.entry.subnet));
+                }
+            }
+        }
+    }
+    withdrawn.extend(out);
+    withdrawn
+}
+
+pub async fn run(node: &NodeOptions, _args: &ExabgpFeed) -> Result<()> {
+    let StoreOptions::Etcd(opts) = &node.store else {
+        return Err(anyhow!(
+            "twilld exabgp-feed reads leases from etcd; with --kube-subnet-mgr each node announces its own (the BGP section of net-conf.json)"
+        ));
+    };
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    });
+    // ExaBGP holds our stdin: when it closes, the speaker is gone and so are we.
+    let gone = cancel.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        gone.cancel();
+    });
+    let store = loop {
+        match EtcdStore::connect(opts).await {
+            Ok(s) => break s,
+            Err(e) => warn!("connecting to etcd, retrying: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let conf = loop {
+        let text = match &node.config_file {
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| anyhow!("{}: {e}", p.display()))?)
+            }
+            None => store.get_config().await.unwrap_or(None),
+        };
+        if let Some(t) = text {
+            break NetConf::parse(&t)
+                .map_err(|e| anyhow!("net-conf.json: {e}"))?
+                .0;
+        }
+        info!("waiting for the network config in etcd");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let mut table = PeerTable::with_policy(crate::policy::conf_policy(&conf, None)?);
+    let (tx, mut rx) = mpsc::channel(64);
+    let watch = store.clone();
+    let wc = cancel.clone();
+    tokio::spawn(async move { watch.watch(tx, wc).await });
+    let mut announced = Announced::new();
+    let mut stdout = std::io::stdout();
+    loop {
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None if cancel.is_cancelled() => return Ok(()),
+                None => return Err(anyhow!("the lease watch stopped")),
+            },
+        };
+        let mut events = Vec::new();
+        for ev in batch {
+            let a = table.apply(ev);
+            for (key, r) in &a.rejected {
+                warn!(lease = %key, reason = r.reason(), "lease refused, not announced: {r}");
+            }
+            events.extend(a.events);
+        }
+        let lines = feed_lines(&mut announced, &events);
+        for l in &lines {
+            writeln!(stdout, "{l}")?;
+        }
+        stdout.flush()?;
+        if !lines.is_empty() {
+            info!(
+                changes = lines.len(),
+                announced = announced.len(),
+                "told the speaker"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerEntry};
+
+    fn lease(subnet: &str, hop: &str) -> Lease {
+        let key = LeaseKey::v4(subnet.parse().unwrap());
+        let attrs = LeaseAttrs::vxlan(hop.parse().unwrap(), 1, "0a:00:00:00:00:01");
+        let entry = PeerEntry::of(&key, &attrs).unwrap().unwrap();
+        Lease { key, attrs, entry }
+    }
+
+    #[test]
+    fn leases_become_announcements_and_withdrawals() {
+        let mut a = Announced::new();
+        let l1 = lease("10.244.1.0/24", "198.18.0.1");
+        let l2 = lease("10.244.2.0/24", "198.18.0.2");
+        assert_eq!(
+            feed_lines(
+                &mut a,
+                &[PeerEvent::Added(l1.clone()), PeerEvent::Added(l2.clone())]
+            ),
+            [
+                "announce route 10.244.1.0/24 next-hop 198.18.0.1",
+                "announce route 10.244.2.0/24 next-hop 198.18.0.2"
+            ]
+        );
+        // The node moved: one announcement replaces the route.
+        let moved = lease("10.244.1.0/24", "198.18.0.9");
+        assert_eq!(
+            feed_lines(
+                &mut a,
+                &[PeerEvent::Changed {
+                    new: moved,
+                    old: l1
+                }]
+            ),
+            ["announce route 10.244.1.0/24 next-hop 198.18.0.9"]
+        );
+        assert_eq!(
+            feed_lines(&mut a, &[PeerEvent::Removed(l2)]),
+            ["withdraw route 10.244.2.0/24 next-hop 198.18.0.2"]
+        );
+        // Nothing new: nothing said.
+        let again = lease("10.244.1.0/24", "198.18.0.9");
+        assert!(feed_lines(&mut a, &[PeerEvent::Added(again)]).is_empty());
+        assert_eq!(a.len(), 1);
+    }
+}
