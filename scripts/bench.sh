@@ -16,6 +16,8 @@
 #      nodes: time to program them, peak RSS, CPU for 5 000 status-only updates
 #   8. repair: deletion -> repair time per kind (p50/p99 over 200), and pings lost at a
 #      10 ms interval while a route is deleted (scripts/bench-repair.sh)
+#   9. BGP, central feed: 1 000 leases -> all on a BIRD router through ExaBGP, and lease
+#      put -> route on the router p50/p99 (scripts/bench-bgp.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
 # NETLAB=none skips section 5.
 set -euo pipefail
@@ -271,3 +273,5 @@ echo "== 7. Kubernetes mode (FAKE nodes API, kubeadm-sized node objects)"
 BIN=$BIN bash scripts/bench-kube.sh | sed 's/^/  /'
 echo "== 8. repair at the kernel's word (resync 60 s: only the monitors repair in time)"
 BIN=$BIN LAB_PREFIX=$P-rep bash scripts/bench-repair.sh | sed 's/^/  /'
+echo "== 9. BGP: twilld exabgp-feed -> ExaBGP -> a BIRD 2 router"
+BIN=$BIN LAB_PREFIX=$P-bgp bash scripts/bench-bgp.sh | sed 's/^/  /'

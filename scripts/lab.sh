@@ -8,6 +8,7 @@
 #   scripts/lab.sh check      every pod pings every other pod
 #   scripts/lab.sh status     leases in etcd and each node's kernel state
 #   scripts/lab.sh add-node N one more node N (after up), without a pod
+#   scripts/lab.sh add-host NAME IP   a plain host on the underlay (no twilld), e.g. a router
 #   scripts/lab.sh stop-node N | start-node N | restart-node N   twilld on node N
 #   scripts/lab.sh kill-node N   SIGKILL twilld on node N, then start it again
 #   scripts/lab.sh restart-etcd  stop etcd and start it again on the same data
@@ -201,6 +202,7 @@ down() {
 case ${1:-} in
   up) shift; up "$@" ;;
   add-node) shift; add_node "$@" ;;
+  add-host) shift; add_host "$@" ;;
   stop-node) shift; stop_node "$@" ;;
   start-node) shift; start_node "$1"; wait_ready "$1" ;;
   restart-node) shift; restart_node "$@" ;;
