@@ -4,6 +4,7 @@
 //! namespace, so the host's files are never touched; containerd's root, state and socket
 //! live in a temp dir. Everything in the namespace is killed when the test ends.
 
+use std::path::Path;
 use std::process::Command;
 
 use twill_e2e::twill_plugin_bin;
@@ -24,49 +25,17 @@ fn ctr_run_with_cni_gets_an_address_in_our_subnet_and_rm_releases_it() {
     }
     let node = Netns::new("k-ctr");
     let t = tempfile::tempdir().unwrap();
-    let d = t.path().display().to_string();
-    let script = format!(
-        r#"set -eu
-T={d}
-mkdir -p $T/root $T/state $T/rootfs/bin $T/netd $T/plugins $T/etc-up $T/etc-work
-cp -a /usr/lib/cni/. $T/plugins/ && cp {plugin} $T/plugins/twill
+    let prepare = format!(
+        r#"cp {plugin} $T/plugins/twill
 printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n' > $T/subnet.env
 cat > $T/netd/10-twill.conflist <<EOC
 {{"name":"cbr0","cniVersion":"1.0.0","plugins":[{{"type":"twill","subnetFile":"$T/subnet.env","dataDir":"$T/cni-state","ipam":{{"dataDir":"$T/ipam"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}
-EOC
-cp /bin/busybox $T/rootfs/bin/ && for c in sh ip ping; do ln -s busybox $T/rootfs/bin/$c; done
-cat > $T/config.toml <<EOC
-version = 2
-root = "$T/root"
-state = "$T/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$T/containerd.sock"
-[ttrpc]
-  address = "$T/containerd.sock.ttrpc"
-EOC
-nsenter --net=/run/netns/{ns} unshare -m sh -c "
-  set -e
-  mount --make-rprivate /
-  mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
-  mkdir -p /etc/cni/net.d && mount --bind $T/netd /etc/cni/net.d
-  mount --bind $T/plugins /usr/lib/cni
-  containerd --config $T/config.toml > $T/containerd.log 2>&1 &
-  pid=\$!
-  for i in \$(seq 100); do [ -S $T/containerd.sock ] && break; sleep 0.1; done
-  ctr --address $T/containerd.sock run --rm --cni --rootfs $T/rootfs twill-ctr1 \
-    /bin/sh -c 'ip -4 -o addr show eth0; ping -c 1 -W 2 10.244.7.1 >/dev/null && echo GATEWAY-OK' > $T/ctr.out 2>&1
-  kill \$pid; wait \$pid || true
-"
-"#,
+EOC"#,
         plugin = twill_plugin_bin().display(),
-        ns = node.name,
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
+    let inside = "ctr --address $T/containerd.sock run --rm --cni --rootfs $T/rootfs twill-ctr1 \\
+    /bin/sh -c 'ip -4 -o addr show eth0; ping -c 1 -W 2 10.244.7.1 >/dev/null && echo GATEWAY-OK' > $T/ctr.out 2>&1";
+    let out = in_containerd(&node, t.path(), &prepare, inside);
     let ctr = std::fs::read_to_string(t.path().join("ctr.out")).unwrap_or_default();
     let log = std::fs::read_to_string(t.path().join("containerd.log")).unwrap_or_default();
     assert!(
@@ -81,14 +50,7 @@ nsenter --net=/run/netns/{ns} unshare -m sh -c "
     );
     assert!(ctr.contains("GATEWAY-OK"), "pings the gateway: {ctr}");
     // --rm ran DEL through the chain: the address and our per-container state are gone.
-    let ipam: Vec<String> = std::fs::read_dir(t.path().join("ipam/cbr0"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default();
+    let ipam = reserved(t.path());
     assert!(ipam.is_empty(), "address released: {ipam:?}");
     let state = std::fs::read_dir(t.path().join("cni-state"))
         .map(|d| d.count())
@@ -126,40 +88,18 @@ fn containerd_deletes_pods_across_flannels_plugin_and_ours() {
         r#"{{"cniVersion":"1.0.0","hairpinMode":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{{"dataDir":"{d}/ipam","routes":[{{"dst":"10.244.0.0/16"}}],"ranges":[[{{"subnet":"10.244.8.0/24"}}]],"type":"host-local"}},"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}}"#
     );
     std::fs::write(t.path().join("flannel-stand-in"), FLANNEL_STAND_IN).unwrap();
-    let script = format!(
-        r#"set -eu
-T={d}
-mkdir -p $T/root $T/state $T/rootfs/bin $T/netd $T/plugins $T/etc-up $T/etc-work
-cp -a /usr/lib/cni/. $T/plugins/
-cp $T/flannel-stand-in $T/flannel-plugin && chmod 755 $T/flannel-plugin
+    let prepare = format!(
+        r#"cp $T/flannel-stand-in $T/flannel-plugin && chmod 755 $T/flannel-plugin
 cp {plugin} $T/twill-plugin
 printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n' > $T/subnet.env
 cat > $T/netd/10-flannel.conflist <<EOC
 {{"name":"cbr0","cniVersion":"1.0.0","plugins":[{{"type":"flannel","subnetFile":"$T/subnet.env","dataDir":"$T/cni-state","ipam":{{"dataDir":"$T/ipam"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}]}}
 EOC
-cp /bin/busybox $T/rootfs/bin/ && for c in sh ip sleep; do ln -s busybox $T/rootfs/bin/$c; done
-cat > $T/config.toml <<EOC
-version = 2
-root = "$T/root"
-state = "$T/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$T/containerd.sock"
-[ttrpc]
-  address = "$T/containerd.sock.ttrpc"
-EOC
-export STATE_DIR=$T/cni-state PLUGINS=/usr/lib/cni DELEGATE='{delegate}'
-nsenter --net=/run/netns/{ns} unshare -m sh -c "
-  set -e
-  mount --make-rprivate /
-  mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
-  mkdir -p /etc/cni/net.d && mount --bind $T/netd /etc/cni/net.d
-  mount --bind $T/plugins /usr/lib/cni
-  containerd --config $T/config.toml > $T/containerd.log 2>&1 &
-  pid=\$!
-  for i in \$(seq 100); do [ -S $T/containerd.sock ] && break; sleep 0.1; done
-  # One pod per direction: added by the first plugin, deleted by the second.
-  for pair in 'flannel-plugin twill-plugin by-flannel' 'twill-plugin flannel-plugin by-twill'; do
+export STATE_DIR=$T/cni-state PLUGINS=/usr/lib/cni DELEGATE='{delegate}'"#,
+        plugin = twill_plugin_bin().display(),
+    );
+    // One pod per direction: added by the first plugin, deleted by the second.
+    let inside = r"for pair in 'flannel-plugin twill-plugin by-flannel' 'twill-plugin flannel-plugin by-twill'; do
     set -- \$pair
     cp $T/\$1 /usr/lib/cni/flannel
     ctr --address $T/containerd.sock run --rm --cni --rootfs $T/rootfs mig-\$3 \
@@ -170,18 +110,8 @@ nsenter --net=/run/netns/{ns} unshare -m sh -c "
     ls $T/ipam/cbr0 | grep -c '^10\.' > $T/ipam-\$3.txt || true
     cp $T/\$2 /usr/lib/cni/flannel.new && mv /usr/lib/cni/flannel.new /usr/lib/cni/flannel
     wait \$run
-  done
-  kill \$pid; wait \$pid || true
-"
-"#,
-        plugin = twill_plugin_bin().display(),
-        ns = node.name,
-    );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
+  done";
+    let out = in_containerd(&node, t.path(), &prepare, inside);
     let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
     let log = read("containerd.log");
     assert!(
@@ -204,17 +134,68 @@ nsenter --net=/run/netns/{ns} unshare -m sh -c "
         );
     }
     // Both deleted by the other plugin: nothing reserved, no state left.
-    let ipam: Vec<String> = std::fs::read_dir(t.path().join("ipam/cbr0"))
+    let ipam = reserved(t.path());
+    assert!(ipam.is_empty(), "addresses released: {ipam:?}");
+    let state = std::fs::read_dir(t.path().join("cni-state"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(state, 0, "per-container state removed");
+}
+
+/// Runs `inside` under a real containerd in `node`'s network namespace, in a private mount
+/// namespace whose /etc/cni/net.d and /usr/lib/cni are `$T/netd` and `$T/plugins` (`$T`:
+/// the temp dir `t`). `prepare` runs first on the host side, with Debian's plugins already
+/// copied into `$T/plugins` and a busybox rootfs in `$T/rootfs`: it puts the plugins,
+/// subnet.env and conflist in place. containerd's root, state and socket live under `$T`.
+fn in_containerd(node: &Netns, t: &Path, prepare: &str, inside: &str) -> std::process::Output {
+    let script = format!(
+        r#"set -eu
+T={d}
+mkdir -p $T/root $T/state $T/rootfs/bin $T/netd $T/plugins $T/etc-up $T/etc-work
+cp -a /usr/lib/cni/. $T/plugins/
+cp /bin/busybox $T/rootfs/bin/ && for c in sh ip ping sleep; do ln -s busybox $T/rootfs/bin/$c; done
+cat > $T/config.toml <<EOC
+version = 2
+root = "$T/root"
+state = "$T/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$T/containerd.sock"
+[ttrpc]
+  address = "$T/containerd.sock.ttrpc"
+EOC
+{prepare}
+nsenter --net=/run/netns/{ns} unshare -m sh -c "
+  set -e
+  mount --make-rprivate /
+  mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
+  mkdir -p /etc/cni/net.d && mount --bind $T/netd /etc/cni/net.d
+  mount --bind $T/plugins /usr/lib/cni
+  containerd --config $T/config.toml > $T/containerd.log 2>&1 &
+  pid=\$!
+  for i in \$(seq 100); do [ -S $T/containerd.sock ] && break; sleep 0.1; done
+  {inside}
+  kill \$pid; wait \$pid || true
+"
+"#,
+        d = t.display(),
+        ns = node.name,
+    );
+    Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap()
+}
+
+/// The addresses host-local still holds in `$T/ipam/cbr0`.
+fn reserved(t: &Path) -> Vec<String> {
+    std::fs::read_dir(t.join("ipam/cbr0"))
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.starts_with("10."))
                 .collect()
         })
-        .unwrap_or_default();
-    assert!(ipam.is_empty(), "addresses released: {ipam:?}");
-    let state = std::fs::read_dir(t.path().join("cni-state"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(state, 0, "per-container state removed");
+        .unwrap_or_default()
 }

@@ -24,20 +24,7 @@ fn get(c: &Cluster, i: usize, path: &str) -> (u16, String) {
 fn metric(c: &Cluster, i: usize, name: &str, label: Option<(&str, &str)>) -> f64 {
     let (code, body) = get_at(c, i, "127.0.0.1", METRICS_PORT, "/metrics");
     assert_eq!(code, 200);
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("metrics parse as Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
+    twill_e2e::metric_in(&body, name, label)
 }
 
 #[test]

@@ -15,20 +15,7 @@ const DEADLINE_MS: u64 = 1000;
 
 fn metric(c: &Cluster, i: usize, name: &str, label: Option<(&str, &str)>) -> f64 {
     let body = c.nodes[i].ns.sh("curl -sf http://127.0.0.1:8471/metrics");
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
+    twill_e2e::metric_in(&body, name, label)
 }
 
 /// Runs `del` in node `i`'s namespace, then polls `present` until it holds: the

@@ -398,6 +398,24 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
 /// node namespace (where cni0 lives). Returns whether it succeeded and its stdout.
 /// The check called `name` in the output of `twilld doctor --output=json` (its JSON report
 /// on stdout, possibly followed by log lines from stderr).
+/// The sum of metric `name`'s samples (those with `label`, if given) in a /metrics body.
+pub fn metric_in(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 pub fn doctor_check(out: &str, name: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::Deserializer::from_str(out)
         .into_iter()

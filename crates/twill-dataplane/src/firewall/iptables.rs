@@ -660,6 +660,9 @@ mod tests {
     fn masq_off_means_chain_absent() {
         let r = rules(&opts(false, true));
         assert!(r.chains[0].rules.is_none());
-        assert!(RuleSet::none().chains.iter().all(|c| c.rules.is_none()));
+        assert!(RuleSet::none_of(false)
+            .chains
+            .iter()
+            .all(|c| c.rules.is_none()));
     }
 }

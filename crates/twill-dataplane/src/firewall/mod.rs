@@ -222,12 +222,7 @@ impl RuleSet {
         }
     }
 
-    /// The same chains, all absent: what cleanup wants (IPv4).
-    pub fn none() -> Self {
-        Self::none_of(false)
-    }
-
-    /// The chains of one family, all absent.
+    /// The chains of one family, all absent: what cleanup and a switch of mode want.
     pub fn none_of(v6: bool) -> Self {
         let opts = RuleOptions {
             ip_masq: false,

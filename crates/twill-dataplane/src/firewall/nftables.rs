@@ -448,6 +448,6 @@ mod tests {
         assert!(!s.contains("chain forward"));
         assert!(s.contains("type filter hook prerouting priority raw; policy accept;\n    ip daddr 198.18.0.1 udp dport 8472 notrack"));
         assert!(s.contains("type filter hook output priority raw; policy accept;\n    ip saddr 198.18.0.1 udp dport 8472 notrack"));
-        assert_eq!(nft_script(&RuleSet::none().intent), None);
+        assert_eq!(nft_script(&RuleSet::none_of(false).intent), None);
     }
 }
