@@ -20,6 +20,7 @@ TEST=(
   containerd runc busybox-static   # a real container runtime as CNI client in the tests
   systemd                          # systemd-analyze verify on twilld.service
   bird2 exabgp                     # a BGP router and speaker for the BGP tests
+  mmdebstrap umoci binutils        # scripts/image.sh: the image, built without a registry
   iputils-ping tcpdump ethtool iperf3 jq openssl procps psmisc curl bc util-linux
 )
 

@@ -1,0 +1,78 @@
+#!/bin/bash
+# The root filesystem of the twilld image, from Debian packages only. One definition for
+# both builds: scripts/image.sh (no registry: an OCI archive) and manifests/Containerfile
+# (a registry build) run this, so the two images cannot drift apart.
+#
+#   scripts/image-root.sh ROOTDIR TWILLD TWILL_PLUGIN
+#
+# Why not debian:bookworm-slim: it is ~75 MB before iptables, most of it perl-base, apt and
+# coreutils, none of which twilld runs. Here dpkg installs only what twilld execs
+# (iptables, ip6tables, nft) on a busybox base: busybox gives the `sh`, `cp`, `mv` and
+# `sleep` that flannel's manifest (`cp -f ...`), /opt/bin/install-conf and
+# uninstall-twill.yml (`/bin/sleep infinity`) run. Maintainer scripts do run (through
+# busybox's sh), so the iptables alternatives point where Debian's postinst points them.
+#
+# Needs root and chroot, but no mounts (--skip=chroot/mount), so it runs in a container
+# build with the default capabilities too.
+set -euo pipefail
+
+# What twilld needs at run time (`image-root.sh --packages` prints it).
+PACKAGES="iptables nftables"
+# The busybox base: dpkg to install the packages above, and the minimum it needs.
+BASE="dpkg busybox libc-bin base-files base-passwd debianutils"
+SUITE=bookworm
+MIRRORS=(
+  "deb http://deb.debian.org/debian $SUITE main"
+  "deb http://deb.debian.org/debian $SUITE-updates main"
+  "deb http://deb.debian.org/debian-security $SUITE-security main"
+)
+
+if [ "${1:-}" = --packages ]; then
+  echo "$PACKAGES"
+  exit 0
+fi
+if [ $# -ne 3 ]; then
+  echo "usage: $0 ROOTDIR TWILLD TWILL_PLUGIN" >&2
+  exit 2
+fi
+root=$1
+twilld=$2
+plugin=$3
+for f in "$twilld" "$plugin"; do
+  [ -x "$f" ] || { echo "image-root: $f: not an executable" >&2; exit 1; }
+done
+if [ -e "$root" ] && [ -n "$(ls -A "$root")" ]; then
+  echo "image-root: $root: exists and is not empty" >&2
+  exit 1
+fi
+mkdir -p "$root"
+
+# Documentation, manuals and translations are dropped as dpkg unpacks them, and glibc's
+# iconv modules (8 MB, gconv): nothing in the image converts character sets.
+exclude=()
+for p in /usr/share/doc/'*' /usr/share/man/'*' /usr/share/locale/'*' /usr/share/info/'*' \
+  /usr/share/lintian/'*' /usr/share/bash-completion/'*' /usr/lib/x86_64-linux-gnu/gconv/'*'; do
+  exclude+=("--dpkgopt=path-exclude=$p")
+done
+# Copyright files stay: the image is redistributed.
+exclude+=("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+
+include=$(echo $BASE $PACKAGES | tr ' ' ',')
+mmdebstrap --mode=root --variant=custom --skip=chroot/mount \
+  --include="$include" \
+  --hook-dir=/usr/share/mmdebstrap/hooks/busybox \
+  "${exclude[@]}" \
+  --customize-hook='rm -rf "$1"/var/cache/apt "$1"/var/lib/apt/lists "$1"/var/log/*' \
+  "$SUITE" "$root" "${MIRRORS[@]}"
+
+# The binaries, where kube-twill.yml runs them, and the paths flannel's own kube-flannel.yml
+# runs, so swapping its image for this one works: /opt/bin/flanneld (twilld takes
+# flanneld's flags) and /opt/bin/install-conf (its install-cni: an atomic copy).
+install -D -m 755 "$twilld" "$root/usr/local/bin/twilld"
+install -D -m 755 "$plugin" "$root/usr/local/bin/twill"
+# flannel's plugin image keeps its plugin at /flannel, copied by `cp -f /flannel ...`.
+ln -s usr/local/bin/twill "$root/flannel"
+mkdir -p "$root/opt/bin"
+ln -s /usr/local/bin/twilld "$root/opt/bin/flanneld"
+printf '#!/bin/sh\nset -e\ncp "$1" "$2.tmp"\nmv "$2.tmp" "$2"\n' > "$root/opt/bin/install-conf"
+chmod 755 "$root/opt/bin/install-conf"
