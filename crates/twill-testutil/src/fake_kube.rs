@@ -53,6 +53,8 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// The Authorization header as sent (a pod's service account token: `Bearer ...`).
+    pub authorization: String,
 }
 
 #[derive(Clone)]
@@ -87,6 +89,7 @@ struct Inner {
 pub struct FakeKube {
     inner: Arc<Inner>,
     addr: SocketAddr,
+    ca_pem: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -101,6 +104,18 @@ impl FakeKube {
     /// Serves on `listener`, which may have been bound inside a network namespace: the
     /// socket stays there, whichever thread serves it.
     pub fn start(listener: std::net::TcpListener) -> FakeKube {
+        FakeKube::serve(listener, None)
+    }
+
+    /// Serves HTTPS on `listener`, as the real API server does to pods: with a certificate
+    /// for the listener's IP address, issued by a CA made for this fake alone
+    /// ([`FakeKube::ca_pem`], a pod's `serviceaccount/ca.crt`).
+    pub fn start_tls(listener: std::net::TcpListener) -> FakeKube {
+        let ip = listener.local_addr().expect("local addr").ip();
+        FakeKube::serve(listener, Some(Tls::for_ip(ip)))
+    }
+
+    fn serve(listener: std::net::TcpListener, tls: Option<Tls>) -> FakeKube {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
         let (events, _) = broadcast::channel(4096);
@@ -111,6 +126,7 @@ impl FakeKube {
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = inner.clone();
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -122,22 +138,43 @@ impl FakeKube {
                     let inner = served.clone();
                     async move { handle(inner, req).await }
                 });
-                tokio::select! {
-                    r = axum::serve(l, app) => r.expect("fake API server"),
-                    _ = stopped => {}
+                match tls {
+                    None => tokio::select! {
+                        r = axum::serve(l, app) => r.expect("fake API server"),
+                        _ = stopped => {}
+                    },
+                    Some(tls) => tokio::select! {
+                        _ = serve_tls(l, tls.acceptor, app) => {}
+                        _ = stopped => {}
+                    },
                 }
             });
         });
         FakeKube {
             inner,
             addr,
+            ca_pem,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
+    /// The CA certificate (PEM) a TLS fake's certificate chains to.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -351,6 +388,68 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    ca_pem: String,
+}
+
+impl Tls {
+    fn for_ip(ip: std::net::IpAddr) -> Tls {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "twill fake API CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let cert = CertificateParams::new(vec![ip.to_string()])
+            .expect("server params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), ca_cert.der().clone()],
+                tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server TLS config");
+        Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            ca_pem: ca_cert.pem(),
+        }
+    }
+}
+
+async fn serve_tls(
+    l: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let Ok((tcp, _)) = l.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            // A client that gives up mid-handshake is its own business.
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                .await;
+        });
+    }
+}
+
 async fn handle(inner: Arc<Inner>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -361,11 +460,18 @@ async fn handle(inner: Arc<Inner>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     inner.state.lock().unwrap().seen.push(Seen {
         method: method.to_string(),
         path: path.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
+        authorization,
     });
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
