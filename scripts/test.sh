@@ -25,6 +25,10 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets -q
 
+echo "== image"
+# tests/daemonset.rs runs the manifests' containers from this image under containerd.
+bash scripts/image.sh
+
 echo "== tests"
 # Two threads: each namespace test runs several daemons; more would only thrash 2 cores.
 cargo test --workspace -- --test-threads=2 2>&1 | tee /tmp/twill-test-$$.log

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use twill_testutil::{sh, wait_until, Etcd, FakeKube, Netns};
 
+pub mod kubelet;
+
 pub const ETCD_IP: &str = "198.18.0.100";
 pub const PREFIX: &str = "/coreos.com/network";
 
@@ -240,6 +242,14 @@ impl Cluster {
         FakeKube::start(listener)
     }
 
+    /// [`Cluster::fake_kube`] over HTTPS, as pods reach the real API server.
+    pub fn fake_kube_tls(&self) -> FakeKube {
+        let listener = self.etcd_ns.run(|| {
+            Box::pin(async { std::net::TcpListener::bind((ETCD_IP, 0)).expect("bind in netns") })
+        });
+        FakeKube::start_tls(listener)
+    }
+
     /// The etcd namespace's name: a host on the underlay outside the pod network.
     pub fn etcd_netns(&self) -> &str {
         &self.etcd_ns.name
@@ -394,10 +404,6 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
     ));
 }
 
-/// Runs a CNI plugin exactly as a runtime does: `env` (CNI_*), config on stdin, inside the
-/// node namespace (where cni0 lives). Returns whether it succeeded and its stdout.
-/// The check called `name` in the output of `twilld doctor --output=json` (its JSON report
-/// on stdout, possibly followed by log lines from stderr).
 /// The sum of metric `name`'s samples (those with `label`, if given) in a /metrics body.
 pub fn metric_in(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
@@ -416,6 +422,8 @@ pub fn metric_in(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
         .sum()
 }
 
+/// The check called `name` in the output of `twilld doctor --output=json` (its JSON report
+/// on stdout, possibly followed by log lines from stderr).
 pub fn doctor_check(out: &str, name: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::Deserializer::from_str(out)
         .into_iter()
@@ -429,6 +437,8 @@ pub fn doctor_check(out: &str, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// Runs a CNI plugin exactly as a runtime does: `env` (CNI_*), config on stdin, inside the
+/// node namespace (where cni0 lives). Returns whether it succeeded and its stdout.
 pub fn run_plugin(
     node: &Netns,
     plugin: &Path,
