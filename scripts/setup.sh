@@ -19,7 +19,7 @@ TEST=(
   etcd-server etcd-client          # the real store the tests and the demo run against
   containerd runc busybox-static   # a real container runtime as CNI client in the tests
   systemd                          # systemd-analyze verify on twilld.service
-  bird2 exabgp                     # a BGP router and speaker for the BGP tests
+  bird2 exabgp frr                 # BGP: the nodes' engine, a feed speaker, a router
   mmdebstrap umoci binutils        # scripts/image.sh: the image, built without a registry
   iputils-ping tcpdump ethtool iperf3 jq openssl procps psmisc curl bc util-linux
 )

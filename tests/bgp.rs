@@ -159,3 +159,267 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
         "a lease outside Network was announced"
     );
 }
+
+/// FRR (zebra + bgpd) as the site's router in `ns`, AS 64513, with `neighbors` (AS 64512).
+/// FRR's daemons run as user frr in a private mount namespace whose /run is a fresh tmpfs,
+/// so nothing of theirs lands on the host. Routes it learns go to its kernel table.
+fn frr_router(ns: &str, dir: &std::path::Path, router_id: &str, neighbors: &[String]) -> Daemon {
+    need("/usr/lib/frr/bgpd");
+    let d = dir.join("frr");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut conf = format!(
+        "frr defaults traditional\nhostname router\nrouter bgp 64513\n bgp router-id {router_id}\n no bgp ebgp-requires-policy\n bgp graceful-restart\n"
+    );
+    for n in neighbors {
+        conf.push_str(&format!(" neighbor {n} remote-as 64512\n"));
+    }
+    std::fs::write(d.join("frr.conf"), conf).unwrap();
+    let dd = d.display();
+    let script = format!(
+        "set -e\nmount -t tmpfs -o mode=755 tmpfs /run\nmkdir -p /run/frr && chown frr:frr /run/frr\n\
+         chown -R frr:frr {dd} && chmod 755 {dd}\n\
+         /usr/lib/frr/zebra -i {dd}/zebra.pid -z {dd}/zserv.api --vty_socket {dd} -f /dev/null --log file:{dd}/zebra.log &\n\
+         for i in $(seq 50); do [ -S {dd}/zserv.api ] && break; sleep 0.1; done\n\
+         exec /usr/lib/frr/bgpd -i {dd}/bgpd.pid -z {dd}/zserv.api --vty_socket {dd} -f {dd}/frr.conf --log file:{dd}/bgpd.log\n"
+    );
+    // frr (the daemons' user) must reach the directory: open the path down to it.
+    let mut p = d.parent();
+    while let Some(dir) =
+        p.filter(|p| p.starts_with(std::env::temp_dir()) && *p != std::env::temp_dir())
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        p = dir.parent();
+    }
+    Daemon(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// BGP routes in the router's kernel table, as (prefix, next hop).
+fn kernel_bgp_routes(ns: &str) -> Vec<(String, String)> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-4", "route", "show", "proto", "bgp"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let via = w.iter().position(|x| *x == "via")?;
+            Some((w[0].to_string(), w[via + 1].to_string()))
+        })
+        .collect()
+}
+
+/// BIRD as a node's engine, started as its own unit would be, on twilld's files.
+fn node_bird(ns: &str, dir: &std::path::Path) -> Daemon {
+    let conf = dir.join("bird.conf");
+    wait_until(20, "twilld to write BIRD's config", || conf.exists());
+    Daemon(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn sh_in(ns: &str, cmd: &str) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", cmd])
+        .output()
+        .unwrap()
+}
+
+/// The per-node shape: every node's twilld drives its own BIRD, which announces the node's
+/// pod subnet (next hop: the node) to an FRR router; a client behind the router reaches
+/// pods on every node, and the pods see its own address.
+#[test]
+fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
+    for bin in ["/usr/sbin/bird", "/usr/sbin/birdc"] {
+        need(bin);
+    }
+    let mut c = Cluster::new("bgpn");
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"},"BGP":{"ASN":64512,"Peers":[{"Address":"198.18.0.4","ASN":64513}]}}"#,
+    );
+    let mut birds = Vec::new();
+    let metrics = "--metrics-port=9464";
+    for n in 1..=3 {
+        let dir = c.dir.path().join(format!("n{n}"));
+        let args = [
+            format!("--bgp-config-file={}/bird.conf", dir.display()),
+            format!("--bgp-control-socket={}/bird.ctl", dir.display()),
+            format!("--bgp-include-dir={}/bird.d", dir.display()),
+            "--ip-masq".to_string(),
+            metrics.to_string(),
+        ];
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let i = c.add_node_stopped(&a);
+        // The site's router is the nodes' way out (and back to the client).
+        c.nodes[i].ns.sh("ip route add default via 198.18.0.4");
+        c.nodes[i].start();
+    }
+    let router = c.add_node_stopped(&[]);
+    assert_eq!(c.nodes[router].ip, "198.18.0.4");
+    let rns = c.nodes[router].ns.name.clone();
+    // The client's own network behind the router, outside the pod network and the underlay.
+    let client = twill_testutil::Netns::new("bgpn-client");
+    twill_testutil::sh(&format!(
+        "ip -n {rns} link add r-client type veth peer name eth0 netns {cl} && \
+         ip -n {rns} addr add 198.19.0.1/24 dev r-client && ip -n {rns} link set r-client up && \
+         ip -n {cl} addr add 198.19.0.2/24 dev eth0 && ip -n {cl} link set eth0 up && \
+         ip -n {cl} route add default via 198.19.0.1",
+        cl = client.name
+    ));
+    let rdir = c.nodes[router].dir.clone();
+    let _frr = frr_router(
+        &rns,
+        &rdir,
+        "198.18.0.4",
+        &(1..=3).map(|n| format!("198.18.0.{n}")).collect::<Vec<_>>(),
+    );
+    for i in 0..3 {
+        c.nodes[i].wait_ready();
+        birds.push(node_bird(&c.nodes[i].ns.name, &c.nodes[i].dir));
+    }
+
+    // The router's own table: each node's pod subnet, with that node as next hop.
+    let want: Vec<(String, String)> = (0..3)
+        .map(|i| (c.nodes[i].lease(), c.nodes[i].ip.clone()))
+        .collect();
+    wait_until(30, "the router learns every node's pod subnet", || {
+        let got = kernel_bgp_routes(&rns);
+        want.iter().all(|w| got.contains(w))
+    });
+    assert_eq!(kernel_bgp_routes(&rns).len(), 3, "nothing else announced");
+
+    // From outside: ping and TCP to a pod on every node, and the pod sees the client's
+    // own address (no NAT on the way in, nor on the way back).
+    for i in 0..3 {
+        let pod = c.add_pod(i);
+        let out = sh_in(&client.name, &format!("ping -c 1 -W 2 {pod}"));
+        assert!(
+            out.status.success(),
+            "client pings the pod on node {}: {:?}",
+            i + 1,
+            out
+        );
+        let seen = c.dir.path().join(format!("seen-{i}"));
+        let pns = c.pod(i).ns.name.clone();
+        let server = Command::new("ip")
+            .args(["netns", "exec", &pns, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(1)\nc,a=s.accept()\nopen('{}','w').write(a[0])\nc.sendall(b'pod')\nc.close()",
+                seen.display()
+            ))
+            .spawn()
+            .unwrap();
+        let _server = Daemon(server);
+        let mut reply = String::new();
+        wait_until(5, "the client's TCP connection to the pod", || {
+            let out = sh_in(
+                &client.name,
+                &format!("python3 -c \"import socket;print(socket.create_connection(('{pod}',8080),timeout=2).recv(3).decode())\""),
+            );
+            reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            out.status.success()
+        });
+        assert_eq!(reply, "pod");
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap(),
+            "198.19.0.2",
+            "no NAT"
+        );
+    }
+
+    // "Is BGP working?": /metrics and doctor say so.
+    // (twilld reads BIRD's sessions every 5 s.)
+    let metric = |name: &str, label: Option<(&str, &str)>| {
+        let body = c.nodes[0].ns.sh("curl -s http://127.0.0.1:9464/metrics");
+        twill_e2e::metric_in(&body, name, label)
+    };
+    wait_until(12, "twill_bgp_session_up{peer=198.18.0.4} = 1", || {
+        metric("twill_bgp_session_up", Some(("peer", "198.18.0.4"))) == 1.0
+    });
+    assert_eq!(metric("twill_bgp_prefixes_announced", None), 1.0);
+    let n1 = &c.nodes[0];
+    let bgp_args: Vec<String> = n1
+        .args
+        .iter()
+        .filter(|a| a.starts_with("--bgp-"))
+        .cloned()
+        .collect();
+    let mut doctor = vec![
+        format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
+        format!("--subnet-file={}", n1.subnet_env().display()),
+        "--iface=eth0".to_string(),
+        "doctor".to_string(),
+        "--output=json".to_string(),
+    ];
+    doctor.extend(bgp_args.clone());
+    let d: Vec<&str> = doctor.iter().map(String::as_str).collect();
+    let (_, out) = n1.twilld(&d);
+    let check = twill_e2e::doctor_check(&out, "bgp");
+    assert_eq!(check["status"], "pass", "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("198.18.0.4 AS 64513: Established") && detail.contains(&n1.lease()),
+        "{detail}"
+    );
+
+    // twilld SIGKILLed and restarted: BIRD keeps the session, the router withdraws nothing.
+    let mut monitor = Command::new("ip")
+        .args(["-n", &rns, "monitor", "route"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.nodes[0].stop(libc::SIGKILL);
+    c.nodes[0].start();
+    c.nodes[0].wait_ready();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let _ = monitor.kill();
+    let seen = monitor.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.starts_with("Deleted") && l.contains(&want[0].0)),
+        "withdrawn during the restart: {seen}"
+    );
+    assert!(kernel_bgp_routes(&rns).contains(&want[0]));
+
+    // Node 3 uninstalled (cleanup releases its lease): withdrawn from the router in 5 s.
+    c.nodes[2].stop(libc::SIGTERM);
+    let n3 = &c.nodes[2];
+    let mut cleanup = vec![
+        format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
+        format!("--subnet-file={}", n3.subnet_env().display()),
+        "--iface=eth0".to_string(),
+        "cleanup".to_string(),
+        "--yes".to_string(),
+        "--release-lease".to_string(),
+    ];
+    cleanup.extend(n3.args.iter().filter(|a| a.starts_with("--bgp-")).cloned());
+    let a: Vec<&str> = cleanup.iter().map(String::as_str).collect();
+    let (ok, out) = n3.twilld(&a);
+    assert!(ok && out.contains("BGP announcements"), "{out}");
+    wait_until(5, "node 3's subnet withdrawn", || {
+        !kernel_bgp_routes(&rns).iter().any(|(p, _)| *p == want[2].0)
+    });
+    assert_eq!(kernel_bgp_routes(&rns).len(), 2);
+    drop(birds);
+}

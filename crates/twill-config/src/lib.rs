@@ -7,7 +7,10 @@ mod netconf;
 mod range;
 mod subnetenv;
 
-pub use netconf::{BackendConf, BackendType, ConfigError, NetConf, Warning};
+pub use netconf::{
+    check_asn, BackendConf, BackendType, BgpConf, BgpPeer, ConfigError, NetConf, Warning,
+    DEFAULT_GRACEFUL_RESTART_TIME,
+};
 pub use range::{addr_from_u128, addr_to_u128, interval, SubnetRange};
 pub use subnetenv::{write_atomic, SubnetEnv, SubnetEnvError};
 

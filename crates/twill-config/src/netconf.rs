@@ -6,7 +6,10 @@ use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 use crate::range::{addr_from_u128, addr_to_u128, SubnetRange};
+
+mod bgp;
 use crate::DEFAULT_VXLAN_PORT;
+pub use bgp::{check_asn, BgpConf, BgpPeer, DEFAULT_GRACEFUL_RESTART_TIME};
 
 /// A rejected configuration. It always names the offending field and the value found, so
 /// an operator can fix the file without reading our source.
@@ -89,6 +92,8 @@ pub struct NetConf {
     /// `NonMasqueradeCIDRs` (twill's): destinations our pods reach without NAT, such as
     /// the pod network of the CNI a cluster is migrating to. Both families, in order.
     pub non_masquerade: Vec<IpNetwork>,
+    /// `BGP` (twill's): announce this node's pod subnets to the site's routers.
+    pub bgp: Option<BgpConf>,
 }
 
 /// Backend types flannel knows but twill does not implement: a clearer message than
@@ -476,6 +481,10 @@ impl NetConf {
             Some(v) => parse_backend(v, &mut warnings)?,
         };
         let non_masquerade = f.cidr_list("NonMasqueradeCIDRs", &mut warnings)?;
+        let bgp = match f.take("BGP") {
+            None => None,
+            Some(v) => Some(bgp::parse_bgp(v, &mut warnings)?),
+        };
         f.leftovers(&mut warnings, |k| {
             if k.eq_ignore_ascii_case("Networks") || k.eq_ignore_ascii_case("IPv6Networks") {
                 Some("multiple networks are not supported, ignored")
@@ -518,6 +527,7 @@ impl NetConf {
                 enable_nftables,
                 backend,
                 non_masquerade,
+                bgp,
             },
             warnings,
         ))

@@ -150,6 +150,23 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
             }
         }
     }
+    // The routers withdraw this node's pod subnets: BIRD keeps running (it is not ours),
+    // with twilld's file announcing nothing.
+    let bird = &node.bgp;
+    if let Some(text) = std::fs::read_to_string(&bird.config_file)
+        .ok()
+        .as_deref()
+        .and_then(crate::bgp::withdrawn)
+    {
+        r.act(
+            &format!(
+                "BGP announcements in {} (withdrawn)",
+                bird.config_file.display()
+            ),
+            async { crate::bgp::apply(bird, &text).await.map(|_| ()) },
+        )
+        .await;
+    }
     remove_file(&node.subnet_file, "subnet.env", &mut r).await;
     let conflicts = crate::repairs::conflicts_file(&node.subnet_file);
     remove_file(&conflicts, "twilld's repair conflicts", &mut r).await;

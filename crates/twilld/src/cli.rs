@@ -160,6 +160,38 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
     pub metrics_port: u16,
 
+    /// BIRD's configuration file, which twilld writes (and owns) when BGP is configured.
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_BGP_CONFIG_FILE",
+        default_value = "/etc/bird/bird.conf"
+    )]
+    pub bgp_config_file: PathBuf,
+    /// BIRD's control socket, through which twilld reloads it and reads its sessions.
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_BGP_CONTROL_SOCKET",
+        default_value = "/run/bird/bird.ctl"
+    )]
+    pub bgp_control_socket: PathBuf,
+    /// The operator's own BIRD configuration: `<dir>/*.conf`, included by twilld's file.
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_BGP_INCLUDE_DIR",
+        default_value = "/etc/bird/twill.d"
+    )]
+    pub bgp_include_dir: PathBuf,
+    /// This node's AS number, over net-conf.json's BGP.ASN (alone, it enables BGP).
+    #[arg(long, global = true, env = "TWILLD_BGP_ASN", value_parser = parse_asn)]
+    pub bgp_asn: Option<u32>,
+    /// This node's BGP peers, over net-conf.json's BGP.Peers: ADDRESS:ASN items separated
+    /// by commas, IPv6 addresses in brackets (198.18.0.5:64513,[2001:db8::1]:64513).
+    #[arg(long, global = true, env = "TWILLD_BGP_PEERS", value_parser = parse_peers)]
+    pub bgp_peers: Option<BgpPeers>,
+
     /// Use the Kubernetes API instead of etcd: the subnet is the node's spec.podCIDR.
     #[arg(long, global = true, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
@@ -294,6 +326,17 @@ impl Cli {
             rules: self.rule_flags(),
             no_masq_cidr: self.no_masq_cidr.clone(),
             ip_blackhole_route: self.ip_blackhole_route,
+            bgp: self.bgp_options(),
+        }
+    }
+
+    pub fn bgp_options(&self) -> crate::bgp::BgpOptions {
+        crate::bgp::BgpOptions {
+            config_file: self.bgp_config_file.clone(),
+            control_socket: self.bgp_control_socket.clone(),
+            include_dir: self.bgp_include_dir.clone(),
+            asn: self.bgp_asn,
+            peers: self.bgp_peers.clone().map(|p| p.0),
         }
     }
 
@@ -430,6 +473,21 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// `--bgp-peers`, parsed (a newtype: clap takes a `Vec` as a repeated flag).
+#[derive(Debug, Clone)]
+pub struct BgpPeers(pub Vec<twill_config::BgpPeer>);
+
+fn parse_peers(s: &str) -> Result<BgpPeers, String> {
+    twill_config::BgpPeer::parse_list("--bgp-peers", s)
+        .map(BgpPeers)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_asn(s: &str) -> Result<u32, String> {
+    let n: u64 = s.parse().map_err(|_| format!("{s}: not an AS number"))?;
+    twill_config::check_asn("--bgp-asn", n).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

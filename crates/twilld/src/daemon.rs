@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::{IpNetwork, Ipv4Network};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,6 +25,7 @@ use twill_store::{
     RenewOutcome, StoreError, SubnetManager, WatchEvent,
 };
 
+use crate::bgp;
 use crate::cli::Cli;
 use crate::policy::lease_policy;
 use crate::repairs::{self, Repairs};
@@ -170,6 +171,8 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         reloads,
     } = up;
     tel.update_ready(|r| r.config = true);
+    // Settled before anything is created: a bad BGP setting leaves nothing behind.
+    let bgp = bgp::effective(&conf, &cli.bgp_options())?;
     if conf.ipv6.is_some() {
         warn!("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet");
     } else if let Some(ip) = cli.public_ipv6 {
@@ -269,6 +272,11 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
     }
     let kube = cli.kube_subnet_mgr.then_some(&held.key);
     let policy = lease_policy(dp.netlink(), dp.device_index(), &conf, kube).await?;
+    let announce = bgp.map(|b| {
+        let (tx, rx) = watch::channel(None);
+        bgp::spawn(cli.bgp_options(), b, rx, tel.clone());
+        tx
+    });
     let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
     let mut node = Node {
@@ -289,7 +297,10 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         iface_mtu: ext.mtu,
         reloads,
         repairs: Repairs::default(),
+        announce,
+        underlay: (ext.addr, ext.addr6),
     };
+    node.announce();
     node.run_loop(cancel).await
 }
 
@@ -315,6 +326,10 @@ struct Node<S> {
     reloads: mpsc::UnboundedReceiver<()>,
     /// Objects put back by repairs, to tell a fight with another agent.
     repairs: Repairs,
+    /// What BIRD is to announce, when BGP is configured.
+    announce: Option<watch::Sender<Option<bgp::Announce>>>,
+    /// The underlay's addresses: BGP sessions are made from them.
+    underlay: (std::net::Ipv4Addr, Option<std::net::Ipv6Addr>),
 }
 
 /// Why a reconcile runs: only the periodic ones count what they fix as repairs (after an
@@ -805,7 +820,27 @@ impl<S: SubnetManager> Node<S> {
         write_atomic(&self.cli.subnet_file, env.render().as_bytes(), 0o644)
             .with_context(|| format!("writing {}", self.cli.subnet_file.display()))?;
         info!(path = %self.cli.subnet_file.display(), "wrote subnet.env");
+        self.announce();
         Ok(())
+    }
+
+    /// Tells the BGP task the subnets we hold now (it rewrites BIRD's config if needed).
+    fn announce(&self) {
+        let Some(tx) = &self.announce else { return };
+        let (v4, v6) = (self.held.key.v4, self.held.key.v6);
+        tx.send_replace(Some(bgp::Announce {
+            router_id: self.underlay.0,
+            local4: Some(self.underlay.0),
+            local6: self.underlay.1,
+            v4: match v4 {
+                Some(IpNetwork::V4(n)) => Some(n),
+                _ => None,
+            },
+            v6: match v6 {
+                Some(IpNetwork::V6(n)) => Some(n),
+                _ => None,
+            },
+        }));
     }
 }
 

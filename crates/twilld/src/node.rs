@@ -25,6 +25,8 @@ pub struct NodeOptions {
     pub no_masq_cidr: Vec<ipnetwork::IpNetwork>,
     /// `--ip-blackhole-route`.
     pub ip_blackhole_route: bool,
+    /// `--bgp-*`.
+    pub bgp: crate::bgp::BgpOptions,
 }
 
 /// The store the node's twilld uses, with the options to reach it.

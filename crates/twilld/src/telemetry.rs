@@ -69,6 +69,8 @@ pub struct Telemetry {
     pub leases_refused: Gauge,
     pub lease_renewals: Counter,
     pub lease_expiry: Gauge,
+    pub bgp_session_up: Family<Labels, Gauge>,
+    pub bgp_prefixes_announced: Gauge,
 }
 
 fn now_secs() -> u64 {
@@ -79,6 +81,21 @@ fn now_secs() -> u64 {
 }
 
 impl Telemetry {
+    /// The BGP gauges from BIRD's current sessions (a peer no longer configured goes).
+    pub fn set_bgp_sessions(&self, sessions: &[crate::bgp::Session]) {
+        self.bgp_session_up.clear();
+        let mut announced = 0;
+        for s in sessions {
+            self.bgp_session_up
+                .get_or_create(&label("peer", &s.peer))
+                .set(s.up() as i64);
+            if s.up() {
+                announced = announced.max(s.exported as i64);
+            }
+        }
+        self.bgp_prefixes_announced.set(announced);
+    }
+
     pub fn new(liveness_window: Duration) -> Self {
         let mut registry = Registry::with_prefix("twill");
         let t = Telemetry {
@@ -99,7 +116,19 @@ impl Telemetry {
             leases_refused: Gauge::default(),
             lease_renewals: Counter::default(),
             lease_expiry: Gauge::default(),
+            bgp_session_up: Family::default(),
+            bgp_prefixes_announced: Gauge::default(),
         };
+        registry.register(
+            "bgp_session_up",
+            "1 when the BGP session with the peer is Established (BIRD's word), else 0",
+            t.bgp_session_up.clone(),
+        );
+        registry.register(
+            "bgp_prefixes_announced",
+            "Pod subnets of this node announced over an Established BGP session",
+            t.bgp_prefixes_announced.clone(),
+        );
         registry.register("peers", "Peers in the lease table", t.peers.clone());
         registry.register(
             "kernel_entries",

@@ -19,11 +19,13 @@ use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
 use crate::node::{kube_with_ipv6, NodeOptions, StoreOptions};
 use crate::policy::lease_policy;
 
+mod bgp;
 mod conflicts;
 mod dataplane;
 mod host;
 mod store;
 
+use bgp::bgp;
 use conflicts::conflicts;
 use dataplane::*;
 use host::*;
@@ -256,6 +258,9 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
     }
     repair_conflicts(&mut c, &node.subnet_file);
+    if let Some(conf) = &conf {
+        bgp(&mut c, conf, node, own_key.as_ref()).await;
+    }
     conflicts(&mut c, &nl, conf.as_ref(), args).await;
     other_cnis(&mut c, &nl, env.as_ref()).await;
 
