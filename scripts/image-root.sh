@@ -16,8 +16,9 @@
 # build with the default capabilities too.
 set -euo pipefail
 
-# What twilld needs at run time (`image-root.sh --packages` prints it).
-PACKAGES="iptables nftables"
+# What twilld needs at run time (`image-root.sh --packages` prints it), and the
+# libraries of BIRD 2, the BGP engine that runs beside it (see below).
+PACKAGES="iptables nftables libreadline8 libssh-gcrypt-4"
 # The busybox base: dpkg to install the packages above, and the minimum it needs.
 BASE="dpkg busybox libc-bin base-files base-passwd debianutils"
 SUITE=bookworm
@@ -64,6 +65,25 @@ mmdebstrap --mode=root --variant=custom --skip=chroot/mount \
   "${exclude[@]}" \
   --customize-hook='rm -rf "$1"/var/cache/apt "$1"/var/lib/apt/lists "$1"/var/log/*' \
   "$SUITE" "$root" "${MIRRORS[@]}"
+
+# BIRD 2 (the `bird` container of kube-twill.yml, for BGP) as Debian builds it, without
+# the package: bird2 depends on adduser and ucf, which pull perl and debconf into an image
+# that would then be half perl. Its two programs go in beside the libraries dpkg installed
+# above; its maintainer scripts only add a system user, which this image never uses.
+bird=$(mktemp -d)
+mmdebstrap --mode=root --variant=extract --skip=chroot/mount --include=bird2 \
+  "$SUITE" "$bird" "${MIRRORS[@]}" >/dev/null 2>&1 ||
+  { echo "image-root: fetching bird2 failed" >&2; rm -rf "$bird"; exit 1; }
+install -m 755 "$bird/usr/sbin/bird" "$bird/usr/sbin/birdc" "$root/usr/sbin/"
+install -D -m 644 "$bird/usr/share/doc/bird2/copyright" "$root/usr/share/doc/bird2/copyright"
+rm -rf "$bird"
+# Both start (a missing library stops them before they look at their arguments).
+for b in bird birdc; do
+  if chroot "$root" /usr/sbin/$b -s /nonexistent -h 2>&1 | grep -q 'error while loading shared libraries'; then
+    echo "image-root: /usr/sbin/$b is missing libraries" >&2
+    exit 1
+  fi
+done
 
 # The binaries, where kube-twill.yml runs them, and the paths flannel's own kube-flannel.yml
 # runs, so swapping its image for this one works: /opt/bin/flanneld (twilld takes

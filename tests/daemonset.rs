@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use twill_e2e::kubelet::{image_archive, text, ApiServer, Kubelet, Manifest};
+use twill_e2e::routers::{frr_router, kernel_bgp_routes};
 use twill_e2e::Cluster;
 use twill_testutil::{require_root, wait_until, FakeKube, FLANNEL_CLUSTER_ROLE};
 
@@ -52,11 +53,19 @@ fn nodes(c: &mut Cluster, fake: &FakeKube, names: &[&str]) -> Vec<KubeNode> {
 /// declared, passes; returns each node's time from container start to Ready (probed every
 /// 100 ms: the kubelet's declared initialDelaySeconds/periodSeconds would round it up).
 fn install(nodes: &mut [KubeNode], manifest: &Manifest, fake: &FakeKube) -> Vec<Duration> {
-    let ds = manifest.daemonset("kube-twill-ds");
     let api = ApiServer {
         fake,
         configmaps: manifest.configmaps(),
     };
+    nodes
+        .iter_mut()
+        .map(|n| run_ready(n, manifest, &api))
+        .collect()
+}
+
+/// Runs kube-twill-ds's pod on `n` and waits for Ready; returns the time it took.
+fn run_ready(n: &mut KubeNode, manifest: &Manifest, api: &ApiServer) -> Duration {
+    let ds = manifest.daemonset("kube-twill-ds");
     let main = ds
         .spec
         .as_ref()
@@ -67,28 +76,23 @@ fn install(nodes: &mut [KubeNode], manifest: &Manifest, fake: &FakeKube) -> Vec<
         .unwrap()
         .containers[0]
         .clone();
-    nodes
-        .iter_mut()
-        .map(|n| {
-            n.kubelet.run_pod(&ds, &n.pod, &api);
-            let k = &n.kubelet;
-            let mut last: String;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                match k.probe(&main, "readiness") {
-                    Ok(_) => break k.started(&n.pod, &main.name).elapsed(),
-                    Err(e) => last = e,
-                }
-                assert!(
-                    Instant::now() < deadline && k.is_running(&n.pod, &main.name),
-                    "{}: never Ready ({last})\n{}",
-                    k.node,
-                    k.logs(&n.pod, &main.name)
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-        .collect()
+    n.kubelet.run_pod(&ds, &n.pod, api);
+    let k = &n.kubelet;
+    let mut last: String;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match k.probe(&main, "readiness") {
+            Ok(_) => break k.started(&n.pod, &main.name).elapsed(),
+            Err(e) => last = e,
+        }
+        assert!(
+            Instant::now() < deadline && k.is_running(&n.pod, &main.name),
+            "{}: never Ready ({last})\n{}",
+            k.node,
+            k.logs(&n.pod, &main.name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A busybox pod on `k`, wired by whatever CNI config and plugins the node has (those the
@@ -418,4 +422,100 @@ fn uninstall_twill_yml_leaves_nothing_of_twill_on_the_node() {
         Vec::<(String, String)>::new(),
         "nothing refused"
     );
+}
+
+/// BGP the Kubernetes way: a BGP section added to the manifest's ConfigMap, and the
+/// DaemonSet's own `bird` container announcing each node's podCIDR to an FRR router. A pod
+/// update (deleted, run again) withdraws nothing: BIRD stops with graceful restart and
+/// the next one starts in recovery.
+#[test]
+fn the_daemonsets_bird_announces_each_node_and_a_pod_update_withdraws_nothing() {
+    require_root();
+    require_image();
+    let manifest = Manifest::load("kube-twill.yml");
+    let mut c = Cluster::new("dsb");
+    let fake = c.fake_kube_tls();
+    fake.enforce_rbac(FLANNEL_CLUSTER_ROLE);
+    let mut nodes = nodes(&mut c, &fake, &["dsb1", "dsb2"]);
+    let router = c.add_node_stopped(&[]);
+    let rip = c.nodes[router].ip.clone();
+    let rns = c.nodes[router].ns.name.clone();
+    // The operator's edit: net-conf.json gains a BGP section naming the router.
+    let mut configmaps = manifest.configmaps();
+    for cm in configmaps.iter_mut() {
+        if let Some(conf) = cm.data.as_mut().and_then(|d| d.get_mut("net-conf.json")) {
+            let mut v: serde_json::Value = serde_json::from_str(conf).unwrap();
+            v["BGP"] = serde_json::json!({"ASN": 64512, "Peers": [{"Address": rip, "ASN": 64513}]});
+            *conf = v.to_string();
+        }
+    }
+    let api = ApiServer {
+        fake: &fake,
+        configmaps,
+    };
+    for n in nodes.iter_mut() {
+        run_ready(n, &manifest, &api);
+    }
+    let rdir = c.nodes[router].dir.clone();
+    let _frr = frr_router(
+        &rns,
+        &rdir,
+        &rip,
+        &["198.18.0.1".into(), "198.18.0.2".into()],
+    );
+    let want = [
+        ("10.244.1.0/24".to_string(), "198.18.0.1".to_string()),
+        ("10.244.2.0/24".to_string(), "198.18.0.2".to_string()),
+    ];
+    wait_until(
+        30,
+        "the router learns both podCIDRs from the bird containers",
+        || {
+            let got = kernel_bgp_routes(&rns);
+            want.iter().all(|w| got.contains(w))
+        },
+    );
+
+    // An update of the pod on dsb1: deleted (SIGTERM to both containers), then run again.
+    let mut monitor = std::process::Command::new("ip")
+        .args(["-n", &rns, "monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pod = nodes[0].pod.clone();
+    for (id, status, took) in nodes[0].kubelet.delete_pod(&pod) {
+        assert_eq!(status, 0, "{id} exits 0 on SIGTERM");
+        assert!(took < Duration::from_secs(10), "{id} took {took:?}");
+    }
+    run_ready(&mut nodes[0], &manifest, &api);
+    let k = &nodes[0].kubelet;
+    wait_until(30, "dsb1's new bird to re-establish its session", || {
+        let out = k.ctr(&[
+            "-n",
+            "k8s.io",
+            "tasks",
+            "exec",
+            "--exec-id",
+            "check",
+            &format!("{pod}-bird"),
+            "/usr/sbin/birdc",
+            "-s",
+            "/run/flannel/bird/bird.ctl",
+            "show",
+            "protocols",
+        ]);
+        text(&out).contains("Established")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = monitor.kill();
+    let seen = monitor.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.starts_with("Deleted") && l.contains("10.244.1.0/24")),
+        "withdrawn during the update: {seen}"
+    );
+    assert!(kernel_bgp_routes(&rns).contains(&want[0]));
 }

@@ -210,6 +210,8 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
     }
 
     /// Runs a command in the node's mount and network namespaces (a shell on the node).
+    /// (`-r` everywhere: entering a mount namespace moves to its real root, and the test
+    /// may itself run chrooted, as on a fresh-machine check.)
     pub fn on_node(&self, cmd: &str) -> Output {
         Command::new("nsenter")
             .args([
@@ -217,6 +219,7 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
                 &self.containerd.id().to_string(),
                 "-m",
                 "-n",
+                "-r",
                 "sh",
                 "-c",
                 cmd,
@@ -237,6 +240,7 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
             &self.containerd.id().to_string(),
             "-m",
             "-n",
+            "-r",
             "ctr",
             "--address",
         ])

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use twill_testutil::{sh, wait_until, Etcd, FakeKube, Netns};
 
 pub mod kubelet;
+pub mod routers;
 
 pub const ETCD_IP: &str = "198.18.0.100";
 pub const PREFIX: &str = "/coreos.com/network";
