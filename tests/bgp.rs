@@ -307,6 +307,27 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
         "{detail}"
     );
 
+    // The operator's own file in the include dir: a twill_extra_* protocol is announced too.
+    let extra = c.nodes[0].dir.join("bird.d/services.conf");
+    std::fs::write(
+        &extra,
+        "protocol static twill_extra_services { ipv4; route 198.19.200.0/24 blackhole; }\n",
+    )
+    .unwrap();
+    let ctl = c.nodes[0].dir.join("bird.ctl");
+    let out = sh_in(
+        &c.nodes[0].ns.name,
+        &format!("birdc -s {} configure", ctl.display()),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Reconfigured"),
+        "{out:?}"
+    );
+    let service = ("198.19.200.0/24".to_string(), c.nodes[0].ip.clone());
+    wait_until(10, "the operator's extra route on the router", || {
+        kernel_bgp_routes(&rns).contains(&service)
+    });
+
     // twilld SIGKILLed and restarted: BIRD keeps the session, the router withdraws nothing.
     let mut monitor = Command::new("ip")
         .args(["-n", &rns, "monitor", "route"])
@@ -347,6 +368,10 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     wait_until(5, "node 3's subnet withdrawn", || {
         !kernel_bgp_routes(&rns).iter().any(|(p, _)| *p == want[2].0)
     });
-    assert_eq!(kernel_bgp_routes(&rns).len(), 2);
+    assert_eq!(
+        kernel_bgp_routes(&rns).len(),
+        3,
+        "two nodes' subnets and the extra route"
+    );
     drop(birds);
 }

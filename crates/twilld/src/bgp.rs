@@ -95,8 +95,9 @@ pub fn render(bgp: &BgpConf, a: &Announce, include_dir: &Path) -> (String, Vec<B
     }
     c.push_str(
         "}\n\n\
-         # Only our pod subnets leave this node; nothing is learned from the routers.\n\
-         filter twill_export {\n  if proto = \"twill_pods4\" || proto = \"twill_pods6\" then accept;\n  reject;\n}\n\n",
+         # Only our pod subnets leave this node, and routes of the operator's own protocols\n\
+         # named twill_extra_* (service addresses, say); nothing is learned from the routers.\n\
+         filter twill_export {\n  if proto = \"twill_pods4\" || proto = \"twill_pods6\" || proto ~ \"twill_extra_*\" then accept;\n  reject;\n}\n\n",
     );
     c.push_str(&format!(
         "template bgp twill_peer {{\n  local as {};\n",
