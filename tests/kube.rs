@@ -556,3 +556,51 @@ fn network_is_taken_from_the_cluster_when_net_conf_has_none() {
         .unwrap()
         .contains("10.244.0.0/16"));
 }
+
+/// Per-node BGP settings from the node object (a rack with other routers): the
+/// annotations set the AS and peers of the BIRD config twilld writes; a bad one is refused
+/// at start, naming it, before anything is created.
+#[test]
+fn bgp_peers_from_node_annotations() {
+    require_root();
+    let mut c = Cluster::new("kbgp");
+    let fake = c.fake_kube();
+    fake.add_node("kb1", Some("10.244.1.0/24"));
+    fake.add_node("kb2", Some("10.244.2.0/24"));
+    for (node, peers) in [("kb1", "198.18.0.9:65001"), ("kb2", "198.18.0.9")] {
+        fake.update_node(node, |n| {
+            n["metadata"]["annotations"] = json!({
+                "twill.io/bgp-asn": "65010",
+                "twill.io/bgp-peers": peers,
+            });
+        });
+    }
+    let args = kube_args(&c, &fake);
+    for (i, name) in ["kb1", "kb2"].iter().enumerate() {
+        let dir = c.dir.path().join(format!("n{}", i + 1));
+        let mut a = args.clone();
+        a.push(format!("--bgp-config-file={}/bird.conf", dir.display()));
+        a.push(format!("--bgp-control-socket={}/bird.ctl", dir.display()));
+        a.push(format!("--bgp-include-dir={}/bird.d", dir.display()));
+        add_kube_node(&mut c, &a, name);
+    }
+    let conf = c.nodes[0].dir.join("bird.conf");
+    wait_until(20, "kb1's BIRD config", || conf.exists());
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("local as 65010;"), "{text}");
+    assert!(text.contains("neighbor 198.18.0.9 as 65001;"), "{text}");
+    assert!(text.contains("route 10.244.1.0/24 blackhole;"), "{text}");
+
+    let code = c.nodes[1].wait_exit(20);
+    assert_ne!(code, 0);
+    let log = c.nodes[1].log();
+    assert!(
+        log.contains("node annotation twill.io/bgp-peers") && log.contains("198.18.0.9"),
+        "{log}"
+    );
+    assert!(
+        !c.nodes[1].ns.try_sh("ip link show flannel.1"),
+        "nothing created"
+    );
+    assert!(!c.nodes[1].dir.join("bird.conf").exists());
+}

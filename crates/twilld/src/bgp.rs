@@ -57,6 +57,34 @@ pub fn effective(conf: &NetConf, opts: &BgpOptions) -> Result<Option<BgpConf>> {
     Ok(Some(bgp))
 }
 
+/// Node annotations (Kubernetes) that set this node's AS and peers, as `--bgp-asn` and
+/// `--bgp-peers` do (same value forms); the flags win when both are given.
+pub const ASN_ANNOTATION: &str = "twill.io/bgp-asn";
+pub const PEERS_ANNOTATION: &str = "twill.io/bgp-peers";
+
+/// The overrides our node object carries: (AS, peers), each checked as its flag is. The
+/// node object is store data: a bad value is refused, naming the annotation.
+pub fn node_overrides(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(Option<u32>, Option<Vec<BgpPeer>>)> {
+    let field = |k: &str| format!("node annotation {k}");
+    let asn = match annotations.get(ASN_ANNOTATION) {
+        None => None,
+        Some(v) => {
+            let n: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("{}={v:?}: not an AS number", field(ASN_ANNOTATION)))?;
+            Some(twill_config::check_asn(&field(ASN_ANNOTATION), n)?)
+        }
+    };
+    let peers = match annotations.get(PEERS_ANNOTATION) {
+        None => None,
+        Some(v) => Some(BgpPeer::parse_list(&field(PEERS_ANNOTATION), v)?),
+    };
+    Ok((asn, peers))
+}
+
 /// What this node announces, and from which addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announce {
@@ -441,6 +469,25 @@ mod tests {
         );
         opts.peers = None;
         assert!(effective(&plain, &opts).unwrap().is_none());
+    }
+
+    #[test]
+    fn node_annotations_are_checked_like_the_flags() {
+        let ann =
+            |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
+        let (asn, peers) = node_overrides(&ann(ASN_ANNOTATION, "65010")).unwrap();
+        assert_eq!((asn, peers), (Some(65010), None));
+        let (_, peers) = node_overrides(&ann(PEERS_ANNOTATION, "198.18.1.1:65001")).unwrap();
+        assert_eq!(peers.unwrap()[0].to_string(), "198.18.1.1:65001");
+        for (k, v) in [
+            (ASN_ANNOTATION, "sixty"),
+            (ASN_ANNOTATION, "0"),
+            (PEERS_ANNOTATION, "198.18.1.1"),
+            (PEERS_ANNOTATION, "127.0.0.1:65001"),
+        ] {
+            let e = format!("{:#}", node_overrides(&ann(k, v)).unwrap_err());
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]

@@ -105,6 +105,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             Some(_) => None,
             None => retry("reading our node", &cancel, &tel, || store.node_public_ip()).await?,
         };
+        // Per-node BGP settings on our node object, under the flags'.
+        let mut cli = cli;
+        let node = retry("reading our node", &cancel, &tel, || store.node()).await?;
+        let (asn, peers) = bgp::node_overrides(&node.metadata.annotations.unwrap_or_default())?;
+        cli.bgp_asn = cli.bgp_asn.or(asn);
+        if cli.bgp_peers.is_none() {
+            cli.bgp_peers = peers.map(crate::cli::BgpPeers);
+        }
         let source = ConfigSource::File(path, detected);
         return start(Startup {
             cli,
