@@ -1,8 +1,9 @@
-//! Pod networks announced to a router over BGP, the central-feed shape: `twilld
+//! Pod networks announced to routers over BGP, both shapes. Central feed: `twilld
 //! exabgp-feed` is the `process` of a real ExaBGP speaker, which peers with a router running
-//! a different implementation (BIRD 2); three twilld nodes hold leases in etcd. Everything
-//! is in namespaces on the 198.18.0.0/15 underlay; both daemons are started by the test and
-//! killed at the end.
+//! a different implementation (BIRD 2), fed from etcd or the (FAKE) Kubernetes API. Per
+//! node: each twilld drives its own BIRD, peered with an FRR router. Everything is in
+//! namespaces on the 198.18.0.0/15 underlay; every daemon is started by the test and killed
+//! at the end.
 
 use std::process::{Command, Stdio};
 
@@ -33,20 +34,13 @@ fn router_routes(ns: &str, sock: &str) -> Vec<(String, String)> {
     routes
 }
 
-#[test]
-fn exabgp_feed_announces_every_lease_to_a_bird_router() {
+/// A central speaker and its router: ExaBGP (AS 64512) running `feed` as its process, on
+/// a new underlay host, peered with a BIRD 2 router (AS 64513) on another. Returns the
+/// router's namespace and control socket, and the daemons (killed when dropped).
+fn exabgp_and_bird_router(c: &mut Cluster, feed: &str) -> (String, String, [Daemon; 2]) {
     for bin in ["/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/exabgp"] {
         need(bin);
     }
-    let mut c = Cluster::new("bgpfeed");
-    c.put_config(CONF);
-    for _ in 0..3 {
-        c.add_node(&[]);
-    }
-    for i in 0..3 {
-        c.nodes[i].wait_ready();
-    }
-    // Two more hosts on the underlay, running no twilld: the speaker and the router.
     let speaker = c.add_node_stopped(&[]);
     let router = c.add_node_stopped(&[]);
     let (sip, rip) = (c.nodes[speaker].ip.clone(), c.nodes[router].ip.clone());
@@ -62,7 +56,7 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
     )
     .unwrap();
     let sock = rdir.join("bird.ctl").display().to_string();
-    let _bird = Daemon(
+    let bird = Daemon(
         Command::new("ip")
             .args([
                 "netns",
@@ -85,14 +79,13 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
     std::fs::write(
         &exa_conf,
         format!(
-            "process feed {{\n  run {twilld} exabgp-feed --etcd-endpoints=http://{ETCD_IP}:2379;\n  encoder text;\n}}\n\
-             neighbor {rip} {{\n  router-id {sip};\n  local-address {sip};\n  local-as 64512;\n  peer-as 64513;\n  api {{\n    processes [ feed ];\n  }}\n}}\n",
-            twilld = twill_e2e::twilld_bin().display()
+            "process feed {{\n  run {feed};\n  encoder text;\n}}\n\
+             neighbor {rip} {{\n  router-id {sip};\n  local-address {sip};\n  local-as 64512;\n  peer-as 64513;\n  api {{\n    processes [ feed ];\n  }}\n}}\n"
         ),
     )
     .unwrap();
     let log = sdir.join("exabgp.log");
-    let _exabgp = Daemon(
+    let exabgp = Daemon(
         Command::new("ip")
             .args(["netns", "exec", &c.nodes[speaker].ns.name, "exabgp"])
             .arg(&exa_conf)
@@ -106,12 +99,29 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
             .spawn()
             .unwrap(),
     );
+    (c.nodes[router].ns.name.clone(), sock, [bird, exabgp])
+}
+
+#[test]
+fn exabgp_feed_announces_every_lease_to_a_bird_router() {
+    let mut c = Cluster::new("bgpfeed");
+    c.put_config(CONF);
+    for _ in 0..3 {
+        c.add_node(&[]);
+    }
+    for i in 0..3 {
+        c.nodes[i].wait_ready();
+    }
+    let feed = format!(
+        "{} exabgp-feed --etcd-endpoints=http://{ETCD_IP}:2379",
+        twill_e2e::twilld_bin().display()
+    );
+    let (ns, sock, _daemons) = exabgp_and_bird_router(&mut c, &feed);
 
     // Every node's pod subnet on the router, with that node as the next hop.
     let want: Vec<(String, String)> = (0..3)
         .map(|i| (c.nodes[i].lease(), c.nodes[i].ip.clone()))
         .collect();
-    let ns = c.nodes[router].ns.name.clone();
     wait_until(30, "the router learns every pod subnet", || {
         let got = router_routes(&ns, &sock);
         want.iter().all(|w| got.contains(w))
@@ -141,6 +151,62 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
             .iter()
             .any(|(p, _)| p.starts_with("10.99.")),
         "a lease outside Network was announced"
+    );
+}
+
+/// The feed from the Kubernetes store (the FAKE nodes API): every node's podCIDR with its
+/// public-ip as next hop; a node deleted is withdrawn within 5 s, a node with a podCIDR
+/// outside Network is never announced.
+#[test]
+fn exabgp_feed_from_the_kubernetes_nodes() {
+    let mut c = Cluster::new("bgpkube");
+    let fake = c.fake_kube();
+    for n in 1..=3 {
+        fake.put_flannel_node(
+            &format!("fn{n}"),
+            &format!("10.244.{n}.0/24"),
+            &format!("198.18.0.{n}"),
+            &format!("0a:00:00:00:00:0{n}"),
+        );
+    }
+    fake.put_flannel_node("stray", "10.99.0.0/24", "198.18.0.77", "0a:00:00:00:00:77");
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(&conf, CONF).unwrap();
+    let port = fake.url().rsplit(':').next().unwrap().to_string();
+    let feed = format!(
+        "{} exabgp-feed --kube-subnet-mgr --kube-api-url=http://{ETCD_IP}:{port} --net-config-path={}",
+        twill_e2e::twilld_bin().display(),
+        conf.display()
+    );
+    // Three hosts standing for the nodes (their addresses are the next hops), then the
+    // speaker and the router.
+    for _ in 0..3 {
+        c.add_node_stopped(&[]);
+    }
+    let (ns, sock, _daemons) = exabgp_and_bird_router(&mut c, &feed);
+    let want: Vec<(String, String)> = (1..=3)
+        .map(|n| (format!("10.244.{n}.0/24"), format!("198.18.0.{n}")))
+        .collect();
+    wait_until(30, "the router learns every node's podCIDR", || {
+        let got = router_routes(&ns, &sock);
+        want.iter().all(|w| got.contains(w))
+    });
+    assert_eq!(
+        router_routes(&ns, &sock).len(),
+        3,
+        "the stray node is not announced"
+    );
+    assert!(fake.delete_node("fn3"));
+    wait_until(5, "the deleted node's podCIDR withdrawn", || {
+        !router_routes(&ns, &sock)
+            .iter()
+            .any(|(p, _)| *p == want[2].0)
+    });
+    // The feed only reads: nothing was written to the API.
+    assert!(
+        fake.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        fake.requests()
     );
 }
 

@@ -177,6 +177,19 @@ impl KubeStore {
         })
     }
 
+    /// Connects as an observer of every node's lease, being no node itself (the ExaBGP
+    /// feed): no node name is resolved, and nothing is ever written.
+    pub async fn connect_observer(opts: &KubeOptions) -> Result<Self, StoreError> {
+        let opts = KubeOptions {
+            node_name: Some("(observer)".into()),
+            pod: None,
+            ..opts.clone()
+        };
+        let mut s = KubeStore::connect(&opts).await?;
+        s.node_name = String::new();
+        Ok(s)
+    }
+
     pub fn node_name(&self) -> &str {
         &self.node_name
     }

@@ -1,5 +1,6 @@
 //! `twilld exabgp-feed`: an ExaBGP `process` that tells one BGP speaker where every
-//! node's pod network is. It watches the leases in the store and prints, on stdout, the
+//! node's pod network is. It watches the leases in the store (etcd, or with
+//! `--kube-subnet-mgr` the nodes' podCIDRs and public-ip annotations) and prints, on stdout, the
 //! API lines ExaBGP turns into updates: `announce route <subnet> next-hop <PublicIP>` for
 //! a lease that appears or moves, `withdraw route …` for one that goes. A re-list after a
 //! lost watch re-announces the complete set and withdraws what vanished. Leases are judged
@@ -19,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::NetConf;
 use twill_etcd::EtcdStore;
-use twill_store::{PeerEvent, PeerTable};
+use twill_kube::KubeStore;
+use twill_store::{PeerEvent, PeerTable, SubnetManager};
 
 use crate::node::{NodeOptions, StoreOptions};
 
@@ -64,11 +66,6 @@ pub fn feed_lines(announced: &mut Announced, events: &[PeerEvent]) -> Vec<String
 }
 
 pub async fn run(node: &NodeOptions, _args: &ExabgpFeed) -> Result<()> {
-    let StoreOptions::Etcd(opts) = &node.store else {
-        return Err(anyhow!(
-            "twilld exabgp-feed reads leases from etcd; with --kube-subnet-mgr each node announces its own (the BGP section of net-conf.json)"
-        ));
-    };
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
@@ -86,33 +83,67 @@ pub async fn run(node: &NodeOptions, _args: &ExabgpFeed) -> Result<()> {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         gone.cancel();
     });
-    let store = loop {
-        match EtcdStore::connect(opts).await {
-            Ok(s) => break s,
-            Err(e) => warn!("connecting to etcd, retrying: {e}"),
+    match &node.store {
+        StoreOptions::Etcd(opts) => {
+            let store = retry("etcd", || EtcdStore::connect(opts)).await;
+            let conf = loop {
+                let text = match &node.config_file {
+                    Some(p) => Some(
+                        std::fs::read_to_string(p).map_err(|e| anyhow!("{}: {e}", p.display()))?,
+                    ),
+                    None => store.get_config().await.unwrap_or(None),
+                };
+                if let Some(t) = text {
+                    break parse(&t)?;
+                }
+                info!("waiting for the network config in etcd");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            };
+            feed(store, &conf, cancel).await
+        }
+        StoreOptions::Kube(opts) => {
+            // Every node's podCIDR and public-ip annotations; the config file says which
+            // leases are sound (Network, SubnetLen: the cluster's node CIDR mask size).
+            let path = node
+                .config_file
+                .as_ref()
+                .ok_or_else(|| anyhow!("--kube-subnet-mgr needs --net-config-path"))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let conf = parse(&text)?;
+            let opts = crate::node::kube_with_ipv6(opts, conf.ipv6.is_some());
+            let store = retry("the Kubernetes API", || KubeStore::connect_observer(&opts)).await;
+            feed(store, &conf, cancel).await
+        }
+    }
+}
+
+fn parse(text: &str) -> Result<NetConf> {
+    Ok(NetConf::parse(text)
+        .map_err(|e| anyhow!("net-conf.json: {e}"))?
+        .0)
+}
+
+async fn retry<S, F, Fut>(what: &str, connect: F) -> S
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<S, twill_store::StoreError>>,
+{
+    loop {
+        match connect().await {
+            Ok(s) => return s,
+            Err(e) => warn!("connecting to {what}, retrying: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    let conf = loop {
-        let text = match &node.config_file {
-            Some(p) => {
-                Some(std::fs::read_to_string(p).map_err(|e| anyhow!("{}: {e}", p.display()))?)
-            }
-            None => store.get_config().await.unwrap_or(None),
-        };
-        if let Some(t) = text {
-            break NetConf::parse(&t)
-                .map_err(|e| anyhow!("net-conf.json: {e}"))?
-                .0;
-        }
-        info!("waiting for the network config in etcd");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    let mut table = PeerTable::with_policy(crate::policy::conf_policy(&conf, None)?);
+    }
+}
+
+/// Tells the speaker about every lease `store` holds, as it changes, until cancelled.
+async fn feed<S: SubnetManager>(store: S, conf: &NetConf, cancel: CancellationToken) -> Result<()> {
+    let mut table = PeerTable::with_policy(crate::policy::conf_policy(conf, None)?);
     let (tx, mut rx) = mpsc::channel(64);
-    let watch = store.clone();
     let wc = cancel.clone();
-    tokio::spawn(async move { watch.watch(tx, wc).await });
+    tokio::spawn(async move { store.watch(tx, wc).await });
     let mut announced = Announced::new();
     let mut stdout = std::io::stdout();
     loop {
