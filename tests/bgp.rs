@@ -36,7 +36,8 @@ fn router_routes(ns: &str, sock: &str) -> Vec<(String, String)> {
 
 /// A central speaker and its router: ExaBGP (AS 64512) running `feed` as its process, on
 /// a new underlay host, peered with a BIRD 2 router (AS 64513) on another. Returns the
-/// router's namespace and control socket, and the daemons (killed when dropped).
+/// router's namespace and control socket, and the daemons (killed when dropped). The
+/// router installs what it learns in its kernel table, to route to the pods.
 fn exabgp_and_bird_router(c: &mut Cluster, feed: &str) -> (String, String, [Daemon; 2]) {
     for bin in ["/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/exabgp"] {
         need(bin);
@@ -51,7 +52,7 @@ fn exabgp_and_bird_router(c: &mut Cluster, feed: &str) -> (String, String, [Daem
     std::fs::write(
         &bird_conf,
         format!(
-            "router id {rip};\nprotocol device {{ }}\nprotocol bgp feed {{\n  local {rip} as 64513;\n  neighbor {sip} as 64512;\n  ipv4 {{ import all; export none; }};\n}}\n"
+            "router id {rip};\nprotocol device {{ }}\nprotocol kernel {{ ipv4 {{ export all; }}; }}\nprotocol bgp feed {{\n  local {rip} as 64513;\n  neighbor {sip} as 64512;\n  ipv4 {{ import all; export none; }};\n}}\n"
         ),
     )
     .unwrap();
@@ -128,6 +129,50 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
     });
     let got = router_routes(&ns, &sock);
     assert_eq!(got.len(), 3, "nothing else announced: {got:?}");
+
+    // A client behind the router reaches a pod on every node, and is seen as itself. The
+    // router (198.18.0.5) is the nodes' way back to it.
+    let client = client_behind(&ns, "bgpfeed-client");
+    for i in 0..3 {
+        c.nodes[i].ns.sh("ip route add default via 198.18.0.5");
+        client_reaches_a_pod(&mut c, i, &client.name);
+    }
+
+    // The feed process SIGKILLed: ExaBGP starts it again, and the router sees nothing
+    // withdrawn (the speaker keeps its routes; the new feed announces the same set).
+    let speaker = c.nodes[3].ns.name.clone();
+    let feed_pid = || {
+        let pids = twill_testutil::sh(&format!("ip netns pids {speaker}"));
+        pids.split_whitespace()
+            .find(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("exabgp-feed"))
+                    .unwrap_or(false)
+            })
+            .map(str::to_string)
+    };
+    let before = feed_pid().expect("the feed runs under ExaBGP");
+    let mut monitor = Command::new("ip")
+        .args(["-n", &ns, "monitor", "route"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    twill_testutil::sh(&format!("kill -9 {before}"));
+    wait_until(15, "ExaBGP to start the feed again", || {
+        feed_pid().is_some_and(|p| p != before)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = monitor.kill();
+    let seen = monitor.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.starts_with("Deleted") && l.contains("10.244.")),
+        "withdrawn while the feed restarted: {seen}"
+    );
+    assert_eq!(router_routes(&ns, &sock).len(), 3);
 
     // A lease released: withdrawn from the router within 5 s.
     c.nodes[2].stop(libc::SIGTERM);
@@ -210,6 +255,59 @@ fn exabgp_feed_from_the_kubernetes_nodes() {
     );
 }
 
+/// A client host on its own network behind the router (198.19.0.2, outside the pod
+/// network and the underlay), routed through it.
+fn client_behind(rns: &str, tag: &str) -> twill_testutil::Netns {
+    let client = twill_testutil::Netns::new(tag);
+    twill_testutil::sh(&format!(
+        "ip -n {rns} link add r-client type veth peer name eth0 netns {cl} && \
+         ip -n {rns} addr add 198.19.0.1/24 dev r-client && ip -n {rns} link set r-client up && \
+         ip -n {cl} addr add 198.19.0.2/24 dev eth0 && ip -n {cl} link set eth0 up && \
+         ip -n {cl} route add default via 198.19.0.1",
+        cl = client.name
+    ));
+    client
+}
+
+/// A new pod on node `i`: the client pings it and opens TCP to it, and the pod sees the
+/// client's own address.
+fn client_reaches_a_pod(c: &mut Cluster, i: usize, client: &str) {
+    let pod = c.add_pod(i);
+    let out = sh_in(client, &format!("ping -c 1 -W 2 {pod}"));
+    assert!(
+        out.status.success(),
+        "client pings the pod on node {}: {:?}",
+        i + 1,
+        out
+    );
+    let seen = c.dir.path().join(format!("seen-{i}"));
+    let pns = c.pod(i).ns.name.clone();
+    let server = Command::new("ip")
+            .args(["netns", "exec", &pns, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(1)\nc,a=s.accept()\nopen('{}','w').write(a[0])\nc.sendall(b'pod')\nc.close()",
+                seen.display()
+            ))
+            .spawn()
+            .unwrap();
+    let _server = Daemon(server);
+    let mut reply = String::new();
+    wait_until(5, "the client's TCP connection to the pod", || {
+        let out = sh_in(
+                client,
+                &format!("python3 -c \"import socket;print(socket.create_connection(('{pod}',8080),timeout=2).recv(3).decode())\""),
+            );
+        reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        out.status.success()
+    });
+    assert_eq!(reply, "pod");
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "198.19.0.2",
+        "no NAT"
+    );
+}
+
 /// BIRD as a node's engine, started as its own unit would be, on twilld's files.
 fn node_bird(ns: &str, dir: &std::path::Path) -> Daemon {
     let conf = dir.join("bird.conf");
@@ -268,15 +366,7 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     let router = c.add_node_stopped(&[]);
     assert_eq!(c.nodes[router].ip, "198.18.0.4");
     let rns = c.nodes[router].ns.name.clone();
-    // The client's own network behind the router, outside the pod network and the underlay.
-    let client = twill_testutil::Netns::new("bgpn-client");
-    twill_testutil::sh(&format!(
-        "ip -n {rns} link add r-client type veth peer name eth0 netns {cl} && \
-         ip -n {rns} addr add 198.19.0.1/24 dev r-client && ip -n {rns} link set r-client up && \
-         ip -n {cl} addr add 198.19.0.2/24 dev eth0 && ip -n {cl} link set eth0 up && \
-         ip -n {cl} route add default via 198.19.0.1",
-        cl = client.name
-    ));
+    let client = client_behind(&rns, "bgpn-client");
     let rdir = c.nodes[router].dir.clone();
     let _frr = frr_router(
         &rns,
@@ -302,40 +392,7 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     // From outside: ping and TCP to a pod on every node, and the pod sees the client's
     // own address (no NAT on the way in, nor on the way back).
     for i in 0..3 {
-        let pod = c.add_pod(i);
-        let out = sh_in(&client.name, &format!("ping -c 1 -W 2 {pod}"));
-        assert!(
-            out.status.success(),
-            "client pings the pod on node {}: {:?}",
-            i + 1,
-            out
-        );
-        let seen = c.dir.path().join(format!("seen-{i}"));
-        let pns = c.pod(i).ns.name.clone();
-        let server = Command::new("ip")
-            .args(["netns", "exec", &pns, "python3", "-c"])
-            .arg(format!(
-                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(1)\nc,a=s.accept()\nopen('{}','w').write(a[0])\nc.sendall(b'pod')\nc.close()",
-                seen.display()
-            ))
-            .spawn()
-            .unwrap();
-        let _server = Daemon(server);
-        let mut reply = String::new();
-        wait_until(5, "the client's TCP connection to the pod", || {
-            let out = sh_in(
-                &client.name,
-                &format!("python3 -c \"import socket;print(socket.create_connection(('{pod}',8080),timeout=2).recv(3).decode())\""),
-            );
-            reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            out.status.success()
-        });
-        assert_eq!(reply, "pod");
-        assert_eq!(
-            std::fs::read_to_string(&seen).unwrap(),
-            "198.19.0.2",
-            "no NAT"
-        );
+        client_reaches_a_pod(&mut c, i, &client.name);
     }
 
     // "Is BGP working?": /metrics and doctor say so.
