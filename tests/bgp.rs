@@ -473,6 +473,21 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     );
     assert!(kernel_bgp_routes(&rns).contains(&want[0]));
 
+    // A config change (a second router) reaches BIRD on SIGHUP, the first session untouched.
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"},"BGP":{"ASN":64512,"Peers":[{"Address":"198.18.0.4","ASN":64513},{"Address":"198.18.0.9","ASN":64514}]}}"#,
+    );
+    c.nodes[1].signal(libc::SIGHUP);
+    let ctl2 = c.nodes[1].dir.join("bird.ctl");
+    wait_until(10, "node 2's BIRD to run the new peer", || {
+        let out = sh_in(
+            &c.nodes[1].ns.name,
+            &format!("birdc -s {} show protocols", ctl2.display()),
+        );
+        String::from_utf8_lossy(&out.stdout).contains("twill_198_18_0_9")
+    });
+    assert!(kernel_bgp_routes(&rns).contains(&want[1]));
+
     // Node 3 uninstalled (cleanup releases its lease): withdrawn from the router in 5 s.
     c.nodes[2].stop(libc::SIGTERM);
     let n3 = &c.nodes[2];

@@ -336,12 +336,12 @@ pub async fn apply(opts: &BgpOptions, text: &str) -> Result<bool> {
     Ok(changed)
 }
 
-/// Keeps BIRD's configuration equal to what `announce` says (rewriting the file if someone
-/// else changed it) and the BGP metrics current, until `announce` closes.
+/// Keeps BIRD's configuration equal to what `announce` says (the BGP settings, which a
+/// config reload may change, and our subnets; the file is rewritten if someone else
+/// changed it) and the BGP metrics current, until `announce` closes.
 pub fn spawn(
     opts: BgpOptions,
-    bgp: BgpConf,
-    mut announce: watch::Receiver<Option<Announce>>,
+    mut announce: watch::Receiver<Option<(BgpConf, Announce)>>,
     tel: Arc<Telemetry>,
 ) {
     tokio::spawn(async move {
@@ -350,7 +350,7 @@ pub fn spawn(
         loop {
             // Cloned out first: the borrow must not live across the awaits below.
             let current = announce.borrow_and_update().clone();
-            if let Some(a) = current {
+            if let Some((bgp, a)) = current {
                 let (text, skipped) = render(&bgp, &a, &opts.include_dir);
                 for p in skipped {
                     warn!(peer = %p, "BGP peer skipped: this node has no address of its family");

@@ -280,9 +280,9 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
     }
     let kube = cli.kube_subnet_mgr.then_some(&held.key);
     let policy = lease_policy(dp.netlink(), dp.device_index(), &conf, kube).await?;
-    let announce = bgp.map(|b| {
+    let announce = bgp.is_some().then(|| {
         let (tx, rx) = watch::channel(None);
-        bgp::spawn(cli.bgp_options(), b, rx, tel.clone());
+        bgp::spawn(cli.bgp_options(), rx, tel.clone());
         tx
     });
     let mut table = PeerTable::with_policy(policy);
@@ -305,6 +305,7 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         iface_mtu: ext.mtu,
         reloads,
         repairs: Repairs::default(),
+        bgp,
         announce,
         underlay: (ext.addr, ext.addr6),
     };
@@ -334,8 +335,10 @@ struct Node<S> {
     reloads: mpsc::UnboundedReceiver<()>,
     /// Objects put back by repairs, to tell a fight with another agent.
     repairs: Repairs,
-    /// What BIRD is to announce, when BGP is configured.
-    announce: Option<watch::Sender<Option<bgp::Announce>>>,
+    /// This node's BGP settings (net-conf.json's, under the per-node overrides).
+    bgp: Option<twill_config::BgpConf>,
+    /// What BIRD is to announce, once BGP has been configured.
+    announce: Option<watch::Sender<Option<(twill_config::BgpConf, bgp::Announce)>>>,
     /// The underlay's addresses: BGP sessions are made from them.
     underlay: (std::net::Ipv4Addr, Option<std::net::Ipv6Addr>),
 }
@@ -597,6 +600,13 @@ impl<S: SubnetManager> Node<S> {
             warn!("config reload refused: underlay MTU {underlay} leaves no room for VXLAN");
             return Ok(());
         };
+        let bgp = match bgp::effective(&conf, &self.cli.bgp_options()) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("config reload refused, keeping the running config: {e:#}");
+                return Ok(());
+            }
+        };
         if conf.enable_nftables != self.req.conf.enable_nftables {
             warn!(
                 enable_nftables = conf.enable_nftables,
@@ -649,8 +659,11 @@ impl<S: SubnetManager> Node<S> {
         self.dp.set_lease6(self.held.key.v6);
         self.refresh_policy().await;
         self.reconcile(Trigger::Event).await;
+        self.bgp = bgp;
         if self.ready {
             self.write_subnet_env()?;
+        } else {
+            self.announce();
         }
         info!(subnet = %self.held.key, mtu, "config reloaded");
         Ok(())
@@ -816,7 +829,7 @@ impl<S: SubnetManager> Node<S> {
         ]);
     }
 
-    fn write_subnet_env(&self) -> Result<()> {
+    fn write_subnet_env(&mut self) -> Result<()> {
         let env = SubnetEnv::for_lease(
             Some(IpNetwork::V4(self.network)),
             self.held.key.v4,
@@ -833,22 +846,41 @@ impl<S: SubnetManager> Node<S> {
     }
 
     /// Tells the BGP task the subnets we hold now (it rewrites BIRD's config if needed).
-    fn announce(&self) {
-        let Some(tx) = &self.announce else { return };
+    fn announce(&mut self) {
+        let Some(conf) = self.bgp.clone() else {
+            if let Some(tx) = &self.announce {
+                // BGP taken out of the config: the last settings, announcing nothing.
+                tx.send_modify(|v| {
+                    if let Some((_, a)) = v {
+                        a.v4 = None;
+                        a.v6 = None;
+                    }
+                });
+            }
+            return;
+        };
+        let tx = self.announce.get_or_insert_with(|| {
+            let (tx, rx) = watch::channel(None);
+            bgp::spawn(self.cli.bgp_options(), rx, self.tel.clone());
+            tx
+        });
         let (v4, v6) = (self.held.key.v4, self.held.key.v6);
-        tx.send_replace(Some(bgp::Announce {
-            router_id: self.underlay.0,
-            local4: Some(self.underlay.0),
-            local6: self.underlay.1,
-            v4: match v4 {
-                Some(IpNetwork::V4(n)) => Some(n),
-                _ => None,
+        tx.send_replace(Some((
+            conf,
+            bgp::Announce {
+                router_id: self.underlay.0,
+                local4: Some(self.underlay.0),
+                local6: self.underlay.1,
+                v4: match v4 {
+                    Some(IpNetwork::V4(n)) => Some(n),
+                    _ => None,
+                },
+                v6: match v6 {
+                    Some(IpNetwork::V6(n)) => Some(n),
+                    _ => None,
+                },
             },
-            v6: match v6 {
-                Some(IpNetwork::V6(n)) => Some(n),
-                _ => None,
-            },
-        }));
+        )));
     }
 }
 
