@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Section 9 of bench.sh, runnable alone: the ExaBGP feed (twilld exabgp-feed) to a BIRD 2
+# Section 9 of bench.sh, runnable alone: both BGP shapes. First the ExaBGP feed (twilld
+# exabgp-feed) to a BIRD 2
 # router, both in namespaces on the lab's underlay. Prints the time until 1 000 injected
 # leases are all in the router's kernel table, and lease put -> route on the router
 # (p50/p99 over 200 single additions). Prints figures, asserts nothing. Run as root;
@@ -61,3 +62,6 @@ e=$(date +%s%N)
 echo "1 000 leases injected: all 1 001 subnets in the router's table $(( (e - s) / 1000000 )) ms after injection began (injecting took $(jq .ms "$S/inject.json") ms)"
 echo "lease put -> route on the router, 200 single additions with 1 000 present:"
 ns etcd "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-router" | sed 's/^/  /'
+
+# The per-node shape (each node's BIRD, an FRR router), in namespaces of its own.
+BIN=$BIN bash scripts/bench-bgp-nodes.sh

@@ -490,14 +490,16 @@ fn the_daemonsets_bird_announces_each_node_and_a_pod_update_withdraws_nothing() 
     }
     run_ready(&mut nodes[0], &manifest, &api);
     let k = &nodes[0].kubelet;
+    let mut attempt = 0;
     wait_until(30, "dsb1's new bird to re-establish its session", || {
+        attempt += 1;
         let out = k.ctr(&[
             "-n",
             "k8s.io",
             "tasks",
             "exec",
             "--exec-id",
-            "check",
+            &format!("check{attempt}"),
             &format!("{pod}-bird"),
             "/usr/sbin/birdc",
             "-s",

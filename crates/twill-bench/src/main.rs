@@ -16,6 +16,7 @@ use etcd_client::{Client, PutOptions};
 use futures::StreamExt;
 use twill_store::{LeaseAttrs, LeaseKey};
 
+mod bird;
 mod kube;
 
 const PREFIX: &str = "/coreos.com/network/subnets/";
@@ -163,8 +164,10 @@ async fn main() {
         }
         Some("latency") => latency(&args[1], args[2].parse().unwrap(), args[3..].to_vec()).await,
         Some("fake-kube") => kube::serve(&args[1], args[2].parse().unwrap()),
+        Some("bird-conf") => bird::print_conf(&args[1..]),
+        Some("bird-latency") => bird::latency(&args[1..]).await,
         _ => {
-            eprintln!("usage: twill-bench inject ENDPOINT COUNT [FIRST] | latency ENDPOINT COUNT NETNS... | fake-kube ADDR COUNT");
+            eprintln!("usage: twill-bench inject ENDPOINT COUNT [FIRST] | latency ENDPOINT COUNT NETNS... | fake-kube ADDR COUNT | bird-conf ROUTER LOCAL SUBNET INCLUDE_DIR | bird-latency COUNT ROUTER_NS ROUTER LOCAL CONF CTL INCLUDE_DIR");
             std::process::exit(2);
         }
     }
