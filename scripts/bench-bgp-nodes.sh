@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 N=${BGP_NODES:-1000}
-P=${LAB_PREFIX:-twbgpn$$}
+P=${LAB_PREFIX:-twbgp$$}-pn
 D=/tmp/$P
 RTR=198.18.7.254
 cleanup() {

@@ -17,7 +17,8 @@
 #   8. repair: deletion -> repair time per kind (p50/p99 over 200), and pings lost at a
 #      10 ms interval while a route is deleted (scripts/bench-repair.sh)
 #   9. BGP, central feed: 1 000 leases -> all on a BIRD router through ExaBGP, and lease
-#      put -> route on the router p50/p99 (scripts/bench-bgp.sh)
+#      put -> route on the router p50/p99 (scripts/bench-bgp.sh); per node: 1 000 nodes'
+#      BIRDs -> all on an FRR router, subnet change -> route p50/p99 (bench-bgp-nodes.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
 # NETLAB=none skips section 5.
 set -euo pipefail
@@ -273,5 +274,5 @@ echo "== 7. Kubernetes mode (FAKE nodes API, kubeadm-sized node objects)"
 BIN=$BIN bash scripts/bench-kube.sh | sed 's/^/  /'
 echo "== 8. repair at the kernel's word (resync 60 s: only the monitors repair in time)"
 BIN=$BIN LAB_PREFIX=$P-rep bash scripts/bench-repair.sh | sed 's/^/  /'
-echo "== 9. BGP: twilld exabgp-feed -> ExaBGP -> a BIRD 2 router"
+echo "== 9. BGP: twilld exabgp-feed -> ExaBGP -> a BIRD 2 router; each node's BIRD -> FRR"
 BIN=$BIN LAB_PREFIX=$P-bgp bash scripts/bench-bgp.sh | sed 's/^/  /'
