@@ -490,25 +490,19 @@ fn the_daemonsets_bird_announces_each_node_and_a_pod_update_withdraws_nothing() 
     }
     run_ready(&mut nodes[0], &manifest, &api);
     let k = &nodes[0].kubelet;
-    let mut attempt = 0;
-    wait_until(30, "dsb1's new bird to re-establish its session", || {
-        attempt += 1;
-        let out = k.ctr(&[
-            "-n",
-            "k8s.io",
-            "tasks",
-            "exec",
-            "--exec-id",
-            &format!("check{attempt}"),
-            &format!("{pod}-bird"),
-            "/usr/sbin/birdc",
-            "-s",
-            "/run/flannel/bird/bird.ctl",
-            "show",
-            "protocols",
-        ]);
-        text(&out).contains("Established")
-    });
+    // Asked on the node through the socket on its /run/flannel (the host's birdc): the
+    // same answer `kubectl exec` into the bird container would give.
+    let protocols = || text(&k.on_node("birdc -s /run/flannel/bird/bird.ctl show protocols all"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !protocols().contains("Established") {
+        assert!(
+            Instant::now() < deadline,
+            "dsb1's new bird never re-established its session:\n{}\nbird container:\n{}",
+            protocols(),
+            k.logs(&pod, "bird")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(2));
     let _ = monitor.kill();
     let seen = monitor.wait_with_output().unwrap();
