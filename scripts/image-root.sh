@@ -10,7 +10,8 @@
 # (iptables, ip6tables, nft) on a busybox base: busybox gives the `sh`, `cp`, `mv` and
 # `sleep` that flannel's manifest (`cp -f ...`), /opt/bin/install-conf and
 # uninstall-twill.yml (`/bin/sleep infinity`) run. Maintainer scripts do run (through
-# busybox's sh), so the iptables alternatives point where Debian's postinst points them.
+# busybox's sh), so the iptables alternatives point where Debian's postinst points them
+# (then `iptables` itself goes through a wrapper that follows the node's mode, below).
 #
 # Needs root and chroot, but no mounts (--skip=chroot/mount), so it runs in a container
 # build with the default capabilities too.
@@ -83,6 +84,34 @@ for b in bird birdc; do
     echo "image-root: /usr/sbin/$b is missing libraries" >&2
     exit 1
   fi
+done
+
+# iptables in the node's own mode. Debian points `iptables` at iptables-nft, but a node
+# whose kube-proxy (or docker) writes iptables-legacy must get twilld's rules in legacy
+# too: a legacy FORWARD policy of DROP is not overridden by an ACCEPT in nft, so pods
+# across nodes would be dropped. Like kube-proxy's image (kubernetes-sigs/iptables-wrappers,
+# whose idea this is, not its code): the first call counts the rules each backend holds,
+# picks the one in use (nft when equal, e.g. an empty node), and every call after runs it.
+cat > "$root/usr/sbin/iptables-wrapper" <<'WRAPPER'
+#!/bin/sh
+# twill: runs iptables, ip6tables and their -save/-restore in the backend this node uses.
+name=${0##*/}
+base=${name%%-*}
+suffix=${name#"$base"}
+mode_file=/run/twill-iptables-mode
+if [ ! -s "$mode_file" ]; then
+  count() { { "iptables-$1-save"; "ip6tables-$1-save"; } 2>/dev/null | grep -c '^-'; }
+  if [ "$(count legacy)" -gt "$(count nft)" ]; then mode=legacy; else mode=nft; fi
+  echo "$mode" > "$mode_file.$$" && mv "$mode_file.$$" "$mode_file"
+fi
+read -r mode < "$mode_file"
+exec "/usr/sbin/$base-$mode$suffix" "$@"
+WRAPPER
+chmod 755 "$root/usr/sbin/iptables-wrapper"
+for t in iptables ip6tables; do
+  for s in "" -save -restore; do
+    ln -sf iptables-wrapper "$root/usr/sbin/$t$s"
+  done
 done
 
 # The binaries, where kube-twill.yml runs them, and the paths flannel's own kube-flannel.yml

@@ -170,6 +170,13 @@ fn kube_twill_yml_runs_under_containerd_as_the_kubelet_runs_it() {
     fake.enforce_rbac(FLANNEL_CLUSTER_ROLE);
     let names = ["dsn1", "dsn2", "dsn3"];
     let mut nodes = nodes(&mut c, &fake, &names);
+    // dsn3 is an iptables-legacy node (its kube-proxy writes legacy, docker left FORWARD
+    // at DROP): the image must put twilld's rules there too, or pods are dropped.
+    let legacy = "iptables-legacy -P FORWARD DROP && iptables-legacy -N KUBE-FORWARD && \
+                  iptables-legacy -A FORWARD -j KUBE-FORWARD && \
+                  iptables-legacy -t nat -N KUBE-POSTROUTING && \
+                  iptables-legacy -t nat -A POSTROUTING -j KUBE-POSTROUTING";
+    c.nodes[2].ns.sh(legacy);
     for n in &nodes {
         let listed = text(&n.kubelet.ctr(&["-n", "k8s.io", "images", "ls", "-q"]));
         assert!(
@@ -233,6 +240,23 @@ fn kube_twill_yml_runs_under_containerd_as_the_kubelet_runs_it() {
         );
         assert_eq!(eff & sys_admin, 0, "{}: CapEff {eff:#x}", k.node);
     }
+    // Each node's rules in the backend it uses.
+    for (i, backend, other) in [(0, "nft", "legacy"), (2, "legacy", "nft")] {
+        let save = |b: &str| c.nodes[i].ns.sh(&format!("iptables-{b}-save"));
+        assert!(
+            save(backend).contains("FLANNEL-POSTRTG"),
+            "{}: {}",
+            names[i],
+            save(backend)
+        );
+        assert!(
+            !save(other).contains("FLANNEL"),
+            "{}: {}",
+            names[i],
+            save(other)
+        );
+    }
+
     // Every node routes to the other two over the overlay.
     for (i, n) in nodes.iter().enumerate() {
         let mut want: Vec<String> = (1..=3)
@@ -374,7 +398,15 @@ fn uninstall_twill_yml_leaves_nothing_of_twill_on_the_node() {
     let fake = c.fake_kube_tls();
     fake.enforce_rbac(FLANNEL_CLUSTER_ROLE);
     let mut nodes = nodes(&mut c, &fake, &["dsu1", "dsu2"]);
+    // dsu1 uses iptables-legacy: twill's rules land there, and must go from there.
+    c.nodes[0]
+        .ns
+        .sh("iptables-legacy -N KUBE-FORWARD && iptables-legacy -A FORWARD -j KUBE-FORWARD");
     install(&mut nodes, &manifest, &fake);
+    assert!(c.nodes[0]
+        .ns
+        .sh("iptables-legacy-save")
+        .contains("FLANNEL-FWD"));
     wait_until(20, "dsu2 routes to dsu1", || {
         c.nodes[1].vxlan_subnets() == ["10.244.1.0/24"]
     });
