@@ -312,6 +312,8 @@ pub async fn apply(opts: &BgpOptions, text: &str) -> Result<bool> {
         if let Some(dir) = opts.config_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        // BIRD refuses a config whose include names a directory that is not there; an
+        // empty one includes nothing. (Best effort: a read-only path shows in BIRD's answer.)
         std::fs::create_dir_all(&opts.include_dir).ok();
         write_atomic(&opts.config_file, text.as_bytes(), 0o644)
             .with_context(|| format!("writing {}", opts.config_file.display()))?;
