@@ -280,11 +280,6 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
     }
     let kube = cli.kube_subnet_mgr.then_some(&held.key);
     let policy = lease_policy(dp.netlink(), dp.device_index(), &conf, kube).await?;
-    let announce = bgp.is_some().then(|| {
-        let (tx, rx) = watch::channel(None);
-        bgp::spawn(cli.bgp_options(), rx, tel.clone());
-        tx
-    });
     let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
     let mut node = Node {
@@ -306,7 +301,8 @@ async fn start<S: SubnetManager>(up: Startup<S>) -> Result<()> {
         reloads,
         repairs: Repairs::default(),
         bgp,
-        announce,
+        // Started by the first announce() when BGP is configured.
+        announce: None,
         underlay: (ext.addr, ext.addr6),
     };
     node.announce();
@@ -945,7 +941,7 @@ fn read_config_doc(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// net-conf.json from a file; `detected` fills a missing `Network`/`IPv6Network`.
-fn load_file_config(path: &Path, detected: &[IpNetwork]) -> Result<NetConf> {
+pub(crate) fn load_file_config(path: &Path, detected: &[IpNetwork]) -> Result<NetConf> {
     if detected.is_empty() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("--net-config-path {}", path.display()))?;
@@ -980,7 +976,7 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken, tel: &Telemetr
 
 /// Runs a store call until it succeeds or fails in a way retrying won't fix, backing off
 /// from RETRY_MIN to RETRY_MAX between attempts.
-async fn retry<T, F, Fut>(
+pub(crate) async fn retry<T, F, Fut>(
     what: &str,
     cancel: &CancellationToken,
     tel: &Telemetry,
@@ -1027,7 +1023,7 @@ async fn connect_store(
     retry(&what, cancel, tel, || EtcdStore::connect(&opts)).await
 }
 
-async fn wait_for_etcd_config(
+pub(crate) async fn wait_for_etcd_config(
     store: &EtcdStore,
     cancel: &CancellationToken,
     tel: &Telemetry,

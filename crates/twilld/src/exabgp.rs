@@ -23,7 +23,9 @@ use twill_etcd::EtcdStore;
 use twill_kube::KubeStore;
 use twill_store::{PeerEvent, PeerTable, SubnetManager};
 
+use crate::daemon::{load_file_config, retry, wait_for_etcd_config};
 use crate::node::{NodeOptions, StoreOptions};
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone, Args)]
 pub struct ExabgpFeed {}
@@ -83,58 +85,43 @@ pub async fn run(node: &NodeOptions, _args: &ExabgpFeed) -> Result<()> {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         gone.cancel();
     });
-    match &node.store {
-        StoreOptions::Etcd(opts) => {
-            let store = retry("etcd", || EtcdStore::connect(opts)).await;
-            let conf = loop {
-                let text = match &node.config_file {
-                    Some(p) => Some(
-                        std::fs::read_to_string(p).map_err(|e| anyhow!("{}: {e}", p.display()))?,
-                    ),
-                    None => store.get_config().await.unwrap_or(None),
+    // The daemon's start-up helpers: the same backoff, the same refusal of a setting no
+    // retry fixes, the same wait for etcd's config. They beat a heartbeat nothing reads
+    // here (the feed serves no /healthz).
+    let tel = Telemetry::new(Duration::from_secs(30));
+    let fed = async {
+        match &node.store {
+            StoreOptions::Etcd(opts) => {
+                let what = format!("connecting to etcd {}", opts.endpoints.join(","));
+                let store = retry(&what, &cancel, &tel, || EtcdStore::connect(opts)).await?;
+                let conf = match &node.config_file {
+                    Some(p) => load_file_config(p, &[])?,
+                    None => wait_for_etcd_config(&store, &cancel, &tel).await?,
                 };
-                if let Some(t) = text {
-                    break parse(&t)?;
-                }
-                info!("waiting for the network config in etcd");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            };
-            feed(store, &conf, cancel).await
-        }
-        StoreOptions::Kube(opts) => {
-            // Every node's podCIDR and public-ip annotations; the config file says which
-            // leases are sound (Network, SubnetLen: the cluster's node CIDR mask size).
-            let path = node
-                .config_file
-                .as_ref()
-                .ok_or_else(|| anyhow!("--kube-subnet-mgr needs --net-config-path"))?;
-            let text =
-                std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            let conf = parse(&text)?;
-            let opts = crate::node::kube_with_ipv6(opts, conf.ipv6.is_some());
-            let store = retry("the Kubernetes API", || KubeStore::connect_observer(&opts)).await;
-            feed(store, &conf, cancel).await
+                feed(store, &conf, cancel.clone()).await
+            }
+            StoreOptions::Kube(opts) => {
+                // Every node's podCIDR and public-ip annotations; the config file says
+                // which leases are sound (Network, SubnetLen: the cluster's node CIDR mask
+                // size).
+                let path = node
+                    .config_file
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("--kube-subnet-mgr needs --net-config-path"))?;
+                let conf = load_file_config(path, &[])?;
+                let opts = crate::node::kube_with_ipv6(opts, conf.ipv6.is_some());
+                let connect = || KubeStore::connect_observer(&opts);
+                let store =
+                    retry("connecting to the Kubernetes API", &cancel, &tel, connect).await?;
+                feed(store, &conf, cancel.clone()).await
+            }
         }
     }
-}
-
-fn parse(text: &str) -> Result<NetConf> {
-    Ok(NetConf::parse(text)
-        .map_err(|e| anyhow!("net-conf.json: {e}"))?
-        .0)
-}
-
-async fn retry<S, F, Fut>(what: &str, connect: F) -> S
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<S, twill_store::StoreError>>,
-{
-    loop {
-        match connect().await {
-            Ok(s) => return s,
-            Err(e) => warn!("connecting to {what}, retrying: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    .await;
+    // ExaBGP going away while we still wait for the store is a stop, not a failure.
+    match fed {
+        Err(_) if cancel.is_cancelled() => Ok(()),
+        other => other,
     }
 }
 
