@@ -7,7 +7,7 @@
 
 use std::process::{Command, Stdio};
 
-use twill_e2e::routers::{frr_router, kernel_bgp_routes, need, Daemon};
+use twill_e2e::routers::{frr_router, kernel_bgp_routes, need, Daemon, RouteWatch};
 use twill_e2e::{Cluster, ETCD_IP, PREFIX};
 use twill_testutil::wait_until;
 
@@ -152,25 +152,16 @@ fn exabgp_feed_announces_every_lease_to_a_bird_router() {
             .map(str::to_string)
     };
     let before = feed_pid().expect("the feed runs under ExaBGP");
-    let mut monitor = Command::new("ip")
-        .args(["-n", &ns, "monitor", "route"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let watch = RouteWatch::start(&ns);
     twill_testutil::sh(&format!("kill -9 {before}"));
     wait_until(15, "ExaBGP to start the feed again", || {
         feed_pid().is_some_and(|p| p != before)
     });
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let _ = monitor.kill();
-    let seen = monitor.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let gone = watch.deleted("10.244.");
     assert!(
-        !seen
-            .lines()
-            .any(|l| l.starts_with("Deleted") && l.contains("10.244.")),
-        "withdrawn while the feed restarted: {seen}"
+        gone.is_empty(),
+        "withdrawn while the feed restarted: {gone:?}"
     );
     assert_eq!(router_routes(&ns, &sock).len(), 3);
 
@@ -308,6 +299,14 @@ fn client_reaches_a_pod(c: &mut Cluster, i: usize, client: &str) {
     );
 }
 
+/// The node's --bgp-* flags, for a subcommand to find the same BIRD files.
+fn bgp_flags(n: &twill_e2e::Node) -> impl Iterator<Item = &str> {
+    n.args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.starts_with("--bgp-"))
+}
+
 /// BIRD as a node's engine, started as its own unit would be, on twilld's files.
 fn node_bird(ns: &str, dir: &std::path::Path) -> Daemon {
     let conf = dir.join("bird.conf");
@@ -406,22 +405,9 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     });
     assert_eq!(metric("twill_bgp_prefixes_announced", None), 1.0);
     let n1 = &c.nodes[0];
-    let bgp_args: Vec<String> = n1
-        .args
-        .iter()
-        .filter(|a| a.starts_with("--bgp-"))
-        .cloned()
-        .collect();
-    let mut doctor = vec![
-        format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
-        format!("--subnet-file={}", n1.subnet_env().display()),
-        "--iface=eth0".to_string(),
-        "doctor".to_string(),
-        "--output=json".to_string(),
-    ];
-    doctor.extend(bgp_args.clone());
-    let d: Vec<&str> = doctor.iter().map(String::as_str).collect();
-    let (_, out) = n1.twilld(&d);
+    let mut doctor = vec!["doctor", "--output=json"];
+    doctor.extend(bgp_flags(n1));
+    let (_, out) = n1.subcommand(&doctor);
     let check = twill_e2e::doctor_check(&out, "bgp");
     assert_eq!(check["status"], "pass", "{check}");
     let detail = check["detail"].as_str().unwrap();
@@ -452,25 +438,13 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     });
 
     // twilld SIGKILLed and restarted: BIRD keeps the session, the router withdraws nothing.
-    let mut monitor = Command::new("ip")
-        .args(["-n", &rns, "monitor", "route"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let watch = RouteWatch::start(&rns);
     c.nodes[0].stop(libc::SIGKILL);
     c.nodes[0].start();
     c.nodes[0].wait_ready();
     std::thread::sleep(std::time::Duration::from_secs(6));
-    let _ = monitor.kill();
-    let seen = monitor.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout);
-    assert!(
-        !seen
-            .lines()
-            .any(|l| l.starts_with("Deleted") && l.contains(&want[0].0)),
-        "withdrawn during the restart: {seen}"
-    );
+    let gone = watch.deleted(&want[0].0);
+    assert!(gone.is_empty(), "withdrawn during the restart: {gone:?}");
     assert!(kernel_bgp_routes(&rns).contains(&want[0]));
 
     // A config change (a second router) reaches BIRD on SIGHUP, the first session untouched.
@@ -491,17 +465,9 @@ fn each_node_announces_its_subnet_through_bird_to_an_frr_router() {
     // Node 3 uninstalled (cleanup releases its lease): withdrawn from the router in 5 s.
     c.nodes[2].stop(libc::SIGTERM);
     let n3 = &c.nodes[2];
-    let mut cleanup = vec![
-        format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
-        format!("--subnet-file={}", n3.subnet_env().display()),
-        "--iface=eth0".to_string(),
-        "cleanup".to_string(),
-        "--yes".to_string(),
-        "--release-lease".to_string(),
-    ];
-    cleanup.extend(n3.args.iter().filter(|a| a.starts_with("--bgp-")).cloned());
-    let a: Vec<&str> = cleanup.iter().map(String::as_str).collect();
-    let (ok, out) = n3.twilld(&a);
+    let mut cleanup = vec!["cleanup", "--yes", "--release-lease"];
+    cleanup.extend(bgp_flags(n3));
+    let (ok, out) = n3.subcommand(&cleanup);
     assert!(ok && out.contains("BGP announcements"), "{out}");
     wait_until(5, "node 3's subnet withdrawn", || {
         !kernel_bgp_routes(&rns).iter().any(|(p, _)| *p == want[2].0)

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use twill_e2e::kubelet::{image_archive, text, ApiServer, Kubelet, Manifest};
-use twill_e2e::routers::{frr_router, kernel_bgp_routes};
+use twill_e2e::routers::{frr_router, kernel_bgp_routes, RouteWatch};
 use twill_e2e::Cluster;
 use twill_testutil::{require_root, wait_until, FakeKube, FLANNEL_CLUSTER_ROLE};
 
@@ -509,12 +509,7 @@ fn the_daemonsets_bird_announces_each_node_and_a_pod_update_withdraws_nothing() 
     );
 
     // An update of the pod on dsb1: deleted (SIGTERM to both containers), then run again.
-    let mut monitor = std::process::Command::new("ip")
-        .args(["-n", &rns, "monitor", "route"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let watch = RouteWatch::start(&rns);
     let pod = nodes[0].pod.clone();
     for (id, status, took) in nodes[0].kubelet.delete_pod(&pod) {
         assert_eq!(status, 0, "{id} exits 0 on SIGTERM");
@@ -536,14 +531,7 @@ fn the_daemonsets_bird_announces_each_node_and_a_pod_update_withdraws_nothing() 
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let _ = monitor.kill();
-    let seen = monitor.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout);
-    assert!(
-        !seen
-            .lines()
-            .any(|l| l.starts_with("Deleted") && l.contains("10.244.1.0/24")),
-        "withdrawn during the update: {seen}"
-    );
+    let gone = watch.deleted("10.244.1.0/24");
+    assert!(gone.is_empty(), "withdrawn during the update: {gone:?}");
     assert!(kernel_bgp_routes(&rns).contains(&want[0]));
 }

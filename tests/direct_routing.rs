@@ -3,7 +3,7 @@
 //! VXLAN; direct routes are repaired, follow leases, go when the option is turned off, and
 //! `twilld cleanup` removes them.
 
-use twill_e2e::{doctor_check, Cluster, ETCD_IP, PREFIX};
+use twill_e2e::{doctor_check, Cluster, PREFIX};
 use twill_testutil::wait_until;
 
 const DIRECT: &str =
@@ -45,15 +45,6 @@ fn tx_packets(c: &Cluster, i: usize) -> u64 {
         .ns
         .sh("cat /sys/class/net/flannel.1/statistics/tx_packets");
     out.trim().parse().unwrap()
-}
-
-fn twilld(c: &Cluster, i: usize, args: &[&str]) -> (bool, String) {
-    let n = &c.nodes[i];
-    let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
-    let subnet_file = format!("--subnet-file={}", n.subnet_env().display());
-    let mut all = args.to_vec();
-    all.extend(["--iface=eth0", &etcd, &subnet_file]);
-    n.twilld(&all)
 }
 
 #[test]
@@ -109,7 +100,7 @@ fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
 
     // doctor counts direct routes as the peers' entries.
     let conf_dir = format!("--cni-conf-dir={}", c.nodes[0].dir.join("net.d").display());
-    let (_, out) = twilld(&c, 0, &["doctor", "--output=json", &conf_dir]);
+    let (_, out) = c.nodes[0].subcommand(&["doctor", "--output=json", &conf_dir]);
     let peers = doctor_check(&out, "peers");
     assert_eq!(peers["status"], "pass", "{peers}");
     assert_eq!(
@@ -148,14 +139,14 @@ fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
         "--cni-data-dir={}",
         c.nodes[1].dir.join("cni-state").display()
     );
-    let (ok, out) = twilld(&c, 1, &["cleanup", "--keep-cni-files", &state]);
+    let (ok, out) = c.nodes[1].subcommand(&["cleanup", "--keep-cni-files", &state]);
     assert!(ok, "{out}");
     assert!(
         out.contains("would remove: 1 direct routes to 10.244.0.0/16 subnets on eth0"),
         "{out}"
     );
     assert_eq!(direct_routes(&c, 1).len(), 1, "a dry run removes nothing");
-    let (ok, out) = twilld(&c, 1, &["cleanup", "--keep-cni-files", &state, "--yes"]);
+    let (ok, out) = c.nodes[1].subcommand(&["cleanup", "--keep-cni-files", &state, "--yes"]);
     assert!(ok, "{out}");
     assert!(direct_routes(&c, 1).is_empty(), "{out}");
 }

@@ -124,16 +124,7 @@ fn hostile_leases_never_reach_the_kernel() {
     c.assert_full_mesh();
 
     // doctor names them.
-    let n = &c.nodes[0];
-    let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
-    let subnet_file = format!("--subnet-file={}", n.subnet_env().display());
-    let (_, out) = n.twilld(&[
-        "doctor",
-        "--output=json",
-        "--iface=eth0",
-        &etcd,
-        &subnet_file,
-    ]);
+    let (_, out) = c.nodes[0].subcommand(&["doctor", "--output=json"]);
     let check = doctor_check(&out, "leases");
     assert_eq!(check["status"], "warn", "{check}");
     let detail = check["detail"].as_str().unwrap();

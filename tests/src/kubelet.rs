@@ -210,22 +210,8 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
     }
 
     /// Runs a command in the node's mount and network namespaces (a shell on the node).
-    /// (`-r` everywhere: entering a mount namespace moves to its real root, and the test
-    /// may itself run chrooted, as on a fresh-machine check.)
     pub fn on_node(&self, cmd: &str) -> Output {
-        Command::new("nsenter")
-            .args([
-                "-t",
-                &self.containerd.id().to_string(),
-                "-m",
-                "-n",
-                "-r",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .output()
-            .unwrap()
+        self.nsenter().args(["sh", "-c", cmd]).output().unwrap()
     }
 
     /// `ctr` against this node's containerd.
@@ -234,18 +220,19 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
     }
 
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.nsenter();
+        c.args(["ctr", "--address"])
+            .arg(self.dir.join("containerd.sock"))
+            .args(args);
+        c
+    }
+
+    /// A command to run in the node's mount and network namespaces. (`-r`: entering a
+    /// mount namespace moves to its real root, and the test may itself run chrooted, as on
+    /// a fresh-machine check.)
+    fn nsenter(&self) -> Command {
         let mut c = Command::new("nsenter");
-        c.args([
-            "-t",
-            &self.containerd.id().to_string(),
-            "-m",
-            "-n",
-            "-r",
-            "ctr",
-            "--address",
-        ])
-        .arg(self.dir.join("containerd.sock"))
-        .args(args);
+        c.args(["-t", &self.containerd.id().to_string(), "-m", "-n", "-r"]);
         c
     }
 
@@ -319,21 +306,25 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
 
     /// The host PID of the container's main process.
     pub fn pid(&self, pod: &str, name: &str) -> u32 {
-        let out = self.ctr(&["-n", "k8s.io", "tasks", "ls"]);
         let id = format!("{pod}-{name}");
-        text(&out)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id.as_str()))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or_else(|| panic!("no task {id}"))
+        self.task(&id).unwrap_or_else(|| panic!("no task {id}")).0
     }
 
     /// Whether the container's task is running.
     pub fn is_running(&self, pod: &str, name: &str) -> bool {
+        self.task(&format!("{pod}-{name}"))
+            .is_some_and(|(_, status)| status == "RUNNING")
+    }
+
+    /// Task `id` as `ctr tasks ls` shows it: (host PID, status).
+    fn task(&self, id: &str) -> Option<(u32, String)> {
         let out = self.ctr(&["-n", "k8s.io", "tasks", "ls"]);
-        text(&out).lines().any(|l| {
-            l.split_whitespace().next() == Some(&format!("{pod}-{name}")) && l.contains("RUNNING")
-        })
+        let listing = text(&out);
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))?;
+        let mut w = line.split_whitespace().skip(1);
+        Some((w.next()?.parse().ok()?, w.next()?.to_string()))
     }
 
     /// The container's probe `which` ("liveness" or "readiness"), as declared: an HTTP GET
@@ -423,10 +414,7 @@ exec containerd --config {d}/containerd.toml > {d}/containerd.log 2>&1"#
     }
 
     fn stopped(&self, id: &str) -> bool {
-        let out = self.ctr(&["-n", "k8s.io", "tasks", "ls"]);
-        text(&out)
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
+        self.task(id).is_some_and(|(_, status)| status == "STOPPED")
     }
 
     fn service_account(&self, pod: &str, namespace: &str, api: &ApiServer) -> PathBuf {

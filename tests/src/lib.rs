@@ -65,12 +65,7 @@ impl Node {
             .arg(twilld_bin())
             .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
             .arg(format!("--subnet-file={}", self.subnet_env().display()));
-        // eth0 unless the test chooses the interface itself (--public-ip chooses it too).
-        if !self
-            .args
-            .iter()
-            .any(|a| a.starts_with("--iface") || a.starts_with("--public-ip="))
-        {
+        if !chooses_underlay(&self.args) {
             cmd.arg("--iface=eth0");
         }
         cmd.args(&self.args)
@@ -104,6 +99,19 @@ impl Node {
                 String::from_utf8_lossy(&out.stderr)
             ),
         )
+    }
+
+    /// Runs `twilld <args>` (a subcommand: doctor, cleanup) against this node as its
+    /// daemon runs: the same etcd and subnet.env, and eth0 unless `args` choose.
+    pub fn subcommand(&self, args: &[&str]) -> (bool, String) {
+        let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
+        let subnet_file = format!("--subnet-file={}", self.subnet_env().display());
+        let mut all = args.to_vec();
+        if !chooses_underlay(args) {
+            all.push("--iface=eth0");
+        }
+        all.extend([etcd.as_str(), subnet_file.as_str()]);
+        self.twilld(&all)
     }
 
     /// Sends `sig` and waits for the process to end.
@@ -180,6 +188,14 @@ impl Node {
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         v[0]["address"].as_str().unwrap().to_string()
     }
+}
+
+/// Whether twilld flags pick the underlay themselves (else the tests' nodes use eth0);
+/// --public-ip picks it too.
+fn chooses_underlay(args: &[impl AsRef<str>]) -> bool {
+    args.iter()
+        .map(AsRef::as_ref)
+        .any(|a| a.starts_with("--iface") || a.starts_with("--public-ip="))
 }
 
 pub struct Pod {

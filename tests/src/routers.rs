@@ -81,3 +81,30 @@ pub fn kernel_bgp_routes(ns: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// `ip monitor route` on a router's namespace, for "nothing was withdrawn while ...".
+pub struct RouteWatch(Child);
+
+impl RouteWatch {
+    pub fn start(ns: &str) -> RouteWatch {
+        let child = Command::new("ip")
+            .args(["-n", ns, "monitor", "route"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // ip needs a moment to subscribe before the event it is there to see.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        RouteWatch(child)
+    }
+
+    /// Stops watching; every deletion it saw of a route whose line contains `prefix`.
+    pub fn deleted(mut self, prefix: &str) -> Vec<String> {
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Deleted") && l.contains(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
