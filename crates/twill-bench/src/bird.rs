@@ -1,4 +1,4 @@
-//! The per-node BGP shape, measured with twilld's own BIRD code (`twilld::bgp`): the
+//! The per-node BGP shape, measured with twilld's own BIRD code (`twill-bgp`): the
 //! configuration a node's twilld writes, and the write + `birdc configure` it does when
 //! its subnet changes.
 
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use twill_bgp::{apply, render, Announce, BgpOptions};
 use twill_config::{BgpConf, BgpPeer};
-use twilld::bgp::{apply, render, Announce, BgpOptions};
 
 fn conf(router: Ipv4Addr) -> BgpConf {
     BgpConf {

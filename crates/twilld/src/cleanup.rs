@@ -156,14 +156,14 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
     if let Some(text) = std::fs::read_to_string(&bird.config_file)
         .ok()
         .as_deref()
-        .and_then(crate::bgp::withdrawn)
+        .and_then(twill_bgp::withdrawn)
     {
         r.act(
             &format!(
                 "BGP announcements in {} (withdrawn)",
                 bird.config_file.display()
             ),
-            async { crate::bgp::apply(bird, &text).await.map(|_| ()) },
+            async { twill_bgp::apply(bird, &text).await.map(|_| ()) },
         )
         .await;
     }

@@ -330,8 +330,8 @@ impl Cli {
         }
     }
 
-    pub fn bgp_options(&self) -> crate::bgp::BgpOptions {
-        crate::bgp::BgpOptions {
+    pub fn bgp_options(&self) -> twill_bgp::BgpOptions {
+        twill_bgp::BgpOptions {
             config_file: self.bgp_config_file.clone(),
             control_socket: self.bgp_control_socket.clone(),
             include_dir: self.bgp_include_dir.clone(),

@@ -25,12 +25,12 @@ use twill_store::{
     RenewOutcome, StoreError, SubnetManager, WatchEvent,
 };
 
-use crate::bgp;
 use crate::cli::Cli;
 use crate::policy::lease_policy;
 use crate::repairs::{self, Repairs};
 use crate::schedule;
 use crate::telemetry::Telemetry;
+use twill_bgp as bgp;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);

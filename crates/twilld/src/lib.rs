@@ -2,7 +2,6 @@
 //! timing in `schedule`, lease judging in `policy`, the checks of `doctor`) are unit-tested
 //! apart from the binary, which is only `main.rs`: flags, logging, the runtime.
 
-pub mod bgp;
 pub mod cleanup;
 pub mod cli;
 pub mod daemon;

@@ -26,7 +26,7 @@ pub struct NodeOptions {
     /// `--ip-blackhole-route`.
     pub ip_blackhole_route: bool,
     /// `--bgp-*`.
-    pub bgp: crate::bgp::BgpOptions,
+    pub bgp: twill_bgp::BgpOptions,
 }
 
 /// The store the node's twilld uses, with the options to reach it.

@@ -80,9 +80,9 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-impl Telemetry {
-    /// The BGP gauges from BIRD's current sessions (a peer no longer configured goes).
-    pub fn set_bgp_sessions(&self, sessions: &[crate::bgp::Session]) {
+/// The BGP gauges from BIRD's current sessions (a peer no longer configured goes).
+impl twill_bgp::SessionSink for Telemetry {
+    fn sessions(&self, sessions: &[twill_bgp::Session]) {
         self.bgp_session_up.clear();
         let mut announced = 0;
         for s in sessions {
@@ -95,7 +95,9 @@ impl Telemetry {
         }
         self.bgp_prefixes_announced.set(announced);
     }
+}
 
+impl Telemetry {
     pub fn new(liveness_window: Duration) -> Self {
         let mut registry = Registry::with_prefix("twill");
         let t = Telemetry {

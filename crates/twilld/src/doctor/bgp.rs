@@ -5,8 +5,8 @@ use twill_config::NetConf;
 use twill_store::LeaseKey;
 
 use super::{Checks, Status};
-use crate::bgp::{effective, protocol_name, sessions};
 use crate::node::NodeOptions;
+use twill_bgp::{effective, protocol_name, sessions};
 
 pub(super) async fn bgp(
     c: &mut Checks,
