@@ -18,7 +18,7 @@ use crate::netlink::{DeviceState, EntryError, Netlink, NetlinkError, VxlanSpec};
 use twill_store::Mac;
 
 /// What the node's data plane is made of, apart from the peers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
     pub vxlan: VxlanSpec,
     pub network: Ipv4Network,

@@ -211,7 +211,12 @@ impl KubeStore {
 
     /// `node-public-ip` on our node: an operator's `--public-ip`.
     pub async fn node_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
-        Ok(self.keys.node_public_ip(&self.node().await?))
+        Ok(self.public_ip_of(&self.node().await?))
+    }
+
+    /// `node-public-ip` on a node object already read.
+    pub fn public_ip_of(&self, node: &Node) -> Option<Ipv4Addr> {
+        self.keys.node_public_ip(node)
     }
 
     /// Every write goes through the `status` subresource, annotations included, as

@@ -14,7 +14,7 @@ use twill_etcd::EtcdStore;
 use twill_kube::KubeOptions;
 use twill_store::LeaseKey;
 
-use crate::node::{kube_with_ipv6, NodeOptions, StoreOptions};
+use crate::options::{kube_with_ipv6, NodeOptions, StoreOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct Cleanup {

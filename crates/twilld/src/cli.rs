@@ -310,9 +310,9 @@ impl Cli {
     }
 
     /// What `doctor` and `cleanup` share with the daemon, gathered from these flags.
-    pub fn node_options(&self) -> crate::node::NodeOptions {
-        use crate::node::StoreOptions;
-        crate::node::NodeOptions {
+    pub fn node_options(&self) -> crate::options::NodeOptions {
+        use crate::options::StoreOptions;
+        crate::options::NodeOptions {
             subnet_file: self.subnet_file.clone(),
             config_file: self.config_file(),
             store: if self.kube_subnet_mgr {
@@ -327,6 +327,25 @@ impl Cli {
             no_masq_cidr: self.no_masq_cidr.clone(),
             ip_blackhole_route: self.ip_blackhole_route,
             bgp: self.bgp_options(),
+        }
+    }
+
+    /// What the daemon runs with: the subcommands' share and its own flags.
+    pub fn daemon_options(&self) -> crate::options::DaemonOptions {
+        let addr = |ip, port| (port != 0).then(|| std::net::SocketAddr::new(ip, port));
+        crate::options::DaemonOptions {
+            node: self.node_options(),
+            resync: Duration::from_secs(self.iptables_resync),
+            renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
+            lease_ttl: self.subnet_lease_ttl,
+            public_ipv6: self.public_ipv6,
+            route_form: if self.route_nexthops {
+                twill_dataplane::RouteForm::Nexthop
+            } else {
+                twill_dataplane::RouteForm::Plain
+            },
+            healthz: addr(self.healthz_ip, self.healthz_port),
+            metrics: addr(self.metrics_ip, self.metrics_port),
         }
     }
 
@@ -531,7 +550,7 @@ mod tests {
 
     #[test]
     fn subcommands_see_the_flags_the_daemon_runs_with() {
-        use crate::node::StoreOptions;
+        use crate::options::StoreOptions;
         let n = parse(&[
             "--etcd-endpoints=http://198.18.0.1:2379",
             "--vxlan-notrack",

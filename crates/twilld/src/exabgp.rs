@@ -8,7 +8,6 @@
 //! refused, never announced. BGP itself is ExaBGP's: twill speaks only its text API.
 
 use std::io::Write;
-use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
@@ -17,13 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_bgp::{feed_lines, Announced};
 use twill_config::NetConf;
-use twill_etcd::EtcdStore;
-use twill_kube::KubeStore;
 use twill_store::{PeerTable, SubnetManager};
 
-use crate::daemon::{load_file_config, retry, wait_for_etcd_config};
-use crate::node::{NodeOptions, StoreOptions};
-use crate::telemetry::Telemetry;
+use crate::options::{NodeOptions, StoreOptions};
+use crate::startup::{open_etcd, open_kube, Patience, Role};
 
 #[derive(Debug, Clone, Args)]
 pub struct ExabgpFeed {}
@@ -46,20 +42,20 @@ pub async fn run(node: &NodeOptions, _args: &ExabgpFeed) -> Result<()> {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         gone.cancel();
     });
-    // The daemon's start-up helpers: the same backoff, the same refusal of a setting no
-    // retry fixes, the same wait for etcd's config. They beat a heartbeat nothing reads
-    // here (the feed serves no /healthz).
-    let tel = Telemetry::new(Duration::from_secs(30));
+    // The daemon's start-up path: the same backoff, the same refusal of a setting no
+    // retry fixes, the same wait for etcd's config, the same cluster network for a file
+    // without Network. There is no heartbeat to beat here (the feed serves no /healthz).
+    let beat = || {};
+    let patience = Patience {
+        cancel: &cancel,
+        beat: &beat,
+    };
     let fed = async {
         match &node.store {
             StoreOptions::Etcd(opts) => {
-                let what = format!("connecting to etcd {}", opts.endpoints.join(","));
-                let store = retry(&what, &cancel, &tel, || EtcdStore::connect(opts)).await?;
-                let conf = match &node.config_file {
-                    Some(p) => load_file_config(p, &[])?,
-                    None => wait_for_etcd_config(&store, &cancel, &tel).await?,
-                };
-                feed(store, &conf, cancel.clone()).await
+                let opened =
+                    open_etcd(opts, node.config_file.as_deref(), &node.bgp, &patience).await?;
+                feed(opened.store, &opened.conf, cancel.clone()).await
             }
             StoreOptions::Kube(opts) => {
                 // Every node's podCIDR and public-ip annotations; the config file says
@@ -69,12 +65,9 @@ pub async fn run(node: &NodeOptions, _args: &ExabgpFeed) -> Result<()> {
                     .config_file
                     .as_ref()
                     .ok_or_else(|| anyhow!("--kube-subnet-mgr needs --net-config-path"))?;
-                let conf = load_file_config(path, &[])?;
-                let opts = crate::node::kube_with_ipv6(opts, conf.ipv6.is_some());
-                let connect = || KubeStore::connect_observer(&opts);
-                let store =
-                    retry("connecting to the Kubernetes API", &cancel, &tel, connect).await?;
-                feed(store, &conf, cancel.clone()).await
+                let opened =
+                    open_kube(opts, path, Role::Observer, None, &node.bgp, &patience).await?;
+                feed(opened.store, &opened.conf, cancel.clone()).await
             }
         }
     }

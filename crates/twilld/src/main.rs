@@ -92,7 +92,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    match rt.block_on(daemon::run(cli)) {
+    match rt.block_on(daemon::run(cli.daemon_options())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

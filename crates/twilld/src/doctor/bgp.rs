@@ -5,22 +5,16 @@ use twill_config::NetConf;
 use twill_store::LeaseKey;
 
 use super::{Checks, Status};
-use crate::node::NodeOptions;
+use twill_bgp::BgpOptions;
 use twill_bgp::{effective, protocol_name, sessions};
 
-pub(super) async fn bgp(
-    c: &mut Checks,
-    conf: &NetConf,
-    node: &NodeOptions,
-    own: Option<&LeaseKey>,
-) {
-    let opts = &node.bgp;
+pub(super) async fn bgp(c: &mut Checks, conf: &NetConf, opts: &BgpOptions, own: Option<&LeaseKey>) {
     let bgp = match effective(conf, opts) {
         Ok(Some(b)) => b,
         Ok(None) => {
             c.pass(
                 "bgp",
-                "not configured (no BGP in net-conf.json, no --bgp-asn)",
+                "not configured (no BGP in net-conf.json, no --bgp-asn, no twill.io/bgp-asn on the node)",
             );
             return;
         }

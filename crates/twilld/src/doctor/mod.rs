@@ -16,7 +16,7 @@ use twill_etcd::{EtcdOptions, EtcdStore};
 use twill_kube::KubeOptions;
 use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
 
-use crate::node::{kube_with_ipv6, NodeOptions, StoreOptions};
+use crate::options::{kube_with_ipv6, NodeOptions, StoreOptions};
 use crate::policy::lease_policy;
 
 mod bgp;
@@ -143,12 +143,14 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
 
     // In Kubernetes mode our lease is our node's: what it publishes as public-ip (maybe
     // a public-ip-overwrite) is what the lease must carry, not the interface address.
-    let (conf, leases, published_ip) = match &node.store {
+    let StoreView {
+        conf,
+        leases,
+        published_ip,
+        bgp: bgp_opts,
+    } = match &node.store {
         StoreOptions::Kube(opts) => kube_checks(node, opts, &mut c).await,
-        StoreOptions::Etcd(opts) => {
-            let (conf, leases) = etcd_checks(node, opts, &mut c).await;
-            (conf, leases, None)
-        }
+        StoreOptions::Etcd(opts) => etcd_checks(node, opts, &mut c).await,
     };
     let nftables = conf.as_ref().is_some_and(|c| c.enable_nftables);
     let mut verdict = Checks::default();
@@ -258,8 +260,8 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
     }
     repair_conflicts(&mut c, &node.subnet_file);
-    if let Some(conf) = &conf {
-        bgp(&mut c, conf, node, own_key.as_ref()).await;
+    if let (Some(conf), Some(opts)) = (&conf, &bgp_opts) {
+        bgp(&mut c, conf, opts, own_key.as_ref()).await;
     }
     conflicts(&mut c, &nl, conf.as_ref(), args).await;
     other_cnis(&mut c, &nl, env.as_ref()).await;

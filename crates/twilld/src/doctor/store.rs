@@ -7,7 +7,7 @@ pub(super) async fn etcd_checks(
     node: &NodeOptions,
     opts: &EtcdOptions,
     c: &mut Checks,
-) -> (Option<NetConf>, Option<Vec<StoredLease>>) {
+) -> StoreView {
     let store = EtcdStore::connect(opts).await;
     let conf = config(node.config_file.as_deref(), store.as_ref().ok(), &[], c).await;
     if let Err(e) = &store {
@@ -42,7 +42,23 @@ pub(super) async fn etcd_checks(
         },
         Err(_) => None,
     };
-    (conf, leases)
+    StoreView {
+        conf,
+        leases,
+        published_ip: None,
+        bgp: Some(node.bgp.clone()),
+    }
+}
+
+/// What the store checks learned, for the checks after them.
+#[derive(Default)]
+pub(super) struct StoreView {
+    pub conf: Option<NetConf>,
+    pub leases: Option<Vec<StoredLease>>,
+    /// Kubernetes: the public IP our node object publishes.
+    pub published_ip: Option<std::net::Ipv4Addr>,
+    /// Kubernetes: our node object's BGP overrides under the flags, as twilld takes them.
+    pub bgp: Option<twill_bgp::BgpOptions>,
 }
 
 /// Kubernetes mode: the API is reachable, our node exists and its podCIDR lies inside
@@ -51,11 +67,7 @@ pub(super) async fn kube_checks(
     node: &NodeOptions,
     opts: &KubeOptions,
     c: &mut Checks,
-) -> (
-    Option<NetConf>,
-    Option<Vec<StoredLease>>,
-    Option<std::net::Ipv4Addr>,
-) {
+) -> StoreView {
     let doc = node
         .config_file
         .as_deref()
@@ -69,7 +81,10 @@ pub(super) async fn kube_checks(
         Err(e) => {
             let conf = config(node.config_file.as_deref(), None, &[], c).await;
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
-            return (conf, None, None);
+            return StoreView {
+                conf,
+                ..Default::default()
+            };
         }
     };
     // A file without Network takes it from the cluster, as twilld does.
@@ -82,13 +97,20 @@ pub(super) async fn kube_checks(
         false => Vec::new(),
     };
     let conf = config(node.config_file.as_deref(), None, &detected, c).await;
-    let node = match store.node().await {
+    let ours = match store.node().await {
         Ok(n) => n,
         Err(e) => {
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
-            return (conf, None, None);
+            return StoreView {
+                conf,
+                ..Default::default()
+            };
         }
     };
+    // The daemon's own rule for its node's BGP annotations; a bad one shows in the bgp
+    // check, as the daemon would refuse it.
+    let annotations = ours.metadata.annotations.clone().unwrap_or_default();
+    let bgp = crate::startup::node_bgp_options(&node.bgp, &annotations);
     let leases = match store.list_leases().await {
         Ok(l) => {
             c.pass(
@@ -113,19 +135,36 @@ pub(super) async fn kube_checks(
     };
     let mut published = None;
     if let Some(conf) = &conf {
-        let mine = twill_kube::own_subnet(&node, conf).ok();
+        let mine = twill_kube::own_subnet(&ours, conf).ok();
         published = leases
             .iter()
             .flatten()
             .find(|l| Some(l.key) == mine)
             .and_then(|l| Some(l.attrs.as_ref()?.public_ip));
-        match twill_kube::own_subnet(&node, conf) {
+        match twill_kube::own_subnet(&ours, conf) {
             Ok(k) => c.pass("podCIDR", format!("node {} podCIDR {k} is inside Network", store.node_name())),
             Err(e) => c.add("podCIDR", Status::Fail, e.to_string(),
                 "make kube-controller-manager --cluster-cidr (kubeadm --pod-network-cidr) and net-conf.json Network agree"),
         }
     }
-    (conf, leases, published)
+    let bgp = match bgp {
+        Ok(b) => Some(b),
+        Err(e) => {
+            c.add(
+                "bgp",
+                Status::Fail,
+                format!("{e:#}"),
+                "twilld refuses to start with it: fix or remove the annotation",
+            );
+            None
+        }
+    };
+    StoreView {
+        conf,
+        leases,
+        published_ip: published,
+        bgp,
+    }
 }
 
 pub(super) async fn config(

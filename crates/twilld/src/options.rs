@@ -54,3 +54,30 @@ pub fn kube_with_ipv6(opts: &KubeOptions, ipv6: bool) -> KubeOptions {
         ..opts.clone()
     }
 }
+
+/// Everything the daemon runs with beyond what its subcommands share: gathered once by
+/// `Cli::daemon_options`, so no module below the command line knows its shape.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub node: NodeOptions,
+    /// `--iptables-resync`: the periodic pass, and the cap on a repair's backoff.
+    pub resync: std::time::Duration,
+    /// `--subnet-lease-renew-margin`, as a duration.
+    pub renew_margin: std::time::Duration,
+    /// `--subnet-lease-ttl`.
+    pub lease_ttl: std::time::Duration,
+    /// `--public-ipv6`.
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// `--route-nexthops`.
+    pub route_form: twill_dataplane::RouteForm,
+    /// `--healthz-ip`/`--healthz-port`; `None` when the port is 0.
+    pub healthz: Option<std::net::SocketAddr>,
+    /// `--metrics-ip`/`--metrics-port`; `None` when the port is 0.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl DaemonOptions {
+    pub fn kube_subnet_mgr(&self) -> bool {
+        matches!(self.node.store, StoreOptions::Kube(_))
+    }
+}

@@ -1,0 +1,354 @@
+//! What each effect does to the world, and what it reports back to the state machine.
+//! Telemetry lives here, beside the calls it measures, not in the decisions.
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use twill_config::{write_atomic, SubnetEnv};
+use twill_dataplane::{DataplaneError, ReconcileReport};
+use twill_store::{Applied, RenewOutcome, SubnetManager};
+
+use super::state::{Input, ReloadRead, Renewal, Trigger};
+use super::{acquire, seconds_left, Node};
+use crate::policy::lease_policy;
+use crate::repairs;
+use crate::schedule;
+use crate::settings::{self, keeps_lease};
+use crate::startup::Patience;
+use crate::telemetry::label;
+
+impl<S: SubnetManager> Node<S> {
+    /// Brings the kernel to the peer table: the pending events alone, or every peer.
+    pub(super) async fn pass(&mut self, full: bool, trigger: Trigger) -> Option<Input> {
+        let events = std::mem::take(&mut self.pending);
+        if trigger == Trigger::Removed {
+            self.tel.repair_passes.inc();
+        }
+        if trigger == Trigger::Resync {
+            self.tel
+                .periodic_passes
+                .get_or_create(&label("kind", "full"))
+                .inc();
+        }
+        let pass = self.dp.on_peer_events(&events, &self.table, full).await;
+        self.record_pass(pass, trigger)
+    }
+
+    /// Device, address and rules; a device found missing is refilled.
+    pub(super) async fn check(&mut self, trigger: Trigger) -> Option<Input> {
+        match trigger {
+            Trigger::Removed => {
+                self.tel.repair_passes.inc();
+            }
+            Trigger::Resync => {
+                self.tel
+                    .periodic_passes
+                    .get_or_create(&label("kind", "light"))
+                    .inc();
+            }
+            _ => {}
+        }
+        match self.dp.check().await {
+            // The device was gone (and is new and empty now): fill it.
+            Ok(r) if r.device_created => {
+                self.tel.repaired("device", 1);
+                Some(Input::DeviceDeleted)
+            }
+            Ok(r) => {
+                self.tel.repaired("rules", r.rule_repairs);
+                self.tel.update_ready(|s| s.rules = r.rules_error.is_none());
+                let restored: Vec<(&'static str, String)> = r.restored;
+                (!restored.is_empty()).then_some(Input::Restored(restored))
+            }
+            Err(e) => {
+                warn!("periodic check failed, will retry: {e}");
+                None
+            }
+        }
+    }
+
+    /// Metrics and readiness from a full pass (`Ok(None)`: the events went in alone); what
+    /// a repair put back goes to the state machine, which tells a fight.
+    fn record_pass(
+        &mut self,
+        pass: Result<Option<ReconcileReport>, DataplaneError>,
+        why: Trigger,
+    ) -> Option<Input> {
+        match pass {
+            Ok(None) => None,
+            Ok(Some(r)) => {
+                self.tel.reconcile_seconds.observe(r.duration.as_secs_f64());
+                let programmed = self.table.len().saturating_sub(r.entries_failed.len());
+                self.tel
+                    .set_entries(programmed.saturating_sub(r.direct_peers), r.direct_peers);
+                let rules_ok = r.rules_error.is_none();
+                self.tel.update_ready(|s| {
+                    s.rules = rules_ok;
+                    s.reconciled = true;
+                });
+                // After an event (start, re-list, lease change, reload) changes are the
+                // point; on a periodic or device-deleted pass they mean something broke.
+                if why == Trigger::Event {
+                    return None;
+                }
+                self.tel.repaired("entries", r.entries_changed);
+                self.tel.repaired("device", r.device_created as usize);
+                self.tel.repaired("rules", r.rule_repairs);
+                (!r.restored.is_empty()).then_some(Input::Restored(r.restored))
+            }
+            Err(e) => {
+                warn!("reconcile failed, will retry: {e}");
+                None
+            }
+        }
+    }
+
+    /// Counts the conflicts the state machine found, names the worst, and leaves the list
+    /// for `twilld doctor` beside subnet.env.
+    pub(super) fn note_conflicts(&mut self, kinds: &[&'static str]) {
+        for kind in kinds {
+            self.tel
+                .repair_conflicts
+                .get_or_create(&label("kind", kind))
+                .inc();
+        }
+        let conflicts = self.state.repairs().conflicts();
+        if let Some(top) = conflicts.first() {
+            warn!(
+                kind = %top.kind,
+                object = %top.object,
+                repairs = top.repairs,
+                "something else on this node keeps removing what twilld keeps; repairing it less eagerly"
+            );
+        }
+        let path = repairs::conflicts_file(&self.opts.node.subnet_file);
+        let json =
+            serde_json::Value::from(conflicts.iter().map(|c| c.to_json()).collect::<Vec<_>>());
+        if let Err(e) = write_atomic(&path, json.to_string().as_bytes(), 0o644) {
+            warn!(path = %path.display(), "writing the repair conflicts: {e}");
+        }
+    }
+
+    /// Logs and counts each newly refused lease once; a refused lease is never programmed.
+    pub(super) fn note_rejections(&self, a: &Applied) {
+        for (key, r) in &a.rejected {
+            warn!(lease = %key, reason = r.reason(), "peer lease refused, not programmed: {r}");
+            self.tel
+                .leases_rejected
+                .get_or_create(&label("reason", r.reason()))
+                .inc();
+        }
+        if !a.rejected.is_empty() || !a.events.is_empty() {
+            self.tel
+                .leases_refused
+                .set(self.table.rejected().count() as i64);
+        }
+    }
+
+    /// The store's error count and our lease's time left, for the metrics.
+    pub(super) fn observe_store(&mut self) {
+        let errors = self.store.error_count();
+        self.tel
+            .store_errors
+            .inc_by(errors - self.store_errors_seen);
+        self.store_errors_seen = errors;
+        self.tel.lease_expiry.set(seconds_left(self.held.expiry));
+    }
+
+    /// Re-reads what leases are judged against. Peers it refuses now are dropped by the
+    /// full pass that follows, like deleted ones.
+    pub(super) async fn refresh_policy(&mut self) {
+        let kube = self.opts.kube_subnet_mgr().then_some(&self.held.key);
+        match lease_policy(
+            self.dp.netlink(),
+            self.dp.device_index(),
+            &self.req.conf,
+            kube,
+        )
+        .await
+        {
+            Ok(p) => {
+                let a = self.table.set_policy(p);
+                self.note_rejections(&a);
+            }
+            Err(e) => warn!("judging peer leases by the previous view of this node: {e:#}"),
+        }
+    }
+
+    pub(super) async fn renew(&mut self) -> Renewal {
+        match self.store.renew(&self.held).await {
+            Ok(RenewOutcome::Renewed(expiry)) => {
+                info!(subnet = %self.held.key, expires_in_s = seconds_left(expiry), "lease renewed");
+                self.tel.lease_renewals.inc();
+                self.held.expiry = expiry;
+                Renewal::Renewed
+            }
+            Ok(RenewOutcome::Lost) => Renewal::Lost,
+            Err(e) => {
+                self.tel.store_errors.inc();
+                warn!("renewing the lease failed, retrying: {e}");
+                Renewal::Failed
+            }
+        }
+    }
+
+    pub(super) fn next_renewal(&self) -> Instant {
+        Instant::now() + schedule::renew_after(self.held.expiry, self.opts.renew_margin)
+    }
+
+    pub(super) async fn reacquire(&mut self, cancel: &CancellationToken) -> Result<Input> {
+        warn!(subnet = %self.held.key, "our lease is gone; acquiring again, preferring the same subnet");
+        self.req.previous = self.held.key;
+        let tel = self.tel.clone();
+        let beat = move || tel.beat();
+        let patience = Patience {
+            cancel,
+            beat: &beat,
+        };
+        let held = acquire(&self.store, &self.req, &patience).await?;
+        let moved = held.key != self.held.key;
+        let a = self.table.set_own(held.key, held.attrs.clone());
+        for ev in &a.events {
+            info!(?ev, "a peer's standing changed with our new subnet");
+        }
+        self.note_rejections(&a);
+        self.held = held;
+        if moved {
+            warn!(subnet = %self.held.key, "moved to a new subnet");
+        }
+        Ok(Input::Reacquired { moved })
+    }
+
+    /// Re-reads the config (file or etcd) and judges it for this node. An invalid config
+    /// is refused and the running one kept: a typo must not take a node's network down.
+    pub(super) async fn read_config(&mut self) -> ReloadRead {
+        let conf = match self.config.load().await {
+            Ok(c) => c,
+            Err(e) => return self.refused(format!("{e:#}")),
+        };
+        if conf == self.req.conf {
+            info!("config unchanged");
+            return ReloadRead::Unchanged;
+        }
+        let facts = settings::Facts {
+            mac: self.dp.mac().or(self.facts.mac),
+            ..self.facts.clone()
+        };
+        match settings::derive(&conf, &self.opts, &self.bgp, &facts) {
+            Ok(s) => {
+                self.next = Some((conf, s));
+                ReloadRead::Changed
+            }
+            Err(e) => self.refused(format!("{e:#}")),
+        }
+    }
+
+    fn refused(&self, why: String) -> ReloadRead {
+        warn!("config reload refused, keeping the running config: {why}");
+        ReloadRead::Refused(why)
+    }
+
+    /// Takes the config `read_config` accepted into the data plane (see
+    /// `settings::Reload` for the order of what follows).
+    pub(super) async fn apply_config(&mut self) -> Result<Input> {
+        let Some((conf, new)) = self.next.take() else {
+            return Ok(Input::ConfigApplied { keeps_lease: true });
+        };
+        let plan = settings::plan_reload(&self.req.conf, &conf, &self.settings, &new);
+        for what in &plan.needs_restart {
+            warn!("{what} changed: it takes effect when twilld restarts");
+        }
+        for w in &new.warnings {
+            warn!("{w}");
+        }
+        self.dp.set_config(new.dataplane.clone());
+        if let Some(old) = &plan.remove_device {
+            if let Err(e) = self.dp.netlink().delete_link(old).await {
+                warn!("removing {old} after the VNI change: {e}");
+            }
+        }
+        let mac = self.dp.ensure_device().await?.mac;
+        self.req.conf = conf;
+        self.req.attrs = new.attrs(&mac);
+        let keeps = keeps_lease(
+            &self.req.conf,
+            &self.held.key,
+            &self.held.attrs,
+            &self.req.attrs,
+        );
+        self.settings = new;
+        info!(subnet = %self.held.key, mtu = self.settings.mtu, "config reloaded");
+        Ok(Input::ConfigApplied { keeps_lease: keeps })
+    }
+
+    /// systemd's Type=notify: READY=1 when /readyz would say 200 (subnet.env written, the
+    /// rules in place, ...), so units ordered after twilld (the container runtime) find both.
+    pub(super) fn notify_ready(&mut self) {
+        if self.notified || self.tel.not_ready().is_some() {
+            return;
+        }
+        self.notified = true;
+        let status = format!("subnet {} with {} peers", self.held.key, self.table.len());
+        super::notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+    }
+
+    pub(super) fn write_subnet_env(&mut self) -> Result<()> {
+        let env = SubnetEnv::for_lease(
+            Some(ipnetwork::IpNetwork::V4(self.settings.network())),
+            self.held.key.v4,
+            self.settings.ipv6_network,
+            self.held.key.v6,
+            self.settings.mtu,
+            self.opts.node.rules.ip_masq,
+        );
+        let path = &self.opts.node.subnet_file;
+        write_atomic(path, env.render().as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", path.display()))?;
+        info!(path = %path.display(), "wrote subnet.env");
+        Ok(())
+    }
+
+    /// Tells the BGP task the subnets we hold now (it rewrites BIRD's config if needed).
+    pub(super) fn announce(&mut self) {
+        let Some(conf) = self.settings.bgp.clone() else {
+            if let Some(tx) = &self.announce {
+                // BGP taken out of the config: the last settings, announcing nothing.
+                tx.send_modify(|v| {
+                    if let Some((_, a)) = v {
+                        a.v4 = None;
+                        a.v6 = None;
+                    }
+                });
+            }
+            return;
+        };
+        let tx = self.announce.get_or_insert_with(|| {
+            let (tx, rx) = watch::channel(None);
+            twill_bgp::spawn(self.bgp.clone(), rx, self.tel.clone());
+            tx
+        });
+        let ext = &self.facts.underlay;
+        let (v4, v6) = (self.held.key.v4, self.held.key.v6);
+        tx.send_replace(Some((
+            conf,
+            twill_bgp::Announce {
+                router_id: ext.addr,
+                local4: Some(ext.addr),
+                local6: ext.addr6,
+                v4: match v4 {
+                    Some(ipnetwork::IpNetwork::V4(n)) => Some(n),
+                    _ => None,
+                },
+                v6: match v6 {
+                    Some(ipnetwork::IpNetwork::V6(n)) => Some(n),
+                    _ => None,
+                },
+            },
+        )));
+    }
+}

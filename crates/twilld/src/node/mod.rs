@@ -1,0 +1,256 @@
+//! The running node: one loop that turns what happens (store events, the kernel's
+//! notifications, timers, SIGHUP) into `state::Input`s, and the effects the state machine
+//! answers into netlink, store, file, BIRD and metrics calls. Decisions live in `state`;
+//! this file only does what it is told, and reports what it learned back as inputs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use twill_config::{BgpConf, NetConf};
+use twill_dataplane::{watch_device, Dataplane};
+use twill_store::{
+    AcquireRequest, Expiry, HeldLease, PeerEvent, PeerTable, SubnetManager, WatchEvent,
+};
+
+use crate::options::DaemonOptions;
+use crate::schedule;
+use crate::settings::{Facts, Settings};
+use crate::startup::{ConfigSource, Patience};
+use crate::telemetry::Telemetry;
+
+mod effects;
+mod start;
+pub mod state;
+
+pub use start::start;
+use state::{Effect, Input, State};
+
+struct Node<S> {
+    store: S,
+    dp: Dataplane,
+    table: PeerTable,
+    held: HeldLease,
+    req: AcquireRequest,
+    /// What the running config means for this node.
+    settings: Settings,
+    /// What start-up learned about the node, for deriving settings again on a reload.
+    facts: Facts,
+    /// The BGP options with our node object's overrides.
+    bgp: twill_bgp::BgpOptions,
+    opts: DaemonOptions,
+    /// Where SIGHUP re-reads net-conf.json from.
+    config: ConfigSource,
+    state: State,
+    /// systemd has been told READY=1.
+    notified: bool,
+    tel: Arc<Telemetry>,
+    store_errors_seen: u64,
+    reloads: mpsc::UnboundedReceiver<()>,
+    /// What BIRD is to announce, once BGP has been configured.
+    announce: Option<watch::Sender<Option<(BgpConf, twill_bgp::Announce)>>>,
+    /// The peer events of the batch being handled, for the pass that follows it.
+    pending: Vec<PeerEvent>,
+    /// A config read on SIGHUP and judged usable, until it is applied.
+    next: Option<(NetConf, Settings)>,
+}
+
+/// Where a loop turn's effects may leave the renewal timer.
+enum Renew {
+    Keep,
+    At(Instant),
+}
+
+impl<S: SubnetManager> Node<S> {
+    async fn run_loop(&mut self, cancel: CancellationToken) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let watch_cancel = cancel.child_token();
+        let store = self.store.clone();
+        let wc = watch_cancel.clone();
+        tokio::spawn(async move { store.watch(tx, wc).await });
+
+        let mut resync = tokio::time::interval(self.opts.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_at = self.next_renewal();
+        let mut monitor = match watch_device(self.dp.device_name().to_string()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("no netlink monitor ({e}); a deleted device is repaired at the next resync, and every resync reads the kernel");
+                None
+            }
+        };
+        // A recreated device's index the monitor learns from RTM_NEWLINK itself.
+        if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
+            m.set_index(i);
+            // Direct routes live on the underlay device (DirectRouting, or leftovers).
+            m.set_underlay_index(self.dp.config().vxlan.dev_index);
+        }
+        let rules = self.dp.rules_flag();
+        let removed = monitor.as_ref().map(|m| m.removed_flag());
+        loop {
+            self.tel.beat();
+            let due_at = self.state.repair_at().map(Instant::from_std);
+            let input = tokio::select! {
+                Some(()) = self.reloads.recv() => Input::Reload(self.read_config().await),
+                // Something of ours removed: repair once the burst is over (a fight with
+                // another agent makes that wait grow).
+                () = async { match removed.as_deref() { Some(f) => { f.marked().await; f.take(); } None => std::future::pending().await } },
+                    if self.state.listens_for_removals() => Input::Removed,
+                () = async { match rules.as_deref() { Some(f) => f.marked().await, None => std::future::pending().await } },
+                    if self.state.listens_for_rules() => Input::RulesChanged,
+                _ = tokio::time::sleep_until(due_at.unwrap_or_else(Instant::now)), if due_at.is_some() => Input::RepairDue,
+                Some(()) = async { match monitor.as_mut() { Some(m) => m.deleted.recv().await, None => None } } => {
+                    warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
+                    Input::DeviceDeleted
+                }
+                _ = cancel.cancelled() => {
+                    watch_cancel.cancel();
+                    stopping();
+                    return Ok(());
+                }
+                batch = rx.recv() => {
+                    let Some(batch) = batch else {
+                        // The watch ends on the same cancellation as we do: that is a stop,
+                        // not a failure, whichever of the two select! saw first.
+                        if cancel.is_cancelled() {
+                            stopping();
+                            return Ok(());
+                        }
+                        bail!("the lease watch stopped")
+                    };
+                    // Drain what's already queued so a burst costs one pass.
+                    let mut events = batch;
+                    while let Ok(more) = rx.try_recv() {
+                        events.extend(more);
+                    }
+                    self.take_events(events)
+                }
+                _ = resync.tick() => {
+                    self.observe_store();
+                    Input::Resync { touched: monitor.as_ref().map(|m| m.take_touched()) }
+                }
+                _ = tokio::time::sleep_until(renew_at) => Input::RenewDue,
+            };
+            if let Renew::At(at) = self.step(input, &cancel).await? {
+                renew_at = at;
+            }
+        }
+    }
+
+    /// Feeds one input to the state machine and carries out what it says, feeding what
+    /// each effect learns back in (its effects run next, before the rest).
+    async fn step(&mut self, input: Input, cancel: &CancellationToken) -> Result<Renew> {
+        let mut renew = Renew::Keep;
+        let mut todo: VecDeque<Effect> = self.state.on(input, std::time::Instant::now()).into();
+        while let Some(effect) = todo.pop_front() {
+            if let Some(next) = self.execute(effect, cancel, &mut renew).await? {
+                let more = self.state.on(next, std::time::Instant::now());
+                for e in more.into_iter().rev() {
+                    todo.push_front(e);
+                }
+            }
+        }
+        Ok(renew)
+    }
+
+    async fn execute(
+        &mut self,
+        effect: Effect,
+        cancel: &CancellationToken,
+        renew: &mut Renew,
+    ) -> Result<Option<Input>> {
+        match effect {
+            Effect::Reacquire => return self.reacquire(cancel).await.map(Some),
+            Effect::ProgramLease => {
+                self.dp.set_lease(start::v4_subnet(&self.held)?).await?;
+                self.dp.set_lease6(self.held.key.v6);
+            }
+            Effect::Pass { full, trigger } => return Ok(self.pass(full, trigger).await),
+            Effect::Check { trigger } => return Ok(self.check(trigger).await),
+            Effect::RefreshPolicy => self.refresh_policy().await,
+            Effect::WriteSubnetEnv => self.write_subnet_env()?,
+            Effect::Announce => self.announce(),
+            Effect::Ready => {
+                self.tel.update_ready(|r| r.subnet_env = true);
+                info!(subnet = %self.held.key, peers = self.table.len(), "ready");
+            }
+            Effect::NotifyReady => self.notify_ready(),
+            Effect::Renew => return Ok(Some(Input::Renewal(self.renew().await))),
+            Effect::ScheduleRenewal => *renew = Renew::At(self.next_renewal()),
+            Effect::RetryRenewal => {
+                *renew = Renew::At(Instant::now() + schedule::retry_renewal_after(self.held.expiry))
+            }
+            Effect::ApplyConfig => return self.apply_config().await.map(Some),
+            Effect::Conflicts(kinds) => self.note_conflicts(&kinds),
+        }
+        Ok(None)
+    }
+
+    /// A batch of lease events into the peer table; the kernel follows as the state
+    /// machine says (the events alone, or a full pass).
+    fn take_events(&mut self, events: Vec<WatchEvent>) -> Input {
+        let snapshot = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
+        let mut own_lost = false;
+        self.pending.clear();
+        for ev in events {
+            if matches!(ev, WatchEvent::Snapshot(_)) {
+                self.tel.store_event("snapshot", 1);
+            }
+            let a = self.table.apply(ev);
+            self.note_rejections(&a);
+            own_lost |= a.own_lost;
+            for e in &a.events {
+                self.tel.store_event(
+                    match e {
+                        PeerEvent::Added(_) => "added",
+                        PeerEvent::Changed { .. } => "changed",
+                        PeerEvent::Removed(_) => "removed",
+                    },
+                    1,
+                );
+            }
+            self.pending.extend(a.events);
+        }
+        if !self.pending.is_empty() {
+            info!(
+                changed = self.pending.len(),
+                peers = self.table.len(),
+                "peer table updated"
+            );
+        }
+        self.tel.peers.set(self.table.len() as i64);
+        Input::Store { snapshot, own_lost }
+    }
+}
+
+async fn acquire<S: SubnetManager>(
+    store: &S,
+    req: &AcquireRequest,
+    patience: &Patience<'_>,
+) -> Result<HeldLease> {
+    let h = patience
+        .retry("acquiring a subnet", || store.acquire(req))
+        .await?;
+    info!(subnet = %h.key, source = ?h.source, expires_in_s = seconds_left(h.expiry), "lease held");
+    Ok(h)
+}
+
+fn seconds_left(e: Expiry) -> i64 {
+    schedule::seconds_left(e, std::time::Instant::now())
+}
+
+fn stopping() {
+    info!("stopping; the data plane and the lease stay in place");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// A no-op unless systemd gave us NOTIFY_SOCKET.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!("telling systemd ({state:?}): {e}");
+    }
+}

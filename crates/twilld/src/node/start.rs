@@ -1,0 +1,197 @@
+//! Bringing a node up, in flannel's order: underlay → device → lease → rules → peers.
+//! Nothing half-done: a device this run created goes again when no lease can be had.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use twill_config::SubnetEnv;
+use twill_dataplane::{
+    select_underlay, Dataplane, Firewall, Iptables, Mac, Netlink, Nftables, RuleSet, NFT_TABLE,
+    NFT_TABLE6,
+};
+use twill_store::{AcquireRequest, HeldLease, LeaseKey, PeerTable, SubnetManager};
+
+use super::state::State;
+use super::{acquire, Node};
+use crate::options::DaemonOptions;
+use crate::policy::lease_policy;
+use crate::settings::{derive, Facts};
+use crate::startup::{Opened, Patience};
+use crate::telemetry::Telemetry;
+
+/// Brings the node up on any store and runs it until cancelled.
+pub async fn start<S: SubnetManager>(
+    opened: Opened<S>,
+    opts: DaemonOptions,
+    cancel: CancellationToken,
+    tel: Arc<Telemetry>,
+    reloads: mpsc::UnboundedReceiver<()>,
+) -> Result<()> {
+    let Opened {
+        store,
+        conf,
+        source,
+        public_ip_hint,
+        bgp,
+    } = opened;
+    tel.update_ready(|r| r.config = true);
+    let nl = Netlink::connect().context("opening a netlink socket")?;
+    let ext = select_underlay(&nl, &opts.node.iface).await?;
+    let public_ip = opts.node.public_ip.or(public_ip_hint).unwrap_or(ext.addr);
+    let facts = Facts {
+        // After a reboot the device is gone but our lease still advertises a MAC: reuse
+        // it, so peers need no FDB update.
+        mac: advertised_mac(&store, public_ip).await,
+        underlay: ext,
+        public_ip,
+    };
+    // Settled before anything is created: a config this node cannot use (BGP settings,
+    // IPv6-only, an MTU with no room for VXLAN) leaves nothing behind.
+    let settings = derive(&conf, &opts, &bgp, &facts)?;
+    for w in &settings.warnings {
+        warn!("{w}");
+    }
+    let ext = &facts.underlay;
+    info!(iface = %ext.name, local = %ext.addr, %public_ip, mtu = settings.mtu, "underlay selected");
+
+    let previous = read_previous(&opts.node.subnet_file);
+    let fw = firewall(conf.enable_nftables)?;
+    let mut dp = Dataplane::new(nl, settings.dataplane.clone(), fw);
+    let dev = dp
+        .ensure_device()
+        .await
+        .context("creating the VXLAN device")?;
+    tel.update_ready(|r| r.device = true);
+
+    let req = AcquireRequest {
+        conf,
+        attrs: settings.attrs(&dev.mac),
+        previous,
+        ttl: opts.lease_ttl,
+    };
+    let beat = || tel.beat();
+    let patience = Patience {
+        cancel: &cancel,
+        beat: &beat,
+    };
+    let held = match acquire(&store, &req, &patience).await {
+        Ok(h) => h,
+        Err(e) => {
+            // Nothing half-done: a device this run created is of no use without a lease.
+            if dev.created {
+                let name = dp.device_name().to_string();
+                if let Err(de) = dp.netlink().delete_link(&name).await {
+                    warn!("removing {name} after the failed start: {de}");
+                }
+            }
+            return Err(e);
+        }
+    };
+    tel.update_ready(|r| r.lease = true);
+    dp.set_lease(v4_subnet(&held)?)
+        .await
+        .context("addressing the VXLAN device")?;
+    dp.set_lease6(held.key.v6);
+    match dp.ensure_rules().await {
+        Ok(_) => tel.update_ready(|r| r.rules = true),
+        Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
+    }
+    let kube = opts.kube_subnet_mgr().then_some(&held.key);
+    let policy = lease_policy(dp.netlink(), dp.device_index(), &req.conf, kube).await?;
+    let mut table = PeerTable::with_policy(policy);
+    table.set_own(held.key, held.attrs.clone());
+    let state = State::new(std::time::Instant::now(), opts.resync);
+    let mut node = Node {
+        store,
+        dp,
+        table,
+        held,
+        req,
+        settings,
+        facts,
+        bgp,
+        opts,
+        config: source,
+        state,
+        notified: false,
+        tel,
+        store_errors_seen: 0,
+        reloads,
+        // Started by the first announce when BGP is configured.
+        announce: None,
+        pending: Vec::new(),
+        next: None,
+    };
+    node.announce();
+    node.run_loop(cancel).await
+}
+
+pub(super) fn v4_subnet(held: &HeldLease) -> Result<Ipv4Network> {
+    match held.key.v4 {
+        Some(IpNetwork::V4(n)) => Ok(n),
+        _ => Err(anyhow!("lease {} has no IPv4 subnet", held.key)),
+    }
+}
+
+/// The rules driver net-conf.json asks for. What the other one left (an earlier run in the
+/// other mode, or flanneld's) is removed first, as flanneld does, so the two never both
+/// masquerade.
+fn firewall(nftables: bool) -> Result<Arc<dyn Firewall>> {
+    if nftables {
+        for v6 in [false, true] {
+            let tool = if v6 { "ip6tables" } else { "iptables" };
+            match Iptables::new().and_then(|ipt| {
+                // Only where the tool's table can be read: a host without ip6tables has
+                // no IPv6 chains of ours either.
+                if ipt.present(&RuleSet::none_of(v6))?.is_empty() {
+                    return Ok(Default::default());
+                }
+                ipt.ensure(&RuleSet::none_of(v6))
+            }) {
+                Ok(r) if r.repairs > 0 => {
+                    info!(removed = ?r.changes, "{tool} rules of the other mode removed")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("EnableNFTables: could not check for {tool} rules to remove: {e}")
+                }
+            }
+        }
+        return Ok(Arc::new(Nftables::new()?));
+    }
+    match twill_dataplane::firewall::remove_table() {
+        Ok(true) => info!("nft tables ip {NFT_TABLE} / ip6 {NFT_TABLE6} of the other mode removed"),
+        Ok(false) => {}
+        // No nft binary is fine in iptables mode: then there is no table either.
+        Err(e) => debug!("nft tables of the other mode not checked: {e}"),
+    }
+    Ok(Arc::new(Iptables::new().context("iptables")?))
+}
+
+fn read_previous(path: &Path) -> LeaseKey {
+    let none = LeaseKey { v4: None, v6: None };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return none,
+    };
+    match SubnetEnv::parse(&text, &path.display().to_string()) {
+        Ok(env) => LeaseKey {
+            v4: env.lease_subnet(),
+            v6: env.lease_subnet6(),
+        },
+        Err(e) => {
+            warn!("ignoring the previous subnet file: {e}");
+            none
+        }
+    }
+}
+
+async fn advertised_mac<S: SubnetManager>(store: &S, public_ip: Ipv4Addr) -> Option<Mac> {
+    store.advertised_mac(public_ip).await?.parse().ok()
+}
