@@ -246,6 +246,72 @@ fn exabgp_feed_from_the_kubernetes_nodes() {
     );
 }
 
+/// In Kubernetes mode the feed takes a net-conf.json without Network, as the daemon and
+/// doctor do: the cluster's network comes from the nodes (it used to refuse the file).
+#[test]
+fn exabgp_feed_takes_the_cluster_network_when_the_file_names_none() {
+    let mut c = Cluster::new("bgpnonet");
+    let fake = c.fake_kube();
+    for n in 1..=2 {
+        fake.put_flannel_node(
+            &format!("fn{n}"),
+            &format!("10.244.{n}.0/24"),
+            &format!("198.18.0.{n}"),
+            &format!("0a:00:00:00:00:0{n}"),
+        );
+    }
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(&conf, r#"{"Backend":{"Type":"vxlan"}}"#).unwrap();
+    let port = fake.url().rsplit(':').next().unwrap().to_string();
+    let i = c.add_node_stopped(&[]);
+    let mut feed = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[i].ns.name])
+        .arg(twill_e2e::twilld_bin())
+        .args([
+            "exabgp-feed".to_string(),
+            "--kube-subnet-mgr".into(),
+            format!("--kube-api-url=http://{ETCD_IP}:{port}"),
+            format!("--net-config-path={}", conf.display()),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = feed.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while lines.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            lines.push(l);
+        }
+    }
+    // Closing stdin is ExaBGP going away: the feed ends.
+    drop(feed.stdin.take());
+    let out = feed.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "announce route 10.244.1.0/24 next-hop 198.18.0.1",
+            "announce route 10.244.2.0/24 next-hop 198.18.0.2"
+        ],
+        "{err}"
+    );
+    assert!(err.contains("has no Network"), "{err}");
+}
+
 /// A client host on its own network behind the router (198.19.0.2, outside the pod
 /// network and the underlay), routed through it.
 fn client_behind(rns: &str, tag: &str) -> twill_testutil::Netns {

@@ -591,6 +591,49 @@ fn bgp_peers_from_node_annotations() {
     assert!(text.contains("neighbor 198.18.0.9 as 65001;"), "{text}");
     assert!(text.contains("route 10.244.1.0/24 blackhole;"), "{text}");
 
+    // doctor takes the node's BGP settings as twilld does: from its annotations. No BIRD
+    // runs here, so the check fails naming BIRD's socket (it used to pass, saying BGP was
+    // not configured at all).
+    let mut doctor = vec!["doctor".to_string(), "--output=json".into()];
+    doctor.extend(args[..3].to_vec());
+    doctor.extend(
+        [
+            "--bgp-config-file",
+            "--bgp-control-socket",
+            "--bgp-include-dir",
+        ]
+        .iter()
+        .zip(["bird.conf", "bird.ctl", "bird.d"])
+        .map(|(flag, f)| format!("{flag}={}", c.nodes[0].dir.join(f).display())),
+    );
+    doctor.push(format!(
+        "--subnet-file={}",
+        c.nodes[0].subnet_env().display()
+    ));
+    let (_, out) = twilld_as(&c, 0, "kb1", &doctor);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let bgp = check(&v, "bgp");
+    assert_eq!(bgp["status"], "fail", "{bgp}");
+    assert!(
+        bgp["detail"]
+            .as_str()
+            .unwrap()
+            .contains("BIRD not reachable"),
+        "{bgp}"
+    );
+    // A bad annotation is named by doctor as twilld names it.
+    let (_, out) = twilld_as(&c, 1, "kb2", &doctor);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let bgp = check(&v, "bgp");
+    assert_eq!(bgp["status"], "fail", "{bgp}");
+    assert!(
+        bgp["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node annotation twill.io/bgp-peers"),
+        "{bgp}"
+    );
+
     let code = c.nodes[1].wait_exit(20);
     assert_ne!(code, 0);
     let log = c.nodes[1].log();

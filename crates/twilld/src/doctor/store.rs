@@ -83,6 +83,7 @@ pub(super) async fn kube_checks(
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
             return StoreView {
                 conf,
+                bgp: Some(node.bgp.clone()),
                 ..Default::default()
             };
         }
@@ -103,6 +104,7 @@ pub(super) async fn kube_checks(
             c.add("kubernetes", Status::Fail, e.to_string(), hint);
             return StoreView {
                 conf,
+                bgp: Some(node.bgp.clone()),
                 ..Default::default()
             };
         }
