@@ -2,7 +2,8 @@
 //! first match wins), then `--iface-regex` (matched against addresses, then names), then
 //! `--iface-can-reach` (the route to an address), each falling through to the next; with
 //! none of them, the interface holding `--public-ip`, else the default route's.
-//! Pure over a snapshot of the host's interfaces and the routes asked about.
+//! Pure over a snapshot of the host's interfaces and the routes asked about (`underlay`
+//! reads them from the kernel).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -233,31 +234,6 @@ pub struct IfaceSelection {
     pub iface_regex: Vec<String>,
     pub can_reach: Option<IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
-}
-
-/// Why no underlay could be chosen: the flags matched nothing, or the kernel could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SelectError {
-    #[error(transparent)]
-    Iface(#[from] IfaceError),
-    #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
-}
-
-/// The underlay as the daemon, doctor and cleanup all choose it, read from the kernel now.
-pub async fn select_underlay(
-    nl: &crate::netlink::Netlink,
-    sel: &IfaceSelection,
-) -> Result<ExtIface, SelectError> {
-    let ifaces = nl.interfaces().await?;
-    let routes = Routes {
-        default: nl.default_route_index().await?,
-        can_reach: match sel.can_reach {
-            Some(target) => nl.route_to(target).await?,
-            None => None,
-        },
-    };
-    Ok(choose_interface(&ifaces, sel, routes)?)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod iface;
 pub mod netlink;
 pub mod nexthop;
 pub mod reconcile;
+pub mod underlay;
 
 pub use blackhole::{Blackhole, BlackholePlan, BLACKHOLE_METRIC};
 pub use change::ChangeFlag;
@@ -27,10 +28,7 @@ pub use firewall::{
     Firewall, FirewallError, Iptables, Nftables, RuleFlags, RuleIntent, RuleOptions, RuleSet,
     RulesReport, VxlanFlows, NFT_TABLE, NFT_TABLE6,
 };
-pub use iface::{
-    choose_interface, select_underlay, ExtIface, IfaceError, IfaceSelection, InterfaceInfo, Routes,
-    SelectError,
-};
+pub use iface::{choose_interface, ExtIface, IfaceError, IfaceSelection, InterfaceInfo, Routes};
 pub use netlink::{
     watch_device, ApplyReport, DeviceMonitor, DeviceState, EntryError, Netlink, NetlinkError,
     NodePrefixes, UnderlayRoutes, VxlanSpec,
@@ -39,3 +37,4 @@ pub use reconcile::{
     plan_peers, Dataplane, DataplaneConfig, DataplaneError, PeerPlan, ReconcileReport, Underlay,
 };
 pub use twill_store::{Mac, PeerEntry};
+pub use underlay::{select_underlay, SelectError};

@@ -8,7 +8,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::mac::Mac;
-use crate::validate::Rejection;
+use crate::rejection::Rejection;
 
 /// What one vxlan peer needs on our side: `ip neigh <vtep_ip> lladdr <mac>`, `bridge fdb
 /// <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.

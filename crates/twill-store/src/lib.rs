@@ -9,6 +9,7 @@ mod lease;
 mod mac;
 mod manager;
 mod peers;
+mod rejection;
 mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
@@ -21,4 +22,5 @@ pub use manager::{
     AcquireRequest, BoxError, Expiry, HeldLease, RenewOutcome, StoreError, SubnetManager,
 };
 pub use peers::{Applied, Lease, PeerEvent, PeerTable, WatchEvent};
-pub use validate::{LeasePolicy, Rejection, Verdict};
+pub use rejection::Rejection;
+pub use validate::{LeasePolicy, Verdict};

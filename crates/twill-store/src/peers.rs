@@ -9,7 +9,8 @@ use ipnetwork::IpNetwork;
 use crate::entry::PeerEntry;
 use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
 use crate::mac::Mac;
-use crate::validate::{claims, LeasePolicy, Rejection, Verdict};
+use crate::rejection::Rejection;
+use crate::validate::{claims, LeasePolicy, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -5,13 +5,13 @@
 //! pods) is refused here, before the data plane sees it. Pure: the daemon and `twilld
 //! doctor` judge the same lease the same way.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::entry::PeerEntry;
 use crate::lease::{LeaseAttrs, LeaseKey};
+use crate::rejection::Rejection;
 
 /// What this node accepts from its peers: the configured pod network and subnet size,
 /// its backend, and what it must never route into the tunnel.
@@ -31,129 +31,6 @@ pub struct LeasePolicy {
     /// the routes of its underlay. A peer subnet overlapping one would pull that traffic
     /// (the store's own address among it) into the tunnel.
     pub protected: Vec<IpNetwork>,
-}
-
-/// Why a lease is refused. `reason()` is the metric label; `Display` the log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
-    /// The value is not flannel's lease JSON.
-    Malformed,
-    NoIpv4Subnet,
-    OutsideNetwork {
-        subnet: IpNetwork,
-        network: IpNetwork,
-    },
-    SubnetLength {
-        subnet: IpNetwork,
-        want: u8,
-    },
-    /// The subnet overlaps an address or route of this node's underlay.
-    Underlay {
-        subnet: IpNetwork,
-        prefix: IpNetwork,
-    },
-    /// The subnet overlaps the one this node holds.
-    OwnSubnet {
-        subnet: IpNetwork,
-    },
-    /// PublicIP (or PublicIPv6) is not an address a node can have.
-    PublicIp {
-        ip: IpAddr,
-    },
-    /// PublicIP is one of this node's addresses.
-    PublicIpOurs {
-        ip: IpAddr,
-    },
-    BackendType {
-        got: String,
-        want: String,
-    },
-    BackendData {
-        why: String,
-    },
-    Vni {
-        got: u32,
-        want: u32,
-    },
-    VtepMac {
-        mac: String,
-    },
-    /// Another lease claims the same subnet: neither is trusted, on every node alike.
-    Overlap {
-        other: LeaseKey,
-    },
-}
-
-impl Rejection {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Rejection::Malformed => "malformed",
-            Rejection::NoIpv4Subnet => "no-ipv4-subnet",
-            Rejection::OutsideNetwork { .. } => "outside-network",
-            Rejection::SubnetLength { .. } => "subnet-length",
-            Rejection::Underlay { .. } => "underlay-overlap",
-            Rejection::OwnSubnet { .. } => "own-subnet",
-            Rejection::PublicIp { .. } => "public-ip",
-            Rejection::PublicIpOurs { .. } => "public-ip-ours",
-            Rejection::BackendType { .. } => "backend-type",
-            Rejection::BackendData { .. } => "backend-data",
-            Rejection::Vni { .. } => "vni",
-            Rejection::VtepMac { .. } => "vtep-mac",
-            Rejection::Overlap { .. } => "overlap",
-        }
-    }
-
-    /// Every label `reason()` can return, so a metric can show all of them at 0.
-    pub const REASONS: [&'static str; 13] = [
-        "malformed",
-        "no-ipv4-subnet",
-        "outside-network",
-        "subnet-length",
-        "underlay-overlap",
-        "own-subnet",
-        "public-ip",
-        "public-ip-ours",
-        "backend-type",
-        "backend-data",
-        "vni",
-        "vtep-mac",
-        "overlap",
-    ];
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::Malformed => f.write_str("the value is not lease JSON"),
-            Rejection::NoIpv4Subnet => f.write_str("the key has no IPv4 subnet"),
-            Rejection::OutsideNetwork { subnet, network } => {
-                write!(f, "subnet {subnet} is outside Network {network}")
-            }
-            Rejection::SubnetLength { subnet, want } => {
-                write!(f, "subnet {subnet} is not a /{want} (SubnetLen)")
-            }
-            Rejection::Underlay { subnet, prefix } => write!(
-                f,
-                "subnet {subnet} overlaps {prefix} of this node's underlay"
-            ),
-            Rejection::OwnSubnet { subnet } => {
-                write!(f, "subnet {subnet} overlaps this node's own lease")
-            }
-            Rejection::PublicIp { ip } => write!(f, "PublicIP {ip} is not a unicast address"),
-            Rejection::PublicIpOurs { ip } => {
-                write!(f, "PublicIP {ip} is an address of this node")
-            }
-            Rejection::BackendType { got, want } => {
-                write!(f, "BackendType {got:?} is not ours ({want:?})")
-            }
-            Rejection::BackendData { why } => write!(f, "BackendData: {why}"),
-            Rejection::Vni { got, want } => write!(f, "VNI {got} is not ours ({want})"),
-            Rejection::VtepMac { mac } => write!(f, "VtepMAC {mac:?} is not a unicast MAC"),
-            Rejection::Overlap { other } => {
-                write!(f, "lease {other} claims the same subnet; neither is used")
-            }
-        }
-    }
 }
 
 /// The outcome of the checks that need only the lease itself.

@@ -1,0 +1,27 @@
+//! The underlay as the daemon, doctor and cleanup all choose it: the kernel's interfaces
+//! and routes read now, then `iface`'s pure choice over them.
+
+use crate::iface::{choose_interface, ExtIface, IfaceError, IfaceSelection, Routes};
+use crate::netlink::{Netlink, NetlinkError};
+
+/// Why no underlay could be chosen: the flags matched nothing, or the kernel could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+/// The underlay as the daemon, doctor and cleanup all choose it, read from the kernel now.
+pub async fn select_underlay(nl: &Netlink, sel: &IfaceSelection) -> Result<ExtIface, SelectError> {
+    let ifaces = nl.interfaces().await?;
+    let routes = Routes {
+        default: nl.default_route_index().await?,
+        can_reach: match sel.can_reach {
+            Some(target) => nl.route_to(target).await?,
+            None => None,
+        },
+    };
+    Ok(choose_interface(&ifaces, sel, routes)?)
+}
