@@ -1,7 +1,23 @@
 //! Links: the VXLAN device (created, adopted or replaced to match its spec), its
 //! address, and the interface listing underlay selection reads.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
+use rtnetlink::packet_route::link::InfoKind;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{LinkUnspec, LinkVxlan};
+use tracing::{info, warn};
+use twill_store::Mac;
+
+use crate::errno::{errno, EEXIST, ENODEV};
+use crate::iface::{IfAddr, InterfaceInfo};
+
+use super::{ctx, Netlink, NetlinkError};
 
 /// What the VXLAN device must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +137,7 @@ impl Netlink {
         match s.try_next().await {
             Ok(m) => Ok(m.as_ref().map(parse_link)),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-            Err(e) => Err(NetlinkError {
+            Err(e) => Err(NetlinkError::Kernel {
                 op: format!("get link {name}"),
                 source: e,
             }),
@@ -254,7 +270,7 @@ impl Netlink {
             // it on the next pass rather than fail.
             Err(e) if errno(&e) == Some(EEXIST) => {}
             Err(e) => {
-                return Err(NetlinkError {
+                return Err(NetlinkError::Kernel {
                     op: format!("create vxlan device {}", spec.name),
                     source: e,
                 })
@@ -263,9 +279,9 @@ impl Netlink {
         let l = self
             .link_by_name(&spec.name)
             .await?
-            .ok_or_else(|| NetlinkError {
+            .ok_or_else(|| NetlinkError::Unexpected {
                 op: format!("find {} after creating it", spec.name),
-                source: rtnetlink::Error::RequestFailed,
+                why: "the kernel lists no such link",
             })?;
         info!(device = %spec.name, index = l.index, mac = %mac, "created VXLAN device");
         Ok(DeviceState {

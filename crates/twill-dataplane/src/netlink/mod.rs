@@ -2,44 +2,29 @@
 //! messages into our types, and batched writes. Requests of a batch are issued
 //! concurrently on the one socket (netlink matches replies by sequence number), so
 //! programming N peers costs about one round trip per phase, not 3·N.
+//!
+//! A module per kernel object, each with its reads and its writes: `link` (the VXLAN
+//! device, its address, the interface listing), `neigh` (neighbour entries, and the dump
+//! FDB entries share), `fdb`, `route` (peer, direct and blackhole routes, the underlay's
+//! routes), nexthop objects in `crate::nexthop`; `peers` reads and applies a batch of all
+//! of them for our peers; `monitor` watches them change.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::net::Ipv4Addr;
 
-use futures::{stream, FutureExt, StreamExt, TryStreamExt};
-use ipnetwork::{IpNetwork, Ipv4Network};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
+use futures::{stream, StreamExt};
 pub use rtnetlink::packet_route::link::InfoKind;
-use rtnetlink::packet_route::link::{
-    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
-use tracing::{info, warn};
+use rtnetlink::Handle;
 
-use crate::blackhole::{Blackhole, BLACKHOLE_METRIC};
-use crate::change::ChangeFlag;
-use crate::desired::{Actual, Ops, Via};
-use crate::errno::{errno, EEXIST, EHOSTUNREACH, ENETUNREACH, ENODEV, ENOENT, EOPNOTSUPP, ESRCH};
-use crate::iface::{IfAddr, InterfaceInfo};
+use crate::errno::{errno, ENOENT, ESRCH};
 use crate::nexthop::{self, NexthopConn};
-use twill_store::Mac;
 
-mod apply;
+mod fdb;
 mod link;
 mod monitor;
 mod neigh;
+mod peers;
 mod route;
 
-use self::{link::*, neigh::*, route::*};
 pub use link::{DeviceState, Link, VxlanSpec};
 pub use monitor::{watch_device, DeviceMonitor};
 pub use route::{NodePrefixes, UnderlayRoutes};
@@ -49,15 +34,31 @@ pub use route::{NodePrefixes, UnderlayRoutes};
 const PIPELINE_DEPTH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
-#[error("netlink {op}: {source}")]
-pub struct NetlinkError {
-    pub op: String,
-    #[source]
-    pub source: rtnetlink::Error,
+pub enum NetlinkError {
+    /// The kernel (or the socket) refused a request.
+    #[error("netlink {op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A request that could not be made, or an answer without what it must hold.
+    #[error("netlink {op}: {why}")]
+    Unexpected { op: String, why: &'static str },
+}
+
+impl NetlinkError {
+    /// The kernel's errno, when the kernel said no.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Kernel { source, .. } => errno(source),
+            NetlinkError::Unexpected { .. } => None,
+        }
+    }
 }
 
 fn ctx<T>(op: impl Into<String>, r: Result<T, rtnetlink::Error>) -> Result<T, NetlinkError> {
-    r.map_err(|source| NetlinkError {
+    r.map_err(|source| NetlinkError::Kernel {
         op: op.into(),
         source,
     })
@@ -101,7 +102,13 @@ pub enum EntryError {
     },
 }
 
-type Pending<'a> = futures::future::BoxFuture<'a, (String, Result<(), rtnetlink::Error>)>;
+/// One request of a batch in flight; its error names the entry.
+type Pending<'a> = futures::future::BoxFuture<'a, Result<(), NetlinkError>>;
+
+/// The error of the request for `op`, formatted only when there is one.
+fn failed(op: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |source| NetlinkError::Kernel { op: op(), source }
+}
 
 async fn run<'a>(
     futs: impl Iterator<Item = Pending<'a>>,
@@ -112,14 +119,12 @@ async fn run<'a>(
         .buffer_unordered(PIPELINE_DEPTH)
         .collect()
         .await;
-    for (what, r) in results {
+    for r in results {
         match r {
             Ok(()) => report.applied += 1,
             // Already gone is what a delete wanted.
-            Err(e) if deleting && matches!(errno(&e), Some(ENOENT | ESRCH)) => report.applied += 1,
-            Err(source) => report
-                .failed
-                .push(EntryError::Netlink(NetlinkError { op: what, source })),
+            Err(e) if deleting && matches!(e.errno(), Some(ENOENT | ESRCH)) => report.applied += 1,
+            Err(e) => report.failed.push(EntryError::Netlink(e)),
         }
     }
 }

@@ -2,7 +2,16 @@
 //! it is repaired in milliseconds, not at the next resync), and whether anything touched
 //! our entries since the last pass (so an idle pass can skip reading the kernel).
 
-use super::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+
+use crate::change::ChangeFlag;
+use crate::nexthop::{self};
+
+use super::link::parse_link;
 
 /// What a netlink monitor saw happen to our device: its deletion (repaired at once, where
 /// flannel #869 never replays peers) and whether anything touched its neighbour, FDB or

@@ -1,6 +1,17 @@
-//! Neighbour and FDB entries of the VXLAN device (one dump serves both).
+//! Neighbour entries of the VXLAN device: `ip neigh <vtep> lladdr <mac> permanent` per
+//! peer. The dump serves FDB entries too (AF_BRIDGE neighbours).
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::{FutureExt, TryStreamExt};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::Handle;
+use twill_store::Mac;
+
+use super::{ctx, failed, Netlink, NetlinkError, Pending};
 
 impl Netlink {
     /// Calls `f` for each neighbour (AF_INET) or FDB (AF_BRIDGE) entry on device `index`,
@@ -52,4 +63,36 @@ pub(super) fn neigh_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>
         }
     }
     (dst, mac)
+}
+
+/// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
+pub(super) fn add_neigh(h: &Handle, index: u32, ip: Ipv4Addr, mac: Mac) -> Pending<'_> {
+    async move {
+        h.neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(|| format!("neigh {ip} lladdr {mac}")))
+    }
+    .boxed()
+}
+
+/// `ip neigh del <ip> dev <index>`.
+pub(super) fn del_neigh(h: &Handle, index: u32, ip: Ipv4Addr) -> Pending<'_> {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = index;
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    async move {
+        h.neighbours()
+            .del(m)
+            .execute()
+            .await
+            .map_err(failed(|| format!("del neigh {ip}")))
+    }
+    .boxed()
 }

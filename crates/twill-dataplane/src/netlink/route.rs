@@ -1,7 +1,22 @@
 //! Routes of the main table: peer routes (plain or by nexthop id), direct routes,
 //! the blackhole, and what the underlay and this node already route.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::{FutureExt, TryStreamExt};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::blackhole::{Blackhole, BLACKHOLE_METRIC};
+use crate::desired::Via;
+use crate::errno::{errno, EEXIST, EHOSTUNREACH, ENETUNREACH, ENOENT, ESRCH};
+
+use super::{ctx, failed, run, ApplyReport, Netlink, NetlinkError, Pending};
 
 pub(super) const RT_TABLE_MAIN: u8 = 254;
 
@@ -109,7 +124,7 @@ impl Netlink {
             // ENETUNREACH, EHOSTUNREACH: no route is an answer, not a failure.
             Err(e) if matches!(errno(&e), Some(ENETUNREACH | EHOSTUNREACH)) => None,
             Err(source) => {
-                return Err(NetlinkError {
+                return Err(NetlinkError::Kernel {
                     op: format!("route get {dst}"),
                     source,
                 })
@@ -267,7 +282,7 @@ impl Netlink {
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
-            Err(e) => Err(NetlinkError {
+            Err(e) => Err(NetlinkError::Kernel {
                 op: format!("add blackhole {net}"),
                 source: e,
             }),
@@ -278,7 +293,7 @@ impl Netlink {
     pub async fn del_blackhole(&self, b: Blackhole) -> Result<(), NetlinkError> {
         let msg = match_any_origin(blackhole_msg(b));
         match self.handle.route().del(msg).execute().await {
-            Err(e) if !matches!(errno(&e), Some(ENOENT | ESRCH)) => Err(NetlinkError {
+            Err(e) if !matches!(errno(&e), Some(ENOENT | ESRCH)) => Err(NetlinkError::Kernel {
                 op: format!("delete {b}"),
                 source: e,
             }),
@@ -355,8 +370,12 @@ pub(super) fn replace_route(
     }
     let msg = b.build();
     async move {
-        let r = h.route().add(msg).replace().execute().await;
-        (format!("route {net} via {gw}"), r)
+        h.route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(|| format!("route {net} via {gw}")))
     }
     .boxed()
 }
@@ -376,15 +395,23 @@ pub(super) fn replace_peer_route(
                 .nhid(id)
                 .build();
             async move {
-                let r = h.route().add(msg).replace().execute().await;
-                (format!("route {net} nhid {id}"), r)
+                h.route()
+                    .add(msg)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(failed(|| format!("route {net} nhid {id}")))
             }
             .boxed()
         }
         (None, Some(gw)) => replace_route(h, net, gw, index, true),
-        (None, None) => {
-            async move { (format!("route {net}"), Err(rtnetlink::Error::RequestFailed)) }.boxed()
+        (None, None) => async move {
+            Err(NetlinkError::Unexpected {
+                op: format!("route {net}"),
+                why: "a peer route with neither a gateway nor a nexthop",
+            })
         }
+        .boxed(),
     }
 }
 
@@ -404,10 +431,11 @@ pub(super) fn del_route(h: &Handle, net: Ipv4Network, via: Via, index: u32) -> P
     }
     let msg = match_any_origin(b.build());
     async move {
-        (
-            format!("del route {net}"),
-            h.route().del(msg).execute().await,
-        )
+        h.route()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(failed(|| format!("del route {net}")))
     }
     .boxed()
 }

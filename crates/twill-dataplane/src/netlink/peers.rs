@@ -1,6 +1,21 @@
-//! Reading what the kernel holds for our peers, and applying a batch of changes to it.
+//! A peer's kernel entries together: reading what the kernel holds for our peers (one
+//! dump per kind), and applying a batch of changes in the order `Ops` gives. The entries
+//! themselves are written by their own modules (`neigh`, `fdb`, `route`, `nexthop`).
 
-use super::*;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use futures::{stream, FutureExt, StreamExt};
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::AddressFamily;
+
+use crate::desired::{Actual, Ops, Via};
+use crate::errno::{errno, EOPNOTSUPP};
+
+use super::fdb::{add_fdb, del_fdb};
+use super::neigh::{add_neigh, del_neigh, neigh_fields};
+use super::route::{del_route, replace_peer_route, UnderlayRoutes};
+use super::{failed, run, ApplyReport, EntryError, Netlink, NetlinkError, PIPELINE_DEPTH};
 
 impl Netlink {
     /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
@@ -39,12 +54,7 @@ impl Netlink {
             Ok(()) => {}
             // A kernel without nexthop objects (before 5.3) has none of ours either.
             Err(e) if errno(&e) == Some(EOPNOTSUPP) => {}
-            Err(source) => {
-                return Err(NetlinkError {
-                    op: "dump nexthops".into(),
-                    source,
-                })
-            }
+            Err(e) => return Err(failed(|| "dump nexthops".into())(e)),
         }
         let mut under = underlay.map(|_| UnderlayRoutes::default());
         self.each_main_route(|r| {
@@ -85,35 +95,12 @@ impl Netlink {
         let adds = ops
             .add_neighs
             .iter()
-            .map(|(ip, mac)| {
-                async move {
-                    let r = h
-                        .neighbours()
-                        .add(index, IpAddr::V4(*ip))
-                        .link_layer_address(&mac.0)
-                        .state(NeighbourState::Permanent)
-                        .replace()
-                        .execute()
-                        .await;
-                    (format!("neigh {ip} lladdr {mac}"), r)
-                }
-                .boxed()
-            })
-            .chain(ops.add_fdb.iter().map(|(mac, dst)| {
-                async move {
-                    let r = h
-                        .neighbours()
-                        .add_bridge(index, &mac.0)
-                        .destination(IpAddr::V4(*dst))
-                        .flags(NeighbourFlags::Own)
-                        .state(NeighbourState::Permanent)
-                        .replace()
-                        .execute()
-                        .await;
-                    (format!("fdb {mac} dst {dst}"), r)
-                }
-                .boxed()
-            }));
+            .map(|(ip, mac)| add_neigh(h, index, *ip, *mac))
+            .chain(
+                ops.add_fdb
+                    .iter()
+                    .map(|(mac, dst)| add_fdb(h, index, *mac, *dst)),
+            );
         run(adds, &mut report, false).await;
 
         let nh = &self.nexthops;
@@ -148,42 +135,19 @@ impl Netlink {
         let dels = ops
             .del_neighs
             .iter()
-            .map(|ip| {
-                let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Inet;
-                m.header.ifindex = index;
-                m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
-                async move {
-                    (
-                        format!("del neigh {ip}"),
-                        h.neighbours().del(m).execute().await,
-                    )
-                }
-                .boxed()
-            })
-            .chain(ops.del_fdb.iter().map(|(mac, dst)| {
-                let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Bridge;
-                m.header.ifindex = index;
-                m.header.flags = NeighbourFlags::Own;
-                m.header.state = NeighbourState::Permanent;
-                m.attributes
-                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-                m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        *dst,
-                    )));
-                async move {
-                    (
-                        format!("del fdb {mac} dst {dst}"),
-                        h.neighbours().del(m).execute().await,
-                    )
-                }
-                .boxed()
-            }))
+            .map(|ip| del_neigh(h, index, *ip))
+            .chain(
+                ops.del_fdb
+                    .iter()
+                    .map(|(mac, dst)| del_fdb(h, index, *mac, *dst)),
+            )
             .chain(ops.del_nexthops.iter().map(|id| {
-                async move { (format!("del nexthop id {id}"), nh.delete(*id).await) }.boxed()
+                async move {
+                    nh.delete(*id)
+                        .await
+                        .map_err(failed(|| format!("del nexthop id {id}")))
+                }
+                .boxed()
             }));
         run(dels, &mut report, true).await;
         report
