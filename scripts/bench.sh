@@ -20,7 +20,8 @@
 #      put -> route on the router p50/p99 (scripts/bench-bgp.sh); per node: 1 000 nodes'
 #      BIRDs -> all on an FRR router, subnet change -> route p50/p99 (bench-bgp-nodes.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
-# NETLAB=none skips section 5.
+# NETLAB=none skips section 5; BENCH_SECTIONS=core runs only 1-4 and 6 (a refactor's check;
+# TWILLD=<another build's twilld> measures that build in 2-4 and 6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -130,7 +131,10 @@ IPERF_ROUNDS=${BENCH_IPERF_ROUNDS:-5}
 ratios() { # ratios <file of "x y" lines>: "median(x/y) min-max"
   awk '{print $1 / $2}' "$1" | sort -g | awk '{r[NR]=$1} END {printf "%.2f (%.2f-%.2f)", r[int((NR+1)/2)], r[1], r[NR]}'
 }
-if [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
+CORE_ONLY=$([[ ${BENCH_SECTIONS:-all} == core ]] && echo 1 || true)
+if [[ -n $CORE_ONLY ]]; then
+  echo "== 5. skipped (BENCH_SECTIONS=core)"
+elif [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; then
   echo "== 5. data plane: iperf3 TCP ${SECS}s, $IPERF_ROUNDS rounds, sides back to back; medians (ratios: median of per-round ratios, range)"
   "$NETLAB" up >/dev/null 2>&1
   ours=$(jq -r '.ips[0].address | split("/")[0]' "/tmp/$LAB_PREFIX/n2/pod.json")
@@ -270,6 +274,7 @@ ip netns exec "$LAB_PREFIX-etcd" $BIN/twill-bench latency "$ETCD" 200 "$LAB_PREF
 
 # The etcd lab is done with; section 7 runs in a namespace of its own.
 bash scripts/lab.sh down >/dev/null 2>&1 || true
+[[ -n $CORE_ONLY ]] && exit 0
 echo "== 7. Kubernetes mode (FAKE nodes API, kubeadm-sized node objects)"
 BIN=$BIN bash scripts/bench-kube.sh | sed 's/^/  /'
 echo "== 8. repair at the kernel's word (resync 60 s: only the monitors repair in time)"
