@@ -8,9 +8,10 @@ use clap::{Args, ValueEnum};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::json;
 use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
+use twill_dataplane::netlink::Link;
 use twill_dataplane::{
-    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
-    Underlay, VxlanFlows, BLACKHOLE_METRIC,
+    desired_peers, plan_peers, Blackhole, ExtIface, Iptables, Netlink, Nftables, RouteForm,
+    RuleSet, Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
 use twill_etcd::{EtcdOptions, EtcdStore};
 use twill_kube::KubeOptions;
@@ -100,6 +101,60 @@ fn read_sysctl(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// What the checks look at, read once: the node's options, the underlay as twilld would
+/// choose it, what the store says, subnet.env and our device.
+struct Context<'a> {
+    node: &'a NodeOptions,
+    nl: Netlink,
+    /// The underlay and the public IP twilld would advertise from it.
+    underlay: Option<(ExtIface, Ipv4Addr)>,
+    store: StoreView,
+    env: Option<SubnetEnv>,
+    /// Our lease, as subnet.env names it.
+    own_key: Option<LeaseKey>,
+    device_name: String,
+    device: Option<Link>,
+}
+
+impl<'a> Context<'a> {
+    /// Reads everything, adding the checks that reading makes (underlay, store, config).
+    async fn gather(node: &'a NodeOptions, c: &mut Checks) -> anyhow::Result<Self> {
+        let nl = Netlink::connect()?;
+        let underlay = underlay(c, &nl, node).await;
+        let store = match &node.store {
+            StoreOptions::Kube(opts) => kube_checks(node, opts, c).await,
+            StoreOptions::Etcd(opts) => etcd_checks(node, opts, c).await,
+        };
+        let env = std::fs::read_to_string(&node.subnet_file)
+            .ok()
+            .and_then(|t| SubnetEnv::parse(&t, &node.subnet_file.display().to_string()).ok());
+        let own_key = env
+            .as_ref()
+            .and_then(|e| e.lease_subnet())
+            .map(|s| LeaseKey {
+                v4: Some(s),
+                v6: env.as_ref().and_then(|e| e.lease_subnet6()),
+            });
+        let vni = store.conf.as_ref().map(|c| c.backend.vni).unwrap_or(1);
+        let device_name = format!("flannel.{vni}");
+        let device = nl.link_by_name(&device_name).await.ok().flatten();
+        Ok(Context {
+            node,
+            nl,
+            underlay,
+            store,
+            env,
+            own_key,
+            device_name,
+            device,
+        })
+    }
+
+    fn conf(&self) -> Option<&NetConf> {
+        self.store.conf.as_ref()
+    }
+}
+
 pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     let mut c = Checks::default();
     privileges(&mut c);
@@ -107,6 +162,59 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     // says whether iptables or nftables is the tool that must work.
     let probe = spawn_kernel_probe(node.rules.notrack);
     let kernel_at = c.0.len();
+    sysctls(&mut c);
+    let cx = Context::gather(node, &mut c).await?;
+    let mut verdict = Checks::default();
+    kernel(
+        &mut verdict,
+        probe,
+        cx.conf().is_some_and(|c| c.enable_nftables),
+    );
+    c.0.splice(kernel_at..kernel_at, verdict.0);
+
+    subnet_env(&mut c, &cx);
+    vxlan_device(&mut c, &cx);
+    mtu_chain(
+        &mut c,
+        cx.conf(),
+        cx.underlay.as_ref().map(|(e, _)| e.mtu),
+        cx.device.as_ref().map(|d| d.mtu),
+        cx.env.as_ref(),
+        &cx.nl,
+    )
+    .await;
+    vxlan_port(&mut c, cx.conf(), cx.device.is_some());
+    if node.rules.notrack {
+        let port = cx
+            .conf()
+            .map(|c| c.backend.port)
+            .unwrap_or(twill_config::DEFAULT_VXLAN_PORT);
+        vxlan_firewall(&mut c, port);
+    }
+    peer_entries(&mut c, &cx).await;
+    if let Some(env) = &cx.env {
+        let local = cx.underlay.as_ref().map(|(e, _)| e.addr);
+        rules(
+            &mut c,
+            node.rules,
+            &node.no_masq_cidr,
+            cx.conf(),
+            env,
+            local,
+        )
+        .await;
+        blackhole(&mut c, &cx.nl, env, node.ip_blackhole_route).await;
+    }
+    repair_conflicts(&mut c, &node.subnet_file);
+    if let (Some(conf), Some(opts)) = (cx.conf(), &cx.store.bgp) {
+        bgp(&mut c, conf, opts, cx.own_key.as_ref()).await;
+    }
+    conflicts(&mut c, &cx.nl, cx.conf(), args).await;
+    other_cnis(&mut c, &cx.nl, cx.env.as_ref()).await;
+    report(&c, args.output)
+}
+
+fn sysctls(c: &mut Checks) {
     match read_sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() {
         Some("1") => c.pass("ip_forward", "net.ipv4.ip_forward = 1"),
         other => c.add("ip_forward", Status::Fail, format!("net.ipv4.ip_forward = {}", other.unwrap_or("?")),
@@ -119,9 +227,14 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         None => c.add("br_netfilter", Status::Warn, "br_netfilter not loaded",
             "modprobe br_netfilter (kube-proxy needs it for Services between pods on one node)"),
     }
+}
 
-    let nl = Netlink::connect()?;
-    let ext = match twill_dataplane::select_underlay(&nl, &node.iface).await {
+async fn underlay(
+    c: &mut Checks,
+    nl: &Netlink,
+    node: &NodeOptions,
+) -> Option<(ExtIface, Ipv4Addr)> {
+    match twill_dataplane::select_underlay(nl, &node.iface).await {
         Ok(e) => {
             let public = node.public_ip.unwrap_or(e.addr);
             c.pass(
@@ -139,135 +252,85 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
             );
             None
         }
-    };
+    }
+}
 
-    // In Kubernetes mode our lease is our node's: what it publishes as public-ip (maybe
-    // a public-ip-overwrite) is what the lease must carry, not the interface address.
-    let StoreView {
-        conf,
-        leases,
-        published_ip,
-        bgp: bgp_opts,
-    } = match &node.store {
-        StoreOptions::Kube(opts) => kube_checks(node, opts, &mut c).await,
-        StoreOptions::Etcd(opts) => etcd_checks(node, opts, &mut c).await,
-    };
-    let nftables = conf.as_ref().is_some_and(|c| c.enable_nftables);
-    let mut verdict = Checks::default();
-    kernel(&mut verdict, probe, nftables);
-    c.0.splice(kernel_at..kernel_at, verdict.0);
-    let store_name = node.store.name();
-
-    let env_text = std::fs::read_to_string(&node.subnet_file).ok();
-    let env = env_text
-        .as_deref()
-        .and_then(|t| SubnetEnv::parse(t, &node.subnet_file.display().to_string()).ok());
-    let own_key = env
-        .as_ref()
-        .and_then(|e| e.lease_subnet())
-        .map(|s| LeaseKey {
-            v4: Some(s),
-            v6: env.as_ref().and_then(|e| e.lease_subnet6()),
-        });
-    match (&env, &own_key, &leases, &ext) {
-        (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", node.subnet_file.display()),
+/// subnet.env names a lease the store holds for this node. In Kubernetes mode our lease is
+/// our node's: what it publishes as public-ip (maybe a public-ip-overwrite) is what the
+/// lease must carry, not the interface address.
+fn subnet_env(c: &mut Checks, cx: &Context<'_>) {
+    let store_name = cx.node.store.name();
+    let published = cx.store.published_ip;
+    match (&cx.env, &cx.own_key, &cx.store.leases, &cx.underlay) {
+        (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cx.node.subnet_file.display()),
             "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
         (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
-            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == published_ip.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
+            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == published.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
             Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.public_ip)),
                 "another node holds this subnet: stop twilld, remove subnet.env, start twilld"),
             None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in {store_name}"), "twilld re-acquires a lost lease; is it running?"),
         },
         (Some(_), ..) => c.add("subnet.env", Status::Warn, "present, but the lease could not be checked", format!("see the {store_name} and underlay checks")),
     }
+}
 
-    let vni = conf.as_ref().map(|c| c.backend.vni).unwrap_or(1);
-    let device_name = format!("flannel.{vni}");
-    let device = nl.link_by_name(&device_name).await.ok().flatten();
-    match &device {
+fn vxlan_device(c: &mut Checks, cx: &Context<'_>) {
+    let name = &cx.device_name;
+    match &cx.device {
         Some(d) if d.up => c.pass(
             "vxlan device",
             format!(
-                "{device_name} up, mac {}",
+                "{name} up, mac {}",
                 d.mac.map(|m| m.to_string()).unwrap_or_default()
             ),
         ),
         Some(_) => c.add(
             "vxlan device",
             Status::Fail,
-            format!("{device_name} is down"),
+            format!("{name} is down"),
             "twilld brings it up at the next resync; is it running?",
         ),
         None => c.add(
             "vxlan device",
             Status::Fail,
-            format!("{device_name} does not exist"),
+            format!("{name} does not exist"),
             "twilld creates it at start and within one resync after a deletion; is it running?",
         ),
     }
-    mtu_chain(
-        &mut c,
-        conf.as_ref(),
-        ext.as_ref().map(|(e, _)| e.mtu),
-        device.as_ref().map(|d| d.mtu),
-        env.as_ref(),
-        &nl,
+}
+
+/// Every peer's entries on our device (and direct routes where twilld keeps them: with
+/// DirectRouting).
+async fn peer_entries(c: &mut Checks, cx: &Context<'_>) {
+    let (Some(d), Some(l)) = (&cx.device, &cx.store.leases) else {
+        return;
+    };
+    let mode = match (cx.conf(), &cx.underlay) {
+        (Some(conf), Some((e, _))) if conf.backend.direct_routing => {
+            match conf.ipv4.as_ref().map(|r| r.network) {
+                Some(IpNetwork::V4(n)) => Underlay::Direct(e.index, n),
+                _ => Underlay::Skip,
+            }
+        }
+        _ => Underlay::Skip,
+    };
+    peers(
+        c,
+        &cx.nl,
+        d.index,
+        mode,
+        cx.conf(),
+        cx.own_key.as_ref(),
+        matches!(cx.node.store, StoreOptions::Kube(_)),
+        l,
+        cx.node.store.name(),
     )
     .await;
-    vxlan_port(&mut c, conf.as_ref(), device.is_some());
-    if node.rules.notrack {
-        let port = conf
-            .as_ref()
-            .map(|c| c.backend.port)
-            .unwrap_or(twill_config::DEFAULT_VXLAN_PORT);
-        vxlan_firewall(&mut c, port);
-    }
-    if let (Some(d), Some(l)) = (&device, &leases) {
-        // Direct routes are only checked where twilld keeps them: with DirectRouting.
-        let mode = match (&conf, &ext) {
-            (Some(conf), Some((e, _))) if conf.backend.direct_routing => {
-                match conf.ipv4.as_ref().map(|r| r.network) {
-                    Some(IpNetwork::V4(n)) => Underlay::Direct(e.index, n),
-                    _ => Underlay::Skip,
-                }
-            }
-            _ => Underlay::Skip,
-        };
-        peers(
-            &mut c,
-            &nl,
-            d.index,
-            mode,
-            conf.as_ref(),
-            own_key.as_ref(),
-            matches!(node.store, StoreOptions::Kube(_)),
-            l,
-            store_name,
-        )
-        .await;
-    }
-    if let Some(env) = &env {
-        let local = ext.as_ref().map(|(e, _)| e.addr);
-        rules(
-            &mut c,
-            node.rules,
-            &node.no_masq_cidr,
-            conf.as_ref(),
-            env,
-            local,
-        )
-        .await;
-        blackhole(&mut c, &nl, env, node.ip_blackhole_route).await;
-    }
-    repair_conflicts(&mut c, &node.subnet_file);
-    if let (Some(conf), Some(opts)) = (&conf, &bgp_opts) {
-        bgp(&mut c, conf, opts, own_key.as_ref()).await;
-    }
-    conflicts(&mut c, &nl, conf.as_ref(), args).await;
-    other_cnis(&mut c, &nl, env.as_ref()).await;
+}
 
+fn report(c: &Checks, output: Output) -> anyhow::Result<bool> {
     let ok = !c.0.iter().any(|x| x.status == Status::Fail);
-    match args.output {
+    match output {
         Output::Json => {
             let checks: Vec<_> = c.0.iter().map(|x| json!({"name": x.name, "status": x.status.as_str(), "detail": x.detail, "hint": x.hint})).collect();
             println!(
