@@ -8,8 +8,8 @@ mod range;
 mod subnetenv;
 
 pub use netconf::{
-    check_asn, BackendConf, BackendType, BgpConf, BgpPeer, ConfigError, NetConf, Warning,
-    DEFAULT_GRACEFUL_RESTART_TIME,
+    check_asn, enables_ipv6, fill_networks, needs_detection, BackendConf, BackendType, BgpConf,
+    BgpPeer, ConfigError, NetConf, Warning, DEFAULT_GRACEFUL_RESTART_TIME,
 };
 pub use range::{addr_from_u128, addr_to_u128, interval, SubnetRange};
 pub use subnetenv::{write_atomic, SubnetEnv, SubnetEnvError};

@@ -8,8 +8,10 @@ use serde_json::Value;
 use crate::range::{addr_from_u128, addr_to_u128, SubnetRange};
 
 mod bgp;
+mod complete;
 use crate::DEFAULT_VXLAN_PORT;
 pub use bgp::{check_asn, BgpConf, BgpPeer, DEFAULT_GRACEFUL_RESTART_TIME};
+pub use complete::{enables_ipv6, fill_networks, needs_detection};
 
 /// A rejected configuration. It always names the offending field and the value found, so
 /// an operator can fix the file without reading our source.
@@ -448,6 +450,22 @@ impl Family {
 }
 
 impl NetConf {
+    /// `Network`, typed: parsing guarantees the IPv4 range holds an IPv4 network.
+    pub fn network4(&self) -> Option<ipnetwork::Ipv4Network> {
+        match self.ipv4.as_ref()?.network {
+            IpNetwork::V4(n) => Some(n),
+            IpNetwork::V6(_) => None,
+        }
+    }
+
+    /// `IPv6Network`, typed, when IPv6 is enabled.
+    pub fn network6(&self) -> Option<ipnetwork::Ipv6Network> {
+        match self.ipv6.as_ref()?.network {
+            IpNetwork::V6(n) => Some(n),
+            IpNetwork::V4(_) => None,
+        }
+    }
+
     /// Parses and validates a net-conf.json document.
     pub fn parse(text: &str) -> Result<(NetConf, Vec<Warning>), ConfigError> {
         let doc: Value = serde_json::from_str(text).map_err(|e| {

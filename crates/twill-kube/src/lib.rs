@@ -11,8 +11,6 @@ pub use annotations::{
     network_condition_patch, network_condition_set, own_subnet, pod_cidrs, AnnotationKeys,
     NodeLeases, PodCidrError, PrefixError, CONDITION_REASON, DEFAULT_PREFIX,
 };
-pub use network::{
-    covering, enables_ipv6, fill_networks, kubeadm_pod_subnets, needs_detection, Detected,
-};
+pub use network::{covering, kubeadm_pod_subnets, Detected};
 pub use peer_node::PeerNode;
 pub use store::{KubeOptions, KubeStore, API_ACCESS, KUBEADM_CONFIG_ACCESS};

@@ -3,7 +3,6 @@
 //! the policy here, so they refuse the same leases.
 
 use anyhow::{anyhow, Context, Result};
-use ipnetwork::IpNetwork;
 use twill_config::NetConf;
 use twill_dataplane::Netlink;
 use twill_store::{LeaseKey, LeasePolicy};
@@ -39,25 +38,19 @@ pub async fn lease_policy(
 /// The part of the policy the config alone decides (nothing of a node's own): what a
 /// host that is not a node, such as the ExaBGP feed, judges leases by.
 pub fn conf_policy(conf: &NetConf, kube: Option<&LeaseKey>) -> Result<LeasePolicy> {
-    let range = conf
-        .ipv4
-        .as_ref()
-        .ok_or_else(|| anyhow!("net-conf.json: no IPv4 Network"))?;
-    let IpNetwork::V4(network) = range.network else {
-        return Err(anyhow!(
-            "net-conf.json: Network {} is not IPv4",
-            range.network
-        ));
+    let (Some(range), Some(network)) = (conf.ipv4.as_ref(), conf.network4()) else {
+        return Err(anyhow!("net-conf.json: no IPv4 Network"));
     };
     let subnet_len = kube
         .and_then(|k| k.v4)
         .map(|n| n.prefix())
         .unwrap_or(range.subnet_len);
     let v6_len = |len: u8| kube.and_then(|k| k.v6).map(|n| n.prefix()).unwrap_or(len);
-    let ipv6 = conf.ipv6.as_ref().and_then(|r| match r.network {
-        IpNetwork::V6(n) => Some((n, v6_len(r.subnet_len))),
-        IpNetwork::V4(_) => None,
-    });
+    let ipv6 = conf
+        .ipv6
+        .as_ref()
+        .zip(conf.network6())
+        .map(|(r, n)| (n, v6_len(r.subnet_len)));
     Ok(LeasePolicy {
         network,
         subnet_len,

@@ -70,7 +70,7 @@ pub fn derive(
     facts: &Facts,
 ) -> Result<Settings> {
     let bgp = twill_bgp::effective(conf, bgp)?;
-    let Some(IpNetwork::V4(network)) = conf.ipv4.as_ref().map(|r| r.network) else {
+    let Some(network) = conf.network4() else {
         bail!("net-conf.json: EnableIPv4=false: IPv6-only overlays are not supported yet");
     };
     let ext = &facts.underlay;

@@ -161,11 +161,11 @@ pub async fn open_kube(
     // A bad file fails before anything touches the store or the kernel; one that leaves
     // Network to the cluster is checked once it is filled in.
     let doc = read_config_doc(path)?;
-    let detect = twill_kube::needs_detection(&doc);
+    let detect = twill_config::needs_detection(&doc);
     if !detect {
         load_file_config(path, &[])?;
     }
-    let opts = kube_with_ipv6(opts, twill_kube::enables_ipv6(&doc));
+    let opts = kube_with_ipv6(opts, twill_config::enables_ipv6(&doc));
     let store = p
         .retry("connecting to the Kubernetes API", || async {
             match role {
@@ -265,7 +265,7 @@ pub fn load_file_config(path: &Path, detected: &[IpNetwork]) -> Result<NetConf> 
         return parse_conf(&text, &path.display().to_string());
     }
     let mut doc = read_config_doc(path)?;
-    twill_kube::fill_networks(&mut doc, detected);
+    twill_config::fill_networks(&mut doc, detected);
     let source = path.display().to_string();
     let (conf, warnings) =
         NetConf::from_value(doc).with_context(|| format!("config from {source}"))?;

@@ -166,10 +166,7 @@ pub(super) async fn conflicts(c: &mut Checks, nl: &Netlink, conf: Option<&NetCon
         flanneld: crate::procs::in_this_netns("flanneld"),
         conflists,
         our_conflist: args.conflist_name.clone(),
-        network: conf.and_then(|c| match c.ipv4.as_ref().map(|r| r.network) {
-            Some(IpNetwork::V4(n)) => Some(n),
-            _ => None,
-        }),
+        network: conf.and_then(NetConf::network4),
     };
     let found = judge(&seen);
     if found.is_empty() {

@@ -306,12 +306,10 @@ async fn peer_entries(c: &mut Checks, cx: &Context<'_>) {
         return;
     };
     let mode = match (cx.conf(), &cx.underlay) {
-        (Some(conf), Some((e, _))) if conf.backend.direct_routing => {
-            match conf.ipv4.as_ref().map(|r| r.network) {
-                Some(IpNetwork::V4(n)) => Underlay::Direct(e.index, n),
-                _ => Underlay::Skip,
-            }
-        }
+        (Some(conf), Some((e, _))) if conf.backend.direct_routing => match conf.network4() {
+            Some(n) => Underlay::Direct(e.index, n),
+            None => Underlay::Skip,
+        },
         _ => Underlay::Skip,
     };
     peers(

@@ -73,7 +73,7 @@ pub(super) async fn kube_checks(
         .as_deref()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    let ipv6 = doc.as_ref().is_some_and(twill_kube::enables_ipv6);
+    let ipv6 = doc.as_ref().is_some_and(twill_config::enables_ipv6);
     let hint =
         "check --kubeconfig-file / --kube-api-url (or the pod's service account) and NODE_NAME";
     let store = match twill_kube::KubeStore::connect(&kube_with_ipv6(opts, ipv6)).await {
@@ -89,7 +89,7 @@ pub(super) async fn kube_checks(
         }
     };
     // A file without Network takes it from the cluster, as twilld does.
-    let detected = match doc.as_ref().is_some_and(twill_kube::needs_detection) {
+    let detected = match doc.as_ref().is_some_and(twill_config::needs_detection) {
         true => store
             .detect_pod_networks()
             .await
@@ -207,7 +207,7 @@ pub(super) async fn config(
             return t;
         }
         let mut doc: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
-        twill_kube::fill_networks(&mut doc, detected);
+        twill_config::fill_networks(&mut doc, detected);
         doc.to_string()
     });
     match text.map(|t| NetConf::parse(&t)) {
