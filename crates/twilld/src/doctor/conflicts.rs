@@ -4,8 +4,10 @@
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::Value;
+use twill_config::NetConf;
+use twill_dataplane::Netlink;
 
-use super::*;
+use super::{Checks, Doctor, Status};
 
 /// What the conflicts check reads from the node.
 #[derive(Debug, Default)]

@@ -1,7 +1,20 @@
 //! Checks of what twilld programs: peer entries against the leases, the rules, the
 //! blackhole route.
 
-use super::*;
+use std::net::Ipv4Addr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use twill_config::{NetConf, SubnetEnv};
+use twill_dataplane::{
+    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
+    Underlay, VxlanFlows, BLACKHOLE_METRIC,
+};
+use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
+
+use crate::policy::lease_policy;
+
+use super::store::leases_refused;
+use super::{Checks, Status};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn peers(

@@ -1,7 +1,13 @@
 //! Checks of the host itself: privileges, kernel features, MTUs, the VXLAN port and
 //! a firewall in front of it, other CNIs' leftovers.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
+use twill_dataplane::Netlink;
+
+use super::{Checks, Status};
 
 pub(super) fn privileges(c: &mut Checks) {
     // SAFETY: geteuid has no preconditions.

@@ -1,24 +1,17 @@
 //! `twilld doctor`: read-only checks of everything twill needs and everything it made,
 //! each a pass/warn/fail line with a hint, for the operator whose pods are stuck.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::json;
-use twill_config::{NetConf, SubnetEnv, VXLAN_OVERHEAD_V4};
+use twill_config::{NetConf, SubnetEnv};
 use twill_dataplane::netlink::Link;
-use twill_dataplane::{
-    desired_peers, plan_peers, Blackhole, ExtIface, Iptables, Netlink, Nftables, RouteForm,
-    RuleSet, Underlay, VxlanFlows, BLACKHOLE_METRIC,
-};
-use twill_etcd::{EtcdOptions, EtcdStore};
-use twill_kube::KubeOptions;
-use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
+use twill_dataplane::{ExtIface, Netlink, Underlay};
+use twill_store::LeaseKey;
 
-use crate::options::{kube_with_ipv6, NodeOptions, StoreOptions};
-use crate::policy::lease_policy;
+use crate::options::{NodeOptions, StoreOptions};
 
 mod bgp;
 mod conflicts;
@@ -28,9 +21,11 @@ mod store;
 
 use bgp::bgp;
 use conflicts::conflicts;
-use dataplane::*;
-use host::*;
-use store::*;
+use dataplane::{blackhole, peers, repair_conflicts, rules};
+use host::{
+    kernel, mtu_chain, other_cnis, privileges, spawn_kernel_probe, vxlan_firewall, vxlan_port,
+};
+use store::{etcd_checks, kube_checks, StoreView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -355,7 +350,7 @@ fn report(c: &Checks, output: Output) -> anyhow::Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::host::state_gated_accepts;
 
     #[test]
     fn finds_vxlan_accepted_only_when_new() {

@@ -1,7 +1,14 @@
 //! Checks of the store: etcd or the Kubernetes API, the network config, and the leases
 //! twilld refuses.
 
-use super::*;
+use twill_config::NetConf;
+use twill_etcd::{EtcdOptions, EtcdStore};
+use twill_kube::KubeOptions;
+use twill_store::{PeerTable, StoredLease};
+
+use crate::options::{kube_with_ipv6, NodeOptions};
+
+use super::{Checks, Status};
 
 pub(super) async fn etcd_checks(
     node: &NodeOptions,
