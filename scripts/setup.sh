@@ -4,7 +4,9 @@
 #           imports the well-known .proto files from libprotobuf-dev)
 #   node    what twilld and the plugin call at run time on a node
 #   test    the real parts the tests, the demo, the lab and the benchmarks run against
-# No group means all three. Every package is named here, installed without recommends:
+#   reference  flanneld and flannel's CNI plugin, built with Go from their modules at the
+#           versions pinned in scripts/reference-versions, into a cache outside the checkout
+# No group means build, node and test. Every package is named here, installed without recommends:
 # a package that is only recommended by another is a package a new machine may not have.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +28,14 @@ TEST=(
 
 groups=("$@")
 ((${#groups[@]})) || groups=(build node test)
-want=() need_cargo=0
+want=() need_cargo=0 reference=0
 for g in "${groups[@]}"; do
   case $g in
     build) want+=("${BUILD[@]}"); need_cargo=1 ;;
     node) want+=("${NODE[@]}") ;;
     test) want+=("${TEST[@]}" "${NODE[@]}") ;;
-    *) echo "setup: unknown group '$g' (build, node, test)" >&2; exit 2 ;;
+    reference) reference=1 ;;
+    *) echo "setup: unknown group '$g' (build, node, test, reference)" >&2; exit 2 ;;
   esac
 done
 
@@ -57,6 +60,9 @@ if ((need_cargo)); then
     echo "setup: no C compiler/linker (cc): apt-get install build-essential" >&2
     exit 1
   fi
+fi
+if ((reference)); then
+  bash scripts/reference.sh
 fi
 # The vxlan and bridge modules are needed inside the namespaces; loading them is
 # harmless where they are built in.

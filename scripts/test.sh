@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+bash scripts/setup.sh build node test reference
 
 # One prefix for every namespace this run creates, so a leak is attributable and
 # parallel runs never collide.

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use twill_e2e::{cni, Cluster};
+use twill_e2e::{cni, seen_source, Cluster};
 use twill_testutil::{wait_until, Netns};
 
 /// The second network's per-node subnets.
@@ -39,30 +39,6 @@ fn other_pod(c: &Cluster, i: usize, pod: &Netns) -> String {
         .split('/')
         .next()
         .unwrap()
-        .to_string()
-}
-
-/// Sends one ping from `from` to `to` while tcpdump on `at`'s `dev` captures ICMP echo
-/// requests to `to`: the source address the receiver saw.
-fn seen_source(from: &Netns, to: &str, at: &Netns, dev: &str) -> String {
-    let cap = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &at.name, "timeout", "5", "tcpdump", "-ni", dev, "-c", "1", "-l",
-        ])
-        .arg(format!("icmp[icmptype] == icmp-echo and dst host {to}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let _ = from.try_sh(&format!("ping -c 3 -i 0.2 -W 1 -q {to}"));
-    let out = cap.wait_with_output().unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    // "12:00:00.000000 IP 10.244.1.2 > 172.20.2.2: ICMP echo request, ..."
-    line.split_whitespace()
-        .skip_while(|w| *w != "IP")
-        .nth(1)
-        .unwrap_or("")
         .to_string()
 }
 

@@ -29,6 +29,33 @@ pub fn twilld_bin() -> PathBuf {
     p
 }
 
+/// flanneld as `scripts/setup.sh reference` builds it from its Go module, at the version
+/// `scripts/reference-versions` pins (the cache: TWILL_REFERENCE_CACHE, default
+/// /var/cache/twill/reference).
+pub fn flanneld_bin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pins = std::fs::read_to_string(root.join("scripts/reference-versions"))
+        .expect("scripts/reference-versions");
+    let version = pins
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("flanneld")).then(|| w.next()).flatten()
+        })
+        .and_then(|m| m.rsplit_once('@'))
+        .map(|(_, v)| v.to_string())
+        .expect("a flanneld line in scripts/reference-versions");
+    let cache = std::env::var("TWILL_REFERENCE_CACHE")
+        .unwrap_or_else(|_| "/var/cache/twill/reference".into());
+    let p = Path::new(&cache).join(format!("flanneld@{version}/flanneld"));
+    assert!(
+        p.exists(),
+        "{} not built: run scripts/setup.sh reference",
+        p.display()
+    );
+    p
+}
+
 /// The `twill` CNI plugin built beside twilld.
 pub fn twill_plugin_bin() -> PathBuf {
     twilld_bin().with_file_name("twill")
@@ -48,21 +75,38 @@ impl Node {
         self.dir.join("subnet.env")
     }
 
+    /// The daemon's log: twilld's, and flanneld's where the node ran it.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("twilld.log")).unwrap_or_default()
+        ["twilld.log", "flanneld.log"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.join(f)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Starts the real flanneld instead, with the flags twilld would get (flanneld's names:
+    /// twill keeps them) plus `args`.
+    pub fn start_flanneld(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin = flanneld_bin();
+        self.spawn(&bin, "flanneld.log");
     }
 
     /// Starts twilld in the node's namespace with the standard flags plus `args`.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
+        self.spawn(&twilld_bin(), "twilld.log");
+    }
+
+    fn spawn(&mut self, bin: &Path, log: &str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("twilld.log"))
+            .open(self.dir.join(log))
             .unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns.name])
-            .arg(twilld_bin())
+            .arg(bin)
             .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
             .arg(format!("--subnet-file={}", self.subnet_env().display()));
         if !chooses_underlay(&self.args) {
@@ -79,7 +123,7 @@ impl Node {
                 Ok(())
             });
         }
-        self.child = Some(cmd.spawn().expect("spawn twilld"));
+        self.child = Some(cmd.spawn().expect("spawn the daemon"));
     }
 
     /// Runs `twilld <args>` in the node's namespace to completion (a subcommand, or a
@@ -272,6 +316,11 @@ impl Cluster {
         &self.etcd_ns.name
     }
 
+    /// The etcd namespace itself.
+    pub fn etcd_host(&self) -> &Netns {
+        &self.etcd_ns
+    }
+
     pub fn put_config(&self, json: &str) {
         self.etcd.ctl(&["put", &format!("{PREFIX}/config"), json]);
     }
@@ -419,6 +468,52 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
         ul = ul.name,
         ns = ns.name
     ));
+}
+
+/// Sends pings from `from` to `to` while tcpdump on `at`'s `dev` captures ICMP echo
+/// requests to `to`: the source address the receiver saw (empty if none arrived).
+pub fn seen_source(from: &Netns, to: &str, at: &Netns, dev: &str) -> String {
+    let cap = Command::new("ip")
+        .args([
+            "netns", "exec", &at.name, "timeout", "5", "tcpdump", "-ni", dev, "-c", "1", "-l",
+        ])
+        .arg(format!("icmp[icmptype] == icmp-echo and dst host {to}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = from.try_sh(&format!("ping -c 3 -i 0.2 -W 1 -q {to}"));
+    let out = cap.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "12:00:00.000000 IP 10.244.1.2 > 172.20.2.2: ICMP echo request, ..."
+    line.split_whitespace()
+        .skip_while(|w| *w != "IP")
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Pings `to` from `from` every 20 ms for `secs` seconds while `during` runs: the percentage
+/// lost and ping's summary.
+pub fn loss_during(from: &str, to: &str, secs: u32, during: impl FnOnce()) -> (f64, String) {
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", from, "ping", "-i", "0.02", "-w"])
+        .arg(secs.to_string())
+        .args(["-q", to])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    during();
+    let out = pinger.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lost = summary
+        .split(", ")
+        .find_map(|p| p.strip_suffix("% packet loss"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(100.0);
+    (lost, summary)
 }
 
 /// The sum of metric `name`'s samples (those with `label`, if given) in a /metrics body.

@@ -1,0 +1,140 @@
+//! The real flanneld (v0.28.9, built from its Go module by `scripts/setup.sh reference`)
+//! beside twilld in one cluster, on one real etcd: each reads the other's leases and
+//! programs them, pods on every node reach each other without NAT, and a node moves from
+//! one daemon to the other in place while its pod is pinged. Pods on flanneld nodes are
+//! wired by twill's plugin (it reads flanneld's subnet.env as flannel's plugin does): the
+//! Go module proxy does not serve flannel's CNI plugin at any version.
+
+use twill_e2e::{loss_during, seen_source, Cluster, ETCD_IP, PREFIX};
+use twill_testutil::{require_root, wait_until};
+
+const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+/// A cluster whose nodes run flanneld where `flanneld[i]`, twilld elsewhere, each with
+/// --ip-masq and one pod, every pod reaching every other.
+fn mixed(tag: &str, flanneld: &[bool]) -> Cluster {
+    require_root();
+    twill_e2e::flanneld_bin();
+    let mut c = Cluster::new(tag);
+    c.put_config(CONF);
+    for &f in flanneld {
+        let i = c.add_node_stopped(&["--ip-masq"]);
+        if f {
+            c.nodes[i].start_flanneld();
+        } else {
+            c.nodes[i].start();
+        }
+    }
+    for i in 0..flanneld.len() {
+        c.add_pod(i);
+    }
+    let n = flanneld.len();
+    wait_until(30, "every node routes to every other", || {
+        c.nodes
+            .iter()
+            .all(|node| node.vxlan_subnets().len() == n - 1)
+    });
+    c.assert_full_mesh();
+    c
+}
+
+/// What flanneld wrote for its lease: flannel's JSON, as twilld reads it.
+fn lease_json(c: &Cluster, i: usize) -> serde_json::Value {
+    let key = format!("{PREFIX}/subnets/{}", c.nodes[i].lease().replace('/', "-"));
+    let v = c.etcd.ctl(&["get", "--print-value-only", &key]);
+    serde_json::from_str(v.trim()).unwrap_or_else(|e| panic!("{e}: {v:?}"))
+}
+
+/// Each pod sees the others' own addresses: nothing between two pod subnets is NATed,
+/// whichever daemon wrote the rules on either side.
+fn assert_no_nat(c: &Cluster) {
+    for a in 0..c.nodes.len() {
+        for b in 0..c.nodes.len() {
+            if a == b {
+                continue;
+            }
+            let seen = seen_source(&c.pod(a).ns, &c.pod(b).ip, &c.pod(b).ns, "eth0");
+            assert_eq!(
+                seen,
+                c.pod(a).ip,
+                "pod {} -> pod {}: the receiver saw {seen:?}",
+                a + 1,
+                b + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn two_twilld_nodes_and_one_flanneld_node_share_one_overlay() {
+    let c = mixed("fl21", &[false, false, true]);
+    let lease = lease_json(&c, 2);
+    assert_eq!(lease["BackendType"], "vxlan", "{lease}");
+    assert_eq!(
+        lease["BackendData"]["VtepMAC"].as_str().unwrap(),
+        c.nodes[2].vtep_mac(),
+        "flanneld advertises its device's MAC"
+    );
+    // twilld programmed flanneld's lease exactly as flanneld programs twilld's.
+    let mac = c.nodes[2].vtep_mac();
+    let fdb = c.nodes[0].ns.sh("bridge fdb show dev flannel.1");
+    assert!(
+        fdb.contains(&format!("{mac} dst {}", c.nodes[2].ip)),
+        "{fdb}"
+    );
+    let twilld_mac = c.nodes[0].vtep_mac();
+    let fdb = c.nodes[2].ns.sh("bridge fdb show dev flannel.1");
+    assert!(
+        fdb.contains(&format!("{twilld_mac} dst {}", c.nodes[0].ip)),
+        "flanneld's view of twilld: {fdb}"
+    );
+    assert_no_nat(&c);
+}
+
+#[test]
+fn one_twilld_node_among_two_flanneld_nodes() {
+    let c = mixed("fl12", &[true, false, true]);
+    assert_no_nat(&c);
+    // Traffic leaving the pod network is masqueraded on both kinds of node.
+    for i in [0, 1] {
+        let seen = seen_source(&c.pod(i).ns, ETCD_IP, c.etcd_host(), "eth0");
+        assert_eq!(seen, c.nodes[i].ip, "node {}: {seen:?}", i + 1);
+    }
+}
+
+/// flanneld -> twilld -> flanneld on one node, its pod pinged from another node all along:
+/// each daemon adopts the other's lease, device and MAC, so peers change nothing.
+#[test]
+fn a_node_moves_from_flanneld_to_twilld_and_back_in_place() {
+    let mut c = mixed("flmv", &[false, true, false]);
+    let subnet = c.nodes[1].lease();
+    let mac = c.nodes[1].vtep_mac();
+    let target = c.pod(1).ip.clone();
+
+    c.nodes[1].stop(libc::SIGTERM);
+    let pinger = c.pod(0).ns.name.clone();
+    let (lost, summary) = loss_during(&pinger, &target, 6, || {
+        c.nodes[1].start();
+        c.nodes[1].wait_ready();
+    });
+    eprintln!("flanneld -> twilld: {lost}% lost ({summary})");
+    assert!(lost <= 2.0, "flanneld -> twilld: {summary}");
+    assert_eq!(
+        c.nodes[1].lease(),
+        subnet,
+        "twilld adopted flanneld's lease"
+    );
+    assert_eq!(c.nodes[1].vtep_mac(), mac, "and its device's MAC");
+    c.assert_full_mesh();
+
+    c.nodes[1].stop(libc::SIGTERM);
+    let (lost, summary) = loss_during(&pinger, &target, 6, || {
+        c.nodes[1].start_flanneld();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    });
+    eprintln!("twilld -> flanneld: {lost}% lost ({summary})");
+    assert!(lost <= 2.0, "twilld -> flanneld: {summary}");
+    assert_eq!(c.nodes[1].lease(), subnet, "flanneld kept the lease");
+    assert_eq!(c.nodes[1].vtep_mac(), mac, "and the MAC");
+    c.assert_full_mesh();
+}
