@@ -225,20 +225,30 @@ pub fn node_bgp_options(
     })
 }
 
+/// etcd's network config, waited for: a missing key, or one that does not parse or check,
+/// is reported (naming the field) and read again every second until an operator fixes it,
+/// as flanneld does; the node starts once it is right. It is every node's config, so a
+/// node that exited would only crash-loop until the same fix.
 pub async fn wait_for_etcd_config(store: &EtcdStore, p: &Patience<'_>) -> Result<NetConf> {
     let key = store.config_key();
-    let mut last_log: Option<Instant> = None;
+    let mut said: Option<(String, Instant)> = None;
     loop {
         let problem = match store.get_config().await {
-            Ok(Some(text)) => return parse_conf(&text, &format!("etcd key {key}")),
+            Ok(Some(text)) => match parse_conf(&text, &format!("etcd key {key}")) {
+                Ok(conf) => return Ok(conf),
+                Err(e) => format!("{e:#}; fix it with: etcdctl put {key} '<net-conf.json>'"),
+            },
             Ok(None) => format!(
                 "network config not found: etcd key {key} is missing. Create it with: etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'"
             ),
             Err(e) => format!("reading {key} from etcd: {e}"),
         };
-        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        let repeat = said
+            .as_ref()
+            .is_some_and(|(s, at)| *s == problem && at.elapsed() < WAITING_LOG_EVERY);
+        if !repeat {
             warn!("{problem}; waiting");
-            last_log = Some(Instant::now());
+            said = Some((problem, Instant::now()));
         }
         p.sleep(Duration::from_secs(1)).await?;
     }
