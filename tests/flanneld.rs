@@ -89,6 +89,23 @@ fn two_twilld_nodes_and_one_flanneld_node_share_one_overlay() {
         "flanneld's view of twilld: {fdb}"
     );
     assert_no_nat(&c);
+
+    // A lease written by hand with keys in other cases: flanneld takes it (Go's decoder
+    // matches keys ignoring case), and so does twilld.
+    c.etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        r#"{"publicIP":"198.18.0.50","backendtype":"vxlan","backendData":{"vni":1,"vtepMAC":"0a:00:00:00:00:50"}}"#,
+    ]);
+    wait_until(10, "both daemons route the hand-written lease", || {
+        [0, 2].iter().all(|&i| {
+            c.nodes[i]
+                .vxlan_subnets()
+                .contains(&"10.244.200.0/24".to_string())
+        })
+    });
+    let fdb = c.nodes[0].ns.sh("bridge fdb show dev flannel.1");
+    assert!(fdb.contains("0a:00:00:00:00:50 dst 198.18.0.50"), "{fdb}");
 }
 
 #[test]

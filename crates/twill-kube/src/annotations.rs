@@ -119,8 +119,9 @@ impl AnnotationKeys {
 
     /// The VTEP MAC this node advertised last time, to be reused on restart.
     pub fn vtep_mac(&self, node: &Node) -> Option<String> {
-        let data: Value = serde_json::from_str(self.get(node, "backend-data")?).ok()?;
-        Some(data.get("VtepMAC")?.as_str()?.to_string())
+        let data: twill_store::VxlanBackendData =
+            serde_json::from_str(self.get(node, "backend-data")?).ok()?;
+        Some(data.vtep_mac)
     }
 
     /// The lease a node stands for, if it is a twill/flannel peer: the subnet manager

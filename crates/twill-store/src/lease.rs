@@ -42,33 +42,74 @@ impl PartialEq for RawJson {
 impl Eq for RawJson {}
 
 /// The lease value flannel stores, field for field. `BackendData` stays raw JSON so a
-/// lease written by another backend round-trips untouched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// lease written by another backend round-trips untouched. Read as flanneld reads it (Go's
+/// decoder): a key matches its field exactly or else ignoring case, so `publicIP` or
+/// `backendData` written by hand count as flanneld would count them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
     /// flannel writes `null` here rather than omitting it; so do we.
-    #[serde(rename = "PublicIPv6", default)]
+    #[serde(rename = "PublicIPv6")]
     pub public_ipv6: Option<Ipv6Addr>,
-    #[serde(
-        rename = "BackendType",
-        default,
-        skip_serializing_if = "str::is_empty",
-        deserialize_with = "backend_name_de"
-    )]
+    #[serde(rename = "BackendType", skip_serializing_if = "str::is_empty")]
     pub backend_type: Cow<'static, str>,
-    #[serde(
-        rename = "BackendData",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "BackendData", skip_serializing_if = "Option::is_none")]
     pub backend_data: Option<RawJson>,
-    #[serde(
-        rename = "BackendV6Data",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "BackendV6Data", skip_serializing_if = "Option::is_none")]
     pub backend_v6_data: Option<RawJson>,
+}
+
+/// A JSON object's members by name, looked up as Go's encoding/json matches struct fields:
+/// the exact key first, else the first key equal to it ignoring ASCII case.
+struct GoObject(Vec<(String, Box<RawValue>)>);
+
+impl GoObject {
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let members = std::collections::BTreeMap::<String, Box<RawValue>>::deserialize(d)?;
+        Ok(GoObject(members.into_iter().collect()))
+    }
+
+    fn get(&self, name: &str) -> Option<&RawValue> {
+        let exact = self.0.iter().find(|(k, _)| k == name);
+        exact
+            .or_else(|| self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.as_ref())
+            .filter(|v| v.get() != "null")
+    }
+
+    /// The member `name` parsed as `T`; `None` when absent or null.
+    fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, E> {
+        self.get(name)
+            .map(|v| serde_json::from_str(v.get()).map_err(|e| E::custom(format!("{name}: {e}"))))
+            .transpose()
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseAttrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let o = GoObject::read(d)?;
+        let raw = |name: &str| {
+            o.get(name)
+                .map(|v| RawJson(RawValue::from_string(v.get().to_string()).expect("valid JSON")))
+        };
+        Ok(LeaseAttrs {
+            public_ip: o
+                .field("PublicIP")?
+                .ok_or_else(|| D::Error::missing_field("PublicIP"))?,
+            public_ipv6: o.field("PublicIPv6")?,
+            backend_type: o
+                .field::<String, _>("BackendType")?
+                .map(|t| backend_name(&t))
+                .unwrap_or_default(),
+            backend_data: raw("BackendData"),
+            backend_v6_data: raw("BackendV6Data"),
+        })
+    }
 }
 
 /// A backend's name as leases carry it. Nearly every lease says "vxlan": sharing one static
@@ -80,18 +121,29 @@ pub fn backend_name(name: &str) -> Cow<'static, str> {
     }
 }
 
-fn backend_name_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'static, str>, D::Error> {
-    let s = <std::borrow::Cow<'de, str> as Deserialize>::deserialize(d)?;
-    Ok(backend_name(&s))
-}
-
-/// `BackendData` of a vxlan lease: what a peer needs to reach our VTEP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `BackendData` of a vxlan lease: what a peer needs to reach our VTEP. Keys match as in
+/// [`LeaseAttrs`] (`vni`, `vtepMAC` are flanneld's too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VxlanBackendData {
     #[serde(rename = "VNI")]
     pub vni: u32,
     #[serde(rename = "VtepMAC")]
     pub vtep_mac: String,
+}
+
+impl<'de> Deserialize<'de> for VxlanBackendData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let o = GoObject::read(d)?;
+        Ok(VxlanBackendData {
+            vni: o
+                .field("VNI")?
+                .ok_or_else(|| D::Error::missing_field("VNI"))?,
+            vtep_mac: o
+                .field("VtepMAC")?
+                .ok_or_else(|| D::Error::missing_field("VtepMAC"))?,
+        })
+    }
 }
 
 impl LeaseAttrs {
@@ -248,6 +300,29 @@ mod tests {
         let b: LeaseAttrs = serde_json::from_str(&a.to_json()).unwrap();
         assert_eq!(a, b);
         assert!(RawJson::parse("{not json").is_none());
+    }
+
+    #[test]
+    fn keys_match_ignoring_case_as_flanneld_reads_them() {
+        // Go's decoder (flanneld's) takes these; a lease written by hand may use them.
+        let text = r#"{"publicIP":"198.18.0.9","backendtype":"vxlan","BACKENDDATA":{"vni":1,"vtepMAC":"0a:00:00:00:00:09"}}"#;
+        let a: LeaseAttrs = serde_json::from_str(text).unwrap();
+        assert_eq!(a.public_ip.to_string(), "198.18.0.9");
+        let d = a.vxlan_data().unwrap();
+        assert_eq!((d.vni, d.vtep_mac.as_str()), (1, "0a:00:00:00:00:09"));
+        // An exact key wins over one that only matches ignoring case.
+        let both = r#"{"publicip":"198.18.0.1","PublicIP":"198.18.0.2"}"#;
+        let a: LeaseAttrs = serde_json::from_str(both).unwrap();
+        assert_eq!(a.public_ip.to_string(), "198.18.0.2");
+        // Written back in flannel's own spelling.
+        assert!(a.to_json().starts_with(r#"{"PublicIP":"198.18.0.2""#));
+        for bad in [
+            r#"{"PublicIP":"nope"}"#,
+            r#"{"BackendType":"vxlan"}"#,
+            "[1]",
+        ] {
+            assert!(serde_json::from_str::<LeaseAttrs>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
