@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${TWILL_REFERENCE_CACHE:-/var/cache/twill/reference}
+ROOT=$PWD
 
 if ! command -v go >/dev/null; then
   for d in /usr/local/go/bin /usr/lib/go/bin; do [[ -x $d/go ]] && PATH=$d:$PATH; done
@@ -17,49 +18,75 @@ if [[ $(printf '%s\n' "1.25" "$have" | sort -V | head -1) != 1.25 ]]; then
   exit 1
 fi
 
-build() { # build <name> <module@version> <built> <used>
-  local name=$1 mod=$2 built=$3 used=$4 version=${2##*@} dir tmp flags=() ldflags=()
-  dir="$CACHE/$name@$version"
-  if [[ -x $dir/$used ]]; then
-    echo "reference: $name $version (cached) $dir/$used"
-    return
-  fi
-  tmp=$(mktemp -d "$CACHE/.$name.XXXXXX")
-  # Each program's own build flags, as their build scripts give them.
-  case $name in
-    flanneld) ldflags=(-ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$version") ;;
-  esac
-  local s=$SECONDS
-  echo "reference: building $name $version from $mod"
-  # A program with a wrapper module of ours (scripts/reference/<name>: replace directives
-  # for what the proxy does not serve) is built from a copy of it; the rest as go install
-  # builds them.
-  local wrapper=scripts/reference/$name
-  if [[ -d $wrapper ]]; then
-    cp -r "$wrapper" "$tmp/src"
-    gobuild() {
-      (cd "$tmp/src" && go mod edit -require="$mod" && GOFLAGS=-mod=mod \
-        go build -o "$tmp/$built" "${flags[@]}" "${ldflags[@]}" "${mod%@*}")
-    }
+# The wrapper module a program is built in (the current directory): ours from
+# scripts/reference/<name> when there is one (replace directives for what the proxy does not
+# serve), else an empty one. Either way it requires the pinned module, and where that
+# module's go.mod points modules of its own at local directories (Kubernetes' staging
+# modules, etcd's api/client/pkg), which is why `go install mod@version` refuses it, each of
+# those is replaced by its published release: v0.X.Y for Kubernetes' v1.X.Y, the same
+# version for the others.
+wrapper() { # wrapper <name> <module@version>
+  local name=$1 mod=$2 version=${2##*@} gomod sub args=()
+  if [[ -d $ROOT/scripts/reference/$name ]]; then
+    cp -r "$ROOT/scripts/reference/$name/." .
   else
-    gobuild() { GOBIN=$tmp GOFLAGS=-mod=mod go install "${flags[@]}" "${ldflags[@]}" "$mod"; }
+    printf 'module twill.invalid/reference/%s\n\ngo 1.24\n' "$name" > go.mod
   fi
-  # cgo on: flanneld's udp backend is a cgo file on amd64.
-  if ! CGO_ENABLED=1 gobuild >"$tmp/build.log" 2>&1; then
-    tail -20 "$tmp/build.log" >&2
-    rm -rf "$tmp"
-    echo "reference: building $name $version failed" >&2
-    exit 1
+  gomod=$(go mod download -json "$mod" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
+  [[ -f $gomod ]] || { echo "reference: no go.mod for $mod" >&2; return 1; }
+  sub=$version
+  [[ ${mod%@*} == k8s.io/kubernetes ]] && sub=v0.${version#v1.}
+  args=(-require="$mod")
+  for m in $(sed -n 's/^\(replace \)\{0,1\}[[:space:]]*\([^[:space:]]*\) => \.\{1,2\}\/.*/\2/p' "$gomod"); do
+    args+=(-replace="$m=$m@$sub")
+  done
+  go mod edit "${args[@]}"
+  # Kubernetes keeps its own GODEBUG defaults in go.mod; a wrapper inherits none.
+  if grep -q '^godebug' "$gomod"; then
+    go mod edit "$(sed -n 's/^godebug \(.*\)/-godebug=\1/p' "$gomod" | head -1)"
   fi
-  mv "$tmp/$built" "$tmp/$used"
-  rm -rf "$tmp/src"
-  rm -rf "$dir"
-  mv "$tmp" "$dir"
-  echo "reference: $name $version built in $((SECONDS - s)) s: $dir/$used"
 }
 
-mkdir -p "$CACHE"
-while read -r name mod built _ used; do
+build() { # build <name> <module@version> <package[=binary],...>
+  local name=$1 mod=$2 targets=$3 version=${2##*@} dir tmp t pkg bin ldflags=()
+  dir="$CACHE/$name@$version"
+  if [[ -f $dir/.built ]]; then
+    echo "reference: $name $version (cached) $dir"
+    return
+  fi
+  mkdir -p "$CACHE"
+  tmp=$(mktemp -d "$CACHE/.$name.XXXXXX")
+  chmod 755 "$tmp"
+  local s=$SECONDS
+  echo "reference: building $name $version from $mod"
+  case $name in
+    flanneld) ldflags=(-ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$version") ;;
+    kubernetes) ldflags=(-ldflags "-X k8s.io/component-base/version.gitVersion=$version") ;;
+  esac
+  mkdir "$tmp/src"
+  if ! (cd "$tmp/src" && wrapper "$name" "$mod") >"$tmp/build.log" 2>&1; then
+    tail -20 "$tmp/build.log" >&2; rm -rf "$tmp"
+    echo "reference: preparing $name $version failed" >&2; exit 1
+  fi
+  IFS=, read -ra list <<<"$targets"
+  for t in "${list[@]}"; do
+    pkg=${t%%=*}; bin=${t#*=}
+    [[ $t == *=* ]] || bin=${pkg##*/}
+    [[ $pkg == . ]] && pkg=${mod%@*} || pkg=${mod%@*}/$pkg
+    # cgo on: flanneld's udp backend is a cgo file on amd64.
+    if ! (cd "$tmp/src" && CGO_ENABLED=1 GOFLAGS=-mod=mod go build -o "$tmp/$bin" "${ldflags[@]}" "$pkg") >>"$tmp/build.log" 2>&1; then
+      tail -20 "$tmp/build.log" >&2; rm -rf "$tmp"
+      echo "reference: building $pkg ($name $version) failed" >&2; exit 1
+    fi
+  done
+  rm -rf "$tmp/src"
+  touch "$tmp/.built"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+  echo "reference: $name $version built in $((SECONDS - s)) s: $dir"
+}
+
+while read -r name mod targets; do
   [[ -z $name || $name == \#* ]] && continue
-  build "$name" "$mod" "$built" "$used"
+  build "$name" "$mod" "$targets"
 done < scripts/reference-versions
