@@ -79,6 +79,10 @@ build() { # build <name> <module@version> <package[=binary],...>
       echo "reference: building $pkg ($name $version) failed" >&2; exit 1
     fi
   done
+  # flannel's own manifest, which the tests apply as a user would (with twill's image).
+  if [[ $name == flanneld ]]; then
+    cp "$(go env GOMODCACHE)/${mod%@*}@$version/Documentation/kube-flannel.yml" "$tmp/"
+  fi
   rm -rf "$tmp/src"
   touch "$tmp/.built"
   rm -rf "$dir"

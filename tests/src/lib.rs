@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use twill_testutil::{sh, wait_until, Etcd, FakeKube, Netns};
 
+pub mod control_plane;
 pub mod kubelet;
 pub mod routers;
 
@@ -29,10 +30,10 @@ pub fn twilld_bin() -> PathBuf {
     p
 }
 
-/// flanneld as `scripts/setup.sh reference` builds it from its Go module, at the version
-/// `scripts/reference-versions` pins (the cache: TWILL_REFERENCE_CACHE, default
-/// /var/cache/twill/reference).
-pub fn flanneld_bin() -> PathBuf {
+/// Binary `bin` of reference program `name` as `scripts/setup.sh reference` builds it from
+/// its Go module, at the version `scripts/reference-versions` pins (the cache:
+/// TWILL_REFERENCE_CACHE, default /var/cache/twill/reference).
+pub fn reference_bin(name: &str, bin: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let pins = std::fs::read_to_string(root.join("scripts/reference-versions"))
         .expect("scripts/reference-versions");
@@ -40,20 +41,25 @@ pub fn flanneld_bin() -> PathBuf {
         .lines()
         .find_map(|l| {
             let mut w = l.split_whitespace();
-            (w.next() == Some("flanneld")).then(|| w.next()).flatten()
+            (w.next() == Some(name)).then(|| w.next()).flatten()
         })
         .and_then(|m| m.rsplit_once('@'))
         .map(|(_, v)| v.to_string())
-        .expect("a flanneld line in scripts/reference-versions");
+        .unwrap_or_else(|| panic!("no {name} line in scripts/reference-versions"));
     let cache = std::env::var("TWILL_REFERENCE_CACHE")
         .unwrap_or_else(|_| "/var/cache/twill/reference".into());
-    let p = Path::new(&cache).join(format!("flanneld@{version}/flanneld"));
+    let p = Path::new(&cache).join(format!("{name}@{version}/{bin}"));
     assert!(
         p.exists(),
         "{} not built: run scripts/setup.sh reference",
         p.display()
     );
     p
+}
+
+/// The real flanneld (see [`reference_bin`]).
+pub fn flanneld_bin() -> PathBuf {
+    reference_bin("flanneld", "flanneld")
 }
 
 /// The `twill` CNI plugin built beside twilld.

@@ -1,0 +1,165 @@
+//! twilld against a real Kubernetes control plane (kube-apiserver and
+//! kube-controller-manager built from `k8s.io/kubernetes` by `scripts/setup.sh reference`):
+//! the manifests accepted by the server with strict field validation, nodes registered as
+//! a kubelet registers them with podCIDRs the controller-manager allocates, twilld on
+//! three node namespaces with a token of the manifest's service account, under twill's
+//! RBAC and under flannel's.
+
+use twill_e2e::control_plane::ControlPlane;
+use twill_e2e::Cluster;
+use twill_testutil::{require_root, wait_until};
+
+const ANN: &str = "flannel.alpha.coreos.com";
+const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn manifest(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A cluster of `n` node namespaces registered with the real API server after `manifest`
+/// was applied (server-side, strict validation), each running twilld in Kubernetes mode
+/// with a token of the manifest's service account `ns/sa`, one pod per node.
+fn cluster(
+    tag: &str,
+    n: usize,
+    manifest: &str,
+    ns: &str,
+    sa: &str,
+) -> (Cluster, ControlPlane, Vec<String>) {
+    require_root();
+    let mut c = Cluster::new(tag);
+    let cp = ControlPlane::start(&c);
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=twill-test",
+            "--validate=strict",
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    );
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(&conf, NET_CONF).unwrap();
+    let kubeconfig = c.dir.path().join("sa.kubeconfig");
+    cp.service_account_kubeconfig(ns, sa, &kubeconfig);
+    let mut cidrs = Vec::new();
+    for i in 0..n {
+        let name = format!("{tag}-node{}", i + 1);
+        let idx = c.add_node_stopped(&[
+            "--kube-subnet-mgr",
+            &format!("--kubeconfig-file={}", kubeconfig.display()),
+            &format!("--net-config-path={}", conf.display()),
+            "--ip-masq",
+        ]);
+        cp.register_node(&name, &c.nodes[idx].ip);
+        cidrs.push(cp.pod_cidr(&name));
+        c.nodes[idx].env.push(("NODE_NAME".into(), name));
+        c.nodes[idx].start();
+    }
+    for (i, cidr) in cidrs.iter().enumerate() {
+        c.add_pod(i);
+        assert_eq!(
+            &c.nodes[i].lease(),
+            cidr,
+            "subnet.env holds the node's podCIDR"
+        );
+    }
+    c.assert_full_mesh();
+    (c, cp, cidrs)
+}
+
+fn annotation(cp: &ControlPlane, node: &str, key: &str) -> String {
+    let path = format!(
+        "jsonpath={{.metadata.annotations.{}}}",
+        format!("{ANN}/{key}").replace('.', "\\.")
+    );
+    cp.kubectl(&["get", "node", node, "-o", &path])
+}
+
+#[test]
+fn three_nodes_under_twills_rbac_on_a_real_api_server() {
+    let (c, cp, cidrs) = cluster("kr", 3, &manifest("kube-twill.yml"), "kube-twill", "twill");
+    // The uninstall manifest is accepted too (a dry run: it would clean the nodes up).
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=twill-test",
+            "--validate=strict",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        Some(&manifest("uninstall-twill.yml")),
+    );
+    for i in 0..3 {
+        let name = format!("kr-node{}", i + 1);
+        assert_eq!(annotation(&cp, &name, "public-ip"), c.nodes[i].ip);
+        assert_eq!(annotation(&cp, &name, "backend-type"), "vxlan");
+        let cond = cp.kubectl(&[
+            "get",
+            "node",
+            &name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].status}",
+        ]);
+        assert_eq!(cond, "False", "NetworkUnavailable cleared on {name}");
+    }
+    // A node deleted: its routes go everywhere.
+    cp.kubectl(&["delete", "node", "kr-node3"]);
+    wait_until(20, "kr-node3's subnet gone from the other nodes", || {
+        (0..2).all(|i| !c.nodes[i].vxlan_subnets().contains(&cidrs[2]))
+    });
+}
+
+/// The API server restarted under running nodes: their watches resume on the new server
+/// and miss nothing that happens after (a node deleted, a node added).
+#[test]
+fn watches_resume_after_the_api_server_restarts() {
+    let (mut c, mut cp, cidrs) =
+        cluster("krr", 2, &manifest("kube-twill.yml"), "kube-twill", "twill");
+    cp.restart_apiserver();
+    // A node that joins after the restart is learned by the running ones...
+    let kubeconfig = c.dir.path().join("sa.kubeconfig");
+    let conf = c.dir.path().join("net-conf.json");
+    let idx = c.add_node_stopped(&[
+        "--kube-subnet-mgr",
+        &format!("--kubeconfig-file={}", kubeconfig.display()),
+        &format!("--net-config-path={}", conf.display()),
+        "--ip-masq",
+    ]);
+    cp.register_node("krr-node3", &c.nodes[idx].ip);
+    let third = cp.pod_cidr("krr-node3");
+    c.nodes[idx]
+        .env
+        .push(("NODE_NAME".into(), "krr-node3".into()));
+    c.nodes[idx].start();
+    c.add_pod(idx);
+    wait_until(20, "the new node's subnet on the others", || {
+        (0..2).all(|i| c.nodes[i].vxlan_subnets().contains(&third))
+    });
+    c.assert_full_mesh();
+    // ...and one deleted after a second restart is dropped by them.
+    cp.restart_apiserver();
+    cp.kubectl(&["delete", "node", "krr-node2"]);
+    wait_until(20, "krr-node2's subnet gone from the others", || {
+        [0, 2]
+            .iter()
+            .all(|&i| !c.nodes[i].vxlan_subnets().contains(&cidrs[1]))
+    });
+}
+
+/// flannel's own kube-flannel.yml (from the pinned flannel module) as the server takes it,
+/// and twilld running under the service account and ClusterRole it creates.
+#[test]
+fn under_flannels_own_manifest_and_rbac() {
+    let flannel =
+        std::fs::read_to_string(twill_e2e::reference_bin("flanneld", "kube-flannel.yml")).unwrap();
+    let (c, _cp, _) = cluster("krf", 2, &flannel, "kube-flannel", "flannel");
+    c.assert_full_mesh();
+}
