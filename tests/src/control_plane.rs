@@ -31,6 +31,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts both servers on `c`'s etcd and waits until the API server is healthy.
     pub fn start(c: &Cluster) -> ControlPlane {
+        Self::start_with(c, &[])
+    }
+
+    /// [`ControlPlane::start`] with more kube-apiserver flags.
+    pub fn start_with(c: &Cluster, apiserver_args: &[&str]) -> ControlPlane {
         let dir = c.dir.path().join("control-plane");
         std::fs::create_dir_all(&dir).unwrap();
         certs(&dir);
@@ -44,26 +49,25 @@ impl ControlPlane {
             dir: dir.clone(),
         };
         let d = |f: &str| dir.join(f).display().to_string();
-        cp.spawn(
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers=http://{ETCD_IP}:2379"),
-                format!("--bind-address={ETCD_IP}"),
-                format!("--advertise-address={ETCD_IP}"),
-                format!("--secure-port={API_PORT}"),
-                format!("--tls-cert-file={}", d("apiserver.crt")),
-                format!("--tls-private-key-file={}", d("apiserver.key")),
-                format!("--client-ca-file={}", d("ca.crt")),
-                "--authorization-mode=Node,RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", d("sa.pub")),
-                format!("--service-account-signing-key-file={}", d("sa.key")),
-                "--allow-privileged=true".into(),
-                // Strict field validation of server-side applies is the default.
-                "--enable-priority-and-fairness=false".into(),
-            ],
-        );
+        let mut args: Vec<String> = apiserver_args.iter().map(|a| a.to_string()).collect();
+        args.extend([
+            format!("--etcd-servers=http://{ETCD_IP}:2379"),
+            format!("--bind-address={ETCD_IP}"),
+            format!("--advertise-address={ETCD_IP}"),
+            format!("--secure-port={API_PORT}"),
+            format!("--tls-cert-file={}", d("apiserver.crt")),
+            format!("--tls-private-key-file={}", d("apiserver.key")),
+            format!("--client-ca-file={}", d("ca.crt")),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", d("sa.pub")),
+            format!("--service-account-signing-key-file={}", d("sa.key")),
+            "--allow-privileged=true".into(),
+            // Strict field validation of server-side applies is the default.
+            "--enable-priority-and-fairness=false".into(),
+        ]);
+        cp.spawn("kube-apiserver", &args);
         wait_until(60, "kube-apiserver to be ready", || {
             cp.kubectl_ok(&["get", "--raw=/readyz"])
         });
