@@ -29,6 +29,18 @@ fn cluster(
     ns: &str,
     sa: &str,
 ) -> (Cluster, ControlPlane, Vec<String>) {
+    mixed(tag, &vec![false; n], manifest, ns, sa)
+}
+
+/// [`cluster`] with the real flanneld (in Kubernetes mode too) on the nodes where
+/// `flanneld[i]`.
+fn mixed(
+    tag: &str,
+    flanneld: &[bool],
+    manifest: &str,
+    ns: &str,
+    sa: &str,
+) -> (Cluster, ControlPlane, Vec<String>) {
     require_root();
     let mut c = Cluster::new(tag);
     let cp = ControlPlane::start(&c);
@@ -48,7 +60,7 @@ fn cluster(
     let kubeconfig = c.dir.path().join("sa.kubeconfig");
     cp.service_account_kubeconfig(ns, sa, &kubeconfig);
     let mut cidrs = Vec::new();
-    for i in 0..n {
+    for (i, &runs_flanneld) in flanneld.iter().enumerate() {
         let name = format!("{tag}-node{}", i + 1);
         let idx = c.add_node_stopped(&[
             "--kube-subnet-mgr",
@@ -59,7 +71,11 @@ fn cluster(
         cp.register_node(&name, &c.nodes[idx].ip);
         cidrs.push(cp.pod_cidr(&name));
         c.nodes[idx].env.push(("NODE_NAME".into(), name));
-        c.nodes[idx].start();
+        if runs_flanneld {
+            c.nodes[idx].start_flanneld();
+        } else {
+            c.nodes[idx].start();
+        }
     }
     for (i, cidr) in cidrs.iter().enumerate() {
         c.add_pod(i);
@@ -161,5 +177,29 @@ fn under_flannels_own_manifest_and_rbac() {
     let flannel =
         std::fs::read_to_string(twill_e2e::reference_bin("flanneld", "kube-flannel.yml")).unwrap();
     let (c, _cp, _) = cluster("krf", 2, &flannel, "kube-flannel", "flannel");
+    c.assert_full_mesh();
+}
+
+/// The real flanneld in Kubernetes mode beside twilld on one real API server, both under
+/// flannel's own manifest and RBAC: each programs the other's node, pods reach each other.
+#[test]
+fn twilld_and_flanneld_nodes_on_one_real_api_server() {
+    let flannel =
+        std::fs::read_to_string(twill_e2e::reference_bin("flanneld", "kube-flannel.yml")).unwrap();
+    let (c, _cp, cidrs) = mixed(
+        "krm",
+        &[false, false, true],
+        &flannel,
+        "kube-flannel",
+        "flannel",
+    );
+    wait_until(20, "every node routes to every other", || {
+        (0..3).all(|i| c.nodes[i].vxlan_subnets().len() == 2)
+    });
+    assert!(
+        c.nodes[2].log().contains("flannel"),
+        "flanneld ran on node 3"
+    );
+    assert!(c.nodes[0].vxlan_subnets().contains(&cidrs[2]));
     c.assert_full_mesh();
 }
