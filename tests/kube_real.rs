@@ -203,3 +203,44 @@ fn twilld_and_flanneld_nodes_on_one_real_api_server() {
     assert!(c.nodes[0].vxlan_subnets().contains(&cidrs[2]));
     c.assert_full_mesh();
 }
+
+/// One twilld node among two flanneld nodes in Kubernetes mode, and a flanneld node moved
+/// to twilld and back in place while its pod is pinged from another node.
+#[test]
+fn a_flanneld_node_moves_to_twilld_and_back_on_a_real_api_server() {
+    let flannel =
+        std::fs::read_to_string(twill_e2e::reference_bin("flanneld", "kube-flannel.yml")).unwrap();
+    let (mut c, cp, cidrs) = mixed(
+        "krv",
+        &[true, false, true],
+        &flannel,
+        "kube-flannel",
+        "flannel",
+    );
+    let mac = c.nodes[2].vtep_mac();
+    let pinger = c.pod(1).ns.name.clone();
+    let target = c.pod(2).ip.clone();
+    for to_twilld in [true, false] {
+        c.nodes[2].stop(libc::SIGTERM);
+        let (lost, summary) = twill_e2e::loss_during(&pinger, &target, 6, || {
+            if to_twilld {
+                c.nodes[2].start();
+                c.nodes[2].wait_ready();
+            } else {
+                c.nodes[2].start_flanneld();
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+        });
+        let way = if to_twilld {
+            "flanneld -> twilld"
+        } else {
+            "twilld -> flanneld"
+        };
+        eprintln!("{way}: {lost}% lost");
+        assert!(lost <= 2.0, "{way}: {summary}");
+        assert_eq!(c.nodes[2].lease(), cidrs[2], "{way}: the podCIDR stays");
+        assert_eq!(c.nodes[2].vtep_mac(), mac, "{way}: the MAC stays");
+        assert_eq!(annotation(&cp, "krv-node3", "public-ip"), c.nodes[2].ip);
+        c.assert_full_mesh();
+    }
+}
