@@ -610,28 +610,21 @@ fn bgp_peers_from_node_annotations() {
         "--subnet-file={}",
         c.nodes[0].subnet_env().display()
     ));
-    let (_, out) = twilld_as(&c, 0, "kb1", &doctor);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let bgp = check(&v, "bgp");
-    assert_eq!(bgp["status"], "fail", "{bgp}");
-    assert!(
-        bgp["detail"]
-            .as_str()
-            .unwrap()
-            .contains("BIRD not reachable"),
-        "{bgp}"
-    );
+    let bgp_check = |i: usize, node: &str| {
+        let (_, out) = twilld_as(&c, i, node, &doctor);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let bgp = check(&v, "bgp").clone();
+        assert_eq!(bgp["status"], "fail", "{bgp}");
+        bgp["detail"].as_str().unwrap().to_string()
+    };
+    let detail = bgp_check(0, "kb1");
+    assert!(detail.contains("BIRD not reachable"), "{detail}");
     // A bad annotation is named by doctor as twilld names it.
-    let (_, out) = twilld_as(&c, 1, "kb2", &doctor);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let bgp = check(&v, "bgp");
-    assert_eq!(bgp["status"], "fail", "{bgp}");
+    let detail = bgp_check(1, "kb2");
     assert!(
-        bgp["detail"]
-            .as_str()
-            .unwrap()
-            .contains("node annotation twill.io/bgp-peers"),
-        "{bgp}"
+        detail.contains("node annotation twill.io/bgp-peers"),
+        "{detail}"
     );
 
     let code = c.nodes[1].wait_exit(20);

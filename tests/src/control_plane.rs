@@ -6,13 +6,12 @@
 //! `system:masters`, and the service-account signing key. kubectl (built with them) is
 //! the tests' client. Stopped when dropped.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use twill_testutil::wait_until;
 
-use crate::{reference_bin, Cluster, ETCD_IP};
+use crate::{dies_with_the_test, reference_bin, Cluster, ETCD_IP};
 
 /// The API server's port on ETCD_IP.
 pub const API_PORT: u16 = 6443;
@@ -106,13 +105,7 @@ impl ControlPlane {
             .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl before exec; the server dies with the test process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        dies_with_the_test(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
         self.procs.push((program.to_string(), args.to_vec(), child));
     }

@@ -122,13 +122,7 @@ impl Node {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl before exec; kills the daemon if the test process dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        dies_with_the_test(&mut cmd);
         self.child = Some(cmd.spawn().expect("spawn the daemon"));
     }
 
@@ -237,6 +231,18 @@ impl Node {
         let j = self.ns.sh("ip -j link show flannel.1");
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         v[0]["address"].as_str().unwrap().to_string()
+    }
+}
+
+/// Has the process `cmd` starts killed when the test process dies, so a failed or
+/// interrupted test leaves no daemon or server behind.
+pub fn dies_with_the_test(cmd: &mut Command) {
+    // SAFETY: prctl before exec only sets this process's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 

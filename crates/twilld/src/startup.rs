@@ -50,22 +50,14 @@ impl Patience<'_> {
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         let mut delay = RETRY_MIN;
-        let mut said: Option<(String, Instant)> = None;
+        let mut said = Waiting::default();
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_permanent() => return Err(e.into()),
-                // Waiting on an operator: check every second, repeat the explanation every
-                // WAITING_LOG_EVERY (and whenever it changes), not on every check.
+                // Waiting on an operator: check every second.
                 Err(StoreError::Waiting(why)) => {
-                    let why = why.to_string();
-                    let repeat = said
-                        .as_ref()
-                        .is_some_and(|(s, at)| *s == why && at.elapsed() < WAITING_LOG_EVERY);
-                    if !repeat {
-                        warn!("{what}: waiting: {why}");
-                        said = Some((why, Instant::now()));
-                    }
+                    said.say(format!("{what}: waiting: {why}"));
                     self.sleep(Duration::from_secs(1)).await?;
                     continue;
                 }
@@ -73,6 +65,24 @@ impl Patience<'_> {
             }
             self.sleep(delay).await?;
             delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// What start-up waits on, said when it changes and again every WAITING_LOG_EVERY while it
+/// stays, not on every one-second check.
+#[derive(Default)]
+struct Waiting(Option<(String, Instant)>);
+
+impl Waiting {
+    fn say(&mut self, why: String) {
+        let repeat = self
+            .0
+            .as_ref()
+            .is_some_and(|(s, at)| *s == why && at.elapsed() < WAITING_LOG_EVERY);
+        if !repeat {
+            warn!("{why}");
+            self.0 = Some((why, Instant::now()));
         }
     }
 }
@@ -231,7 +241,7 @@ pub fn node_bgp_options(
 /// node that exited would only crash-loop until the same fix.
 pub async fn wait_for_etcd_config(store: &EtcdStore, p: &Patience<'_>) -> Result<NetConf> {
     let key = store.config_key();
-    let mut said: Option<(String, Instant)> = None;
+    let mut said = Waiting::default();
     loop {
         let problem = match store.get_config().await {
             Ok(Some(text)) => match parse_conf(&text, &format!("etcd key {key}")) {
@@ -243,13 +253,7 @@ pub async fn wait_for_etcd_config(store: &EtcdStore, p: &Patience<'_>) -> Result
             ),
             Err(e) => format!("reading {key} from etcd: {e}"),
         };
-        let repeat = said
-            .as_ref()
-            .is_some_and(|(s, at)| *s == problem && at.elapsed() < WAITING_LOG_EVERY);
-        if !repeat {
-            warn!("{problem}; waiting");
-            said = Some((problem, Instant::now()));
-        }
+        said.say(format!("{problem}; waiting"));
         p.sleep(Duration::from_secs(1)).await?;
     }
 }

@@ -8,6 +8,18 @@ fn started() -> (State, Instant) {
     (State::new(t0, RESYNC), t0)
 }
 
+/// A store batch: a re-list (`snapshot`), or one that lost our own lease.
+fn batch(snapshot: bool, own_lost: bool) -> Input {
+    Input::Store { snapshot, own_lost }
+}
+
+/// A node past its first snapshot.
+fn ready() -> (State, Instant) {
+    let (mut s, t0) = started();
+    s.on(batch(true, false), t0);
+    (s, t0)
+}
+
 fn full(trigger: Trigger) -> Effect {
     Pass {
         full: true,
@@ -27,13 +39,7 @@ fn the_first_snapshot_makes_the_node_ready_and_writes_subnet_env() {
             t0
         )
         .is_empty());
-    let out = s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    let out = s.on(batch(true, false), t0);
     assert_eq!(
         out,
         [
@@ -46,10 +52,7 @@ fn the_first_snapshot_makes_the_node_ready_and_writes_subnet_env() {
     );
     assert!(s.ready());
     // A later event goes in alone; a re-list is compared in full, and subnet.env stays.
-    let ev = Input::Store {
-        snapshot: false,
-        own_lost: false,
-    };
+    let ev = batch(false, false);
     assert_eq!(
         s.on(ev, t0)[0],
         Pass {
@@ -57,47 +60,22 @@ fn the_first_snapshot_makes_the_node_ready_and_writes_subnet_env() {
             trigger: Trigger::Event
         }
     );
-    let relist = s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    let relist = s.on(batch(true, false), t0);
     assert_eq!(relist, [full(Trigger::Event), NotifyReady]);
 }
 
 #[test]
 fn events_before_the_snapshot_are_compared_in_full_and_do_not_make_ready() {
     let (mut s, t0) = started();
-    let out = s.on(
-        Input::Store {
-            snapshot: false,
-            own_lost: false,
-        },
-        t0,
-    );
+    let out = s.on(batch(false, false), t0);
     assert_eq!(out, [full(Trigger::Event), NotifyReady]);
     assert!(!s.ready());
 }
 
 #[test]
 fn a_lost_lease_is_acquired_again_before_a_full_pass() {
-    let (mut s, t0) = started();
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
-    let out = s.on(
-        Input::Store {
-            snapshot: false,
-            own_lost: true,
-        },
-        t0,
-    );
+    let (mut s, t0) = ready();
+    let out = s.on(batch(false, true), t0);
     assert_eq!(
         out,
         [
@@ -124,13 +102,7 @@ fn a_changed_subnet_is_programmed_written_and_announced() {
     let (mut s, t0) = started();
     // Before ready, only the device learns it (subnet.env comes with readiness).
     assert_eq!(s.on(Input::Reacquired { moved: true }, t0), [ProgramLease]);
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    s.on(batch(true, false), t0);
     assert_eq!(
         s.on(Input::Reacquired { moved: true }, t0),
         [ProgramLease, WriteSubnetEnv, Announce]
@@ -140,14 +112,7 @@ fn a_changed_subnet_is_programmed_written_and_announced() {
 
 #[test]
 fn a_burst_of_removals_is_one_repair_after_the_window() {
-    let (mut s, t0) = started();
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    let (mut s, t0) = ready();
     for i in 0..1000 {
         assert!(s
             .on(Input::Removed, t0 + Duration::from_micros(i))
@@ -168,14 +133,7 @@ fn a_burst_of_removals_is_one_repair_after_the_window() {
 
 #[test]
 fn a_rules_change_waits_longer_and_a_removal_widens_it_to_a_full_pass() {
-    let (mut s, t0) = started();
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    let (mut s, t0) = ready();
     s.on(Input::RulesChanged, t0);
     assert_eq!(s.repair_at(), Some(t0 + repairs::COALESCE_RULES));
     assert!(!s.listens_for_rules() && s.listens_for_removals());
@@ -198,14 +156,7 @@ fn a_rules_change_waits_longer_and_a_removal_widens_it_to_a_full_pass() {
 
 #[test]
 fn a_fight_over_one_object_backs_the_repairs_off() {
-    let (mut s, t0) = started();
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    let (mut s, t0) = ready();
     let route = || vec![("route", "10.244.7.0/24".to_string())];
     let mut now = t0;
     let mut waits = Vec::new();
@@ -236,14 +187,7 @@ fn a_fight_over_one_object_backs_the_repairs_off() {
 
 #[test]
 fn resyncs_read_the_kernel_only_when_needed() {
-    let (mut s, t0) = started();
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    let (mut s, t0) = ready();
     let t = t0 + RESYNC;
     let light = [
         Check {
@@ -312,13 +256,7 @@ fn an_applied_config_re_leases_only_when_the_lease_no_longer_serves() {
         s.on(Input::ConfigApplied { keeps_lease: true }, t0),
         [ProgramLease, RefreshPolicy, full(Trigger::Event), Announce]
     );
-    s.on(
-        Input::Store {
-            snapshot: true,
-            own_lost: false,
-        },
-        t0,
-    );
+    s.on(batch(true, false), t0);
     assert_eq!(
         s.on(Input::ConfigApplied { keeps_lease: false }, t0),
         [
