@@ -173,6 +173,11 @@ impl Node {
         unsafe { libc::kill(c.id() as i32, sig) };
     }
 
+    /// The daemon's pid (`ip netns exec` execs it, so it is the daemon's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -328,6 +333,12 @@ impl Cluster {
         &self.etcd_ns.name
     }
 
+    /// Another interface `dev` on node `i`'s namespace, on the same switch, at `ip`.
+    pub fn add_underlay(&self, i: usize, dev: &str, ip: &str) {
+        let port = format!("ul-n{}-{dev}", i + 1);
+        attach_as(&self.ul, &self.nodes[i].ns, &port, dev, ip);
+    }
+
     /// The etcd namespace itself.
     pub fn etcd_host(&self) -> &Netns {
         &self.etcd_ns
@@ -475,8 +486,13 @@ impl Drop for Cluster {
 }
 
 fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
+    attach_as(ul, ns, port, "eth0", ip);
+}
+
+/// A veth from the switch into `ns`, named `dev` there, addressed `ip`/24.
+fn attach_as(ul: &Netns, ns: &Netns, port: &str, dev: &str, ip: &str) {
     sh(&format!(
-        "ip -n {ul} link add {port} type veth peer name eth0 netns {ns} && ip -n {ul} link set {port} master br0 up && ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up",
+        "ip -n {ul} link add {port} type veth peer name {dev} netns {ns} && ip -n {ul} link set {port} master br0 up && ip -n {ns} addr add {ip}/24 dev {dev} && ip -n {ns} link set {dev} up",
         ul = ul.name,
         ns = ns.name
     ));

@@ -59,6 +59,8 @@ async fn rpc<T>(
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// What `client` was made from, to make another (`reconnect`).
+    opts: Arc<EtcdOptions>,
     prefix: String,
     /// Watch breaks and failed lists since start, for the daemon's metrics.
     errors: Arc<std::sync::atomic::AtomicU64>,
@@ -118,10 +120,20 @@ impl EtcdStore {
         let client = rpc(Client::connect(&opts.endpoints, Some(co))).await?;
         Ok(EtcdStore {
             client,
+            opts: Arc::new(opts.clone()),
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             errors: Default::default(),
             held: Default::default(),
         })
+    }
+
+    /// A new connection in place of this copy's (the node's own address changed: requests
+    /// on the old one would wait for its keep-alive to fail, ten seconds). Leases held
+    /// stay; copies made before (the watch's) keep theirs until it fails.
+    pub async fn reconnect(&mut self) -> Result<(), StoreError> {
+        let fresh = EtcdStore::connect(&self.opts).await?;
+        self.client = fresh.client;
+        Ok(())
     }
 
     /// Watch breaks and failed re-lists so far (each one is followed by a reconnect).
@@ -377,6 +389,50 @@ impl EtcdStore {
         })
     }
 
+    /// Rewrites our lease's value with `attrs` (a moved underlay), on the same etcd lease,
+    /// if the key still holds what we wrote: the same lease id and our old PublicIP, and
+    /// nothing written to it since we read it. A reservation (no TTL) is the operator's
+    /// pin for the old PublicIP: it is not ours to move (`None`).
+    pub async fn republish(
+        &self,
+        held: &HeldLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<HeldLease>, StoreError> {
+        let key = self.lease_key(&held.key);
+        let id = self.lease_id(&held.key).unwrap_or(0);
+        let mut c = self.client.clone();
+        let resp = rpc(c.get(key.as_str(), None)).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let ours = id != 0
+            && kv.lease() == id
+            && serde_json::from_slice::<LeaseAttrs>(kv.value())
+                .is_ok_and(|a| a.public_ip == held.attrs.public_ip);
+        if !ours {
+            return Ok(None);
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        if !rpc(c.txn(txn)).await?.succeeded() {
+            return Ok(None);
+        }
+        info!(subnet = %held.key, public_ip = %attrs.public_ip, "lease republished with this node's new underlay address");
+        Ok(Some(HeldLease {
+            attrs: attrs.clone(),
+            ..held.clone()
+        }))
+    }
+
     /// Deletes the lease for `key` and revokes its etcd lease (uninstall). Returns what
     /// happened; a reservation is left alone, it is the operator's.
     pub async fn release_key(&self, key: &LeaseKey) -> Result<&'static str, StoreError> {
@@ -570,6 +626,18 @@ impl SubnetManager for EtcdStore {
 
     async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
         EtcdStore::renew(self, held).await
+    }
+
+    async fn republish(
+        &self,
+        held: &HeldLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<HeldLease>, StoreError> {
+        EtcdStore::republish(self, held, attrs).await
+    }
+
+    async fn reconnect(&mut self) -> Result<(), StoreError> {
+        EtcdStore::reconnect(self).await
     }
 
     async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {

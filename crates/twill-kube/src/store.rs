@@ -374,6 +374,23 @@ impl SubnetManager for KubeStore {
         Ok(held)
     }
 
+    /// Our lease is our node's podCIDR: new attributes are new annotations on the node.
+    async fn republish(
+        &self,
+        held: &HeldLease,
+        attrs: &twill_store::LeaseAttrs,
+    ) -> Result<Option<HeldLease>, StoreError> {
+        let node = self.node().await?;
+        if crate::annotations::lease_key(&node, self.ipv6) != held.key {
+            return Ok(None);
+        }
+        self.publish(&node, attrs).await?;
+        Ok(Some(HeldLease {
+            attrs: attrs.clone(),
+            ..held.clone()
+        }))
+    }
+
     /// Nothing expires in Kubernetes; a renewal re-asserts our annotations (someone may
     /// have edited them) and notices a podCIDR change.
     async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {

@@ -137,6 +137,21 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         req: &AcquireRequest,
     ) -> impl Future<Output = Result<HeldLease, StoreError>> + Send;
 
+    /// Publishes new attributes for the lease we hold (the node's underlay moved: another
+    /// PublicIP), keeping its subnet and, in etcd, its TTL lease; the store's compare
+    /// guards it as every write. `None` when the lease is no longer ours to change.
+    fn republish(
+        &self,
+        held: &HeldLease,
+        attrs: &LeaseAttrs,
+    ) -> impl Future<Output = Result<Option<HeldLease>, StoreError>> + Send;
+
+    /// Drops this copy's connection for a new one: the node's address changed, and
+    /// requests on a connection from the old one would hang until it times out.
+    fn reconnect(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Keeps the lease alive and checks it is still ours.
     fn renew(
         &self,

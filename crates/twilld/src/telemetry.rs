@@ -27,6 +27,9 @@ pub struct Readiness {
     pub rules: bool,
     pub reconciled: bool,
     pub subnet_env: bool,
+    /// Why no underlay matches the selection flags now (it went away under a running
+    /// node); `None` while one does.
+    pub underlay_lost: Option<String>,
 }
 
 impl Readiness {
@@ -40,11 +43,16 @@ impl Readiness {
             (self.reconciled, "peers not programmed yet"),
             (self.subnet_env, "subnet.env not written"),
         ];
-        let missing: Vec<&str> = steps
+        let mut missing: Vec<&str> = steps
             .iter()
             .filter(|(ok, _)| !ok)
             .map(|(_, w)| *w)
             .collect();
+        let lost = self
+            .underlay_lost
+            .as_ref()
+            .map(|why| format!("no underlay: {why}"));
+        missing.extend(lost.as_deref());
         (!missing.is_empty()).then(|| missing.join("; "))
     }
 }
@@ -55,6 +63,7 @@ pub struct Telemetry {
     liveness_window: Duration,
     registry: Registry,
     pub peers: Gauge,
+    pub underlay_up: Gauge,
     pub entries: Family<Labels, Gauge>,
     pub reconcile_seconds: Histogram,
     pub repairs: Family<Labels, Counter>,
@@ -106,6 +115,7 @@ impl Telemetry {
             liveness_window,
             registry: Registry::default(),
             peers: Gauge::default(),
+            underlay_up: Gauge::default(),
             entries: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             repairs: Family::default(),
@@ -132,6 +142,12 @@ impl Telemetry {
             t.bgp_prefixes_announced.clone(),
         );
         registry.register("peers", "Peers in the lease table", t.peers.clone());
+        t.underlay_up.set(1);
+        registry.register(
+            "underlay_up",
+            "1 while an interface matches the underlay selection flags, 0 while none does",
+            t.underlay_up.clone(),
+        );
         registry.register(
             "kernel_entries",
             "Kernel entries programmed for peers, by kind (route, neigh, fdb, direct_route)",
@@ -285,10 +301,16 @@ mod tests {
             rules: true,
             reconciled: true,
             subnet_env: false,
+            underlay_lost: None,
         };
         assert_eq!(r.missing().unwrap(), "subnet.env not written");
         r.subnet_env = true;
         assert!(r.missing().is_none());
+        r.underlay_lost = Some("--iface eth0: no such interface".into());
+        assert_eq!(
+            r.missing().unwrap(),
+            "no underlay: --iface eth0: no such interface"
+        );
     }
 
     #[test]

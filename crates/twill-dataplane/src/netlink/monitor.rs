@@ -29,6 +29,9 @@ pub struct DeviceMonitor {
     /// device: a route, neighbour or FDB entry, a nexthop, its address; the daemon
     /// repairs at once. Additions only raise `entries`: our own writes are additions.
     removed: Arc<ChangeFlag>,
+    /// Raised when another link appears, goes or changes, or an address is added to or
+    /// removed from one: the underlay the node chose may have moved.
+    underlay_changed: Arc<ChangeFlag>,
 }
 
 impl DeviceMonitor {
@@ -49,6 +52,11 @@ impl DeviceMonitor {
     pub fn removed_flag(&self) -> Arc<ChangeFlag> {
         self.removed.clone()
     }
+
+    /// Raised when the host's links or addresses changed (see the field).
+    pub fn underlay_flag(&self) -> Arc<ChangeFlag> {
+        self.underlay_changed.clone()
+    }
 }
 
 /// Starts a monitor on the link, neighbour, IPv4 route and nexthop groups for the device
@@ -57,14 +65,20 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
     use rtnetlink::packet_core::NetlinkPayload;
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
     use rtnetlink::MulticastGroup as G;
-    let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[G::Link, G::Neigh, G::Ipv4Route, G::Ipv4Ifaddr])?;
+    let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        G::Link,
+        G::Neigh,
+        G::Ipv4Route,
+        G::Ipv4Ifaddr,
+        G::Ipv6Ifaddr,
+    ])?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let index = Arc::new(AtomicU32::new(0));
     let underlay = Arc::new(AtomicU32::new(0));
     let entries = Arc::new(ChangeFlag::default());
     let removed = Arc::new(ChangeFlag::default());
+    let underlay_changed = Arc::new(ChangeFlag::default());
     // Deleting a nexthop drops its routes without a route notification.
     let mut nexthop_events = nexthop::watch()?;
     let (idx, seen, gone) = (index.clone(), entries.clone(), removed.clone());
@@ -80,11 +94,12 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         }
         seen.mark_broken();
     });
-    let (idx, ul, seen, gone) = (
+    let (idx, ul, seen, gone, moved) = (
         index.clone(),
         underlay.clone(),
         entries.clone(),
         removed.clone(),
+        underlay_changed.clone(),
     );
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
@@ -103,6 +118,15 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
                     _ => false,
                 })
             };
+            let not_ours = |i: u32| i != idx.load(Ordering::SeqCst);
+            let host_changed = match &m {
+                M::NewLink(l) | M::DelLink(l) => parse_link(l).name != name,
+                M::NewAddress(a) | M::DelAddress(a) => not_ours(a.header.index),
+                _ => false,
+            };
+            if host_changed {
+                moved.mark();
+            }
             let (touched, lost) = match &m {
                 M::NewNeighbour(n) => (ours(n.header.ifindex), false),
                 M::DelNeighbour(n) => (ours(n.header.ifindex), ours(n.header.ifindex)),
@@ -143,5 +167,6 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         underlay,
         entries,
         removed,
+        underlay_changed,
     })
 }

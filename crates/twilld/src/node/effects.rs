@@ -10,12 +10,12 @@ use twill_config::{write_atomic, SubnetEnv};
 use twill_dataplane::{DataplaneError, ReconcileReport};
 use twill_store::{Applied, RenewOutcome, SubnetManager};
 
-use super::state::{Input, ReloadRead, Renewal, Trigger};
+use super::state::{Input, ReloadRead, Renewal, Selected, Trigger};
 use super::{acquire, seconds_left, Node};
 use crate::policy::lease_policy;
 use crate::repairs;
 use crate::schedule;
-use crate::settings::{self, keeps_lease};
+use crate::settings::{self, keeps_lease, Facts};
 use crate::startup::Patience;
 use crate::telemetry::label;
 
@@ -350,5 +350,96 @@ impl<S: SubnetManager> Node<S> {
                 },
             },
         )));
+    }
+
+    /// The underlay chosen again, as at start; compared with the one the node is on.
+    pub(super) async fn select_underlay(&mut self) -> Input {
+        match twill_dataplane::select_underlay(self.dp.netlink(), &self.opts.node.iface).await {
+            Err(e) => Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
+            Ok(ext) if ext == self.facts.underlay => Input::UnderlaySelected(Selected::Same),
+            Ok(ext) => {
+                self.moved_to = Some(ext);
+                Input::UnderlaySelected(Selected::Moved)
+            }
+        }
+    }
+
+    pub(super) fn underlay_lost(&mut self, why: String) {
+        warn!(reason = %why, "no interface matches the underlay selection now; nothing is programmed until one does (watching the host's links and addresses)");
+        self.tel.underlay_up.set(0);
+        self.tel.update_ready(|r| r.underlay_lost = Some(why));
+    }
+
+    pub(super) fn underlay_back(&mut self) {
+        info!("an interface matches the underlay selection again");
+        self.tel.underlay_up.set(1);
+        self.tel.update_ready(|r| r.underlay_lost = None);
+    }
+
+    /// Moves the node to the underlay `select_underlay` found: settings derived anew (the
+    /// VXLAN source, parent and MTU; the PublicIP unless pinned), the device made on the
+    /// new parent with our MAC. The lease follows in `Republish`.
+    pub(super) async fn apply_underlay(&mut self) -> Input {
+        let Some(ext) = self.moved_to.take() else {
+            return Input::UnderlaySelected(Selected::Same);
+        };
+        let old = &self.facts.underlay;
+        info!(
+            from = %format!("{} {} (index {})", old.name, old.addr, old.index),
+            to = %format!("{} {} (index {})", ext.name, ext.addr, ext.index),
+            "the underlay moved; moving the VXLAN device and the lease with it"
+        );
+        if let Some(pinned) = self.pinned_public_ip.filter(|ip| *ip != ext.addr) {
+            info!(public_ip = %pinned, "the PublicIP stays as given (--public-ip or node-public-ip)");
+        }
+        let facts = Facts {
+            public_ip: self.pinned_public_ip.unwrap_or(ext.addr),
+            mac: self.dp.mac().or(self.facts.mac),
+            underlay: ext,
+        };
+        let new = match settings::derive(&self.req.conf, &self.opts, &self.bgp, &facts) {
+            Ok(s) => s,
+            Err(e) => return Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
+        };
+        self.dp.set_config(new.dataplane.clone());
+        let mac = match self.dp.ensure_device().await {
+            Ok(d) => d.mac,
+            Err(e) => return Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
+        };
+        self.req.attrs = new.attrs(&mac);
+        let attrs_changed = self.req.attrs != self.held.attrs;
+        self.facts = facts;
+        self.settings = new;
+        Input::UnderlayApplied { attrs_changed }
+    }
+
+    /// Publishes what the moved underlay changed in our lease (PublicIP, PublicIPv6),
+    /// keeping the subnet; retried as start-up retries a store.
+    pub(super) async fn republish(&mut self, cancel: &CancellationToken) -> Result<Input> {
+        if self.req.attrs.public_ip != self.held.attrs.public_ip {
+            if let Err(e) = self.store.reconnect().await {
+                warn!(
+                    "reconnecting to {} from the new address: {e}",
+                    self.store.kind()
+                );
+            }
+        }
+        let tel = self.tel.clone();
+        let beat = move || tel.beat();
+        let patience = Patience {
+            cancel,
+            beat: &beat,
+        };
+        let (store, held, attrs) = (&self.store, &self.held, &self.req.attrs);
+        let republished = patience
+            .retry("republishing the lease", || store.republish(held, attrs))
+            .await?;
+        let Some(held) = republished else {
+            return Ok(Input::Republished { ours: false });
+        };
+        self.held = held;
+        let a = self.table.set_own(self.held.key, self.held.attrs.clone());
+        self.note_rejections(&a);
+        Ok(Input::Republished { ours: true })
     }
 }

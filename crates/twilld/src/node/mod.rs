@@ -57,6 +57,11 @@ struct Node<S> {
     pending: Vec<PeerEvent>,
     /// A config read on SIGHUP and judged usable, until it is applied.
     next: Option<(NetConf, Settings)>,
+    /// --public-ip, or our node's node-public-ip annotation: the PublicIP whatever the
+    /// underlay; without one it follows the underlay's address.
+    pinned_public_ip: Option<std::net::Ipv4Addr>,
+    /// The underlay chosen anew, until the node moves to it.
+    moved_to: Option<twill_dataplane::ExtIface>,
 }
 
 /// Where a loop turn's effects may leave the renewal timer.
@@ -91,9 +96,15 @@ impl<S: SubnetManager> Node<S> {
         }
         let rules = self.dp.rules_flag();
         let removed = monitor.as_ref().map(|m| m.removed_flag());
+        let host = monitor.as_ref().map(|m| m.underlay_flag());
         loop {
             self.tel.beat();
             let due_at = self.state.repair_at().map(Instant::from_std);
+            let underlay_at = self.state.underlay_check_at().map(Instant::from_std);
+            // Routes on the underlay count as ours (direct routes); it may have moved.
+            if let Some(m) = &monitor {
+                m.set_underlay_index(self.dp.config().vxlan.dev_index);
+            }
             let input = tokio::select! {
                 Some(()) = self.reloads.recv() => Input::Reload(self.read_config().await),
                 // Something of ours removed: repair once the burst is over (a fight with
@@ -103,6 +114,10 @@ impl<S: SubnetManager> Node<S> {
                 () = async { match rules.as_deref() { Some(f) => f.marked().await, None => std::future::pending().await } },
                     if self.state.listens_for_rules() => Input::RulesChanged,
                 _ = tokio::time::sleep_until(due_at.unwrap_or_else(Instant::now)), if due_at.is_some() => Input::RepairDue,
+                // The host's links or addresses changed: the underlay may have moved.
+                () = async { match host.as_deref() { Some(f) => { f.marked().await; f.take(); } None => std::future::pending().await } },
+                    if underlay_at.is_none() => Input::HostChanged,
+                _ = tokio::time::sleep_until(underlay_at.unwrap_or_else(Instant::now)), if underlay_at.is_some() => Input::UnderlayDue,
                 Some(()) = async { match monitor.as_mut() { Some(m) => m.deleted.recv().await, None => None } } => {
                     warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
                     Input::DeviceDeleted
@@ -186,6 +201,11 @@ impl<S: SubnetManager> Node<S> {
             }
             Effect::ApplyConfig => return self.apply_config().await.map(Some),
             Effect::Conflicts(kinds) => self.note_conflicts(&kinds),
+            Effect::SelectUnderlay => return Ok(Some(self.select_underlay().await)),
+            Effect::UnderlayLost(why) => self.underlay_lost(why),
+            Effect::UnderlayBack => self.underlay_back(),
+            Effect::ApplyUnderlay => return Ok(Some(self.apply_underlay().await)),
+            Effect::Republish => return self.republish(cancel).await.map(Some),
         }
         Ok(None)
     }

@@ -42,6 +42,21 @@ pub enum Renewal {
     Failed,
 }
 
+/// What choosing the underlay again (the host's links or addresses changed) gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selected {
+    /// The same interface, address and MTU as now.
+    Same,
+    /// Another interface, index, address or MTU: the node moves to it.
+    Moved,
+    /// Nothing matches the selection flags now; why.
+    Lost(String),
+}
+
+/// How long the host's links and addresses may keep changing (an interface re-created,
+/// then addressed, then brought up) before the underlay is chosen again.
+pub const UNDERLAY_SETTLE: Duration = Duration::from_millis(200);
+
 /// What re-reading the config on SIGHUP gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadRead {
@@ -90,6 +105,20 @@ pub enum Input {
     ConfigApplied {
         keeps_lease: bool,
     },
+    /// The host's links or addresses changed.
+    HostChanged,
+    /// The settling wait after a host change is over.
+    UnderlayDue,
+    UnderlaySelected(Selected),
+    /// The device is on the new underlay; `attrs_changed` when the lease must say so (a
+    /// new PublicIP or PublicIPv6).
+    UnderlayApplied {
+        attrs_changed: bool,
+    },
+    /// What republishing the lease gave: `false` when it was no longer ours.
+    Republished {
+        ours: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +156,16 @@ pub enum Effect {
     ApplyConfig,
     /// Objects of these kinds were put back again within the conflict window.
     Conflicts(Vec<&'static str>),
+    /// Choose the underlay again as at start; answers `UnderlaySelected`.
+    SelectUnderlay,
+    /// No interface matches: say so (once) and stop programming until one does.
+    UnderlayLost(String),
+    /// An interface matches again after none did.
+    UnderlayBack,
+    /// Move the device to the new underlay; answers `UnderlayApplied`.
+    ApplyUnderlay,
+    /// Publish the lease's new attributes, keeping its subnet; answers `Republished`.
+    Republish,
 }
 
 #[derive(Debug)]
@@ -138,6 +177,10 @@ pub struct State {
     repairs: Repairs,
     /// The longest a repair waits (the resync interval).
     cap: Duration,
+    /// When the underlay is to be chosen again, after a host change settles.
+    underlay_check: Option<Instant>,
+    /// No interface matches the selection flags (nothing is programmed meanwhile).
+    underlay_lost: bool,
 }
 
 impl State {
@@ -148,7 +191,14 @@ impl State {
             repair: None,
             repairs: Repairs::default(),
             cap,
+            underlay_check: None,
+            underlay_lost: false,
         }
+    }
+
+    /// When the underlay is to be chosen again, for the executor's timer.
+    pub fn underlay_check_at(&self) -> Option<Instant> {
+        self.underlay_check
     }
 
     pub fn ready(&self) -> bool {
@@ -212,7 +262,7 @@ impl State {
                 let Some((_, due)) = self.repair.take() else {
                     return vec![];
                 };
-                if !self.ready {
+                if !self.ready || self.underlay_lost {
                     return vec![];
                 }
                 let repair = match due {
@@ -223,9 +273,12 @@ impl State {
                 };
                 vec![repair, NotifyReady]
             }
+            // Without an underlay there is no parent to make the device on: it comes back
+            // with the underlay.
+            Input::DeviceDeleted if self.underlay_lost => vec![],
             Input::DeviceDeleted => vec![self.pass(true, Trigger::DeviceDeleted, now)],
             Input::Resync { touched } => {
-                if !self.ready {
+                if !self.ready || self.underlay_lost {
                     return vec![];
                 }
                 if schedule::periodic_full_pass(touched, now.duration_since(self.last_full)) {
@@ -267,6 +320,63 @@ impl State {
                     vec![Conflicts(kinds)]
                 }
             }
+            Input::HostChanged => {
+                if self.underlay_check.is_none() {
+                    self.underlay_check = Some(now + UNDERLAY_SETTLE);
+                }
+                vec![]
+            }
+            Input::UnderlayDue => {
+                self.underlay_check = None;
+                vec![SelectUnderlay]
+            }
+            Input::UnderlaySelected(Selected::Same) if self.underlay_lost => {
+                self.underlay_lost = false;
+                // Whatever was skipped meanwhile is caught up by one full pass.
+                vec![
+                    UnderlayBack,
+                    self.pass(true, Trigger::Event, now),
+                    NotifyReady,
+                ]
+            }
+            Input::UnderlaySelected(Selected::Same) => vec![],
+            Input::UnderlaySelected(Selected::Lost(why)) => {
+                let first = !self.underlay_lost;
+                self.underlay_lost = true;
+                if first {
+                    vec![UnderlayLost(why)]
+                } else {
+                    vec![]
+                }
+            }
+            Input::UnderlaySelected(Selected::Moved) => {
+                let mut out = Vec::new();
+                if self.underlay_lost {
+                    self.underlay_lost = false;
+                    out.push(UnderlayBack);
+                }
+                out.push(ApplyUnderlay);
+                out
+            }
+            Input::UnderlayApplied { attrs_changed } => {
+                let mut out = Vec::new();
+                if attrs_changed {
+                    out.push(Republish);
+                }
+                out.extend([
+                    ProgramLease,
+                    RefreshPolicy,
+                    self.pass(true, Trigger::Event, now),
+                ]);
+                if self.ready {
+                    out.push(WriteSubnetEnv);
+                }
+                out.extend([Announce, NotifyReady]);
+                out
+            }
+            Input::Republished { ours: true } => vec![],
+            // Someone else holds it now: lease again, as when it is lost.
+            Input::Republished { ours: false } => vec![Reacquire],
             Input::Reload(ReloadRead::Changed) => vec![ApplyConfig],
             Input::Reload(_) => vec![],
             Input::ConfigApplied { keeps_lease } => {

@@ -1,3 +1,4 @@
+use super::Selected;
 use super::*;
 use Effect::*;
 
@@ -276,5 +277,84 @@ fn a_deleted_device_is_refilled_at_once() {
     assert_eq!(
         s.on(Input::DeviceDeleted, t0),
         [full(Trigger::DeviceDeleted)]
+    );
+}
+
+#[test]
+fn host_changes_settle_before_the_underlay_is_chosen_again() {
+    let (mut s, t0) = ready();
+    for i in 0..50 {
+        assert!(s
+            .on(Input::HostChanged, t0 + Duration::from_millis(i))
+            .is_empty());
+    }
+    // One check, timed from the first change.
+    assert_eq!(s.underlay_check_at(), Some(t0 + UNDERLAY_SETTLE));
+    assert_eq!(
+        s.on(Input::UnderlayDue, t0 + UNDERLAY_SETTLE),
+        [SelectUnderlay]
+    );
+    assert_eq!(s.underlay_check_at(), None);
+    assert!(s.on(Input::UnderlaySelected(Selected::Same), t0).is_empty());
+}
+
+#[test]
+fn a_moved_underlay_moves_the_device_then_the_lease() {
+    let (mut s, t0) = ready();
+    assert_eq!(
+        s.on(Input::UnderlaySelected(Selected::Moved), t0),
+        [ApplyUnderlay]
+    );
+    assert_eq!(
+        s.on(
+            Input::UnderlayApplied {
+                attrs_changed: true
+            },
+            t0
+        ),
+        [
+            Republish,
+            ProgramLease,
+            RefreshPolicy,
+            full(Trigger::Event),
+            WriteSubnetEnv,
+            Announce,
+            NotifyReady
+        ]
+    );
+    // Same address on a new parent: the lease says the same.
+    assert_eq!(
+        s.on(
+            Input::UnderlayApplied {
+                attrs_changed: false
+            },
+            t0
+        )[0],
+        ProgramLease
+    );
+    assert!(s.on(Input::Republished { ours: true }, t0).is_empty());
+    assert_eq!(s.on(Input::Republished { ours: false }, t0), [Reacquire]);
+}
+
+#[test]
+fn without_an_underlay_nothing_is_programmed_until_one_returns() {
+    let (mut s, t0) = ready();
+    let lost = || Input::UnderlaySelected(Selected::Lost("eth0 gone".into()));
+    assert_eq!(s.on(lost(), t0), [UnderlayLost("eth0 gone".into())]);
+    assert!(s.on(lost(), t0).is_empty(), "said once");
+    // No retry loop: resyncs, a deleted device and removals wait for the monitor's word.
+    assert!(s.on(Input::Resync { touched: None }, t0).is_empty());
+    assert!(s.on(Input::DeviceDeleted, t0).is_empty());
+    s.on(Input::Removed, t0);
+    assert!(s.on(Input::RepairDue, t0 + RESYNC).is_empty());
+    // The same interface back (re-created with its name and address).
+    assert_eq!(
+        s.on(Input::UnderlaySelected(Selected::Same), t0),
+        [UnderlayBack, full(Trigger::Event), NotifyReady]
+    );
+    s.on(lost(), t0);
+    assert_eq!(
+        s.on(Input::UnderlaySelected(Selected::Moved), t0),
+        [UnderlayBack, ApplyUnderlay]
     );
 }

@@ -1,0 +1,202 @@
+//! The underlay changes under a running node (issue: follow it instead of holding on to
+//! what was): the parent interface deleted and made again, the node's address changed,
+//! the first of two `--iface` going away. twilld chooses the underlay again as at start,
+//! moves flannel.1 (same MAC) and its lease (same subnet, new PublicIP), and the peers
+//! follow the lease. While nothing matches it says so and programs nothing.
+
+use std::time::{Duration, Instant};
+
+use twill_e2e::{Cluster, PREFIX};
+use twill_testutil::{require_root, wait_until};
+
+const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn readyz(c: &Cluster, i: usize) -> String {
+    c.nodes[i]
+        .ns
+        .sh("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8471/readyz || true")
+}
+
+/// CPU ticks twilld on node `i` has used (user + system).
+fn cpu_ticks(c: &Cluster, i: usize) -> u64 {
+    let pid = c.nodes[i].pid().expect("running");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the ")" closing the command: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+}
+
+/// What the lease of node `i` says its PublicIP is.
+fn lease_public_ip(c: &Cluster, i: usize) -> String {
+    let key = format!("{PREFIX}/subnets/{}", c.nodes[i].lease().replace('/', "-"));
+    let v = c.etcd.ctl(&["get", "--print-value-only", &key]);
+    let j: serde_json::Value = serde_json::from_str(v.trim()).unwrap_or_default();
+    j["PublicIP"].as_str().unwrap_or("").to_string()
+}
+
+fn fdb_to(c: &Cluster, on: usize, mac: &str) -> String {
+    c.nodes[on]
+        .ns
+        .sh("bridge fdb show dev flannel.1")
+        .lines()
+        .find(|l| l.starts_with(mac))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn the_parent_deleted_and_made_again() {
+    require_root();
+    let c = Cluster::with_pods("ulre", CONF, 2, &["--healthz-port=8471"]);
+    let mac = c.nodes[0].vtep_mac();
+    let subnet = c.nodes[0].lease();
+    c.nodes[0].ns.sh("ip link del eth0");
+    // flannel.1 went with its parent; no interface matches --iface eth0 now.
+    wait_until(5, "/readyz 503 while no underlay matches", || {
+        readyz(&c, 0) == "503"
+    });
+    let before = cpu_ticks(&c, 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(&c, 0) - before;
+    assert!(
+        used < 30,
+        "{used} ticks in 3 s without an underlay: a retry loop?"
+    );
+    assert!(c.nodes[0]
+        .log()
+        .contains("no interface matches the underlay selection"));
+
+    let back = Instant::now();
+    c.add_underlay(0, "eth0", &c.nodes[0].ip);
+    wait_until(5, "flannel.1 back on the new eth0", || {
+        c.nodes[0].ns.try_sh("ip link show flannel.1")
+    });
+    wait_until(5, "pods reach each other both ways", || {
+        c.pings(0, 1) && c.pings(1, 0)
+    });
+    eprintln!("parent re-created -> pods ping: {:?}", back.elapsed());
+    let link = c.nodes[0].ns.sh("ip -d link show flannel.1");
+    assert!(link.contains("dev eth0"), "{link}");
+    assert_eq!(c.nodes[0].vtep_mac(), mac, "the same MAC");
+    assert_eq!(c.nodes[0].lease(), subnet, "the same subnet");
+    wait_until(5, "/readyz 200 again", || readyz(&c, 0) == "200");
+}
+
+#[test]
+fn the_nodes_address_changes() {
+    require_root();
+    let c = Cluster::with_pods("ulad", CONF, 2, &[]);
+    let mac = c.nodes[0].vtep_mac();
+    let subnet = c.nodes[0].lease();
+    let moved = Instant::now();
+    // As a DHCP client renumbers: the old address goes, the new one comes (adding first
+    // would make it a secondary the kernel drops with the primary).
+    c.nodes[0]
+        .ns
+        .sh("ip addr del 198.18.0.1/24 dev eth0 && ip addr add 198.18.0.11/24 dev eth0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lease_public_ip(&c, 0) != "198.18.0.11" {
+        assert!(
+            Instant::now() < deadline,
+            "the lease still says {}:\n{}",
+            lease_public_ip(&c, 0),
+            c.nodes[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "address changed -> lease republished: {:?}",
+        moved.elapsed()
+    );
+    wait_until(5, "the peer's FDB entry points at it", || {
+        fdb_to(&c, 1, &mac).contains("dst 198.18.0.11")
+    });
+    wait_until(5, "pods reach each other both ways", || {
+        c.pings(0, 1) && c.pings(1, 0)
+    });
+    eprintln!("address changed -> pods ping: {:?}", moved.elapsed());
+    assert_eq!(c.nodes[0].lease(), subnet, "the same subnet");
+    assert_eq!(c.nodes[0].vtep_mac(), mac, "the same MAC");
+    let link = c.nodes[0].ns.sh("ip -d link show flannel.1");
+    assert!(link.contains("local 198.18.0.11"), "{link}");
+}
+
+#[test]
+fn the_first_of_two_ifaces_goes_away() {
+    require_root();
+    let mut c = Cluster::new("ulif");
+    c.put_config(CONF);
+    let a = c.add_node_stopped(&["--iface=eth1", "--iface=eth0"]);
+    c.add_underlay(a, "eth1", "198.18.0.21");
+    c.nodes[a].start();
+    c.add_node(&[]);
+    c.add_pod(0);
+    c.add_pod(1);
+    c.assert_full_mesh();
+    assert_eq!(
+        lease_public_ip(&c, 0),
+        "198.18.0.21",
+        "eth1 is chosen first"
+    );
+    c.nodes[0].ns.sh("ip link del eth1");
+    wait_until(5, "the lease moves to eth0's address", || {
+        lease_public_ip(&c, 0) == "198.18.0.1"
+    });
+    wait_until(5, "pods reach each other both ways", || {
+        c.pings(0, 1) && c.pings(1, 0)
+    });
+    let link = c.nodes[0].ns.sh("ip -d link show flannel.1");
+    assert!(link.contains("dev eth0"), "{link}");
+}
+
+/// Kubernetes mode: the node's public-ip annotation follows its new address, and the peer
+/// (reading the node object) moves its FDB entry.
+#[test]
+fn the_nodes_address_changes_in_kubernetes_mode() {
+    require_root();
+    let mut c = Cluster::new("ulkb");
+    let fake = c.fake_kube();
+    fake.add_node("uk1", Some("10.244.1.0/24"));
+    fake.add_node("uk2", Some("10.244.2.0/24"));
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(&conf, CONF).unwrap();
+    let port = fake.url().rsplit(':').next().unwrap().to_string();
+    for name in ["uk1", "uk2"] {
+        let i = c.add_node_stopped(&[
+            "--kube-subnet-mgr",
+            &format!("--kube-api-url=http://{}:{port}", twill_e2e::ETCD_IP),
+            &format!("--net-config-path={}", conf.display()),
+        ]);
+        c.nodes[i].env.push(("NODE_NAME".into(), name.into()));
+        c.nodes[i].start();
+    }
+    c.add_pod(0);
+    c.add_pod(1);
+    c.assert_full_mesh();
+    let mac = c.nodes[0].vtep_mac();
+    let annotation = || {
+        fake.node("uk1").unwrap()["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let moved = Instant::now();
+    c.nodes[0]
+        .ns
+        .sh("ip addr del 198.18.0.1/24 dev eth0 && ip addr add 198.18.0.11/24 dev eth0");
+    wait_until(5, "the public-ip annotation follows", || {
+        annotation() == "198.18.0.11"
+    });
+    eprintln!("address changed -> annotation: {:?}", moved.elapsed());
+    wait_until(5, "the peer's FDB entry points at it", || {
+        fdb_to(&c, 1, &mac).contains("dst 198.18.0.11")
+    });
+    wait_until(5, "pods reach each other both ways", || {
+        c.pings(0, 1) && c.pings(1, 0)
+    });
+}
