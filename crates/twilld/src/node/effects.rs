@@ -390,7 +390,13 @@ impl<S: SubnetManager> Node<S> {
             "the underlay moved; moving the VXLAN device and the lease with it"
         );
         if let Some(pinned) = self.pinned_public_ip.filter(|ip| *ip != ext.addr) {
-            info!(public_ip = %pinned, "the PublicIP stays as given (--public-ip or node-public-ip)");
+            if pinned == old.addr {
+                // It was this node's own address, and is no longer: peers will send to an
+                // address nobody here holds.
+                warn!(public_ip = %pinned, now = %ext.addr, "the PublicIP given (--public-ip or node-public-ip) was this node's address and no longer is; it stays as given: change it if the node was renumbered");
+            } else {
+                info!(public_ip = %pinned, "the PublicIP stays as given (--public-ip or node-public-ip)");
+            }
         }
         let facts = Facts {
             public_ip: self.pinned_public_ip.unwrap_or(ext.addr),
