@@ -177,7 +177,7 @@ stop_node() { # stop_node <n>: SIGTERM; the data plane stays, as on any twilld s
 
 wait_ready() { # wait_ready <n>: the running twilld logged "ready" (its log starts afresh)
   local i
-  for i in $(seq 150); do grep -q 'daemon: ready' "$STATE/n$1/twilld.log" && return 0; sleep 0.1; done
+  for i in $(seq 150); do grep -q ': ready subnet=' "$STATE/n$1/twilld.log" && return 0; sleep 0.1; done
   die "n$1 did not become ready; see $STATE/n$1/twilld.log"
 }
 
