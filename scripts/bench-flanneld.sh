@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# twilld beside the real flanneld (v0.28.9, scripts/setup.sh reference): the same 3-node lab
+# on one etcd, built anew for each daemon in turn in one run, the same leases injected the
+# same way; prints each figure for both and the ratio twill / flanneld. Figures, not
+# assertions (a noisy 2-core VM). Run as root on Debian 12; BENCH_FLANNELD_ROUNDS pairs
+# more runs (each round: twilld then flanneld, order reversed every other round).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+bash scripts/setup.sh reference >/dev/null
+cargo build --release -q -p twilld -p twill-cni -p twill-bench
+BIN=$PWD/target/release
+version=$(awk '$1 == "flanneld" { split($2, m, "@"); print m[2] }' scripts/reference-versions)
+FLANNELD=${TWILL_REFERENCE_CACHE:-/var/cache/twill/reference}/flanneld@$version/flanneld
+[[ -x $FLANNELD ]] || { echo "bench-flanneld: $FLANNELD missing" >&2; exit 1; }
+ROUNDS=${BENCH_FLANNELD_ROUNDS:-1}
+P=twf$$
+OUT=/tmp/$P
+mkdir -p "$OUT"
+export LAB_NETWORK=10.0.0.0/8 TWILL_CNI=$BIN/twill LAB_TWILLD_ARGS=""
+# Real nodes lease from 10.128.0.0 up; the injected leases take 10.0.1.0 to 10.39.x.
+export LAB_CONFIG='{"Network":"10.0.0.0/8","SubnetMin":"10.128.0.0","Backend":{"Type":"vxlan"}}'
+ETCD=http://198.18.0.100:2379
+cleanup() { bash scripts/lab.sh down >/dev/null 2>&1 || true; rm -rf "$OUT"; }
+trap cleanup EXIT
+
+ms() { echo $(( ($2 - $1) / 1000000 )); }
+pids() { for n in 1 2 3; do cat "/tmp/$LAB_PREFIX/n$n/twilld.pid"; done; }
+rss() { for p in $(pids); do awk '/VmHWM/ {print $2/1024}' "/proc/$p/status"; done | sort -n | tail -1; }
+cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat"))); done; echo "$t"; }
+routes() { ip -n "$LAB_PREFIX-n$1" route show dev flannel.1 | wc -l; }
+converge() { # converge <routes per node> <start ns>: ms until every node has them (or "-" after 600 s)
+  local want=$1 s=$2 n
+  for n in 1 2 3; do
+    while (( $(routes "$n") < want )); do
+      (( ($(date +%s%N) - s) / 1000000000 < 600 )) || { echo "-"; return; }
+      sleep 0.01
+    done
+  done
+  ms "$s" "$(date +%s%N)"
+}
+inject() { # inject <count> <first>: timed from its start, in the background
+  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" inject "$ETCD" "$1" "$2" > "$OUT/inject.json" &
+}
+
+measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<name>.<round>
+  local name=$1 daemon=$2 f=$OUT/$1.$round s t inj c0 c1 c2 tck
+  export LAB_PREFIX=$P-$name TWILLD=$daemon
+  tck=$(getconf CLK_TCK)
+  s=$(date +%s%N)
+  bash scripts/lab.sh up 3 >/dev/null
+  echo "startup_ms $(( ($(date +%s%N) - s) / 1000000 ))" > "$f"
+  echo "rss_2 $(rss)" >> "$f"
+  c0=$(cpu)
+  s=$(date +%s%N); inject 1000 0
+  t=$(converge 1002 "$s"); wait
+  inj=$(jq .ms "$OUT/inject.json")
+  echo "conv_1000_after_last_put_ms $([[ $t == - ]] && echo - || echo $((t - inj)))" >> "$f"
+  echo "rss_1000 $(rss)" >> "$f"
+  s=$(date +%s%N); inject 9000 1000
+  t=$(converge 10002 "$s"); wait
+  inj=$(jq .ms "$OUT/inject.json")
+  echo "conv_10000_after_last_put_ms $([[ $t == - ]] && echo - || echo $((t - inj)))" >> "$f"
+  echo "rss_10000 $(rss)" >> "$f"
+  c1=$(cpu)
+  echo "cpu_10000_s $(echo "($c1 - $c0) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
+  sleep 10
+  c2=$(cpu)
+  sleep 10
+  echo "idle_cpu_10s $(echo "($(cpu) - $c2) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
+  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
+    | jq -r '"put_route_p50_ms \(.p50_ms)\nput_route_p99_ms \(.p99_ms)"' >> "$f"
+  bash scripts/lab.sh down >/dev/null 2>&1 || true
+}
+
+for round in $(seq "$ROUNDS"); do
+  if (( round % 2 )); then
+    measure twilld "$BIN/twilld"; measure flanneld "$FLANNELD"
+  else
+    measure flanneld "$FLANNELD"; measure twilld "$BIN/twilld"
+  fi
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "== twilld vs flanneld $version: 3 nodes, one etcd, $ROUNDS round(s), medians; ratio = twill / flanneld"
+printf '| figure | twilld | flanneld | ratio |\n|---|---|---|---|\n'
+while read -r key label; do
+  tw=$(cat "$OUT"/twilld.* | awk -v k="$key" '$1 == k {print $2}' | grep -v '^-$' | median)
+  fl=$(cat "$OUT"/flanneld.* | awk -v k="$key" '$1 == k {print $2}' | grep -v '^-$' | median)
+  ratio=$(awk -v a="$tw" -v b="$fl" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }')
+  printf '| %s | %s | %s | %s |\n' "$label" "${tw:-not reached}" "${fl:-not reached}" "$ratio"
+done <<'EOF'
+startup_ms lab up (3 nodes to subnet.env and pods wired), ms
+conv_1000_after_last_put_ms 1 000 leases programmed on every node, ms after the last put
+conv_10000_after_last_put_ms 9 000 more (10 000), ms after the last put
+put_route_p50_ms put -> route at 10 000 peers, p50 ms
+put_route_p99_ms put -> route at 10 000 peers, p99 ms
+rss_2 peak RSS at 2 peers, MB (largest of 3)
+rss_1000 peak RSS at 1 000 peers, MB
+rss_10000 peak RSS at 10 000 peers, MB
+cpu_10000_s CPU of the 3 daemons while 10 000 leases arrive, s
+idle_cpu_10s idle CPU of the 3 daemons over 10 s at 10 000 peers, s
+EOF
