@@ -66,6 +66,14 @@ fn the_parent_deleted_and_made_again() {
         readyz(&c, 0) == "503"
     });
     assert_eq!(underlay_up(&c), 0.0);
+    // doctor names the cause.
+    let (_, out) = c.nodes[0].subcommand(&["doctor", "--output=json"]);
+    let check = twill_e2e::doctor_check(&out, "underlay");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("eth0"),
+        "{check}"
+    );
     let before = cpu_ticks(&c, 0);
     std::thread::sleep(Duration::from_secs(10));
     let used = cpu_ticks(&c, 0) - before;
