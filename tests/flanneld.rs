@@ -40,9 +40,7 @@ fn mixed(tag: &str, flanneld: &[bool]) -> Cluster {
 
 /// What flanneld wrote for its lease: flannel's JSON, as twilld reads it.
 fn lease_json(c: &Cluster, i: usize) -> serde_json::Value {
-    let key = format!("{PREFIX}/subnets/{}", c.nodes[i].lease().replace('/', "-"));
-    let v = c.etcd.ctl(&["get", "--print-value-only", &key]);
-    serde_json::from_str(v.trim()).unwrap_or_else(|e| panic!("{e}: {v:?}"))
+    c.lease_value(i).expect("the node's lease in etcd, as JSON")
 }
 
 /// Each pod sees the others' own addresses: nothing between two pod subnets is NATed,

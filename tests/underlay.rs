@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use twill_e2e::{Cluster, PREFIX};
+use twill_e2e::Cluster;
 use twill_testutil::{require_root, wait_until};
 
 const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -33,9 +33,7 @@ fn cpu_ticks(c: &Cluster, i: usize) -> u64 {
 
 /// What the lease of node `i` says its PublicIP is.
 fn lease_public_ip(c: &Cluster, i: usize) -> String {
-    let key = format!("{PREFIX}/subnets/{}", c.nodes[i].lease().replace('/', "-"));
-    let v = c.etcd.ctl(&["get", "--print-value-only", &key]);
-    let j: serde_json::Value = serde_json::from_str(v.trim()).unwrap_or_default();
+    let j = c.lease_value(i).unwrap_or_default();
     j["PublicIP"].as_str().unwrap_or("").to_string()
 }
 

@@ -462,6 +462,17 @@ impl Cluster {
         ])
     }
 
+    /// The lease JSON node `i` holds in etcd, as its subnet.env names it (`None` when the
+    /// key is missing or not JSON).
+    pub fn lease_value(&self, i: usize) -> Option<serde_json::Value> {
+        let key = format!(
+            "{PREFIX}/subnets/{}",
+            self.nodes[i].lease().replace('/', "-")
+        );
+        let v = self.etcd.ctl(&["get", "--print-value-only", &key]);
+        serde_json::from_str(v.trim()).ok()
+    }
+
     pub fn leases(&self) -> Vec<String> {
         self.etcd
             .ctl(&[

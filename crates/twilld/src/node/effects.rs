@@ -23,33 +23,14 @@ impl<S: SubnetManager> Node<S> {
     /// Brings the kernel to the peer table: the pending events alone, or every peer.
     pub(super) async fn pass(&mut self, full: bool, trigger: Trigger) -> Option<Input> {
         let events = std::mem::take(&mut self.pending);
-        if trigger == Trigger::Removed {
-            self.tel.repair_passes.inc();
-        }
-        if trigger == Trigger::Resync {
-            self.tel
-                .periodic_passes
-                .get_or_create(&label("kind", "full"))
-                .inc();
-        }
+        self.count_pass(trigger, "full");
         let pass = self.dp.on_peer_events(&events, &self.table, full).await;
         self.record_pass(pass, trigger)
     }
 
     /// Device, address and rules; a device found missing is refilled.
     pub(super) async fn check(&mut self, trigger: Trigger) -> Option<Input> {
-        match trigger {
-            Trigger::Removed => {
-                self.tel.repair_passes.inc();
-            }
-            Trigger::Resync => {
-                self.tel
-                    .periodic_passes
-                    .get_or_create(&label("kind", "light"))
-                    .inc();
-            }
-            _ => {}
-        }
+        self.count_pass(trigger, "light");
         match self.dp.check().await {
             // The device was gone (and is new and empty now): fill it.
             Ok(r) if r.device_created => {
@@ -59,14 +40,26 @@ impl<S: SubnetManager> Node<S> {
             Ok(r) => {
                 self.tel.repaired("rules", r.rule_repairs);
                 self.tel.update_ready(|s| s.rules = r.rules_error.is_none());
-                let restored: Vec<(&'static str, String)> = r.restored;
-                (!restored.is_empty()).then_some(Input::Restored(restored))
+                Some(Input::Restored(r.restored))
             }
             Err(e) => {
                 warn!("periodic check failed, will retry: {e}");
                 None
             }
         }
+    }
+
+    /// Repair passes (after a removal) and periodic ones, by `kind` (full or light).
+    fn count_pass(&self, trigger: Trigger, kind: &str) {
+        match trigger {
+            Trigger::Removed => self.tel.repair_passes.inc(),
+            Trigger::Resync => self
+                .tel
+                .periodic_passes
+                .get_or_create(&label("kind", kind))
+                .inc(),
+            Trigger::Event | Trigger::DeviceDeleted => return,
+        };
     }
 
     /// Metrics and readiness from a full pass (`Ok(None)`: the events went in alone); what
@@ -96,7 +89,7 @@ impl<S: SubnetManager> Node<S> {
                 self.tel.repaired("entries", r.entries_changed);
                 self.tel.repaired("device", r.device_created as usize);
                 self.tel.repaired("rules", r.rule_repairs);
-                (!r.restored.is_empty()).then_some(Input::Restored(r.restored))
+                Some(Input::Restored(r.restored))
             }
             Err(e) => {
                 warn!("reconcile failed, will retry: {e}");

@@ -43,8 +43,8 @@ pub async fn start<S: SubnetManager>(
     tel.update_ready(|r| r.config = true);
     let nl = Netlink::connect().context("opening a netlink socket")?;
     let ext = select_underlay(&nl, &opts.node.iface).await?;
-    let opts_public_ip = opts.node.public_ip.or(public_ip_hint);
-    let public_ip = opts_public_ip.unwrap_or(ext.addr);
+    let pinned_public_ip = opts.node.public_ip.or(public_ip_hint);
+    let public_ip = pinned_public_ip.unwrap_or(ext.addr);
     let facts = Facts {
         // After a reboot the device is gone but our lease still advertises a MAC: reuse
         // it, so peers need no FDB update.
@@ -128,7 +128,7 @@ pub async fn start<S: SubnetManager>(
         announce: None,
         pending: Vec::new(),
         next: None,
-        pinned_public_ip: opts_public_ip,
+        pinned_public_ip,
         moved_to: None,
     };
     node.announce();

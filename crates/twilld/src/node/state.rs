@@ -359,19 +359,8 @@ impl State {
                 out
             }
             Input::UnderlayApplied { attrs_changed } => {
-                let mut out = Vec::new();
-                if attrs_changed {
-                    out.push(Republish);
-                }
-                out.extend([
-                    ProgramLease,
-                    RefreshPolicy,
-                    self.pass(true, Trigger::Event, now),
-                ]);
-                if self.ready {
-                    out.push(WriteSubnetEnv);
-                }
-                out.extend([Announce, NotifyReady]);
+                let mut out = self.settled(attrs_changed.then_some(Republish), now);
+                out.push(NotifyReady);
                 out
             }
             Input::Republished { ours: true } => vec![],
@@ -379,26 +368,29 @@ impl State {
             Input::Republished { ours: false } => vec![Reacquire],
             Input::Reload(ReloadRead::Changed) => vec![ApplyConfig],
             Input::Reload(_) => vec![],
+            // Out of the new range, or what we advertise changed: lease again (the
+            // allocator prefers the same subnet).
             Input::ConfigApplied { keeps_lease } => {
-                let mut out = Vec::new();
-                if !keeps_lease {
-                    // Out of the new range, or what we advertise changed: lease again
-                    // (the allocator prefers the same subnet).
-                    out.push(Reacquire);
-                }
-                // The address is checked against the new Network even when the lease stays.
-                out.extend([
-                    ProgramLease,
-                    RefreshPolicy,
-                    self.pass(true, Trigger::Event, now),
-                ]);
-                if self.ready {
-                    out.push(WriteSubnetEnv);
-                }
-                out.push(Announce);
-                out
+                self.settled((!keeps_lease).then_some(Reacquire), now)
             }
         }
+    }
+
+    /// What follows new settings (a reload, a moved underlay): the lease's own step, if
+    /// any, then the lease on the device (checked against the new Network even when it
+    /// stays), peers judged again, one full pass, subnet.env and BGP.
+    fn settled(&mut self, lease: Option<Effect>, now: Instant) -> Vec<Effect> {
+        let mut out: Vec<Effect> = lease.into_iter().collect();
+        out.extend([
+            Effect::ProgramLease,
+            Effect::RefreshPolicy,
+            self.pass(true, Trigger::Event, now),
+        ]);
+        if self.ready {
+            out.push(Effect::WriteSubnetEnv);
+        }
+        out.push(Effect::Announce);
+        out
     }
 
     fn pass(&mut self, full: bool, trigger: Trigger, now: Instant) -> Effect {
