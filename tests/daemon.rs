@@ -240,7 +240,7 @@ fn interface_selection_as_flanneld() {
     // stays on eth0.
     c.nodes[i].ns.sh(
         "ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up \
-         && ip addr add 198.19.9.1/24 dev eth1 && ip -6 route add 2001:db8:9::/64 dev eth1 \
+         && ip addr add 198.19.9.1/24 dev eth1 && ip -6 route add 2001:2:9::/64 dev eth1 \
          && ip route replace default via 198.18.0.100 dev eth0",
     );
     let underlay = |args: &[&str]| {
@@ -269,7 +269,7 @@ fn interface_selection_as_flanneld() {
     assert!(underlay(&["--iface=wlan9", "--iface-regex=^eth1$"])
         .1
         .starts_with("eth1 198.19.9.1 "));
-    assert!(underlay(&["--iface-can-reach=2001:db8:9::7"])
+    assert!(underlay(&["--iface-can-reach=2001:2:9::7"])
         .1
         .starts_with("eth1 198.19.9.1 "));
     let (status, detail) = underlay(&["--iface=wlan9", "--iface-regex=^zz"]);
@@ -410,22 +410,23 @@ fn empty_flanneld_env_vars_are_ignored_and_bad_ones_named() {
 /// `--public-ipv6` (FLANNELD_PUBLIC_IPV6) is the lease's PublicIPv6 when IPv6 is on.
 #[test]
 fn public_ipv6_is_published_with_ipv6_enabled() {
-    let mut c = Cluster::new("d-pub6");
+    let mut c = Cluster::new_dual("d-pub6");
     c.put_config(
         r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
     );
     let i = c.add_node_stopped(&[]);
-    c.nodes[i].env = vec![("FLANNELD_PUBLIC_IPV6".into(), "2001:db8::7".into())];
+    c.nodes[i].env = vec![("FLANNELD_PUBLIC_IPV6".into(), "2001:2::77".into())];
     c.nodes[i].start();
     c.nodes[i].wait_ready();
     let all = c.lease_values();
-    assert!(all.contains(r#""PublicIPv6":"2001:db8::7""#), "{all}");
-    let j = c.add_node(&["--public-ipv6=2001:db8::8"]);
+    assert!(all.contains(r#""PublicIPv6":"2001:2::77""#), "{all}");
+    let j = c.add_node(&["--public-ipv6=2001:2::88"]);
     c.nodes[j].wait_ready();
-    assert!(c.lease_values().contains(r#""PublicIPv6":"2001:db8::8""#));
-    // Without the flag it would be the underlay interface's global IPv6 address: unit-
-    // tested in the data plane's iface module, since test underlays carry 198.18.0.0/15
-    // addresses only.
+    assert!(c.lease_values().contains(r#""PublicIPv6":"2001:2::88""#));
+    // Without the flag: the underlay interface's global IPv6 address.
+    let k = c.add_node(&[]);
+    c.nodes[k].wait_ready();
+    assert!(c.lease_values().contains(r#""PublicIPv6":"2001:2::3""#));
 }
 
 /// Dual stack: flannel's IPv6 MASQUERADE/FORWARD rules (ip6tables, then the `ip6
@@ -433,7 +434,7 @@ fn public_ipv6_is_published_with_ipv6_enabled() {
 /// like the IPv4 ones and removed by cleanup.
 #[test]
 fn dual_stack_keeps_flannels_ipv6_rules() {
-    let mut c = Cluster::new("d-rules6");
+    let mut c = Cluster::new_dual("d-rules6");
     let conf = |nft: bool| {
         format!(
             r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":{nft},"NonMasqueradeCIDRs":["fd00:20::/56","172.20.0.0/16"]}}"#
@@ -516,7 +517,7 @@ fn dual_stack_keeps_flannels_ipv6_rules() {
 
 #[test]
 fn dual_stack_config_leases_both_families_and_writes_ipv6_lines() {
-    let mut c = Cluster::new("d-dual");
+    let mut c = Cluster::new_dual("d-dual");
     c.put_config(
         r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
     );

@@ -14,6 +14,9 @@ pub mod kubelet;
 pub mod routers;
 
 pub const ETCD_IP: &str = "198.18.0.100";
+/// The etcd host's IPv6 underlay address in a dual-stack cluster: a host outside the pod
+/// networks, to check masquerading against.
+pub const ETCD_IP6: &str = "2001:2::100";
 pub const PREFIX: &str = "/coreos.com/network";
 
 /// The daemon binary built by `cargo build` (override with TWILLD_BIN).
@@ -262,6 +265,8 @@ fn chooses_underlay(args: &[impl AsRef<str>]) -> bool {
 pub struct Pod {
     pub ns: Netns,
     pub ip: String,
+    /// Its IPv6 address, in a dual-stack cluster.
+    pub ip6: Option<String>,
 }
 
 pub struct Cluster {
@@ -270,6 +275,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub pods: Vec<Option<Pod>>,
     pub dir: tempfile::TempDir,
+    /// Nodes get an IPv6 underlay address too (2001:2::<n>/64), as dual stack needs.
+    pub dual: bool,
     // Dropped last: the switch every other namespace hangs off.
     etcd_ns: Netns,
     ul: Netns,
@@ -291,9 +298,21 @@ impl Cluster {
             nodes: Vec::new(),
             pods: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
+            dual: false,
             etcd_ns,
             ul,
         }
+    }
+
+    /// [`Cluster::new`] with an IPv6 underlay beside the IPv4 one: every node (and the
+    /// etcd host, at `ETCD_IP6`) gets an address of 2001:2::/64 on its `eth0`, without
+    /// duplicate address detection (a tentative address drops traffic for a second).
+    pub fn new_dual(tag: &str) -> Self {
+        let mut c = Cluster::new(tag);
+        c.dual = true;
+        c.etcd_ns
+            .sh(&format!("ip addr add {ETCD_IP6}/64 dev eth0 nodad"));
+        c
     }
 
     /// A cluster with `config` in etcd and `n` running nodes (each started with `args`),
@@ -356,6 +375,11 @@ impl Cluster {
         let ip = format!("198.18.0.{n}");
         attach(&self.ul, &ns, &format!("ul-n{n}"), &ip);
         ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+        if self.dual {
+            ns.sh(&format!(
+                "ip addr add 2001:2::{n}/64 dev eth0 nodad && sysctl -qw net.ipv6.conf.all.forwarding=1"
+            ));
+        }
         let dir = self.dir.path().join(format!("n{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         self.nodes.push(Node {
@@ -392,16 +416,17 @@ impl Cluster {
         let out = cni(&node.ns, &twill_plugin_bin(), "ADD", &pod.name, &conf);
         let v: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        let ip = v["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no ip in {out}"))
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let addr = |k: usize| {
+            v["ips"][k]["address"]
+                .as_str()
+                .map(|a| a.split('/').next().unwrap().to_string())
+        };
+        let ip = addr(0).unwrap_or_else(|| panic!("no ip in {out}"));
+        let ip6 = addr(1).filter(|a| a.contains(':'));
         self.pods[i] = Some(Pod {
             ns: pod,
             ip: ip.clone(),
+            ip6,
         });
         ip
     }
@@ -463,14 +488,21 @@ impl Cluster {
     }
 
     /// The lease JSON node `i` holds in etcd, as its subnet.env names it (`None` when the
-    /// key is missing or not JSON).
+    /// key is missing or not JSON). A dual-stack key goes on with `&<v6 subnet>`.
     pub fn lease_value(&self, i: usize) -> Option<serde_json::Value> {
         let key = format!(
             "{PREFIX}/subnets/{}",
             self.nodes[i].lease().replace('/', "-")
         );
-        let v = self.etcd.ctl(&["get", "--print-value-only", &key]);
-        serde_json::from_str(v.trim()).ok()
+        let out = self.etcd.ctl(&["get", "--prefix", &key]);
+        let mut lines = out.lines();
+        while let Some(k) = lines.next() {
+            let v = lines.next().unwrap_or("");
+            if k == key || k.starts_with(&format!("{key}&")) {
+                return serde_json::from_str(v.trim()).ok();
+            }
+        }
+        None
     }
 
     pub fn leases(&self) -> Vec<String> {
@@ -510,13 +542,20 @@ fn attach_as(ul: &Netns, ns: &Netns, port: &str, dev: &str, ip: &str) {
 }
 
 /// Sends pings from `from` to `to` while tcpdump on `at`'s `dev` captures ICMP echo
-/// requests to `to`: the source address the receiver saw (empty if none arrived).
+/// requests to `to`: the source address the receiver saw (empty if none arrived). `to`
+/// may be of either family.
 pub fn seen_source(from: &Netns, to: &str, at: &Netns, dev: &str) -> String {
+    let filter = if to.contains(':') {
+        // ICMPv6 echo request right after a plain IPv6 header.
+        format!("icmp6 and ip6[40] == 128 and dst host {to}")
+    } else {
+        format!("icmp[icmptype] == icmp-echo and dst host {to}")
+    };
     let cap = Command::new("ip")
         .args([
             "netns", "exec", &at.name, "timeout", "5", "tcpdump", "-ni", dev, "-c", "1", "-l",
         ])
-        .arg(format!("icmp[icmptype] == icmp-echo and dst host {to}"))
+        .arg(filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -525,9 +564,9 @@ pub fn seen_source(from: &Netns, to: &str, at: &Netns, dev: &str) -> String {
     let _ = from.try_sh(&format!("ping -c 3 -i 0.2 -W 1 -q {to}"));
     let out = cap.wait_with_output().unwrap();
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    // "12:00:00.000000 IP 10.244.1.2 > 172.20.2.2: ICMP echo request, ..."
+    // "12:00:00.000000 IP 10.244.1.2 > 172.20.2.2: ICMP echo request, ..." (IP6 for v6)
     line.split_whitespace()
-        .skip_while(|w| *w != "IP")
+        .skip_while(|w| *w != "IP" && *w != "IP6")
         .nth(1)
         .unwrap_or("")
         .to_string()

@@ -3,42 +3,48 @@
 //! store and prints them is `twilld exabgp-feed`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
-use twill_store::PeerEvent;
+use ipnetwork::IpNetwork;
+use twill_store::{PeerEntries, PeerEvent};
 
-/// What the speaker was told so far: each announced subnet and its next hop.
-pub type Announced = BTreeMap<Ipv4Network, Ipv4Addr>;
+/// What the speaker was told so far: each announced subnet and its next hop, both
+/// families of a dual-stack lease (its IPv6 subnet via its PublicIPv6).
+pub type Announced = BTreeMap<IpNetwork, IpAddr>;
 
 /// The API lines that bring the speaker from `announced` to after `events` (pure).
 pub fn feed_lines(announced: &mut Announced, events: &[PeerEvent]) -> Vec<String> {
     let mut out = Vec::new();
-    let mut announce = |a: &mut Announced, net: Ipv4Network, hop: Ipv4Addr| {
-        if a.insert(net, hop) != Some(hop) {
-            out.push(format!("announce route {net} next-hop {hop}"));
+    let mut withdrawn = Vec::new();
+    let mut announce = |a: &mut Announced, e: &PeerEntries| {
+        for p in e.iter() {
+            if a.insert(p.subnet, p.public_ip) != Some(p.public_ip) {
+                out.push(format!(
+                    "announce route {} next-hop {}",
+                    p.subnet, p.public_ip
+                ));
+            }
         }
     };
-    let mut withdrawn = Vec::new();
+    let mut withdraw = |a: &mut Announced, e: &PeerEntries, keep: &PeerEntries| {
+        for p in e.iter() {
+            if keep.iter().any(|k| k.subnet == p.subnet) {
+                continue;
+            }
+            if let Some(hop) = a.remove(&p.subnet) {
+                withdrawn.push(format!("withdraw route {} next-hop {hop}", p.subnet));
+            }
+        }
+    };
+    let none = PeerEntries::default();
     for ev in events {
         match ev {
-            PeerEvent::Added(l) => announce(announced, l.entry.subnet, l.entry.public_ip),
+            PeerEvent::Added(l) => announce(announced, &l.entries),
             PeerEvent::Changed { new, old } => {
-                if old.entry.subnet != new.entry.subnet {
-                    if let Some(hop) = announced.remove(&old.entry.subnet) {
-                        withdrawn.push(format!(
-                            "withdraw route {} next-hop {hop}",
-                            old.entry.subnet
-                        ));
-                    }
-                }
-                announce(announced, new.entry.subnet, new.entry.public_ip);
+                withdraw(announced, &old.entries, &new.entries);
+                announce(announced, &new.entries);
             }
-            PeerEvent::Removed(l) => {
-                if let Some(hop) = announced.remove(&l.entry.subnet) {
-                    withdrawn.push(format!("withdraw route {} next-hop {hop}", l.entry.subnet));
-                }
-            }
+            PeerEvent::Removed(l) => withdraw(announced, &l.entries, &none),
         }
     }
     withdrawn.extend(out);
@@ -48,13 +54,17 @@ pub fn feed_lines(announced: &mut Announced, events: &[PeerEvent]) -> Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerEntry};
+    use twill_store::{Lease, LeaseAttrs, LeaseKey};
 
     fn lease(subnet: &str, hop: &str) -> Lease {
         let key = LeaseKey::v4(subnet.parse().unwrap());
         let attrs = LeaseAttrs::vxlan(hop.parse().unwrap(), 1, "0a:00:00:00:00:01");
-        let entry = PeerEntry::of(&key, &attrs).unwrap().unwrap();
-        Lease { key, attrs, entry }
+        let entries = PeerEntries::of(&key, &attrs).unwrap().unwrap();
+        Lease {
+            key,
+            attrs,
+            entries,
+        }
     }
 
     #[test]

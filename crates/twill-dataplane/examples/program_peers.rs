@@ -11,17 +11,18 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use ipnetwork::Ipv4Network;
-use twill_dataplane::{diff, nexthop_id, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use twill_dataplane::{diff, nexthop_id, Family, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
 
-fn peers(n: u32) -> BTreeMap<Ipv4Network, PeerEntry> {
+fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
     (0..n)
         .map(|i| {
             // 10.0.0.0/8 in /24s, skipping ours; underlay 198.18.0.0/15 (nothing is sent).
-            let subnet =
-                Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)), 24).unwrap();
+            let subnet = IpNetwork::V4(
+                Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)), 24).unwrap(),
+            );
             let mac = Mac([0x0a, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8, 0x01]);
-            let public_ip = Ipv4Addr::from(0xc612_0000 + 256 + i);
+            let public_ip = Ipv4Addr::from(0xc612_0000 + 256 + i).into();
             (
                 subnet,
                 PeerEntry {
@@ -122,7 +123,11 @@ async fn main() {
     .unwrap();
 
     let t = Instant::now();
-    let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap(), form);
+    let ops = diff(
+        &want,
+        &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+        form,
+    );
     let r = nl.apply(dev.index, &ops).await;
     let program = t.elapsed();
     assert!(
@@ -132,7 +137,7 @@ async fn main() {
     );
 
     let t = Instant::now();
-    let actual = nl.read_actual(dev.index).await.unwrap();
+    let actual = nl.read_actual(dev.index, Family::V4).await.unwrap();
     let noop = diff(&want, &actual, form);
     let noop_time = t.elapsed();
     assert!(noop.is_empty(), "not converged");

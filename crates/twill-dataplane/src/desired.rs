@@ -1,10 +1,10 @@
 //! Desired kernel state from the peer table, and the difference to what the kernel has.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
-use twill_store::{PeerEntry, PeerEvent};
+use ipnetwork::IpNetwork;
+use twill_store::{Family, PeerEntry, PeerEvent};
 
 use twill_store::Mac;
 
@@ -22,7 +22,7 @@ pub enum RouteForm {
 }
 
 impl RouteForm {
-    fn nhid(self, subnet: Ipv4Network) -> Option<u32> {
+    fn nhid(self, subnet: IpNetwork) -> Option<u32> {
         match self {
             RouteForm::Plain => None,
             RouteForm::Nexthop => Some(nexthop_id(subnet)),
@@ -37,45 +37,68 @@ impl RouteForm {
     }
 }
 
-/// A peer's nexthop id: its subnet's network address. Subnets of one network never share
-/// it, it needs no allocation or state, and every node agrees on it, so a restart or a
-/// second reader (doctor) finds the same ids. Never 0, which the kernel reserves.
-pub fn nexthop_id(subnet: Ipv4Network) -> u32 {
-    u32::from(subnet.network()).max(1)
+/// A peer's nexthop id, the same on every node and in every run (a restart or a second
+/// reader, doctor, finds the same ids), without allocation or state; never 0, which the
+/// kernel reserves. IPv4: the subnet's network address; subnets of one network never share
+/// it. IPv6: the 28 bits just above the subnet's prefix, under 0xf000_0000: subnets of one
+/// network differ there whenever it holds at most 2^28 of them (a /56 of /64s holds 256),
+/// and no IPv4 pod network lies in 240.0.0.0/4, so the two families never meet.
+pub fn nexthop_id(subnet: IpNetwork) -> u32 {
+    match subnet {
+        IpNetwork::V4(n) => u32::from(n.network()).max(1),
+        IpNetwork::V6(n) => {
+            let bits = u128::from(n.network())
+                .checked_shr(128 - u32::from(n.prefix()))
+                .unwrap_or(0);
+            0xf000_0000 | (bits as u32 & 0x0fff_ffff)
+        }
+    }
 }
 
 /// A route as the kernel holds it: its gateway and, when it goes through a nexthop object,
 /// that object's id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Via {
-    pub gw: Option<Ipv4Addr>,
+    pub gw: Option<IpAddr>,
     pub nhid: Option<u32>,
 }
 
 /// The peers keyed by subnet: the form every diff works on. The entries come judged and
 /// parsed from the peer table; nothing here reads lease JSON.
-pub fn desired_peers(
-    peers: impl IntoIterator<Item = PeerEntry>,
-) -> BTreeMap<Ipv4Network, PeerEntry> {
+pub fn desired_peers(peers: impl IntoIterator<Item = PeerEntry>) -> BTreeMap<IpNetwork, PeerEntry> {
     peers.into_iter().map(|p| (p.subnet, p)).collect()
 }
 
 /// The kernel changes for a batch of peer events, without reading the kernel: what keeps
 /// a new peer's latency at a few round trips. Anything this misses (someone else's edits,
 /// a failed write) is caught by the periodic full reconcile.
-pub fn incremental(events: &[PeerEvent], form: RouteForm) -> Ops {
+pub fn incremental(events: &[PeerEvent], form: RouteForm, family: Family) -> Ops {
     let mut ops = Ops::default();
     for ev in events {
         match ev {
-            PeerEvent::Added(l) => add(&mut ops, &l.entry, form),
-            PeerEvent::Changed { new, old } => {
-                let (b, a) = (&old.entry, &new.entry);
-                if (b.mac, b.public_ip) != (a.mac, a.public_ip) {
-                    ops.del_fdb.push((b.mac, b.public_ip));
+            PeerEvent::Added(l) => {
+                if let Some(p) = l.entries.get(family) {
+                    add(&mut ops, p, form);
                 }
-                add(&mut ops, a, form);
             }
-            PeerEvent::Removed(l) => remove(&mut ops, &l.entry, form),
+            PeerEvent::Changed { new, old } => {
+                match (old.entries.get(family), new.entries.get(family)) {
+                    (Some(b), Some(a)) => {
+                        if (b.mac, b.public_ip) != (a.mac, a.public_ip) {
+                            ops.del_fdb.push((b.mac, b.public_ip));
+                        }
+                        add(&mut ops, a, form);
+                    }
+                    (None, Some(a)) => add(&mut ops, a, form),
+                    (Some(b), None) => remove(&mut ops, b, form),
+                    (None, None) => {}
+                }
+            }
+            PeerEvent::Removed(l) => {
+                if let Some(p) = l.entries.get(family) {
+                    remove(&mut ops, p, form);
+                }
+            }
         }
     }
     ops
@@ -104,12 +127,9 @@ fn remove(ops: &mut Ops, p: &PeerEntry, form: RouteForm) {
 /// without encapsulation; the others stay on VXLAN. Returns (VXLAN peers, direct routes
 /// subnet → peer address).
 pub fn split_direct(
-    desired: &BTreeMap<Ipv4Network, PeerEntry>,
-    onlink: &[Ipv4Network],
-) -> (
-    BTreeMap<Ipv4Network, PeerEntry>,
-    BTreeMap<Ipv4Network, Ipv4Addr>,
-) {
+    desired: &BTreeMap<IpNetwork, PeerEntry>,
+    onlink: &[IpNetwork],
+) -> (BTreeMap<IpNetwork, PeerEntry>, BTreeMap<IpNetwork, IpAddr>) {
     let mut vxlan = BTreeMap::new();
     let mut direct = BTreeMap::new();
     for (net, p) in desired {
@@ -126,8 +146,8 @@ pub fn split_direct(
 /// and to delete, given the routes inside the overlay network on the underlay device.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DirectOps {
-    pub del: Vec<(Ipv4Network, Ipv4Addr)>,
-    pub add: Vec<(Ipv4Network, Ipv4Addr)>,
+    pub del: Vec<(IpNetwork, IpAddr)>,
+    pub add: Vec<(IpNetwork, IpAddr)>,
 }
 
 impl DirectOps {
@@ -141,8 +161,8 @@ impl DirectOps {
 }
 
 pub fn diff_direct(
-    want: &BTreeMap<Ipv4Network, Ipv4Addr>,
-    actual: &BTreeMap<Ipv4Network, Ipv4Addr>,
+    want: &BTreeMap<IpNetwork, IpAddr>,
+    actual: &BTreeMap<IpNetwork, IpAddr>,
 ) -> DirectOps {
     DirectOps {
         del: actual
@@ -161,13 +181,13 @@ pub fn diff_direct(
 /// What the kernel has on our VXLAN device.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Actual {
-    pub neighs: BTreeMap<Ipv4Addr, Option<Mac>>,
-    pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
+    pub neighs: BTreeMap<IpAddr, Option<Mac>>,
+    pub fdb: BTreeSet<(Mac, IpAddr)>,
     /// Destination → how it is routed; a route by nexthop id counts as on our device
     /// when its nexthop is.
-    pub routes: BTreeMap<Ipv4Network, Via>,
+    pub routes: BTreeMap<IpNetwork, Via>,
     /// Nexthop objects on our device: id → gateway.
-    pub nexthops: BTreeMap<u32, Option<Ipv4Addr>>,
+    pub nexthops: BTreeMap<u32, Option<IpAddr>>,
 }
 
 /// The changes that turn `Actual` into the desired state. Applied in the order of the
@@ -177,15 +197,15 @@ pub struct Actual {
 /// replaced them (deleting a nexthop deletes its routes).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ops {
-    pub del_routes: Vec<(Ipv4Network, Via)>,
-    pub add_neighs: Vec<(Ipv4Addr, Mac)>,
-    pub add_fdb: Vec<(Mac, Ipv4Addr)>,
+    pub del_routes: Vec<(IpNetwork, Via)>,
+    pub add_neighs: Vec<(IpAddr, Mac)>,
+    pub add_fdb: Vec<(Mac, IpAddr)>,
     /// id → gateway, on our device, onlink.
-    pub add_nexthops: Vec<(u32, Ipv4Addr)>,
+    pub add_nexthops: Vec<(u32, IpAddr)>,
     /// Each with a gateway (and a nexthop id in the `Nexthop` form).
-    pub add_routes: Vec<(Ipv4Network, Via)>,
-    pub del_neighs: Vec<Ipv4Addr>,
-    pub del_fdb: Vec<(Mac, Ipv4Addr)>,
+    pub add_routes: Vec<(IpNetwork, Via)>,
+    pub del_neighs: Vec<IpAddr>,
+    pub del_fdb: Vec<(Mac, IpAddr)>,
     pub del_nexthops: Vec<u32>,
 }
 
@@ -230,11 +250,10 @@ impl Ops {
 
 /// Switching `form` is a diff like any other: each route is replaced in place (never
 /// missing), and the nexthops of the old form go last.
-pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual, form: RouteForm) -> Ops {
+pub fn diff(desired: &BTreeMap<IpNetwork, PeerEntry>, actual: &Actual, form: RouteForm) -> Ops {
     let mut ops = Ops::default();
-    let want_neigh: BTreeMap<Ipv4Addr, Mac> =
-        desired.values().map(|p| (p.vtep_ip, p.mac)).collect();
-    let want_fdb: BTreeSet<(Mac, Ipv4Addr)> =
+    let want_neigh: BTreeMap<IpAddr, Mac> = desired.values().map(|p| (p.vtep_ip, p.mac)).collect();
+    let want_fdb: BTreeSet<(Mac, IpAddr)> =
         desired.values().map(|p| (p.mac, p.public_ip)).collect();
 
     for (dst, via) in &actual.routes {
@@ -288,16 +307,23 @@ pub fn diff(desired: &BTreeMap<Ipv4Network, PeerEntry>, actual: &Actual, form: R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerTable, StoredLease, WatchEvent};
+    use std::net::Ipv4Addr;
+    use twill_store::{
+        Lease, LeaseAttrs, LeaseKey, PeerEntries, PeerTable, StoredLease, WatchEvent,
+    };
 
     fn lease_of(key: LeaseKey, attrs: LeaseAttrs) -> Lease {
-        let entry = PeerEntry::of(&key, &attrs).unwrap().unwrap();
-        Lease { key, attrs, entry }
+        let entries = PeerEntries::of(&key, &attrs).unwrap().unwrap();
+        Lease {
+            key,
+            attrs,
+            entries,
+        }
     }
 
     fn entries(t: &[(LeaseKey, LeaseAttrs)]) -> Vec<PeerEntry> {
         t.iter()
-            .map(|(k, a)| lease_of(*k, a.clone()).entry)
+            .flat_map(|(k, a)| lease_of(*k, a.clone()).entries.iter())
             .collect()
     }
 
@@ -365,6 +391,7 @@ mod tests {
                 PeerEvent::Removed(lease(2)),
             ],
             RouteForm::Plain,
+            Family::V4,
         );
         assert_eq!(ops.add_routes.len(), 2);
         assert_eq!(
@@ -399,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             ops.del_neighs,
-            vec!["10.244.3.0".parse::<Ipv4Addr>().unwrap()]
+            vec!["10.244.3.0".parse::<IpAddr>().unwrap()]
         );
         assert!(ops.add_nexthops.is_empty() && ops.del_nexthops.is_empty());
     }
@@ -414,7 +441,7 @@ mod tests {
     fn by_nexthop(gw: &str) -> Via {
         let gw: Ipv4Addr = gw.parse().unwrap();
         Via {
-            gw: Some(gw),
+            gw: Some(IpAddr::V4(gw)),
             nhid: Some(u32::from(gw)),
         }
     }
@@ -426,6 +453,7 @@ mod tests {
         let ops = incremental(
             &[PeerEvent::Added(lease(0)), PeerEvent::Removed(lease(2))],
             RouteForm::Nexthop,
+            Family::V4,
         );
         let id1 = u32::from("10.244.1.0".parse::<Ipv4Addr>().unwrap());
         assert_eq!(ops.add_nexthops, [(id1, "10.244.1.0".parse().unwrap())]);
@@ -454,7 +482,7 @@ mod tests {
         assert!(ops.del_routes.is_empty() && ops.del_neighs.is_empty() && ops.del_fdb.is_empty());
     }
 
-    fn actual_for(d: &BTreeMap<Ipv4Network, PeerEntry>, form: RouteForm) -> Actual {
+    fn actual_for(d: &BTreeMap<IpNetwork, PeerEntry>, form: RouteForm) -> Actual {
         Actual {
             neighs: d.values().map(|p| (p.vtep_ip, Some(p.mac))).collect(),
             fdb: d.values().map(|p| (p.mac, p.public_ip)).collect(),
@@ -530,8 +558,8 @@ mod tests {
 
     #[test]
     fn direct_routes_diff() {
-        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let want = BTreeMap::from([
             (net("10.244.2.0/24"), ip("198.18.0.2")),
             (net("10.244.3.0/24"), ip("198.18.0.3")),
@@ -588,7 +616,7 @@ mod tests {
         );
         assert_eq!(
             ops.del_neighs,
-            vec!["10.244.7.0".parse::<Ipv4Addr>().unwrap()]
+            vec!["10.244.7.0".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(
             ops.add_routes,
@@ -603,5 +631,92 @@ mod tests {
         );
         assert_eq!(ops.del_fdb.len(), 2);
         assert!(ops.add_neighs.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+    use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerEntries, RawJson, VxlanBackendData};
+
+    fn dual(key: &str, n: u8) -> Lease {
+        let key: LeaseKey = key.parse().unwrap();
+        let attrs = LeaseAttrs {
+            public_ipv6: Some(format!("2001:2::{n}").parse().unwrap()),
+            backend_v6_data: Some(RawJson::of(&VxlanBackendData {
+                vni: 1,
+                vtep_mac: format!("0a:00:00:00:06:0{n}"),
+            })),
+            ..LeaseAttrs::vxlan(
+                format!("198.18.0.{n}").parse().unwrap(),
+                1,
+                &format!("0a:00:00:00:04:0{n}"),
+            )
+        };
+        let entries = PeerEntries::of(&key, &attrs).unwrap().unwrap();
+        Lease {
+            key,
+            attrs,
+            entries,
+        }
+    }
+
+    #[test]
+    fn each_family_takes_its_own_half_of_an_event() {
+        let a = dual("10.244.2.0-24&fd00:10:0:2::-64", 2);
+        let v4only = Lease {
+            entries: PeerEntries {
+                v6: None,
+                ..a.entries
+            },
+            ..a.clone()
+        };
+        let ev = [PeerEvent::Added(a.clone())];
+        let ops6 = incremental(&ev, RouteForm::Plain, Family::V6);
+        assert_eq!(
+            ops6.add_routes,
+            [(
+                "fd00:10:0:2::/64".parse().unwrap(),
+                Via {
+                    gw: Some("fd00:10:0:2::".parse().unwrap()),
+                    nhid: None
+                }
+            )]
+        );
+        assert_eq!(
+            ops6.add_fdb,
+            [(
+                "0a:00:00:00:06:02".parse().unwrap(),
+                "2001:2::2".parse().unwrap()
+            )]
+        );
+        let ops4 = incremental(&ev, RouteForm::Plain, Family::V4);
+        assert_eq!(ops4.add_neighs[0].0.to_string(), "10.244.2.0");
+
+        // A peer that turns IPv6 off loses its v6 entries only.
+        let ev = [PeerEvent::Changed {
+            new: v4only,
+            old: a,
+        }];
+        let ops6 = incremental(&ev, RouteForm::Plain, Family::V6);
+        assert_eq!(ops6.del_routes.len(), 1);
+        assert_eq!(ops6.del_neighs.len(), 1);
+        assert!(ops6.add_routes.is_empty());
+        let ops4 = incremental(&ev, RouteForm::Plain, Family::V4);
+        assert!(ops4.del_routes.is_empty() && ops4.del_fdb.is_empty());
+    }
+
+    #[test]
+    fn nexthop_ids_of_one_network_differ_and_never_meet_ipv4s() {
+        let ids: std::collections::BTreeSet<u32> = (0..=255u16)
+            .map(|i| nexthop_id(format!("fd00:10:0:{i:x}::/64").parse().unwrap()))
+            .collect();
+        assert_eq!(ids.len(), 256);
+        assert!(ids.iter().all(|id| *id >= 0xf000_0000));
+        assert!(nexthop_id("223.255.255.0/24".parse().unwrap()) < 0xf000_0000);
+        // Subnets longer than /64 too: the bits above the prefix, not the top of the address.
+        let a = nexthop_id("fd00:10::1:0/112".parse().unwrap());
+        let b = nexthop_id("fd00:10::2:0/112".parse().unwrap());
+        assert_ne!(a, b);
     }
 }

@@ -30,11 +30,12 @@ pub use firewall::{
 };
 pub use iface::{choose_interface, ExtIface, IfaceError, IfaceSelection, InterfaceInfo, Routes};
 pub use netlink::{
-    watch_device, ApplyReport, DeviceMonitor, DeviceState, EntryError, Netlink, NetlinkError,
+    watch_devices, ApplyReport, DeviceMonitor, DeviceState, EntryError, Netlink, NetlinkError,
     NodePrefixes, UnderlayRoutes, VxlanSpec,
 };
 pub use reconcile::{
-    plan_peers, Dataplane, DataplaneConfig, DataplaneError, PeerPlan, ReconcileReport, Underlay,
+    plan_peers, Dataplane, DataplaneConfig, DataplaneError, OverlayConfig, PeerPlan,
+    ReconcileReport, Underlay,
 };
-pub use twill_store::{Mac, PeerEntry};
+pub use twill_store::{Family, Mac, PeerEntry};
 pub use underlay::{select_underlay, SelectError};

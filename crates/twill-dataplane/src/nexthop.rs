@@ -11,7 +11,7 @@
 //! format is small (an 8-byte `nhmsg` and a few u32/address attributes) and sent on its
 //! own netlink-proto connection next to rtnetlink's.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::StreamExt;
 use rtnetlink::packet_core::{
@@ -33,6 +33,7 @@ const NHA_BLACKHOLE: u16 = 4;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const RTNH_F_ONLINK: u32 = 4;
 const RTPROT_STATIC: u8 = 4;
 /// rtnetlink multicast group of nexthop changes.
@@ -55,7 +56,7 @@ pub struct NexthopMessage {
     pub flags: u32,
     pub id: Option<u32>,
     pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 impl NexthopMessage {
@@ -70,12 +71,18 @@ impl NexthopMessage {
         }
     }
 
-    fn attrs(&self) -> impl Iterator<Item = (u16, [u8; 4])> {
+    fn attrs(&self) -> impl Iterator<Item = (u16, Vec<u8>)> {
         [
-            self.id.map(|v| (NHA_ID, v.to_ne_bytes())),
-            self.oif.map(|v| (NHA_OIF, v.to_ne_bytes())),
+            self.id.map(|v| (NHA_ID, v.to_ne_bytes().to_vec())),
+            self.oif.map(|v| (NHA_OIF, v.to_ne_bytes().to_vec())),
             // Network byte order, as every address in rtnetlink.
-            self.gateway.map(|v| (NHA_GATEWAY, v.octets())),
+            self.gateway.map(|v| {
+                let octets = match v {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                (NHA_GATEWAY, octets)
+            }),
         ]
         .into_iter()
         .flatten()
@@ -92,8 +99,8 @@ impl NetlinkSerializable for NexthopMessage {
     }
 
     fn buffer_len(&self) -> usize {
-        // Each attribute: 4-byte header + 4-byte value, already aligned.
-        NHMSG_LEN + 8 * self.attrs().count()
+        // Each attribute: 4-byte header + a 4- or 16-byte value, already aligned.
+        NHMSG_LEN + self.attrs().map(|(_, v)| 4 + v.len()).sum::<usize>()
     }
 
     fn serialize(&self, buf: &mut [u8]) {
@@ -109,10 +116,11 @@ impl NetlinkSerializable for NexthopMessage {
         buf[4..8].copy_from_slice(&self.flags.to_ne_bytes());
         let mut at = NHMSG_LEN;
         for (kind, value) in self.attrs() {
-            buf[at..at + 2].copy_from_slice(&8u16.to_ne_bytes());
+            let len = 4 + value.len();
+            buf[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
             buf[at + 2..at + 4].copy_from_slice(&kind.to_ne_bytes());
-            buf[at + 4..at + 8].copy_from_slice(&value);
-            at += 8;
+            buf[at + 4..at + len].copy_from_slice(&value);
+            at += len;
         }
     }
 }
@@ -148,8 +156,16 @@ impl NetlinkDeserializable for NexthopMessage {
             match nla.kind() {
                 NHA_ID => m.id = Some(u32_of(v)?),
                 NHA_OIF => m.oif = Some(u32_of(v)?),
-                NHA_GATEWAY if v.len() == 4 => {
-                    m.gateway = Some(Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+                NHA_GATEWAY => {
+                    m.gateway = match v.len() {
+                        4 => <[u8; 4]>::try_from(v)
+                            .ok()
+                            .map(|b| Ipv4Addr::from(b).into()),
+                        16 => <[u8; 16]>::try_from(v)
+                            .ok()
+                            .map(|b| Ipv6Addr::from(b).into()),
+                        _ => None,
+                    }
                 }
                 NHA_GROUP | NHA_BLACKHOLE => special = true,
                 _ => {}
@@ -167,7 +183,7 @@ impl NetlinkDeserializable for NexthopMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nexthop {
     pub id: u32,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,9 +276,9 @@ impl NexthopConn {
         Ok(self.request(m, 0).await?.into_iter().next())
     }
 
-    fn onlink(id: u32, gateway: Ipv4Addr, oif: u32) -> NexthopMessage {
+    fn onlink(id: u32, gateway: IpAddr, oif: u32) -> NexthopMessage {
         let mut m = NexthopMessage::new(Kind::New);
-        m.family = AF_INET;
+        m.family = if gateway.is_ipv4() { AF_INET } else { AF_INET6 };
         m.flags = RTNH_F_ONLINK;
         m.id = Some(id);
         m.oif = Some(oif);
@@ -273,7 +289,7 @@ impl NexthopConn {
     /// `ip nexthop add id <id> via <gateway> dev <oif> onlink`. An id already in use is
     /// taken over only when it is on `oif` (ours, perhaps with a stale gateway); one on
     /// another device belongs to someone else and is an error, never overwritten.
-    pub async fn ensure(&self, id: u32, gateway: Ipv4Addr, oif: u32) -> Result<(), EnsureError> {
+    pub async fn ensure(&self, id: u32, gateway: IpAddr, oif: u32) -> Result<(), EnsureError> {
         let excl = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         match self.request(Self::onlink(id, gateway, oif), excl).await {
             Ok(_) => return Ok(()),
@@ -386,6 +402,13 @@ mod tests {
         let mut h = NetlinkHeader::default();
         h.message_type = RTM_NEWNEXTHOP;
         assert_eq!(NexthopMessage::deserialize(&h, &buf).unwrap(), m);
+
+        // IPv6: a 16-byte gateway and AF_INET6, both ways.
+        let m6 = NexthopConn::onlink(0xf000_0002, "fd00:10:0:2::".parse().unwrap(), 4);
+        let mut buf6 = vec![0u8; m6.buffer_len()];
+        m6.serialize(&mut buf6);
+        assert_eq!((buf6[0], buf6.len()), (AF_INET6, NHMSG_LEN + 8 + 8 + 20));
+        assert_eq!(NexthopMessage::deserialize(&h, &buf6).unwrap(), m6);
 
         // The same with NHA_GROUP (one member, id 9, weight 0) is a group, never ours.
         buf.extend(12u16.to_ne_bytes());

@@ -1,13 +1,15 @@
-//! One reconcile pass over everything the node owns in the kernel.
+//! One reconcile pass over everything the node owns in the kernel: per address family an
+//! overlay (its VXLAN device, the device's address, one neighbour + FDB entry + route per
+//! peer of that family), and the node's rules for both.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use tracing::{debug, info, warn};
-use twill_store::{PeerEntry, PeerEvent, PeerTable};
+use twill_store::{Family, LeaseKey, PeerEntry, PeerEvent, PeerTable};
 
 use crate::change::ChangeFlag;
 use crate::desired::{
@@ -17,26 +19,55 @@ use crate::firewall::{Firewall, FirewallError, RuleFlags, RuleSet, VxlanFlows};
 use crate::netlink::{DeviceState, EntryError, Netlink, NetlinkError, VxlanSpec};
 use twill_store::Mac;
 
+/// One family's overlay: its VXLAN device and the pod network of that family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayConfig {
+    pub vxlan: VxlanSpec,
+    pub network: IpNetwork,
+}
+
 /// What the node's data plane is made of, apart from the peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
-    pub vxlan: VxlanSpec,
-    pub network: Ipv4Network,
-    /// MASQUERADE, FORWARD and (for `vxlan`'s address and port) notrack rules.
+    /// `flannel.<VNI>` over the pod network (`Network`), unless EnableIPv4 is false.
+    pub v4: Option<OverlayConfig>,
+    /// `flannel-v6.<VNI>` over `IPv6Network` (EnableIPv6).
+    pub v6: Option<OverlayConfig>,
+    /// MASQUERADE, FORWARD and (for the IPv4 VTEP's address and port) notrack rules.
     pub rules: RuleFlags,
     /// Networks exempt from masquerading (NonMasqueradeCIDRs, --no-masq-cidr), both
     /// families.
     pub no_masq: Vec<IpNetwork>,
-    /// The IPv6 pod network (EnableIPv6): its MASQUERADE/FORWARD rules, with ip6tables or
-    /// the `ip6 flannel-ipv6` table, once we hold an IPv6 subnet too.
-    pub network6: Option<IpNetwork>,
     /// flannel's `Backend.DirectRouting`: peers on the underlay's own link get a plain
     /// route via their address instead of VXLAN entries.
     pub direct_routing: bool,
     /// How VXLAN peer routes are written (`--route-nexthops`).
     pub route_form: RouteForm,
-    /// A blackhole route for our own subnet (`--ip-blackhole-route`).
+    /// A blackhole route for our own IPv4 subnet (`--ip-blackhole-route`).
     pub blackhole_route: bool,
+}
+
+impl DataplaneConfig {
+    pub fn overlay(&self, f: Family) -> Option<&OverlayConfig> {
+        match f {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+
+    fn overlay_mut(&mut self, f: Family) -> Option<&mut OverlayConfig> {
+        match f {
+            Family::V4 => self.v4.as_mut(),
+            Family::V6 => self.v6.as_mut(),
+        }
+    }
+
+    /// The overlays configured, IPv4's first.
+    pub fn overlays(&self) -> impl Iterator<Item = (Family, &OverlayConfig)> {
+        Family::BOTH
+            .into_iter()
+            .filter_map(|f| self.overlay(f).map(|o| (f, o)))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -64,25 +95,50 @@ pub enum DataplaneError {
     Firewall(#[from] FirewallError),
 }
 
-pub struct Dataplane {
-    nl: Netlink,
-    cfg: DataplaneConfig,
-    fw: Arc<dyn Firewall>,
+/// What a pass keeps between passes for one family.
+#[derive(Debug)]
+struct Overlay {
     device: Option<DeviceState>,
-    lease: Option<Ipv4Network>,
-    lease6: Option<IpNetwork>,
-    /// Raised by the firewall driver's monitor when the ruleset changed, if it has one.
-    rules_changed: Option<Arc<ChangeFlag>>,
+    lease: Option<IpNetwork>,
     /// The underlay's connected prefixes as of the last full pass (DirectRouting).
-    onlink: Vec<Ipv4Network>,
+    onlink: Vec<IpNetwork>,
     /// Without DirectRouting, direct routes are looked for once after start or a config
     /// change (left by DirectRouting before, or by flanneld), not on every pass.
     sweep_direct: bool,
     /// Blackhole routes are read after start, a config change or a new lease (to remove
     /// stale ones); in between a pass only re-adds ours if it went missing.
     sweep_blackholes: bool,
+}
+
+impl Overlay {
+    fn new() -> Self {
+        Overlay {
+            device: None,
+            lease: None,
+            onlink: Vec::new(),
+            sweep_direct: true,
+            sweep_blackholes: true,
+        }
+    }
+}
+
+pub struct Dataplane {
+    nl: Netlink,
+    cfg: DataplaneConfig,
+    fw: Arc<dyn Firewall>,
+    /// Per family, IPv4's first; kept whether or not the family is configured.
+    state: [Overlay; 2],
+    /// Raised by the firewall driver's monitor when the ruleset changed, if it has one.
+    rules_changed: Option<Arc<ChangeFlag>>,
     /// IPv6 rules were wanted since start: when that stops, they are removed.
     had_v6_rules: bool,
+}
+
+fn slot(f: Family) -> usize {
+    match f {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
 }
 
 impl Dataplane {
@@ -92,13 +148,8 @@ impl Dataplane {
             nl,
             cfg,
             fw,
-            device: None,
-            lease: None,
-            lease6: None,
+            state: [Overlay::new(), Overlay::new()],
             rules_changed,
-            onlink: Vec::new(),
-            sweep_direct: true,
-            sweep_blackholes: true,
             had_v6_rules: false,
         }
     }
@@ -111,86 +162,157 @@ impl Dataplane {
         &self.cfg
     }
 
+    fn st(&self, f: Family) -> &Overlay {
+        &self.state[slot(f)]
+    }
+
+    fn st_mut(&mut self, f: Family) -> &mut Overlay {
+        &mut self.state[slot(f)]
+    }
+
     /// New settings (after a config reload); the next pass applies them.
     pub fn set_config(&mut self, mut cfg: DataplaneConfig) {
-        if cfg.vxlan.name != self.cfg.vxlan.name {
-            // A new device (VNI changed), but peers keep our MAC.
-            cfg.vxlan.mac = self.mac().or(cfg.vxlan.mac);
-            self.device = None;
+        for f in Family::BOTH {
+            let old = self.cfg.overlay(f).map(|o| o.vxlan.name.clone());
+            let mac = self.mac(f);
+            match cfg.overlay_mut(f) {
+                Some(o) if old.as_deref() != Some(o.vxlan.name.as_str()) => {
+                    // A new device (VNI changed), but peers keep our MAC.
+                    o.vxlan.mac = mac.or(o.vxlan.mac);
+                    self.st_mut(f).device = None;
+                }
+                Some(_) => {}
+                None => *self.st_mut(f) = Overlay::new(),
+            }
         }
         self.cfg = cfg;
-        self.sweep_direct = true;
-        self.sweep_blackholes = true;
+        for st in &mut self.state {
+            st.sweep_direct = true;
+            st.sweep_blackholes = true;
+        }
     }
 
-    pub fn device_name(&self) -> &str {
-        &self.cfg.vxlan.name
+    /// The device of family `f`'s overlay, when it has one.
+    pub fn device_name(&self, f: Family) -> Option<&str> {
+        self.cfg.overlay(f).map(|o| o.vxlan.name.as_str())
     }
 
-    pub fn mac(&self) -> Option<Mac> {
-        self.device.as_ref().map(|d| d.mac)
+    /// Every overlay device, with its ifindex once known: what a monitor watches.
+    pub fn devices(&self) -> Vec<(String, Option<u32>)> {
+        self.cfg
+            .overlays()
+            .map(|(f, o)| (o.vxlan.name.clone(), self.device_index(f)))
+            .collect()
     }
 
-    /// Creates or adopts the device. Once we have a MAC it is kept for every recreation,
-    /// because peers hold it in their FDB (flannel's recreate changes it, #869).
-    pub async fn ensure_device(&mut self) -> Result<DeviceState, NetlinkError> {
-        let mut spec = self.cfg.vxlan.clone();
-        if let Some(d) = &self.device {
+    pub fn mac(&self, f: Family) -> Option<Mac> {
+        self.st(f).device.as_ref().map(|d| d.mac)
+    }
+
+    pub fn device_index(&self, f: Family) -> Option<u32> {
+        self.st(f).device.as_ref().map(|d| d.index)
+    }
+
+    /// The indexes of every overlay device known.
+    pub fn device_indices(&self) -> Vec<u32> {
+        Family::BOTH
+            .into_iter()
+            .filter_map(|f| self.device_index(f))
+            .collect()
+    }
+
+    /// Creates or adopts family `f`'s device. Once we have a MAC it is kept for every
+    /// recreation, because peers hold it in their FDB (flannel's recreate changes it,
+    /// #869).
+    pub async fn ensure_device(&mut self, f: Family) -> Result<DeviceState, NetlinkError> {
+        let Some(o) = self.cfg.overlay(f) else {
+            return Err(NetlinkError::Unexpected {
+                op: format!("ensure the {f:?} VXLAN device"),
+                why: "that family's overlay is not configured",
+            });
+        };
+        let mut spec = o.vxlan.clone();
+        if let Some(d) = &self.st(f).device {
             spec.mac = Some(d.mac);
         }
+        let had = self.st(f).device.is_some();
         let st = self.nl.ensure_vxlan(&spec).await?;
-        if st.created && self.device.is_some() {
+        if st.created && had {
             warn!(device = %spec.name, "VXLAN device was missing; recreated it");
         }
-        self.device = Some(st.clone());
+        self.st_mut(f).device = Some(st.clone());
         Ok(st)
     }
 
-    /// Records our lease and gives the device its address (the lease's network address).
-    pub async fn set_lease(&mut self, subnet: Ipv4Network) -> Result<(), NetlinkError> {
-        if self.lease != Some(subnet) {
-            self.sweep_blackholes = true;
+    /// Every configured overlay's device: what start-up creates before taking a lease
+    /// (the lease advertises their MACs).
+    pub async fn ensure_devices(&mut self) -> Result<Vec<(Family, DeviceState)>, NetlinkError> {
+        let mut out = Vec::new();
+        for f in self.families() {
+            out.push((f, self.ensure_device(f).await?));
         }
-        self.lease = Some(subnet);
-        let st = match &self.device {
-            Some(d) => d.clone(),
-            None => self.ensure_device().await?,
-        };
-        self.nl
-            .ensure_address(st.index, subnet.network(), self.cfg.network)
-            .await
+        Ok(out)
     }
 
-    /// Our IPv6 subnet (dual stack), for the IPv6 rules; `None` takes them away.
-    pub fn set_lease6(&mut self, subnet: Option<IpNetwork>) {
-        self.lease6 = subnet.filter(|s| s.is_ipv6());
+    fn families(&self) -> Vec<Family> {
+        self.cfg.overlays().map(|(f, _)| f).collect()
     }
 
-    /// The rule sets to keep: IPv4's once we hold a lease, and IPv6's with an IPv6 network
-    /// and subnet; without them the IPv6 chains and table are kept away.
+    /// Records our lease and gives each device its address (its family's subnet's network
+    /// address). A family whose overlay is off or which the lease lacks gets none.
+    pub async fn set_lease(&mut self, key: &LeaseKey) -> Result<(), NetlinkError> {
+        for f in Family::BOTH {
+            let subnet = match f {
+                Family::V4 => key.v4,
+                Family::V6 => key.v6,
+            }
+            .filter(|n| Family::of(n) == f);
+            let Some(network) = self.cfg.overlay(f).map(|o| o.network) else {
+                self.st_mut(f).lease = None;
+                continue;
+            };
+            let st = self.st_mut(f);
+            if st.lease != subnet {
+                st.sweep_blackholes = true;
+            }
+            st.lease = subnet;
+            let Some(subnet) = subnet else { continue };
+            let dev = match &self.st(f).device {
+                Some(d) => d.clone(),
+                None => self.ensure_device(f).await?,
+            };
+            self.nl
+                .ensure_address(dev.index, subnet.network(), network)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The rule sets to keep: each family's once it has an overlay and a subnet; without
+    /// them the IPv6 chains and table are kept away.
     pub fn rules(&self) -> Vec<RuleSet> {
-        let Some(lease) = self.lease else {
-            return Vec::new();
-        };
         let c = &self.cfg;
-        let opts = c.rules.options(
-            Some(VxlanFlows {
-                local: c.vxlan.local,
-                port: c.vxlan.port,
-            }),
-            &c.no_masq,
-        );
-        let mut sets = vec![RuleSet::new(
-            IpNetwork::V4(c.network),
-            IpNetwork::V4(lease),
-            &opts,
-        )];
-        match (c.network6, self.lease6) {
-            (Some(n6), Some(l6)) => sets.push(RuleSet::new(n6, l6, &opts)),
-            // Only where IPv6 was on before (or flanneld left them): nothing to read on a
-            // v4-only node that never had them.
-            _ if self.had_v6_rules => sets.push(RuleSet::none_of(true)),
-            _ => {}
+        let mut sets = Vec::new();
+        let mut v6 = false;
+        for (f, o) in c.overlays() {
+            let Some(lease) = self.st(f).lease else {
+                continue;
+            };
+            let flows = match o.vxlan.local {
+                IpAddr::V4(local) => Some(VxlanFlows {
+                    local,
+                    port: o.vxlan.port,
+                }),
+                IpAddr::V6(_) => None,
+            };
+            let opts = c.rules.options(flows, &c.no_masq);
+            sets.push(RuleSet::new(o.network, lease, &opts));
+            v6 |= f.is_v6();
+        }
+        // Only where IPv6 was on before (or flanneld left them): nothing to read on a
+        // v4-only node that never had them.
+        if !v6 && self.had_v6_rules {
+            sets.push(RuleSet::none_of(true));
         }
         sets
     }
@@ -223,38 +345,47 @@ impl Dataplane {
         .await?
     }
 
-    /// Applies peer events straight to the device we know, without reading the kernel or
-    /// touching rules. `None` when that can't be done (no device yet, or with DirectRouting
-    /// a peer on our link, whose route kind may change): run a full reconcile instead.
-    async fn apply_incremental(
-        &mut self,
-        events: &[PeerEvent],
-    ) -> Option<crate::netlink::ApplyReport> {
-        let index = self.device.as_ref()?.index;
-        if self.cfg.direct_routing && events.iter().any(|e| self.touches_onlink(e)) {
-            return None;
+    /// Applies peer events straight to the devices we know, without reading the kernel or
+    /// touching rules. `false` when that can't be done (a device not there yet, or with
+    /// DirectRouting a peer on our link, whose route kind may change): run a full
+    /// reconcile instead.
+    async fn apply_incremental(&mut self, events: &[PeerEvent]) -> bool {
+        let mut plans = Vec::new();
+        for f in self.families() {
+            let Some(index) = self.device_index(f) else {
+                return false;
+            };
+            if self.cfg.direct_routing && events.iter().any(|e| self.touches_onlink(f, e)) {
+                return false;
+            }
+            plans.push((index, incremental(events, self.cfg.route_form, f)));
         }
-        let r = self
-            .nl
-            .apply(index, &incremental(events, self.cfg.route_form))
-            .await;
-        for f in &r.failed {
-            warn!("kernel update failed, the next resync retries: {f}");
-        }
-        Some(r)
-    }
-
-    fn touches_onlink(&self, ev: &PeerEvent) -> bool {
-        let onlink = |ip: Ipv4Addr| self.onlink.iter().any(|n| n.contains(ip));
-        match ev {
-            PeerEvent::Added(l) | PeerEvent::Removed(l) => onlink(l.entry.public_ip),
-            PeerEvent::Changed { new, old } => {
-                onlink(new.entry.public_ip) || onlink(old.entry.public_ip)
+        for (index, ops) in plans {
+            if ops.is_empty() {
+                continue;
+            }
+            let r = self.nl.apply(index, &ops).await;
+            for f in &r.failed {
+                warn!("kernel update failed, the next resync retries: {f}");
             }
         }
+        true
     }
 
-    /// The one way peer events reach the kernel: straight to the device when that is
+    fn touches_onlink(&self, f: Family, ev: &PeerEvent) -> bool {
+        let onlink = &self.st(f).onlink;
+        let on = |l: &twill_store::Lease| {
+            l.entries
+                .get(f)
+                .is_some_and(|e| onlink.iter().any(|n| n.contains(e.public_ip)))
+        };
+        match ev {
+            PeerEvent::Added(l) | PeerEvent::Removed(l) => on(l),
+            PeerEvent::Changed { new, old } => on(new) || on(old),
+        }
+    }
+
+    /// The one way peer events reach the kernel: straight to the devices when that is
     /// enough, else (`full`: at start, after a re-list or a lease change; or when the
     /// events can't be applied alone) a full pass over every peer of `table`. `Some` is
     /// the full pass's report.
@@ -264,54 +395,52 @@ impl Dataplane {
         table: &PeerTable,
         full: bool,
     ) -> Result<Option<ReconcileReport>, DataplaneError> {
-        if !full && self.apply_incremental(events).await.is_some() {
+        if !full && self.apply_incremental(events).await {
             return Ok(None);
         }
-        self.reconcile(&desired_peers(table.entries()))
+        self.pass(Some(&desired_peers(table.entries())))
             .await
             .map(Some)
     }
 
-    /// Device, address, peers, rules: everything made to match, whatever happened to it.
-    async fn reconcile(
-        &mut self,
-        desired: &BTreeMap<Ipv4Network, PeerEntry>,
-    ) -> Result<ReconcileReport, DataplaneError> {
-        self.pass(Some(desired)).await
-    }
-
-    /// Device, address and rules, without reading the peer entries: for a periodic pass
-    /// when the netlink monitor saw nothing touch them. The rules too are only read when
-    /// the firewall driver's monitor saw the ruleset change (or it has none). A report
-    /// with `device_created` means the device is new and empty: follow with `reconcile`.
+    /// Devices, addresses and rules, without reading the peer entries: for a periodic
+    /// pass when the netlink monitor saw nothing touch them. The rules too are only read
+    /// when the firewall driver's monitor saw the ruleset change (or it has none). A
+    /// report with `device_created` means a device is new and empty: follow with a full
+    /// pass.
     pub async fn check(&mut self) -> Result<ReconcileReport, DataplaneError> {
         self.pass(None).await
     }
 
-    /// The peers' entries. With DirectRouting, direct routes go in first (each replaces
-    /// the subnet's VXLAN route, so a peer switching kinds is never without one) and stale
-    /// ones go last (a VXLAN route that replaced one no longer matches its delete).
+    /// Family `f`'s peers' entries. With DirectRouting, direct routes go in first (each
+    /// replaces the subnet's VXLAN route, so a peer switching kinds is never without one)
+    /// and stale ones go last (a VXLAN route that replaced one no longer matches its
+    /// delete).
     async fn peers(
         &mut self,
+        f: Family,
         index: u32,
-        desired: &BTreeMap<Ipv4Network, PeerEntry>,
+        desired: &BTreeMap<IpNetwork, PeerEntry>,
         report: &mut ReconcileReport,
     ) -> Result<(), NetlinkError> {
-        debug!("reading kernel state");
-        let underlay = self.cfg.vxlan.dev_index;
+        debug!(family = ?f, "reading kernel state");
+        let Some(o) = self.cfg.overlay(f) else {
+            return Ok(());
+        };
+        let (underlay, network) = (o.vxlan.dev_index, o.network);
         let mode = if self.cfg.direct_routing {
-            Underlay::Direct(underlay, self.cfg.network)
-        } else if self.sweep_direct {
-            Underlay::Sweep(underlay, self.cfg.network)
+            Underlay::Direct(underlay, network)
+        } else if self.st(f).sweep_direct {
+            Underlay::Sweep(underlay, network)
         } else {
             Underlay::Skip
         };
         let form = Some(self.cfg.route_form);
-        let plan = plan_peers(&self.nl, index, mode, desired, form).await?;
+        let plan = plan_peers(&self.nl, index, f, mode, desired, form).await?;
         if let Some(onlink) = plan.onlink {
-            self.onlink = onlink;
+            self.st_mut(f).onlink = onlink;
         }
-        report.direct_peers = plan.direct_peers;
+        report.direct_peers += plan.direct_peers;
         debug!(ops = plan.ops.len(), direct = plan.direct.len(), "applying");
         report.restored.extend(plan.ops.added());
         report.restored.extend(
@@ -335,7 +464,7 @@ impl Dataplane {
             results.push(r);
         }
         if matches!(mode, Underlay::Sweep(..)) && swept {
-            self.sweep_direct = false;
+            self.st_mut(f).sweep_direct = false;
         }
         for r in results {
             report.entries_changed += r.applied;
@@ -344,10 +473,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Our subnet's blackhole route, as `--ip-blackhole-route` wants it; the changes made.
-    async fn blackhole(&mut self, own: Ipv4Network) -> Result<usize, NetlinkError> {
+    /// Our IPv4 subnet's blackhole route, as `--ip-blackhole-route` wants it; the changes
+    /// made.
+    async fn blackhole(&mut self, own: IpNetwork) -> Result<usize, NetlinkError> {
+        let (IpNetwork::V4(own), Some(IpNetwork::V4(network))) =
+            (own, self.cfg.v4.as_ref().map(|o| o.network))
+        else {
+            return Ok(0);
+        };
         let want = self.cfg.blackhole_route;
-        if !self.sweep_blackholes {
+        if !self.st(Family::V4).sweep_blackholes {
             // One request, and no notification when the route is there already.
             return Ok(if want {
                 usize::from(self.nl.add_blackhole(own).await?)
@@ -356,7 +491,7 @@ impl Dataplane {
             });
         }
         let found = self.nl.blackholes().await?;
-        let plan = crate::blackhole::plan(&found, self.cfg.network, own, want);
+        let plan = crate::blackhole::plan(&found, network, own, want);
         let mut changed = 0;
         // Ours in first, so the subnet is never without one while flanneld's goes.
         if let Some(net) = plan.add {
@@ -367,7 +502,7 @@ impl Dataplane {
             info!(route = %b, "removed a stale blackhole route");
             changed += 1;
         }
-        self.sweep_blackholes = false;
+        self.st_mut(Family::V4).sweep_blackholes = false;
         Ok(changed)
     }
 
@@ -377,39 +512,57 @@ impl Dataplane {
         self.rules_changed.clone()
     }
 
-    pub fn device_index(&self) -> Option<u32> {
-        self.device.as_ref().map(|d| d.index)
+    /// One family's device, address, blackhole and (with `desired`) peers.
+    async fn pass_family(
+        &mut self,
+        f: Family,
+        desired: Option<&BTreeMap<IpNetwork, PeerEntry>>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DataplaneError> {
+        let Some(o) = self.cfg.overlay(f) else {
+            return Ok(());
+        };
+        let (name, network) = (o.vxlan.name.clone(), o.network);
+        let st = self.ensure_device(f).await?;
+        if st.created {
+            report.device_created = true;
+            report.restored.push(("device", name));
+        }
+        if let Some(lease) = self.st(f).lease {
+            self.nl
+                .ensure_address(st.index, lease.network(), network)
+                .await?;
+            if f == Family::V4 {
+                match self.blackhole(lease).await {
+                    Ok(n) => {
+                        report.entries_changed += n;
+                        if n > 0 && self.cfg.blackhole_route {
+                            report.restored.push(("blackhole", lease.to_string()));
+                        }
+                    }
+                    Err(e) => report.entries_failed.push(e.into()),
+                }
+            }
+        }
+        if let Some(desired) = desired {
+            let mine: BTreeMap<IpNetwork, PeerEntry> = desired
+                .iter()
+                .filter(|(n, _)| Family::of(n) == f)
+                .map(|(n, p)| (*n, *p))
+                .collect();
+            self.peers(f, st.index, &mine, report).await?;
+        }
+        Ok(())
     }
 
     async fn pass(
         &mut self,
-        desired: Option<&BTreeMap<Ipv4Network, PeerEntry>>,
+        desired: Option<&BTreeMap<IpNetwork, PeerEntry>>,
     ) -> Result<ReconcileReport, DataplaneError> {
         let start = Instant::now();
         let mut report = ReconcileReport::default();
-        let st = self.ensure_device().await?;
-        report.device_created = st.created;
-        if st.created {
-            report
-                .restored
-                .push(("device", self.cfg.vxlan.name.clone()));
-        }
-        if let Some(lease) = self.lease {
-            self.nl
-                .ensure_address(st.index, lease.network(), self.cfg.network)
-                .await?;
-            match self.blackhole(lease).await {
-                Ok(n) => {
-                    report.entries_changed += n;
-                    if n > 0 && self.cfg.blackhole_route {
-                        report.restored.push(("blackhole", lease.to_string()));
-                    }
-                }
-                Err(e) => report.entries_failed.push(e.into()),
-            }
-        }
-        if let Some(desired) = desired {
-            self.peers(st.index, desired, &mut report).await?;
+        for f in self.families() {
+            self.pass_family(f, desired, &mut report).await?;
         }
         // Taken before reading, so a change racing the check is seen next time.
         let rules_touched = self.rules_changed.as_ref().is_none_or(|f| f.take());
@@ -460,9 +613,9 @@ pub enum Underlay {
     /// Not read.
     Skip,
     /// DirectRouting off: every peer on VXLAN, direct routes in the network deleted.
-    Sweep(u32, Ipv4Network),
+    Sweep(u32, IpNetwork),
     /// DirectRouting on: peers on the underlay's link get direct routes.
-    Direct(u32, Ipv4Network),
+    Direct(u32, IpNetwork),
 }
 
 /// What a pass would change: read from the kernel, nothing written.
@@ -471,29 +624,30 @@ pub struct PeerPlan {
     pub ops: Ops,
     pub direct: DirectOps,
     /// The underlay's connected prefixes, when they were read.
-    pub onlink: Option<Vec<Ipv4Network>>,
+    pub onlink: Option<Vec<IpNetwork>>,
     /// Peers reached by a direct route.
     pub direct_peers: usize,
     /// The route form the diff was taken for (given, or read off the kernel).
     pub form: RouteForm,
 }
 
-/// Reads the VXLAN device's entries (and the underlay's routes, per `mode`) and diffs them
+/// Reads a VXLAN device's entries (of `family`) (and the underlay's routes, per `mode`) and diffs them
 /// against `desired`: the one place reconcile and `twilld doctor` compute the difference.
 /// A `form` of `None` (doctor, which doesn't know the daemon's flags) takes the one the
 /// kernel shows: nexthops on the device mean the daemon writes them.
 pub async fn plan_peers(
     nl: &Netlink,
     index: u32,
+    family: Family,
     mode: Underlay,
-    desired: &BTreeMap<Ipv4Network, PeerEntry>,
+    desired: &BTreeMap<IpNetwork, PeerEntry>,
     form: Option<RouteForm>,
 ) -> Result<PeerPlan, NetlinkError> {
     let underlay = match mode {
         Underlay::Skip => None,
         Underlay::Sweep(d, n) | Underlay::Direct(d, n) => Some((d, n)),
     };
-    let (actual, u) = nl.read_peers(index, underlay).await?;
+    let (actual, u) = nl.read_peers(index, family, underlay).await?;
     let form = form.unwrap_or(if actual.nexthops.is_empty() {
         RouteForm::Plain
     } else {

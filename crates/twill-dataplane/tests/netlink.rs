@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use ipnetwork::Ipv4Network;
-use twill_dataplane::{diff, nexthop_id, Actual, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use twill_dataplane::{
+    diff, nexthop_id, Actual, Family, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec,
+};
 
 const PLAIN: RouteForm = RouteForm::Plain;
 use twill_testutil::Netns;
@@ -51,10 +53,10 @@ async fn addressed_device(nl: &Netlink, s: &VxlanSpec) -> twill_dataplane::Devic
     dev
 }
 
-fn peers(n: u8) -> BTreeMap<Ipv4Network, PeerEntry> {
+fn peers(n: u8) -> BTreeMap<IpNetwork, PeerEntry> {
     (1..=n)
         .map(|i| {
-            let subnet: Ipv4Network = format!("10.244.{i}.0/24").parse().unwrap();
+            let subnet: IpNetwork = format!("10.244.{i}.0/24").parse().unwrap();
             (
                 subnet,
                 PeerEntry {
@@ -131,11 +133,15 @@ fn peer_entries_added_replaced_and_removed() {
             let nl = Netlink::connect().unwrap();
             let dev = nl.ensure_vxlan(&s).await.unwrap();
             let want = peers(3);
-            let ops = diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN);
+            let ops = diff(
+                &want,
+                &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                PLAIN,
+            );
             let r = nl.apply(dev.index, &ops).await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
             assert_eq!(r.applied, 9);
-            let actual = nl.read_actual(dev.index).await.unwrap();
+            let actual = nl.read_actual(dev.index, Family::V4).await.unwrap();
             assert!(
                 diff(&want, &actual, PLAIN).is_empty(),
                 "converged: {actual:?}"
@@ -158,7 +164,7 @@ fn peer_entries_added_replaced_and_removed() {
             );
             let r = nl.apply(dev.index, &ops).await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
-            let actual = nl.read_actual(dev.index).await.unwrap();
+            let actual = nl.read_actual(dev.index, Family::V4).await.unwrap();
             assert!(
                 diff(&next, &actual, PLAIN).is_empty(),
                 "converged again: {actual:?}"
@@ -169,7 +175,10 @@ fn peer_entries_added_replaced_and_removed() {
                 .apply(dev.index, &diff(&BTreeMap::new(), &actual, PLAIN))
                 .await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
-            assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
+            assert_eq!(
+                nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                Actual::default()
+            );
         })
     });
     // iproute2 agrees that nothing is left.
@@ -227,11 +236,20 @@ fn leftovers_made_by_hand_are_removed() {
             let r = nl
                 .apply(
                     dev.index,
-                    &diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN),
+                    &diff(
+                        &want,
+                        &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                        PLAIN,
+                    ),
                 )
                 .await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
-            assert!(diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN).is_empty());
+            assert!(diff(
+                &want,
+                &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                PLAIN
+            )
+            .is_empty());
         })
     });
     let state = ns.sh(
@@ -252,15 +270,17 @@ fn a_thousand_peers_programmed_and_removed() {
         Box::pin(async move {
             let nl = Netlink::connect().unwrap();
             let dev = nl.ensure_vxlan(&s).await.unwrap();
-            let want: BTreeMap<Ipv4Network, PeerEntry> = (0..1000u32)
+            let want: BTreeMap<IpNetwork, PeerEntry> = (0..1000u32)
                 .map(|i| {
-                    let subnet = Ipv4Network::new(
-                        std::net::Ipv4Addr::from(0x0af4_0000 + (i << 8) + 256),
-                        24,
-                    )
-                    .unwrap();
+                    let subnet = IpNetwork::V4(
+                        Ipv4Network::new(
+                            std::net::Ipv4Addr::from(0x0af4_0000 + (i << 8) + 256),
+                            24,
+                        )
+                        .unwrap(),
+                    );
                     let mac = Mac([0x0a, 0, 0, (i >> 8) as u8, i as u8, 1]);
-                    let public_ip = std::net::Ipv4Addr::from(0xc612_0000 + 256 + i);
+                    let public_ip = std::net::Ipv4Addr::from(0xc612_0000 + 256 + i).into();
                     (
                         subnet,
                         PeerEntry {
@@ -276,7 +296,11 @@ fn a_thousand_peers_programmed_and_removed() {
             let r = nl
                 .apply(
                     dev.index,
-                    &diff(&want, &nl.read_actual(dev.index).await.unwrap(), PLAIN),
+                    &diff(
+                        &want,
+                        &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                        PLAIN,
+                    ),
                 )
                 .await;
             let add = t.elapsed();
@@ -287,7 +311,7 @@ fn a_thousand_peers_programmed_and_removed() {
             );
             assert_eq!(r.applied, 3000);
             let t = std::time::Instant::now();
-            let actual = nl.read_actual(dev.index).await.unwrap();
+            let actual = nl.read_actual(dev.index, Family::V4).await.unwrap();
             assert!(diff(&want, &actual, PLAIN).is_empty());
             let noop = t.elapsed();
             let t = std::time::Instant::now();
@@ -296,7 +320,10 @@ fn a_thousand_peers_programmed_and_removed() {
                 .await;
             let del = t.elapsed();
             assert!(r.failed.is_empty());
-            assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
+            assert_eq!(
+                nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                Actual::default()
+            );
             (add, noop, del)
         })
     });
@@ -321,7 +348,11 @@ fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() 
             let nl = Netlink::connect().unwrap();
             let dev = addressed_device(&nl, &s2).await;
             let form = RouteForm::Nexthop;
-            let ops = diff(&peers(3), &nl.read_actual(dev.index).await.unwrap(), form);
+            let ops = diff(
+                &peers(3),
+                &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                form,
+            );
             assert_eq!((ops.add_nexthops.len(), ops.add_routes.len()), (3, 3));
             nl.apply(dev.index, &ops).await.failed
         })
@@ -371,10 +402,14 @@ fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() 
                 let nl = &nl;
                 let want = &want;
                 async move {
-                    let ops = diff(want, &nl.read_actual(dev.index).await.unwrap(), form);
+                    let ops = diff(
+                        want,
+                        &nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                        form,
+                    );
                     let r = nl.apply(dev.index, &ops).await;
                     assert!(r.failed.is_empty(), "{:?}", r.failed);
-                    let actual = nl.read_actual(dev.index).await.unwrap();
+                    let actual = nl.read_actual(dev.index, Family::V4).await.unwrap();
                     assert!(diff(want, &actual, form).is_empty(), "{actual:?}");
                     (ops, actual)
                 }
@@ -403,8 +438,126 @@ fn nexthop_form_programs_switches_back_and_forth_and_leaves_foreign_ids_alone() 
                 )
                 .await;
             assert!(r.failed.is_empty(), "{:?}", r.failed);
-            assert_eq!(nl.read_actual(dev.index).await.unwrap(), Actual::default());
+            assert_eq!(
+                nl.read_actual(dev.index, Family::V4).await.unwrap(),
+                Actual::default()
+            );
         })
     });
     assert_eq!(state(&ns).trim(), "");
+}
+
+/// An IPv6 overlay device over an IPv6 underlay, as the `flannel-v6.<VNI>` device is:
+/// created with an IPv6 local address, addressed without DAD, its peers' entries written,
+/// read back, replaced and removed in both route forms, as iproute2 shows them.
+#[test]
+fn ipv6_device_and_peer_entries() {
+    let ns = ns("nl-v6");
+    ns.sh("ip addr add 2001:2::1/64 dev eth0 nodad");
+    let mut s = spec(&ns);
+    s.name = "flannel-v6.1".into();
+    s.local = "2001:2::1".parse().unwrap();
+    s.mtu = 1430;
+    let want = |n: u8| -> BTreeMap<IpNetwork, PeerEntry> {
+        (1..=n)
+            .map(|i| {
+                let subnet: IpNetwork = format!("fd00:10:0:{i}::/64").parse().unwrap();
+                let p = PeerEntry {
+                    subnet,
+                    vtep_ip: subnet.network(),
+                    mac: Mac([0x0a, 0, 0, 0, 6, i]),
+                    public_ip: format!("2001:2::{}", 100 + i).parse().unwrap(),
+                };
+                (subnet, p)
+            })
+            .collect()
+    };
+    let s2 = s.clone();
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s2).await.unwrap();
+            assert!(dev.created);
+            nl.ensure_address(
+                dev.index,
+                "fd00:10:0:9::".parse().unwrap(),
+                "fd00:10::/56".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+            // Adopted as it is on a second look.
+            assert!(!nl.ensure_vxlan(&s2).await.unwrap().created);
+            for form in [RouteForm::Plain, RouteForm::Nexthop] {
+                let w = want(3);
+                let ops = diff(
+                    &w,
+                    &nl.read_actual(dev.index, Family::V6).await.unwrap(),
+                    form,
+                );
+                let r = nl.apply(dev.index, &ops).await;
+                assert!(r.failed.is_empty(), "{form:?}: {:?}", r.failed);
+                let actual = nl.read_actual(dev.index, Family::V6).await.unwrap();
+                assert!(diff(&w, &actual, form).is_empty(), "{form:?}: {actual:?}");
+                // The IPv4 view of the same device has none of it.
+                assert!(nl
+                    .read_actual(dev.index, Family::V4)
+                    .await
+                    .unwrap()
+                    .routes
+                    .is_empty());
+            }
+        })
+    });
+    let link = ns.sh("ip -d link show flannel-v6.1");
+    assert!(
+        link.contains("vxlan id 1 local 2001:2::1 dev eth0") && link.contains("mtu 1430"),
+        "{link}"
+    );
+    let addr = ns.sh("ip -6 addr show dev flannel-v6.1");
+    assert!(
+        addr.contains("inet6 fd00:10:0:9::/128 scope global nodad"),
+        "not tentative: {addr}"
+    );
+    let routes = ns.sh("ip -6 route show dev flannel-v6.1");
+    assert!(routes.contains("fd00:10:0:2::/64 nhid "), "{routes}");
+    let neigh = ns.sh("ip -6 neigh show dev flannel-v6.1");
+    assert!(
+        neigh.contains("fd00:10:0:2:: lladdr 0a:00:00:00:06:02 PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = ns.sh("bridge fdb show dev flannel-v6.1");
+    assert!(
+        fdb.contains("0a:00:00:00:06:02 dst 2001:2::102 self permanent"),
+        "{fdb}"
+    );
+
+    // Back to plain routes, then one peer leaves: its three entries and nexthop go.
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            let w = want(2);
+            let plain = RouteForm::Plain;
+            let ops = diff(
+                &w,
+                &nl.read_actual(dev.index, Family::V6).await.unwrap(),
+                plain,
+            );
+            let r = nl.apply(dev.index, &ops).await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            let actual = nl.read_actual(dev.index, Family::V6).await.unwrap();
+            assert!(diff(&w, &actual, plain).is_empty(), "{actual:?}");
+            assert!(actual.nexthops.is_empty());
+        })
+    });
+    let routes = ns.sh("ip -6 route show dev flannel-v6.1");
+    assert!(
+        routes.contains("fd00:10:0:2::/64 via fd00:10:0:2:: metric 1024 onlink")
+            || routes.contains("fd00:10:0:2::/64 via fd00:10:0:2:: ") && routes.contains("onlink"),
+        "{routes}"
+    );
+    assert!(!routes.contains("fd00:10:0:3::"), "{routes}");
+    assert!(!ns
+        .sh("bridge fdb show dev flannel-v6.1")
+        .contains("2001:2::103"));
 }

@@ -612,12 +612,24 @@ impl SubnetManager for EtcdStore {
         "etcd"
     }
 
-    async fn advertised_mac(&self, public_ip: std::net::Ipv4Addr) -> Option<String> {
-        let (leases, _) = self.list().await.ok()?;
-        leases.into_iter().find_map(|l| {
-            let a = l.attrs?;
-            (a.public_ip == public_ip).then_some(a.vxlan_data()?.vtep_mac)
-        })
+    async fn advertised_macs(
+        &self,
+        public_ip: std::net::Ipv4Addr,
+    ) -> (Option<String>, Option<String>) {
+        let Ok((leases, _)) = self.list().await else {
+            return (None, None);
+        };
+        leases
+            .into_iter()
+            .filter_map(|l| l.attrs)
+            .find(|a| a.public_ip == public_ip)
+            .map(|a| {
+                (
+                    a.vxlan_data().map(|d| d.vtep_mac),
+                    a.vxlan_v6_data().map(|d| d.vtep_mac),
+                )
+            })
+            .unwrap_or_default()
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<HeldLease, StoreError> {

@@ -118,9 +118,10 @@ impl AnnotationKeys {
     }
 
     /// The VTEP MAC this node advertised last time, to be reused on restart.
-    pub fn vtep_mac(&self, node: &Node) -> Option<String> {
+    /// The VTEP MAC in annotation `which` (`backend-data`, `backend-v6-data`).
+    pub fn vtep_mac(&self, node: &Node, which: &str) -> Option<String> {
         let data: twill_store::VxlanBackendData =
-            serde_json::from_str(self.get(node, "backend-data")?).ok()?;
+            serde_json::from_str(self.get(node, which)?).ok()?;
         Some(data.vtep_mac)
     }
 

@@ -363,8 +363,14 @@ impl SubnetManager for KubeStore {
         "kubernetes"
     }
 
-    async fn advertised_mac(&self, _public_ip: Ipv4Addr) -> Option<String> {
-        self.keys.vtep_mac(&self.node().await.ok()?)
+    async fn advertised_macs(&self, _public_ip: Ipv4Addr) -> (Option<String>, Option<String>) {
+        match self.node().await {
+            Ok(node) => (
+                self.keys.vtep_mac(&node, "backend-data"),
+                self.keys.vtep_mac(&node, "backend-v6-data"),
+            ),
+            Err(_) => (None, None),
+        }
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<HeldLease, StoreError> {

@@ -102,8 +102,9 @@ async fn podcidr_missing_then_assigned_annotations_written_once_mac_reused() {
     let again = KubeStore::connect(&opts(&fake, "n1")).await.unwrap();
     assert_eq!(
         again
-            .advertised_mac("198.18.0.1".parse().unwrap())
+            .advertised_macs("198.18.0.1".parse().unwrap())
             .await
+            .0
             .as_deref(),
         Some("0a:11:22:33:44:55")
     );

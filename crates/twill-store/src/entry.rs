@@ -1,59 +1,203 @@
 //! A peer as the data plane needs it, made once from a lease when it is judged: the store
 //! keeps lease JSON as text, and parsing it (and the MAC) again for every event and every
 //! peer of every full pass cost 10 000 parses a pass at 10 000 peers.
+//!
+//! A dual-stack lease is two peers to the kernel, one per family, each on its own VXLAN
+//! device (`flannel.<VNI>`, `flannel-v6.<VNI>`): the v4 half is the key's IPv4 subnet,
+//! `BackendData` and `PublicIP`; the v6 half the key's IPv6 subnet, `BackendV6Data` and
+//! `PublicIPv6`, exactly as flanneld pairs them.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
-use crate::lease::{LeaseAttrs, LeaseKey};
+use crate::lease::{LeaseAttrs, LeaseKey, RawJson, VxlanBackendData};
 use crate::mac::Mac;
 use crate::rejection::Rejection;
 
-/// What one vxlan peer needs on our side: `ip neigh <vtep_ip> lladdr <mac>`, `bridge fdb
-/// <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.
+/// An address family of the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(net: &IpNetwork) -> Family {
+        if net.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    pub fn is_v6(self) -> bool {
+        self == Family::V6
+    }
+}
+
+/// What one vxlan peer needs on our side, in one family: `ip neigh <vtep_ip> lladdr <mac>`,
+/// `bridge fdb <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerEntry {
-    pub subnet: Ipv4Network,
-    pub vtep_ip: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub vtep_ip: IpAddr,
     pub mac: Mac,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
 }
 
 impl PeerEntry {
-    /// The entry a vxlan lease describes: `Ok(None)` for a reservation (no backend yet),
-    /// an error when the lease can't be one (no v4 subnet, not vxlan data, a bad MAC).
-    /// Whether it is safe to program is `LeasePolicy`'s question, not this one's.
-    pub fn of(key: &LeaseKey, attrs: &LeaseAttrs) -> Result<Option<PeerEntry>, Rejection> {
-        Ok(Self::with_vni(key, attrs)?.map(|(e, _)| e))
+    pub fn family(&self) -> Family {
+        Family::of(&self.subnet)
+    }
+}
+
+/// A lease's peers, one per family it carries (and the node enables).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerEntries {
+    pub v4: Option<PeerEntry>,
+    pub v6: Option<PeerEntry>,
+}
+
+impl PeerEntries {
+    pub fn get(&self, f: Family) -> Option<&PeerEntry> {
+        match f {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
     }
 
-    /// [`PeerEntry::of`] and the lease's VNI, from one parse of its data.
-    pub(crate) fn with_vni(
+    pub fn iter(&self) -> impl Iterator<Item = PeerEntry> {
+        self.v4.into_iter().chain(self.v6)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+
+    /// The VTEP MACs, which with the key and the attributes give back the entries.
+    pub(crate) fn macs(&self) -> VtepMacs {
+        VtepMacs {
+            v4: self.v4.map(|e| e.mac),
+            v6: self.v6.map(|e| e.mac),
+        }
+    }
+}
+
+/// What the peer table keeps of a usable lease beyond its key and attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VtepMacs {
+    pub v4: Option<Mac>,
+    pub v6: Option<Mac>,
+}
+
+impl VtepMacs {
+    pub(crate) fn entries(&self, key: &LeaseKey, attrs: &LeaseAttrs) -> PeerEntries {
+        let v4 = match (self.v4, key.v4) {
+            (Some(mac), Some(subnet)) => Some(PeerEntry {
+                subnet,
+                vtep_ip: subnet.network(),
+                mac,
+                public_ip: IpAddr::V4(attrs.public_ip),
+            }),
+            _ => None,
+        };
+        let v6 = match (self.v6, key.v6, attrs.public_ipv6) {
+            (Some(mac), Some(subnet), Some(ip)) => Some(PeerEntry {
+                subnet,
+                vtep_ip: subnet.network(),
+                mac,
+                public_ip: IpAddr::V6(ip),
+            }),
+            _ => None,
+        };
+        PeerEntries { v4, v6 }
+    }
+}
+
+/// A lease as vxlan peers, parsed: the halves of the families asked for that the key
+/// carries, each with its VNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    pub entries: PeerEntries,
+    pub vnis: Vec<(Family, u32)>,
+}
+
+impl PeerEntries {
+    /// The entries a vxlan lease describes: `Ok(None)` for a reservation (no backend yet),
+    /// an error when the lease can't be one (no subnet of a wanted family, not vxlan data,
+    /// a bad MAC, a v6 half without PublicIPv6). Whether it is safe to program is
+    /// `LeasePolicy`'s question, not this one's.
+    pub fn of(key: &LeaseKey, attrs: &LeaseAttrs) -> Result<Option<PeerEntries>, Rejection> {
+        Ok(Self::parse(key, attrs, [true, true])?.map(|p| p.entries))
+    }
+
+    /// `want`: whether to read the v4 and the v6 half (the node's enabled families).
+    pub(crate) fn parse(
         key: &LeaseKey,
         attrs: &LeaseAttrs,
-    ) -> Result<Option<(PeerEntry, u32)>, Rejection> {
-        let Some(IpNetwork::V4(subnet)) = key.v4 else {
-            return Err(Rejection::NoIpv4Subnet);
-        };
+        want: [bool; 2],
+    ) -> Result<Option<Parsed>, Rejection> {
+        let v4 = key.v4.filter(|_| want[0]);
+        let v6 = key.v6.filter(|_| want[1]);
+        if v4.is_none() && v6.is_none() {
+            return Err(if want[0] {
+                Rejection::NoIpv4Subnet
+            } else {
+                Rejection::NoIpv6Subnet
+            });
+        }
         if attrs.is_placeholder() {
             return Ok(None);
         }
-        let data = attrs.vxlan_data().ok_or_else(|| Rejection::BackendData {
-            why: "missing, or not {\"VNI\": <number>, \"VtepMAC\": <string>}".into(),
-        })?;
-        let mac = data
-            .vtep_mac
-            .parse::<Mac>()
-            .map_err(|_| Rejection::VtepMac {
-                mac: data.vtep_mac.clone(),
-            })?;
-        let entry = PeerEntry {
-            subnet,
-            vtep_ip: subnet.network(),
-            mac,
-            public_ip: attrs.public_ip,
+        let mut out = Parsed {
+            entries: PeerEntries::default(),
+            vnis: Vec::new(),
         };
-        Ok(Some((entry, data.vni)))
+        if let Some(subnet) = v4 {
+            let (mac, vni) = vtep(attrs, attrs.backend_data.as_ref(), Family::V4)?;
+            out.entries.v4 = Some(PeerEntry {
+                subnet,
+                vtep_ip: subnet.network(),
+                mac,
+                public_ip: IpAddr::V4(attrs.public_ip),
+            });
+            out.vnis.push((Family::V4, vni));
+        }
+        if let Some(subnet) = v6 {
+            let (mac, vni) = vtep(attrs, attrs.backend_v6_data.as_ref(), Family::V6)?;
+            let ip = attrs.public_ipv6.ok_or(Rejection::NoPublicIpv6)?;
+            out.entries.v6 = Some(PeerEntry {
+                subnet,
+                vtep_ip: subnet.network(),
+                mac,
+                public_ip: IpAddr::V6(ip),
+            });
+            out.vnis.push((Family::V6, vni));
+        }
+        Ok(Some(out))
     }
+}
+
+/// The VTEP MAC and VNI of one family's backend data.
+fn vtep(attrs: &LeaseAttrs, data: Option<&RawJson>, f: Family) -> Result<(Mac, u32), Rejection> {
+    let bad = |why: &str| Rejection::BackendData {
+        v6: f.is_v6(),
+        why: why.into(),
+    };
+    if attrs.backend_type != "vxlan" {
+        return Err(bad("not a vxlan lease"));
+    }
+    let data: VxlanBackendData = data
+        .and_then(|d| serde_json::from_str(d.get()).ok())
+        .ok_or_else(|| bad("missing, or not {\"VNI\": <number>, \"VtepMAC\": <string>}"))?;
+    let mac = data
+        .vtep_mac
+        .parse::<Mac>()
+        .map_err(|_| Rejection::VtepMac {
+            mac: data.vtep_mac.clone(),
+        })?;
+    Ok((mac, data.vni))
 }

@@ -174,6 +174,14 @@ impl LeaseAttrs {
         serde_json::from_str(self.backend_data.as_ref()?.get()).ok()
     }
 
+    /// The IPv6 device's VXLAN data (`BackendV6Data`) when well-formed.
+    pub fn vxlan_v6_data(&self) -> Option<VxlanBackendData> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        serde_json::from_str(self.backend_v6_data.as_ref()?.get()).ok()
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("plain struct")
     }

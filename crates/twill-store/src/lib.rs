@@ -13,7 +13,7 @@ mod rejection;
 mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
-pub use entry::PeerEntry;
+pub use entry::{Family, PeerEntries, PeerEntry};
 pub use lease::{
     backend_name, LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData,
 };

@@ -126,9 +126,12 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
     /// The store's name in logs and errors ("etcd", "kubernetes").
     fn kind(&self) -> &'static str;
 
-    /// The VTEP MAC this node advertised before, so a restarted or rebooted node keeps it
-    /// and peers need no FDB update.
-    fn advertised_mac(&self, public_ip: Ipv4Addr) -> impl Future<Output = Option<String>> + Send;
+    /// The VTEP MACs this node advertised before (`BackendData`'s, `BackendV6Data`'s), so
+    /// a restarted or rebooted node keeps them and peers need no FDB update.
+    fn advertised_macs(
+        &self,
+        public_ip: Ipv4Addr,
+    ) -> impl Future<Output = (Option<String>, Option<String>)> + Send;
 
     /// Takes (or finds) this node's subnet and publishes `req.attrs` for it. Returns
     /// `StoreError::Waiting` while something outside twill must happen first.

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ipnetwork::IpNetwork;
 
-use crate::entry::PeerEntry;
+use crate::entry::{PeerEntries, PeerEntry, VtepMacs};
 use crate::lease::{LeaseAttrs, LeaseKey, StoredLease};
-use crate::mac::Mac;
 use crate::rejection::Rejection;
 use crate::validate::{claims, LeasePolicy, Verdict};
 
@@ -16,10 +15,14 @@ use crate::validate::{claims, LeasePolicy, Verdict};
 pub struct Lease {
     pub key: LeaseKey,
     pub attrs: LeaseAttrs,
-    /// The lease as the data plane programs it, parsed once when it was judged.
-    pub entry: PeerEntry,
+    /// The lease as the data plane programs it (a peer per family), parsed once when it
+    /// was judged.
+    pub entries: PeerEntries,
 }
 
+// Events live for one batch; boxing `Changed` would cost an allocation per change to save
+// a few hundred bytes of a short Vec.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     Added(Lease),
@@ -57,9 +60,9 @@ pub struct Applied {
 struct Entry {
     /// `None`: the value is not lease JSON.
     attrs: Option<LeaseAttrs>,
-    /// Judged on its own: usable, with this VTEP MAC. The rest of its `PeerEntry` (subnet,
+    /// Judged on its own: usable, with these VTEP MACs. The rest of its entries (subnet,
     /// VTEP address, PublicIP) is the key's and the attrs', so it is not kept twice.
-    usable: Option<Mac>,
+    usable: Option<VtepMacs>,
     /// Why it is not a peer: judged on its own, or (usable, but) sharing its subnet with
     /// another lease. Neither this nor `usable`: a reservation.
     refused: Option<Box<Rejection>>,
@@ -68,7 +71,7 @@ struct Entry {
 impl Entry {
     fn new(attrs: Option<LeaseAttrs>, verdict: Verdict) -> Self {
         let (usable, refused) = match verdict {
-            Verdict::Usable(e) => (Some(e.mac), None),
+            Verdict::Usable(e) => (Some(e.macs()), None),
             Verdict::Pending => (None, None),
             Verdict::Rejected(r) => (None, Some(Box::new(r))),
         };
@@ -79,23 +82,17 @@ impl Entry {
         }
     }
 
-    /// The entry the lease was judged usable as (whether or not it is a peer now).
-    fn usable_entry(&self, key: &LeaseKey) -> Option<PeerEntry> {
-        let (Some(mac), Some(a), Some(IpNetwork::V4(subnet))) = (self.usable, &self.attrs, key.v4)
-        else {
+    /// The entries the lease was judged usable as (whether or not it is a peer now).
+    fn usable_entries(&self, key: &LeaseKey) -> Option<PeerEntries> {
+        let (Some(macs), Some(a)) = (self.usable, &self.attrs) else {
             return None;
         };
-        Some(PeerEntry {
-            subnet,
-            vtep_ip: subnet.network(),
-            mac,
-            public_ip: a.public_ip,
-        })
+        Some(macs.entries(key, a))
     }
 
     /// How the lease was judged on its own.
     fn verdict(&self, key: &LeaseKey) -> Verdict {
-        match (self.usable_entry(key), &self.refused) {
+        match (self.usable_entries(key), &self.refused) {
             (Some(e), _) => Verdict::Usable(e),
             (None, Some(r)) => Verdict::Rejected((**r).clone()),
             (None, None) => Verdict::Pending,
@@ -106,15 +103,15 @@ impl Entry {
         self.usable.is_some() && self.refused.is_none() && self.attrs.is_some()
     }
 
-    fn peer_entry(&self, key: &LeaseKey) -> Option<PeerEntry> {
-        self.usable_entry(key).filter(|_| self.is_peer())
+    fn peer_entries(&self, key: &LeaseKey) -> Option<PeerEntries> {
+        self.usable_entries(key).filter(|_| self.is_peer())
     }
 
     fn lease(&self, key: LeaseKey) -> Option<Lease> {
         Some(Lease {
             key,
             attrs: self.attrs.clone()?,
-            entry: self.peer_entry(&key)?,
+            entries: self.peer_entries(&key)?,
         })
     }
 }
@@ -201,9 +198,12 @@ impl PeerTable {
             .filter_map(|(k, e)| e.attrs.as_ref().map(|a| (k, a)))
     }
 
-    /// The peers as the data plane programs them, in key order.
+    /// The peers as the data plane programs them, both families, in key order.
     pub fn entries(&self) -> impl Iterator<Item = PeerEntry> + '_ {
-        self.entries.iter().filter_map(|(k, e)| e.peer_entry(k))
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| e.peer_entries(k))
+            .flat_map(|p| p.iter())
     }
 
     pub fn get(&self, key: &LeaseKey) -> Option<&LeaseAttrs> {
@@ -272,7 +272,7 @@ impl PeerTable {
         self.forget(key);
         let verdict = match &self.policy {
             Some(p) => p.check(&key, l.attrs.as_ref(), self.own()),
-            None => match l.attrs.as_ref().map(|a| PeerEntry::of(&key, a)) {
+            None => match l.attrs.as_ref().map(|a| PeerEntries::of(&key, a)) {
                 None => Verdict::Rejected(Rejection::Malformed),
                 Some(Ok(Some(e))) => Verdict::Usable(e),
                 Some(Ok(None)) => Verdict::Pending,

@@ -14,6 +14,10 @@ pub enum Rejection {
     /// The value is not flannel's lease JSON.
     Malformed,
     NoIpv4Subnet,
+    /// IPv6-only: the key has no IPv6 subnet.
+    NoIpv6Subnet,
+    /// A v6 half (an IPv6 subnet on a node with IPv6 enabled) without PublicIPv6.
+    NoPublicIpv6,
     OutsideNetwork {
         subnet: IpNetwork,
         network: IpNetwork,
@@ -43,7 +47,9 @@ pub enum Rejection {
         got: String,
         want: String,
     },
+    /// `BackendData`, or with `v6` `BackendV6Data`.
     BackendData {
+        v6: bool,
         why: String,
     },
     Vni {
@@ -64,6 +70,8 @@ impl Rejection {
         match self {
             Rejection::Malformed => "malformed",
             Rejection::NoIpv4Subnet => "no-ipv4-subnet",
+            Rejection::NoIpv6Subnet => "no-ipv6-subnet",
+            Rejection::NoPublicIpv6 => "no-public-ipv6",
             Rejection::OutsideNetwork { .. } => "outside-network",
             Rejection::SubnetLength { .. } => "subnet-length",
             Rejection::Underlay { .. } => "underlay-overlap",
@@ -79,9 +87,11 @@ impl Rejection {
     }
 
     /// Every label `reason()` can return, so a metric can show all of them at 0.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 15] = [
         "malformed",
         "no-ipv4-subnet",
+        "no-ipv6-subnet",
+        "no-public-ipv6",
         "outside-network",
         "subnet-length",
         "underlay-overlap",
@@ -101,6 +111,10 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::Malformed => f.write_str("the value is not lease JSON"),
             Rejection::NoIpv4Subnet => f.write_str("the key has no IPv4 subnet"),
+            Rejection::NoIpv6Subnet => f.write_str("the key has no IPv6 subnet"),
+            Rejection::NoPublicIpv6 => {
+                f.write_str("the lease has an IPv6 subnet but no PublicIPv6")
+            }
             Rejection::OutsideNetwork { subnet, network } => {
                 write!(f, "subnet {subnet} is outside Network {network}")
             }
@@ -121,7 +135,8 @@ impl fmt::Display for Rejection {
             Rejection::BackendType { got, want } => {
                 write!(f, "BackendType {got:?} is not ours ({want:?})")
             }
-            Rejection::BackendData { why } => write!(f, "BackendData: {why}"),
+            Rejection::BackendData { v6: false, why } => write!(f, "BackendData: {why}"),
+            Rejection::BackendData { v6: true, why } => write!(f, "BackendV6Data: {why}"),
             Rejection::Vni { got, want } => write!(f, "VNI {got} is not ours ({want})"),
             Rejection::VtepMac { mac } => write!(f, "VtepMAC {mac:?} is not a unicast MAC"),
             Rejection::Overlap { other } => {

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::entry::PeerEntry;
+use crate::entry::PeerEntries;
 use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::rejection::Rejection;
 
@@ -36,8 +36,8 @@ pub struct LeasePolicy {
 /// The outcome of the checks that need only the lease itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Safe to program, as this entry.
-    Usable(PeerEntry),
+    /// Safe to program, as these entries (one per family).
+    Usable(PeerEntries),
     /// A reservation (no backend yet): holds its subnet, is nobody's peer yet.
     Pending,
     Rejected(Rejection),
@@ -84,7 +84,7 @@ impl LeasePolicy {
         key: &LeaseKey,
         attrs: Option<&LeaseAttrs>,
         own: Option<&LeaseKey>,
-    ) -> Result<Option<PeerEntry>, Rejection> {
+    ) -> Result<Option<PeerEntries>, Rejection> {
         // The key first: it is what becomes a route, whatever the value says.
         let v4 = key.v4.ok_or(Rejection::NoIpv4Subnet)?;
         self.check_subnet(v4, IpNetwork::V4(self.network), self.subnet_len)?;
@@ -106,7 +106,8 @@ impl LeasePolicy {
             return Ok(None);
         }
         self.check_public_ip(IpAddr::V4(attrs.public_ip), unicast_v4(attrs.public_ip))?;
-        if let (Some(_), Some(ip6)) = (self.ipv6, attrs.public_ipv6) {
+        let v6_half = self.ipv6.is_some() && key.v6.is_some();
+        if let (true, Some(ip6)) = (v6_half, attrs.public_ipv6) {
             self.check_public_ip(IpAddr::V6(ip6), unicast_v6(ip6))?;
         }
         if attrs.backend_type != self.backend_type.as_str() {
@@ -115,21 +116,22 @@ impl LeasePolicy {
                 want: self.backend_type.clone(),
             });
         }
-        let Some((entry, vni)) = PeerEntry::with_vni(key, attrs)? else {
+        let Some(parsed) = PeerEntries::parse(key, attrs, [true, self.ipv6.is_some()])? else {
             return Ok(None);
         };
-        if vni != self.vni {
+        // flanneld gives both devices the one VNI of net-conf.json.
+        if let Some((_, got)) = parsed.vnis.iter().find(|(_, v)| *v != self.vni) {
             return Err(Rejection::Vni {
-                got: vni,
+                got: *got,
                 want: self.vni,
             });
         }
-        if !entry.mac.is_unicast() {
+        if let Some(e) = parsed.entries.iter().find(|e| !e.mac.is_unicast()) {
             return Err(Rejection::VtepMac {
-                mac: entry.mac.to_string(),
+                mac: e.mac.to_string(),
             });
         }
-        Ok(Some(entry))
+        Ok(Some(parsed.entries))
     }
 
     fn check_subnet(

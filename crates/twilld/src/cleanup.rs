@@ -185,8 +185,7 @@ async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mu
     let Ok(ext) = twill_dataplane::select_underlay(nl, &node.iface).await else {
         return;
     };
-    for net in &env.networks {
-        let IpNetwork::V4(net) = *net else { continue };
+    for net in env.networks.iter().copied() {
         let Ok(u) = nl.read_underlay(ext.index, net).await else {
             continue;
         };

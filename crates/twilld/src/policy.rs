@@ -3,6 +3,7 @@
 //! the policy here, so they refuse the same leases.
 
 use anyhow::{anyhow, Context, Result};
+use ipnetwork::IpNetwork;
 use twill_config::NetConf;
 use twill_dataplane::Netlink;
 use twill_store::{LeaseKey, LeasePolicy};
@@ -10,24 +11,26 @@ use twill_store::{LeaseKey, LeasePolicy};
 /// The bridge the CNI plugin's delegate creates: its address and route are our own subnet.
 pub const CNI_BRIDGE: &str = "cni0";
 
-/// The policy for `conf` on this node as the kernel is now. `vxlan_index` is our VXLAN
-/// device, whose addresses and routes are ours rather than the underlay's. `own` is the
+/// The policy for `conf` on this node as the kernel is now. `vxlan` are our VXLAN
+/// devices, whose addresses and routes are ours rather than the underlay's. `own` is the
 /// subnet we hold: in Kubernetes mode subnets are sized by kube-controller-manager's
 /// `--node-cidr-mask-size`, not by SubnetLen (flanneld ignores it there too), so peers
 /// are held to the size of ours.
 pub async fn lease_policy(
     nl: &Netlink,
-    vxlan_index: Option<u32>,
+    vxlan: &[u32],
     conf: &NetConf,
     kube: Option<&LeaseKey>,
 ) -> Result<LeasePolicy> {
     let mut policy = conf_policy(conf, kube)?;
-    let mut ours: Vec<u32> = vxlan_index.into_iter().collect();
+    let mut ours: Vec<u32> = vxlan.to_vec();
     if let Some(l) = nl.link_by_name(CNI_BRIDGE).await? {
         ours.push(l.index);
     }
+    let mut networks = vec![(IpNetwork::V4(policy.network), policy.subnet_len)];
+    networks.extend(policy.ipv6.map(|(n, len)| (IpNetwork::V6(n), len)));
     let node = nl
-        .node_prefixes(&ours, policy.network, policy.subnet_len)
+        .node_prefixes(&ours, &networks)
         .await
         .context("reading this node's addresses and routes")?;
     policy.local_addrs = node.local_addrs;

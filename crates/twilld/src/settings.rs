@@ -5,14 +5,14 @@
 //! again from the new config and applies the difference (`Reload`), so the two never
 //! disagree about what a setting means.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, Result};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use twill_bgp::BgpOptions;
-use twill_config::{BgpConf, NetConf, VXLAN_OVERHEAD_V4};
-use twill_dataplane::{DataplaneConfig, ExtIface, Mac, VxlanSpec};
-use twill_store::{LeaseAttrs, LeaseKey};
+use twill_config::{BgpConf, NetConf, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
+use twill_dataplane::{DataplaneConfig, ExtIface, Family, Mac, OverlayConfig, VxlanSpec};
+use twill_store::{LeaseAttrs, LeaseKey, RawJson, VxlanBackendData};
 
 use crate::options::DaemonOptions;
 
@@ -25,13 +25,17 @@ pub struct Facts {
     /// The MAC the device is created with when it has to be (the one our lease already
     /// advertises after a reboot, so peers need no FDB update).
     pub mac: Option<Mac>,
+    /// The same for the IPv6 device (`BackendV6Data`).
+    pub mac6: Option<Mac>,
 }
 
 /// This node's settings under one config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub dataplane: DataplaneConfig,
-    /// `FLANNEL_MTU`: the underlay's MTU (or Backend.MTU) less VXLAN's overhead.
+    /// `FLANNEL_MTU`: the underlay's MTU (or Backend.MTU) less VXLAN's overhead: 50 bytes
+    /// over IPv4, 70 over IPv6. A pod has one MTU for both families, so with an IPv6
+    /// overlay it is the IPv6 device's.
     pub mtu: u32,
     pub bgp: Option<BgpConf>,
     pub public_ip: Ipv4Addr,
@@ -45,18 +49,38 @@ pub struct Settings {
 
 impl Settings {
     pub fn network(&self) -> Ipv4Network {
-        self.dataplane.network
+        match self.dataplane.v4.as_ref().map(|o| o.network) {
+            Some(IpNetwork::V4(n)) => n,
+            // derive() refuses a config without an IPv4 overlay.
+            _ => unreachable!("an IPv4 overlay"),
+        }
     }
 
     pub fn vni(&self) -> u32 {
-        self.dataplane.vxlan.vni
+        self.dataplane
+            .overlays()
+            .next()
+            .map(|(_, o)| o.vxlan.vni)
+            .unwrap_or(1)
     }
 
-    /// What our lease advertises, with the device's MAC.
-    pub fn attrs(&self, mac: &Mac) -> LeaseAttrs {
+    /// What our lease advertises, with each device's MAC (`BackendData` for the IPv4 one,
+    /// `BackendV6Data` for the IPv6 one), each only with its family's overlay.
+    pub fn attrs(&self, mac: Option<Mac>, mac6: Option<Mac>) -> LeaseAttrs {
+        let data = |on: bool, mac: Option<Mac>| {
+            mac.filter(|_| on).map(|m| {
+                RawJson::of(&VxlanBackendData {
+                    vni: self.vni(),
+                    vtep_mac: m.to_string(),
+                })
+            })
+        };
         LeaseAttrs {
+            public_ip: self.public_ip,
             public_ipv6: self.public_ipv6,
-            ..LeaseAttrs::vxlan(self.public_ip, self.vni(), &mac.to_string())
+            backend_type: "vxlan".into(),
+            backend_data: data(self.dataplane.v4.is_some(), mac),
+            backend_v6_data: data(self.dataplane.v6.is_some(), mac6),
         }
     }
 }
@@ -75,43 +99,88 @@ pub fn derive(
     };
     let ext = &facts.underlay;
     let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
-    let mtu = underlay_mtu
-        .checked_sub(VXLAN_OVERHEAD_V4)
-        .filter(|m| *m >= 68)
-        .ok_or_else(|| {
-            anyhow!(
-                "underlay MTU {underlay_mtu} of {} leaves no room for VXLAN",
-                ext.name
-            )
-        })?;
+    let device_mtu = |overhead: u32| {
+        underlay_mtu
+            .checked_sub(overhead)
+            .filter(|m| {
+                *m >= if overhead == VXLAN_OVERHEAD_V6 {
+                    1280
+                } else {
+                    68
+                }
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "underlay MTU {underlay_mtu} of {} leaves no room for VXLAN{}",
+                    ext.name,
+                    if overhead == VXLAN_OVERHEAD_V6 {
+                        " over IPv6 (70 bytes, and IPv6 needs 1280)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+    };
+    let mtu4 = device_mtu(VXLAN_OVERHEAD_V4)?;
     let ipv6_network = conf.ipv6.as_ref().map(|r| r.network);
     let mut warnings = Vec::new();
-    if ipv6_network.is_some() {
-        warnings.push("net-conf.json: EnableIPv6: an IPv6 subnet is leased and written to subnet.env, but the IPv6 overlay device is not built yet".to_string());
-    } else if let Some(ip) = opts.public_ipv6 {
-        warnings.push(format!(
-            "--public-ipv6 {ip} is ignored: net-conf.json does not enable IPv6"
-        ));
+    if ipv6_network.is_none() {
+        if let Some(ip) = opts.public_ipv6 {
+            warnings.push(format!(
+                "--public-ipv6 {ip} is ignored: net-conf.json does not enable IPv6"
+            ));
+        }
     }
     let vni = conf.backend.vni;
     let node = &opts.node;
+    let spec = |name: String, local: IpAddr, mtu: u32, mac: Option<Mac>| VxlanSpec {
+        name,
+        vni,
+        local,
+        dev_index: ext.index,
+        port: conf.backend.port,
+        gbp: conf.backend.gbp,
+        learning: conf.backend.learning,
+        mtu,
+        mac,
+    };
+    let v6 = match ipv6_network {
+        None => None,
+        Some(network) => {
+            // As flanneld: the IPv6 tunnel runs between the nodes' IPv6 underlay addresses.
+            let Some(local) = ext.addr6 else {
+                bail!(
+                    "net-conf.json: EnableIPv6: the underlay interface {} has no usable global IPv6 address to carry the IPv6 overlay (give it one, or pick another with --iface / --iface-regex)",
+                    ext.name
+                );
+            };
+            let mtu6 = device_mtu(VXLAN_OVERHEAD_V6)?;
+            Some(OverlayConfig {
+                vxlan: spec(
+                    format!("flannel-v6.{vni}"),
+                    IpAddr::V6(local),
+                    mtu6,
+                    facts.mac6,
+                ),
+                network,
+            })
+        }
+    };
+    let mtu = v6.as_ref().map_or(mtu4, |o| o.vxlan.mtu.min(mtu4));
     Ok(Settings {
         dataplane: DataplaneConfig {
-            vxlan: VxlanSpec {
-                name: format!("flannel.{vni}"),
-                vni,
-                local: ext.addr,
-                dev_index: ext.index,
-                port: conf.backend.port,
-                gbp: conf.backend.gbp,
-                learning: conf.backend.learning,
-                mtu,
-                mac: facts.mac,
-            },
-            network,
+            v4: Some(OverlayConfig {
+                vxlan: spec(
+                    format!("flannel.{vni}"),
+                    IpAddr::V4(ext.addr),
+                    mtu4,
+                    facts.mac,
+                ),
+                network: IpNetwork::V4(network),
+            }),
+            v6,
             rules: node.rules,
             no_masq: conf.exempt_from_masquerade(&node.no_masq_cidr),
-            network6: ipv6_network,
             direct_routing: conf.backend.direct_routing,
             route_form: opts.route_form,
             blackhole_route: node.ip_blackhole_route,
@@ -130,9 +199,10 @@ pub fn derive(
 }
 
 /// What a reload does, in this order (each step needs the one before):
-/// 1. the data plane takes the new configuration; a VNI change names a new device and
-///    the old one (`remove_device`) goes, our MAC carried over to the new one;
-/// 2. the device is ensured, and the lease's attributes recomputed with its MAC;
+/// 1. the data plane takes the new configuration; a VNI change names new devices and the
+///    old ones (`remove_devices`) go, our MACs carried over to the new ones; IPv6 turned
+///    off takes the IPv6 device away, turned on brings one;
+/// 2. the devices are ensured, and the lease's attributes recomputed with their MACs;
 /// 3. the lease is taken again (`relearn` is decided then: see `keeps_lease`) when the
 ///    held subnet no longer fits the new ranges or what it advertises changed;
 /// 4. the device's address is checked against the new Network even when the lease stays;
@@ -140,8 +210,8 @@ pub fn derive(
 /// 6. BGP is re-rendered and subnet.env rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reload {
-    /// The device of the old VNI, to delete.
-    pub remove_device: Option<String>,
+    /// The devices of the old VNI, or of a family turned off, to delete.
+    pub remove_devices: Vec<String>,
     /// Changes that take effect only at the next start, to say so.
     pub needs_restart: Vec<&'static str>,
 }
@@ -153,13 +223,16 @@ pub fn plan_reload(
     old: &Settings,
     new: &Settings,
 ) -> Reload {
-    let (o, n) = (&old.dataplane.vxlan.name, &new.dataplane.vxlan.name);
     let mut needs_restart = Vec::new();
     if old_conf.enable_nftables != new_conf.enable_nftables {
         needs_restart.push("EnableNFTables");
     }
+    let name = |s: &Settings, f| s.dataplane.overlay(f).map(|o| o.vxlan.name.clone());
     Reload {
-        remove_device: (o != n).then(|| o.clone()),
+        remove_devices: Family::BOTH
+            .into_iter()
+            .filter_map(|f| name(old, f).filter(|o| name(new, f).as_ref() != Some(o)))
+            .collect(),
         needs_restart,
     }
 }
@@ -238,7 +311,12 @@ mod tests {
             },
             public_ip: "198.18.0.1".parse().unwrap(),
             mac: None,
+            mac6: None,
         }
+    }
+
+    fn v4(s: &Settings) -> &OverlayConfig {
+        s.dataplane.v4.as_ref().unwrap()
     }
 
     fn conf(text: &str) -> NetConf {
@@ -251,18 +329,17 @@ mod tests {
             conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4,"Port":4789}}"#);
         let s = derive(&c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
         assert_eq!(s.mtu, 1450);
-        assert_eq!(s.dataplane.vxlan.name, "flannel.4");
-        assert_eq!(
-            (s.dataplane.vxlan.port, s.dataplane.vxlan.dev_index),
-            (4789, 2)
-        );
+        assert_eq!(v4(&s).vxlan.name, "flannel.4");
+        assert_eq!((v4(&s).vxlan.port, v4(&s).vxlan.dev_index), (4789, 2));
+        assert!(s.dataplane.v6.is_none());
         assert_eq!(s.network().to_string(), "10.244.0.0/16");
         assert_eq!(s.public_ipv6, None, "no IPv6 network: no PublicIPv6");
         assert!(s.bgp.is_none() && s.warnings.is_empty());
         let mac: Mac = "0a:00:00:00:00:01".parse().unwrap();
         assert_eq!(
-            s.attrs(&mac),
-            LeaseAttrs::vxlan(s.public_ip, 4, "0a:00:00:00:00:01")
+            s.attrs(Some(mac), Some(mac)),
+            LeaseAttrs::vxlan(s.public_ip, 4, "0a:00:00:00:00:01"),
+            "no BackendV6Data without IPv6"
         );
 
         // Backend.MTU stands for the underlay's.
@@ -271,12 +348,63 @@ mod tests {
             derive(&c, &opts(), &bgp_opts(), &facts(1500)).unwrap().mtu,
             8950
         );
+    }
 
-        let c =
-            conf(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
-        let s = derive(&c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
+    #[test]
+    fn dual_stack_gets_an_ipv6_device_over_the_ipv6_underlay_and_the_smaller_mtu() {
+        let c = conf(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan","VNI":3}}"#,
+        );
+        let mut f = facts(1500);
+        f.mac6 = Some("0a:00:00:00:06:01".parse().unwrap());
+        let s = derive(&c, &opts(), &bgp_opts(), &f).unwrap();
+        let v6 = s.dataplane.v6.as_ref().expect("an IPv6 overlay");
+        assert_eq!(v6.vxlan.name, "flannel-v6.3");
+        assert_eq!(v6.vxlan.local.to_string(), "2001:2::1");
+        assert_eq!(v6.network.to_string(), "fd00:10::/56");
+        assert_eq!(v6.vxlan.mac, f.mac6, "the advertised v6 MAC is kept");
+        // VXLAN over IPv6 costs 70 bytes; a pod's one MTU must fit the IPv6 tunnel.
+        assert_eq!((v4(&s).vxlan.mtu, v6.vxlan.mtu, s.mtu), (1450, 1430, 1430));
         assert_eq!(s.public_ipv6, Some("2001:2::1".parse().unwrap()));
-        assert_eq!(s.warnings.len(), 1, "the missing IPv6 device is said");
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+
+        let (m4, m6): (Mac, Mac) = (
+            "0a:00:00:00:04:01".parse().unwrap(),
+            "0a:00:00:00:06:01".parse().unwrap(),
+        );
+        let a = s.attrs(Some(m4), Some(m6));
+        let json: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "PublicIP": "198.18.0.1",
+                "PublicIPv6": "2001:2::1",
+                "BackendType": "vxlan",
+                "BackendData": {"VNI": 3, "VtepMAC": "0a:00:00:00:04:01"},
+                "BackendV6Data": {"VNI": 3, "VtepMAC": "0a:00:00:00:06:01"},
+            }),
+            "flanneld's dual-stack lease, field for field"
+        );
+
+        // --public-ipv6 is what peers send to; the tunnel still leaves from the underlay.
+        let mut o = opts();
+        o.public_ipv6 = Some("2001:2::99".parse().unwrap());
+        let s = derive(&c, &o, &bgp_opts(), &f).unwrap();
+        assert_eq!(s.public_ipv6, Some("2001:2::99".parse().unwrap()));
+        assert_eq!(s.dataplane.v6.unwrap().vxlan.local.to_string(), "2001:2::1");
+
+        // No IPv6 on the underlay: refused by name, nothing created.
+        let mut f = facts(1500);
+        f.underlay.addr6 = None;
+        let e = derive(&c, &opts(), &bgp_opts(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("EnableIPv6") && e.contains("eth0"), "{e}");
+        // An underlay too small for IPv6's 1280 inside the tunnel.
+        let e = derive(&c, &opts(), &bgp_opts(), &facts(1340))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IPv6") && e.contains("1340"), "{e}");
     }
 
     #[test]
@@ -304,7 +432,7 @@ mod tests {
         assert_eq!(
             same,
             Reload {
-                remove_device: None,
+                remove_devices: vec![],
                 needs_restart: vec![]
             }
         );
@@ -314,24 +442,46 @@ mod tests {
         );
         let new = derive(&new_c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
         let r = plan_reload(&old_c, &new_c, &old, &new);
-        assert_eq!(r.remove_device.as_deref(), Some("flannel.1"));
+        assert_eq!(r.remove_devices, ["flannel.1"]);
         assert_eq!(r.needs_restart, ["EnableNFTables"]);
+
+        // IPv6 on, then off again: the IPv6 device comes, then goes.
+        let dual_c =
+            conf(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let dual = derive(&dual_c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
+        assert!(plan_reload(&old_c, &dual_c, &old, &dual)
+            .remove_devices
+            .is_empty());
+        assert_eq!(
+            plan_reload(&dual_c, &old_c, &dual, &old).remove_devices,
+            ["flannel-v6.1"]
+        );
 
         let held = LeaseKey::v4("10.244.3.0/24".parse().unwrap());
         let mac: Mac = "0a:00:00:00:00:01".parse().unwrap();
         assert!(keeps_lease(
             &old_c,
             &held,
-            &old.attrs(&mac),
-            &old.attrs(&mac)
+            &old.attrs(Some(mac), None),
+            &old.attrs(Some(mac), None)
         ));
         assert!(
-            !keeps_lease(&old_c, &held, &old.attrs(&mac), &new.attrs(&mac)),
+            !keeps_lease(
+                &old_c,
+                &held,
+                &old.attrs(Some(mac), None),
+                &new.attrs(Some(mac), None)
+            ),
             "VNI advertised changed"
         );
         let moved = conf(r#"{"Network":"10.250.0.0/16"}"#);
         assert!(
-            !keeps_lease(&moved, &held, &old.attrs(&mac), &old.attrs(&mac)),
+            !keeps_lease(
+                &moved,
+                &held,
+                &old.attrs(Some(mac), None),
+                &old.attrs(Some(mac), None)
+            ),
             "out of the new Network"
         );
     }

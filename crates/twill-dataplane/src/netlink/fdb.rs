@@ -2,7 +2,7 @@
 //! peer, which tells the device where to send a peer's VTEP MAC. Read by `neigh`'s dump
 //! (they are AF_BRIDGE neighbours).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::FutureExt;
 use rtnetlink::packet_route::neighbour::{
@@ -15,11 +15,11 @@ use twill_store::Mac;
 use super::{failed, Pending};
 
 /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
-pub(super) fn add_fdb(h: &Handle, index: u32, mac: Mac, dst: Ipv4Addr) -> Pending<'_> {
+pub(super) fn add_fdb(h: &Handle, index: u32, mac: Mac, dst: IpAddr) -> Pending<'_> {
     async move {
         h.neighbours()
             .add_bridge(index, &mac.0)
-            .destination(IpAddr::V4(dst))
+            .destination(dst)
             .flags(NeighbourFlags::Own)
             .state(NeighbourState::Permanent)
             .replace()
@@ -31,7 +31,7 @@ pub(super) fn add_fdb(h: &Handle, index: u32, mac: Mac, dst: Ipv4Addr) -> Pendin
 }
 
 /// `bridge fdb del <mac> dev <index> dst <dst> self`.
-pub(super) fn del_fdb(h: &Handle, index: u32, mac: Mac, dst: Ipv4Addr) -> Pending<'_> {
+pub(super) fn del_fdb(h: &Handle, index: u32, mac: Mac, dst: IpAddr) -> Pending<'_> {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;
     m.header.ifindex = index;
@@ -40,7 +40,7 @@ pub(super) fn del_fdb(h: &Handle, index: u32, mac: Mac, dst: Ipv4Addr) -> Pendin
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
     m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
     async move {
         h.neighbours()
             .del(m)

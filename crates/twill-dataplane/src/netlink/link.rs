@@ -1,11 +1,13 @@
 //! Links: the VXLAN device (created, adopted or replaced to match its spec), its
 //! address, and the interface listing underlay selection reads.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
+};
 use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -24,7 +26,9 @@ use super::{ctx, Netlink, NetlinkError};
 pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
-    pub local: Ipv4Addr,
+    /// The underlay address it sends from: its family is the tunnel's (an IPv6 overlay
+    /// may run over an IPv4 underlay, as flanneld's does when there is no IPv6 one).
+    pub local: IpAddr,
     pub dev_index: u32,
     pub port: u16,
     pub gbp: bool,
@@ -103,7 +107,13 @@ pub(super) fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
     let checks = [
         (InfoVxlan::Id(spec.vni), "VNI"),
         (InfoVxlan::Link(spec.dev_index), "underlay device"),
-        (InfoVxlan::Local(spec.local), "local address"),
+        (
+            match spec.local {
+                IpAddr::V4(a) => InfoVxlan::Local(a),
+                IpAddr::V6(a) => InfoVxlan::Local6(a),
+            },
+            "local address",
+        ),
         (InfoVxlan::Port(spec.port), "UDP port"),
         (InfoVxlan::Learning(spec.learning), "learning"),
     ];
@@ -253,9 +263,12 @@ impl Netlink {
             )?;
         }
         let mac = keep_mac.unwrap_or_else(Mac::random);
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.dev_index)
-            .local(spec.local)
+        let mut b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.dev_index);
+        b = match spec.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        };
+        let mut b = b
             .port(spec.port)
             .learning(spec.learning)
             .mtu(spec.mtu)
@@ -291,13 +304,17 @@ impl Netlink {
         })
     }
 
-    /// Gives the device exactly `addr`/32 among the addresses inside `network`.
+    /// Gives the device exactly `addr`/32 (IPv6: /128) among the addresses inside
+    /// `network`. An IPv6 one skips duplicate address detection: it is ours by lease, and
+    /// a tentative address would leave the node without a source into the overlay for
+    /// the second DAD takes.
     pub async fn ensure_address(
         &self,
         index: u32,
-        addr: Ipv4Addr,
-        network: Ipv4Network,
+        addr: IpAddr,
+        network: IpNetwork,
     ) -> Result<(), NetlinkError> {
+        let host_len = if addr.is_ipv4() { 32 } else { 128 };
         let msgs: Vec<_> = ctx(
             "dump addresses",
             self.handle
@@ -311,11 +328,12 @@ impl Netlink {
         let mut have = false;
         for m in msgs {
             let ip = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some(*ip),
+                AddressAttribute::Address(ip @ IpAddr::V6(_)) => Some(*ip),
                 _ => None,
             });
             let Some(ip) = ip else { continue };
-            if ip == addr && m.header.prefix_len == 32 {
+            if ip == addr && m.header.prefix_len == host_len {
                 have = true;
             } else if network.contains(ip) {
                 ctx(
@@ -325,14 +343,13 @@ impl Netlink {
             }
         }
         if !have {
-            ctx(
-                "add address",
-                self.handle
-                    .address()
-                    .add(index, IpAddr::V4(addr), 32)
-                    .execute()
-                    .await,
-            )?;
+            let mut req = self.handle.address().add(index, addr, host_len);
+            if addr.is_ipv6() {
+                req.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            ctx("add address", req.execute().await)?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@
 //! routes), nexthop objects in `crate::nexthop`; `peers` reads and applies a batch of all
 //! of them for our peers; `monitor` watches them change.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use futures::{stream, StreamExt};
 pub use rtnetlink::packet_route::link::InfoKind;
@@ -26,7 +26,7 @@ mod peers;
 mod route;
 
 pub use link::{DeviceState, Link, VxlanSpec};
-pub use monitor::{watch_device, DeviceMonitor};
+pub use monitor::{watch_devices, DeviceMonitor};
 pub use route::{NodePrefixes, UnderlayRoutes};
 
 /// Requests in flight at once within a batch; bounded so a 10 000-peer batch doesn't
@@ -96,7 +96,7 @@ pub enum EntryError {
     #[error("nexthop id {id} via {gateway}: {source}")]
     Nexthop {
         id: u32,
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         #[source]
         source: nexthop::EnsureError,
     },

@@ -3,7 +3,7 @@
 //! our entries since the last pass (so an idle pass can skip reading the kernel).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
@@ -18,10 +18,11 @@ use super::link::parse_link;
 /// route entries since the last look (a periodic pass with nothing touched can skip
 /// reading the kernel, which at 10 000 peers is a 30 000-entry dump).
 pub struct DeviceMonitor {
-    pub deleted: tokio::sync::mpsc::UnboundedReceiver<()>,
-    /// The device's ifindex: set once at start, then followed through RTM_NEWLINK; while
-    /// 0 every entry change counts.
-    index: Arc<AtomicU32>,
+    /// The name of each of our devices deleted.
+    pub deleted: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Our devices (one per overlay family) by name, with their ifindex: set by the node,
+    /// then followed through RTM_NEWLINK; while one is 0 every entry change counts.
+    devices: Arc<Devices>,
     /// The underlay's ifindex (0: none), whose route changes count too.
     underlay: Arc<AtomicU32>,
     entries: Arc<ChangeFlag>,
@@ -34,9 +35,54 @@ pub struct DeviceMonitor {
     underlay_changed: Arc<ChangeFlag>,
 }
 
+/// The devices a monitor watches. Names change only on a reload (a new VNI, IPv6 turned
+/// on or off), so a lock held for a lookup is never contended for long.
+#[derive(Default)]
+struct Devices(Mutex<Vec<(String, u32)>>);
+
+impl Devices {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<(String, u32)>) -> T) -> T {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// Whether an entry on `index` may be ours.
+    fn ours(&self, index: u32) -> bool {
+        self.with(|d| d.iter().any(|(_, i)| *i == 0 || *i == index))
+    }
+
+    fn is_ours(&self, index: u32) -> bool {
+        self.with(|d| d.iter().any(|(_, i)| *i == index))
+    }
+
+    fn named(&self, name: &str) -> bool {
+        self.with(|d| d.iter().any(|(n, _)| n == name))
+    }
+
+    fn learn(&self, name: &str, index: u32) {
+        self.with(|d| {
+            for (n, i) in d.iter_mut() {
+                if n == name {
+                    *i = index;
+                }
+            }
+        })
+    }
+}
+
 impl DeviceMonitor {
-    pub fn set_index(&self, index: u32) {
-        self.index.store(index, Ordering::SeqCst);
+    /// The devices to watch, with their ifindex when known (else 0 until RTM_NEWLINK).
+    pub fn set_devices(&self, devices: &[(String, Option<u32>)]) {
+        self.devices.with(|d| {
+            let known: Vec<(String, u32)> = d.clone();
+            *d = devices
+                .iter()
+                .map(|(n, i)| {
+                    let seen = known.iter().find(|(k, _)| k == n).map(|(_, i)| *i);
+                    (n.clone(), i.or(seen).unwrap_or(0))
+                })
+                .collect();
+        })
     }
 
     pub fn set_underlay_index(&self, index: u32) {
@@ -59,9 +105,9 @@ impl DeviceMonitor {
     }
 }
 
-/// Starts a monitor on the link, neighbour, IPv4 route and nexthop groups for the device
-/// `name`.
-pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
+/// Starts a monitor on the link, neighbour, route and nexthop groups for our devices
+/// `names` (see `DeviceMonitor::set_devices`).
+pub fn watch_devices(names: &[(String, Option<u32>)]) -> std::io::Result<DeviceMonitor> {
     use rtnetlink::packet_core::NetlinkPayload;
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
     use rtnetlink::MulticastGroup as G;
@@ -69,23 +115,23 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         G::Link,
         G::Neigh,
         G::Ipv4Route,
+        G::Ipv6Route,
         G::Ipv4Ifaddr,
         G::Ipv6Ifaddr,
     ])?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let index = Arc::new(AtomicU32::new(0));
+    let devices = Arc::new(Devices::default());
     let underlay = Arc::new(AtomicU32::new(0));
     let entries = Arc::new(ChangeFlag::default());
     let removed = Arc::new(ChangeFlag::default());
     let underlay_changed = Arc::new(ChangeFlag::default());
     // Deleting a nexthop drops its routes without a route notification.
     let mut nexthop_events = nexthop::watch()?;
-    let (idx, seen, gone) = (index.clone(), entries.clone(), removed.clone());
+    let (devs, seen, gone) = (devices.clone(), entries.clone(), removed.clone());
     tokio::spawn(async move {
         while let Some((deleted, oif)) = nexthop_events.next().await {
-            let known = idx.load(Ordering::SeqCst);
-            if oif.is_some_and(|i| known == 0 || i == known) {
+            if oif.is_some_and(|i| devs.ours(i)) {
                 seen.mark();
                 if deleted {
                     gone.mark();
@@ -94,8 +140,8 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         }
         seen.mark_broken();
     });
-    let (idx, ul, seen, gone, moved) = (
-        index.clone(),
+    let (devs, ul, seen, gone, moved) = (
+        devices.clone(),
         underlay.clone(),
         entries.clone(),
         removed.clone(),
@@ -106,10 +152,7 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
             let NetlinkPayload::InnerMessage(m) = msg.payload else {
                 continue;
             };
-            let ours = |i: u32| {
-                let known = idx.load(Ordering::SeqCst);
-                known == 0 || i == known
-            };
+            let ours = |i: u32| devs.ours(i);
             let route_ours = |r: &RouteMessage| {
                 // A route by nexthop id carries no device outside compat mode: count it.
                 r.attributes.iter().any(|a| match a {
@@ -118,9 +161,9 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
                     _ => false,
                 })
             };
-            let not_ours = |i: u32| i != idx.load(Ordering::SeqCst);
+            let not_ours = |i: u32| !devs.is_ours(i);
             let host_changed = match &m {
-                M::NewLink(l) | M::DelLink(l) => parse_link(l).name != name,
+                M::NewLink(l) | M::DelLink(l) => !devs.named(&parse_link(l).name),
                 M::NewAddress(a) | M::DelAddress(a) => not_ours(a.header.index),
                 _ => false,
             };
@@ -132,20 +175,22 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
                 M::DelNeighbour(n) => (ours(n.header.ifindex), ours(n.header.ifindex)),
                 M::NewRoute(r) => (route_ours(r), false),
                 M::DelRoute(r) => (route_ours(r), route_ours(r)),
-                M::DelAddress(a) => (false, idx.load(Ordering::SeqCst) == a.header.index),
+                M::DelAddress(a) => (false, devs.is_ours(a.header.index)),
                 M::NewLink(l) => {
                     // Also how a recreated device's new index becomes known. A change to
                     // our device (taken down, resized) is repaired at once; the pass that
                     // follows one of our own changes finds nothing to do.
-                    let ours = parse_link(l).name == name;
+                    let name = parse_link(l).name;
+                    let ours = devs.named(&name);
                     if ours {
-                        idx.store(l.header.index, Ordering::SeqCst);
+                        devs.learn(&name, l.header.index);
                     }
                     (ours, ours)
                 }
                 M::DelLink(l) => {
-                    let gone = parse_link(l).name == name;
-                    if gone && tx.send(()).is_err() {
+                    let name = parse_link(l).name;
+                    let gone = devs.named(&name);
+                    if gone && tx.send(name).is_err() {
                         break;
                     }
                     (gone, false)
@@ -161,12 +206,14 @@ pub fn watch_device(name: String) -> std::io::Result<DeviceMonitor> {
         }
         seen.mark_broken();
     });
-    Ok(DeviceMonitor {
+    let monitor = DeviceMonitor {
         deleted: rx,
-        index,
+        devices,
         underlay,
         entries,
         removed,
         underlay_changed,
-    })
+    };
+    monitor.set_devices(names);
+    Ok(monitor)
 }

@@ -1,7 +1,7 @@
 //! Neighbour entries of the VXLAN device: `ip neigh <vtep> lladdr <mac> permanent` per
 //! peer. The dump serves FDB entries too (AF_BRIDGE neighbours).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::{FutureExt, TryStreamExt};
 use rtnetlink::packet_route::neighbour::{
@@ -14,7 +14,8 @@ use twill_store::Mac;
 use super::{ctx, failed, Netlink, NetlinkError, Pending};
 
 impl Netlink {
-    /// Calls `f` for each neighbour (AF_INET) or FDB (AF_BRIDGE) entry on device `index`,
+    /// Calls `f` for each neighbour (AF_INET, AF_INET6) or FDB (AF_BRIDGE) entry on device
+    /// `index`,
     /// as the dump streams in: at 10 000 peers, holding every message at once would
     /// dominate the daemon's peak memory.
     pub(super) async fn each_neighbour(
@@ -66,10 +67,10 @@ pub(super) fn neigh_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>
 }
 
 /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
-pub(super) fn add_neigh(h: &Handle, index: u32, ip: Ipv4Addr, mac: Mac) -> Pending<'_> {
+pub(super) fn add_neigh(h: &Handle, index: u32, ip: IpAddr, mac: Mac) -> Pending<'_> {
     async move {
         h.neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .replace()
@@ -81,12 +82,12 @@ pub(super) fn add_neigh(h: &Handle, index: u32, ip: Ipv4Addr, mac: Mac) -> Pendi
 }
 
 /// `ip neigh del <ip> dev <index>`.
-pub(super) fn del_neigh(h: &Handle, index: u32, ip: Ipv4Addr) -> Pending<'_> {
+pub(super) fn del_neigh(h: &Handle, index: u32, ip: IpAddr) -> Pending<'_> {
     let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet;
+    m.header.family = family_of(ip);
     m.header.ifindex = index;
     m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
     async move {
         h.neighbours()
             .del(m)
@@ -95,4 +96,11 @@ pub(super) fn del_neigh(h: &Handle, index: u32, ip: Ipv4Addr) -> Pending<'_> {
             .map_err(failed(|| format!("del neigh {ip}")))
     }
     .boxed()
+}
+
+pub(super) fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
 }

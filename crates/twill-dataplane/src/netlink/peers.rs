@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use futures::{stream, FutureExt, StreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::AddressFamily;
+use twill_store::Family;
 
 use crate::desired::{Actual, Ops, Via};
 use crate::errno::{errno, EOPNOTSUPP};
@@ -18,9 +19,9 @@ use super::route::{del_route, replace_peer_route, UnderlayRoutes};
 use super::{failed, run, ApplyReport, EntryError, Netlink, NetlinkError, PIPELINE_DEPTH};
 
 impl Netlink {
-    /// Neighbours, FDB entries and main-table IPv4 routes on device `index`.
-    pub async fn read_actual(&self, index: u32) -> Result<Actual, NetlinkError> {
-        Ok(self.read_peers(index, None).await?.0)
+    /// Neighbours, FDB entries and main-table routes of `family` on device `index`.
+    pub async fn read_actual(&self, index: u32, family: Family) -> Result<Actual, NetlinkError> {
+        Ok(self.read_peers(index, family, None).await?.0)
     }
 
     /// `read_actual`, and with `underlay` (its ifindex and the overlay network) what
@@ -28,17 +29,26 @@ impl Netlink {
     pub async fn read_peers(
         &self,
         index: u32,
-        underlay: Option<(u32, Ipv4Network)>,
+        family: Family,
+        underlay: Option<(u32, IpNetwork)>,
     ) -> Result<(Actual, Option<UnderlayRoutes>), NetlinkError> {
         let mut actual = Actual::default();
-        self.each_neighbour(AddressFamily::Inet, index, |n| {
-            if let (Some(IpAddr::V4(ip)), lladdr) = neigh_fields(n) {
-                actual.neighs.insert(ip, lladdr);
+        let af = match family {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        };
+        let ours = |ip: &IpAddr| ip.is_ipv6() == family.is_v6();
+        self.each_neighbour(af, index, |n| {
+            // IPv6 devices carry link-local neighbours (routers, DAD) of nobody's making.
+            if let (Some(ip), lladdr) = neigh_fields(n) {
+                if ours(&ip) && !is_link_local(ip) {
+                    actual.neighs.insert(ip, lladdr);
+                }
             }
         })
         .await?;
         self.each_neighbour(AddressFamily::Bridge, index, |n| {
-            if let (Some(IpAddr::V4(dst)), Some(mac)) = neigh_fields(n) {
+            if let (Some(dst), Some(mac)) = neigh_fields(n) {
                 actual.fdb.insert((mac, dst));
             }
         })
@@ -57,7 +67,7 @@ impl Netlink {
             Err(e) => return Err(failed(|| "dump nexthops".into())(e)),
         }
         let mut under = underlay.map(|_| UnderlayRoutes::default());
-        self.each_main_route(|r| {
+        self.each_main_route(family, |r| {
             // A route by nexthop id is on our device when its nexthop is (the kernel
             // only adds the nexthop's device and gateway to the dump in compat mode).
             let route = match r.nhid {
@@ -151,5 +161,12 @@ impl Netlink {
             }));
         run(dels, &mut report, true).await;
         report
+    }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80 || a.is_multicast(),
     }
 }

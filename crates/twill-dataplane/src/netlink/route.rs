@@ -10,7 +10,9 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
+use twill_store::Family;
 
 use crate::blackhole::{Blackhole, BLACKHOLE_METRIC};
 use crate::desired::Via;
@@ -24,14 +26,14 @@ pub(super) const RT_TABLE_MAIN: u8 = 254;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnderlayRoutes {
     /// Connected prefixes (scope link, no gateway): peers inside them are on our link.
-    pub onlink: Vec<Ipv4Network>,
-    pub direct: BTreeMap<Ipv4Network, Ipv4Addr>,
+    pub onlink: Vec<IpNetwork>,
+    pub direct: BTreeMap<IpNetwork, IpAddr>,
 }
 
 impl UnderlayRoutes {
     /// Keeps `r` if it is one of device `dev`'s connected prefixes or a direct route into
     /// `network`.
-    pub(super) fn take(&mut self, r: &MainRoute, dev: u32, network: Ipv4Network) {
+    pub(super) fn take(&mut self, r: &MainRoute, dev: u32, network: IpNetwork) {
         // Ours are plain routes; one by nexthop id is someone else's.
         if r.oif != Some(dev) || r.net.prefix() == 0 || r.nhid.is_some() {
             return;
@@ -62,11 +64,14 @@ pub struct NodePrefixes {
 /// slice of pod addresses from it. Nor one shaped like a peer's (`<subnet of Network>`
 /// of the lease size, or by nexthop id): a direct route or a peer route, ours or flanneld's.
 pub fn guards_underlay(
-    net: Ipv4Network,
+    net: IpNetwork,
     by_nexthop: bool,
-    network: Ipv4Network,
+    network: IpNetwork,
     subnet_len: u8,
 ) -> bool {
+    if net.is_ipv4() != network.is_ipv4() {
+        return true;
+    }
     let covers_network = net.prefix() <= network.prefix() && net.contains(network.network());
     let in_network = network.contains(net.network()) && net.prefix() >= network.prefix();
     let peerlike = in_network && (net.prefix() == subnet_len || by_nexthop);
@@ -76,8 +81,8 @@ pub fn guards_underlay(
 /// A main-table unicast route, as reads need it.
 pub(super) struct MainRoute {
     pub(super) oif: Option<u32>,
-    pub(super) net: Ipv4Network,
-    pub(super) gw: Option<Ipv4Addr>,
+    pub(super) net: IpNetwork,
+    pub(super) gw: Option<IpAddr>,
     pub(super) nhid: Option<u32>,
     pub(super) scope: RouteScope,
 }
@@ -144,26 +149,27 @@ impl Netlink {
         }))
     }
 
-    /// The underlay device's connected IPv4 prefixes, and the routes with a gateway on it
-    /// whose destination lies inside `network` (direct routes, ours or flanneld's).
+    /// The underlay device's connected prefixes of `network`'s family, and the routes with
+    /// a gateway on it whose destination lies inside `network` (direct routes, ours or
+    /// flanneld's).
     pub async fn read_underlay(
         &self,
         index: u32,
-        network: Ipv4Network,
+        network: IpNetwork,
     ) -> Result<UnderlayRoutes, NetlinkError> {
         let mut out = UnderlayRoutes::default();
-        self.each_main_route(|r| out.take(&r, index, network))
+        self.each_main_route(Family::of(&network), |r| out.take(&r, index, network))
             .await?;
         Ok(out)
     }
 
     /// What peer leases must stay clear of (see `NodePrefixes`). `ours` are the devices
-    /// whose addresses and routes twill itself owns (the VXLAN device, cni0).
+    /// whose addresses and routes twill itself owns (the VXLAN devices, cni0); `networks`
+    /// the pod networks with their subnet lengths, one per enabled family.
     pub async fn node_prefixes(
         &self,
         ours: &[u32],
-        network: Ipv4Network,
-        subnet_len: u8,
+        networks: &[(IpNetwork, u8)],
     ) -> Result<NodePrefixes, NetlinkError> {
         let mut out = NodePrefixes::default();
         let mut addrs = self.handle.address().get().execute();
@@ -187,32 +193,36 @@ impl Netlink {
                 }
             }
         }
-        self.each_main_route(|r| {
-            let ours = r.oif.is_some_and(|i| ours.contains(&i));
-            let net = IpNetwork::V4(r.net);
-            if !ours
-                && guards_underlay(r.net, r.nhid.is_some(), network, subnet_len)
-                && !out.protected.contains(&net)
-            {
-                out.protected.push(net);
-            }
-        })
-        .await?;
+        for (network, subnet_len) in networks {
+            self.each_main_route(Family::of(network), |r| {
+                let ours = r.oif.is_some_and(|i| ours.contains(&i));
+                if !ours
+                    && guards_underlay(r.net, r.nhid.is_some(), *network, *subnet_len)
+                    && !out.protected.contains(&r.net)
+                {
+                    out.protected.push(r.net);
+                }
+            })
+            .await?;
+        }
         Ok(out)
     }
 
-    /// Calls `f` with each unicast IPv4 route of the main table, streamed from one dump.
+    /// Calls `f` with each unicast route of one family of the main table, streamed from
+    /// one dump.
     pub(super) async fn each_main_route(
         &self,
+        family: Family,
         mut f: impl FnMut(MainRoute),
     ) -> Result<(), NetlinkError> {
-        self.each_main_of_kind(RouteType::Unicast, |r, net| {
+        self.each_main_of_kind(family, RouteType::Unicast, |r, net| {
             let (mut oif, mut gw, mut nhid) = (None, None, None);
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     RouteAttribute::NhId(id) => nhid = Some(*id),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(IpAddr::V6(*ip)),
                     _ => {}
                 }
             }
@@ -227,13 +237,22 @@ impl Netlink {
         .await
     }
 
-    /// Calls `f` with each IPv4 route of the main table of one type and its destination.
+    /// Calls `f` with each route of one family of the main table of one type and its
+    /// destination.
     pub(super) async fn each_main_of_kind(
         &self,
+        family: Family,
         kind: RouteType,
-        mut f: impl FnMut(&RouteMessage, Ipv4Network),
+        mut f: impl FnMut(&RouteMessage, IpNetwork),
     ) -> Result<(), NetlinkError> {
-        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let unspecified = match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => {
+                req.header.address_family = AddressFamily::Inet6;
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            }
+        };
         let mut dump = self.handle.route().get(req).execute();
         while let Some(r) = ctx("dump routes", dump.try_next().await)? {
             if route_table(&r) != RT_TABLE_MAIN as u32 || r.header.kind != kind {
@@ -243,11 +262,12 @@ impl Netlink {
                 .attributes
                 .iter()
                 .find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                     _ => None,
                 })
-                .unwrap_or(Ipv4Addr::UNSPECIFIED);
-            if let Ok(net) = Ipv4Network::new(dst, r.header.destination_prefix_length) {
+                .unwrap_or(unspecified);
+            if let Ok(net) = IpNetwork::new(dst, r.header.destination_prefix_length) {
                 f(&r, net);
             }
         }
@@ -257,7 +277,10 @@ impl Netlink {
     /// The main table's IPv4 blackhole routes.
     pub async fn blackholes(&self) -> Result<Vec<Blackhole>, NetlinkError> {
         let mut out = Vec::new();
-        self.each_main_of_kind(RouteType::BlackHole, |r, net| {
+        self.each_main_of_kind(Family::V4, RouteType::BlackHole, |r, net| {
+            let IpNetwork::V4(net) = net else {
+                return;
+            };
             let metric = r
                 .attributes
                 .iter()
@@ -306,7 +329,7 @@ impl Netlink {
     pub async fn add_direct_routes(
         &self,
         index: u32,
-        routes: &[(Ipv4Network, Ipv4Addr)],
+        routes: &[(IpNetwork, IpAddr)],
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
         let adds = routes
@@ -321,7 +344,7 @@ impl Netlink {
     pub async fn del_direct_routes(
         &self,
         index: u32,
-        routes: &[(Ipv4Network, Ipv4Addr)],
+        routes: &[(IpNetwork, IpAddr)],
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
         let dels = routes.iter().map(|(net, gw)| {
@@ -353,25 +376,43 @@ pub(super) fn blackhole_msg(b: Blackhole) -> RouteMessage {
         .build()
 }
 
+/// A route message for `net`, of `net`'s family.
+fn to(net: IpNetwork) -> RouteMessageBuilder<IpAddr> {
+    RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(net.network(), net.prefix())
+        // An IpNetwork's prefix always fits its family.
+        .expect("a valid prefix")
+}
+
+/// `to(net)` via `gw`; a gateway of the other family is a request we never make.
+fn via(net: IpNetwork, gw: IpAddr) -> Result<RouteMessageBuilder<IpAddr>, NetlinkError> {
+    if net.is_ipv4() != gw.is_ipv4() {
+        return Err(NetlinkError::Unexpected {
+            op: format!("route {net} via {gw}"),
+            why: "the gateway is of the other address family",
+        });
+    }
+    to(net).gateway(gw).map_err(|_| NetlinkError::Unexpected {
+        op: format!("route {net} via {gw}"),
+        why: "the gateway is of the other address family",
+    })
+}
+
 /// `ip route replace <net> via <gw> dev <index> [onlink]`.
 pub(super) fn replace_route(
     h: &Handle,
-    net: Ipv4Network,
-    gw: Ipv4Addr,
+    net: IpNetwork,
+    gw: IpAddr,
     index: u32,
     onlink: bool,
 ) -> Pending<'_> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net.network(), net.prefix())
-        .gateway(gw)
-        .output_interface(index);
-    if onlink {
-        b = b.onlink();
-    }
-    let msg = b.build();
     async move {
+        let mut b = via(net, gw)?.output_interface(index);
+        if onlink {
+            b = b.onlink();
+        }
         h.route()
-            .add(msg)
+            .add(b.build())
             .replace()
             .execute()
             .await
@@ -382,18 +423,10 @@ pub(super) fn replace_route(
 
 /// A peer's VXLAN route: `ip route replace <net> nhid <id>`, or without a nexthop id
 /// `ip route replace <net> via <gw> dev <index> onlink`.
-pub(super) fn replace_peer_route(
-    h: &Handle,
-    net: Ipv4Network,
-    via: Via,
-    index: u32,
-) -> Pending<'_> {
+pub(super) fn replace_peer_route(h: &Handle, net: IpNetwork, via: Via, index: u32) -> Pending<'_> {
     match (via.nhid, via.gw) {
         (Some(id), _) => {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net.network(), net.prefix())
-                .nhid(id)
-                .build();
+            let msg = to(net).nhid(id).build();
             async move {
                 h.route()
                     .add(msg)
@@ -417,22 +450,15 @@ pub(super) fn replace_peer_route(
 
 /// `ip route del <net> nhid <id>`, or `ip route del <net> [via <gw>] dev <index>`: a route
 /// by nexthop id only matches a delete that names the id.
-pub(super) fn del_route(h: &Handle, net: Ipv4Network, via: Via, index: u32) -> Pending<'_> {
-    let mut b =
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net.network(), net.prefix());
-    match (via.nhid, via.gw) {
-        (Some(id), _) => b = b.nhid(id),
-        (None, gw) => {
-            b = b.output_interface(index);
-            if let Some(gw) = gw {
-                b = b.gateway(gw);
-            }
-        }
-    }
-    let msg = match_any_origin(b.build());
+pub(super) fn del_route(h: &Handle, net: IpNetwork, v: Via, index: u32) -> Pending<'_> {
     async move {
+        let b = match (v.nhid, v.gw) {
+            (Some(id), _) => to(net).nhid(id),
+            (None, Some(gw)) => via(net, gw)?.output_interface(index),
+            (None, None) => to(net).output_interface(index),
+        };
         h.route()
-            .del(msg)
+            .del(match_any_origin(b.build()))
             .execute()
             .await
             .map_err(failed(|| format!("del route {net}")))
@@ -456,7 +482,7 @@ mod tests {
 
     #[test]
     fn which_routes_guard_the_underlay() {
-        let n = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let n = |s: &str| s.parse::<IpNetwork>().unwrap();
         let network = n("10.0.0.0/8");
         let g = |s: &str, nh: bool| guards_underlay(n(s), nh, network, 24);
         assert!(!g("0.0.0.0/0", false), "the default route");
@@ -475,5 +501,11 @@ mod tests {
         assert!(g("10.5.3.0/25", false));
         assert!(g("198.18.0.0/24", false));
         assert!(g("192.168.0.0/16", false));
+        let v6 = n("fd00:10::/56");
+        let g6 = |s: &str| guards_underlay(n(s), false, v6, 64);
+        assert!(!g6("::/0"), "the IPv6 default route");
+        assert!(!g6("fd00:10:0:3::/64"), "a peer's route");
+        assert!(g6("2001:2::/64"));
+        assert!(g6("fd00:10:0:4::/72"));
     }
 }

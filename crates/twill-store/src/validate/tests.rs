@@ -43,6 +43,7 @@ fn a_good_peer_is_usable() {
     let Verdict::Usable(e) = verdict("10.244.2.0-24", Some(attrs("198.18.0.2", 1, MAC))) else {
         panic!("usable");
     };
+    let e = e.v4.expect("a v4 peer");
     assert_eq!(e.subnet.to_string(), "10.244.2.0/24");
     assert_eq!(e.vtep_ip.to_string(), "10.244.2.0");
     assert_eq!(e.public_ip.to_string(), "198.18.0.2");
@@ -115,22 +116,99 @@ fn a_reservation_without_backend_is_pending_not_rejected() {
     assert_eq!(verdict("10.244.2.0-24", Some(a)), Verdict::Pending);
 }
 
+const MAC6: &str = "02:00:00:00:06:02";
+
+/// A dual-stack lease as flanneld writes it: both backends' data, both public addresses.
+fn dual(ip6: &str, vni6: u32, mac6: &str) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ipv6: Some(ip6.parse().unwrap()),
+        backend_v6_data: Some(crate::RawJson::of(&crate::VxlanBackendData {
+            vni: vni6,
+            vtep_mac: mac6.into(),
+        })),
+        ..attrs("198.18.0.2", 1, MAC)
+    }
+}
+
+fn dual_policy() -> LeasePolicy {
+    LeasePolicy {
+        ipv6: Some(("fd00:10::/56".parse().unwrap(), 64)),
+        local_addrs: vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()],
+        protected: vec![
+            "198.18.0.0/24".parse().unwrap(),
+            "2001:2::/64".parse().unwrap(),
+            "fd00:10:0:80::/57".parse().unwrap(),
+        ],
+        ..policy()
+    }
+}
+
 #[test]
 fn ipv6_half_is_judged_when_enabled() {
-    let mut p = policy();
-    p.ipv6 = Some(("fd00:10::/56".parse().unwrap(), 64));
+    let p = dual_policy();
     let k = |s: &str| s.parse::<LeaseKey>().unwrap();
-    let a = attrs("198.18.0.2", 1, MAC);
-    assert!(matches!(
-        p.check(&k("10.244.2.0-24&fd00:10:0:2::-64"), Some(&a), None),
-        Verdict::Usable(_)
-    ));
-    let r = |key: &str| match p.check(&k(key), Some(&a), None) {
-        Verdict::Rejected(r) => r.reason(),
-        v => panic!("{v:?}"),
+    let a = dual("2001:2::2", 1, MAC6);
+    let Verdict::Usable(e) = p.check(&k("10.244.2.0-24&fd00:10:0:2::-64"), Some(&a), None) else {
+        panic!("usable");
     };
-    assert_eq!(r("10.244.2.0-24&fd00:99::-64"), "outside-network");
-    assert_eq!(r("10.244.2.0-24&fd00:10::-60"), "subnet-length");
+    let v6 = e.v6.expect("a v6 peer");
+    assert_eq!(v6.subnet.to_string(), "fd00:10:0:2::/64");
+    assert_eq!(v6.vtep_ip.to_string(), "fd00:10:0:2::");
+    assert_eq!(v6.public_ip.to_string(), "2001:2::2");
+    assert_eq!(v6.mac.to_string(), MAC6);
+    assert_eq!(e.v4.unwrap().mac.to_string(), MAC, "each half its own MAC");
+
+    let r = |key: &str, a: &LeaseAttrs| match p.check(&k(key), Some(a), None) {
+        Verdict::Rejected(r) => r.reason(),
+        v => panic!("{key}: {v:?}"),
+    };
+    assert_eq!(r("10.244.2.0-24&fd00:99::-64", &a), "outside-network");
+    assert_eq!(r("10.244.2.0-24&fd00:10::-60", &a), "subnet-length");
+    assert_eq!(r("10.244.2.0-24&fd00:10:0:81::-64", &a), "underlay-overlap");
+    for ip in ["::", "::1", "ff02::1"] {
+        assert_eq!(
+            r("10.244.2.0-24&fd00:10:0:2::-64", &dual(ip, 1, MAC6)),
+            "public-ip",
+            "{ip}"
+        );
+    }
+    let key = "10.244.2.0-24&fd00:10:0:2::-64";
+    assert_eq!(r(key, &dual("2001:2::1", 1, MAC6)), "public-ip-ours");
+    assert_eq!(r(key, &dual("2001:2::2", 2, MAC6)), "vni");
+    assert_eq!(
+        r(key, &dual("2001:2::2", 1, "33:33:00:00:00:01")),
+        "vtep-mac"
+    );
+    let no_ip6 = LeaseAttrs {
+        public_ipv6: None,
+        ..a.clone()
+    };
+    assert_eq!(r(key, &no_ip6), "no-public-ipv6");
+    let no_data6 = LeaseAttrs {
+        backend_v6_data: None,
+        ..a.clone()
+    };
+    assert_eq!(r(key, &no_data6), "backend-data");
+    let Verdict::Rejected(why) = p.check(&k(key), Some(&no_data6), None) else {
+        unreachable!()
+    };
+    assert!(why.to_string().starts_with("BackendV6Data:"), "{why}");
+
+    // A v4-only peer of a dual-stack cluster (not moved to dual stack yet) is a v4 peer.
+    let Verdict::Usable(e) = p.check(
+        &k("10.244.2.0-24"),
+        Some(&attrs("198.18.0.2", 1, MAC)),
+        None,
+    ) else {
+        panic!("usable");
+    };
+    assert!(e.v4.is_some() && e.v6.is_none());
+
+    // With IPv6 off, the v6 half is not read at all: a bad one costs nothing.
+    let Verdict::Usable(e) = policy().check(&k(key), Some(&no_data6), None) else {
+        panic!("usable");
+    };
+    assert!(e.v6.is_none());
 }
 
 fn sl(key: &str, a: Option<LeaseAttrs>) -> StoredLease {
@@ -300,8 +378,8 @@ proptest! {
         let entries: Vec<_> = t.entries().collect();
         prop_assert_eq!(entries.len(), n);
         for ((k, a), e) in t.iter().zip(entries) {
-            prop_assert_eq!(Some(IpNetwork::V4(e.subnet)), k.v4);
-            prop_assert_eq!(e.public_ip, a.public_ip);
+            prop_assert_eq!(Some(e.subnet), k.v4);
+            prop_assert_eq!(e.public_ip, IpAddr::V4(a.public_ip));
         }
     }
 }

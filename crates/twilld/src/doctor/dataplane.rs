@@ -9,7 +9,7 @@ use twill_dataplane::{
     desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
     Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
-use twill_store::{LeaseKey, PeerTable, StoredLease, WatchEvent};
+use twill_store::{Family, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
 use crate::policy::lease_policy;
 
@@ -30,7 +30,7 @@ pub(super) async fn peers(
 ) {
     // Judged as the daemon judges them, so doctor expects exactly what twilld programs.
     let mut table = match conf {
-        Some(conf) => match lease_policy(nl, Some(index), conf, own.filter(|_| kube)).await {
+        Some(conf) => match lease_policy(nl, &[index], conf, own.filter(|_| kube)).await {
             Ok(p) => PeerTable::with_policy(p),
             Err(e) => {
                 c.add(
@@ -55,8 +55,8 @@ pub(super) async fn peers(
     }
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
     leases_refused(c, &table, store_name);
-    let desired = desired_peers(table.entries());
-    let Ok(plan) = plan_peers(nl, index, mode, &desired, None).await else {
+    let desired = desired_peers(table.entries().filter(|e| e.family() == Family::V4));
+    let Ok(plan) = plan_peers(nl, index, Family::V4, mode, &desired, None).await else {
         c.add("peers", Status::Warn, "could not read kernel state", "");
         return;
     };

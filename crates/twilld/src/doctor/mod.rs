@@ -302,7 +302,7 @@ async fn peer_entries(c: &mut Checks, cx: &Context<'_>) {
     };
     let mode = match (cx.conf(), &cx.underlay) {
         (Some(conf), Some((e, _))) if conf.backend.direct_routing => match conf.network4() {
-            Some(n) => Underlay::Direct(e.index, n),
+            Some(n) => Underlay::Direct(e.index, ipnetwork::IpNetwork::V4(n)),
             None => Underlay::Skip,
         },
         _ => Underlay::Skip,

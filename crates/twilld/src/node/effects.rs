@@ -7,15 +7,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{write_atomic, SubnetEnv};
-use twill_dataplane::{DataplaneError, ReconcileReport};
-use twill_store::{Applied, RenewOutcome, SubnetManager};
+use twill_dataplane::{DataplaneError, Family, NetlinkError, ReconcileReport};
+use twill_store::{Applied, LeaseAttrs, RenewOutcome, SubnetManager};
 
 use super::state::{Input, ReloadRead, Renewal, Selected, Trigger};
 use super::{acquire, seconds_left, Node};
 use crate::policy::lease_policy;
 use crate::repairs;
 use crate::schedule;
-use crate::settings::{self, keeps_lease, Facts};
+use crate::settings::{self, keeps_lease, Facts, Settings};
 use crate::startup::Patience;
 use crate::telemetry::label;
 
@@ -156,7 +156,7 @@ impl<S: SubnetManager> Node<S> {
         let kube = self.opts.kube_subnet_mgr().then_some(&self.held.key);
         match lease_policy(
             self.dp.netlink(),
-            self.dp.device_index(),
+            &self.dp.device_indices(),
             &self.req.conf,
             kube,
         )
@@ -226,7 +226,8 @@ impl<S: SubnetManager> Node<S> {
             return ReloadRead::Unchanged;
         }
         let facts = settings::Facts {
-            mac: self.dp.mac().or(self.facts.mac),
+            mac: self.dp.mac(Family::V4).or(self.facts.mac),
+            mac6: self.dp.mac(Family::V6).or(self.facts.mac6),
             ..self.facts.clone()
         };
         match settings::derive(&conf, &self.opts, &self.bgp, &facts) {
@@ -257,14 +258,15 @@ impl<S: SubnetManager> Node<S> {
             warn!("{w}");
         }
         self.dp.set_config(new.dataplane.clone());
-        if let Some(old) = &plan.remove_device {
-            if let Err(e) = self.dp.netlink().delete_link(old).await {
-                warn!("removing {old} after the VNI change: {e}");
+        for old in &plan.remove_devices {
+            match self.dp.netlink().delete_link(old).await {
+                Ok(true) => info!(device = %old, "removed: the new config has no use for it"),
+                Ok(false) => {}
+                Err(e) => warn!("removing {old} after the config change: {e}"),
             }
         }
-        let mac = self.dp.ensure_device().await?.mac;
+        self.req.attrs = self.device_attrs(&new).await?;
         self.req.conf = conf;
-        self.req.attrs = new.attrs(&mac);
         let keeps = keeps_lease(
             &self.req.conf,
             &self.held.key,
@@ -274,6 +276,14 @@ impl<S: SubnetManager> Node<S> {
         self.settings = new;
         info!(subnet = %self.held.key, mtu = self.settings.mtu, "config reloaded");
         Ok(Input::ConfigApplied { keeps_lease: keeps })
+    }
+
+    /// Every overlay device `new` names, ensured, and what our lease advertises with their
+    /// MACs.
+    async fn device_attrs(&mut self, new: &Settings) -> Result<LeaseAttrs, NetlinkError> {
+        let devices = self.dp.ensure_devices().await?;
+        let mac = |f: Family| devices.iter().find(|(g, _)| *g == f).map(|(_, d)| d.mac);
+        Ok(new.attrs(mac(Family::V4), mac(Family::V6)))
     }
 
     /// systemd's Type=notify: READY=1 when /readyz would say 200 (subnet.env written, the
@@ -393,7 +403,8 @@ impl<S: SubnetManager> Node<S> {
         }
         let facts = Facts {
             public_ip: self.pinned_public_ip.unwrap_or(ext.addr),
-            mac: self.dp.mac().or(self.facts.mac),
+            mac: self.dp.mac(Family::V4).or(self.facts.mac),
+            mac6: self.dp.mac(Family::V6).or(self.facts.mac6),
             underlay: ext,
         };
         let new = match settings::derive(&self.req.conf, &self.opts, &self.bgp, &facts) {
@@ -401,11 +412,10 @@ impl<S: SubnetManager> Node<S> {
             Err(e) => return Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
         };
         self.dp.set_config(new.dataplane.clone());
-        let mac = match self.dp.ensure_device().await {
-            Ok(d) => d.mac,
+        self.req.attrs = match self.device_attrs(&new).await {
+            Ok(a) => a,
             Err(e) => return Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
         };
-        self.req.attrs = new.attrs(&mac);
         let attrs_changed = self.req.attrs != self.held.attrs;
         self.facts = facts;
         self.settings = new;

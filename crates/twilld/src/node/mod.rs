@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use twill_config::{BgpConf, NetConf};
-use twill_dataplane::{watch_device, Dataplane};
+use twill_dataplane::{watch_devices, Dataplane};
 use twill_store::{
     AcquireRequest, Expiry, HeldLease, PeerEvent, PeerTable, SubnetManager, WatchEvent,
 };
@@ -81,19 +81,13 @@ impl<S: SubnetManager> Node<S> {
         let mut resync = tokio::time::interval(self.opts.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_at = self.next_renewal();
-        let mut monitor = match watch_device(self.dp.device_name().to_string()) {
+        let mut monitor = match watch_devices(&self.dp.devices()) {
             Ok(m) => Some(m),
             Err(e) => {
                 warn!("no netlink monitor ({e}); a deleted device is repaired at the next resync, and every resync reads the kernel");
                 None
             }
         };
-        // A recreated device's index the monitor learns from RTM_NEWLINK itself.
-        if let (Some(m), Some(i)) = (&monitor, self.dp.device_index()) {
-            m.set_index(i);
-            // Direct routes live on the underlay device (DirectRouting, or leftovers).
-            m.set_underlay_index(self.dp.config().vxlan.dev_index);
-        }
         let rules = self.dp.rules_flag();
         let removed = monitor.as_ref().map(|m| m.removed_flag());
         let host = monitor.as_ref().map(|m| m.underlay_flag());
@@ -101,9 +95,12 @@ impl<S: SubnetManager> Node<S> {
             self.tel.beat();
             let due_at = self.state.repair_at().map(Instant::from_std);
             let underlay_at = self.state.underlay_check_at().map(Instant::from_std);
-            // Routes on the underlay count as ours (direct routes); it may have moved.
+            // A recreated device's index the monitor learns from RTM_NEWLINK itself; a
+            // reload may have named other devices. Routes on the underlay count as ours
+            // (direct routes, DirectRouting or leftovers); it may have moved.
             if let Some(m) = &monitor {
-                m.set_underlay_index(self.dp.config().vxlan.dev_index);
+                m.set_devices(&self.dp.devices());
+                m.set_underlay_index(self.facts.underlay.index);
             }
             let input = tokio::select! {
                 Some(()) = self.reloads.recv() => Input::Reload(self.read_config().await),
@@ -118,8 +115,8 @@ impl<S: SubnetManager> Node<S> {
                 () = async { match host.as_deref() { Some(f) => { f.marked().await; f.take(); } None => std::future::pending().await } },
                     if underlay_at.is_none() => Input::HostChanged,
                 _ = tokio::time::sleep_until(underlay_at.unwrap_or_else(Instant::now)), if underlay_at.is_some() => Input::UnderlayDue,
-                Some(()) = async { match monitor.as_mut() { Some(m) => m.deleted.recv().await, None => None } } => {
-                    warn!(device = %self.dp.device_name(), "device deleted under us; recreating it and replaying every peer");
+                Some(device) = async { match monitor.as_mut() { Some(m) => m.deleted.recv().await, None => None } } => {
+                    warn!(%device, "device deleted under us; recreating it and replaying every peer");
                     Input::DeviceDeleted
                 }
                 _ = cancel.cancelled() => {
@@ -180,10 +177,7 @@ impl<S: SubnetManager> Node<S> {
     ) -> Result<Option<Input>> {
         match effect {
             Effect::Reacquire => return self.reacquire(cancel).await.map(Some),
-            Effect::ProgramLease => {
-                self.dp.set_lease(start::v4_subnet(&self.held)?).await?;
-                self.dp.set_lease6(self.held.key.v6);
-            }
+            Effect::ProgramLease => self.dp.set_lease(&self.held.key).await?,
             Effect::Pass { full, trigger } => return Ok(self.pass(full, trigger).await),
             Effect::Check { trigger } => return Ok(self.check(trigger).await),
             Effect::RefreshPolicy => self.refresh_policy().await,

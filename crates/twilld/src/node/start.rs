@@ -1,21 +1,19 @@
 //! Bringing a node up, in flannel's order: underlay → device → lease → rules → peers.
 //! Nothing half-done: a device this run created goes again when no lease can be had.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_config::SubnetEnv;
 use twill_dataplane::{
-    select_underlay, Dataplane, Firewall, Iptables, Mac, Netlink, Nftables, RuleSet, NFT_TABLE,
-    NFT_TABLE6,
+    select_underlay, Dataplane, DeviceState, Family, Firewall, Iptables, Mac, Netlink, Nftables,
+    RuleSet, NFT_TABLE, NFT_TABLE6,
 };
-use twill_store::{AcquireRequest, HeldLease, LeaseKey, PeerTable, SubnetManager};
+use twill_store::{AcquireRequest, LeaseKey, PeerTable, SubnetManager};
 
 use super::state::State;
 use super::{acquire, Node};
@@ -45,10 +43,13 @@ pub async fn start<S: SubnetManager>(
     let ext = select_underlay(&nl, &opts.node.iface).await?;
     let pinned_public_ip = opts.node.public_ip.or(public_ip_hint);
     let public_ip = pinned_public_ip.unwrap_or(ext.addr);
+    // After a reboot the devices are gone but our lease still advertises their MACs:
+    // reuse them, so peers need no FDB update.
+    let (mac, mac6) = store.advertised_macs(public_ip).await;
+    let parse = |m: Option<String>| m.and_then(|m| m.parse::<Mac>().ok());
     let facts = Facts {
-        // After a reboot the device is gone but our lease still advertises a MAC: reuse
-        // it, so peers need no FDB update.
-        mac: advertised_mac(&store, public_ip).await,
+        mac: parse(mac),
+        mac6: parse(mac6),
         underlay: ext,
         public_ip,
     };
@@ -64,15 +65,19 @@ pub async fn start<S: SubnetManager>(
     let previous = read_previous(&opts.node.subnet_file);
     let fw = firewall(conf.enable_nftables)?;
     let mut dp = Dataplane::new(nl, settings.dataplane.clone(), fw);
-    let dev = dp
-        .ensure_device()
-        .await
-        .context("creating the VXLAN device")?;
+    let devices = match dp.ensure_devices().await {
+        Ok(d) => d,
+        Err(e) => {
+            remove_created(&dp, &[]).await;
+            return Err(e).context("creating the VXLAN devices");
+        }
+    };
     tel.update_ready(|r| r.device = true);
+    let mac = |f: Family| devices.iter().find(|(g, _)| *g == f).map(|(_, d)| d.mac);
 
     let req = AcquireRequest {
         conf,
-        attrs: settings.attrs(&dev.mac),
+        attrs: settings.attrs(mac(Family::V4), mac(Family::V6)),
         previous,
         ttl: opts.lease_ttl,
     };
@@ -85,26 +90,20 @@ pub async fn start<S: SubnetManager>(
         Ok(h) => h,
         Err(e) => {
             // Nothing half-done: a device this run created is of no use without a lease.
-            if dev.created {
-                let name = dp.device_name().to_string();
-                if let Err(de) = dp.netlink().delete_link(&name).await {
-                    warn!("removing {name} after the failed start: {de}");
-                }
-            }
+            remove_created(&dp, &devices).await;
             return Err(e);
         }
     };
     tel.update_ready(|r| r.lease = true);
-    dp.set_lease(v4_subnet(&held)?)
+    dp.set_lease(&held.key)
         .await
-        .context("addressing the VXLAN device")?;
-    dp.set_lease6(held.key.v6);
+        .context("addressing the VXLAN devices")?;
     match dp.ensure_rules().await {
         Ok(_) => tel.update_ready(|r| r.rules = true),
         Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
     }
     let kube = opts.kube_subnet_mgr().then_some(&held.key);
-    let policy = lease_policy(dp.netlink(), dp.device_index(), &req.conf, kube).await?;
+    let policy = lease_policy(dp.netlink(), &dp.device_indices(), &req.conf, kube).await?;
     let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
     let state = State::new(std::time::Instant::now(), opts.resync);
@@ -135,10 +134,19 @@ pub async fn start<S: SubnetManager>(
     node.run_loop(cancel).await
 }
 
-pub(super) fn v4_subnet(held: &HeldLease) -> Result<Ipv4Network> {
-    match held.key.v4 {
-        Some(IpNetwork::V4(n)) => Ok(n),
-        _ => Err(anyhow!("lease {} has no IPv4 subnet", held.key)),
+/// Removes the devices this run created (`created` those ensured; on a failure part-way,
+/// whatever of ours exists that this run made is not known, so only those listed go).
+async fn remove_created(dp: &Dataplane, created: &[(Family, DeviceState)]) {
+    for (f, d) in created.iter().filter(|(_, d)| d.created) {
+        let Some(name) = dp.device_name(*f) else {
+            continue;
+        };
+        if let Err(e) = dp.netlink().delete_link(name).await {
+            warn!(
+                index = d.index,
+                "removing {name} after the failed start: {e}"
+            );
+        }
     }
 }
 
@@ -193,8 +201,4 @@ fn read_previous(path: &Path) -> LeaseKey {
             none
         }
     }
-}
-
-async fn advertised_mac<S: SubnetManager>(store: &S, public_ip: Ipv4Addr) -> Option<Mac> {
-    store.advertised_mac(public_ip).await?.parse().ok()
 }
