@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # The main job: a three-node twill overlay in network namespaces with a real etcd,
 # pods pinging across nodes without NAT. Run as root on Debian 12.
-#   scripts/demo.sh          build, bring up, show, tear down
-#   scripts/demo.sh --keep   leave it running and print how to look inside
+#   scripts/demo.sh              build, bring up, show, tear down
+#   scripts/demo.sh --keep       leave it running and print how to look inside
+#   scripts/demo.sh --dual-stack the same on both families: an IPv6 underlay beside the
+#                                IPv4 one, pods with an address of each (any order of flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keep=0
-[[ ${1:-} == --keep ]] && keep=1
+keep=0 dual=0
+for a in "$@"; do
+  case $a in
+    --keep) keep=1 ;;
+    --dual-stack) dual=1 ;;
+    *) echo "demo: unknown argument $a (--keep, --dual-stack)" >&2; exit 2 ;;
+  esac
+done
+export LAB_DUAL=$dual
 
 bash scripts/setup.sh
 cargo build --release -q -p twilld -p twill-cni
@@ -20,19 +29,24 @@ lab up 3
 echo "== pods ping across nodes"
 lab check
 echo "== the receiver sees the sender's pod IP (no NAT on the overlay)"
-src=$(jq -r '.ips[0].address | split("/")[0]' /tmp/$LAB_PREFIX/n1/pod.json)
-dst=$(jq -r '.ips[0].address | split("/")[0]' /tmp/$LAB_PREFIX/n2/pod.json)
-seen=$(timeout 5 ip netns exec $LAB_PREFIX-p2 tcpdump -lni eth0 -c 1 "icmp and dst host $dst" 2>/dev/null &
-  sleep 0.5; ip netns exec $LAB_PREFIX-p1 ping -c 1 -W 1 "$dst" >/dev/null; wait)
-echo "  $seen"
-[[ $seen == *"$src > $dst"* ]] || { echo "demo: expected source $src at the receiver" >&2; exit 1; }
+addr() { jq -r "[.ips[] | select(.address | contains(\"$2\"))][0].address | split(\"/\")[0]" "/tmp/$LAB_PREFIX/$1/pod.json"; }
+no_nat() { # no_nat <family marker: "." or ":"> <tcpdump filter protocol>
+  local src dst seen
+  src=$(addr n1 "$1") dst=$(addr n2 "$1")
+  seen=$(timeout 5 ip netns exec $LAB_PREFIX-p2 tcpdump -lni eth0 -c 1 "$2 and dst host $dst" 2>/dev/null &
+    sleep 0.5; ip netns exec $LAB_PREFIX-p1 ping -c 1 -W 1 "$dst" >/dev/null; wait)
+  echo "  $seen"
+  [[ $seen == *"$src > $dst"* ]] || { echo "demo: expected source $src at the receiver" >&2; exit 1; }
+}
+no_nat . icmp
+((dual)) && no_nat : "icmp6 and ip6[40] == 128"
 lab status
 if ((keep)); then
   cat <<EOT
 
 The lab is up. Look inside with, e.g.:
   ip netns exec $LAB_PREFIX-n1 ip route          # peer routes via flannel.1
-  ip netns exec $LAB_PREFIX-p1 ping $dst         # pod on n1 -> pod on n2
+  ip netns exec $LAB_PREFIX-p1 ping $(addr n2 .)         # pod on n1 -> pod on n2
   cat /tmp/$LAB_PREFIX/n1/twilld.log             # daemon log
 Tear it down with:
   LAB_PREFIX=$LAB_PREFIX scripts/lab.sh down

@@ -2,7 +2,8 @@
 # A twill cluster in network namespaces: an underlay switch, a real etcd, N nodes each
 # running twilld, and one pod per node wired by twill's CNI plugin (which delegates to
 # Debian's bridge + host-local).
-# Nothing is added to the root namespace; every address is in 198.18.0.0/15.
+# Nothing is added to the root namespace; every address is in 198.18.0.0/15 (and with
+# LAB_DUAL=1 in 2001:2::/64, pods in fd00:10:244::/56 too).
 #
 #   scripts/lab.sh up [N]     build the lab with N nodes (default 3) and pods
 #   scripts/lab.sh check      every pod pings every other pod
@@ -16,7 +17,8 @@
 #
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
 # LAB_NETWORK (default 10.244.0.0/16), LAB_CONFIG (the whole net-conf.json instead),
-# LAB_TWILLD_ARGS (extra twilld flags).
+# LAB_TWILLD_ARGS (extra twilld flags), LAB_DUAL=1 (dual stack: an IPv6 underlay beside
+# the IPv4 one, EnableIPv6 with LAB_NETWORK6, default fd00:10:244::/56).
 set -euo pipefail
 
 P=${LAB_PREFIX:-twlab}
@@ -28,11 +30,14 @@ CNI_BIN=/usr/lib/cni
 ETCD_IP=198.18.0.100
 ETCD_EP=http://$ETCD_IP:2379
 NETWORK=${LAB_NETWORK:-10.244.0.0/16}
+DUAL=${LAB_DUAL:-0}
+NETWORK6=${LAB_NETWORK6:-fd00:10:244::/56}
 
 log() { printf '%s\n' "$*"; }
 die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
 nsx() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
 node_ip() { echo "198.18.0.$1"; }
+node_ip6() { echo "2001:2::$1"; }
 nodes() { cat "$STATE/nodes" 2>/dev/null || echo 0; }
 
 start_bg() { # start_bg <pidfile> <logfile> cmd...: detached, survives this script
@@ -40,12 +45,14 @@ start_bg() { # start_bg <pidfile> <logfile> cmd...: detached, survives this scri
   setsid sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" >"$logfile" 2>&1 </dev/null &
 }
 
-add_host() { # add_host <name> <ip>
+add_host() { # add_host <name> <ip> [ip6]
   ip netns add "$P-$1"
   ip -n "$P-$1" link set lo up
   ip -n "$P-ul" link add "ul-$1" type veth peer name eth0 netns "$P-$1"
   ip -n "$P-ul" link set "ul-$1" master br0 up
   ip -n "$P-$1" addr add "$2/24" dev eth0
+  # nodad: a tentative address drops traffic for the second DAD takes.
+  [[ -z ${3:-} ]] || ip -n "$P-$1" addr add "$3/64" dev eth0 nodad
   ip -n "$P-$1" link set eth0 up
 }
 
@@ -73,6 +80,8 @@ add_pod() { # add_pod <n>: pod namespace p<n> on node n, wired by our twill CNI 
 }
 
 pod_ip() { jq -r '.ips[0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
+pod_ip6() { jq -r '[.ips[] | select(.address | contains(":"))][0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
+ip6_of() { ((DUAL)) && node_ip6 "$1" || true; }
 
 start_etcd() { # the lab's etcd, on its data dir (kept across restarts); waits until healthy
   start_bg "$STATE/etcd.pid" "$STATE/etcd.log" ip netns exec "$P-etcd" etcd --name lab \
@@ -113,28 +122,35 @@ up() {
   # The underlay is a plain switch: with br_netfilter loaded, bridged frames would
   # otherwise traverse iptables here (not part of any node), costing throughput.
   nsx ul sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
-  add_host etcd "$ETCD_IP"
+  add_host etcd "$ETCD_IP" "$( ((DUAL)) && echo 2001:2::100 || true)"
   start_etcd
   local conf=${LAB_CONFIG:-}
+  if [[ -z $conf ]] && ((DUAL)); then
+    conf="{\"Network\":\"$NETWORK\",\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":{\"Type\":\"vxlan\"}}"
+  fi
   [[ -n $conf ]] || conf="{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}"
   nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config "$conf" >/dev/null
   log "etcd up at $ETCD_EP (netns $P-etcd), config written"
   for n in $(seq "$count"); do
-    add_host "n$n" "$(node_ip "$n")"
-    nsx "n$n" sysctl -qw net.ipv4.ip_forward=1
+    add_host "n$n" "$(node_ip "$n")" "$(ip6_of "$n")"
+    nsx "n$n" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     start_node "$n"
   done
   for n in $(seq "$count"); do
     wait_file "$STATE/n$n/subnet.env" || die "node n$n wrote no subnet.env; log: $STATE/n$n/twilld.log"
     add_pod "$n"
-    log "node n$n ($(node_ip "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_SUBNET), pod p$n = $(pod_ip "$n")"
+    if ((DUAL)); then
+      log "node n$n ($(node_ip "$n"), $(node_ip6 "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_SUBNET) $(env_get "$STATE/n$n/subnet.env" FLANNEL_IPV6_SUBNET), pod p$n = $(pod_ip "$n") $(pod_ip6 "$n")"
+    else
+      log "node n$n ($(node_ip "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_SUBNET), pod p$n = $(pod_ip "$n")"
+    fi
   done
 }
 
 add_node() { # add_node <n>: one more node, started (no pod)
   local n=$1
-  add_host "n$n" "$(node_ip "$n")"
-  nsx "n$n" sysctl -qw net.ipv4.ip_forward=1
+  add_host "n$n" "$(node_ip "$n")" "$(ip6_of "$n")"
+  nsx "n$n" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
   start_node "$n"
   echo "$n" > "$STATE/nodes"
 }
@@ -145,11 +161,14 @@ check() {
   for a in $(seq "$count"); do
     for b in $(seq "$count"); do
       [[ $a == "$b" ]] && continue
-      if nsx "p$a" ping -c 2 -i 0.2 -W 2 -q "$(pod_ip "$b")" >/dev/null; then
-        log "p$a -> p$b ($(pod_ip "$b")): ok"
-      else
-        log "p$a -> p$b ($(pod_ip "$b")): FAILED"; fails=$((fails + 1))
-      fi
+      local to
+      for to in "$(pod_ip "$b")" $( ((DUAL)) && pod_ip6 "$b"); do
+        if nsx "p$a" ping -c 2 -i 0.2 -W 2 -q "$to" >/dev/null; then
+          log "p$a -> p$b ($to): ok"
+        else
+          log "p$a -> p$b ($to): FAILED"; fails=$((fails + 1))
+        fi
+      done
     done
   done
   ((fails == 0)) || die "$fails pod pairs cannot reach each other"
@@ -165,6 +184,12 @@ status() {
     nsx "n$n" ip route show dev flannel.1 | sed 's/^/  route /'
     nsx "n$n" ip neigh show dev flannel.1 | sed 's/^/  neigh /'
     nsx "n$n" bridge fdb show dev flannel.1 | sed 's/^/  fdb   /'
+    if ((DUAL)); then
+      nsx "n$n" ip -br addr show dev flannel-v6.1 | sed 's/^/  /'
+      nsx "n$n" ip -6 route show dev flannel-v6.1 | grep -v '^fe80' | sed 's/^/  route /'
+      nsx "n$n" ip -6 neigh show dev flannel-v6.1 | grep -v '^fe80' | sed 's/^/  neigh /'
+      nsx "n$n" bridge fdb show dev flannel-v6.1 | sed 's/^/  fdb   /'
+    fi
   done
 }
 
@@ -211,5 +236,5 @@ case ${1:-} in
   check) check ;;
   status) status ;;
   down) down ;;
-  *) sed -n '2,18p' "$0"; exit 2 ;;
+  *) sed -n '2,21p' "$0"; exit 2 ;;
 esac

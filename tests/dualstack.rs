@@ -37,7 +37,7 @@ fn cluster(tag: &str, flanneld: &[bool]) -> Cluster {
             node.vxlan_subnets().len() == n - 1
                 && routes6(node)
                     .lines()
-                    .filter(|l| l.starts_with("fd00:10:244:"))
+                    .filter(|l| l.starts_with("fd00:10:244:") && l.contains(" via "))
                     .count()
                     == n - 1
         });
@@ -175,4 +175,258 @@ fn dual_stack_pods_reach_each_other_on_both_families_without_nat() {
     let etcd = c.etcd_host();
     assert_eq!(seen_source(&p0.ns, ETCD_IP6, etcd, "eth0"), "2001:2::1");
     assert_eq!(seen_source(&p0.ns, ETCD_IP, etcd, "eth0"), "198.18.0.1");
+}
+
+/// The node's FLANNEL_IPV6_SUBNET as a route destination, e.g. "fd00:10:244:2a::/64".
+fn subnet6(node: &twill_e2e::Node) -> String {
+    let env = std::fs::read_to_string(node.subnet_env()).unwrap();
+    env.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+        .expect("FLANNEL_IPV6_SUBNET")
+        .replace("::1/", "::/")
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> String {
+    ns.sh(&format!("cat /sys/class/net/{dev}/address"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn ipv6_entries_rules_and_device_are_repaired_and_restarts_keep_both_macs() {
+    let mut c = cluster("ds-fix", &[false, false]);
+    assert_mesh_both(&c);
+    let peer = subnet6(&c.nodes[1]);
+    let vtep = peer.trim_end_matches("/64").to_string();
+    let peer_mac = mac_of(&c.nodes[1].ns, "flannel-v6.1");
+    let routes = |c: &Cluster| c.nodes[0].ns.sh("ip -6 route show dev flannel-v6.1");
+    let t = std::time::Instant::now();
+    c.nodes[0]
+        .ns
+        .sh(&format!("ip -6 route del {peer} dev flannel-v6.1"));
+    wait_until(5, "the IPv6 route put back", || routes(&c).contains(&peer));
+    c.nodes[0]
+        .ns
+        .sh(&format!("ip -6 neigh del {vtep} dev flannel-v6.1"));
+    wait_until(5, "the IPv6 neighbour put back", || {
+        c.nodes[0]
+            .ns
+            .sh("ip -6 neigh show dev flannel-v6.1")
+            .contains(&format!("{vtep} lladdr {peer_mac} PERMANENT"))
+    });
+    c.nodes[0].ns.sh(&format!(
+        "bridge fdb del {peer_mac} dev flannel-v6.1 dst 2001:2::2 self"
+    ));
+    wait_until(5, "the IPv6 FDB entry put back", || {
+        c.nodes[0]
+            .ns
+            .sh("bridge fdb show dev flannel-v6.1")
+            .contains(&format!("{peer_mac} dst 2001:2::2 self permanent"))
+    });
+    c.nodes[0].ns.sh("ip6tables -t nat -F FLANNEL-POSTRTG");
+    wait_until(10, "the IPv6 NAT chain put back", || {
+        c.nodes[0]
+            .ns
+            .sh("ip6tables -t nat -S FLANNEL-POSTRTG")
+            .contains("MASQUERADE")
+    });
+    let mine = mac_of(&c.nodes[0].ns, "flannel-v6.1");
+    c.nodes[0].ns.sh("ip link del flannel-v6.1");
+    wait_until(
+        10,
+        "flannel-v6.1 recreated, with its MAC and its peers",
+        || {
+            c.nodes[0].ns.try_sh("test -e /sys/class/net/flannel-v6.1")
+                && mac_of(&c.nodes[0].ns, "flannel-v6.1") == mine
+                && routes(&c).contains(&peer)
+        },
+    );
+    eprintln!(
+        "four IPv6 repairs and a recreated device in {:?}",
+        t.elapsed()
+    );
+    assert!(
+        c.nodes[0].log().contains("flannel-v6.1"),
+        "the repair is logged"
+    );
+    assert_mesh_both(&c);
+
+    // A reboot: the daemon gone, both devices gone with it. Both MACs come back from the
+    // lease (BackendData, BackendV6Data), so no peer needs an FDB update.
+    let mine4 = mac_of(&c.nodes[0].ns, "flannel.1");
+    c.nodes[0].stop(libc::SIGKILL);
+    c.nodes[0]
+        .ns
+        .sh("ip link del flannel.1 && ip link del flannel-v6.1");
+    c.nodes[0].start();
+    wait_until(20, "both devices back with their MACs and peers", || {
+        c.nodes[0]
+            .ns
+            .try_sh("test -e /sys/class/net/flannel-v6.1 && test -e /sys/class/net/flannel.1")
+            && mac_of(&c.nodes[0].ns, "flannel.1") == mine4
+            && mac_of(&c.nodes[0].ns, "flannel-v6.1") == mine
+            && routes(&c).contains(&peer)
+    });
+    assert_mesh_both(&c);
+}
+
+/// The real flanneld v0.28.9 on one node of three, dual stack: each daemon reads the
+/// other's dual-stack leases and programs both families; pods reach each other without
+/// NAT on both.
+#[test]
+fn dual_stack_beside_the_real_flanneld() {
+    twill_e2e::flanneld_bin();
+    let c = cluster("ds-fl", &[false, false, true]);
+    assert_mesh_both(&c);
+    let lease = c.lease_value(2).expect("flanneld's lease");
+    let mac6 = mac_of(&c.nodes[2].ns, "flannel-v6.1");
+    assert_eq!(lease["BackendV6Data"]["VtepMAC"], mac6.as_str(), "{lease}");
+    assert_eq!(lease["PublicIPv6"], "2001:2::3", "{lease}");
+    let fdb = c.nodes[0].ns.sh("bridge fdb show dev flannel-v6.1");
+    assert!(
+        fdb.contains(&format!("{mac6} dst 2001:2::3 self permanent")),
+        "{fdb}"
+    );
+    // flanneld programmed ours the same way.
+    let ours = mac_of(&c.nodes[0].ns, "flannel-v6.1");
+    let fdb = c.nodes[2].ns.sh("bridge fdb show dev flannel-v6.1");
+    assert!(fdb.contains(&format!("{ours} dst 2001:2::1")), "{fdb}");
+    for (a, b) in [(0, 2), (2, 1)] {
+        let (pa, pb) = (c.pod(a), c.pod(b));
+        assert_eq!(seen_source(&pa.ns, ip6(pb), &pb.ns, "eth0"), ip6(pa));
+        assert_eq!(tcp_from(&pa.ns, &pb.ns, ip6(pb)), ip6(pa));
+    }
+}
+
+/// Kubernetes mode (the fake API): both podCIDRs are the lease, the v6 half published in
+/// `backend-v6-data` and `public-ipv6`, and pods reach each other on both families.
+#[test]
+fn dual_stack_in_kubernetes_mode() {
+    require_root();
+    let mut c = Cluster::new_dual("ds-kube");
+    let fake = c.fake_kube();
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(&conf, DUAL).unwrap();
+    let port = fake.url().rsplit(':').next().unwrap().to_string();
+    let args = [
+        "--kube-subnet-mgr".to_string(),
+        format!("--kube-api-url=http://{ETCD_IP}:{port}"),
+        format!("--net-config-path={}", conf.display()),
+        "--ip-masq".into(),
+    ];
+    for n in 1..=2 {
+        let name = format!("kn{n}");
+        fake.add_node(&name, Some(&format!("10.244.{n}.0/24")));
+        fake.update_node(&name, |node| {
+            node["spec"]["podCIDRs"] =
+                serde_json::json!([format!("10.244.{n}.0/24"), format!("fd00:10:244:{n}::/64")]);
+        });
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let i = c.add_node_stopped(&a);
+        c.nodes[i].env.push(("NODE_NAME".into(), name));
+        c.nodes[i].start();
+    }
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    for i in 0..2 {
+        let node = &c.nodes[i];
+        wait_until(20, "routes on both families", || {
+            node.vxlan_subnets().len() == 1
+                && node
+                    .ns
+                    .sh("ip -6 route show dev flannel-v6.1")
+                    .contains(&format!("fd00:10:244:{}::/64", 2 - i))
+        });
+        let ann = fake.node(&format!("kn{}", i + 1)).unwrap()["metadata"]["annotations"].clone();
+        let v6: serde_json::Value = serde_json::from_str(
+            ann["flannel.alpha.coreos.com/backend-v6-data"]
+                .as_str()
+                .expect("backend-v6-data"),
+        )
+        .unwrap();
+        assert_eq!(v6["VtepMAC"], mac_of(&node.ns, "flannel-v6.1"), "{ann}");
+        assert_eq!(
+            ann["flannel.alpha.coreos.com/public-ipv6"],
+            format!("2001:2::{}", i + 1)
+        );
+    }
+    assert_mesh_both(&c);
+}
+
+/// SIGHUP turns IPv6 on (the IPv6 device, a dual-stack lease keeping the IPv4 subnet,
+/// subnet.env's IPv6 lines, pods created since get both families) and off again (the
+/// device, the IPv6 rules and the lease's IPv6 half go; IPv4 never stops).
+#[test]
+fn sighup_turns_ipv6_on_and_off() {
+    require_root();
+    let mut c = Cluster::new_dual("ds-hup");
+    let path = c.dir.path().join("net-conf.json");
+    let v4only = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    std::fs::write(&path, v4only).unwrap();
+    let arg = format!("--net-config-path={}", path.display());
+    for _ in 0..2 {
+        c.add_node(&[&arg, "--ip-masq"]);
+    }
+    c.add_pod(0);
+    c.add_pod(1);
+    c.assert_full_mesh();
+    let leases: Vec<String> = c.nodes.iter().map(|n| n.lease()).collect();
+    let has6 = |c: &Cluster, i: usize| c.nodes[i].ns.try_sh("test -e /sys/class/net/flannel-v6.1");
+    assert!(!has6(&c, 0));
+
+    std::fs::write(&path, DUAL).unwrap();
+    for n in &c.nodes {
+        n.signal(libc::SIGHUP);
+    }
+    wait_until(20, "both nodes on dual stack", || {
+        (0..2).all(|i| {
+            let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap_or_default();
+            has6(&c, i)
+                && env.contains("FLANNEL_IPV6_SUBNET=")
+                && c.nodes[i]
+                    .ns
+                    .sh("ip -6 route show dev flannel-v6.1")
+                    .contains("fd00:10:244:")
+        })
+    });
+    for (i, l) in leases.iter().enumerate() {
+        assert_eq!(&c.nodes[i].lease(), l, "the IPv4 subnet is kept");
+        let v = c.lease_value(i).expect("lease");
+        assert!(v["BackendV6Data"]["VtepMAC"].is_string(), "{v}");
+    }
+    c.assert_full_mesh();
+    // Pods made from now on get both families.
+    for i in 0..2 {
+        c.remove_pod(i);
+        c.add_pod(i);
+    }
+    assert_mesh_both(&c);
+
+    std::fs::write(&path, v4only).unwrap();
+    for n in &c.nodes {
+        n.signal(libc::SIGHUP);
+    }
+    wait_until(20, "both nodes back on IPv4 only", || {
+        (0..2).all(|i| {
+            let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap_or_default();
+            !has6(&c, i)
+                && !env.contains("IPV6")
+                && !c.nodes[i]
+                    .ns
+                    .sh("ip6tables -t nat -S")
+                    .contains("FLANNEL-POSTRTG")
+                && c.lease_value(i)
+                    .is_some_and(|v| v.get("BackendV6Data").is_none())
+        })
+    });
+    for (i, l) in leases.iter().enumerate() {
+        assert_eq!(&c.nodes[i].lease(), l, "the IPv4 subnet is kept");
+    }
+    assert!(
+        c.leases().iter().all(|k| !k.contains('&')),
+        "{:?}",
+        c.leases()
+    );
+    c.assert_full_mesh();
 }

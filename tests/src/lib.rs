@@ -400,6 +400,32 @@ impl Cluster {
         i
     }
 
+    /// The CNI config a pod on node `i` is added and deleted with.
+    fn pod_conf(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"twill","subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}"#,
+            node.subnet_env().display(),
+            node.dir.join("cni-state").display(),
+            node.dir.join("ipam").display()
+        )
+    }
+
+    /// Removes node `i`'s pod as a runtime would: CNI DEL, then its namespace.
+    pub fn remove_pod(&mut self, i: usize) {
+        let Some(pod) = self.pods[i].take() else {
+            return;
+        };
+        let conf = self.pod_conf(i);
+        cni(
+            &self.nodes[i].ns,
+            &twill_plugin_bin(),
+            "DEL",
+            &pod.ns.name,
+            &conf,
+        );
+    }
+
     /// One pod on node `i`, wired as a container runtime would: our `twill` plugin, which
     /// reads the node's subnet.env and delegates to Debian's bridge + host-local.
     pub fn add_pod(&mut self, i: usize) -> String {
@@ -407,12 +433,7 @@ impl Cluster {
         node.wait_ready();
         let pod = Netns::new(&format!("{}-p{}", self.tag, i + 1));
         pod.sh("ip link set lo up");
-        let conf = format!(
-            r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"twill","subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}"#,
-            node.subnet_env().display(),
-            node.dir.join("cni-state").display(),
-            node.dir.join("ipam").display()
-        );
+        let conf = self.pod_conf(i);
         let out = cni(&node.ns, &twill_plugin_bin(), "ADD", &pod.name, &conf);
         let v: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));

@@ -104,15 +104,22 @@ pub fn plan(
             return Ok(None);
         };
         let family = |k: &LeaseKey| if v4 { k.v4 } else { k.v6 };
-        let occupied = merged(
-            leases
-                .iter()
-                .filter_map(|l| family(&l.key))
-                .chain(exclude.iter().filter_map(family))
-                .map(|n| interval(&n)),
-        );
+        let occupied_by = |skip_stale: bool| {
+            merged(
+                leases
+                    .iter()
+                    .filter(|l| !(skip_stale && stale.iter().any(|s| s.key == l.key)))
+                    .filter_map(|l| family(&l.key))
+                    .chain(exclude.iter().filter_map(family))
+                    .map(|n| interval(&n)),
+            )
+        };
+        let occupied = occupied_by(false);
+        // Our stale leases are deleted before the new one is written, so the previous
+        // subnet one of them holds is ours to take again: IPv6 turned on keeps the IPv4
+        // subnet, and the pods on it. A random pick stays clear of them all the same.
         if let Some(p) = prev {
-            if range.fits(&p) && !overlaps(&occupied, interval(&p)) {
+            if range.fits(&p) && !overlaps(&occupied_by(true), interval(&p)) {
                 return Ok(Some(p));
             }
         }

@@ -149,6 +149,42 @@ fn reservation_beats_own_ttl_lease() {
 }
 
 #[test]
+fn turning_ipv6_on_keeps_the_ipv4_subnet_of_our_v4_only_lease() {
+    let c = conf(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+    let old = lease("10.244.3.0-24", ME, true);
+    let (p, stale) = plan(
+        &c,
+        std::slice::from_ref(&old),
+        ME.parse().unwrap(),
+        old.key,
+        &HashSet::new(),
+        &mut rng(),
+    )
+    .unwrap();
+    assert_eq!(stale, [old], "the v4-only key goes");
+    let key = p.key();
+    assert_eq!(key.v4, Some("10.244.3.0/24".parse().unwrap()));
+    assert!(key.v6.is_some_and(|n| n.prefix() == 64));
+
+    // Someone else's lease on it is another matter.
+    let theirs = lease("10.244.3.0-24", "198.18.0.9", true);
+    let (p, _) = plan(
+        &c,
+        &[theirs],
+        ME.parse().unwrap(),
+        old_key(),
+        &HashSet::new(),
+        &mut rng(),
+    )
+    .unwrap();
+    assert_ne!(p.key().v4, Some("10.244.3.0/24".parse().unwrap()));
+}
+
+fn old_key() -> LeaseKey {
+    "10.244.3.0-24".parse().unwrap()
+}
+
+#[test]
 fn previous_subnet_is_preferred_when_free() {
     let c = conf(r#"{"Network":"10.244.0.0/16"}"#);
     let prev = LeaseKey::v4("10.244.77.0/24".parse().unwrap());
