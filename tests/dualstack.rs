@@ -430,3 +430,56 @@ fn sighup_turns_ipv6_on_and_off() {
     );
     c.assert_full_mesh();
 }
+
+/// DirectRouting on both families: peers on the node's own IPv6 link get
+/// `<v6 subnet> via <PublicIPv6> dev eth0` and nothing goes through flannel-v6.1.
+#[test]
+fn direct_routing_on_both_families() {
+    require_root();
+    let mut c = Cluster::new_dual("ds-dr");
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    );
+    for _ in 0..2 {
+        c.add_node(&["--ip-masq"]);
+    }
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    let peer6 = subnet6(&c.nodes[1]);
+    let want = format!("{peer6} via 2001:2::2");
+    wait_until(20, "a direct IPv6 route to the peer", || {
+        c.nodes[0]
+            .ns
+            .sh("ip -6 route show dev eth0")
+            .contains(&want)
+    });
+    assert!(
+        !c.nodes[0]
+            .ns
+            .sh("ip -6 route show dev flannel-v6.1")
+            .contains(&peer6),
+        "the peer is not on VXLAN as well"
+    );
+    let tx = |c: &Cluster| {
+        c.nodes[0]
+            .ns
+            .sh("cat /sys/class/net/flannel-v6.1/statistics/tx_packets")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = tx(&c);
+    assert_mesh_both(&c);
+    assert_eq!(tx(&c), before, "IPv6 pod traffic went around the tunnel");
+    // Deleted: put back like the IPv4 one.
+    c.nodes[0]
+        .ns
+        .sh(&format!("ip -6 route del {peer6} dev eth0"));
+    wait_until(10, "the direct IPv6 route put back", || {
+        c.nodes[0]
+            .ns
+            .sh("ip -6 route show dev eth0")
+            .contains(&want)
+    });
+}

@@ -39,7 +39,7 @@ impl UnderlayRoutes {
             return;
         }
         match r.gw {
-            None if r.scope == RouteScope::Link => self.onlink.push(r.net),
+            None if r.connected() => self.onlink.push(r.net),
             Some(gw) if network.contains(r.net.network()) && r.net.prefix() >= network.prefix() => {
                 self.direct.insert(r.net, gw);
             }
@@ -85,6 +85,24 @@ pub(super) struct MainRoute {
     pub(super) gw: Option<IpAddr>,
     pub(super) nhid: Option<u32>,
     pub(super) scope: RouteScope,
+    pub(super) protocol: RouteProtocol,
+}
+
+impl MainRoute {
+    /// A connected prefix: the kernel's route for an address's own network. IPv4 gives
+    /// those scope link; IPv6 gives every route scope universe, so there it is the
+    /// kernel's own route without a gateway (link-local fe80::/64 left out: no peer's
+    /// PublicIPv6 lies in it).
+    fn connected(&self) -> bool {
+        match self.net {
+            IpNetwork::V4(_) => self.scope == RouteScope::Link,
+            IpNetwork::V6(n) => {
+                self.protocol == RouteProtocol::Kernel
+                    && n.prefix() > 0
+                    && (n.network().segments()[0] & 0xffc0) != 0xfe80
+            }
+        }
+    }
 }
 
 impl Netlink {
@@ -232,6 +250,7 @@ impl Netlink {
                 gw,
                 nhid,
                 scope: r.header.scope,
+                protocol: r.header.protocol,
             })
         })
         .await
@@ -479,6 +498,54 @@ pub(super) fn route_table(r: &RouteMessage) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connected_prefixes_of_both_families_are_on_our_link() {
+        let route = |net: &str, scope, protocol| MainRoute {
+            oif: Some(2),
+            net: net.parse().unwrap(),
+            gw: None,
+            nhid: None,
+            scope,
+            protocol,
+        };
+        let mut u = UnderlayRoutes::default();
+        let net4: IpNetwork = "10.244.0.0/16".parse().unwrap();
+        let net6: IpNetwork = "fd00:10:244::/56".parse().unwrap();
+        u.take(
+            &route("198.18.0.0/24", RouteScope::Link, RouteProtocol::Kernel),
+            2,
+            net4,
+        );
+        // IPv6: scope universe even for the kernel's connected route.
+        u.take(
+            &route("2001:2::/64", RouteScope::Universe, RouteProtocol::Kernel),
+            2,
+            net6,
+        );
+        u.take(
+            &route("fe80::/64", RouteScope::Universe, RouteProtocol::Kernel),
+            2,
+            net6,
+        );
+        u.take(
+            &route("2001:2:9::/64", RouteScope::Universe, RouteProtocol::Static),
+            2,
+            net6,
+        );
+        u.take(
+            &route("198.18.0.0/24", RouteScope::Link, RouteProtocol::Kernel),
+            3,
+            net4,
+        );
+        assert_eq!(
+            u.onlink,
+            [
+                "198.18.0.0/24".parse().unwrap(),
+                "2001:2::/64".parse().unwrap()
+            ] as [IpNetwork; 2]
+        );
+    }
 
     #[test]
     fn which_routes_guard_the_underlay() {
