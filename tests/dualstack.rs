@@ -16,14 +16,7 @@ fn cluster(tag: &str, flanneld: &[bool]) -> Cluster {
     require_root();
     let mut c = Cluster::new_dual(tag);
     c.put_config(DUAL);
-    for &f in flanneld {
-        let i = c.add_node_stopped(&["--ip-masq"]);
-        if f {
-            c.nodes[i].start_flanneld();
-        } else {
-            c.nodes[i].start();
-        }
-    }
+    c.add_nodes(flanneld, &["--ip-masq"]);
     let n = flanneld.len();
     for i in 0..n {
         c.add_pod(i);

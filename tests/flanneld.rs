@@ -17,14 +17,7 @@ fn mixed(tag: &str, flanneld: &[bool]) -> Cluster {
     twill_e2e::flanneld_bin();
     let mut c = Cluster::new(tag);
     c.put_config(CONF);
-    for &f in flanneld {
-        let i = c.add_node_stopped(&["--ip-masq"]);
-        if f {
-            c.nodes[i].start_flanneld();
-        } else {
-            c.nodes[i].start();
-        }
-    }
+    c.add_nodes(flanneld, &["--ip-masq"]);
     for i in 0..flanneld.len() {
         c.add_pod(i);
     }

@@ -394,6 +394,19 @@ impl Cluster {
         i
     }
 
+    /// One node per entry, running the real flanneld where it is `true` and twilld
+    /// elsewhere, each started with `args` (flanneld gets the same flags by its names).
+    pub fn add_nodes(&mut self, flanneld: &[bool], args: &[&str]) {
+        for &f in flanneld {
+            let i = self.add_node_stopped(args);
+            if f {
+                self.nodes[i].start_flanneld();
+            } else {
+                self.nodes[i].start();
+            }
+        }
+    }
+
     pub fn add_node(&mut self, args: &[&str]) -> usize {
         let i = self.add_node_stopped(args);
         self.nodes[i].start();

@@ -59,12 +59,7 @@ mod tests {
     fn lease(subnet: &str, hop: &str) -> Lease {
         let key = LeaseKey::v4(subnet.parse().unwrap());
         let attrs = LeaseAttrs::vxlan(hop.parse().unwrap(), 1, "0a:00:00:00:00:01");
-        let entries = PeerEntries::of(&key, &attrs).unwrap().unwrap();
-        Lease {
-            key,
-            attrs,
-            entries,
-        }
+        Lease::parse(key, attrs).unwrap().unwrap()
     }
 
     #[test]

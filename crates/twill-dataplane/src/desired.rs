@@ -308,17 +308,10 @@ pub fn diff(desired: &BTreeMap<IpNetwork, PeerEntry>, actual: &Actual, form: Rou
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-    use twill_store::{
-        Lease, LeaseAttrs, LeaseKey, PeerEntries, PeerTable, StoredLease, WatchEvent,
-    };
+    use twill_store::{Lease, LeaseAttrs, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
     fn lease_of(key: LeaseKey, attrs: LeaseAttrs) -> Lease {
-        let entries = PeerEntries::of(&key, &attrs).unwrap().unwrap();
-        Lease {
-            key,
-            attrs,
-            entries,
-        }
+        Lease::parse(key, attrs).unwrap().unwrap()
     }
 
     fn entries(t: &[(LeaseKey, LeaseAttrs)]) -> Vec<PeerEntry> {
@@ -653,12 +646,7 @@ mod family_tests {
                 &format!("0a:00:00:00:04:0{n}"),
             )
         };
-        let entries = PeerEntries::of(&key, &attrs).unwrap().unwrap();
-        Lease {
-            key,
-            attrs,
-            entries,
-        }
+        Lease::parse(key, attrs).unwrap().unwrap()
     }
 
     #[test]

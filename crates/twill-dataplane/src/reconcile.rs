@@ -246,12 +246,33 @@ impl Dataplane {
 
     /// Every configured overlay's device: what start-up creates before taking a lease
     /// (the lease advertises their MACs).
+    /// Nothing half-done: when one fails, those this call created go again.
     pub async fn ensure_devices(&mut self) -> Result<Vec<(Family, DeviceState)>, NetlinkError> {
-        let mut out = Vec::new();
+        let mut out: Vec<(Family, DeviceState)> = Vec::new();
         for f in self.families() {
-            out.push((f, self.ensure_device(f).await?));
+            match self.ensure_device(f).await {
+                Ok(d) => out.push((f, d)),
+                Err(e) => {
+                    self.remove_created(&out).await;
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Deletes those of `devices` (as `ensure_devices` gave them) that were created rather
+    /// than adopted: a start that cannot go on leaves no device of its own behind. A
+    /// failed delete is logged; the others are still tried.
+    pub async fn remove_created(&mut self, devices: &[(Family, DeviceState)]) {
+        for (f, d) in devices.iter().filter(|(_, d)| d.created) {
+            if let Some(name) = self.device_name(*f).map(str::to_string) {
+                if let Err(e) = self.nl.delete_link(&name).await {
+                    warn!(index = d.index, "removing {name}: {e}");
+                }
+            }
+            self.st_mut(*f).device = None;
+        }
     }
 
     fn families(&self) -> Vec<Family> {
@@ -398,7 +419,11 @@ impl Dataplane {
         if !full && self.apply_incremental(events).await {
             return Ok(None);
         }
-        self.pass(Some(&desired_peers(table.entries())))
+        // Each family's peers, split once: a full pass at 10 000 peers should not copy
+        // the table per device.
+        let (v4, v6): (Vec<PeerEntry>, Vec<PeerEntry>) =
+            table.entries().partition(|e| e.family() == Family::V4);
+        self.pass(Some(&[desired_peers(v4), desired_peers(v6)]))
             .await
             .map(Some)
     }
@@ -545,24 +570,21 @@ impl Dataplane {
             }
         }
         if let Some(desired) = desired {
-            let mine: BTreeMap<IpNetwork, PeerEntry> = desired
-                .iter()
-                .filter(|(n, _)| Family::of(n) == f)
-                .map(|(n, p)| (*n, *p))
-                .collect();
-            self.peers(f, st.index, &mine, report).await?;
+            self.peers(f, st.index, desired, report).await?;
         }
         Ok(())
     }
 
+    /// `desired`: the peers of each family, IPv4's first (as `slot` orders them).
     async fn pass(
         &mut self,
-        desired: Option<&BTreeMap<IpNetwork, PeerEntry>>,
+        desired: Option<&[BTreeMap<IpNetwork, PeerEntry>; 2]>,
     ) -> Result<ReconcileReport, DataplaneError> {
         let start = Instant::now();
         let mut report = ReconcileReport::default();
         for f in self.families() {
-            self.pass_family(f, desired, &mut report).await?;
+            self.pass_family(f, desired.map(|d| &d[slot(f)]), &mut report)
+                .await?;
         }
         // Taken before reading, so a change racing the check is seen next time.
         let rules_touched = self.rules_changed.as_ref().is_none_or(|f| f.take());
@@ -588,7 +610,7 @@ impl Dataplane {
         report.duration = start.elapsed();
         if report.entries_changed > 0 || report.rule_repairs > 0 || report.device_created {
             info!(
-                peers = desired.map(|d| d.len()),
+                peers = desired.map(|d| d[0].len() + d[1].len()),
                 entries_changed = report.entries_changed,
                 rule_repairs = report.rule_repairs,
                 rule_changes = ?report.rule_changes,

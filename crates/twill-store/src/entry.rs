@@ -49,6 +49,17 @@ pub struct PeerEntry {
 }
 
 impl PeerEntry {
+    /// The peer a lease half describes: its VTEP address is the subnet's network address,
+    /// as flanneld gives its device.
+    pub fn new(subnet: IpNetwork, mac: Mac, public_ip: IpAddr) -> Self {
+        PeerEntry {
+            subnet,
+            vtep_ip: subnet.network(),
+            mac,
+            public_ip,
+        }
+    }
+
     pub fn family(&self) -> Family {
         Family::of(&self.subnet)
     }
@@ -96,21 +107,11 @@ pub(crate) struct VtepMacs {
 impl VtepMacs {
     pub(crate) fn entries(&self, key: &LeaseKey, attrs: &LeaseAttrs) -> PeerEntries {
         let v4 = match (self.v4, key.v4) {
-            (Some(mac), Some(subnet)) => Some(PeerEntry {
-                subnet,
-                vtep_ip: subnet.network(),
-                mac,
-                public_ip: IpAddr::V4(attrs.public_ip),
-            }),
+            (Some(mac), Some(subnet)) => Some(PeerEntry::new(subnet, mac, attrs.public_ip.into())),
             _ => None,
         };
         let v6 = match (self.v6, key.v6, attrs.public_ipv6) {
-            (Some(mac), Some(subnet), Some(ip)) => Some(PeerEntry {
-                subnet,
-                vtep_ip: subnet.network(),
-                mac,
-                public_ip: IpAddr::V6(ip),
-            }),
+            (Some(mac), Some(subnet), Some(ip)) => Some(PeerEntry::new(subnet, mac, ip.into())),
             _ => None,
         };
         PeerEntries { v4, v6 }
@@ -158,23 +159,13 @@ impl PeerEntries {
         };
         if let Some(subnet) = v4 {
             let (mac, vni) = vtep(attrs, attrs.backend_data.as_ref(), Family::V4)?;
-            out.entries.v4 = Some(PeerEntry {
-                subnet,
-                vtep_ip: subnet.network(),
-                mac,
-                public_ip: IpAddr::V4(attrs.public_ip),
-            });
+            out.entries.v4 = Some(PeerEntry::new(subnet, mac, attrs.public_ip.into()));
             out.vnis.push((Family::V4, vni));
         }
         if let Some(subnet) = v6 {
             let (mac, vni) = vtep(attrs, attrs.backend_v6_data.as_ref(), Family::V6)?;
             let ip = attrs.public_ipv6.ok_or(Rejection::NoPublicIpv6)?;
-            out.entries.v6 = Some(PeerEntry {
-                subnet,
-                vtep_ip: subnet.network(),
-                mac,
-                public_ip: IpAddr::V6(ip),
-            });
+            out.entries.v6 = Some(PeerEntry::new(subnet, mac, ip.into()));
             out.vnis.push((Family::V6, vni));
         }
         Ok(Some(out))

@@ -20,6 +20,18 @@ pub struct Lease {
     pub entries: PeerEntries,
 }
 
+impl Lease {
+    /// The lease as a peer of both families, parsed but not judged (no policy): `Ok(None)`
+    /// for a reservation. What the table does after `LeasePolicy` found it usable.
+    pub fn parse(key: LeaseKey, attrs: LeaseAttrs) -> Result<Option<Lease>, Rejection> {
+        Ok(PeerEntries::of(&key, &attrs)?.map(|entries| Lease {
+            key,
+            attrs,
+            entries,
+        }))
+    }
+}
+
 // Events live for one batch; boxing `Changed` would cost an allocation per change to save
 // a few hundred bytes of a short Vec.
 #[allow(clippy::large_enum_variant)]

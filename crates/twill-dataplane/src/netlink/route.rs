@@ -405,16 +405,15 @@ fn to(net: IpNetwork) -> RouteMessageBuilder<IpAddr> {
 
 /// `to(net)` via `gw`; a gateway of the other family is a request we never make.
 fn via(net: IpNetwork, gw: IpAddr) -> Result<RouteMessageBuilder<IpAddr>, NetlinkError> {
-    if net.is_ipv4() != gw.is_ipv4() {
-        return Err(NetlinkError::Unexpected {
-            op: format!("route {net} via {gw}"),
-            why: "the gateway is of the other address family",
-        });
-    }
-    to(net).gateway(gw).map_err(|_| NetlinkError::Unexpected {
+    let other_family = || NetlinkError::Unexpected {
         op: format!("route {net} via {gw}"),
         why: "the gateway is of the other address family",
-    })
+    };
+    // The builder would take an IPv6 gateway for an IPv4 route (RTA_VIA); we never mean one.
+    if net.is_ipv4() != gw.is_ipv4() {
+        return Err(other_family());
+    }
+    to(net).gateway(gw).map_err(|_| other_family())
 }
 
 /// `ip route replace <net> via <gw> dev <index> [onlink]`.
@@ -512,32 +511,17 @@ mod tests {
         let mut u = UnderlayRoutes::default();
         let net4: IpNetwork = "10.244.0.0/16".parse().unwrap();
         let net6: IpNetwork = "fd00:10:244::/56".parse().unwrap();
-        u.take(
-            &route("198.18.0.0/24", RouteScope::Link, RouteProtocol::Kernel),
-            2,
-            net4,
-        );
-        // IPv6: scope universe even for the kernel's connected route.
-        u.take(
-            &route("2001:2::/64", RouteScope::Universe, RouteProtocol::Kernel),
-            2,
-            net6,
-        );
-        u.take(
-            &route("fe80::/64", RouteScope::Universe, RouteProtocol::Kernel),
-            2,
-            net6,
-        );
-        u.take(
-            &route("2001:2:9::/64", RouteScope::Universe, RouteProtocol::Static),
-            2,
-            net6,
-        );
-        u.take(
-            &route("198.18.0.0/24", RouteScope::Link, RouteProtocol::Kernel),
-            3,
-            net4,
-        );
+        use {RouteProtocol as P, RouteScope as S};
+        for (net, scope, protocol, dev, network) in [
+            ("198.18.0.0/24", S::Link, P::Kernel, 2, net4),
+            // IPv6: scope universe even for the kernel's connected route.
+            ("2001:2::/64", S::Universe, P::Kernel, 2, net6),
+            ("fe80::/64", S::Universe, P::Kernel, 2, net6),
+            ("2001:2:9::/64", S::Universe, P::Static, 2, net6),
+            ("198.18.0.0/24", S::Link, P::Kernel, 3, net4),
+        ] {
+            u.take(&route(net, scope, protocol), dev, network);
+        }
         assert_eq!(
             u.onlink,
             [

@@ -81,13 +81,15 @@ impl<S: SubnetManager> Node<S> {
         let mut resync = tokio::time::interval(self.opts.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_at = self.next_renewal();
-        let mut monitor = match watch_devices(&self.dp.devices()) {
+        let devices = self.dp.devices();
+        let mut monitor = match watch_devices(&devices) {
             Ok(m) => Some(m),
             Err(e) => {
                 warn!("no netlink monitor ({e}); a deleted device is repaired at the next resync, and every resync reads the kernel");
                 None
             }
         };
+        let mut watched: Vec<String> = devices.into_iter().map(|(n, _)| n).collect();
         let rules = self.dp.rules_flag();
         let removed = monitor.as_ref().map(|m| m.removed_flag());
         let host = monitor.as_ref().map(|m| m.underlay_flag());
@@ -95,11 +97,17 @@ impl<S: SubnetManager> Node<S> {
             self.tel.beat();
             let due_at = self.state.repair_at().map(Instant::from_std);
             let underlay_at = self.state.underlay_check_at().map(Instant::from_std);
-            // A recreated device's index the monitor learns from RTM_NEWLINK itself; a
-            // reload may have named other devices. Routes on the underlay count as ours
-            // (direct routes, DirectRouting or leftovers); it may have moved.
+            // A recreated device's index the monitor learns from RTM_NEWLINK itself; only a
+            // reload names other devices (a new VNI, IPv6 turned on or off). Routes on the
+            // underlay count as ours (direct routes, DirectRouting or leftovers); it may
+            // have moved.
             if let Some(m) = &monitor {
-                m.set_devices(&self.dp.devices());
+                let names = self.dp.config().overlays().map(|(_, o)| &o.vxlan.name);
+                if !names.eq(watched.iter()) {
+                    let devices = self.dp.devices();
+                    m.set_devices(&devices);
+                    watched = devices.into_iter().map(|(n, _)| n).collect();
+                }
                 m.set_underlay_index(self.facts.underlay.index);
             }
             let input = tokio::select! {

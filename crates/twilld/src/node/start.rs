@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_config::SubnetEnv;
 use twill_dataplane::{
-    select_underlay, Dataplane, DeviceState, Family, Firewall, Iptables, Mac, Netlink, Nftables,
-    RuleSet, NFT_TABLE, NFT_TABLE6,
+    select_underlay, Dataplane, Family, Firewall, Iptables, Mac, Netlink, Nftables, RuleSet,
+    NFT_TABLE, NFT_TABLE6,
 };
 use twill_store::{AcquireRequest, LeaseKey, PeerTable, SubnetManager};
 
@@ -65,13 +65,10 @@ pub async fn start<S: SubnetManager>(
     let previous = read_previous(&opts.node.subnet_file);
     let fw = firewall(conf.enable_nftables)?;
     let mut dp = Dataplane::new(nl, settings.dataplane.clone(), fw);
-    let devices = match dp.ensure_devices().await {
-        Ok(d) => d,
-        Err(e) => {
-            remove_created(&dp, &[]).await;
-            return Err(e).context("creating the VXLAN devices");
-        }
-    };
+    let devices = dp
+        .ensure_devices()
+        .await
+        .context("creating the VXLAN devices")?;
     tel.update_ready(|r| r.device = true);
     let mac = |f: Family| devices.iter().find(|(g, _)| *g == f).map(|(_, d)| d.mac);
 
@@ -90,7 +87,7 @@ pub async fn start<S: SubnetManager>(
         Ok(h) => h,
         Err(e) => {
             // Nothing half-done: a device this run created is of no use without a lease.
-            remove_created(&dp, &devices).await;
+            dp.remove_created(&devices).await;
             return Err(e);
         }
     };
@@ -132,22 +129,6 @@ pub async fn start<S: SubnetManager>(
     };
     node.announce();
     node.run_loop(cancel).await
-}
-
-/// Removes the devices this run created (`created` those ensured; on a failure part-way,
-/// whatever of ours exists that this run made is not known, so only those listed go).
-async fn remove_created(dp: &Dataplane, created: &[(Family, DeviceState)]) {
-    for (f, d) in created.iter().filter(|(_, d)| d.created) {
-        let Some(name) = dp.device_name(*f) else {
-            continue;
-        };
-        if let Err(e) = dp.netlink().delete_link(name).await {
-            warn!(
-                index = d.index,
-                "removing {name} after the failed start: {e}"
-            );
-        }
-    }
 }
 
 /// The rules driver net-conf.json asks for. What the other one left (an earlier run in the
