@@ -47,6 +47,9 @@ impl fmt::Display for Warning {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendType {
     Vxlan,
+    /// flannel's host-gw: every peer subnet routed via the peer's PublicIP on the
+    /// underlay, no encapsulation; every node must share one L2 segment.
+    HostGw,
 }
 
 impl BackendType {
@@ -54,7 +57,12 @@ impl BackendType {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendType::Vxlan => "vxlan",
+            BackendType::HostGw => "host-gw",
         }
+    }
+
+    pub fn is_vxlan(self) -> bool {
+        self == BackendType::Vxlan
     }
 }
 
@@ -102,7 +110,6 @@ pub struct NetConf {
 /// "unknown" for someone migrating a host-gw or wireguard cluster.
 const FLANNEL_ONLY_BACKENDS: &[&str] = &[
     "udp",
-    "host-gw",
     "wireguard",
     "ipip",
     "ipsec",
@@ -583,21 +590,30 @@ fn parse_backend(v: Value, warnings: &mut Vec<Warning>) -> Result<BackendConf, C
         let lower = t.to_ascii_lowercase();
         b.kind = match lower.as_str() {
             "vxlan" => BackendType::Vxlan,
+            "host-gw" => BackendType::HostGw,
             other if FLANNEL_ONLY_BACKENDS.contains(&other) => {
                 return Err(ConfigError::new(
                     "Backend.Type",
                     &t,
-                    "a flannel backend twill does not implement (supported: vxlan)",
+                    "a flannel backend twill does not implement (supported: vxlan, host-gw)",
                 ))
             }
             _ => {
                 return Err(ConfigError::new(
                     "Backend.Type",
                     &t,
-                    "unknown backend type (supported: vxlan)",
+                    "unknown backend type (supported: vxlan, host-gw)",
                 ))
             }
         };
+    }
+    if b.kind == BackendType::HostGw {
+        // flanneld's host-gw reads none of vxlan's options; say so rather than let an
+        // operator believe a VNI or an MTU took effect.
+        f.leftovers(warnings, |_| {
+            Some("not an option of the host-gw backend, ignored")
+        });
+        return Ok(b);
     }
     if let Some(vni) = f.uint("VNI")? {
         if !(1..=VNI_MAX).contains(&vni) {

@@ -21,7 +21,14 @@ fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
             let subnet = IpNetwork::V4(
                 Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)), 24).unwrap(),
             );
-            let mac = Mac([0x0a, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8, 0x01]);
+            let mac = Some(Mac([
+                0x0a,
+                0x00,
+                (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+                0x01,
+            ]));
             let public_ip = Ipv4Addr::from(0xc612_0000 + 256 + i).into();
             (
                 subnet,
@@ -55,16 +62,17 @@ async fn main() {
         let mut nh = std::fs::File::create(format!("{dir}/ip-nh.batch")).unwrap();
         let mut br = std::fs::File::create(format!("{dir}/bridge.batch")).unwrap();
         for p in want.values() {
+            let mac = p.mac.expect("vxlan peers");
             let neigh = format!(
                 "neigh replace {} lladdr {} dev flannel.1 nud permanent",
-                p.vtep_ip, p.mac
+                p.vtep_ip, mac
             );
             writeln!(ip, "{neigh}").unwrap();
             writeln!(nh, "{neigh}").unwrap();
             writeln!(
                 br,
                 "fdb replace {} dev flannel.1 dst {} self permanent",
-                p.mac, p.public_ip
+                mac, p.public_ip
             )
             .unwrap();
         }

@@ -84,8 +84,11 @@ pub fn incremental(events: &[PeerEvent], form: RouteForm, family: Family) -> Ops
             PeerEvent::Changed { new, old } => {
                 match (old.entries.get(family), new.entries.get(family)) {
                     (Some(b), Some(a)) => {
-                        if (b.mac, b.public_ip) != (a.mac, a.public_ip) {
-                            ops.del_fdb.push((b.mac, b.public_ip));
+                        if let Some(mac) = b
+                            .mac
+                            .filter(|_| (b.mac, b.public_ip) != (a.mac, a.public_ip))
+                        {
+                            ops.del_fdb.push((mac, b.public_ip));
                         }
                         add(&mut ops, a, form);
                     }
@@ -104,9 +107,12 @@ pub fn incremental(events: &[PeerEvent], form: RouteForm, family: Family) -> Ops
     ops
 }
 
+/// A host-gw peer (no VTEP MAC) has nothing on a VXLAN device; the lease policy keeps
+/// such peers off a vxlan node's table, and these functions off its device.
 fn add(ops: &mut Ops, p: &PeerEntry, form: RouteForm) {
-    ops.add_neighs.push((p.vtep_ip, p.mac));
-    ops.add_fdb.push((p.mac, p.public_ip));
+    let Some(mac) = p.mac else { return };
+    ops.add_neighs.push((p.vtep_ip, mac));
+    ops.add_fdb.push((mac, p.public_ip));
     let via = form.route(p);
     if let Some(id) = via.nhid {
         ops.add_nexthops.push((id, p.vtep_ip));
@@ -115,10 +121,11 @@ fn add(ops: &mut Ops, p: &PeerEntry, form: RouteForm) {
 }
 
 fn remove(ops: &mut Ops, p: &PeerEntry, form: RouteForm) {
+    let Some(mac) = p.mac else { return };
     let via = form.route(p);
     ops.del_routes.push((p.subnet, via));
     ops.del_neighs.push(p.vtep_ip);
-    ops.del_fdb.push((p.mac, p.public_ip));
+    ops.del_fdb.push((mac, p.public_ip));
     ops.del_nexthops.extend(via.nhid);
 }
 
@@ -140,6 +147,27 @@ pub fn split_direct(
         }
     }
     (vxlan, direct)
+}
+
+/// host-gw's kernel changes for a batch of peer events, without reading the kernel: a
+/// route via the peer's PublicIP per subnet. The peers come judged: the lease policy
+/// refused any whose PublicIP is off our link.
+pub fn incremental_direct(events: &[PeerEvent], family: Family) -> DirectOps {
+    let mut ops = DirectOps::default();
+    let route = |l: &twill_store::Lease| l.entries.get(family).map(|p| (p.subnet, p.public_ip));
+    for ev in events {
+        match ev {
+            PeerEvent::Added(l) => ops.add.extend(route(l)),
+            PeerEvent::Changed { new, old } => match (route(old), route(new)) {
+                // A replace: the subnet is never without a route.
+                (_, Some(r)) => ops.add.push(r),
+                (Some(r), None) => ops.del.push(r),
+                (None, None) => {}
+            },
+            PeerEvent::Removed(l) => ops.del.extend(route(l)),
+        }
+    }
+    ops
 }
 
 /// Direct routes to add (replacing whatever route the subnet has, a VXLAN one included)
@@ -252,13 +280,13 @@ impl Ops {
 /// missing), and the nexthops of the old form go last.
 pub fn diff(desired: &BTreeMap<IpNetwork, PeerEntry>, actual: &Actual, form: RouteForm) -> Ops {
     let mut ops = Ops::default();
-    let want_neigh: BTreeMap<IpAddr, Mac> = desired.values().map(|p| (p.vtep_ip, p.mac)).collect();
-    let want_fdb: BTreeSet<(Mac, IpAddr)> =
-        desired.values().map(|p| (p.mac, p.public_ip)).collect();
+    let vteps = || desired.values().filter_map(|p| p.mac.map(|mac| (p, mac)));
+    let want_neigh: BTreeMap<IpAddr, Mac> = vteps().map(|(p, mac)| (p.vtep_ip, mac)).collect();
+    let want_fdb: BTreeSet<(Mac, IpAddr)> = vteps().map(|(p, mac)| (mac, p.public_ip)).collect();
 
     for (dst, via) in &actual.routes {
         // One still desired is replaced in place below if it differs.
-        if !desired.contains_key(dst) {
+        if desired.get(dst).is_none_or(|p| p.mac.is_none()) {
             ops.del_routes.push((*dst, *via));
         }
     }
@@ -273,7 +301,7 @@ pub fn diff(desired: &BTreeMap<IpNetwork, PeerEntry>, actual: &Actual, form: Rou
         }
     }
     let mut want_nexthops = BTreeSet::new();
-    for p in desired.values() {
+    for (p, _) in vteps() {
         let via = form.route(p);
         if let Some(id) = via.nhid {
             want_nexthops.insert(id);
@@ -342,11 +370,37 @@ mod tests {
     }
 
     #[test]
+    fn host_gw_peers_are_routes_and_nothing_on_a_vxlan_device() {
+        let key: LeaseKey = "10.244.9.0-24".parse().unwrap();
+        let hg = lease_of(key, LeaseAttrs::host_gw("198.18.0.9".parse().unwrap()));
+        let moved = lease_of(key, LeaseAttrs::host_gw("198.18.0.10".parse().unwrap()));
+        let d = desired_peers(hg.entries.iter());
+        assert!(diff(&d, &Actual::default(), RouteForm::Plain).is_empty());
+        let events = [PeerEvent::Added(hg.clone())];
+        assert!(incremental(&events, RouteForm::Plain, Family::V4).is_empty());
+
+        let net: IpNetwork = "10.244.9.0/24".parse().unwrap();
+        let via = |ip: &str| (net, ip.parse::<IpAddr>().unwrap());
+        let ops = incremental_direct(&events, Family::V4);
+        assert_eq!((ops.add, ops.del), (vec![via("198.18.0.9")], vec![]));
+        let changed = [PeerEvent::Changed {
+            new: moved,
+            old: hg.clone(),
+        }];
+        // Replaced in place, never deleted first.
+        let ops = incremental_direct(&changed, Family::V4);
+        assert_eq!((ops.add, ops.del), (vec![via("198.18.0.10")], vec![]));
+        let ops = incremental_direct(&[PeerEvent::Removed(hg)], Family::V4);
+        assert_eq!((ops.add, ops.del), (vec![], vec![via("198.18.0.9")]));
+        assert!(incremental_direct(&events, Family::V6).is_empty());
+    }
+
+    #[test]
     fn desired_skips_own_and_non_vxlan() {
         let mut t = table();
-        let mut hostgw = attrs("198.18.0.9", "0a:00:00:00:00:09");
-        hostgw.backend_type = "host-gw".into();
-        t.push(("10.244.9.0-24".parse().unwrap(), hostgw));
+        let mut wg = attrs("198.18.0.9", "0a:00:00:00:00:09");
+        wg.backend_type = "wireguard".into();
+        t.push(("10.244.9.0-24".parse().unwrap(), wg));
         t.push((
             "10.244.8.0-24".parse().unwrap(),
             attrs("198.18.0.8", "garbage"),
@@ -477,8 +531,8 @@ mod tests {
 
     fn actual_for(d: &BTreeMap<IpNetwork, PeerEntry>, form: RouteForm) -> Actual {
         Actual {
-            neighs: d.values().map(|p| (p.vtep_ip, Some(p.mac))).collect(),
-            fdb: d.values().map(|p| (p.mac, p.public_ip)).collect(),
+            neighs: d.values().map(|p| (p.vtep_ip, p.mac)).collect(),
+            fdb: d.values().map(|p| (p.mac.unwrap(), p.public_ip)).collect(),
             routes: d.values().map(|p| (p.subnet, form.route(p))).collect(),
             nexthops: d
                 .values()

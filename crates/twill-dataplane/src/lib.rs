@@ -34,8 +34,8 @@ pub use netlink::{
     NodePrefixes, UnderlayRoutes, VxlanSpec,
 };
 pub use reconcile::{
-    plan_peers, Dataplane, DataplaneConfig, DataplaneError, OverlayConfig, PeerPlan,
-    ReconcileReport, Underlay,
+    plan_peers, plan_routed, Dataplane, DataplaneConfig, DataplaneError, OverlayConfig, PeerPlan,
+    ReconcileReport, Transport, Underlay,
 };
 pub use twill_store::{Family, Mac, PeerEntry};
 pub use underlay::{select_underlay, SelectError};

@@ -13,17 +13,51 @@ use twill_store::{Family, LeaseKey, PeerEntry, PeerEvent, PeerTable};
 
 use crate::change::ChangeFlag;
 use crate::desired::{
-    desired_peers, diff, diff_direct, incremental, split_direct, DirectOps, Ops, RouteForm,
+    desired_peers, diff, diff_direct, incremental, incremental_direct, split_direct, DirectOps,
+    Ops, RouteForm,
 };
 use crate::firewall::{Firewall, FirewallError, RuleFlags, RuleSet, VxlanFlows};
-use crate::netlink::{DeviceState, EntryError, Netlink, NetlinkError, VxlanSpec};
+use crate::netlink::{ApplyReport, DeviceState, EntryError, Netlink, NetlinkError, VxlanSpec};
 use twill_store::Mac;
 
-/// One family's overlay: its VXLAN device and the pod network of that family.
+/// How one family's peers are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Through this family's VXLAN device (flannel's vxlan backend).
+    Vxlan(VxlanSpec),
+    /// flannel's host-gw: a route per peer subnet via the peer's PublicIP on the underlay
+    /// device (its ifindex); no device, no encapsulation.
+    HostGw { underlay: u32 },
+}
+
+/// One family's overlay: how its peers are reached and the pod network of that family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayConfig {
-    pub vxlan: VxlanSpec,
+    pub transport: Transport,
     pub network: IpNetwork,
+}
+
+impl OverlayConfig {
+    /// The VXLAN device's spec; `None` under host-gw.
+    pub fn vxlan(&self) -> Option<&VxlanSpec> {
+        match &self.transport {
+            Transport::Vxlan(v) => Some(v),
+            Transport::HostGw { .. } => None,
+        }
+    }
+
+    /// The underlay device's ifindex: where host-gw's and DirectRouting's routes go.
+    pub fn underlay(&self) -> u32 {
+        match &self.transport {
+            Transport::Vxlan(v) => v.dev_index,
+            Transport::HostGw { underlay } => *underlay,
+        }
+    }
+
+    /// The VXLAN device's name, if the family has one.
+    pub fn device(&self) -> Option<&str> {
+        self.vxlan().map(|v| v.name.as_str())
+    }
 }
 
 /// What the node's data plane is made of, apart from the peers.
@@ -67,6 +101,16 @@ impl DataplaneConfig {
         Family::BOTH
             .into_iter()
             .filter_map(|f| self.overlay(f).map(|o| (f, o)))
+    }
+
+    /// The VXLAN devices' names, IPv4's first (none under host-gw).
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        self.overlays().filter_map(|(_, o)| o.device())
+    }
+
+    pub fn is_host_gw(&self) -> bool {
+        self.overlays()
+            .any(|(_, o)| matches!(o.transport, Transport::HostGw { .. }))
     }
 }
 
@@ -173,12 +217,18 @@ impl Dataplane {
     /// New settings (after a config reload); the next pass applies them.
     pub fn set_config(&mut self, mut cfg: DataplaneConfig) {
         for f in Family::BOTH {
-            let old = self.cfg.overlay(f).map(|o| o.vxlan.name.clone());
+            let old = self
+                .cfg
+                .overlay(f)
+                .and_then(|o| o.device().map(str::to_string));
             let mac = self.mac(f);
             match cfg.overlay_mut(f) {
-                Some(o) if old.as_deref() != Some(o.vxlan.name.as_str()) => {
-                    // A new device (VNI changed), but peers keep our MAC.
-                    o.vxlan.mac = mac.or(o.vxlan.mac);
+                Some(o) if old.as_deref() != o.device() => {
+                    // A new device (VNI changed, or vxlan after host-gw), but peers keep
+                    // our MAC; or none at all (host-gw after vxlan).
+                    if let Transport::Vxlan(v) = &mut o.transport {
+                        v.mac = mac.or(v.mac);
+                    }
                     self.st_mut(f).device = None;
                 }
                 Some(_) => {}
@@ -194,14 +244,14 @@ impl Dataplane {
 
     /// The device of family `f`'s overlay, when it has one.
     pub fn device_name(&self, f: Family) -> Option<&str> {
-        self.cfg.overlay(f).map(|o| o.vxlan.name.as_str())
+        self.cfg.overlay(f).and_then(OverlayConfig::device)
     }
 
     /// Every overlay device, with its ifindex once known: what a monitor watches.
     pub fn devices(&self) -> Vec<(String, Option<u32>)> {
         self.cfg
             .overlays()
-            .map(|(f, o)| (o.vxlan.name.clone(), self.device_index(f)))
+            .filter_map(|(f, o)| Some((o.device()?.to_string(), self.device_index(f))))
             .collect()
     }
 
@@ -225,13 +275,13 @@ impl Dataplane {
     /// recreation, because peers hold it in their FDB (flannel's recreate changes it,
     /// #869).
     pub async fn ensure_device(&mut self, f: Family) -> Result<DeviceState, NetlinkError> {
-        let Some(o) = self.cfg.overlay(f) else {
+        let Some(spec) = self.cfg.overlay(f).and_then(OverlayConfig::vxlan) else {
             return Err(NetlinkError::Unexpected {
                 op: format!("ensure the {f:?} VXLAN device"),
-                why: "that family's overlay is not configured",
+                why: "that family has no VXLAN overlay",
             });
         };
-        let mut spec = o.vxlan.clone();
+        let mut spec = spec.clone();
         if let Some(d) = &self.st(f).device {
             spec.mac = Some(d.mac);
         }
@@ -249,7 +299,7 @@ impl Dataplane {
     /// Nothing half-done: when one fails, those this call created go again.
     pub async fn ensure_devices(&mut self) -> Result<Vec<(Family, DeviceState)>, NetlinkError> {
         let mut out: Vec<(Family, DeviceState)> = Vec::new();
-        for f in self.families() {
+        for f in self.vxlan_families() {
             match self.ensure_device(f).await {
                 Ok(d) => out.push((f, d)),
                 Err(e) => {
@@ -279,8 +329,17 @@ impl Dataplane {
         self.cfg.overlays().map(|(f, _)| f).collect()
     }
 
+    fn vxlan_families(&self) -> Vec<Family> {
+        self.cfg
+            .overlays()
+            .filter(|(_, o)| o.vxlan().is_some())
+            .map(|(f, _)| f)
+            .collect()
+    }
+
     /// Records our lease and gives each device its address (its family's subnet's network
-    /// address). A family whose overlay is off or which the lease lacks gets none.
+    /// address). A family whose overlay is off, has no device (host-gw) or which the lease
+    /// lacks gets none.
     pub async fn set_lease(&mut self, key: &LeaseKey) -> Result<(), NetlinkError> {
         for f in Family::BOTH {
             let subnet = match f {
@@ -288,16 +347,19 @@ impl Dataplane {
                 Family::V6 => key.v6,
             }
             .filter(|n| Family::of(n) == f);
-            let Some(network) = self.cfg.overlay(f).map(|o| o.network) else {
+            let Some(o) = self.cfg.overlay(f) else {
                 self.st_mut(f).lease = None;
                 continue;
             };
+            let (network, vxlan) = (o.network, o.vxlan().is_some());
             let st = self.st_mut(f);
             if st.lease != subnet {
                 st.sweep_blackholes = true;
             }
             st.lease = subnet;
-            let Some(subnet) = subnet else { continue };
+            let Some(subnet) = subnet.filter(|_| vxlan) else {
+                continue;
+            };
             let dev = match &self.st(f).device {
                 Some(d) => d.clone(),
                 None => self.ensure_device(f).await?,
@@ -319,12 +381,16 @@ impl Dataplane {
             let Some(lease) = self.st(f).lease else {
                 continue;
             };
-            let flows = match o.vxlan.local {
-                IpAddr::V4(local) => Some(VxlanFlows {
-                    local,
-                    port: o.vxlan.port,
+            let flows = match o.vxlan() {
+                Some(VxlanSpec {
+                    local: IpAddr::V4(local),
+                    port,
+                    ..
+                }) => Some(VxlanFlows {
+                    local: *local,
+                    port: *port,
                 }),
-                IpAddr::V6(_) => None,
+                _ => None,
             };
             let opts = c.rules.options(flows, &c.no_masq);
             sets.push(RuleSet::new(o.network, lease, &opts));
@@ -372,7 +438,12 @@ impl Dataplane {
     /// reconcile instead.
     async fn apply_incremental(&mut self, events: &[PeerEvent]) -> bool {
         let mut plans = Vec::new();
-        for f in self.families() {
+        let mut routed = Vec::new();
+        for (f, o) in self.cfg.overlays() {
+            if let Transport::HostGw { underlay } = o.transport {
+                routed.push((underlay, incremental_direct(events, f)));
+                continue;
+            }
             let Some(index) = self.device_index(f) else {
                 return false;
             };
@@ -390,7 +461,26 @@ impl Dataplane {
                 warn!("kernel update failed, the next resync retries: {f}");
             }
         }
+        for (underlay, ops) in routed {
+            for r in self.apply_direct(underlay, &ops).await {
+                for f in &r.failed {
+                    warn!("kernel update failed, the next resync retries: {f}");
+                }
+            }
+        }
         true
+    }
+
+    /// Direct routes in (each replaces what the subnet had), then stale ones out.
+    async fn apply_direct(&self, underlay: u32, ops: &DirectOps) -> Vec<ApplyReport> {
+        let mut out = Vec::new();
+        if !ops.add.is_empty() {
+            out.push(self.nl.add_direct_routes(underlay, &ops.add).await);
+        }
+        if !ops.del.is_empty() {
+            out.push(self.nl.del_direct_routes(underlay, &ops.del).await);
+        }
+        out
     }
 
     fn touches_onlink(&self, f: Family, ev: &PeerEvent) -> bool {
@@ -452,7 +542,7 @@ impl Dataplane {
         let Some(o) = self.cfg.overlay(f) else {
             return Ok(());
         };
-        let (underlay, network) = (o.vxlan.dev_index, o.network);
+        let (underlay, network) = (o.underlay(), o.network);
         let mode = if self.cfg.direct_routing {
             Underlay::Direct(underlay, network)
         } else if self.st(f).sweep_direct {
@@ -492,6 +582,35 @@ impl Dataplane {
             self.st_mut(f).sweep_direct = false;
         }
         for r in results {
+            report.entries_changed += r.applied;
+            report.entries_failed.extend(r.failed);
+        }
+        Ok(())
+    }
+
+    /// host-gw: family `f`'s peers as routes via their PublicIP on the underlay.
+    async fn routed_peers(
+        &mut self,
+        f: Family,
+        desired: &BTreeMap<IpNetwork, PeerEntry>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), NetlinkError> {
+        let Some(o) = self.cfg.overlay(f) else {
+            return Ok(());
+        };
+        let underlay = o.underlay();
+        let plan = plan_routed(&self.nl, underlay, o.network, desired).await?;
+        if let Some(onlink) = plan.onlink {
+            self.st_mut(f).onlink = onlink;
+        }
+        report.direct_peers += plan.direct_peers;
+        report.restored.extend(
+            plan.direct
+                .add
+                .iter()
+                .map(|(n, _)| ("route", n.to_string())),
+        );
+        for r in self.apply_direct(underlay, &plan.direct).await {
             report.entries_changed += r.applied;
             report.entries_failed.extend(r.failed);
         }
@@ -547,16 +666,22 @@ impl Dataplane {
         let Some(o) = self.cfg.overlay(f) else {
             return Ok(());
         };
-        let (name, network) = (o.vxlan.name.clone(), o.network);
-        let st = self.ensure_device(f).await?;
-        if st.created {
-            report.device_created = true;
-            report.restored.push(("device", name));
+        let (name, network) = (o.device().map(str::to_string), o.network);
+        let mut index = None;
+        if let Some(name) = name {
+            let st = self.ensure_device(f).await?;
+            if st.created {
+                report.device_created = true;
+                report.restored.push(("device", name));
+            }
+            index = Some(st.index);
         }
         if let Some(lease) = self.st(f).lease {
-            self.nl
-                .ensure_address(st.index, lease.network(), network)
-                .await?;
+            if let Some(index) = index {
+                self.nl
+                    .ensure_address(index, lease.network(), network)
+                    .await?;
+            }
             if f == Family::V4 {
                 match self.blackhole(lease).await {
                     Ok(n) => {
@@ -569,8 +694,10 @@ impl Dataplane {
                 }
             }
         }
-        if let Some(desired) = desired {
-            self.peers(f, st.index, desired, report).await?;
+        match (desired, index) {
+            (Some(desired), Some(index)) => self.peers(f, index, desired, report).await?,
+            (Some(desired), None) => self.routed_peers(f, desired, report).await?,
+            (None, _) => {}
         }
         Ok(())
     }
@@ -698,5 +825,31 @@ pub async fn plan_peers(
         onlink: Some(u.onlink),
         direct_peers: direct.len(),
         form,
+    })
+}
+
+/// host-gw's plan: the routes via peers' PublicIPs on the underlay device `underlay` that
+/// `desired` calls for, against those inside `network` the kernel has there (ours, a
+/// DirectRouting run's or flanneld's). A peer off our link is left out: the lease policy
+/// refuses it before it gets here, and the kernel would refuse its gateway anyway.
+pub async fn plan_routed(
+    nl: &Netlink,
+    underlay: u32,
+    network: IpNetwork,
+    desired: &BTreeMap<IpNetwork, PeerEntry>,
+) -> Result<PeerPlan, NetlinkError> {
+    let u = nl.read_underlay(underlay, network).await?;
+    let (off_link, want) = split_direct(desired, &u.onlink);
+    if !off_link.is_empty() {
+        debug!(
+            peers = off_link.len(),
+            "host-gw peers off our link left out"
+        );
+    }
+    Ok(PeerPlan {
+        direct: diff_direct(&want, &u.direct),
+        onlink: Some(u.onlink),
+        direct_peers: want.len(),
+        ..Default::default()
     })
 }

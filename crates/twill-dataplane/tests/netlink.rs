@@ -62,7 +62,7 @@ fn peers(n: u8) -> BTreeMap<IpNetwork, PeerEntry> {
                 PeerEntry {
                     subnet,
                     vtep_ip: subnet.network(),
-                    mac: Mac([0x0a, 0, 0, 0, 0, i]),
+                    mac: Some(Mac([0x0a, 0, 0, 0, 0, i])),
                     public_ip: format!("198.18.0.{}", 100 + i as u16).parse().unwrap(),
                 },
             )
@@ -279,7 +279,7 @@ fn a_thousand_peers_programmed_and_removed() {
                         )
                         .unwrap(),
                     );
-                    let mac = Mac([0x0a, 0, 0, (i >> 8) as u8, i as u8, 1]);
+                    let mac = Some(Mac([0x0a, 0, 0, (i >> 8) as u8, i as u8, 1]));
                     let public_ip = std::net::Ipv4Addr::from(0xc612_0000 + 256 + i).into();
                     (
                         subnet,
@@ -465,7 +465,7 @@ fn ipv6_device_and_peer_entries() {
                 let p = PeerEntry {
                     subnet,
                     vtep_ip: subnet.network(),
-                    mac: Mac([0x0a, 0, 0, 0, 6, i]),
+                    mac: Some(Mac([0x0a, 0, 0, 0, 6, i])),
                     public_ip: format!("2001:2::{}", 100 + i).parse().unwrap(),
                 };
                 (subnet, p)

@@ -64,16 +64,23 @@ impl AnnotationKeys {
     }
 
     /// The annotations this node's lease is published as. Keys we own but have nothing
-    /// for (the v6 ones on a v4-only node) map to `None`, meaning "remove".
+    /// for (the v6 ones on a v4-only node) map to `None`, meaning "remove". A family
+    /// without backend data (host-gw) publishes `null`, as flanneld writes it.
     pub fn publish(&self, attrs: &LeaseAttrs) -> BTreeMap<String, Option<String>> {
-        let json = |v: &Option<RawJson>| v.as_ref().map(|v| v.get().to_string());
+        let json = |v: &Option<RawJson>, on: bool| match v {
+            Some(v) => Some(v.get().to_string()),
+            None => on.then(|| "null".to_string()),
+        };
         BTreeMap::from([
             (
                 self.key("backend-type"),
                 Some(attrs.backend_type.to_string()),
             ),
-            (self.key("backend-data"), json(&attrs.backend_data)),
-            (self.key("backend-v6-data"), json(&attrs.backend_v6_data)),
+            (self.key("backend-data"), json(&attrs.backend_data, true)),
+            (
+                self.key("backend-v6-data"),
+                json(&attrs.backend_v6_data, attrs.public_ipv6.is_some()),
+            ),
             (self.key("public-ip"), Some(attrs.public_ip.to_string())),
             (
                 self.key("public-ipv6"),

@@ -38,20 +38,22 @@ impl Family {
     }
 }
 
-/// What one vxlan peer needs on our side, in one family: `ip neigh <vtep_ip> lladdr <mac>`,
-/// `bridge fdb <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip> onlink`.
+/// What one peer needs on our side, in one family. A vxlan peer: `ip neigh <vtep_ip>
+/// lladdr <mac>`, `bridge fdb <mac> dst <public_ip>`, `ip route <subnet> via <vtep_ip>
+/// onlink`. A host-gw peer (no `mac`): `ip route <subnet> via <public_ip>` on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerEntry {
     pub subnet: IpNetwork,
     pub vtep_ip: IpAddr,
-    pub mac: Mac,
+    /// The peer's VTEP MAC; `None` for a host-gw peer, which has no VTEP.
+    pub mac: Option<Mac>,
     pub public_ip: IpAddr,
 }
 
 impl PeerEntry {
     /// The peer a lease half describes: its VTEP address is the subnet's network address,
     /// as flanneld gives its device.
-    pub fn new(subnet: IpNetwork, mac: Mac, public_ip: IpAddr) -> Self {
+    pub fn new(subnet: IpNetwork, mac: Option<Mac>, public_ip: IpAddr) -> Self {
         PeerEntry {
             subnet,
             vtep_ip: subnet.network(),
@@ -97,11 +99,12 @@ impl PeerEntries {
     }
 }
 
-/// What the peer table keeps of a usable lease beyond its key and attributes.
+/// What the peer table keeps of a usable lease beyond its key and attributes: per family,
+/// `None` when the lease has no peer there, `Some(None)` for a host-gw half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct VtepMacs {
-    pub v4: Option<Mac>,
-    pub v6: Option<Mac>,
+    pub v4: Option<Option<Mac>>,
+    pub v6: Option<Option<Mac>>,
 }
 
 impl VtepMacs {
@@ -118,8 +121,8 @@ impl VtepMacs {
     }
 }
 
-/// A lease as vxlan peers, parsed: the halves of the families asked for that the key
-/// carries, each with its VNI.
+/// A lease as peers, parsed: the halves of the families asked for that the key carries,
+/// each with its VNI when it is a vxlan lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Parsed {
     pub entries: PeerEntries,
@@ -127,10 +130,10 @@ pub(crate) struct Parsed {
 }
 
 impl PeerEntries {
-    /// The entries a vxlan lease describes: `Ok(None)` for a reservation (no backend yet),
-    /// an error when the lease can't be one (no subnet of a wanted family, not vxlan data,
-    /// a bad MAC, a v6 half without PublicIPv6). Whether it is safe to program is
-    /// `LeasePolicy`'s question, not this one's.
+    /// The entries a vxlan or host-gw lease describes: `Ok(None)` for a reservation (no
+    /// backend yet), an error when the lease can't be one (no subnet of a wanted family,
+    /// another backend, bad vxlan data or MAC, a v6 half without PublicIPv6). Whether it
+    /// is safe to program is `LeasePolicy`'s question, not this one's.
     pub fn of(key: &LeaseKey, attrs: &LeaseAttrs) -> Result<Option<PeerEntries>, Rejection> {
         Ok(Self::parse(key, attrs, [true, true])?.map(|p| p.entries))
     }
@@ -157,17 +160,28 @@ impl PeerEntries {
             entries: PeerEntries::default(),
             vnis: Vec::new(),
         };
+        // host-gw leases carry no backend data (flanneld writes none): the peer is its
+        // PublicIP.
+        let host_gw = attrs.backend_type == "host-gw";
+        let mut half = |subnet, data: Option<&RawJson>, f, ip: IpAddr| -> Result<_, Rejection> {
+            if host_gw {
+                return Ok(PeerEntry::new(subnet, None, ip));
+            }
+            let (mac, vni) = vtep(attrs, data, f)?;
+            out.vnis.push((f, vni));
+            Ok(PeerEntry::new(subnet, Some(mac), ip))
+        };
+        let mut entries = PeerEntries::default();
         if let Some(subnet) = v4 {
-            let (mac, vni) = vtep(attrs, attrs.backend_data.as_ref(), Family::V4)?;
-            out.entries.v4 = Some(PeerEntry::new(subnet, mac, attrs.public_ip.into()));
-            out.vnis.push((Family::V4, vni));
+            let data = attrs.backend_data.as_ref();
+            entries.v4 = Some(half(subnet, data, Family::V4, attrs.public_ip.into())?);
         }
         if let Some(subnet) = v6 {
-            let (mac, vni) = vtep(attrs, attrs.backend_v6_data.as_ref(), Family::V6)?;
             let ip = attrs.public_ipv6.ok_or(Rejection::NoPublicIpv6)?;
-            out.entries.v6 = Some(PeerEntry::new(subnet, mac, ip.into()));
-            out.vnis.push((Family::V6, vni));
+            let data = attrs.backend_v6_data.as_ref();
+            entries.v6 = Some(half(subnet, data, Family::V6, ip.into())?);
         }
+        out.entries = entries;
         Ok(Some(out))
     }
 }
@@ -179,7 +193,7 @@ fn vtep(attrs: &LeaseAttrs, data: Option<&RawJson>, f: Family) -> Result<(Mac, u
         why: why.into(),
     };
     if attrs.backend_type != "vxlan" {
-        return Err(bad("not a vxlan lease"));
+        return Err(bad("not a vxlan or host-gw lease"));
     }
     let data: VxlanBackendData = data
         .and_then(|d| serde_json::from_str(d.get()).ok())

@@ -117,6 +117,7 @@ impl<'de> Deserialize<'de> for LeaseAttrs {
 pub fn backend_name(name: &str) -> Cow<'static, str> {
     match name {
         "vxlan" => Cow::Borrowed("vxlan"),
+        "host-gw" => Cow::Borrowed("host-gw"),
         other => Cow::Owned(other.to_string()),
     }
 }
@@ -156,6 +157,17 @@ impl LeaseAttrs {
                 vni,
                 vtep_mac: vtep_mac.into(),
             })),
+            backend_v6_data: None,
+        }
+    }
+
+    /// A host-gw lease as flanneld writes it: its type and PublicIP, no backend data.
+    pub fn host_gw(public_ip: Ipv4Addr) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Cow::Borrowed("host-gw"),
+            backend_data: None,
             backend_v6_data: None,
         }
     }

@@ -47,6 +47,11 @@ pub enum Rejection {
         got: String,
         want: String,
     },
+    /// host-gw: the peer's PublicIP (or PublicIPv6) is not on this node's link, so a
+    /// route via it would go nowhere (the kernel refuses a gateway it cannot reach).
+    NotOnLink {
+        ip: IpAddr,
+    },
     /// `BackendData`, or with `v6` `BackendV6Data`.
     BackendData {
         v6: bool,
@@ -79,6 +84,7 @@ impl Rejection {
             Rejection::PublicIp { .. } => "public-ip",
             Rejection::PublicIpOurs { .. } => "public-ip-ours",
             Rejection::BackendType { .. } => "backend-type",
+            Rejection::NotOnLink { .. } => "not-on-link",
             Rejection::BackendData { .. } => "backend-data",
             Rejection::Vni { .. } => "vni",
             Rejection::VtepMac { .. } => "vtep-mac",
@@ -87,7 +93,7 @@ impl Rejection {
     }
 
     /// Every label `reason()` can return, so a metric can show all of them at 0.
-    pub const REASONS: [&'static str; 15] = [
+    pub const REASONS: [&'static str; 16] = [
         "malformed",
         "no-ipv4-subnet",
         "no-ipv6-subnet",
@@ -99,6 +105,7 @@ impl Rejection {
         "public-ip",
         "public-ip-ours",
         "backend-type",
+        "not-on-link",
         "backend-data",
         "vni",
         "vtep-mac",
@@ -135,6 +142,10 @@ impl fmt::Display for Rejection {
             Rejection::BackendType { got, want } => {
                 write!(f, "BackendType {got:?} is not ours ({want:?})")
             }
+            Rejection::NotOnLink { ip } => write!(
+                f,
+                "PublicIP {ip} is not on this node's link: host-gw routes via a peer's address, so every node must share one L2 segment"
+            ),
             Rejection::BackendData { v6: false, why } => write!(f, "BackendData: {why}"),
             Rejection::BackendData { v6: true, why } => write!(f, "BackendV6Data: {why}"),
             Rejection::Vni { got, want } => write!(f, "VNI {got} is not ours ({want})"),

@@ -31,6 +31,11 @@ pub struct LeasePolicy {
     /// the routes of its underlay. A peer subnet overlapping one would pull that traffic
     /// (the store's own address among it) into the tunnel.
     pub protected: Vec<IpNetwork>,
+    /// host-gw: the underlay's connected prefixes (both families). A host-gw peer is a
+    /// route via its PublicIP, which only works for an address on our link; one elsewhere
+    /// is refused rather than programmed as a route that black-holes. `None`: not judged
+    /// (vxlan, or a judge that is not a node, such as the ExaBGP feed).
+    pub onlink: Option<Vec<IpNetwork>>,
 }
 
 /// The outcome of the checks that need only the lease itself.
@@ -126,10 +131,23 @@ impl LeasePolicy {
                 want: self.vni,
             });
         }
-        if let Some(e) = parsed.entries.iter().find(|e| !e.mac.is_unicast()) {
+        if let Some(mac) = parsed
+            .entries
+            .iter()
+            .find_map(|e| e.mac.filter(|m| !m.is_unicast()))
+        {
             return Err(Rejection::VtepMac {
-                mac: e.mac.to_string(),
+                mac: mac.to_string(),
             });
+        }
+        if let Some(onlink) = &self.onlink {
+            if let Some(e) = parsed
+                .entries
+                .iter()
+                .find(|e| !onlink.iter().any(|n| n.contains(e.public_ip)))
+            {
+                return Err(Rejection::NotOnLink { ip: e.public_ip });
+            }
         }
         Ok(Some(parsed.entries))
     }

@@ -88,19 +88,15 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
     }
 
     let nl = Netlink::connect()?;
-    for l in nl.links().await? {
-        let ours = l.name.starts_with("flannel.")
-            && l.kind == Some(twill_dataplane::netlink::InfoKind::Vxlan);
-        if ours {
-            let name = l.name.clone();
-            r.act(
-                &format!(
-                    "link {name} (VXLAN device, with its peer routes, neighbours and FDB entries)"
-                ),
-                async { Ok(nl.delete_link(&name).await.map(|_| ())?) },
-            )
-            .await;
-        }
+    for l in nl.flannel_vxlan_devices().await? {
+        let name = l.name.clone();
+        r.act(
+            &format!(
+                "link {name} (VXLAN device, with its peer routes, neighbours and FDB entries)"
+            ),
+            async { Ok(nl.delete_link(&name).await.map(|_| ())?) },
+        )
+        .await;
     }
     if let Some(env) = &env {
         direct_routes(node, &nl, env, &mut r).await;
@@ -179,8 +175,9 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
     Ok(r.failed == 0)
 }
 
-/// DirectRouting's routes (`<peer subnet> via <peer address>` on the underlay device; the
-/// VXLAN ones went with the device): those inside the overlay network of subnet.env.
+/// host-gw's and DirectRouting's routes (`<peer subnet> via <peer address>` on the
+/// underlay device; the VXLAN ones went with the device): those inside the overlay
+/// network of subnet.env.
 async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
     let Ok(ext) = twill_dataplane::select_underlay(nl, &node.iface).await else {
         return;
@@ -194,7 +191,7 @@ async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mu
         }
         let routes: Vec<_> = u.direct.into_iter().collect();
         let what = format!(
-            "{} direct routes to {net} subnets on {} (DirectRouting)",
+            "{} direct routes to {net} subnets on {} (host-gw or DirectRouting)",
             routes.len(),
             ext.name
         );

@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use ipnetwork::IpNetwork;
-use twill_config::NetConf;
+use twill_config::{BackendType, NetConf};
 use twill_dataplane::Netlink;
 use twill_store::{LeaseKey, LeasePolicy};
 
@@ -12,13 +12,16 @@ use twill_store::{LeaseKey, LeasePolicy};
 pub const CNI_BRIDGE: &str = "cni0";
 
 /// The policy for `conf` on this node as the kernel is now. `vxlan` are our VXLAN
-/// devices, whose addresses and routes are ours rather than the underlay's. `own` is the
+/// devices, whose addresses and routes are ours rather than the underlay's. `underlay` is
+/// the underlay device, whose connected prefixes bound host-gw's peers (`None` under
+/// host-gw: every host-gw peer is refused, there being no link to judge by). `own` is the
 /// subnet we hold: in Kubernetes mode subnets are sized by kube-controller-manager's
 /// `--node-cidr-mask-size`, not by SubnetLen (flanneld ignores it there too), so peers
 /// are held to the size of ours.
 pub async fn lease_policy(
     nl: &Netlink,
     vxlan: &[u32],
+    underlay: Option<u32>,
     conf: &NetConf,
     kube: Option<&LeaseKey>,
 ) -> Result<LeasePolicy> {
@@ -35,6 +38,19 @@ pub async fn lease_policy(
         .context("reading this node's addresses and routes")?;
     policy.local_addrs = node.local_addrs;
     policy.protected = node.protected;
+    if conf.backend.kind == BackendType::HostGw {
+        let mut onlink = Vec::new();
+        if let Some(index) = underlay {
+            for (network, _) in &networks {
+                let u = nl
+                    .read_underlay(index, *network)
+                    .await
+                    .context("reading the underlay's connected prefixes")?;
+                onlink.extend(u.onlink);
+            }
+        }
+        policy.onlink = Some(onlink);
+    }
     Ok(policy)
 }
 
@@ -62,5 +78,6 @@ pub fn conf_policy(conf: &NetConf, kube: Option<&LeaseKey>) -> Result<LeasePolic
         vni: conf.backend.vni,
         local_addrs: Vec::new(),
         protected: Vec::new(),
+        onlink: None,
     })
 }

@@ -10,8 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{anyhow, bail, Result};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use twill_bgp::BgpOptions;
-use twill_config::{BgpConf, NetConf, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
-use twill_dataplane::{DataplaneConfig, ExtIface, Family, Mac, OverlayConfig, VxlanSpec};
+use twill_config::{BackendType, BgpConf, NetConf, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
+use twill_dataplane::{
+    DataplaneConfig, ExtIface, Family, Mac, OverlayConfig, Transport, VxlanSpec,
+};
 use twill_store::{LeaseAttrs, LeaseKey, RawJson, VxlanBackendData};
 
 use crate::options::DaemonOptions;
@@ -35,7 +37,7 @@ pub struct Settings {
     pub dataplane: DataplaneConfig,
     /// `FLANNEL_MTU`: the underlay's MTU (or Backend.MTU) less VXLAN's overhead: 50 bytes
     /// over IPv4, 70 over IPv6. A pod has one MTU for both families, so with an IPv6
-    /// overlay it is the IPv6 device's.
+    /// overlay it is the IPv6 device's. host-gw: the underlay's MTU.
     pub mtu: u32,
     pub bgp: Option<BgpConf>,
     pub public_ip: Ipv4Addr,
@@ -59,14 +61,20 @@ impl Settings {
     pub fn vni(&self) -> u32 {
         self.dataplane
             .overlays()
-            .next()
-            .map(|(_, o)| o.vxlan.vni)
+            .find_map(|(_, o)| o.vxlan().map(|v| v.vni))
             .unwrap_or(1)
     }
 
     /// What our lease advertises, with each device's MAC (`BackendData` for the IPv4 one,
-    /// `BackendV6Data` for the IPv6 one), each only with its family's overlay.
+    /// `BackendV6Data` for the IPv6 one), each only with its family's overlay. A host-gw
+    /// lease has neither, as flanneld's: a peer needs only our PublicIP.
     pub fn attrs(&self, mac: Option<Mac>, mac6: Option<Mac>) -> LeaseAttrs {
+        if self.dataplane.is_host_gw() {
+            return LeaseAttrs {
+                public_ipv6: self.public_ipv6,
+                ..LeaseAttrs::host_gw(self.public_ip)
+            };
+        }
         let data = |on: bool, mac: Option<Mac>| {
             mac.filter(|_| on).map(|m| {
                 RawJson::of(&VxlanBackendData {
@@ -98,6 +106,7 @@ pub fn derive(
         bail!("net-conf.json: EnableIPv4=false: IPv6-only overlays are not supported yet");
     };
     let ext = &facts.underlay;
+    let host_gw = conf.backend.kind == BackendType::HostGw;
     let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
     let device_mtu = |overhead: u32| {
         underlay_mtu
@@ -121,7 +130,12 @@ pub fn derive(
                 )
             })
     };
-    let mtu4 = device_mtu(VXLAN_OVERHEAD_V4)?;
+    // host-gw adds no header: pods get the underlay's MTU, as flanneld's host-gw gives.
+    let mtu4 = if host_gw {
+        ext.mtu
+    } else {
+        device_mtu(VXLAN_OVERHEAD_V4)?
+    };
     let ipv6_network = conf.ipv6.as_ref().map(|r| r.network);
     let mut warnings = Vec::new();
     if ipv6_network.is_none() {
@@ -133,44 +147,59 @@ pub fn derive(
     }
     let vni = conf.backend.vni;
     let node = &opts.node;
-    let spec = |name: String, local: IpAddr, mtu: u32, mac: Option<Mac>| VxlanSpec {
-        name,
-        vni,
-        local,
-        dev_index: ext.index,
-        port: conf.backend.port,
-        gbp: conf.backend.gbp,
-        learning: conf.backend.learning,
-        mtu,
-        mac,
+    let transport = |name: String, local: IpAddr, mtu: u32, mac: Option<Mac>| {
+        if host_gw {
+            return Transport::HostGw {
+                underlay: ext.index,
+            };
+        }
+        Transport::Vxlan(VxlanSpec {
+            name,
+            vni,
+            local,
+            dev_index: ext.index,
+            port: conf.backend.port,
+            gbp: conf.backend.gbp,
+            learning: conf.backend.learning,
+            mtu,
+            mac,
+        })
     };
     let v6 = match ipv6_network {
         None => None,
         Some(network) => {
-            // As flanneld: the IPv6 tunnel runs between the nodes' IPv6 underlay addresses.
+            // As flanneld: the IPv6 tunnel runs between the nodes' IPv6 underlay addresses,
+            // and host-gw routes IPv6 pods via them.
             let Some(local) = ext.addr6 else {
                 bail!(
                     "net-conf.json: EnableIPv6: the underlay interface {} has no usable global IPv6 address to carry the IPv6 overlay (give it one, or pick another with --iface / --iface-regex)",
                     ext.name
                 );
             };
-            let mtu6 = device_mtu(VXLAN_OVERHEAD_V6)?;
-            Some(OverlayConfig {
-                vxlan: spec(
-                    format!("flannel-v6.{vni}"),
-                    IpAddr::V6(local),
-                    mtu6,
-                    facts.mac6,
-                ),
-                network,
-            })
+            let mtu6 = if host_gw {
+                ext.mtu
+            } else {
+                device_mtu(VXLAN_OVERHEAD_V6)?
+            };
+            Some((
+                OverlayConfig {
+                    transport: transport(
+                        format!("flannel-v6.{vni}"),
+                        IpAddr::V6(local),
+                        mtu6,
+                        facts.mac6,
+                    ),
+                    network,
+                },
+                mtu6,
+            ))
         }
     };
-    let mtu = v6.as_ref().map_or(mtu4, |o| o.vxlan.mtu.min(mtu4));
+    let mtu = v6.as_ref().map_or(mtu4, |(_, m)| (*m).min(mtu4));
     Ok(Settings {
         dataplane: DataplaneConfig {
             v4: Some(OverlayConfig {
-                vxlan: spec(
+                transport: transport(
                     format!("flannel.{vni}"),
                     IpAddr::V4(ext.addr),
                     mtu4,
@@ -178,10 +207,10 @@ pub fn derive(
                 ),
                 network: IpNetwork::V4(network),
             }),
-            v6,
+            v6: v6.map(|(o, _)| o),
             rules: node.rules,
             no_masq: conf.exempt_from_masquerade(&node.no_masq_cidr),
-            direct_routing: conf.backend.direct_routing,
+            direct_routing: conf.backend.direct_routing && !host_gw,
             route_form: opts.route_form,
             blackhole_route: node.ip_blackhole_route,
         },
@@ -201,7 +230,8 @@ pub fn derive(
 /// What a reload does, in this order (each step needs the one before):
 /// 1. the data plane takes the new configuration; a VNI change names new devices and the
 ///    old ones (`remove_devices`) go, our MACs carried over to the new ones; IPv6 turned
-///    off takes the IPv6 device away, turned on brings one;
+///    off takes the IPv6 device away, turned on brings one; host-gw after vxlan takes
+///    both away (their peer routes go with them), vxlan after host-gw sweeps its routes;
 /// 2. the devices are ensured, and the lease's attributes recomputed with their MACs;
 /// 3. the lease is taken again (`relearn` is decided then: see `keeps_lease`) when the
 ///    held subnet no longer fits the new ranges or what it advertises changed;
@@ -227,7 +257,11 @@ pub fn plan_reload(
     if old_conf.enable_nftables != new_conf.enable_nftables {
         needs_restart.push("EnableNFTables");
     }
-    let name = |s: &Settings, f| s.dataplane.overlay(f).map(|o| o.vxlan.name.clone());
+    let name = |s: &Settings, f| {
+        s.dataplane
+            .overlay(f)
+            .and_then(|o| o.device().map(str::to_string))
+    };
     Reload {
         remove_devices: Family::BOTH
             .into_iter()
@@ -329,8 +363,14 @@ mod tests {
             conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4,"Port":4789}}"#);
         let s = derive(&c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
         assert_eq!(s.mtu, 1450);
-        assert_eq!(v4(&s).vxlan.name, "flannel.4");
-        assert_eq!((v4(&s).vxlan.port, v4(&s).vxlan.dev_index), (4789, 2));
+        assert_eq!(v4(&s).vxlan().unwrap().name, "flannel.4");
+        assert_eq!(
+            (
+                v4(&s).vxlan().unwrap().port,
+                v4(&s).vxlan().unwrap().dev_index
+            ),
+            (4789, 2)
+        );
         assert!(s.dataplane.v6.is_none());
         assert_eq!(s.network().to_string(), "10.244.0.0/16");
         assert_eq!(s.public_ipv6, None, "no IPv6 network: no PublicIPv6");
@@ -359,12 +399,19 @@ mod tests {
         f.mac6 = Some("0a:00:00:00:06:01".parse().unwrap());
         let s = derive(&c, &opts(), &bgp_opts(), &f).unwrap();
         let v6 = s.dataplane.v6.as_ref().expect("an IPv6 overlay");
-        assert_eq!(v6.vxlan.name, "flannel-v6.3");
-        assert_eq!(v6.vxlan.local.to_string(), "2001:2::1");
+        assert_eq!(v6.vxlan().unwrap().name, "flannel-v6.3");
+        assert_eq!(v6.vxlan().unwrap().local.to_string(), "2001:2::1");
         assert_eq!(v6.network.to_string(), "fd00:10::/56");
-        assert_eq!(v6.vxlan.mac, f.mac6, "the advertised v6 MAC is kept");
+        assert_eq!(
+            v6.vxlan().unwrap().mac,
+            f.mac6,
+            "the advertised v6 MAC is kept"
+        );
         // VXLAN over IPv6 costs 70 bytes; a pod's one MTU must fit the IPv6 tunnel.
-        assert_eq!((v4(&s).vxlan.mtu, v6.vxlan.mtu, s.mtu), (1450, 1430, 1430));
+        assert_eq!(
+            (v4(&s).vxlan().unwrap().mtu, v6.vxlan().unwrap().mtu, s.mtu),
+            (1450, 1430, 1430)
+        );
         assert_eq!(s.public_ipv6, Some("2001:2::1".parse().unwrap()));
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
 
@@ -391,7 +438,10 @@ mod tests {
         o.public_ipv6 = Some("2001:2::99".parse().unwrap());
         let s = derive(&c, &o, &bgp_opts(), &f).unwrap();
         assert_eq!(s.public_ipv6, Some("2001:2::99".parse().unwrap()));
-        assert_eq!(s.dataplane.v6.unwrap().vxlan.local.to_string(), "2001:2::1");
+        assert_eq!(
+            s.dataplane.v6.unwrap().vxlan().unwrap().local.to_string(),
+            "2001:2::1"
+        );
 
         // No IPv6 on the underlay: refused by name, nothing created.
         let mut f = facts(1500);
@@ -422,6 +472,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--bgp-peers"), "{e}");
+    }
+
+    #[test]
+    fn host_gw_has_no_device_and_the_underlay_mtu() {
+        let c = conf(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"host-gw"}}"#,
+        );
+        let s = derive(&c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
+        assert_eq!(s.mtu, 1500, "no encapsulation");
+        assert!(s.dataplane.is_host_gw());
+        assert_eq!(s.dataplane.devices().count(), 0);
+        for o in [s.dataplane.v4.as_ref(), s.dataplane.v6.as_ref()] {
+            assert_eq!(
+                o.unwrap().transport,
+                Transport::HostGw { underlay: 2 },
+                "routes on the underlay"
+            );
+        }
+        let mac: Mac = "0a:00:00:00:00:01".parse().unwrap();
+        // flanneld's host-gw lease, byte for byte: MACs are no part of it.
+        assert_eq!(
+            s.attrs(Some(mac), Some(mac)).to_json(),
+            r#"{"PublicIP":"198.18.0.1","PublicIPv6":"2001:2::1","BackendType":"host-gw"}"#
+        );
+
+        // vxlan -> host-gw takes both devices away; back again takes none.
+        let vx_c =
+            conf(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let vx = derive(&vx_c, &opts(), &bgp_opts(), &facts(1500)).unwrap();
+        assert_eq!(
+            plan_reload(&vx_c, &c, &vx, &s).remove_devices,
+            ["flannel.1", "flannel-v6.1"]
+        );
+        assert!(plan_reload(&c, &vx_c, &s, &vx).remove_devices.is_empty());
+        assert!(!keeps_lease(
+            &c,
+            &LeaseKey::v4("10.244.3.0/24".parse().unwrap()),
+            &vx.attrs(Some(mac), Some(mac)),
+            &s.attrs(Some(mac), Some(mac)),
+        ));
     }
 
     #[test]

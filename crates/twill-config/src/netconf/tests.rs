@@ -22,6 +22,36 @@ fn flannel_default_manifest_config() {
 }
 
 #[test]
+fn host_gw_as_flannel_spells_it() {
+    for t in ["host-gw", "HOST-GW", "Host-Gw"] {
+        let c = ok(&format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{t}"}}}}"#
+        ));
+        assert_eq!(c.backend.kind, BackendType::HostGw, "{t}");
+        assert_eq!(c.backend.kind.as_str(), "host-gw");
+    }
+}
+
+#[test]
+fn host_gw_ignores_vxlan_options_and_says_so() {
+    // flanneld's host-gw reads none of them, so none is refused (a VNI of 0 included).
+    let (c, warnings) = NetConf::parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","VNI":0,"MTU":9000}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.backend.kind, BackendType::HostGw);
+    assert_eq!(c.backend.mtu, None);
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    for key in ["Backend.VNI", "Backend.MTU"] {
+        assert!(
+            text.iter()
+                .any(|w| w.starts_with(key) && w.contains("host-gw")),
+            "{key}: {text:?}"
+        );
+    }
+}
+
+#[test]
 fn backend_defaults_to_vxlan_not_udp() {
     assert_eq!(
         ok(r#"{"Network":"10.0.0.0/8"}"#).backend.kind,
@@ -130,9 +160,9 @@ fn errors_name_field_and_value() {
             "10.244.9.0",
         ),
         (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
             "Backend.Type",
-            "host-gw",
+            "wireguard",
         ),
         (
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"gre"}}"#,

@@ -62,6 +62,16 @@ pub struct Link {
 }
 
 impl Link {
+    /// Whether this is a vxlan backend's device as flannel names them (`flannel.<VNI>`,
+    /// `flannel-v6.<VNI>`): twilld's or flanneld's, which share the names.
+    pub fn is_flannel_vxlan(&self) -> bool {
+        let vni = ["flannel.", "flannel-v6."]
+            .iter()
+            .find_map(|p| self.name.strip_prefix(p));
+        self.kind == Some(InfoKind::Vxlan)
+            && vni.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     /// The UDP port of a VXLAN device (`None` for other kinds).
     pub fn vxlan_port(&self) -> Option<u16> {
         self.vxlan.iter().find_map(|a| match a {
@@ -129,6 +139,13 @@ pub(super) fn vxlan_matches(l: &Link, spec: &VxlanSpec) -> Result<(), String> {
 }
 
 impl Netlink {
+    /// Every vxlan backend device on the host (see `Link::is_flannel_vxlan`).
+    pub async fn flannel_vxlan_devices(&self) -> Result<Vec<Link>, NetlinkError> {
+        let mut links = self.links().await?;
+        links.retain(Link::is_flannel_vxlan);
+        Ok(links)
+    }
+
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let msgs: Vec<LinkMessage> = ctx(
             "dump links",
@@ -366,5 +383,33 @@ impl Netlink {
             }
             None => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod flannel_names {
+    use super::*;
+
+    #[test]
+    fn only_vxlan_devices_named_as_flannel_names_them() {
+        let link = |name: &str, kind| Link {
+            name: name.into(),
+            kind,
+            ..Default::default()
+        };
+        let vx = Some(InfoKind::Vxlan);
+        for name in ["flannel.1", "flannel-v6.1", "flannel.4096"] {
+            assert!(link(name, vx.clone()).is_flannel_vxlan(), "{name}");
+        }
+        for name in [
+            "flannel.",
+            "flannel.1x",
+            "flannel-wg",
+            "vxlan0",
+            "flannel-v6.",
+        ] {
+            assert!(!link(name, vx.clone()).is_flannel_vxlan(), "{name}");
+        }
+        assert!(!link("flannel.1", Some(InfoKind::Dummy)).is_flannel_vxlan());
     }
 }

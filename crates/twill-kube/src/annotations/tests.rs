@@ -50,6 +50,30 @@ fn published_annotations_match_flannels() {
 }
 
 #[test]
+fn host_gw_publishes_null_backend_data_as_flanneld() {
+    let keys = AnnotationKeys::default();
+    let mut attrs = LeaseAttrs::host_gw("198.18.0.1".parse().unwrap());
+    let got = keys.publish(&attrs);
+    let k = |n: &str| format!("flannel.alpha.coreos.com/{n}");
+    assert_eq!(got[&k("backend-type")].as_deref(), Some("host-gw"));
+    assert_eq!(got[&k("backend-data")].as_deref(), Some("null"));
+    assert_eq!(got[&k("backend-v6-data")], None, "v4-only: removed");
+    attrs.public_ipv6 = Some("2001:2::1".parse().unwrap());
+    let got = keys.publish(&attrs);
+    assert_eq!(got[&k("backend-v6-data")].as_deref(), Some("null"));
+
+    // And a host-gw node reads back as a host-gw peer.
+    let mut n = peer("b", "10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:02");
+    let ann = n.metadata.annotations.as_mut().unwrap();
+    ann.insert(k("backend-type"), "host-gw".into());
+    ann.insert(k("backend-data"), "null".into());
+    let lease = keys.lease(&n, false).expect("a peer");
+    let a = lease.attrs.unwrap();
+    assert_eq!(a.backend_type, "host-gw");
+    assert!(!a.is_placeholder());
+}
+
+#[test]
 fn patch_only_what_differs_and_nothing_when_equal() {
     let keys = AnnotationKeys::new("example.com/").unwrap();
     let attrs = LeaseAttrs::vxlan("198.18.0.1".parse().unwrap(), 1, "0a:58:0a:f4:01:00");

@@ -17,6 +17,7 @@ fn policy() -> LeasePolicy {
             "198.18.0.0/24".parse().unwrap(),
             "10.244.200.0/22".parse().unwrap(),
         ],
+        onlink: None,
     }
 }
 
@@ -47,7 +48,7 @@ fn a_good_peer_is_usable() {
     assert_eq!(e.subnet.to_string(), "10.244.2.0/24");
     assert_eq!(e.vtep_ip.to_string(), "10.244.2.0");
     assert_eq!(e.public_ip.to_string(), "198.18.0.2");
-    assert_eq!(e.mac.to_string(), MAC);
+    assert_eq!(e.mac.unwrap().to_string(), MAC);
 }
 
 #[test]
@@ -155,8 +156,12 @@ fn ipv6_half_is_judged_when_enabled() {
     assert_eq!(v6.subnet.to_string(), "fd00:10:0:2::/64");
     assert_eq!(v6.vtep_ip.to_string(), "fd00:10:0:2::");
     assert_eq!(v6.public_ip.to_string(), "2001:2::2");
-    assert_eq!(v6.mac.to_string(), MAC6);
-    assert_eq!(e.v4.unwrap().mac.to_string(), MAC, "each half its own MAC");
+    assert_eq!(v6.mac.unwrap().to_string(), MAC6);
+    assert_eq!(
+        e.v4.unwrap().mac.unwrap().to_string(),
+        MAC,
+        "each half its own MAC"
+    );
 
     let r = |key: &str, a: &LeaseAttrs| match p.check(&k(key), Some(a), None) {
         Verdict::Rejected(r) => r.reason(),
@@ -382,4 +387,70 @@ proptest! {
             prop_assert_eq!(e.public_ip, IpAddr::V4(a.public_ip));
         }
     }
+}
+
+fn host_gw_policy() -> LeasePolicy {
+    LeasePolicy {
+        backend_type: "host-gw".into(),
+        onlink: Some(vec![
+            "198.18.0.0/24".parse().unwrap(),
+            "2001:2::/64".parse().unwrap(),
+        ]),
+        ..dual_policy()
+    }
+}
+
+#[test]
+fn host_gw_lease_is_a_route_via_its_public_ip() {
+    let p = host_gw_policy();
+    let key: LeaseKey = "10.244.2.0-24&fd00:10:0:2::-64".parse().unwrap();
+    // As flanneld writes it: no BackendData at all.
+    let a: LeaseAttrs = serde_json::from_str(
+        r#"{"PublicIP":"198.18.0.2","PublicIPv6":"2001:2::2","BackendType":"host-gw"}"#,
+    )
+    .unwrap();
+    let Verdict::Usable(e) = p.check(&key, Some(&a), None) else {
+        panic!("usable");
+    };
+    let (v4, v6) = (e.v4.unwrap(), e.v6.unwrap());
+    assert_eq!((v4.mac, v6.mac), (None, None), "no VTEP");
+    assert_eq!(v4.public_ip.to_string(), "198.18.0.2");
+    assert_eq!(v6.public_ip.to_string(), "2001:2::2");
+    // A vxlan lease is not a host-gw node's peer, as flanneld ignores it.
+    let vx = dual("2001:2::2", 1, MAC6);
+    assert!(matches!(
+        p.check(&key, Some(&vx), None),
+        Verdict::Rejected(Rejection::BackendType { .. })
+    ));
+}
+
+#[test]
+fn host_gw_peer_off_our_link_is_refused_by_name() {
+    let p = host_gw_policy();
+    let key: LeaseKey = "10.244.2.0-24&fd00:10:0:2::-64".parse().unwrap();
+    let lease = |ip: &str, ip6: &str| LeaseAttrs {
+        public_ipv6: Some(ip6.parse().unwrap()),
+        ..LeaseAttrs::host_gw(ip.parse().unwrap())
+    };
+    for (ip, ip6, off) in [
+        ("198.19.1.2", "2001:2::2", "198.19.1.2"),
+        ("198.18.0.2", "2001:2:0:9::2", "2001:2:0:9::2"),
+    ] {
+        match p.check(&key, Some(&lease(ip, ip6)), None) {
+            Verdict::Rejected(r) => {
+                assert_eq!(r.reason(), "not-on-link");
+                assert!(r.to_string().contains(off), "{r}");
+            }
+            v => panic!("{ip} {ip6}: {v:?}"),
+        }
+    }
+    // Without IPv6 on, only the v4 half is judged.
+    let v4_only = LeasePolicy {
+        ipv6: None,
+        ..host_gw_policy()
+    };
+    assert!(matches!(
+        v4_only.check(&key, Some(&lease("198.18.0.2", "2001:2:0:9::2")), None),
+        Verdict::Usable(_)
+    ));
 }

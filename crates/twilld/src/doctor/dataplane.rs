@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use twill_config::{NetConf, SubnetEnv};
 use twill_dataplane::{
-    desired_peers, plan_peers, Blackhole, Iptables, Netlink, Nftables, RouteForm, RuleSet,
-    Underlay, VxlanFlows, BLACKHOLE_METRIC,
+    desired_peers, plan_peers, plan_routed, Blackhole, Iptables, Netlink, Nftables, RouteForm,
+    RuleSet, Underlay, VxlanFlows, BLACKHOLE_METRIC,
 };
 use twill_store::{Family, LeaseKey, PeerTable, StoredLease, WatchEvent};
 
@@ -16,12 +16,20 @@ use crate::policy::lease_policy;
 use super::store::leases_refused;
 use super::{Checks, Status};
 
+/// Where the IPv4 peers' entries are.
+pub(super) enum PeerPath {
+    /// On our VXLAN device (its ifindex), and per `mode` on the underlay.
+    Vxlan { device: u32, mode: Underlay },
+    /// host-gw: routes on the underlay device (its ifindex) into `network`.
+    HostGw { underlay: u32, network: Ipv4Network },
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn peers(
     c: &mut Checks,
     nl: &Netlink,
-    index: u32,
-    mode: Underlay,
+    path: PeerPath,
+    underlay: Option<u32>,
     conf: Option<&NetConf>,
     own: Option<&LeaseKey>,
     kube: bool,
@@ -29,8 +37,12 @@ pub(super) async fn peers(
     store_name: &str,
 ) {
     // Judged as the daemon judges them, so doctor expects exactly what twilld programs.
+    let ours: Vec<u32> = match path {
+        PeerPath::Vxlan { device, .. } => vec![device],
+        PeerPath::HostGw { .. } => vec![],
+    };
     let mut table = match conf {
-        Some(conf) => match lease_policy(nl, &[index], conf, own.filter(|_| kube)).await {
+        Some(conf) => match lease_policy(nl, &ours, underlay, conf, own.filter(|_| kube)).await {
             Ok(p) => PeerTable::with_policy(p),
             Err(e) => {
                 c.add(
@@ -56,7 +68,15 @@ pub(super) async fn peers(
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
     leases_refused(c, &table, store_name);
     let desired = desired_peers(table.entries().filter(|e| e.family() == Family::V4));
-    let Ok(plan) = plan_peers(nl, index, Family::V4, mode, &desired, None).await else {
+    let plan = match path {
+        PeerPath::Vxlan { device, mode } => {
+            plan_peers(nl, device, Family::V4, mode, &desired, None).await
+        }
+        PeerPath::HostGw { underlay, network } => {
+            plan_routed(nl, underlay, IpNetwork::V4(network), &desired).await
+        }
+    };
+    let Ok(plan) = plan else {
         c.add("peers", Status::Warn, "could not read kernel state", "");
         return;
     };
@@ -72,8 +92,13 @@ pub(super) async fn peers(
         + ops.del_fdb.len()
         + direct.del.len();
     let mut how = Vec::new();
-    if let Underlay::Direct(..) = mode {
-        how.push(format!("{} by direct route", plan.direct_peers));
+    match path {
+        PeerPath::Vxlan {
+            mode: Underlay::Direct(..),
+            ..
+        } => how.push(format!("{} by direct route", plan.direct_peers)),
+        PeerPath::HostGw { .. } => how.push("host-gw routes".to_string()),
+        PeerPath::Vxlan { .. } => {}
     }
     if plan.form == RouteForm::Nexthop {
         how.push("routes by nexthop id".to_string());

@@ -123,7 +123,10 @@ pub(super) async fn mtu_chain(
     nl: &Netlink,
 ) {
     let underlay = conf.and_then(|c| c.backend.mtu).or(iface);
-    let expect = underlay.map(|m| m.saturating_sub(VXLAN_OVERHEAD_V4));
+    let host_gw = conf.is_some_and(|c| !c.backend.kind.is_vxlan());
+    // host-gw adds no header: pods get the underlay's MTU.
+    let overhead = if host_gw { 0 } else { VXLAN_OVERHEAD_V4 };
+    let expect = underlay.map(|m| m.saturating_sub(overhead));
     let cni0 = nl.link_by_name("cni0").await.ok().flatten().map(|l| l.mtu);
     let env_mtu = env.and_then(|e| e.mtu);
     let parts = [

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use twill_config::{NetConf, SubnetEnv};
+use twill_config::{BackendType, NetConf, SubnetEnv};
 use twill_dataplane::netlink::Link;
 use twill_dataplane::{ExtIface, Netlink, Underlay};
 use twill_store::LeaseKey;
@@ -21,7 +21,7 @@ mod store;
 
 use bgp::bgp;
 use conflicts::conflicts;
-use dataplane::{blackhole, peers, repair_conflicts, rules};
+use dataplane::{blackhole, peers, repair_conflicts, rules, PeerPath};
 use host::{
     kernel, mtu_chain, other_cnis, privileges, spawn_kernel_probe, vxlan_firewall, vxlan_port,
 };
@@ -168,18 +168,27 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     c.0.splice(kernel_at..kernel_at, verdict.0);
 
     subnet_env(&mut c, &cx);
-    vxlan_device(&mut c, &cx);
+    let host_gw = cx
+        .conf()
+        .is_some_and(|c| c.backend.kind == BackendType::HostGw);
+    if host_gw {
+        host_gw_device(&mut c, &cx);
+    } else {
+        vxlan_device(&mut c, &cx);
+    }
     mtu_chain(
         &mut c,
         cx.conf(),
         cx.underlay.as_ref().map(|(e, _)| e.mtu),
-        cx.device.as_ref().map(|d| d.mtu),
+        cx.device.as_ref().map(|d| d.mtu).filter(|_| !host_gw),
         cx.env.as_ref(),
         &cx.nl,
     )
     .await;
-    vxlan_port(&mut c, cx.conf(), cx.device.is_some());
-    if node.rules.notrack {
+    if !host_gw {
+        vxlan_port(&mut c, cx.conf(), cx.device.is_some());
+    }
+    if node.rules.notrack && !host_gw {
         let port = cx
             .conf()
             .map(|c| c.backend.port)
@@ -189,15 +198,10 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     peer_entries(&mut c, &cx).await;
     if let Some(env) = &cx.env {
         let local = cx.underlay.as_ref().map(|(e, _)| e.addr);
-        rules(
-            &mut c,
-            node.rules,
-            &node.no_masq_cidr,
-            cx.conf(),
-            env,
-            local,
-        )
-        .await;
+        let mut flags = node.rules;
+        // No VXLAN packets to keep out of conntrack.
+        flags.notrack &= !host_gw;
+        rules(&mut c, flags, &node.no_masq_cidr, cx.conf(), env, local).await;
         blackhole(&mut c, &cx.nl, env, node.ip_blackhole_route).await;
     }
     repair_conflicts(&mut c, &node.subnet_file);
@@ -269,6 +273,32 @@ fn subnet_env(c: &mut Checks, cx: &Context<'_>) {
     }
 }
 
+/// host-gw has no device; one of ours still there is the vxlan backend's, left behind.
+fn host_gw_device(c: &mut Checks, cx: &Context<'_>) {
+    let iface = cx
+        .underlay
+        .as_ref()
+        .map_or("the underlay", |(e, _)| e.name.as_str());
+    match &cx.device {
+        None => c.pass(
+            "backend",
+            format!("host-gw: no VXLAN device, peers routed on {iface}"),
+        ),
+        Some(_) => c.add(
+            "backend",
+            Status::Warn,
+            format!(
+                "host-gw, but {} (the vxlan backend's device) is still there",
+                cx.device_name
+            ),
+            format!(
+                "twilld removes it when it starts with host-gw; by hand: ip link del {}",
+                cx.device_name
+            ),
+        ),
+    }
+}
+
 fn vxlan_device(c: &mut Checks, cx: &Context<'_>) {
     let name = &cx.device_name;
     match &cx.device {
@@ -295,23 +325,42 @@ fn vxlan_device(c: &mut Checks, cx: &Context<'_>) {
 }
 
 /// Every peer's entries on our device (and direct routes where twilld keeps them: with
-/// DirectRouting).
+/// DirectRouting), or under host-gw its routes on the underlay.
 async fn peer_entries(c: &mut Checks, cx: &Context<'_>) {
-    let (Some(d), Some(l)) = (&cx.device, &cx.store.leases) else {
+    let Some(l) = &cx.store.leases else {
         return;
     };
-    let mode = match (cx.conf(), &cx.underlay) {
-        (Some(conf), Some((e, _))) if conf.backend.direct_routing => match conf.network4() {
-            Some(n) => Underlay::Direct(e.index, ipnetwork::IpNetwork::V4(n)),
-            None => Underlay::Skip,
-        },
-        _ => Underlay::Skip,
+    let underlay = cx.underlay.as_ref().map(|(e, _)| e.index);
+    let network = cx.conf().and_then(|c| c.network4());
+    let path = match (cx.conf(), underlay, network) {
+        (Some(conf), Some(u), Some(n)) if conf.backend.kind == BackendType::HostGw => {
+            PeerPath::HostGw {
+                underlay: u,
+                network: n,
+            }
+        }
+        (Some(conf), ..) if conf.backend.kind == BackendType::HostGw => return,
+        (conf, ..) => {
+            let Some(d) = &cx.device else {
+                return;
+            };
+            let mode = match (conf, underlay, network) {
+                (Some(conf), Some(u), Some(n)) if conf.backend.direct_routing => {
+                    Underlay::Direct(u, ipnetwork::IpNetwork::V4(n))
+                }
+                _ => Underlay::Skip,
+            };
+            PeerPath::Vxlan {
+                device: d.index,
+                mode,
+            }
+        }
     };
     peers(
         c,
         &cx.nl,
-        d.index,
-        mode,
+        path,
+        underlay,
         cx.conf(),
         cx.own_key.as_ref(),
         matches!(cx.node.store, StoreOptions::Kube(_)),

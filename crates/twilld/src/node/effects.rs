@@ -157,6 +157,7 @@ impl<S: SubnetManager> Node<S> {
         match lease_policy(
             self.dp.netlink(),
             &self.dp.device_indices(),
+            Some(self.facts.underlay.index),
             &self.req.conf,
             kube,
         )

@@ -102,8 +102,8 @@ impl<S: SubnetManager> Node<S> {
             // underlay count as ours (direct routes, DirectRouting or leftovers); it may
             // have moved.
             if let Some(m) = &monitor {
-                let names = self.dp.config().overlays().map(|(_, o)| &o.vxlan.name);
-                if !names.eq(watched.iter()) {
+                let names = self.dp.config().devices();
+                if !names.eq(watched.iter().map(String::as_str)) {
                     let devices = self.dp.devices();
                     m.set_devices(&devices);
                     watched = devices.into_iter().map(|(n, _)| n).collect();

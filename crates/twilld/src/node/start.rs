@@ -65,6 +65,9 @@ pub async fn start<S: SubnetManager>(
     let previous = read_previous(&opts.node.subnet_file);
     let fw = firewall(conf.enable_nftables)?;
     let mut dp = Dataplane::new(nl, settings.dataplane.clone(), fw);
+    if settings.dataplane.is_host_gw() {
+        remove_vxlan_devices(dp.netlink()).await;
+    }
     let devices = dp
         .ensure_devices()
         .await
@@ -100,7 +103,15 @@ pub async fn start<S: SubnetManager>(
         Err(e) => warn!("rules not in place yet, will retry every resync: {e}"),
     }
     let kube = opts.kube_subnet_mgr().then_some(&held.key);
-    let policy = lease_policy(dp.netlink(), &dp.device_indices(), &req.conf, kube).await?;
+    let underlay = Some(facts.underlay.index);
+    let policy = lease_policy(
+        dp.netlink(),
+        &dp.device_indices(),
+        underlay,
+        &req.conf,
+        kube,
+    )
+    .await?;
     let mut table = PeerTable::with_policy(policy);
     table.set_own(held.key, held.attrs.clone());
     let state = State::new(std::time::Instant::now(), opts.resync);
@@ -129,6 +140,22 @@ pub async fn start<S: SubnetManager>(
     };
     node.announce();
     node.run_loop(cancel).await
+}
+
+/// host-gw after vxlan (an earlier run's, or flanneld's): the vxlan backend's devices go,
+/// and their peer routes, neighbours and FDB entries with them, so the two backends never
+/// both route a peer. A failure is logged; the node still comes up.
+async fn remove_vxlan_devices(nl: &Netlink) {
+    let devices = match nl.flannel_vxlan_devices().await {
+        Ok(d) => d,
+        Err(e) => return warn!("looking for the vxlan backend's devices: {e}"),
+    };
+    for d in devices {
+        match nl.delete_link(&d.name).await {
+            Ok(_) => info!(device = %d.name, "removed: host-gw has no use for the vxlan backend's device"),
+            Err(e) => warn!("removing {}: {e}", d.name),
+        }
+    }
 }
 
 /// The rules driver net-conf.json asks for. What the other one left (an earlier run in the
