@@ -3,9 +3,7 @@
 //! device (`flannel.1` over IPv4, `flannel-v6.1` over IPv6), as flanneld builds it; the
 //! real flanneld beside twilld on both families; repairs and restarts of the IPv6 half.
 
-use std::process::{Command, Stdio};
-
-use twill_e2e::{dies_with_the_test, seen_source, Cluster, Pod, ETCD_IP, ETCD_IP6};
+use twill_e2e::{ip6, seen_source, tcp_from, Cluster, ETCD_IP, ETCD_IP6};
 use twill_testutil::{require_root, wait_until, Netns};
 
 const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
@@ -56,75 +54,10 @@ fn cluster(tag: &str, flanneld: &[bool]) -> Cluster {
     c
 }
 
-fn ip6(p: &Pod) -> &str {
-    p.ip6.as_deref().expect("the pod has an IPv6 address")
-}
-
-/// Every pod pings every other's address of both families.
-fn assert_mesh_both(c: &Cluster) {
-    c.assert_full_mesh();
-    let n = c.pods.len();
-    for a in 0..n {
-        for b in 0..n {
-            if a == b {
-                continue;
-            }
-            let to = ip6(c.pod(b));
-            assert!(
-                c.pod(a)
-                    .ns
-                    .try_sh(&format!("ping -6 -c 2 -i 0.2 -W 2 -q {to}")),
-                "pod {} cannot reach pod {} at {to}\n{}",
-                a + 1,
-                b + 1,
-                c.nodes[a].log()
-            );
-        }
-    }
-}
-
-/// A TCP connection from `from` to `addr` in `to` (iperf3 for a second): the peer address
-/// the server accepted it from.
-fn tcp_from(from: &Netns, to: &Netns, addr: &str) -> String {
-    let mut server = Command::new("ip");
-    server
-        .args([
-            "netns",
-            "exec",
-            &to.name,
-            "timeout",
-            "20",
-            "iperf3",
-            "-s",
-            "-1",
-            "--forceflush",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    dies_with_the_test(&mut server);
-    let server = server.spawn().unwrap();
-    let target = if addr.contains(':') {
-        format!("-6 -c {addr}")
-    } else {
-        format!("-c {addr}")
-    };
-    wait_until(10, "the iperf3 server listening", || {
-        from.try_sh(&format!("iperf3 {target} -t 1 2>&1 | grep -q receiver"))
-    });
-    let out = server.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // "Accepted connection from 10.244.3.2, port 45678"
-    text.lines()
-        .find_map(|l| l.strip_prefix("Accepted connection from "))
-        .and_then(|l| l.split(',').next())
-        .unwrap_or_else(|| panic!("no connection accepted: {text}"))
-        .to_string()
-}
-
 #[test]
 fn dual_stack_pods_reach_each_other_on_both_families_without_nat() {
     let c = cluster("ds-mesh", &[false, false, false]);
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
 
     for (i, node) in c.nodes.iter().enumerate() {
         let n = i + 1;
@@ -171,13 +104,6 @@ fn dual_stack_pods_reach_each_other_on_both_families_without_nat() {
 }
 
 /// The node's FLANNEL_IPV6_SUBNET as a route destination, e.g. "fd00:10:244:2a::/64".
-fn subnet6(node: &twill_e2e::Node) -> String {
-    let env = std::fs::read_to_string(node.subnet_env()).unwrap();
-    env.lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
-        .expect("FLANNEL_IPV6_SUBNET")
-        .replace("::1/", "::/")
-}
 
 fn mac_of(ns: &Netns, dev: &str) -> String {
     ns.sh(&format!("cat /sys/class/net/{dev}/address"))
@@ -188,8 +114,8 @@ fn mac_of(ns: &Netns, dev: &str) -> String {
 #[test]
 fn ipv6_entries_rules_and_device_are_repaired_and_restarts_keep_both_macs() {
     let mut c = cluster("ds-fix", &[false, false]);
-    assert_mesh_both(&c);
-    let peer = subnet6(&c.nodes[1]);
+    c.assert_mesh_both();
+    let peer = c.nodes[1].lease6();
     let vtep = peer.trim_end_matches("/64").to_string();
     let peer_mac = mac_of(&c.nodes[1].ns, "flannel-v6.1");
     let routes = |c: &Cluster| c.nodes[0].ns.sh("ip -6 route show dev flannel-v6.1");
@@ -242,7 +168,7 @@ fn ipv6_entries_rules_and_device_are_repaired_and_restarts_keep_both_macs() {
         c.nodes[0].log().contains("flannel-v6.1"),
         "the repair is logged"
     );
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
 
     // A reboot: the daemon gone, both devices gone with it. Both MACs come back from the
     // lease (BackendData, BackendV6Data), so no peer needs an FDB update.
@@ -260,7 +186,7 @@ fn ipv6_entries_rules_and_device_are_repaired_and_restarts_keep_both_macs() {
             && mac_of(&c.nodes[0].ns, "flannel-v6.1") == mine
             && routes(&c).contains(&peer)
     });
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
 }
 
 /// The real flanneld v0.28.9 on one node of three, dual stack: each daemon reads the
@@ -270,7 +196,7 @@ fn ipv6_entries_rules_and_device_are_repaired_and_restarts_keep_both_macs() {
 fn dual_stack_beside_the_real_flanneld() {
     twill_e2e::flanneld_bin();
     let c = cluster("ds-fl", &[false, false, true]);
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
     let lease = c.lease_value(2).expect("flanneld's lease");
     let mac6 = mac_of(&c.nodes[2].ns, "flannel-v6.1");
     assert_eq!(lease["BackendV6Data"]["VtepMAC"], mac6.as_str(), "{lease}");
@@ -344,7 +270,7 @@ fn dual_stack_in_kubernetes_mode() {
             format!("2001:2::{}", i + 1)
         );
     }
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
 }
 
 /// SIGHUP turns IPv6 on (the IPv6 device, a dual-stack lease keeping the IPv4 subnet,
@@ -394,7 +320,7 @@ fn sighup_turns_ipv6_on_and_off() {
         c.remove_pod(i);
         c.add_pod(i);
     }
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
 
     std::fs::write(&path, v4only).unwrap();
     for n in &c.nodes {
@@ -439,7 +365,7 @@ fn direct_routing_on_both_families() {
     for i in 0..2 {
         c.add_pod(i);
     }
-    let peer6 = subnet6(&c.nodes[1]);
+    let peer6 = c.nodes[1].lease6();
     let want = format!("{peer6} via 2001:2::2");
     wait_until(20, "a direct IPv6 route to the peer", || {
         c.nodes[0]
@@ -463,7 +389,7 @@ fn direct_routing_on_both_families() {
             .unwrap()
     };
     let before = tx(&c);
-    assert_mesh_both(&c);
+    c.assert_mesh_both();
     assert_eq!(tx(&c), before, "IPv6 pod traffic went around the tunnel");
     // Deleted: put back like the IPv4 one.
     c.nodes[0]

@@ -223,6 +223,15 @@ impl Node {
         format!("{}.{}.{}.{}/{len}", o[0], o[1], o[2], o[3])
     }
 
+    /// FLANNEL_IPV6_SUBNET's network, e.g. "fd00:10:244:3::/64".
+    pub fn lease6(&self) -> String {
+        let env = std::fs::read_to_string(self.subnet_env()).unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+            .expect("FLANNEL_IPV6_SUBNET")
+            .replace("::1/", "::/")
+    }
+
     /// The destinations routed into flannel.1 (the peers' subnets), sorted.
     pub fn vxlan_subnets(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -495,6 +504,29 @@ impl Cluster {
         }
     }
 
+    /// Every pod pings every other's address of both families (a dual-stack cluster).
+    pub fn assert_mesh_both(&self) {
+        self.assert_full_mesh();
+        let n = self.pods.len();
+        for a in 0..n {
+            for b in 0..n {
+                if a == b {
+                    continue;
+                }
+                let to = ip6(self.pod(b));
+                assert!(
+                    self.pod(a)
+                        .ns
+                        .try_sh(&format!("ping -6 -c 2 -i 0.2 -W 2 -q {to}")),
+                    "pod {} cannot reach pod {} at {to}\n{}",
+                    a + 1,
+                    b + 1,
+                    self.nodes[a].log()
+                );
+            }
+        }
+    }
+
     /// A /24 network address in 10.244.240.0–10.244.254.0 that no node holds (leases are
     /// random, so a fixed "stale" subnet could be a live one).
     pub fn unleased_subnet(&self) -> String {
@@ -707,4 +739,47 @@ pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> 
     let (ok, out) = run_plugin(node, plugin, &env, conf);
     assert!(ok, "CNI {cmd} failed: {out}");
     out
+}
+
+/// A dual-stack pod's IPv6 address.
+pub fn ip6(p: &Pod) -> &str {
+    p.ip6.as_deref().expect("the pod has an IPv6 address")
+}
+
+/// A TCP connection from `from` to `addr` in `to` (iperf3 for a second): the peer address
+/// the server accepted it from.
+pub fn tcp_from(from: &Netns, to: &Netns, addr: &str) -> String {
+    let mut server = Command::new("ip");
+    server
+        .args([
+            "netns",
+            "exec",
+            &to.name,
+            "timeout",
+            "20",
+            "iperf3",
+            "-s",
+            "-1",
+            "--forceflush",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    dies_with_the_test(&mut server);
+    let server = server.spawn().unwrap();
+    let target = if addr.contains(':') {
+        format!("-6 -c {addr}")
+    } else {
+        format!("-c {addr}")
+    };
+    wait_until(10, "the iperf3 server listening", || {
+        from.try_sh(&format!("iperf3 {target} -t 1 2>&1 | grep -q receiver"))
+    });
+    let out = server.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "Accepted connection from 10.244.3.2, port 45678"
+    text.lines()
+        .find_map(|l| l.strip_prefix("Accepted connection from "))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("no connection accepted: {text}"))
+        .to_string()
 }

@@ -182,7 +182,7 @@ async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mu
     let Ok(ext) = twill_dataplane::select_underlay(nl, &node.iface).await else {
         return;
     };
-    for net in env.networks.iter().copied() {
+    for net in env.networks.iter().chain(&env.ipv6_networks).copied() {
         let Ok(u) = nl.read_underlay(ext.index, net).await else {
             continue;
         };
