@@ -29,17 +29,18 @@ fn cluster(
     ns: &str,
     sa: &str,
 ) -> (Cluster, ControlPlane, Vec<String>) {
-    mixed(tag, &vec![false; n], manifest, ns, sa)
+    mixed(tag, &vec![false; n], manifest, ns, sa, NET_CONF)
 }
 
 /// [`cluster`] with the real flanneld (in Kubernetes mode too) on the nodes where
-/// `flanneld[i]`.
+/// `flanneld[i]`, all on `net_conf`.
 fn mixed(
     tag: &str,
     flanneld: &[bool],
     manifest: &str,
     ns: &str,
     sa: &str,
+    net_conf: &str,
 ) -> (Cluster, ControlPlane, Vec<String>) {
     require_root();
     let mut c = Cluster::new(tag);
@@ -56,7 +57,7 @@ fn mixed(
         Some(manifest),
     );
     let conf = c.dir.path().join("net-conf.json");
-    std::fs::write(&conf, NET_CONF).unwrap();
+    std::fs::write(&conf, net_conf).unwrap();
     let kubeconfig = c.dir.path().join("sa.kubeconfig");
     cp.service_account_kubeconfig(ns, sa, &kubeconfig);
     let mut cidrs = Vec::new();
@@ -192,6 +193,7 @@ fn twilld_and_flanneld_nodes_on_one_real_api_server() {
         &flannel,
         "kube-flannel",
         "flannel",
+        NET_CONF,
     );
     wait_until(20, "every node routes to every other", || {
         (0..3).all(|i| c.nodes[i].vxlan_subnets().len() == 2)
@@ -202,6 +204,35 @@ fn twilld_and_flanneld_nodes_on_one_real_api_server() {
     );
     assert!(c.nodes[0].vxlan_subnets().contains(&cidrs[2]));
     c.assert_full_mesh();
+}
+
+/// host-gw in Kubernetes mode: twilld publishes the annotations flanneld publishes
+/// (`backend-type: host-gw`, `backend-data: null`), and each routes the other's podCIDR via
+/// its node address.
+#[test]
+fn host_gw_twilld_and_flanneld_nodes_on_one_real_api_server() {
+    let flannel =
+        std::fs::read_to_string(twill_e2e::reference_bin("flanneld", "kube-flannel.yml")).unwrap();
+    let (c, cp, cidrs) = mixed(
+        "krh",
+        &[false, false, true],
+        &flannel,
+        "kube-flannel",
+        "flannel",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    for i in 0..3 {
+        for k in (0..3).filter(|k| *k != i) {
+            let want = format!("{} via {}", cidrs[k], c.nodes[k].ip);
+            let routes = c.nodes[i].ns.sh("ip -4 route show dev eth0");
+            assert!(routes.contains(&want), "node {}: {routes}", i + 1);
+        }
+        assert_eq!(c.nodes[i].ns.sh("ip -br link show type vxlan"), "");
+    }
+    for node in ["krh-node1", "krh-node3"] {
+        assert_eq!(annotation(&cp, node, "backend-type"), "host-gw", "{node}");
+        assert_eq!(annotation(&cp, node, "backend-data"), "null", "{node}");
+    }
 }
 
 /// One twilld node among two flanneld nodes in Kubernetes mode, and a flanneld node moved
@@ -216,6 +247,7 @@ fn a_flanneld_node_moves_to_twilld_and_back_on_a_real_api_server() {
         &flannel,
         "kube-flannel",
         "flannel",
+        NET_CONF,
     );
     let mac = c.nodes[2].vtep_mac();
     let pinger = c.pod(1).ns.name.clone();
