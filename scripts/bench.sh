@@ -11,7 +11,8 @@
 #   5. data plane: iperf3 pod->pod over twilld's overlay vs the hand-built flannel overlay of
 #      ../shared/netlab.sh (same run, alternating) vs the raw underlay, 1 and 4 streams;
 #      5b. variants (VXLAN untracked, GRO, UDP checksum, jumbo frames, DirectRouting)
-#      against the default, as overlay/underlay ratios
+#      against the default, as overlay/underlay ratios; 5c. the host-gw backend against
+#      vxlan and the underlay
 #   7. Kubernetes mode: one twilld against the fake nodes API with 1 000 then 5 000 peer
 #      nodes: time to program them, peak RSS, CPU for 5 000 status-only updates
 #   8. repair: deletion -> repair time per kind (p50/p99 over 200), and pings lost at a
@@ -229,6 +230,38 @@ elif [[ -x $NETLAB ]] && ! ip netns list | grep -qE '^(n1|p1|underlay)( |$)'; th
   ratio "Backend.DirectRouting (nodes on one L2 segment: no encapsulation)"
   direct_routing "$LAB_CONFIG"
   while (( $(routes 1) < 2 || $(routes 2) < 2 )); do sleep 0.05; done
+
+  # 5c. flannel's host-gw backend against vxlan and the raw underlay. Nodes 1 and 2 switch
+  # backends by SIGHUP once per round (node 3 stays on vxlan: each side refuses the
+  # other's leases); each round measures both backends and the underlay back to back.
+  echo "== 5c. host-gw backend, 1 stream, 5 s, $IPERF_ROUNDS rounds: ratios per round"
+  hostgw_conf=$(jq -c '.Backend = {"Type": "host-gw"}' <<< "$LAB_CONFIG")
+  hg_routes() { ip -n "$LAB_PREFIX-n$1" route show dev eth0 | grep -c ' via ' || true; }
+  backend() { # backend host-gw|vxlan: nodes 1 and 2 reload it, until each routes the other
+    if [[ $1 == host-gw ]]; then
+      direct_routing "$hostgw_conf"
+      while (( $(hg_routes 1) < 1 || $(hg_routes 2) < 1 )); do sleep 0.05; done
+    else
+      direct_routing "$LAB_CONFIG"
+      while (( $(routes 1) < 2 || $(routes 2) < 2 || $(hg_routes 1) > 0 )); do sleep 0.05; done
+    fi
+  }
+  : > "/tmp/$P/hu"; : > "/tmp/$P/hv"
+  backend host-gw; current=host-gw
+  for r in $(seq "$IPERF_ROUNDS"); do
+    declare -A g=()
+    g[$current]=$(gbps "$LAB_PREFIX-p1" "$ours" 1 5)
+    u=$(gbps "$LAB_PREFIX-n1" 198.18.0.2 1 5)
+    current=$([[ $current == host-gw ]] && echo vxlan || echo host-gw)
+    backend "$current"
+    g[$current]=$(gbps "$LAB_PREFIX-p1" "$ours" 1 5)
+    echo "${g[host-gw]} $u" >> "/tmp/$P/hu"; echo "${g[host-gw]} ${g[vxlan]}" >> "/tmp/$P/hv"
+  done
+  [[ $current == vxlan ]] || backend vxlan
+  printf '| host-gw | vxlan | underlay | host-gw/underlay | host-gw/vxlan |\n|---|---|---|---|---|\n'
+  printf '| %.2f Gbit/s | %.2f Gbit/s | %.2f Gbit/s | %s | %s |\n' \
+    "$(awk '{print $1}' "/tmp/$P/hu" | median)" "$(awk '{print $2}' "/tmp/$P/hv" | median)" \
+    "$(awk '{print $2}' "/tmp/$P/hu" | median)" "$(ratios "/tmp/$P/hu")" "$(ratios "/tmp/$P/hv")"
   for f in /tmp/$P/iperf-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; done
 else
   echo "== 5. skipped: $NETLAB missing, or its namespaces (n1, p1, underlay) are in use"

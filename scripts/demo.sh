@@ -5,17 +5,20 @@
 #   scripts/demo.sh --keep       leave it running and print how to look inside
 #   scripts/demo.sh --dual-stack the same on both families: an IPv6 underlay beside the
 #                                IPv4 one, pods with an address of each (any order of flags)
+#   scripts/demo.sh --host-gw    flannel's host-gw backend: no VXLAN device, a route per
+#                                peer via its node address (combines with --dual-stack)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keep=0 dual=0
+keep=0 dual=0 backend=vxlan
 for a in "$@"; do
   case $a in
     --keep) keep=1 ;;
     --dual-stack) dual=1 ;;
-    *) echo "demo: unknown argument $a (--keep, --dual-stack)" >&2; exit 2 ;;
+    --host-gw) backend=host-gw ;;
+    *) echo "demo: unknown argument $a (--keep, --dual-stack, --host-gw)" >&2; exit 2 ;;
   esac
 done
-export LAB_DUAL=$dual
+export LAB_DUAL=$dual LAB_BACKEND=$backend
 
 bash scripts/setup.sh
 cargo build --release -q -p twilld -p twill-cni
@@ -45,7 +48,7 @@ if ((keep)); then
   cat <<EOT
 
 The lab is up. Look inside with, e.g.:
-  ip netns exec $LAB_PREFIX-n1 ip route          # peer routes via flannel.1
+  ip netns exec $LAB_PREFIX-n1 ip route          # peer routes (via flannel.1, or eth0 with host-gw)
   ip netns exec $LAB_PREFIX-p1 ping $(addr n2 .)         # pod on n1 -> pod on n2
   cat /tmp/$LAB_PREFIX/n1/twilld.log             # daemon log
 Tear it down with:

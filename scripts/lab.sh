@@ -18,7 +18,8 @@
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
 # LAB_NETWORK (default 10.244.0.0/16), LAB_CONFIG (the whole net-conf.json instead),
 # LAB_TWILLD_ARGS (extra twilld flags), LAB_DUAL=1 (dual stack: an IPv6 underlay beside
-# the IPv4 one, EnableIPv6 with LAB_NETWORK6, default fd00:10:244::/56).
+# the IPv4 one, EnableIPv6 with LAB_NETWORK6, default fd00:10:244::/56), LAB_BACKEND
+# (vxlan, the default, or host-gw).
 set -euo pipefail
 
 P=${LAB_PREFIX:-twlab}
@@ -32,6 +33,7 @@ ETCD_EP=http://$ETCD_IP:2379
 NETWORK=${LAB_NETWORK:-10.244.0.0/16}
 DUAL=${LAB_DUAL:-0}
 NETWORK6=${LAB_NETWORK6:-fd00:10:244::/56}
+BACKEND=${LAB_BACKEND:-vxlan}
 
 log() { printf '%s\n' "$*"; }
 die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
@@ -126,9 +128,9 @@ up() {
   start_etcd
   local conf=${LAB_CONFIG:-}
   if [[ -z $conf ]] && ((DUAL)); then
-    conf="{\"Network\":\"$NETWORK\",\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":{\"Type\":\"vxlan\"}}"
+    conf="{\"Network\":\"$NETWORK\",\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":{\"Type\":\"$BACKEND\"}}"
   fi
-  [[ -n $conf ]] || conf="{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}"
+  [[ -n $conf ]] || conf="{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"$BACKEND\"}}"
   nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config "$conf" >/dev/null
   log "etcd up at $ETCD_EP (netns $P-etcd), config written"
   for n in $(seq "$count"); do
@@ -180,6 +182,12 @@ status() {
   nsx etcd etcdctl --endpoints "$ETCD_EP" get --prefix /coreos.com/network/subnets/ | paste - - | sed 's/^/  /'
   for n in $(seq "$(nodes)"); do
     log "== n$n"
+    if ! nsx "n$n" ip link show flannel.1 >/dev/null 2>&1; then
+      # host-gw: no device, a route per peer subnet via the peer's address.
+      nsx "n$n" ip route show dev eth0 | grep ' via ' | sed 's/^/  route /' || true
+      nsx "n$n" ip -6 route show dev eth0 | grep ' via ' | sed 's/^/  route /' || true
+      continue
+    fi
     nsx "n$n" ip -br addr show dev flannel.1 | sed 's/^/  /'
     nsx "n$n" ip route show dev flannel.1 | sed 's/^/  route /'
     nsx "n$n" ip neigh show dev flannel.1 | sed 's/^/  neigh /'

@@ -209,7 +209,9 @@ fn host_gw_nodes_route_pods_on_both_families_without_encapsulation() {
     assert!(ok, "{out}");
     for net in ["10.244.0.0/16", "fd00:10:244::/56"] {
         assert!(
-            out.contains(&format!("removed: 1 direct routes to {net} subnets on eth0")),
+            out.contains(&format!(
+                "removed: 1 direct routes to {net} subnets on eth0"
+            )),
             "{out}"
         );
     }
@@ -243,8 +245,11 @@ fn host_gw_beside_the_real_flanneld_and_a_node_programmed_by_hand() {
     ));
     for k in 0..3 {
         let peer = &c.nodes[k];
-        node.ns
-            .sh(&format!("ip route add {} via {} dev eth0", peer.lease(), peer.ip));
+        node.ns.sh(&format!(
+            "ip route add {} via {} dev eth0",
+            peer.lease(),
+            peer.ip
+        ));
     }
     c.etcd.ctl(&[
         "put",
@@ -282,7 +287,11 @@ fn switching_between_vxlan_and_host_gw_leaves_nothing_behind() {
     );
     let both = [0, 1];
     let notrack = |node: &Node| node.ns.sh("iptables-save -t raw | grep -c NOTRACK || true");
-    assert_ne!(notrack(&c.nodes[0]).trim(), "0", "vxlan keeps its packets untracked");
+    assert_ne!(
+        notrack(&c.nodes[0]).trim(),
+        "0",
+        "vxlan keeps its packets untracked"
+    );
 
     // SIGHUP: vxlan -> host-gw.
     c.put_config(HOST_GW);
@@ -293,9 +302,14 @@ fn switching_between_vxlan_and_host_gw_leaves_nothing_behind() {
         wait_until(20, "host-gw after SIGHUP", || {
             vxlan_devices(&c.nodes[i]).is_empty()
                 && routes(&c.nodes[i]) == expected(&c, i, &both)
-                && c.lease_value(i).is_some_and(|l| l["BackendType"] == "host-gw")
+                && c.lease_value(i)
+                    .is_some_and(|l| l["BackendType"] == "host-gw")
         });
-        assert_eq!(notrack(&c.nodes[i]).trim(), "0", "no VXLAN flows to untrack");
+        assert_eq!(
+            notrack(&c.nodes[i]).trim(),
+            "0",
+            "no VXLAN flows to untrack"
+        );
         let env = std::fs::read_to_string(c.nodes[i].subnet_env()).unwrap();
         assert!(env.contains("FLANNEL_MTU=1500\n"), "{env}");
     }

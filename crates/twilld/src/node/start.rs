@@ -152,7 +152,9 @@ async fn remove_vxlan_devices(nl: &Netlink) {
     };
     for d in devices {
         match nl.delete_link(&d.name).await {
-            Ok(_) => info!(device = %d.name, "removed: host-gw has no use for the vxlan backend's device"),
+            Ok(_) => {
+                info!(device = %d.name, "removed: host-gw has no use for the vxlan backend's device")
+            }
             Err(e) => warn!("removing {}: {e}", d.name),
         }
     }
