@@ -103,8 +103,6 @@ fn dual_stack_pods_reach_each_other_on_both_families_without_nat() {
     assert_eq!(seen_source(&p0.ns, ETCD_IP, etcd, "eth0"), "198.18.0.1");
 }
 
-/// The node's FLANNEL_IPV6_SUBNET as a route destination, e.g. "fd00:10:244:2a::/64".
-
 fn mac_of(ns: &Netns, dev: &str) -> String {
     ns.sh(&format!("cat /sys/class/net/{dev}/address"))
         .trim()
