@@ -6,7 +6,7 @@
 # one again within 30 s is what twilld treats as a fight with another agent (and backs off
 # from), which is measured by the e2e test, not here.
 # Prints, per kind, the time from deletion to repair (p50/p99); the first repair of each
-# flushed chain; and the pings lost (10 ms interval) while a receiver's route back to the
+# flushed chain; a host-gw route's (the lab switched to host-gw); and the pings lost (10 ms interval) while a receiver's route back to the
 # sender is deleted, once for each ordered pair of the 3 pods.
 # Prints figures, asserts nothing. Run as root; BIN picks the binaries (target/release).
 set -euo pipefail
@@ -61,6 +61,25 @@ kind "FDB entry" "bridge fdb del {mac} dev flannel.1 dst {dst}" "bridge fdb show
 fwd=$(repair_ms "iptables -F FLANNEL-FWD" "iptables -S FLANNEL-FWD | grep -q ACCEPT")
 nat=$(repair_ms "iptables -t nat -F FLANNEL-POSTRTG" "iptables -t nat -S FLANNEL-POSTRTG | grep -q RETURN")
 echo "chain flushed: filter FLANNEL-FWD back after $fwd ms, nat FLANNEL-POSTRTG after $nat ms"
+
+# host-gw: the lab switched by SIGHUP (the injected vxlan peers are then refused); each
+# node's routes to the two others deleted once each, on the node, as above.
+ns etcd etcdctl --endpoints http://198.18.0.100:2379 put /coreos.com/network/config \
+  "$(jq -c '.Backend = {"Type": "host-gw"}' <<< "$LAB_CONFIG")" >/dev/null
+for n in 1 2 3; do kill -HUP "$(cat "$S/n$n/twilld.pid")"; done
+hg_routes() { ns "n$1" ip route show dev eth0 | awk '/ via / {print $1}'; }
+for n in 1 2 3; do until (( $(hg_routes "$n" | wc -l) == 2 )); do sleep 0.05; done; done
+: > "$S/t.txt"
+for n in 1 2 3; do
+  for net in $(hg_routes "$n"); do
+    ns "n$n" sh -c "ip route del $net dev eth0 && s=\$(date +%s%N) && until ip route show $net dev eth0 | grep -q .; do :; done && echo \$(( (\$(date +%s%N) - s) / 1000000 ))" >> "$S/t.txt"
+  done
+done
+printf '| host-gw route (the lab on host-gw, %s routes) | %s ms | %s ms | %s ms |\n' "$(wc -l < "$S/t.txt")" \
+  "$(pct 50 < "$S/t.txt")" "$(pct 99 < "$S/t.txt")" "$(sort -n "$S/t.txt" | tail -1)"
+ns etcd etcdctl --endpoints http://198.18.0.100:2379 put /coreos.com/network/config "$LAB_CONFIG" >/dev/null
+for n in 1 2 3; do kill -HUP "$(cat "$S/n$n/twilld.pid")"; done
+for n in 1 2 3; do until (( $(ns "n$n" ip route show dev flannel.1 | wc -l) >= N + 2 )); do sleep 0.05; done; done
 
 # Pings from one pod to another every 10 ms while, on the receiver's node, the route back
 # to the sender's subnet is deleted once; each ordered pair of pods is one sample.
