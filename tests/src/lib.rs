@@ -367,6 +367,11 @@ impl Cluster {
         attach_as(&self.ul, &self.nodes[i].ns, &port, dev, ip);
     }
 
+    /// The underlay switch's namespace (bridge `br0`, a port `ul-n<n>` per node).
+    pub fn switch(&self) -> &Netns {
+        &self.ul
+    }
+
     /// The etcd namespace itself.
     pub fn etcd_host(&self) -> &Netns {
         &self.etcd_ns

@@ -119,6 +119,18 @@ pub struct Cli {
     /// net-conf.json's NonMasqueradeCIDRs.
     #[arg(long, global = true, env = "FLANNELD_NO_MASQ_CIDR", action = ArgAction::Append, value_delimiter = ',')]
     pub no_masq_cidr: Vec<IpNetwork>,
+    /// Seconds between two probes of each peer (ICMP echo over the overlay, over the
+    /// underlay, and at the full pod MTU with DF); 0 turns probing off.
+    #[arg(long, env = "TWILLD_PEER_PROBE_INTERVAL", default_value_t = 10)]
+    pub peer_probe_interval: u64,
+    /// Seconds a probe waits for its answer (a lost one is tried once more).
+    #[arg(long, env = "TWILLD_PEER_PROBE_TIMEOUT", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub peer_probe_timeout: u64,
+    /// /readyz says 503 until this fraction (0 to 1) of the peers answers over the overlay.
+    /// Off by default, as flannel's /readyz.
+    #[arg(long, env = "TWILLD_READY_REQUIRES_PEERS", value_parser = parse_fraction)]
+    pub ready_requires_peers: Option<f64>,
     /// Seconds between full reconciles of rules and kernel state.
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -294,6 +306,10 @@ pub enum Command {
     Doctor(crate::doctor::Doctor),
     /// Run as an ExaBGP `process`: print announce/withdraw lines for every lease in etcd.
     ExabgpFeed(crate::exabgp::ExabgpFeed),
+    /// One screen from the running twilld (through its control socket beside
+    /// --subnet-file): lease, peers reachable over the overlay, rules, BGP, repairs,
+    /// refused leases. Exits 1 when it is not ready or a peer is unreachable.
+    Status(crate::status::StatusArgs),
 }
 
 /// Where the DaemonSet mounts net-conf.json; flannel's default in Kubernetes mode.
@@ -346,6 +362,12 @@ impl Cli {
             },
             healthz: addr(self.healthz_ip, self.healthz_port),
             metrics: addr(self.metrics_ip, self.metrics_port),
+            probes: crate::probes::ProbeOptions {
+                interval: (self.peer_probe_interval > 0)
+                    .then(|| Duration::from_secs(self.peer_probe_interval)),
+                timeout: Duration::from_secs(self.peer_probe_timeout),
+                ready_fraction: self.ready_requires_peers,
+            },
         }
     }
 
@@ -502,6 +524,13 @@ fn parse_peers(s: &str) -> Result<BgpPeers, String> {
     twill_config::BgpPeer::parse_list("--bgp-peers", s)
         .map(BgpPeers)
         .map_err(|e| e.to_string())
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }
 
 fn parse_asn(s: &str) -> Result<u32, String> {

@@ -24,6 +24,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     for (a, paths) in crate::http::listeners(opts.healthz, opts.metrics) {
         crate::http::serve(a, paths, tel.clone(), cancel.clone()).await?;
     }
+    let control = crate::status::control_socket(&opts.node.subnet_file);
+    if let Err(e) = crate::http::serve_control(&control, tel.clone(), cancel.clone()).await {
+        warn!("no control socket, twilld status and doctor's overlay check cannot ask: {e:#}");
+    }
     let beat = || tel.beat();
     let patience = Patience {
         cancel: &cancel,

@@ -42,6 +42,56 @@ async fn metrics(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
     )
 }
 
+/// `twilld status`'s document: the main loop's part and the probes', with readiness,
+/// rules and BGP as the daemon last saw them.
+async fn status(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
+    let st = crate::status::Status {
+        node: t.status.lock().expect("not poisoned").clone(),
+        not_ready: t.not_ready(),
+        rules_in_place: t.ready.lock().expect("not poisoned").rules,
+        bgp: t
+            .bgp_sessions
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(peer, up)| crate::status::BgpSession {
+                peer: peer.clone(),
+                established: *up,
+            })
+            .collect(),
+        probes: t.probes.lock().expect("not poisoned").snapshot(),
+    };
+    axum::Json(st)
+}
+
+/// The control socket (`twilld status`, `doctor`): root's only, as the node's own state
+/// is. A socket left by an earlier run is replaced.
+pub async fn serve_control(
+    path: &std::path::Path,
+    telemetry: Arc<Telemetry>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let app = Router::new()
+        .route("/status", get(status))
+        .with_state(telemetry);
+    let owned = path.to_path_buf();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        let _ = std::fs::remove_file(owned);
+    });
+    Ok(())
+}
+
 /// What one listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paths {

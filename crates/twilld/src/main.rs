@@ -1,5 +1,5 @@
 use clap::Parser;
-use twilld::{cleanup, cli, daemon, doctor, exabgp, install_cni};
+use twilld::{cleanup, cli, daemon, doctor, exabgp, install_cni, status};
 
 fn init_logging(format: cli::LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
@@ -80,6 +80,9 @@ fn main() -> std::process::ExitCode {
             "doctor",
             rt.block_on(doctor::run(&cli.node_options(), args)),
         )),
+        Some(cli::Command::Status(args)) => {
+            Some(("status", rt.block_on(status::run(&cli.subnet_file, args))))
+        }
         _ => None,
     };
     if let Some((name, result)) = checked {

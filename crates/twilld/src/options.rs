@@ -74,6 +74,8 @@ pub struct DaemonOptions {
     pub healthz: Option<std::net::SocketAddr>,
     /// `--metrics-ip`/`--metrics-port`; `None` when the port is 0.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--peer-probe-*`, `--ready-requires-peers`.
+    pub probes: crate::probes::ProbeOptions,
 }
 
 impl DaemonOptions {

@@ -321,6 +321,11 @@ mod tests {
             route_form: RouteForm::Plain,
             healthz: None,
             metrics: None,
+            probes: crate::probes::ProbeOptions {
+                interval: None,
+                timeout: Duration::from_secs(1),
+                ready_fraction: None,
+            },
         }
     }
 

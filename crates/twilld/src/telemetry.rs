@@ -30,6 +30,8 @@ pub struct Readiness {
     /// Why no underlay matches the selection flags now (it went away under a running
     /// node); `None` while one does.
     pub underlay_lost: Option<String>,
+    /// With --ready-requires-peers: why too few peers answer over the overlay.
+    pub peers_unreachable: Option<String>,
 }
 
 impl Readiness {
@@ -53,6 +55,7 @@ impl Readiness {
             .as_ref()
             .map(|why| format!("no underlay: {why}"));
         missing.extend(lost.as_deref());
+        missing.extend(self.peers_unreachable.as_deref());
         (!missing.is_empty()).then(|| missing.join("; "))
     }
 }
@@ -80,6 +83,20 @@ pub struct Telemetry {
     pub lease_expiry: Gauge,
     pub bgp_session_up: Family<Labels, Gauge>,
     pub bgp_prefixes_announced: Gauge,
+    /// BIRD's sessions as last read, for `twilld status`: (peer, established).
+    pub bgp_sessions: Mutex<Vec<(String, bool)>>,
+    /// Per peer and path (overlay, underlay, mtu): 1 when the last probe answered.
+    pub peer_reachable: Family<Labels, Gauge>,
+    pub peer_rtt: Family<Labels, Histogram, fn() -> Histogram>,
+    pub peers_unreachable: Gauge,
+    /// What `twilld status` shows: the node's part, written by the main loop.
+    pub status: Mutex<crate::status::NodeStatus>,
+    /// And the probes' part, written by the probe task.
+    pub probes: Mutex<crate::probes::Board>,
+}
+
+fn rtt_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
 fn now_secs() -> u64 {
@@ -93,6 +110,8 @@ fn now_secs() -> u64 {
 impl twill_bgp::SessionSink for Telemetry {
     fn sessions(&self, sessions: &[twill_bgp::Session]) {
         self.bgp_session_up.clear();
+        *self.bgp_sessions.lock().expect("not poisoned") =
+            sessions.iter().map(|s| (s.peer.clone(), s.up())).collect();
         let mut announced = 0;
         for s in sessions {
             self.bgp_session_up
@@ -130,7 +149,28 @@ impl Telemetry {
             lease_expiry: Gauge::default(),
             bgp_session_up: Family::default(),
             bgp_prefixes_announced: Gauge::default(),
+            bgp_sessions: Mutex::default(),
+            peer_reachable: Family::default(),
+            peer_rtt: Family::new_with_constructor(rtt_histogram),
+            peers_unreachable: Gauge::default(),
+            status: Mutex::default(),
+            probes: Mutex::default(),
         };
+        registry.register(
+            "peer_reachable",
+            "1 when the peer answered the last probe on the path (overlay: VTEP to VTEP; underlay: its PublicIP; mtu: the overlay at the full pod MTU with DF), else 0",
+            t.peer_reachable.clone(),
+        );
+        registry.register(
+            "peer_rtt_seconds",
+            "Round-trip time of answered probes, by path (overlay, underlay)",
+            t.peer_rtt.clone(),
+        );
+        registry.register(
+            "peers_unreachable",
+            "Probed peers whose verdict is not ok (vxlan-blocked, mtu, peer-down)",
+            t.peers_unreachable.clone(),
+        );
         registry.register(
             "bgp_session_up",
             "1 when the BGP session with the peer is Established (BIRD's word), else 0",
@@ -302,6 +342,7 @@ mod tests {
             reconciled: true,
             subnet_env: false,
             underlay_lost: None,
+            peers_unreachable: None,
         };
         assert_eq!(r.missing().unwrap(), "subnet.env not written");
         r.subnet_env = true;

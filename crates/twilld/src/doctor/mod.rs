@@ -196,6 +196,7 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         vxlan_firewall(&mut c, port);
     }
     peer_entries(&mut c, &cx).await;
+    overlay(&mut c, &node.subnet_file).await;
     if let Some(env) = &cx.env {
         let local = cx.underlay.as_ref().map(|(e, _)| e.addr);
         let mut flags = node.rules;
@@ -271,6 +272,64 @@ fn subnet_env(c: &mut Checks, cx: &Context<'_>) {
         },
         (Some(_), ..) => c.add("subnet.env", Status::Warn, "present, but the lease could not be checked", format!("see the {store_name} and underlay checks")),
     }
+}
+
+/// Whether every peer answers over the overlay, as the running daemon's probes found (it
+/// is asked over its control socket: doctor does not probe on its own).
+async fn overlay(c: &mut Checks, subnet_file: &std::path::Path) {
+    let st = match crate::status::fetch(subnet_file).await {
+        Ok(st) => st,
+        Err(e) => return c.add(
+            "overlay",
+            Status::Warn,
+            format!("{e:#}"),
+            "the overlay check asks the running twilld; run doctor with the daemon's --subnet-file",
+        ),
+    };
+    let Some(peers) = st.probes else {
+        return c.add(
+            "overlay",
+            Status::Warn,
+            "twilld does not probe its peers (--peer-probe-interval=0)",
+            "give twilld a --peer-probe-interval to know whether packets get through",
+        );
+    };
+    let ok = peers.iter().filter(|p| p.verdict == "ok").count();
+    let pending = peers.iter().filter(|p| p.verdict == "unknown").count();
+    let bad: Vec<String> = peers
+        .iter()
+        .filter(|p| p.verdict != "ok" && p.verdict != "unknown")
+        .map(|p| format!("{} {}", p.peer, p.verdict))
+        .collect();
+    let waiting = if pending > 0 {
+        format!(" ({pending} not probed yet)")
+    } else {
+        String::new()
+    };
+    if bad.is_empty() {
+        return c.pass(
+            "overlay",
+            format!(
+                "{ok}/{} peers answer over the overlay{waiting}",
+                peers.len()
+            ),
+        );
+    }
+    let fixes: Vec<String> = peers
+        .iter()
+        .filter(|p| p.verdict != "ok" && p.verdict != "unknown")
+        .map(|p| p.fix.clone())
+        .collect();
+    c.add(
+        "overlay",
+        Status::Fail,
+        format!(
+            "{ok}/{} peers answer over the overlay; {}",
+            peers.len(),
+            bad.join(", ")
+        ),
+        fixes.join("; "),
+    );
 }
 
 /// host-gw has no device; one of ours still there is the vxlan backend's, left behind.

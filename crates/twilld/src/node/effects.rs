@@ -40,12 +40,24 @@ impl<S: SubnetManager> Node<S> {
             Ok(r) => {
                 self.tel.repaired("rules", r.rule_repairs);
                 self.tel.update_ready(|s| s.rules = r.rules_error.is_none());
+                self.note_repairs(&r.restored);
                 Some(Input::Restored(r.restored))
             }
             Err(e) => {
                 warn!("periodic check failed, will retry: {e}");
                 None
             }
+        }
+    }
+
+    /// What a repair put back, for `twilld status`.
+    fn note_repairs(&self, restored: &[(&'static str, String)]) {
+        if !restored.is_empty() {
+            self.tel
+                .status
+                .lock()
+                .expect("not poisoned")
+                .note_repairs(restored);
         }
     }
 
@@ -89,6 +101,7 @@ impl<S: SubnetManager> Node<S> {
                 self.tel.repaired("entries", r.entries_changed);
                 self.tel.repaired("device", r.device_created as usize);
                 self.tel.repaired("rules", r.rule_repairs);
+                self.note_repairs(&r.restored);
                 Some(Input::Restored(r.restored))
             }
             Err(e) => {

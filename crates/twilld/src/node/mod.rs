@@ -62,6 +62,11 @@ struct Node<S> {
     pinned_public_ip: Option<std::net::Ipv4Addr>,
     /// The underlay chosen anew, until the node moves to it.
     moved_to: Option<twill_dataplane::ExtIface>,
+    /// Where the peers to probe go, when probing is on.
+    probe_targets: Option<watch::Sender<Vec<twill_probe::Target>>>,
+    /// The peer table, the lease or the settings changed since `status` and the probes
+    /// were last told.
+    dirty: bool,
 }
 
 /// Where a loop turn's effects may leave the renewal timer.
@@ -167,6 +172,15 @@ impl<S: SubnetManager> Node<S> {
         let mut renew = Renew::Keep;
         let mut todo: VecDeque<Effect> = self.state.on(input, std::time::Instant::now()).into();
         while let Some(effect) = todo.pop_front() {
+            self.dirty |= matches!(
+                effect,
+                Effect::RefreshPolicy
+                    | Effect::ApplyConfig
+                    | Effect::Reacquire
+                    | Effect::ProgramLease
+                    | Effect::ApplyUnderlay
+                    | Effect::Republish
+            );
             if let Some(next) = self.execute(effect, cancel, &mut renew).await? {
                 let more = self.state.on(next, std::time::Instant::now());
                 for e in more.into_iter().rev() {
@@ -174,7 +188,42 @@ impl<S: SubnetManager> Node<S> {
                 }
             }
         }
+        if std::mem::take(&mut self.dirty) {
+            self.publish();
+        }
         Ok(renew)
+    }
+
+    /// What changed, to `twilld status` and the probes.
+    fn publish(&self) {
+        let refused = self
+            .table
+            .rejected()
+            .map(|(k, r)| crate::status::Refused {
+                lease: k.to_string(),
+                reason: r.reason().to_string(),
+                detail: r.to_string(),
+            })
+            .collect();
+        {
+            let mut st = self.tel.status.lock().expect("not poisoned");
+            st.lease = Some(self.held.key.to_string());
+            st.backend = self.req.conf.backend.kind.as_str().to_string();
+            st.public_ip = Some(self.held.attrs.public_ip.to_string());
+            st.mtu = self.settings.mtu;
+            st.peers = self.table.len();
+            st.refused = refused;
+        }
+        if let Some(tx) = &self.probe_targets {
+            let want = crate::probes::targets(self.table.entries(), self.settings.mtu);
+            tx.send_if_modified(|have| {
+                let changed = *have != want;
+                if changed {
+                    *have = want;
+                }
+                changed
+            });
+        }
     }
 
     async fn execute(
@@ -245,6 +294,7 @@ impl<S: SubnetManager> Node<S> {
             );
         }
         self.tel.peers.set(self.table.len() as i64);
+        self.dirty = true;
         Input::Store { snapshot, own_lost }
     }
 }

@@ -137,7 +137,14 @@ pub async fn start<S: SubnetManager>(
         next: None,
         pinned_public_ip,
         moved_to: None,
+        probe_targets: None,
+        dirty: true,
     };
+    node.probe_targets = crate::probes::start(
+        node.opts.probes,
+        node.tel.clone(),
+        node.req.conf.backend.port,
+    );
     node.announce();
     node.run_loop(cancel).await
 }
