@@ -20,6 +20,8 @@
 #   9. BGP, central feed: 1 000 leases -> all on a BIRD router through ExaBGP, and lease
 #      put -> route on the router p50/p99 (scripts/bench-bgp.sh); per node: 1 000 nodes'
 #      BIRDs -> all on an FRR router, subnet change -> route p50/p99 (bench-bgp-nodes.sh)
+#  10. peer probes: CPU and peak RSS of probing 1 000 peers against a node that does not,
+#      and VXLAN blocked -> vxlan-blocked verdict time (scripts/bench-probes.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
 # NETLAB=none skips section 5; BENCH_SECTIONS=core runs only 1-4 and 6 (a refactor's check;
 # TWILLD=<another build's twilld> measures that build in 2-4 and 6).
@@ -314,3 +316,5 @@ echo "== 8. repair at the kernel's word (resync 60 s: only the monitors repair i
 BIN=$BIN LAB_PREFIX=$P-rep bash scripts/bench-repair.sh | sed 's/^/  /'
 echo "== 9. BGP: twilld exabgp-feed -> ExaBGP -> a BIRD 2 router; each node's BIRD -> FRR"
 BIN=$BIN LAB_PREFIX=$P-bgp bash scripts/bench-bgp.sh | sed 's/^/  /'
+echo "== 10. peer probes: cost at 1 000 unanswering peers, block -> verdict"
+BIN=$BIN LAB_PREFIX=$P-prb bash scripts/bench-probes.sh | sed 's/^/  /'

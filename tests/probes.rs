@@ -196,3 +196,47 @@ fn probing_off_says_so() {
     let (ok, text) = c.nodes[0].subcommand(&["status"]);
     assert!(!ok && text.contains("no twilld answering at"), "{text}");
 }
+
+/// `ethtool -k flannel.1`'s generic transmit checksum: "on" or "off".
+fn tx_checksum(node: &Node) -> String {
+    let out = node.ns.sh("ethtool -k flannel.1");
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("tx-checksum-ip-generic: "))
+        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no tx-checksum-ip-generic in {out}"))
+}
+
+#[test]
+fn vxlan_tx_checksum_offload_is_set_and_kept() {
+    require_root();
+    let mut c = Cluster::new("pr-csum");
+    c.put_config(CONF);
+    c.add_node(&["--vxlan-tx-checksum-offload=off", "--iptables-resync=1"]);
+    c.add_node(&[]);
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    c.assert_full_mesh();
+    wait_until(5, "offload off on node 1", || {
+        tx_checksum(&c.nodes[0]) == "off"
+    });
+    // auto on this kernel (6.x) and a veth underlay: on.
+    assert_eq!(tx_checksum(&c.nodes[1]), "on");
+    // Turned back on by hand: twilld turns it off again.
+    c.nodes[0]
+        .ns
+        .sh("ethtool -K flannel.1 tx-checksum-ip-generic on");
+    wait_until(5, "offload off again", || tx_checksum(&c.nodes[0]) == "off");
+    c.assert_full_mesh();
+    let (_, out) =
+        c.nodes[0].subcommand(&["doctor", "--output=json", "--vxlan-tx-checksum-offload=off"]);
+    let check = doctor_check(&out, "tx checksum offload");
+    assert_eq!(check["status"], "pass", "{check}");
+    assert_eq!(
+        check["detail"],
+        "flannel.1: off (--vxlan-tx-checksum-offload=off)"
+    );
+    // doctor given other flags than the daemon's says so.
+    let (_, out) = c.nodes[0].subcommand(&["doctor", "--output=json"]);
+    assert_eq!(doctor_check(&out, "tx checksum offload")["status"], "warn");
+}

@@ -109,6 +109,7 @@ async fn main() {
         .parse()
         .unwrap();
     let spec = VxlanSpec {
+        tx_checksum: None,
         name: "flannel.1".into(),
         vni: 1,
         local: "198.18.0.1".parse().unwrap(),

@@ -15,6 +15,7 @@ pub mod firewall;
 pub mod iface;
 pub mod netlink;
 pub mod nexthop;
+pub mod offload;
 pub mod reconcile;
 pub mod underlay;
 

@@ -294,6 +294,37 @@ impl Dataplane {
         Ok(st)
     }
 
+    /// The device's transmit checksum offload as configured: `true` when it had to be
+    /// changed (someone, or a recreation, turned it back). A failure is logged; the next
+    /// pass tries again.
+    fn ensure_offload(&self, f: Family) -> bool {
+        let Some(spec) = self.cfg.overlay(f).and_then(OverlayConfig::vxlan) else {
+            return false;
+        };
+        let Some(want) = spec.tx_checksum else {
+            return false;
+        };
+        let fix = || -> std::io::Result<bool> {
+            if crate::offload::tx_checksum(&spec.name)? == want {
+                return Ok(false);
+            }
+            crate::offload::set_tx_checksum(&spec.name, want)?;
+            Ok(true)
+        };
+        match fix() {
+            Ok(changed) => {
+                if changed {
+                    info!(device = %spec.name, on = want, "transmit checksum offload set");
+                }
+                changed
+            }
+            Err(e) => {
+                warn!(device = %spec.name, "transmit checksum offload not set: {e}");
+                false
+            }
+        }
+    }
+
     /// Every configured overlay's device: what start-up creates before taking a lease
     /// (the lease advertises their MACs).
     /// Nothing half-done: when one fails, those this call created go again.
@@ -301,7 +332,10 @@ impl Dataplane {
         let mut out: Vec<(Family, DeviceState)> = Vec::new();
         for f in self.vxlan_families() {
             match self.ensure_device(f).await {
-                Ok(d) => out.push((f, d)),
+                Ok(d) => {
+                    self.ensure_offload(f);
+                    out.push((f, d))
+                }
                 Err(e) => {
                     self.remove_created(&out).await;
                     return Err(e);
@@ -672,7 +706,10 @@ impl Dataplane {
             let st = self.ensure_device(f).await?;
             if st.created {
                 report.device_created = true;
-                report.restored.push(("device", name));
+                report.restored.push(("device", name.clone()));
+            }
+            if self.ensure_offload(f) && !st.created {
+                report.restored.push(("tx-checksum", name));
             }
             index = Some(st.index);
         }

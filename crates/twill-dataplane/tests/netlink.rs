@@ -27,6 +27,7 @@ fn spec(ns: &Netns) -> VxlanSpec {
         .parse()
         .unwrap();
     VxlanSpec {
+        tx_checksum: None,
         name: "flannel.1".into(),
         vni: 1,
         local: "198.18.0.1".parse().unwrap(),

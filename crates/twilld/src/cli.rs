@@ -119,6 +119,11 @@ pub struct Cli {
     /// net-conf.json's NonMasqueradeCIDRs.
     #[arg(long, global = true, env = "FLANNELD_NO_MASQ_CIDR", action = ArgAction::Append, value_delimiter = ',')]
     pub no_masq_cidr: Vec<IpNetwork>,
+    /// Transmit checksum offload on the VXLAN device: auto turns it off where it corrupts
+    /// packets (kernels before 5.7, a vmxnet3 underlay; flannel #1279), on elsewhere.
+    #[arg(long, global = true, env = "TWILLD_VXLAN_TX_CHECKSUM_OFFLOAD", default_value = "auto",
+          value_parser = parse_offload)]
+    pub vxlan_tx_checksum_offload: twill_dataplane::offload::OffloadMode,
     /// Seconds between two probes of each peer (ICMP echo over the overlay, over the
     /// underlay, and at the full pod MTU with DF); 0 turns probing off.
     #[arg(long, env = "TWILLD_PEER_PROBE_INTERVAL", default_value_t = 10)]
@@ -343,6 +348,7 @@ impl Cli {
             no_masq_cidr: self.no_masq_cidr.clone(),
             ip_blackhole_route: self.ip_blackhole_route,
             bgp: self.bgp_options(),
+            tx_checksum: self.vxlan_tx_checksum_offload,
         }
     }
 
@@ -524,6 +530,10 @@ fn parse_peers(s: &str) -> Result<BgpPeers, String> {
     twill_config::BgpPeer::parse_list("--bgp-peers", s)
         .map(BgpPeers)
         .map_err(|e| e.to_string())
+}
+
+fn parse_offload(s: &str) -> Result<twill_dataplane::offload::OffloadMode, String> {
+    s.parse()
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {

@@ -27,6 +27,8 @@ pub struct NodeOptions {
     pub ip_blackhole_route: bool,
     /// `--bgp-*`.
     pub bgp: twill_bgp::BgpOptions,
+    /// `--vxlan-tx-checksum-offload`.
+    pub tx_checksum: twill_dataplane::offload::OffloadMode,
 }
 
 /// The store the node's twilld uses, with the options to reach it.

@@ -29,6 +29,10 @@ pub struct Facts {
     pub mac: Option<Mac>,
     /// The same for the IPv6 device (`BackendV6Data`).
     pub mac6: Option<Mac>,
+    /// The running kernel's version and the underlay's driver: where VXLAN checksum
+    /// offload is known to break.
+    pub kernel: (u32, u32),
+    pub driver: Option<String>,
 }
 
 /// This node's settings under one config.
@@ -147,6 +151,8 @@ pub fn derive(
     }
     let vni = conf.backend.vni;
     let node = &opts.node;
+    let (tx_checksum, _) =
+        twill_dataplane::offload::decide(node.tx_checksum, facts.kernel, facts.driver.as_deref());
     let transport = |name: String, local: IpAddr, mtu: u32, mac: Option<Mac>| {
         if host_gw {
             return Transport::HostGw {
@@ -163,6 +169,7 @@ pub fn derive(
             learning: conf.backend.learning,
             mtu,
             mac,
+            tx_checksum: Some(tx_checksum),
         })
     };
     let v6 = match ipv6_network {
@@ -313,6 +320,7 @@ mod tests {
                 no_masq_cidr: vec![],
                 ip_blackhole_route: false,
                 bgp: bgp_opts(),
+                tx_checksum: Default::default(),
             },
             resync: Duration::from_secs(5),
             renew_margin: Duration::from_secs(3600),
@@ -351,6 +359,8 @@ mod tests {
             public_ip: "198.18.0.1".parse().unwrap(),
             mac: None,
             mac6: None,
+            kernel: (6, 1),
+            driver: None,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct VxlanSpec {
     /// MAC to use when the device has to be created (the one our lease already
     /// advertises, so peers need no update); random when `None`.
     pub mac: Option<Mac>,
+    /// Transmit checksum offload, kept so (`--vxlan-tx-checksum-offload`); `None` leaves
+    /// the kernel's default alone.
+    pub tx_checksum: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,6 +175,7 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         host_gw_device(&mut c, &cx);
     } else {
         vxlan_device(&mut c, &cx);
+        tx_checksum(&mut c, &cx);
     }
     mtu_chain(
         &mut c,
@@ -354,6 +355,43 @@ fn host_gw_device(c: &mut Checks, cx: &Context<'_>) {
                 "twilld removes it when it starts with host-gw; by hand: ip link del {}",
                 cx.device_name
             ),
+        ),
+    }
+}
+
+/// The device's transmit checksum offload against what twilld keeps it at.
+fn tx_checksum(c: &mut Checks, cx: &Context<'_>) {
+    use twill_dataplane::offload;
+    if cx.device.is_none() {
+        return;
+    }
+    let name = &cx.device_name;
+    let driver = cx
+        .underlay
+        .as_ref()
+        .and_then(|(e, _)| offload::driver(&e.name).ok());
+    let (want, why) = offload::decide(
+        cx.node.tx_checksum,
+        offload::kernel_version(),
+        driver.as_deref(),
+    );
+    let word = |on: bool| if on { "on" } else { "off" };
+    match offload::tx_checksum(name) {
+        Ok(on) if on == want => c.pass(
+            "tx checksum offload",
+            format!("{name}: {} ({why})", word(on)),
+        ),
+        Ok(on) => c.add(
+            "tx checksum offload",
+            Status::Warn,
+            format!("{name}: {}, twilld keeps it {} ({why})", word(on), word(want)),
+            "twilld sets it back within a resync; if this persists it runs with another --vxlan-tx-checksum-offload than doctor was given",
+        ),
+        Err(e) => c.add(
+            "tx checksum offload",
+            Status::Warn,
+            format!("{name}: could not read it: {e}"),
+            "run doctor as root",
         ),
     }
 }

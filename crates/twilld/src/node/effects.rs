@@ -419,6 +419,8 @@ impl<S: SubnetManager> Node<S> {
             public_ip: self.pinned_public_ip.unwrap_or(ext.addr),
             mac: self.dp.mac(Family::V4).or(self.facts.mac),
             mac6: self.dp.mac(Family::V6).or(self.facts.mac6),
+            driver: twill_dataplane::offload::driver(&ext.name).ok(),
+            kernel: self.facts.kernel,
             underlay: ext,
         };
         let new = match settings::derive(&self.req.conf, &self.opts, &self.bgp, &facts) {

@@ -207,7 +207,14 @@ impl<S: SubnetManager> Node<S> {
             .collect();
         {
             let mut st = self.tel.status.lock().expect("not poisoned");
-            st.lease = Some(self.held.key.to_string());
+            let key = self.held.key;
+            let nets: Vec<String> = key
+                .v4
+                .iter()
+                .chain(&key.v6)
+                .map(|n| n.to_string())
+                .collect();
+            st.lease = Some(nets.join(", "));
             st.backend = self.req.conf.backend.kind.as_str().to_string();
             st.public_ip = Some(self.held.attrs.public_ip.to_string());
             st.mtu = self.settings.mtu;

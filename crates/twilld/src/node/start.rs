@@ -47,11 +47,14 @@ pub async fn start<S: SubnetManager>(
     // reuse them, so peers need no FDB update.
     let (mac, mac6) = store.advertised_macs(public_ip).await;
     let parse = |m: Option<String>| m.and_then(|m| m.parse::<Mac>().ok());
+    let driver = twill_dataplane::offload::driver(&ext.name).ok();
     let facts = Facts {
         mac: parse(mac),
         mac6: parse(mac6),
         underlay: ext,
         public_ip,
+        kernel: twill_dataplane::offload::kernel_version(),
+        driver,
     };
     // Settled before anything is created: a config this node cannot use (BGP settings,
     // IPv6-only, an MTU with no room for VXLAN) leaves nothing behind.
