@@ -18,7 +18,12 @@ const ARGS: &[&str] = &[
 ];
 
 fn status(node: &Node) -> (bool, serde_json::Value) {
-    let (ok, out) = node.subcommand(&["status", "--output=json"]);
+    let (ok, out) = node.subcommand(&[
+        "status",
+        "--output=json",
+        "--healthz-port=8470",
+        "--metrics-port=8471",
+    ]);
     let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     (ok, v)
 }
@@ -174,6 +179,31 @@ fn each_overlay_failure_is_named_by_its_verdict_and_clears() {
     wait_until(10, "peer-down", || verdict(&c.nodes[0], n3) == "peer-down");
     c.nodes[fl].ns.sh("ip link set eth0 up");
     wait_until(20, "back", || verdict(&c.nodes[0], n3) == "ok");
+
+    // Without the control socket, status asks the daemon's listeners it is given.
+    c.nodes[1].ns.sh(&format!(
+        "nft add table inet twtest && \
+         nft add chain inet twtest in '{{ type filter hook input priority -400; }}' && \
+         nft add rule inet twtest in ip saddr {n1} udp dport 8472 drop"
+    ));
+    wait_until(10, "blocked again", || {
+        verdict(&c.nodes[0], n2) == "vxlan-blocked"
+    });
+    let sock = c.nodes[0].subnet_env().with_file_name("twilld.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let (ok, st) = status(&c.nodes[0]);
+    assert!(!ok);
+    assert!(
+        st["not_ready"].as_str().unwrap().contains("1 of 2 peers"),
+        "{st}"
+    );
+    assert_eq!(verdict(&c.nodes[0], n2), "vxlan-blocked", "{st}");
+    assert_eq!(st["node"]["peers"], 2, "{st}");
+    let (ok, out) = c.nodes[0].subcommand(&["status"]);
+    assert!(
+        !ok && out.contains("no twilld answering at") && out.contains("--metrics-port"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -163,18 +163,33 @@ pub struct Cli {
 
     /// /healthz and /readyz listen here: all addresses, as flanneld, so the probes of
     /// flannel's DaemonSet (no host: the kubelet probes the node IP) reach them.
-    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_HEALTHZ_IP",
+        default_value = "0.0.0.0"
+    )]
     pub healthz_ip: IpAddr,
     /// 0 disables the health endpoints.
-    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_HEALTHZ_PORT",
+        default_value_t = 0
+    )]
     pub healthz_port: u16,
     /// /metrics listens here: loopback unless you publish it (e.g. 0.0.0.0 for a
     /// Prometheus outside the node).
-    #[arg(long, env = "TWILLD_METRICS_IP", default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_METRICS_IP",
+        default_value = "127.0.0.1"
+    )]
     pub metrics_ip: IpAddr,
     /// 0 disables /metrics. Equal to --healthz-port with an equal --metrics-ip, one
     /// listener serves all three paths.
-    #[arg(long, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
+    #[arg(long, global = true, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
     pub metrics_port: u16,
 
     /// BIRD's configuration file, which twilld writes (and owns) when BGP is configured.
@@ -333,6 +348,7 @@ impl Cli {
     /// What `doctor` and `cleanup` share with the daemon, gathered from these flags.
     pub fn node_options(&self) -> crate::options::NodeOptions {
         use crate::options::StoreOptions;
+        let addr = |ip, port| (port != 0).then(|| std::net::SocketAddr::new(ip, port));
         crate::options::NodeOptions {
             subnet_file: self.subnet_file.clone(),
             config_file: self.config_file(),
@@ -349,12 +365,13 @@ impl Cli {
             ip_blackhole_route: self.ip_blackhole_route,
             bgp: self.bgp_options(),
             tx_checksum: self.vxlan_tx_checksum_offload,
+            healthz: addr(self.healthz_ip, self.healthz_port),
+            metrics: addr(self.metrics_ip, self.metrics_port),
         }
     }
 
     /// What the daemon runs with: the subcommands' share and its own flags.
     pub fn daemon_options(&self) -> crate::options::DaemonOptions {
-        let addr = |ip, port| (port != 0).then(|| std::net::SocketAddr::new(ip, port));
         crate::options::DaemonOptions {
             node: self.node_options(),
             resync: Duration::from_secs(self.iptables_resync),
@@ -366,8 +383,6 @@ impl Cli {
             } else {
                 twill_dataplane::RouteForm::Plain
             },
-            healthz: addr(self.healthz_ip, self.healthz_port),
-            metrics: addr(self.metrics_ip, self.metrics_port),
             probes: crate::probes::ProbeOptions {
                 interval: (self.peer_probe_interval > 0)
                     .then(|| Duration::from_secs(self.peer_probe_interval)),

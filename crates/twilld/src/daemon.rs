@@ -21,7 +21,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     // Liveness allows for a few missed resyncs before declaring the loop stuck.
     let window = (opts.resync * 3).max(Duration::from_secs(30));
     let tel = Arc::new(Telemetry::new(window));
-    for (a, paths) in crate::http::listeners(opts.healthz, opts.metrics) {
+    for (a, paths) in crate::http::listeners(opts.node.healthz, opts.node.metrics) {
         crate::http::serve(a, paths, tel.clone(), cancel.clone()).await?;
     }
     let control = crate::status::control_socket(&opts.node.subnet_file);

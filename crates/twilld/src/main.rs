@@ -80,9 +80,10 @@ fn main() -> std::process::ExitCode {
             "doctor",
             rt.block_on(doctor::run(&cli.node_options(), args)),
         )),
-        Some(cli::Command::Status(args)) => {
-            Some(("status", rt.block_on(status::run(&cli.subnet_file, args))))
-        }
+        Some(cli::Command::Status(args)) => Some((
+            "status",
+            rt.block_on(status::run(&cli.node_options(), args)),
+        )),
         _ => None,
     };
     if let Some((name, result)) = checked {

@@ -29,6 +29,10 @@ pub struct NodeOptions {
     pub bgp: twill_bgp::BgpOptions,
     /// `--vxlan-tx-checksum-offload`.
     pub tx_checksum: twill_dataplane::offload::OffloadMode,
+    /// `--healthz-ip`/`--healthz-port`; `None` when the port is 0.
+    pub healthz: Option<std::net::SocketAddr>,
+    /// `--metrics-ip`/`--metrics-port`; `None` when the port is 0.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The store the node's twilld uses, with the options to reach it.
@@ -72,10 +76,6 @@ pub struct DaemonOptions {
     pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// `--route-nexthops`.
     pub route_form: twill_dataplane::RouteForm,
-    /// `--healthz-ip`/`--healthz-port`; `None` when the port is 0.
-    pub healthz: Option<std::net::SocketAddr>,
-    /// `--metrics-ip`/`--metrics-port`; `None` when the port is 0.
-    pub metrics: Option<std::net::SocketAddr>,
     /// `--peer-probe-*`, `--ready-requires-peers`.
     pub probes: crate::probes::ProbeOptions,
 }

@@ -12,6 +12,11 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use std::net::SocketAddr;
+
+use twill_probe::Verdict;
+
+use crate::options::NodeOptions;
 use crate::probes::PeerProbe;
 
 /// Where the daemon listens for `twilld status` and `doctor`: beside subnet.env, so a
@@ -95,23 +100,146 @@ pub struct StatusArgs {
     pub output: crate::doctor::Output,
 }
 
-/// Asks the daemon behind `subnet_file`'s control socket for its status.
-pub async fn fetch(subnet_file: &Path) -> Result<Status> {
-    let path = control_socket(subnet_file);
-    let body = get(&path, "/status").await.with_context(|| {
-        format!(
-            "no twilld answering at {} (is twilld running, with --subnet-file {}?)",
+/// Asks the running daemon for its status: over its control socket (beside subnet.env),
+/// else, when given the daemon's listener flags, from its /readyz and /metrics (less: no
+/// lease, repairs or refused leases there).
+pub async fn fetch(node: &NodeOptions) -> Result<Status> {
+    let path = control_socket(&node.subnet_file);
+    let socket = async {
+        let s = tokio::net::UnixStream::connect(&path).await?;
+        let (code, body) = get(s, "/status").await?;
+        if code != "200" {
+            return Err(anyhow!("/status: HTTP {code}"));
+        }
+        serde_json::from_str(&body).context("the daemon's status is not the JSON this twilld reads")
+    };
+    let socket_err = match socket.await {
+        Ok(st) => return Ok(st),
+        Err(e) => format!(
+            "no twilld answering at {} ({e:#}; is twilld running, with --subnet-file {}?)",
             path.display(),
-            subnet_file.display()
-        )
-    })?;
-    serde_json::from_str(&body).context("the daemon's status is not the JSON this twilld reads")
+            node.subnet_file.display()
+        ),
+    };
+    if node.healthz.is_none() && node.metrics.is_none() {
+        return Err(anyhow!(
+            "{socket_err}; give the daemon's --healthz-port or --metrics-port to ask its listeners"
+        ));
+    }
+    from_listeners(node.healthz, node.metrics)
+        .await
+        .map_err(|e| anyhow!("{socket_err}; nor at its listeners: {e:#}"))
 }
 
-/// A plain HTTP/1.0 GET over a Unix socket: one request, the body back. Written by hand:
-/// an HTTP client crate with Unix-socket support is a large dependency for one GET.
-async fn get(socket: &Path, path: &str) -> Result<String> {
-    let mut s = tokio::net::UnixStream::connect(socket).await?;
+/// The daemon's listeners, reached on loopback when they listen on every address.
+async fn from_listeners(
+    healthz: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Result<Status> {
+    let local = |mut a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        a
+    };
+    let mut st = Status {
+        node: NodeStatus::default(),
+        not_ready: None,
+        rules_in_place: true,
+        bgp: Vec::new(),
+        probes: None,
+    };
+    if let Some(a) = healthz.map(local) {
+        let (code, body) = get(tokio::net::TcpStream::connect(a).await?, "/readyz").await?;
+        if code != "200" {
+            let why = body.trim().trim_start_matches("not ready: ").to_string();
+            st.rules_in_place = !why.contains("rules");
+            st.not_ready = Some(why);
+        }
+    }
+    if let Some(a) = metrics.map(local) {
+        let (_, body) = get(tokio::net::TcpStream::connect(a).await?, "/metrics").await?;
+        st.node.peers = sample(&body, "twill_peers", &[]).unwrap_or(0.0) as usize;
+        st.probes = probes_from_metrics(&body);
+    }
+    Ok(st)
+}
+
+/// One sample's value: the first line of metric `name` carrying every `labels` pair.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Verdicts as far as `twill_peer_reachable` tells them (pure): the overlay and underlay
+/// paths and the full-size one, per peer; `None` when the daemon does not probe.
+pub fn probes_from_metrics(body: &str) -> Option<Vec<PeerProbe>> {
+    let mut peers: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with("twill_peer_reachable{"))
+        .filter_map(|l| {
+            l.split("peer=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    peers.sort();
+    peers.dedup();
+    let probing = body
+        .lines()
+        .any(|l| l.starts_with("twill_peers_unreachable "));
+    if !probing {
+        return None;
+    }
+    let up = |p: &str, path: &str| {
+        sample(body, "twill_peer_reachable", &[("peer", p), ("path", path)]).map(|v| v == 1.0)
+    };
+    Some(
+        peers
+            .into_iter()
+            .map(|p| {
+                let verdict = match (up(&p, "overlay"), up(&p, "underlay"), up(&p, "mtu")) {
+                    (Some(true), _, Some(false)) => Verdict::Mtu {
+                        size: 0,
+                        passes: None,
+                    },
+                    (Some(true), ..) => Verdict::Ok,
+                    (Some(false), Some(true), _) => Verdict::VxlanBlocked,
+                    _ => Verdict::PeerDown,
+                };
+                PeerProbe {
+                    fix: if verdict.is_ok() {
+                        String::new()
+                    } else {
+                        verdict.explain(&p, twill_config::DEFAULT_VXLAN_PORT)
+                    },
+                    verdict: verdict.label().to_string(),
+                    peer: p,
+                    overlay_rtt_ms: None,
+                    underlay_rtt_ms: None,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// A plain HTTP/1.0 GET: the status code and the body. Written by hand: an HTTP client
+/// crate with Unix-socket support is a large dependency for one GET.
+async fn get(
+    mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    path: &str,
+) -> Result<(String, String)> {
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: twilld\r\n\r\n").as_bytes())
         .await?;
     let mut raw = String::new();
@@ -119,15 +247,12 @@ async fn get(socket: &Path, path: &str) -> Result<String> {
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow!("a reply without headers"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        return Err(anyhow!("{path}: HTTP {status}"));
-    }
-    Ok(body.to_string())
+    let code = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+    Ok((code, body.to_string()))
 }
 
-pub async fn run(subnet_file: &Path, args: &StatusArgs) -> Result<bool> {
-    let st = fetch(subnet_file).await?;
+pub async fn run(node: &NodeOptions, args: &StatusArgs) -> Result<bool> {
+    let st = fetch(node).await?;
     match args.output {
         crate::doctor::Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
         crate::doctor::Output::Text => print!("{}", render(&st, SystemTime::now())),
@@ -148,6 +273,9 @@ pub fn render(st: &Status, now: SystemTime) -> String {
     line(
         "lease",
         match &n.lease {
+            None if n.backend.is_empty() => {
+                "not known (asked the daemon's listeners: no control socket)".into()
+            }
             Some(l) => format!(
                 "{l} ({}, public IP {}, MTU {})",
                 n.backend,
@@ -240,6 +368,44 @@ pub fn render(st: &Status, now: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn verdicts_come_back_from_the_metrics() {
+        let body = r#"# HELP twill_peers_unreachable Probed peers whose verdict is not ok.
+# TYPE twill_peers_unreachable gauge
+twill_peers_unreachable 2
+twill_peer_reachable{peer="198.18.0.2",path="overlay"} 0
+twill_peer_reachable{peer="198.18.0.2",path="underlay"} 1
+twill_peer_reachable{peer="198.18.0.3",path="overlay"} 1
+twill_peer_reachable{peer="198.18.0.3",path="underlay"} 1
+twill_peer_reachable{peer="198.18.0.3",path="mtu"} 1
+twill_peer_reachable{peer="198.18.0.4",path="overlay"} 1
+twill_peer_reachable{peer="198.18.0.4",path="mtu"} 0
+twill_peer_reachable{peer="198.18.0.5",path="overlay"} 0
+twill_peer_reachable{peer="198.18.0.5",path="underlay"} 0
+twill_peers 4
+"#;
+        let p = probes_from_metrics(body).unwrap();
+        let v: Vec<(&str, &str)> = p
+            .iter()
+            .map(|x| (x.peer.as_str(), x.verdict.as_str()))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("198.18.0.2", "vxlan-blocked"),
+                ("198.18.0.3", "ok"),
+                ("198.18.0.4", "mtu"),
+                ("198.18.0.5", "peer-down")
+            ]
+        );
+        assert!(p[0].fix.contains("UDP 8472"));
+        assert_eq!(sample(body, "twill_peers", &[]), Some(4.0));
+        assert!(
+            probes_from_metrics("twill_peers 4\n").is_none(),
+            "not probing"
+        );
+    }
 
     #[test]
     fn one_screen_names_what_is_wrong() {

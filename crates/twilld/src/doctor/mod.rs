@@ -197,7 +197,7 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
         vxlan_firewall(&mut c, port);
     }
     peer_entries(&mut c, &cx).await;
-    overlay(&mut c, &node.subnet_file).await;
+    overlay(&mut c, node).await;
     if let Some(env) = &cx.env {
         let local = cx.underlay.as_ref().map(|(e, _)| e.addr);
         let mut flags = node.rules;
@@ -277,8 +277,8 @@ fn subnet_env(c: &mut Checks, cx: &Context<'_>) {
 
 /// Whether every peer answers over the overlay, as the running daemon's probes found (it
 /// is asked over its control socket: doctor does not probe on its own).
-async fn overlay(c: &mut Checks, subnet_file: &std::path::Path) {
-    let st = match crate::status::fetch(subnet_file).await {
+async fn overlay(c: &mut Checks, node: &NodeOptions) {
+    let st = match crate::status::fetch(node).await {
         Ok(st) => st,
         Err(e) => return c.add(
             "overlay",
