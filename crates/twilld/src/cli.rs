@@ -383,7 +383,7 @@ impl Cli {
             } else {
                 twill_dataplane::RouteForm::Plain
             },
-            probes: crate::probes::ProbeOptions {
+            probes: crate::options::ProbeOptions {
                 interval: (self.peer_probe_interval > 0)
                     .then(|| Duration::from_secs(self.peer_probe_interval)),
                 timeout: Duration::from_secs(self.peer_probe_timeout),

@@ -77,11 +77,20 @@ pub struct DaemonOptions {
     /// `--route-nexthops`.
     pub route_form: twill_dataplane::RouteForm,
     /// `--peer-probe-*`, `--ready-requires-peers`.
-    pub probes: crate::probes::ProbeOptions,
+    pub probes: ProbeOptions,
 }
 
 impl DaemonOptions {
     pub fn kube_subnet_mgr(&self) -> bool {
         matches!(self.node.store, StoreOptions::Kube(_))
     }
+}
+
+/// `--peer-probe-interval`, `--peer-probe-timeout`, `--ready-requires-peers`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeOptions {
+    /// `None`: probing off.
+    pub interval: Option<std::time::Duration>,
+    pub timeout: std::time::Duration,
+    pub ready_fraction: Option<f64>,
 }

@@ -3,123 +3,15 @@
 //! status` and `doctor`, exported as metrics, logged once per change of verdict; and,
 //! with --ready-requires-peers, the readiness gate.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use twill_probe::{judge, IcmpEcho, Probe, Report, Round, Target, Timing, Verdict};
+use twill_probe::{judge, IcmpEcho, Probe, Report, Target, Timing, Verdict};
 use twill_store::PeerEntry;
 
+use crate::options::ProbeOptions;
 use crate::telemetry::Telemetry;
-
-/// `--peer-probe-interval`, `--peer-probe-timeout`, `--ready-requires-peers`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeOptions {
-    /// `None`: probing off.
-    pub interval: Option<Duration>,
-    pub timeout: Duration,
-    pub ready_fraction: Option<f64>,
-}
-
-/// One peer as `status` and `doctor` show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerProbe {
-    pub peer: String,
-    pub verdict: String,
-    /// What is wrong and the fix; empty when ok.
-    pub fix: String,
-    pub overlay_rtt_ms: Option<f64>,
-    pub underlay_rtt_ms: Option<f64>,
-}
-
-impl PeerProbe {
-    #[cfg(test)]
-    pub fn example(peer: &str, verdict: &str, fix: &str) -> Self {
-        PeerProbe {
-            peer: peer.into(),
-            verdict: verdict.into(),
-            fix: fix.into(),
-            overlay_rtt_ms: None,
-            underlay_rtt_ms: None,
-        }
-    }
-}
-
-/// Every probed peer's last round and verdict.
-#[derive(Debug, Default)]
-pub struct Board {
-    /// Probing is on.
-    pub on: bool,
-    /// VXLAN's UDP port, for the fixes' wording.
-    pub port: u16,
-    peers: BTreeMap<String, (Verdict, Round)>,
-}
-
-impl Board {
-    /// Records a round; the old verdict when the verdict changed.
-    fn record(&mut self, peer: &str, round: Round) -> Option<Verdict> {
-        let verdict = judge(&round);
-        let old = self
-            .peers
-            .insert(peer.to_string(), (verdict, round))
-            .map_or(Verdict::Unknown, |(v, _)| v);
-        (old != verdict).then_some(old)
-    }
-
-    /// Keeps only the peers in `targets` (unprobed ones as unknown); the ones dropped.
-    fn retain(&mut self, targets: &[Target]) -> Vec<String> {
-        let mut gone = Vec::new();
-        self.peers.retain(|p, _| {
-            let keep = targets.iter().any(|t| t.peer == *p);
-            if !keep {
-                gone.push(p.clone());
-            }
-            keep
-        });
-        for t in targets {
-            self.peers
-                .entry(t.peer.clone())
-                .or_insert((Verdict::Unknown, Round::default()));
-        }
-        gone
-    }
-
-    pub fn snapshot(&self) -> Option<Vec<PeerProbe>> {
-        let ms = |p: Probe| p.rtt().map(|d| d.as_secs_f64() * 1000.0);
-        self.on.then(|| {
-            self.peers
-                .iter()
-                .map(|(peer, (v, r))| PeerProbe {
-                    peer: peer.clone(),
-                    verdict: v.label().to_string(),
-                    fix: if v.is_ok() {
-                        String::new()
-                    } else {
-                        v.explain(peer, self.port)
-                    },
-                    overlay_rtt_ms: ms(r.overlay),
-                    underlay_rtt_ms: ms(r.underlay),
-                })
-                .collect()
-        })
-    }
-
-    /// (peers whose verdict is ok, peers probed or to be).
-    fn counts(&self) -> (usize, usize) {
-        let ok = self.peers.values().filter(|(v, _)| v.is_ok()).count();
-        (ok, self.peers.len())
-    }
-
-    fn failing(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|(v, _)| !v.is_ok() && *v != Verdict::Unknown)
-            .count()
-    }
-}
 
 /// The peers to probe (pure): one target per peer and family, named by its PublicIP; the
 /// VTEP address only for a vxlan peer (a host-gw peer's pods sit behind its address).
@@ -273,55 +165,6 @@ fn note(tel: &Telemetry, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn round(underlay: Probe, overlay: Probe) -> Round {
-        Round {
-            underlay,
-            overlay,
-            full: if overlay.answered() {
-                underlay
-            } else {
-                Probe::NotSent
-            },
-            size: 1450,
-            passes: None,
-        }
-    }
-
-    const UP: Probe = Probe::Answered(Duration::from_millis(1));
-
-    #[test]
-    fn the_board_reports_each_change_of_verdict_once() {
-        let mut b = Board {
-            on: true,
-            port: 8472,
-            ..Default::default()
-        };
-        let t = |p: &str| Target {
-            peer: p.into(),
-            public_ip: p.parse().unwrap(),
-            vtep: None,
-            mtu: 1450,
-        };
-        b.retain(&[t("198.18.0.2"), t("198.18.0.3")]);
-        assert_eq!(b.counts(), (0, 2), "unprobed peers count as not reachable");
-        assert_eq!(b.failing(), 0, "but not as failing");
-        assert_eq!(
-            b.record("198.18.0.2", round(UP, UP)),
-            Some(Verdict::Unknown)
-        );
-        assert_eq!(b.record("198.18.0.2", round(UP, UP)), None, "no change");
-        assert_eq!(
-            b.record("198.18.0.3", round(UP, Probe::Lost)),
-            Some(Verdict::Unknown)
-        );
-        assert_eq!((b.counts(), b.failing()), ((1, 2), 1));
-        let snap = b.snapshot().unwrap();
-        assert_eq!(snap[1].verdict, "vxlan-blocked");
-        assert!(snap[1].fix.contains("UDP 8472"), "{}", snap[1].fix);
-        assert_eq!(b.retain(&[t("198.18.0.2")]), ["198.18.0.3"]);
-        assert_eq!(b.counts(), (1, 1));
-    }
 
     #[test]
     fn targets_name_peers_by_address_and_probe_vteps_only_for_vxlan() {

@@ -329,7 +329,7 @@ mod tests {
             lease_ttl: Duration::from_secs(86400),
             public_ipv6: None,
             route_form: RouteForm::Plain,
-            probes: crate::probes::ProbeOptions {
+            probes: crate::options::ProbeOptions {
                 interval: None,
                 timeout: Duration::from_secs(1),
                 ready_fraction: None,

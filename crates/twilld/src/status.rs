@@ -14,10 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use std::net::SocketAddr;
 
-use twill_probe::Verdict;
+use std::collections::BTreeMap;
+
+use twill_probe::{judge, Probe, Round, Target, Verdict};
 
 use crate::options::NodeOptions;
-use crate::probes::PeerProbe;
 
 /// Where the daemon listens for `twilld status` and `doctor`: beside subnet.env, so a
 /// second daemon with its own --subnet-file has its own.
@@ -94,10 +95,17 @@ pub struct BgpSession {
     pub established: bool,
 }
 
+/// How `status` and `doctor` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[arg(long, value_enum, default_value = "text")]
-    pub output: crate::doctor::Output,
+    pub output: Output,
 }
 
 /// Asks the running daemon for its status: over its control socket (beside subnet.env),
@@ -254,8 +262,8 @@ async fn get(
 pub async fn run(node: &NodeOptions, args: &StatusArgs) -> Result<bool> {
     let st = fetch(node).await?;
     match args.output {
-        crate::doctor::Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
-        crate::doctor::Output::Text => print!("{}", render(&st, SystemTime::now())),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+        Output::Text => print!("{}", render(&st, SystemTime::now())),
     }
     let unreachable = st
         .probes
@@ -364,6 +372,103 @@ pub fn render(st: &Status, now: SystemTime) -> String {
     out
 }
 
+/// One peer as `status` and `doctor` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerProbe {
+    pub peer: String,
+    pub verdict: String,
+    /// What is wrong and the fix; empty when ok.
+    pub fix: String,
+    pub overlay_rtt_ms: Option<f64>,
+    pub underlay_rtt_ms: Option<f64>,
+}
+
+impl PeerProbe {
+    #[cfg(test)]
+    pub fn example(peer: &str, verdict: &str, fix: &str) -> Self {
+        PeerProbe {
+            peer: peer.into(),
+            verdict: verdict.into(),
+            fix: fix.into(),
+            overlay_rtt_ms: None,
+            underlay_rtt_ms: None,
+        }
+    }
+}
+
+/// Every probed peer's last round and verdict.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// Probing is on.
+    pub on: bool,
+    /// VXLAN's UDP port, for the fixes' wording.
+    pub port: u16,
+    peers: BTreeMap<String, (Verdict, Round)>,
+}
+
+impl Board {
+    /// Records a round; the old verdict when the verdict changed.
+    pub(crate) fn record(&mut self, peer: &str, round: Round) -> Option<Verdict> {
+        let verdict = judge(&round);
+        let old = self
+            .peers
+            .insert(peer.to_string(), (verdict, round))
+            .map_or(Verdict::Unknown, |(v, _)| v);
+        (old != verdict).then_some(old)
+    }
+
+    /// Keeps only the peers in `targets` (unprobed ones as unknown); the ones dropped.
+    pub(crate) fn retain(&mut self, targets: &[Target]) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.peers.retain(|p, _| {
+            let keep = targets.iter().any(|t| t.peer == *p);
+            if !keep {
+                gone.push(p.clone());
+            }
+            keep
+        });
+        for t in targets {
+            self.peers
+                .entry(t.peer.clone())
+                .or_insert((Verdict::Unknown, Round::default()));
+        }
+        gone
+    }
+
+    pub fn snapshot(&self) -> Option<Vec<PeerProbe>> {
+        let ms = |p: Probe| p.rtt().map(|d| d.as_secs_f64() * 1000.0);
+        self.on.then(|| {
+            self.peers
+                .iter()
+                .map(|(peer, (v, r))| PeerProbe {
+                    peer: peer.clone(),
+                    verdict: v.label().to_string(),
+                    fix: if v.is_ok() {
+                        String::new()
+                    } else {
+                        v.explain(peer, self.port)
+                    },
+                    overlay_rtt_ms: ms(r.overlay),
+                    underlay_rtt_ms: ms(r.underlay),
+                })
+                .collect()
+        })
+    }
+
+    /// (peers whose verdict is ok, peers probed or to be).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let ok = self.peers.values().filter(|(v, _)| v.is_ok()).count();
+        (ok, self.peers.len())
+    }
+
+    pub(crate) fn failing(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|(v, _)| !v.is_ok() && *v != Verdict::Unknown)
+            .count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,5 +552,54 @@ twill_peers 4
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
+    }
+
+    fn round(underlay: Probe, overlay: Probe) -> Round {
+        Round {
+            underlay,
+            overlay,
+            full: if overlay.answered() {
+                underlay
+            } else {
+                Probe::NotSent
+            },
+            size: 1450,
+            passes: None,
+        }
+    }
+
+    const UP: Probe = Probe::Answered(Duration::from_millis(1));
+
+    #[test]
+    fn the_board_reports_each_change_of_verdict_once() {
+        let mut b = Board {
+            on: true,
+            port: 8472,
+            ..Default::default()
+        };
+        let t = |p: &str| Target {
+            peer: p.into(),
+            public_ip: p.parse().unwrap(),
+            vtep: None,
+            mtu: 1450,
+        };
+        b.retain(&[t("198.18.0.2"), t("198.18.0.3")]);
+        assert_eq!(b.counts(), (0, 2), "unprobed peers count as not reachable");
+        assert_eq!(b.failing(), 0, "but not as failing");
+        assert_eq!(
+            b.record("198.18.0.2", round(UP, UP)),
+            Some(Verdict::Unknown)
+        );
+        assert_eq!(b.record("198.18.0.2", round(UP, UP)), None, "no change");
+        assert_eq!(
+            b.record("198.18.0.3", round(UP, Probe::Lost)),
+            Some(Verdict::Unknown)
+        );
+        assert_eq!((b.counts(), b.failing()), ((1, 2), 1));
+        let snap = b.snapshot().unwrap();
+        assert_eq!(snap[1].verdict, "vxlan-blocked");
+        assert!(snap[1].fix.contains("UDP 8472"), "{}", snap[1].fix);
+        assert_eq!(b.retain(&[t("198.18.0.2")]), ["198.18.0.3"]);
+        assert_eq!(b.counts(), (1, 1));
     }
 }

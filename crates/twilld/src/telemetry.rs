@@ -92,7 +92,7 @@ pub struct Telemetry {
     /// What `twilld status` shows: the node's part, written by the main loop.
     pub status: Mutex<crate::status::NodeStatus>,
     /// And the probes' part, written by the probe task.
-    pub probes: Mutex<crate::probes::Board>,
+    pub probes: Mutex<crate::status::Board>,
 }
 
 fn rtt_histogram() -> Histogram {

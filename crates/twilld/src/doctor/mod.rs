@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+pub use crate::status::Output;
+use clap::Args;
 use serde_json::json;
 use twill_config::{BackendType, NetConf, SubnetEnv};
 use twill_dataplane::netlink::Link;
@@ -26,12 +27,6 @@ use host::{
     kernel, mtu_chain, other_cnis, privileges, spawn_kernel_probe, vxlan_firewall, vxlan_port,
 };
 use store::{etcd_checks, kube_checks, StoreView};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct Doctor {
