@@ -1,8 +1,9 @@
 //! Per-peer overlay probes end to end: three nodes (two twilld, one the real flanneld)
-//! probing each other every second; VXLAN's UDP port dropped between the two twilld nodes
-//! (an nftables rule on one of them), the underlay path to the flanneld node narrowed
-//! below the pod MTU, that node's link taken down: each is named by its verdict in
-//! `twilld status`, `doctor`, the metrics and /readyz, and clears when undone.
+//! probing each other every second; VXLAN's UDP port dropped between the two twilld
+//! nodes (an nftables rule on one of them), the underlay path to the flanneld node
+//! narrowed below the pod MTU, that node stopped and its link taken down: each is named
+//! by its verdict in `twilld status`, `doctor`, the metrics and /readyz, and clears when
+//! undone. Then the VXLAN device's checksum offload, set and kept.
 
 use twill_e2e::{doctor_check, metric_in, Cluster, Node};
 use twill_testutil::{require_root, wait_until};
@@ -174,10 +175,12 @@ fn each_overlay_failure_is_named_by_its_verdict_and_clears() {
         verdict(&c.nodes[0], n3) == "ok"
     });
 
-    // Node 3's link down: nothing answers.
+    // Node 3 stopped and its link down: nothing answers.
+    c.nodes[fl].stop(libc::SIGTERM);
     c.nodes[fl].ns.sh("ip link set eth0 down");
     wait_until(10, "peer-down", || verdict(&c.nodes[0], n3) == "peer-down");
     c.nodes[fl].ns.sh("ip link set eth0 up");
+    c.nodes[fl].start_flanneld();
     wait_until(20, "back", || verdict(&c.nodes[0], n3) == "ok");
 
     // Without the control socket, status asks the daemon's listeners it is given.
