@@ -3,7 +3,7 @@
 //! device (`flannel.1` over IPv4, `flannel-v6.1` over IPv6), as flanneld builds it; the
 //! real flanneld beside twilld on both families; repairs and restarts of the IPv6 half.
 
-use twill_e2e::{ip6, seen_source, tcp_from, Cluster, ETCD_IP, ETCD_IP6};
+use twill_e2e::{doctor_check, ip6, seen_source, tcp_from, Cluster, ETCD_IP, ETCD_IP6};
 use twill_testutil::{require_root, wait_until, Netns};
 
 const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
@@ -56,7 +56,7 @@ fn cluster(tag: &str, flanneld: &[bool]) -> Cluster {
 
 #[test]
 fn dual_stack_pods_reach_each_other_on_both_families_without_nat() {
-    let c = cluster("ds-mesh", &[false, false, false]);
+    let mut c = cluster("ds-mesh", &[false, false, false]);
     c.assert_mesh_both();
 
     for (i, node) in c.nodes.iter().enumerate() {
@@ -101,6 +101,30 @@ fn dual_stack_pods_reach_each_other_on_both_families_without_nat() {
     let etcd = c.etcd_host();
     assert_eq!(seen_source(&p0.ns, ETCD_IP6, etcd, "eth0"), "2001:2::1");
     assert_eq!(seen_source(&p0.ns, ETCD_IP, etcd, "eth0"), "198.18.0.1");
+
+    // doctor checks each family's entries: both pass; with the daemon stopped, an IPv6
+    // route deleted by hand is named as missing.
+    let doctor = |c: &Cluster| c.nodes[0].subcommand(&["doctor", "--output=json"]).1;
+    let out = doctor(&c);
+    for check in ["peers", "peers (IPv6)"] {
+        let v = doctor_check(&out, check);
+        assert_eq!(v["status"], "pass", "{v}");
+        assert_eq!(
+            v["detail"], "2 peers in etcd; 0 entries missing, 0 extra",
+            "{v}"
+        );
+    }
+    c.nodes[0].stop(libc::SIGTERM);
+    let peer = c.nodes[1].lease6();
+    c.nodes[0]
+        .ns
+        .sh(&format!("ip -6 route del {peer} dev flannel-v6.1"));
+    let v = doctor_check(&doctor(&c), "peers (IPv6)");
+    assert_eq!(v["status"], "fail", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("1 entries missing"),
+        "{v}"
+    );
 }
 
 fn mac_of(ns: &Netns, dev: &str) -> String {

@@ -16,19 +16,21 @@ use crate::policy::lease_policy;
 use super::store::leases_refused;
 use super::{Checks, Status};
 
-/// Where the IPv4 peers' entries are.
+/// Where one family's peers' entries are.
 pub(super) enum PeerPath {
     /// On our VXLAN device (its ifindex), and per `mode` on the underlay.
     Vxlan { device: u32, mode: Underlay },
     /// host-gw: routes on the underlay device (its ifindex) into `network`.
-    HostGw { underlay: u32, network: Ipv4Network },
+    HostGw { underlay: u32, network: IpNetwork },
 }
 
+/// The leases judged as the daemon judges them, and per family (`paths`, IPv4's first)
+/// the kernel's entries against them: a `peers` check, `peers (IPv6)` for the IPv6 half.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn peers(
     c: &mut Checks,
     nl: &Netlink,
-    path: PeerPath,
+    paths: &[(Family, PeerPath)],
     underlay: Option<u32>,
     conf: Option<&NetConf>,
     own: Option<&LeaseKey>,
@@ -37,10 +39,13 @@ pub(super) async fn peers(
     store_name: &str,
 ) {
     // Judged as the daemon judges them, so doctor expects exactly what twilld programs.
-    let ours: Vec<u32> = match path {
-        PeerPath::Vxlan { device, .. } => vec![device],
-        PeerPath::HostGw { .. } => vec![],
-    };
+    let ours: Vec<u32> = paths
+        .iter()
+        .filter_map(|(_, p)| match p {
+            PeerPath::Vxlan { device, .. } => Some(*device),
+            PeerPath::HostGw { .. } => None,
+        })
+        .collect();
     let mut table = match conf {
         Some(conf) => match lease_policy(nl, &ours, underlay, conf, own.filter(|_| kube)).await {
             Ok(p) => PeerTable::with_policy(p),
@@ -67,17 +72,34 @@ pub(super) async fn peers(
     }
     table.apply(WatchEvent::Snapshot(leases.to_vec()));
     leases_refused(c, &table, store_name);
-    let desired = desired_peers(table.entries().filter(|e| e.family() == Family::V4));
+    for (family, path) in paths {
+        family_peers(c, nl, &table, *family, path, store_name).await;
+    }
+}
+
+async fn family_peers(
+    c: &mut Checks,
+    nl: &Netlink,
+    table: &PeerTable,
+    family: Family,
+    path: &PeerPath,
+    store_name: &str,
+) {
+    let name = match family {
+        Family::V4 => "peers",
+        Family::V6 => "peers (IPv6)",
+    };
+    let desired = desired_peers(table.entries().filter(|e| e.family() == family));
     let plan = match path {
         PeerPath::Vxlan { device, mode } => {
-            plan_peers(nl, device, Family::V4, mode, &desired, None).await
+            plan_peers(nl, *device, family, *mode, &desired, None).await
         }
         PeerPath::HostGw { underlay, network } => {
-            plan_routed(nl, underlay, IpNetwork::V4(network), &desired).await
+            plan_routed(nl, *underlay, *network, &desired).await
         }
     };
     let Ok(plan) = plan else {
-        c.add("peers", Status::Warn, "could not read kernel state", "");
+        c.add(name, Status::Warn, "could not read kernel state", "");
         return;
     };
     let (ops, direct) = (&plan.ops, &plan.direct);
@@ -114,9 +136,9 @@ pub(super) async fn peers(
     );
     let hint = "twilld repairs these within --iptables-resync seconds; if they persist, it is not running or can't write (see its log)";
     match (missing, extra) {
-        (0, 0) => c.pass("peers", detail),
-        (0, _) => c.add("peers", Status::Warn, detail, hint),
-        _ => c.add("peers", Status::Fail, detail, hint),
+        (0, 0) => c.pass(name, detail),
+        (0, _) => c.add(name, Status::Warn, detail, hint),
+        _ => c.add(name, Status::Fail, detail, hint),
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use twill_config::{BackendType, NetConf, SubnetEnv};
 use twill_dataplane::netlink::Link;
 use twill_dataplane::{ExtIface, Netlink, Underlay};
-use twill_store::LeaseKey;
+use twill_store::{Family, LeaseKey};
 
 use crate::options::{NodeOptions, StoreOptions};
 
@@ -416,44 +416,66 @@ fn vxlan_device(c: &mut Checks, cx: &Context<'_>) {
     }
 }
 
-/// Every peer's entries on our device (and direct routes where twilld keeps them: with
-/// DirectRouting), or under host-gw its routes on the underlay.
+/// Every peer's entries on our devices (and direct routes where twilld keeps them: with
+/// DirectRouting), or under host-gw its routes on the underlay; per family.
 async fn peer_entries(c: &mut Checks, cx: &Context<'_>) {
-    let Some(l) = &cx.store.leases else {
+    let (Some(l), Some(conf)) = (&cx.store.leases, cx.conf()) else {
         return;
     };
     let underlay = cx.underlay.as_ref().map(|(e, _)| e.index);
-    let network = cx.conf().and_then(|c| c.network4());
-    let path = match (cx.conf(), underlay, network) {
-        (Some(conf), Some(u), Some(n)) if conf.backend.kind == BackendType::HostGw => {
-            PeerPath::HostGw {
-                underlay: u,
-                network: n,
+    let host_gw = conf.backend.kind == BackendType::HostGw;
+    let networks = [
+        (Family::V4, conf.network4().map(ipnetwork::IpNetwork::V4)),
+        (Family::V6, conf.network6().map(ipnetwork::IpNetwork::V6)),
+    ];
+    let mut paths = Vec::new();
+    for (family, network) in networks {
+        let Some(network) = network else {
+            continue;
+        };
+        if host_gw {
+            if let Some(u) = underlay {
+                paths.push((
+                    family,
+                    PeerPath::HostGw {
+                        underlay: u,
+                        network,
+                    },
+                ));
             }
+            continue;
         }
-        (Some(conf), ..) if conf.backend.kind == BackendType::HostGw => return,
-        (conf, ..) => {
-            let Some(d) = &cx.device else {
-                return;
-            };
-            let mode = match (conf, underlay, network) {
-                (Some(conf), Some(u), Some(n)) if conf.backend.direct_routing => {
-                    Underlay::Direct(u, ipnetwork::IpNetwork::V4(n))
-                }
-                _ => Underlay::Skip,
-            };
+        let device = match family {
+            Family::V4 => cx.device.clone(),
+            Family::V6 => {
+                let name = format!("flannel-v6.{}", conf.backend.vni);
+                cx.nl.link_by_name(&name).await.ok().flatten()
+            }
+        };
+        let Some(d) = device else {
+            continue;
+        };
+        let mode = match underlay {
+            Some(u) if conf.backend.direct_routing => Underlay::Direct(u, network),
+            _ => Underlay::Skip,
+        };
+        paths.push((
+            family,
             PeerPath::Vxlan {
                 device: d.index,
                 mode,
-            }
-        }
-    };
+            },
+        ));
+    }
+    if paths.is_empty() {
+        return;
+    }
     peers(
         c,
         &cx.nl,
-        path,
+        &paths,
         underlay,
-        cx.conf(),
+        Some(conf),
         cx.own_key.as_ref(),
         matches!(cx.node.store, StoreOptions::Kube(_)),
         l,
