@@ -424,3 +424,48 @@ fn direct_routing_on_both_families() {
             .contains(&want)
     });
 }
+
+#[test]
+fn vxlan_notrack_covers_the_ipv6_tunnel() {
+    require_root();
+    let mut c = Cluster::new_dual("ds-nt");
+    c.put_config(DUAL);
+    c.add_nodes(&[false, false], &["--ip-masq", "--vxlan-notrack"]);
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    wait_until(20, "routes on both families", || {
+        c.nodes[0]
+            .ns
+            .sh("ip -6 route show dev flannel-v6.1")
+            .contains("fd00:10:244:")
+    });
+    c.assert_mesh_both();
+    let raw6 = c.nodes[0].ns.sh("ip6tables -t raw -S");
+    for rule in [
+        r#"-A TWILL-NOTRACK-PRE -d 2001:2::1/128 -p udp -m udp --dport 8472 -m comment --comment "twilld vxlan notrack" -j NOTRACK"#,
+        r#"-A TWILL-NOTRACK-OUT -s 2001:2::1/128 -p udp -m udp --dport 8472 -m comment --comment "twilld vxlan notrack" -j NOTRACK"#,
+    ] {
+        assert!(raw6.contains(rule), "{rule} in\n{raw6}");
+    }
+    let raw4 = c.nodes[0].ns.sh("iptables -t raw -S");
+    assert!(raw4.contains("-d 198.18.0.1/32 -p udp"), "{raw4}");
+    // The untracked VXLAN packets still count: pings cross and are counted by the rule.
+    let counted = |ns: &Netns| {
+        ns.sh("ip6tables -t raw -L TWILL-NOTRACK-PRE -v -n -x")
+            .lines()
+            .filter(|l| !l.starts_with("Chain"))
+            .find(|l| l.contains("NOTRACK"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = counted(&c.nodes[0].ns);
+    c.assert_mesh_both();
+    assert!(
+        counted(&c.nodes[0].ns) > before,
+        "IPv6 VXLAN packets untracked"
+    );
+    let (_, out) = c.nodes[0].subcommand(&["doctor", "--output=json", "--vxlan-notrack"]);
+    let rules = doctor_check(&out, "rules");
+    assert_eq!(rules["status"], "pass", "{rules}");
+}

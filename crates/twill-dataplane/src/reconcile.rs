@@ -3,7 +3,6 @@
 //! peer of that family), and the node's rules for both.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -415,17 +414,10 @@ impl Dataplane {
             let Some(lease) = self.st(f).lease else {
                 continue;
             };
-            let flows = match o.vxlan() {
-                Some(VxlanSpec {
-                    local: IpAddr::V4(local),
-                    port,
-                    ..
-                }) => Some(VxlanFlows {
-                    local: *local,
-                    port: *port,
-                }),
-                _ => None,
-            };
+            let flows = o.vxlan().map(|v| VxlanFlows {
+                local: v.local,
+                port: v.port,
+            });
             let opts = c.rules.options(flows, &c.no_masq);
             sets.push(RuleSet::new(o.network, lease, &opts));
             v6 |= f.is_v6();

@@ -435,7 +435,7 @@ mod tests {
     }
 
     /// flannel's IPv6 set: the same chains with ff00::/8 for multicast, no VXLAN notrack
-    /// (the VTEP is IPv4), and only the IPv6 exemptions.
+    /// for an IPv4 VTEP, and only the IPv6 exemptions.
     #[test]
     fn ipv6_rule_set_is_flannels() {
         let mut o = opts(true, true);
@@ -470,6 +470,28 @@ mod tests {
             r.chains[2].rules.is_none() && r.chains[3].rules.is_none(),
             "no notrack"
         );
+        // An IPv6 VTEP's flows go into the IPv6 set, as /128.
+        o.notrack = Some(VxlanFlows {
+            local: "2001:2::7".parse().unwrap(),
+            port: 8472,
+        });
+        let r = RuleSet::new(
+            "fd00:10:244::/56".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+            &o,
+        );
+        assert_eq!(
+            r.chains[2].rules.as_deref().unwrap(),
+            [
+                r#"-d 2001:2::7/128 -p udp -m udp --dport 8472 -m comment --comment "twilld vxlan notrack" -j NOTRACK"#
+            ]
+        );
+        let v4 = RuleSet::new(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+            &o,
+        );
+        assert!(v4.chains[2].rules.is_none(), "not in the IPv4 set");
     }
 
     #[test]

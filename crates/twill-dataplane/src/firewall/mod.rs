@@ -14,7 +14,7 @@ pub use iptables::Iptables;
 pub use nftables::{nft_script, nft_table, remove_table, Nftables, NFT_TABLE, NFT_TABLE6};
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -75,7 +75,8 @@ impl RuleFlags {
 /// destination port every VXLAN packet carries, whichever way it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VxlanFlows {
-    pub local: Ipv4Addr,
+    /// Of the family of the rules it goes into: an IPv6 VTEP's flows in the IPv6 set.
+    pub local: IpAddr,
     pub port: u16,
 }
 
@@ -125,15 +126,13 @@ impl RuleIntent {
 
 impl RuleSet {
     /// `network` is the whole pod network, `pod_subnet` this node's lease, both of one
-    /// family. The IPv6 set is flannel's with `ff00::/8` for multicast, and has no VXLAN
-    /// notrack rules (the VTEP is IPv4).
+    /// family. The IPv6 set is flannel's with `ff00::/8` for multicast; VXLAN notrack rules
+    /// go into the set of the VTEP's family (an IPv6 overlay over an IPv6 underlay).
     pub fn new(network: IpNetwork, pod_subnet: IpNetwork, opts: &RuleOptions) -> Self {
         let v6 = network.is_ipv6();
         let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
         let mut opts = opts.clone();
-        if v6 {
-            opts.notrack = None;
-        }
+        opts.notrack = opts.notrack.filter(|f| f.local.is_ipv6() == v6);
         let opts = &opts;
         let masq_target = if opts.fully_random {
             "-j MASQUERADE --random-fully"
@@ -173,8 +172,9 @@ impl RuleSet {
         // NAT and our MASQUERADE need them.
         let notrack = |addr: &str| {
             opts.notrack.map(|f| {
+                let host = if v6 { 128 } else { 32 };
                 vec![format!(
-                    "{addr} {}/32 -p udp -m udp --dport {} {NOTRACK_COMMENT} -j NOTRACK",
+                    "{addr} {}/{host} -p udp -m udp --dport {} {NOTRACK_COMMENT} -j NOTRACK",
                     f.local, f.port
                 )]
             })

@@ -34,7 +34,7 @@ pub fn nft_table(v6: bool) -> (&'static str, &'static str) {
 pub fn nft_script(intent: &RuleIntent) -> Option<String> {
     let (n, p, o) = (intent.network, intent.pod_subnet, &intent.opts);
     let v6 = intent.v6();
-    let notrack = o.notrack.filter(|_| !v6);
+    let notrack = o.notrack.filter(|f| f.local.is_ipv6() == v6);
     if !o.ip_masq && !o.forward && notrack.is_none() {
         return None;
     }
@@ -86,7 +86,7 @@ pub fn nft_script(intent: &RuleIntent) -> Option<String> {
         ] {
             s.push_str(&format!(
                 "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n\
-                 \x20   ip {dir} {} udp dport {} notrack\n  }}\n",
+                 \x20   {ip} {dir} {} udp dport {} notrack\n  }}\n",
                 f.local, f.port
             ));
         }

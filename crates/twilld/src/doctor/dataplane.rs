@@ -159,28 +159,40 @@ pub(super) async fn rules(
     conf: Option<&NetConf>,
     env: &SubnetEnv,
     local: Option<Ipv4Addr>,
+    local6: Option<std::net::Ipv6Addr>,
 ) {
     let (Some((own, network)), Some(conf)) = (v4_lease(env), conf) else {
         return;
     };
     // Masquerade as the running twilld recorded it; the rest from the flags.
     flags.ip_masq = env.ipmasq.unwrap_or(flags.ip_masq);
-    let opts = flags.options(
-        local.map(|local| VxlanFlows {
-            local,
-            port: conf.backend.port,
-        }),
-        &conf.exempt_from_masquerade(no_masq_cidr),
-    );
+    let exempt = conf.exempt_from_masquerade(no_masq_cidr);
+    // Each family's set with its own VTEP's flows (the IPv6 device sends from the
+    // underlay's IPv6 address); host-gw has none.
+    let opts = |local: Option<std::net::IpAddr>| {
+        let flows = local
+            .filter(|_| conf.backend.kind.is_vxlan())
+            .map(|local| VxlanFlows {
+                local,
+                port: conf.backend.port,
+            });
+        flags.options(flows, &exempt)
+    };
+    let opts4 = opts(local.map(std::net::IpAddr::V4));
     let mut want = vec![RuleSet::new(
         ipnetwork::IpNetwork::V4(network),
         ipnetwork::IpNetwork::V4(own),
-        &opts,
+        &opts4,
     )];
     // Dual stack: the IPv6 chains (or ip6 table) as well.
     if let (Some(r6), Some(own6)) = (conf.ipv6.as_ref(), env.lease_subnet6()) {
-        want.push(RuleSet::new(r6.network, own6, &opts));
+        want.push(RuleSet::new(
+            r6.network,
+            own6,
+            &opts(local6.map(std::net::IpAddr::V6)),
+        ));
     }
+    let opts = opts4;
     let nftables = conf.enable_nftables;
     let found = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();

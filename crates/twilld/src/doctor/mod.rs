@@ -195,10 +195,20 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     overlay(&mut c, node).await;
     if let Some(env) = &cx.env {
         let local = cx.underlay.as_ref().map(|(e, _)| e.addr);
+        let local6 = cx.underlay.as_ref().and_then(|(e, _)| e.addr6);
         let mut flags = node.rules;
         // No VXLAN packets to keep out of conntrack.
         flags.notrack &= !host_gw;
-        rules(&mut c, flags, &node.no_masq_cidr, cx.conf(), env, local).await;
+        rules(
+            &mut c,
+            flags,
+            &node.no_masq_cidr,
+            cx.conf(),
+            env,
+            local,
+            local6,
+        )
+        .await;
         blackhole(&mut c, &cx.nl, env, node.ip_blackhole_route).await;
     }
     repair_conflicts(&mut c, &node.subnet_file);
