@@ -426,11 +426,14 @@ fn direct_routing_on_both_families() {
 }
 
 #[test]
-fn vxlan_notrack_covers_the_ipv6_tunnel() {
+fn vxlan_notrack_and_the_blackhole_route_cover_ipv6() {
     require_root();
     let mut c = Cluster::new_dual("ds-nt");
     c.put_config(DUAL);
-    c.add_nodes(&[false, false], &["--ip-masq", "--vxlan-notrack"]);
+    c.add_nodes(
+        &[false, false],
+        &["--ip-masq", "--vxlan-notrack", "--ip-blackhole-route"],
+    );
     for i in 0..2 {
         c.add_pod(i);
     }
@@ -465,7 +468,38 @@ fn vxlan_notrack_covers_the_ipv6_tunnel() {
         counted(&c.nodes[0].ns) > before,
         "IPv6 VXLAN packets untracked"
     );
-    let (_, out) = c.nodes[0].subcommand(&["doctor", "--output=json", "--vxlan-notrack"]);
+    // --ip-blackhole-route: a blackhole for each family's subnet, behind cni0's route.
+    let own6 = c.nodes[0].lease6();
+    let bh6 = c.nodes[0].ns.sh("ip -6 route show type blackhole");
+    assert!(
+        bh6.contains(&format!(
+            "blackhole {own6} dev lo proto static metric 4294967295"
+        )),
+        "{bh6}"
+    );
+    let bh4 = c.nodes[0].ns.sh("ip -4 route show type blackhole");
+    assert!(bh4.contains(&c.nodes[0].lease()), "{bh4}");
+    c.assert_mesh_both();
+    let (_, out) = c.nodes[0].subcommand(&[
+        "doctor",
+        "--output=json",
+        "--vxlan-notrack",
+        "--ip-blackhole-route",
+    ]);
     let rules = doctor_check(&out, "rules");
     assert_eq!(rules["status"], "pass", "{rules}");
+    for check in ["blackhole route", "blackhole route (IPv6)"] {
+        let v = doctor_check(&out, check);
+        assert_eq!(v["status"], "pass", "{v}");
+    }
+    // Deleted, it comes back.
+    c.nodes[0].ns.sh(&format!(
+        "ip -6 route del blackhole {own6} metric 4294967295"
+    ));
+    wait_until(5, "the IPv6 blackhole back", || {
+        c.nodes[0]
+            .ns
+            .sh("ip -6 route show type blackhole")
+            .contains(&own6)
+    });
 }

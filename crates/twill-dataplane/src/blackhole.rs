@@ -10,15 +10,15 @@
 //! metric instead: any other route to the subnet wins, and the blackhole only catches what
 //! nothing else routes. flanneld's metric-0 form, found on a node it ran on, is replaced.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 /// The blackhole's metric: after every other route to the same prefix.
 pub const BLACKHOLE_METRIC: u32 = u32::MAX;
 
-/// A main-table IPv4 blackhole route.
+/// A main-table blackhole route, of either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Blackhole {
-    pub net: Ipv4Network,
+    pub net: IpNetwork,
     pub metric: u32,
 }
 
@@ -32,7 +32,7 @@ impl std::fmt::Display for Blackhole {
 /// other subnet-shaped blackhole of the overlay network is left of ours or flanneld's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BlackholePlan {
-    pub add: Option<Ipv4Network>,
+    pub add: Option<IpNetwork>,
     pub del: Vec<Blackhole>,
 }
 
@@ -41,18 +41,16 @@ pub struct BlackholePlan {
 /// Of those, ours (our metric) go unless wanted, and flanneld's form (metric 0) goes for
 /// our own subnet, where it would shadow cni0's route. A blackhole at another metric, or
 /// flanneld's for another subnet, is nobody's we know and stays.
-pub fn plan(
-    found: &[Blackhole],
-    network: Ipv4Network,
-    own: Ipv4Network,
-    want: bool,
-) -> BlackholePlan {
+pub fn plan(found: &[Blackhole], network: IpNetwork, own: IpNetwork, want: bool) -> BlackholePlan {
     let wanted = Blackhole {
         net: own,
         metric: BLACKHOLE_METRIC,
     };
     let lease_shaped = |b: &Blackhole| {
-        b.net.prefix() == own.prefix() && network.contains(b.net.network()) && network != b.net
+        b.net.is_ipv4() == own.is_ipv4()
+            && b.net.prefix() == own.prefix()
+            && network.contains(b.net.network())
+            && network != b.net
     };
     let del = found
         .iter()
@@ -74,7 +72,7 @@ pub fn plan(
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
     fn bh(s: &str, metric: u32) -> Blackhole {
@@ -118,6 +116,22 @@ mod tests {
         let p = plan(&found, net(NETWORK), net(OWN), false);
         assert_eq!(p.add, None);
         assert_eq!(p.del, [bh(OWN, 0)]);
+    }
+
+    #[test]
+    fn ipv6_subnets_as_ipv4_ones() {
+        let (network, own) = (net("fd00:10:244::/56"), net("fd00:10:244:7::/64"));
+        let found = [
+            bh("fd00:10:244:3::/64", BLACKHOLE_METRIC),
+            bh(OWN, BLACKHOLE_METRIC),
+        ];
+        let p = plan(&found, network, own, true);
+        assert_eq!(p.add, Some(own));
+        assert_eq!(
+            p.del,
+            [bh("fd00:10:244:3::/64", BLACKHOLE_METRIC)],
+            "the IPv4 one is not this family's"
+        );
     }
 
     #[test]

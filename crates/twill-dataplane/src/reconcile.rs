@@ -76,7 +76,7 @@ pub struct DataplaneConfig {
     pub direct_routing: bool,
     /// How VXLAN peer routes are written (`--route-nexthops`).
     pub route_form: RouteForm,
-    /// A blackhole route for our own IPv4 subnet (`--ip-blackhole-route`).
+    /// A blackhole route for our own subnet of each family (`--ip-blackhole-route`).
     pub blackhole_route: bool,
 }
 
@@ -643,16 +643,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Our IPv4 subnet's blackhole route, as `--ip-blackhole-route` wants it; the changes
-    /// made.
-    async fn blackhole(&mut self, own: IpNetwork) -> Result<usize, NetlinkError> {
-        let (IpNetwork::V4(own), Some(IpNetwork::V4(network))) =
-            (own, self.cfg.v4.as_ref().map(|o| o.network))
-        else {
+    /// Our subnet's blackhole route in family `f`, as `--ip-blackhole-route` wants it;
+    /// the changes made.
+    async fn blackhole(&mut self, f: Family, own: IpNetwork) -> Result<usize, NetlinkError> {
+        let Some(network) = self.cfg.overlay(f).map(|o| o.network) else {
             return Ok(0);
         };
         let want = self.cfg.blackhole_route;
-        if !self.st(Family::V4).sweep_blackholes {
+        if !self.st(f).sweep_blackholes {
             // One request, and no notification when the route is there already.
             return Ok(if want {
                 usize::from(self.nl.add_blackhole(own).await?)
@@ -660,7 +658,7 @@ impl Dataplane {
                 0
             });
         }
-        let found = self.nl.blackholes().await?;
+        let found = self.nl.blackholes(f).await?;
         let plan = crate::blackhole::plan(&found, network, own, want);
         let mut changed = 0;
         // Ours in first, so the subnet is never without one while flanneld's goes.
@@ -672,7 +670,7 @@ impl Dataplane {
             info!(route = %b, "removed a stale blackhole route");
             changed += 1;
         }
-        self.st_mut(Family::V4).sweep_blackholes = false;
+        self.st_mut(f).sweep_blackholes = false;
         Ok(changed)
     }
 
@@ -711,16 +709,14 @@ impl Dataplane {
                     .ensure_address(index, lease.network(), network)
                     .await?;
             }
-            if f == Family::V4 {
-                match self.blackhole(lease).await {
-                    Ok(n) => {
-                        report.entries_changed += n;
-                        if n > 0 && self.cfg.blackhole_route {
-                            report.restored.push(("blackhole", lease.to_string()));
-                        }
+            match self.blackhole(f, lease).await {
+                Ok(n) => {
+                    report.entries_changed += n;
+                    if n > 0 && self.cfg.blackhole_route {
+                        report.restored.push(("blackhole", lease.to_string()));
                     }
-                    Err(e) => report.entries_failed.push(e.into()),
                 }
+                Err(e) => report.entries_failed.push(e.into()),
             }
         }
         match (desired, index) {

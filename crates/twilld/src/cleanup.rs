@@ -12,7 +12,7 @@ use twill_config::SubnetEnv;
 use twill_dataplane::{Firewall, Iptables, Netlink, RuleSet};
 use twill_etcd::EtcdStore;
 use twill_kube::KubeOptions;
-use twill_store::LeaseKey;
+use twill_store::{Family, LeaseKey};
 
 use crate::options::{kube_with_ipv6, NodeOptions, StoreOptions};
 
@@ -206,21 +206,24 @@ async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mu
     }
 }
 
-/// `--ip-blackhole-route`'s route for our subnet (ours, or flanneld's metric-0 form).
+/// `--ip-blackhole-route`'s routes for our subnets (ours, or flanneld's metric-0 form).
 async fn blackhole_routes(nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
-    let Some(IpNetwork::V4(own)) = env.lease_subnet() else {
-        return;
-    };
-    let Ok(found) = nl.blackholes().await else {
-        return;
-    };
-    for net in &env.networks {
-        let IpNetwork::V4(net) = *net else { continue };
-        for b in twill_dataplane::blackhole::plan(&found, net, own, false).del {
-            r.act(&format!("route {b} (--ip-blackhole-route)"), async {
-                Ok(nl.del_blackhole(b).await?)
-            })
-            .await;
+    let families = [
+        (Family::V4, env.lease_subnet(), &env.networks),
+        (Family::V6, env.lease_subnet6(), &env.ipv6_networks),
+    ];
+    for (family, own, networks) in families {
+        let Some(own) = own else { continue };
+        let Ok(found) = nl.blackholes(family).await else {
+            continue;
+        };
+        for net in networks {
+            for b in twill_dataplane::blackhole::plan(&found, *net, own, false).del {
+                r.act(&format!("route {b} (--ip-blackhole-route)"), async {
+                    Ok(nl.del_blackhole(b).await?)
+                })
+                .await;
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::{FutureExt, TryStreamExt};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -293,13 +293,10 @@ impl Netlink {
         Ok(())
     }
 
-    /// The main table's IPv4 blackhole routes.
-    pub async fn blackholes(&self) -> Result<Vec<Blackhole>, NetlinkError> {
+    /// The main table's blackhole routes of `family`.
+    pub async fn blackholes(&self, family: Family) -> Result<Vec<Blackhole>, NetlinkError> {
         let mut out = Vec::new();
-        self.each_main_of_kind(Family::V4, RouteType::BlackHole, |r, net| {
-            let IpNetwork::V4(net) = net else {
-                return;
-            };
+        self.each_main_of_kind(family, RouteType::BlackHole, |r, net| {
             let metric = r
                 .attributes
                 .iter()
@@ -316,7 +313,7 @@ impl Netlink {
 
     /// `ip route add blackhole <net> metric <BLACKHOLE_METRIC>`: `true` when it was added,
     /// `false` when a route already holds that prefix and metric (ours, normally).
-    pub async fn add_blackhole(&self, net: Ipv4Network) -> Result<bool, NetlinkError> {
+    pub async fn add_blackhole(&self, net: IpNetwork) -> Result<bool, NetlinkError> {
         let msg = blackhole_msg(Blackhole {
             net,
             metric: BLACKHOLE_METRIC,
@@ -388,8 +385,7 @@ pub(super) fn match_any_origin(mut msg: RouteMessage) -> RouteMessage {
 }
 
 pub(super) fn blackhole_msg(b: Blackhole) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(b.net.network(), b.net.prefix())
+    to(b.net)
         .kind(RouteType::BlackHole)
         .priority(b.metric)
         .build()

@@ -233,17 +233,44 @@ pub(super) async fn rules(
     }
 }
 
-/// Our subnet's blackhole route: present with --ip-blackhole-route, and never in
-/// flanneld's form, which shadows cni0's route to the local pods.
+/// Our subnets' blackhole routes: present with --ip-blackhole-route, and never in
+/// flanneld's form, which shadows cni0's route to the local pods. A check per family.
 pub(super) async fn blackhole(c: &mut Checks, nl: &Netlink, env: &SubnetEnv, want: bool) {
-    let Some((own, network)) = v4_lease(env) else {
-        return;
-    };
-    let Ok(found) = nl.blackholes().await else {
-        c.add("blackhole route", Status::Warn, "could not read routes", "");
-        return;
-    };
-    let plan = twill_dataplane::blackhole::plan(&found, network, own, want);
+    let families = [
+        (
+            Family::V4,
+            "blackhole route",
+            env.lease_subnet(),
+            env.networks.first(),
+        ),
+        (
+            Family::V6,
+            "blackhole route (IPv6)",
+            env.lease_subnet6(),
+            env.ipv6_networks.first(),
+        ),
+    ];
+    for (family, name, own, network) in families {
+        let (Some(own), Some(network)) = (own, network) else {
+            continue;
+        };
+        let Ok(found) = nl.blackholes(family).await else {
+            c.add(name, Status::Warn, "could not read routes", "");
+            continue;
+        };
+        family_blackhole(c, name, &found, *network, own, want);
+    }
+}
+
+fn family_blackhole(
+    c: &mut Checks,
+    name: &'static str,
+    found: &[Blackhole],
+    network: IpNetwork,
+    own: IpNetwork,
+    want: bool,
+) {
+    let plan = twill_dataplane::blackhole::plan(found, network, own, want);
     // The kernel refuses a same-metric route while cni0's is there, so one that exists was
     // added first and sits in front of cni0's.
     let flanneld = Blackhole {
@@ -255,17 +282,17 @@ pub(super) async fn blackhole(c: &mut Checks, nl: &Netlink, env: &SubnetEnv, wan
         metric: BLACKHOLE_METRIC,
     };
     if plan.del.contains(&flanneld) {
-        c.add("blackhole route", Status::Fail, format!("route {flanneld} (flanneld's --ip-blackhole-route) shadows cni0's route: local pods are unreachable"),
+        c.add(name, Status::Fail, format!("route {flanneld} (flanneld's --ip-blackhole-route) shadows cni0's route: local pods are unreachable"),
             format!("twilld replaces it at start; by hand: ip route del blackhole {own} metric 0"));
     } else if plan.add.is_some() {
-        c.add("blackhole route", Status::Fail, format!("no blackhole route for {own}"),
+        c.add(name, Status::Fail, format!("no blackhole route for {own}"),
             "twilld --ip-blackhole-route adds it within --iptables-resync seconds; is it running with the flag?");
     } else if want {
-        c.pass("blackhole route", format!("route {ours}"));
+        c.pass(name, format!("route {ours}"));
     } else if !plan.del.is_empty() {
         let stale: Vec<String> = plan.del.iter().map(|b| b.to_string()).collect();
         c.add(
-            "blackhole route",
+            name,
             Status::Warn,
             format!(
                 "left by an earlier --ip-blackhole-route: {}",
