@@ -111,6 +111,15 @@ pub fn derive(
     };
     let ext = &facts.underlay;
     let host_gw = conf.backend.kind == BackendType::HostGw;
+    // As flanneld: peers route to our PublicIP, which must then be the underlay's own.
+    if host_gw && facts.public_ip != ext.addr {
+        bail!(
+            "net-conf.json: Backend.Type=host-gw: the PublicIP {} is not {}'s address {} (behind a NAT?): host-gw routes pods via each node's own address; drop --public-ip (or node-public-ip), or use vxlan",
+            facts.public_ip,
+            ext.name,
+            ext.addr
+        );
+    }
     let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
     let device_mtu = |overhead: u32| {
         underlay_mtu
@@ -521,6 +530,17 @@ mod tests {
             ["flannel.1", "flannel-v6.1"]
         );
         assert!(plan_reload(&c, &vx_c, &s, &vx).remove_devices.is_empty());
+        // Behind a NAT host-gw cannot work, as flanneld says too.
+        let mut natted = facts(1500);
+        natted.public_ip = "198.19.100.7".parse().unwrap();
+        let e = derive(&c, &opts(), &bgp_opts(), &natted)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host-gw") && e.contains("198.19.100.7"), "{e}");
+        assert!(
+            derive(&vx_c, &opts(), &bgp_opts(), &natted).is_ok(),
+            "vxlan is fine"
+        );
         assert!(!keeps_lease(
             &c,
             &LeaseKey::v4("10.244.3.0/24".parse().unwrap()),
