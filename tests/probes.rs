@@ -125,7 +125,7 @@ fn each_overlay_failure_is_named_by_its_verdict_and_clears() {
         overlay["hint"]
             .as_str()
             .unwrap()
-            .contains("open UDP 8472 in the firewall"),
+            .contains("UDP 8472 is dropped between this node and 198.18.0.2: open it in the firewall/security group"),
         "{overlay}"
     );
     let r = readyz(&c.nodes[0]);

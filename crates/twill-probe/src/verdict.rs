@@ -100,7 +100,7 @@ impl Verdict {
             Verdict::Unknown => format!("{peer} has not been probed yet"),
             Verdict::Ok => format!("{peer} answers over the overlay"),
             Verdict::VxlanBlocked => format!(
-                "UDP {port} is dropped between this node and {peer} (its address answers, the overlay does not): open UDP {port} in the firewall/security group between the nodes"
+                "UDP {port} is dropped between this node and {peer}: open it in the firewall/security group (the node's address answers, the overlay does not)"
             ),
             Verdict::Mtu { size, passes } => {
                 let pass = match passes {
