@@ -9,13 +9,7 @@ use serde_json::Value;
 use twill_testutil::Netns;
 
 fn plugin_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/twill");
-    assert!(
-        p.exists(),
-        "{} not built: run cargo build --workspace first",
-        p.display()
-    );
-    p
+    twill_e2e::twill_plugin_bin()
 }
 
 /// A node namespace with a subnet.env and temp dirs for our state and host-local's.

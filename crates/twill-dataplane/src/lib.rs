@@ -9,6 +9,7 @@
 
 pub mod blackhole;
 pub mod change;
+pub mod config;
 pub mod desired;
 pub mod errno;
 pub mod firewall;
@@ -16,11 +17,13 @@ pub mod iface;
 pub mod netlink;
 pub mod nexthop;
 pub mod offload;
+pub mod plan;
 pub mod reconcile;
 pub mod underlay;
 
 pub use blackhole::{Blackhole, BlackholePlan, BLACKHOLE_METRIC};
 pub use change::ChangeFlag;
+pub use config::{DataplaneConfig, OverlayConfig, Transport};
 pub use desired::{
     desired_peers, diff, diff_direct, incremental, nexthop_id, split_direct, Actual, DirectOps,
     Ops, RouteForm, Via,
@@ -34,9 +37,7 @@ pub use netlink::{
     watch_devices, ApplyReport, DeviceMonitor, DeviceState, EntryError, Netlink, NetlinkError,
     NodePrefixes, UnderlayRoutes, VxlanSpec,
 };
-pub use reconcile::{
-    plan_peers, plan_routed, Dataplane, DataplaneConfig, DataplaneError, OverlayConfig, PeerPlan,
-    ReconcileReport, Transport, Underlay,
-};
+pub use plan::{plan_peers, plan_routed, PeerPlan, Underlay};
+pub use reconcile::{Dataplane, DataplaneError, ReconcileReport};
 pub use twill_store::{Family, Mac, PeerEntry};
 pub use underlay::{select_underlay, SelectError};
