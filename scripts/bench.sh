@@ -3,6 +3,7 @@
 # root on Debian 12. Ratios are measured in one run, alternating the two sides.
 #   1. kernel programming: twilld's data-plane layer vs ip -batch / bridge -batch;
 #      1b. the same with routes through nexthop objects (--route-nexthops)
+#      1c. dual stack: every peer on both families, against ip -batch for both
 #   2. end to end: 3 twilld nodes, 1 000 then 10 000 leases injected into etcd: time to
 #      converge; then put -> route latency (p50/p99) over 200 single additions
 #   3. twilld memory (peak RSS) and CPU at 0 / 1 000 / 10 000 peers
@@ -22,6 +23,8 @@
 #      BIRDs -> all on an FRR router, subnet change -> route p50/p99 (bench-bgp-nodes.sh)
 #  10. peer probes: CPU and peak RSS of probing 1 000 peers against a node that does not,
 #      and VXLAN blocked -> vxlan-blocked verdict time (scripts/bench-probes.sh)
+#  11. dual stack: pod throughput over IPv4 and IPv6 against each raw underlay
+#      (scripts/bench-dualstack.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
 # NETLAB=none skips section 5; BENCH_SECTIONS=core runs only 1-4 and 6 (a refactor's check;
 # TWILLD=<another build's twilld> measures that build in 2-4 and 6).
@@ -100,6 +103,41 @@ for n in 100 1000 10000; do
   p=$(printf '%s\n' "${plain[@]}" | median)
   printf '| %s | %s ms | %s ms | %.2f | %.2f (%s ms) | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
     "$(echo "$t / $p" | bc -l)" "$p" "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
+done
+
+echo
+echo "== 1c. dual stack: each peer on both families (flannel.1 and flannel-v6.1), median of $ROUNDS"
+ip -n "$P-k" addr add 2001:2::1/64 dev eth0 nodad
+batch2_ms() { # both devices fresh, then both families' batches, timed in ms
+  local s e
+  ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
+  ip -n "$P-k" link add flannel-v6.1 type vxlan id 1 local 2001:2::1 dev eth0 dstport 8472 nolearning
+  ip -n "$P-k" link set flannel.1 up
+  ip -n "$P-k" link set flannel-v6.1 up
+  ip -n "$P-k" addr add 10.0.0.0/32 dev flannel.1
+  ip -n "$P-k" addr add fd00::/128 dev flannel-v6.1 nodad
+  s=$(date +%s%N)
+  ip -n "$P-k" -batch "/tmp/$P/ip.batch"
+  ip -n "$P-k" -batch "/tmp/$P/ip6.batch"
+  bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
+  bridge -n "$P-k" -batch "/tmp/$P/bridge6.batch"
+  e=$(date +%s%N)
+  ip -n "$P-k" link del flannel.1
+  ip -n "$P-k" link del flannel-v6.1
+  ms "$s" "$e"
+}
+printf '| peers (x2 families) | twilld program | iproute2 -batch | ratio | no-op reconcile | remove all |\n|---|---|---|---|---|---|\n'
+for n in 1000 10000; do
+  $BIN/examples/program_peers "$n" "/tmp/$P" --dual
+  tw=(); ipb=(); noop=(); rm_=()
+  for _ in $(seq "$ROUNDS"); do
+    j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n" --dual)
+    tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
+    ipb+=("$(batch2_ms)")
+  done
+  t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
+  printf '| %s | %s ms | %s ms | %.2f | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
+    "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
 done
 ip netns del "$P-k"
 
@@ -318,3 +356,5 @@ echo "== 9. BGP: twilld exabgp-feed -> ExaBGP -> a BIRD 2 router; each node's BI
 BIN=$BIN LAB_PREFIX=$P-bgp bash scripts/bench-bgp.sh | sed 's/^/  /'
 echo "== 10. peer probes: cost at 1 000 unanswering peers, block -> verdict"
 BIN=$BIN LAB_PREFIX=$P-prb bash scripts/bench-probes.sh | sed 's/^/  /'
+echo "== 11. dual stack: pod throughput over IPv4 and IPv6, and each raw underlay"
+BIN=$BIN LAB_PREFIX=$P-ds bash scripts/bench-dualstack.sh | sed 's/^/  /'

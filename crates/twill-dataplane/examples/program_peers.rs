@@ -2,16 +2,18 @@
 //! `eth0`): programs N peers through twilld's data-plane layer and prints, as one JSON
 //! line, the time to program them from nothing, to run a no-op reconcile (everything in
 //! place: read + diff), and to remove them all; `--nexthops` does it with routes by
-//! nexthop id (`twilld --route-nexthops`). Given a directory it writes the same entries as
-//! `ip -batch` / `bridge -batch` files for the baseline instead: `ip.batch` in flanneld's
-//! form, `ip-nh.batch` with nexthop objects.
+//! nexthop id (`twilld --route-nexthops`), `--dual` on both families (each peer's IPv6
+//! half on `flannel-v6.1`, which needs an IPv6 address 2001:2::1 on eth0). Given a
+//! directory it writes the same entries as `ip -batch` / `bridge -batch` files for the
+//! baseline instead: `ip.batch` in flanneld's form, `ip-nh.batch` with nexthop objects,
+//! and with `--dual` `ip6.batch`, `ip-nh6.batch`, `bridge6.batch` for the IPv6 device.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use twill_dataplane::{diff, nexthop_id, Family, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
 
 fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
@@ -43,6 +45,76 @@ fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
         .collect()
 }
 
+/// The IPv6 half of the same peers (`--dual`): fd00:0:0:<i+1>::/64 pod subnets, MACs of
+/// their own, underlay addresses in 2001:2::/48 (nothing is sent).
+fn peers6(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
+    (0..n)
+        .map(|i| {
+            let net = (0xfd00u128 << 112) | (u128::from(i + 1) << 64);
+            let subnet = IpNetwork::V6(Ipv6Network::new(Ipv6Addr::from(net), 64).unwrap());
+            let mac = Some(Mac([
+                0x0a,
+                0x06,
+                (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+                1,
+            ]));
+            let ip = (0x2001_0002u128 << 96) | 0x1_0000 | u128::from(i);
+            (
+                subnet,
+                PeerEntry::new(subnet, mac, Ipv6Addr::from(ip).into()),
+            )
+        })
+        .collect()
+}
+
+/// Writes `peers` as `ip -batch` (flanneld's form, and with nexthop objects) and
+/// `bridge -batch` lines for device `dev`.
+fn write_batches(dir: &str, suffix: &str, dev: &str, peers: &BTreeMap<IpNetwork, PeerEntry>) {
+    let file = |name: &str| std::fs::File::create(format!("{dir}/{name}{suffix}.batch")).unwrap();
+    let (mut ip, mut nh, mut br) = (file("ip"), file("ip-nh"), file("bridge"));
+    for p in peers.values() {
+        let mac = p.mac.expect("vxlan peers");
+        let neigh = format!(
+            "neigh replace {} lladdr {mac} dev {dev} nud permanent",
+            p.vtep_ip
+        );
+        writeln!(ip, "{neigh}").unwrap();
+        writeln!(nh, "{neigh}").unwrap();
+        writeln!(
+            br,
+            "fdb replace {mac} dev {dev} dst {} self permanent",
+            p.public_ip
+        )
+        .unwrap();
+    }
+    for p in peers.values() {
+        let id = nexthop_id(p.subnet);
+        writeln!(
+            ip,
+            "route replace {} via {} dev {dev} onlink",
+            p.subnet, p.vtep_ip
+        )
+        .unwrap();
+        writeln!(
+            nh,
+            "nexthop replace id {id} via {} dev {dev} onlink",
+            p.vtep_ip
+        )
+        .unwrap();
+    }
+    for p in peers.values() {
+        writeln!(
+            nh,
+            "route replace {} nhid {}",
+            p.subnet,
+            nexthop_id(p.subnet)
+        )
+        .unwrap();
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let (flags, args): (Vec<String>, Vec<String>) =
@@ -55,50 +127,14 @@ async fn main() {
     let n: u32 = args
         .first()
         .and_then(|a| a.parse().ok())
-        .expect("usage: program_peers N [batch-dir] [--nexthops]");
+        .expect("usage: program_peers N [batch-dir] [--nexthops] [--dual]");
     let want = peers(n);
+    let dual = flags.iter().any(|f| f == "--dual");
+    let want6 = if dual { peers6(n) } else { BTreeMap::new() };
     if let Some(dir) = args.get(1) {
-        let mut ip = std::fs::File::create(format!("{dir}/ip.batch")).unwrap();
-        let mut nh = std::fs::File::create(format!("{dir}/ip-nh.batch")).unwrap();
-        let mut br = std::fs::File::create(format!("{dir}/bridge.batch")).unwrap();
-        for p in want.values() {
-            let mac = p.mac.expect("vxlan peers");
-            let neigh = format!(
-                "neigh replace {} lladdr {} dev flannel.1 nud permanent",
-                p.vtep_ip, mac
-            );
-            writeln!(ip, "{neigh}").unwrap();
-            writeln!(nh, "{neigh}").unwrap();
-            writeln!(
-                br,
-                "fdb replace {} dev flannel.1 dst {} self permanent",
-                mac, p.public_ip
-            )
-            .unwrap();
-        }
-        for p in want.values() {
-            writeln!(
-                ip,
-                "route replace {} via {} dev flannel.1 onlink",
-                p.subnet, p.vtep_ip
-            )
-            .unwrap();
-            let id = nexthop_id(p.subnet);
-            writeln!(
-                nh,
-                "nexthop replace id {id} via {} dev flannel.1 onlink",
-                p.vtep_ip
-            )
-            .unwrap();
-        }
-        for p in want.values() {
-            writeln!(
-                nh,
-                "route replace {} nhid {}",
-                p.subnet,
-                nexthop_id(p.subnet)
-            )
-            .unwrap();
+        write_batches(dir, "", "flannel.1", &want);
+        if dual {
+            write_batches(dir, "6", "flannel-v6.1", &want6);
         }
         return;
     }
@@ -108,56 +144,78 @@ async fn main() {
         .trim()
         .parse()
         .unwrap();
-    let spec = VxlanSpec {
-        tx_checksum: None,
-        name: "flannel.1".into(),
-        vni: 1,
-        local: "198.18.0.1".parse().unwrap(),
-        dev_index: index,
-        port: 8472,
-        gbp: false,
-        learning: false,
-        mtu: 1450,
-        mac: None,
-    };
-    let dev = nl.ensure_vxlan(&spec).await.unwrap();
-    // As twilld's device has its lease's address: the kernel validates an onlink
-    // nexthop's gateway against the local table, which an address-less namespace lacks.
-    nl.ensure_address(
-        dev.index,
-        "10.0.0.0".parse().unwrap(),
-        "10.0.0.0/8".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-
-    let t = Instant::now();
-    let ops = diff(
+    // (device, VXLAN source, its own address, the pod network, the peers), per family.
+    let mut families = vec![(
+        "flannel.1",
+        "198.18.0.1",
+        "10.0.0.0",
+        "10.0.0.0/8",
+        Family::V4,
         &want,
-        &nl.read_actual(dev.index, Family::V4).await.unwrap(),
-        form,
-    );
-    let r = nl.apply(dev.index, &ops).await;
+    )];
+    if dual {
+        families.push((
+            "flannel-v6.1",
+            "2001:2::1",
+            "fd00::",
+            "fd00::/16",
+            Family::V6,
+            &want6,
+        ));
+    }
+    let mut devices = Vec::new();
+    for (name, local, own, network, family, peers) in &families {
+        let spec = VxlanSpec {
+            tx_checksum: None,
+            name: name.to_string(),
+            vni: 1,
+            local: local.parse().unwrap(),
+            dev_index: index,
+            port: 8472,
+            gbp: false,
+            learning: false,
+            mtu: 1430,
+            mac: None,
+        };
+        let dev = nl.ensure_vxlan(&spec).await.unwrap();
+        // As twilld's device has its lease's address: the kernel validates an onlink
+        // nexthop's gateway against the local table, which an address-less namespace lacks.
+        nl.ensure_address(dev.index, own.parse().unwrap(), network.parse().unwrap())
+            .await
+            .unwrap();
+        devices.push((dev.index, *family, *peers));
+    }
+
+    let t = Instant::now();
+    for (index, family, peers) in &devices {
+        let ops = diff(peers, &nl.read_actual(*index, *family).await.unwrap(), form);
+        let r = nl.apply(*index, &ops).await;
+        assert!(
+            r.failed.is_empty(),
+            "{:?}",
+            &r.failed[..r.failed.len().min(3)]
+        );
+    }
     let program = t.elapsed();
-    assert!(
-        r.failed.is_empty(),
-        "{:?}",
-        &r.failed[..r.failed.len().min(3)]
-    );
 
     let t = Instant::now();
-    let actual = nl.read_actual(dev.index, Family::V4).await.unwrap();
-    let noop = diff(&want, &actual, form);
+    let mut actual = Vec::new();
+    for (index, family, peers) in &devices {
+        let a = nl.read_actual(*index, *family).await.unwrap();
+        assert!(diff(peers, &a, form).is_empty(), "not converged");
+        actual.push(a);
+    }
     let noop_time = t.elapsed();
-    assert!(noop.is_empty(), "not converged");
 
     let t = Instant::now();
-    let r = nl
-        .apply(dev.index, &diff(&BTreeMap::new(), &actual, form))
-        .await;
+    for ((index, _, _), a) in devices.iter().zip(&actual) {
+        let r = nl.apply(*index, &diff(&BTreeMap::new(), a, form)).await;
+        assert!(r.failed.is_empty());
+    }
     let remove = t.elapsed();
-    assert!(r.failed.is_empty());
-    nl.delete_link("flannel.1").await.unwrap();
+    for (name, ..) in &families {
+        nl.delete_link(name).await.unwrap();
+    }
     println!(
         "{{\"n\":{n},\"program_ms\":{:.1},\"noop_ms\":{:.1},\"remove_ms\":{:.1}}}",
         program.as_secs_f64() * 1e3,
