@@ -153,8 +153,10 @@ async fn peer_loop<E: Echo>(
             _ = tick.tick() => {}
             () = cancel.cancelled() => return,
         }
+        // Boxed: a round's future (sockets' waits, timers, the size search) is large, and
+        // unboxed it would size every idle peer's task, a thousand of them at 1 000 peers.
         let round = tokio::select! {
-            r = probe(echo.as_ref(), &t, timing.timeout) => r,
+            r = Box::pin(probe(echo.as_ref(), &t, timing.timeout)) => r,
             () = cancel.cancelled() => return,
         };
         let report = Report {
