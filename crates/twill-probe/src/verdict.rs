@@ -59,6 +59,17 @@ pub struct Round {
     pub passes: Option<u32>,
 }
 
+impl Round {
+    /// The probe of the path pod traffic takes: the overlay, or without an overlay of its
+    /// own (host-gw, where pods are routed to the node address) the underlay.
+    pub fn pod_path(&self) -> Probe {
+        match self.overlay {
+            Probe::NotSent => self.underlay,
+            o => o,
+        }
+    }
+}
+
 /// A peer's state, from its last round.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
@@ -128,11 +139,7 @@ impl fmt::Display for Verdict {
 /// down even if ICMP to its node address is filtered. Without an overlay path (host-gw,
 /// where pod traffic is routed to the node address) the underlay probe is the overlay's.
 pub fn judge(r: &Round) -> Verdict {
-    let overlay = match r.overlay {
-        Probe::NotSent => r.underlay,
-        o => o,
-    };
-    match (overlay, r.underlay, r.full) {
+    match (r.pod_path(), r.underlay, r.full) {
         (Probe::Answered(_), _, Probe::Lost) => Verdict::Mtu {
             size: r.size,
             passes: r.passes,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use twill_probe::{judge, IcmpEcho, Probe, Report, Target, Timing, Verdict};
+use twill_probe::{IcmpEcho, Probe, Report, Target, Timing, Verdict};
 use twill_store::PeerEntry;
 
 use crate::options::ProbeOptions;
@@ -122,13 +122,8 @@ fn labels(peer: &str, path: &str) -> Vec<(String, String)> {
 fn note(tel: &Telemetry, r: &Report) {
     let peer = &r.target.peer;
     let round = r.round;
-    // host-gw: pod traffic takes the underlay path.
-    let overlay = match round.overlay {
-        Probe::NotSent => round.underlay,
-        o => o,
-    };
     for (path, p) in [
-        ("overlay", overlay),
+        ("overlay", round.pod_path()),
         ("underlay", round.underlay),
         ("mtu", round.full),
     ] {
@@ -145,14 +140,13 @@ fn note(tel: &Telemetry, r: &Report) {
                 .observe(rtt.as_secs_f64());
         }
     }
-    let (changed, port) = {
+    let ((old, now), port) = {
         let mut b = tel.probes.lock().expect("not poisoned");
         (b.record(peer, round), b.port)
     };
-    let Some(old) = changed else {
+    if old == now {
         return;
-    };
-    let now = judge(&round);
+    }
     match (old, now) {
         (Verdict::Unknown, Verdict::Ok) => debug!(%peer, "peer answers over the overlay"),
         (_, Verdict::Ok) => {

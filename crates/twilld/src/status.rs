@@ -210,33 +210,28 @@ pub fn probes_from_metrics(body: &str) -> Option<Vec<PeerProbe>> {
     if !probing {
         return None;
     }
-    let up = |p: &str, path: &str| {
-        sample(body, "twill_peer_reachable", &[("peer", p), ("path", path)]).map(|v| v == 1.0)
+    // Each path's last probe as the gauge says it went (the gauge keeps no RTT or size),
+    // judged as the daemon judges a round.
+    let probe = |p: &str, path: &str| match sample(
+        body,
+        "twill_peer_reachable",
+        &[("peer", p), ("path", path)],
+    ) {
+        Some(1.0) => Probe::Answered(std::time::Duration::ZERO),
+        Some(_) => Probe::Lost,
+        None => Probe::NotSent,
     };
     Some(
         peers
-            .into_iter()
+            .iter()
             .map(|p| {
-                let verdict = match (up(&p, "overlay"), up(&p, "underlay"), up(&p, "mtu")) {
-                    (Some(true), _, Some(false)) => Verdict::Mtu {
-                        size: 0,
-                        passes: None,
-                    },
-                    (Some(true), ..) => Verdict::Ok,
-                    (Some(false), Some(true), _) => Verdict::VxlanBlocked,
-                    _ => Verdict::PeerDown,
+                let r = Round {
+                    overlay: probe(p, "overlay"),
+                    underlay: probe(p, "underlay"),
+                    full: probe(p, "mtu"),
+                    ..Round::default()
                 };
-                PeerProbe {
-                    fix: if verdict.is_ok() {
-                        String::new()
-                    } else {
-                        verdict.explain(&p, twill_config::DEFAULT_VXLAN_PORT)
-                    },
-                    verdict: verdict.label().to_string(),
-                    peer: p,
-                    overlay_rtt_ms: None,
-                    underlay_rtt_ms: None,
-                }
+                PeerProbe::of(p, &judge(&r), twill_config::DEFAULT_VXLAN_PORT)
             })
             .collect(),
     )
@@ -265,11 +260,7 @@ pub async fn run(node: &NodeOptions, args: &StatusArgs) -> Result<bool> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
         Output::Text => print!("{}", render(&st, SystemTime::now())),
     }
-    let unreachable = st
-        .probes
-        .iter()
-        .flatten()
-        .any(|p| p.verdict != "ok" && p.verdict != "unknown");
+    let unreachable = st.probes.iter().flatten().any(PeerProbe::failing);
     Ok(st.not_ready.is_none() && !unreachable)
 }
 
@@ -384,6 +375,26 @@ pub struct PeerProbe {
 }
 
 impl PeerProbe {
+    /// Peer `peer` with verdict `v`, its fix worded for VXLAN port `port`; no RTTs.
+    fn of(peer: &str, v: &Verdict, port: u16) -> Self {
+        PeerProbe {
+            peer: peer.to_string(),
+            verdict: v.label().to_string(),
+            fix: if v.is_ok() {
+                String::new()
+            } else {
+                v.explain(peer, port)
+            },
+            overlay_rtt_ms: None,
+            underlay_rtt_ms: None,
+        }
+    }
+
+    /// Probed and found wanting (not `ok`, and not waiting for its first round).
+    pub fn failing(&self) -> bool {
+        self.verdict != "ok" && self.verdict != "unknown"
+    }
+
     #[cfg(test)]
     pub fn example(peer: &str, verdict: &str, fix: &str) -> Self {
         PeerProbe {
@@ -407,14 +418,14 @@ pub struct Board {
 }
 
 impl Board {
-    /// Records a round; the old verdict when the verdict changed.
-    pub(crate) fn record(&mut self, peer: &str, round: Round) -> Option<Verdict> {
+    /// Records a round: (the verdict before, the verdict now).
+    pub(crate) fn record(&mut self, peer: &str, round: Round) -> (Verdict, Verdict) {
         let verdict = judge(&round);
         let old = self
             .peers
             .insert(peer.to_string(), (verdict, round))
             .map_or(Verdict::Unknown, |(v, _)| v);
-        (old != verdict).then_some(old)
+        (old, verdict)
     }
 
     /// Keeps only the peers in `targets` (unprobed ones as unknown); the ones dropped.
@@ -436,20 +447,16 @@ impl Board {
     }
 
     pub fn snapshot(&self) -> Option<Vec<PeerProbe>> {
-        let ms = |p: Probe| p.rtt().map(|d| d.as_secs_f64() * 1000.0);
         self.on.then(|| {
             self.peers
                 .iter()
-                .map(|(peer, (v, r))| PeerProbe {
-                    peer: peer.clone(),
-                    verdict: v.label().to_string(),
-                    fix: if v.is_ok() {
-                        String::new()
-                    } else {
-                        v.explain(peer, self.port)
-                    },
-                    overlay_rtt_ms: ms(r.overlay),
-                    underlay_rtt_ms: ms(r.underlay),
+                .map(|(peer, (v, r))| {
+                    let ms = |p: Probe| p.rtt().map(|d| d.as_secs_f64() * 1000.0);
+                    PeerProbe {
+                        overlay_rtt_ms: ms(r.overlay),
+                        underlay_rtt_ms: ms(r.underlay),
+                        ..PeerProbe::of(peer, v, self.port)
+                    }
                 })
                 .collect()
         })
@@ -588,12 +595,16 @@ twill_peers 4
         assert_eq!(b.failing(), 0, "but not as failing");
         assert_eq!(
             b.record("198.18.0.2", round(UP, UP)),
-            Some(Verdict::Unknown)
+            (Verdict::Unknown, Verdict::Ok)
         );
-        assert_eq!(b.record("198.18.0.2", round(UP, UP)), None, "no change");
+        assert_eq!(
+            b.record("198.18.0.2", round(UP, UP)),
+            (Verdict::Ok, Verdict::Ok),
+            "no change"
+        );
         assert_eq!(
             b.record("198.18.0.3", round(UP, Probe::Lost)),
-            Some(Verdict::Unknown)
+            (Verdict::Unknown, Verdict::VxlanBlocked)
         );
         assert_eq!((b.counts(), b.failing()), ((1, 2), 1));
         let snap = b.snapshot().unwrap();

@@ -302,17 +302,13 @@ async fn overlay(c: &mut Checks, node: &NodeOptions) {
     };
     let ok = peers.iter().filter(|p| p.verdict == "ok").count();
     let pending = peers.iter().filter(|p| p.verdict == "unknown").count();
-    let bad: Vec<String> = peers
-        .iter()
-        .filter(|p| p.verdict != "ok" && p.verdict != "unknown")
-        .map(|p| format!("{} {}", p.peer, p.verdict))
-        .collect();
+    let failing: Vec<&crate::status::PeerProbe> = peers.iter().filter(|p| p.failing()).collect();
     let waiting = if pending > 0 {
         format!(" ({pending} not probed yet)")
     } else {
         String::new()
     };
-    if bad.is_empty() {
+    if failing.is_empty() {
         return c.pass(
             "overlay",
             format!(
@@ -321,11 +317,11 @@ async fn overlay(c: &mut Checks, node: &NodeOptions) {
             ),
         );
     }
-    let fixes: Vec<String> = peers
+    let bad: Vec<String> = failing
         .iter()
-        .filter(|p| p.verdict != "ok" && p.verdict != "unknown")
-        .map(|p| p.fix.clone())
+        .map(|p| format!("{} {}", p.peer, p.verdict))
         .collect();
+    let fixes: Vec<String> = failing.iter().map(|p| p.fix.clone()).collect();
     c.add(
         "overlay",
         Status::Fail,
