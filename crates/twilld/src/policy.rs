@@ -33,23 +33,13 @@ pub async fn lease_policy(
     let mut networks = vec![(IpNetwork::V4(policy.network), policy.subnet_len)];
     networks.extend(policy.ipv6.map(|(n, len)| (IpNetwork::V6(n), len)));
     let node = nl
-        .node_prefixes(&ours, &networks)
+        .node_prefixes(&ours, &networks, underlay)
         .await
         .context("reading this node's addresses and routes")?;
     policy.local_addrs = node.local_addrs;
     policy.protected = node.protected;
     if conf.backend.kind == BackendType::HostGw {
-        let mut onlink = Vec::new();
-        if let Some(index) = underlay {
-            for (network, _) in &networks {
-                let u = nl
-                    .read_underlay(index, *network)
-                    .await
-                    .context("reading the underlay's connected prefixes")?;
-                onlink.extend(u.onlink);
-            }
-        }
-        policy.onlink = Some(onlink);
+        policy.onlink = Some(node.onlink);
     }
     Ok(policy)
 }

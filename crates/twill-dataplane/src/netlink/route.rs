@@ -56,6 +56,9 @@ impl UnderlayRoutes {
 pub struct NodePrefixes {
     pub local_addrs: Vec<IpAddr>,
     pub protected: Vec<IpNetwork>,
+    /// The underlay device's connected prefixes of each network's family, when the
+    /// underlay was given (host-gw's peers must be on them).
+    pub onlink: Vec<IpNetwork>,
 }
 
 /// Whether a main-table route (not on one of our devices) is underlay that peer subnets
@@ -183,11 +186,13 @@ impl Netlink {
 
     /// What peer leases must stay clear of (see `NodePrefixes`). `ours` are the devices
     /// whose addresses and routes twill itself owns (the VXLAN devices, cni0); `networks`
-    /// the pod networks with their subnet lengths, one per enabled family.
+    /// the pod networks with their subnet lengths, one per enabled family; `underlay` the
+    /// device whose connected prefixes are read from the same route dumps.
     pub async fn node_prefixes(
         &self,
         ours: &[u32],
         networks: &[(IpNetwork, u8)],
+        underlay: Option<u32>,
     ) -> Result<NodePrefixes, NetlinkError> {
         let mut out = NodePrefixes::default();
         let mut addrs = self.handle.address().get().execute();
@@ -212,7 +217,11 @@ impl Netlink {
             }
         }
         for (network, subnet_len) in networks {
+            let mut on_underlay = UnderlayRoutes::default();
             self.each_main_route(Family::of(network), |r| {
+                if let Some(dev) = underlay {
+                    on_underlay.take(&r, dev, *network);
+                }
                 let ours = r.oif.is_some_and(|i| ours.contains(&i));
                 if !ours
                     && guards_underlay(r.net, r.nhid.is_some(), *network, *subnet_len)
@@ -222,6 +231,7 @@ impl Netlink {
                 }
             })
             .await?;
+            out.onlink.extend(on_underlay.onlink);
         }
         Ok(out)
     }
