@@ -12,17 +12,7 @@ const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 /// Routes to pod subnets on the underlay device, as "<subnet> via <gateway>".
 fn direct_routes(c: &Cluster, i: usize) -> Vec<String> {
-    let mut v: Vec<String> = c.nodes[i]
-        .ns
-        .sh("ip -4 route show dev eth0 root 10.244.0.0/16")
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (w.get(1) == Some(&"via")).then(|| format!("{} via {}", w[0], w[2]))
-        })
-        .collect();
-    v.sort();
-    v
+    c.nodes[i].gateway_routes("ip -4 route show dev eth0 root 10.244.0.0/16")
 }
 
 fn vxlan_routes(c: &Cluster, i: usize) -> Vec<String> {

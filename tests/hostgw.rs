@@ -15,17 +15,9 @@ const VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network
 /// Routes into the pod network on the underlay device, as "<subnet> via <gateway>", both
 /// families, sorted.
 fn routes(node: &Node) -> Vec<String> {
-    let mut v: Vec<String> = node
-        .ns
-        .sh("ip -4 route show dev eth0 root 10.244.0.0/16; ip -6 route show dev eth0 root fd00:10:244::/56")
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (w.get(1) == Some(&"via")).then(|| format!("{} via {}", w[0], w[2]))
-        })
-        .collect();
-    v.sort();
-    v
+    node.gateway_routes(
+        "ip -4 route show dev eth0 root 10.244.0.0/16; ip -6 route show dev eth0 root fd00:10:244::/56",
+    )
 }
 
 /// What node `i` should route: every other running node's subnets via its addresses.

@@ -234,6 +234,22 @@ impl Node {
             .replace("::1/", "::/")
     }
 
+    /// The routes `cmd` (an `ip route show`) lists with a gateway, as "<subnet> via
+    /// <gateway>", sorted: DirectRouting's and host-gw's routes on the underlay.
+    pub fn gateway_routes(&self, cmd: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ns
+            .sh(cmd)
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.get(1) == Some(&"via")).then(|| format!("{} via {}", w[0], w[2]))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The destinations routed into flannel.1 (the peers' subnets), sorted.
     pub fn vxlan_subnets(&self) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -16,6 +16,18 @@ use std::time::Instant;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use twill_dataplane::{diff, nexthop_id, Family, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
 
+/// Peer `i`'s VTEP MAC; `family` (0 for IPv4, 6 for IPv6) keeps the two halves apart.
+fn mac(i: u32, family: u8) -> Option<Mac> {
+    Some(Mac([
+        0x0a,
+        family,
+        (i >> 16) as u8,
+        (i >> 8) as u8,
+        i as u8,
+        0x01,
+    ]))
+}
+
 fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
     (0..n)
         .map(|i| {
@@ -23,24 +35,8 @@ fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
             let subnet = IpNetwork::V4(
                 Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + ((i + 1) << 8)), 24).unwrap(),
             );
-            let mac = Some(Mac([
-                0x0a,
-                0x00,
-                (i >> 16) as u8,
-                (i >> 8) as u8,
-                i as u8,
-                0x01,
-            ]));
-            let public_ip = Ipv4Addr::from(0xc612_0000 + 256 + i).into();
-            (
-                subnet,
-                PeerEntry {
-                    subnet,
-                    vtep_ip: subnet.network(),
-                    mac,
-                    public_ip,
-                },
-            )
+            let ip = Ipv4Addr::from(0xc612_0000 + 256 + i);
+            (subnet, PeerEntry::new(subnet, mac(i, 0x00), ip.into()))
         })
         .collect()
 }
@@ -52,19 +48,8 @@ fn peers6(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
         .map(|i| {
             let net = (0xfd00u128 << 112) | (u128::from(i + 1) << 64);
             let subnet = IpNetwork::V6(Ipv6Network::new(Ipv6Addr::from(net), 64).unwrap());
-            let mac = Some(Mac([
-                0x0a,
-                0x06,
-                (i >> 16) as u8,
-                (i >> 8) as u8,
-                i as u8,
-                1,
-            ]));
-            let ip = (0x2001_0002u128 << 96) | 0x1_0000 | u128::from(i);
-            (
-                subnet,
-                PeerEntry::new(subnet, mac, Ipv6Addr::from(ip).into()),
-            )
+            let ip = Ipv6Addr::from((0x2001_0002u128 << 96) | 0x1_0000 | u128::from(i));
+            (subnet, PeerEntry::new(subnet, mac(i, 0x06), ip.into()))
         })
         .collect()
 }
