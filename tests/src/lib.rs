@@ -3,16 +3,17 @@
 //! Debian's CNI plugins. Underlay addresses are 198.18.0.0/15 only; nothing touches the
 //! root namespace. Dropping the cluster kills every process and deletes every namespace.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use twill_testutil::{sh, wait_until, Etcd, FakeKube, Netns};
+use twill_testutil::{sh, Etcd, FakeKube, Netns};
 
 pub mod control_plane;
 pub mod kubelet;
+mod node;
 pub mod routers;
 pub mod traffic;
+pub use node::{dies_with_the_test, Node};
 pub use traffic::{ip6, loss_during, seen_source, tcp_from};
 
 pub const ETCD_IP: &str = "198.18.0.100";
@@ -72,222 +73,6 @@ pub fn twill_plugin_bin() -> PathBuf {
     twilld_bin().with_file_name("twill")
 }
 
-pub struct Node {
-    pub ns: Netns,
-    pub ip: String,
-    pub dir: PathBuf,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    child: Option<Child>,
-}
-
-impl Node {
-    pub fn subnet_env(&self) -> PathBuf {
-        self.dir.join("subnet.env")
-    }
-
-    /// The daemon's log: twilld's, and flanneld's where the node ran it.
-    pub fn log(&self) -> String {
-        ["twilld.log", "flanneld.log"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(self.dir.join(f)).ok())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Starts the real flanneld instead, with the flags twilld would get (flanneld's names:
-    /// twill keeps them) plus `args`.
-    pub fn start_flanneld(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let bin = flanneld_bin();
-        self.spawn(&bin, "flanneld.log");
-    }
-
-    /// Starts twilld in the node's namespace with the standard flags plus `args`.
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        self.spawn(&twilld_bin(), "twilld.log");
-    }
-
-    fn spawn(&mut self, bin: &Path, log: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(log))
-            .unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.name])
-            .arg(bin)
-            .arg(format!("--etcd-endpoints=http://{ETCD_IP}:2379"))
-            .arg(format!("--subnet-file={}", self.subnet_env().display()));
-        if !chooses_underlay(&self.args) {
-            cmd.arg("--iface=eth0");
-        }
-        cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        dies_with_the_test(&mut cmd);
-        self.child = Some(cmd.spawn().expect("spawn the daemon"));
-    }
-
-    /// Runs `twilld <args>` in the node's namespace to completion (a subcommand, or a
-    /// daemon expected to exit): whether it succeeded, and its stdout then stderr.
-    pub fn twilld(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(twilld_bin())
-            .args(args)
-            .output()
-            .expect("run twilld");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-
-    /// Runs `twilld <args>` (a subcommand: doctor, cleanup) against this node as its
-    /// daemon runs: the same etcd and subnet.env, and eth0 unless `args` choose.
-    pub fn subcommand(&self, args: &[&str]) -> (bool, String) {
-        let etcd = format!("--etcd-endpoints=http://{ETCD_IP}:2379");
-        let subnet_file = format!("--subnet-file={}", self.subnet_env().display());
-        let mut all = args.to_vec();
-        if !chooses_underlay(args) {
-            all.push("--iface=eth0");
-        }
-        all.extend([etcd.as_str(), subnet_file.as_str()]);
-        self.twilld(&all)
-    }
-
-    /// Sends `sig` and waits for the process to end.
-    pub fn stop(&mut self, sig: i32) -> Option<i32> {
-        let mut c = self.child.take()?;
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, sig) };
-        c.wait().ok().and_then(|s| s.code())
-    }
-
-    /// Sends `sig` to the running daemon without waiting.
-    pub fn signal(&self, sig: i32) {
-        let c = self.child.as_ref().expect("running");
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, sig) };
-    }
-
-    /// The daemon's pid (`ip netns exec` execs it, so it is the daemon's own).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    /// Waits for the process to exit by itself; returns its exit code.
-    pub fn wait_exit(&mut self, secs: u64) -> i32 {
-        let c = self.child.as_mut().expect("running");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                self.child = None;
-                return st.code().unwrap_or(-1);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "twilld did not exit in {secs}s\n{}",
-                self.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-
-    pub fn wait_ready(&self) {
-        let p = self.subnet_env();
-        wait_until(30, &format!("{} to write subnet.env", self.ns.name), || {
-            p.exists()
-        });
-    }
-
-    /// FLANNEL_SUBNET's network, e.g. "10.244.3.0/24".
-    pub fn lease(&self) -> String {
-        let text = std::fs::read_to_string(self.subnet_env()).unwrap();
-        let v = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .expect("FLANNEL_SUBNET");
-        let (ip, len) = v.split_once('/').unwrap();
-        let mut o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
-        o[3] = 0;
-        format!("{}.{}.{}.{}/{len}", o[0], o[1], o[2], o[3])
-    }
-
-    /// FLANNEL_IPV6_SUBNET's network, e.g. "fd00:10:244:3::/64".
-    pub fn lease6(&self) -> String {
-        let env = std::fs::read_to_string(self.subnet_env()).unwrap();
-        env.lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
-            .expect("FLANNEL_IPV6_SUBNET")
-            .replace("::1/", "::/")
-    }
-
-    /// The routes `cmd` (an `ip route show`) lists with a gateway, as "<subnet> via
-    /// <gateway>", sorted: DirectRouting's and host-gw's routes on the underlay.
-    pub fn gateway_routes(&self, cmd: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .ns
-            .sh(cmd)
-            .lines()
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                (w.get(1) == Some(&"via")).then(|| format!("{} via {}", w[0], w[2]))
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// The destinations routed into flannel.1 (the peers' subnets), sorted.
-    pub fn vxlan_subnets(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .ns
-            .sh("ip -4 route show dev flannel.1")
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect();
-        v.sort();
-        v
-    }
-
-    pub fn vtep_mac(&self) -> String {
-        let j = self.ns.sh("ip -j link show flannel.1");
-        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
-        v[0]["address"].as_str().unwrap().to_string()
-    }
-}
-
-/// Has the process `cmd` starts killed when the test process dies, so a failed or
-/// interrupted test leaves no daemon or server behind.
-pub fn dies_with_the_test(cmd: &mut Command) {
-    // SAFETY: prctl before exec only sets this process's parent-death signal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-/// Whether twilld flags pick the underlay themselves (else the tests' nodes use eth0);
-/// --public-ip picks it too.
-fn chooses_underlay(args: &[impl AsRef<str>]) -> bool {
-    args.iter()
-        .map(AsRef::as_ref)
-        .any(|a| a.starts_with("--iface") || a.starts_with("--public-ip="))
-}
 
 pub struct Pod {
     pub ns: Netns,
@@ -304,6 +89,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Nodes get an IPv6 underlay address too (2001:2::<n>/64), as dual stack needs.
     pub dual: bool,
+    /// The underlay is IPv6 alone: nodes get 2001:2::<n>/64 and no IPv4 address, and etcd
+    /// listens at `[ETCD_IP6]`.
+    pub v6_only: bool,
     // Dropped last: the switch every other namespace hangs off.
     etcd_ns: Netns,
     ul: Netns,
@@ -312,13 +100,28 @@ pub struct Cluster {
 impl Cluster {
     /// Underlay and etcd; no nodes yet. `tag` keeps namespaces of parallel tests apart.
     pub fn new(tag: &str) -> Self {
+        Self::build(tag, false)
+    }
+
+    /// An underlay with no IPv4 address anywhere (EnableIPv4=false's network): etcd's host
+    /// at `ETCD_IP6` and each node at 2001:2::<n>/64, IPv6 alone.
+    pub fn new_v6_only(tag: &str) -> Self {
+        Self::build(tag, true)
+    }
+
+    fn build(tag: &str, v6_only: bool) -> Self {
         let ul = Netns::new(&format!("{tag}-ul"));
         ul.sh("ip link add br0 type bridge && ip link set br0 up");
         // A plain switch: no iptables on bridged underlay frames (br_netfilter may be loaded).
         ul.sh("sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true");
         let etcd_ns = Netns::new(&format!("{tag}-etcd"));
-        attach(&ul, &etcd_ns, "ul-etcd", ETCD_IP);
-        let etcd = Etcd::start_in_netns(&etcd_ns.name, ETCD_IP);
+        let etcd = if v6_only {
+            attach6(&ul, &etcd_ns, "ul-etcd", ETCD_IP6);
+            Etcd::start_in_netns(&etcd_ns.name, &format!("[{ETCD_IP6}]"))
+        } else {
+            attach(&ul, &etcd_ns, "ul-etcd", ETCD_IP);
+            Etcd::start_in_netns(&etcd_ns.name, ETCD_IP)
+        };
         Cluster {
             tag: tag.to_string(),
             etcd,
@@ -326,6 +129,7 @@ impl Cluster {
             pods: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
             dual: false,
+            v6_only,
             etcd_ns,
             ul,
         }
@@ -358,10 +162,14 @@ impl Cluster {
     }
 
     /// A FAKE Kubernetes nodes API (see twill_testutil::fake_kube) served from the etcd
-    /// namespace at ETCD_IP, so every node reaches it over the underlay.
+    /// namespace at ETCD_IP (ETCD_IP6 on an IPv6-only underlay), so every node reaches it
+    /// over the underlay.
     pub fn fake_kube(&self) -> FakeKube {
-        let listener = self.etcd_ns.run(|| {
-            Box::pin(async { std::net::TcpListener::bind((ETCD_IP, 0)).expect("bind in netns") })
+        let ip: std::net::IpAddr = if self.v6_only { ETCD_IP6 } else { ETCD_IP }
+            .parse()
+            .unwrap();
+        let listener = self.etcd_ns.run(move || {
+            Box::pin(async move { std::net::TcpListener::bind((ip, 0)).expect("bind in netns") })
         });
         FakeKube::start(listener)
     }
@@ -404,8 +212,16 @@ impl Cluster {
         let i = self.nodes.len();
         let n = i + 1;
         let ns = Netns::new(&format!("{}-n{n}", self.tag));
-        let ip = format!("198.18.0.{n}");
-        attach(&self.ul, &ns, &format!("ul-n{n}"), &ip);
+        let (ip, etcd_url) = if self.v6_only {
+            let ip = format!("2001:2::{n}");
+            attach6(&self.ul, &ns, &format!("ul-n{n}"), &ip);
+            ns.sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
+            (ip, format!("http://[{ETCD_IP6}]:2379"))
+        } else {
+            let ip = format!("198.18.0.{n}");
+            attach(&self.ul, &ns, &format!("ul-n{n}"), &ip);
+            (ip, format!("http://{ETCD_IP}:2379"))
+        };
         ns.sh("sysctl -qw net.ipv4.ip_forward=1");
         if self.dual {
             ns.sh(&format!(
@@ -417,6 +233,7 @@ impl Cluster {
         self.nodes.push(Node {
             ns,
             ip,
+            etcd_url,
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
@@ -488,7 +305,8 @@ impl Cluster {
                 .map(|a| a.split('/').next().unwrap().to_string())
         };
         let ip = addr(0).unwrap_or_else(|| panic!("no ip in {out}"));
-        let ip6 = addr(1).filter(|a| a.contains(':'));
+        // Dual stack lists the IPv6 address second; IPv6-only has only that one.
+        let ip6 = addr(1).or_else(|| addr(0)).filter(|a| a.contains(':'));
         self.pods[i] = Some(Pod {
             ns: pod,
             ip: ip.clone(),
@@ -619,6 +437,16 @@ impl Drop for Cluster {
 
 fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
     attach_as(ul, ns, port, "eth0", ip);
+}
+
+/// A veth from the switch into `ns`, named `eth0` there, addressed `ip`/64 alone (no
+/// duplicate address detection: a tentative address drops traffic for a second).
+fn attach6(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
+    sh(&format!(
+        "ip -n {ul} link add {port} type veth peer name eth0 netns {ns} && ip -n {ul} link set {port} master br0 up && ip -n {ns} addr add {ip}/64 dev eth0 nodad && ip -n {ns} link set eth0 up",
+        ul = ul.name,
+        ns = ns.name
+    ));
 }
 
 /// A veth from the switch into `ns`, named `dev` there, addressed `ip`/24.

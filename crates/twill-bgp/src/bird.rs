@@ -31,6 +31,15 @@ pub struct Announce {
     pub v6: Option<Ipv6Network>,
 }
 
+/// The BGP router ID for a node with these underlay addresses: its IPv4 address, or on an
+/// IPv6-only node (BGP still wants 32 bits) the low 32 bits of its IPv6 address, which
+/// differ between nodes on one segment as their addresses do.
+pub fn router_id(local4: Option<Ipv4Addr>, local6: Option<Ipv6Addr>) -> Ipv4Addr {
+    local4
+        .or(local6.map(|a| Ipv4Addr::from((u128::from(a) & 0xffff_ffff) as u32)))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
 /// BIRD's name for the session with `peer`.
 pub fn protocol_name(peer: &IpAddr) -> String {
     let s = peer.to_string().replace(['.', ':'], "_");
@@ -341,6 +350,19 @@ mod tests {
         let text =
             format!(r#"{{"Network":"10.244.0.0/16","BGP":{{"ASN":64512,"Peers":{peers}}}}}"#);
         NetConf::parse(&text).unwrap().0.bgp.unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_only_node_s_router_id_is_its_address_low_32_bits() {
+        assert_eq!(
+            router_id(None, Some("2001:2::c612:7".parse().unwrap())).to_string(),
+            "198.18.0.7"
+        );
+        let v4 = Some("198.18.0.1".parse().unwrap());
+        assert_eq!(
+            router_id(v4, Some("2001:2::9".parse().unwrap())),
+            v4.unwrap()
+        );
     }
 
     fn announce() -> Announce {

@@ -8,7 +8,7 @@ pub mod exabgp;
 pub mod settings;
 
 pub use bird::{
-    apply, parse_protocols, protocol_name, render, sessions, spawn, withdrawn, Announce, Session,
+    apply, parse_protocols, protocol_name, render, sessions, spawn, withdrawn, Announce, router_id, Session,
     SessionSink,
 };
 pub use exabgp::{feed_lines, Announced};

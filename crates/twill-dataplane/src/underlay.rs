@@ -14,14 +14,20 @@ pub enum SelectError {
 }
 
 /// The underlay as the daemon, doctor and cleanup all choose it, read from the kernel now.
-pub async fn select_underlay(nl: &Netlink, sel: &IfaceSelection) -> Result<ExtIface, SelectError> {
+/// `ipv6_only`: the network has no IPv4 (EnableIPv4=false); the choice goes by IPv6.
+pub async fn select_underlay(
+    nl: &Netlink,
+    sel: &IfaceSelection,
+    ipv6_only: bool,
+) -> Result<ExtIface, SelectError> {
     let ifaces = nl.interfaces().await?;
     let routes = Routes {
-        default: nl.default_route_index().await?,
+        default: nl.default_route_index(false).await?,
+        default6: nl.default_route_index(true).await?,
         can_reach: match sel.can_reach {
             Some(target) => nl.route_to(target).await?,
             None => None,
         },
     };
-    Ok(choose_interface(&ifaces, sel, routes)?)
+    Ok(choose_interface(&ifaces, sel, routes, ipv6_only)?)
 }

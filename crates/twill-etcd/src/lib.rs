@@ -248,7 +248,7 @@ impl EtcdStore {
             let (plan, stale) = twill_store::plan(
                 &req.conf,
                 &leases,
-                req.attrs.public_ip,
+                req.attrs.node_ip(),
                 req.previous,
                 &exclude,
                 &mut rand::rng(),
@@ -380,7 +380,7 @@ impl EtcdStore {
         let still_ours = resp.kvs().first().is_some_and(|kv| {
             kv.lease() == id
                 && serde_json::from_slice::<LeaseAttrs>(kv.value())
-                    .is_ok_and(|a| a.public_ip == held.attrs.public_ip)
+                    .is_ok_and(|a| a.node_ip() == held.attrs.node_ip())
         });
         Ok(if still_ours {
             RenewOutcome::Renewed(expiry)
@@ -408,7 +408,7 @@ impl EtcdStore {
         let ours = id != 0
             && kv.lease() == id
             && serde_json::from_slice::<LeaseAttrs>(kv.value())
-                .is_ok_and(|a| a.public_ip == held.attrs.public_ip);
+                .is_ok_and(|a| a.node_ip() == held.attrs.node_ip());
         if !ours {
             return Ok(None);
         }
@@ -426,7 +426,7 @@ impl EtcdStore {
         if !rpc(c.txn(txn)).await?.succeeded() {
             return Ok(None);
         }
-        info!(subnet = %held.key, public_ip = %attrs.public_ip, "lease republished with this node's new underlay address");
+        info!(subnet = %held.key, node = %attrs.node_ip(), "lease republished with this node's new underlay address");
         Ok(Some(HeldLease {
             attrs: attrs.clone(),
             ..held.clone()
@@ -614,7 +614,7 @@ impl SubnetManager for EtcdStore {
 
     async fn advertised_macs(
         &self,
-        public_ip: std::net::Ipv4Addr,
+        node_ip: std::net::IpAddr,
     ) -> (Option<String>, Option<String>) {
         let Ok((leases, _)) = self.list().await else {
             return (None, None);
@@ -622,7 +622,7 @@ impl SubnetManager for EtcdStore {
         leases
             .into_iter()
             .filter_map(|l| l.attrs)
-            .find(|a| a.public_ip == public_ip)
+            .find(|a| a.node_ip() == node_ip)
             .map(|a| {
                 (
                     a.vxlan_data().map(|d| d.vtep_mac),

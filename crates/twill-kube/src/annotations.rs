@@ -64,9 +64,11 @@ impl AnnotationKeys {
     }
 
     /// The annotations this node's lease is published as. Keys we own but have nothing
-    /// for (the v6 ones on a v4-only node) map to `None`, meaning "remove". A family
-    /// without backend data (host-gw) publishes `null`, as flanneld writes it.
+    /// for (the v6 ones on a v4-only node, the v4 ones on an IPv6-only node, whose
+    /// PublicIP is 0.0.0.0) map to `None`, meaning "remove". A family without backend data
+    /// (host-gw) publishes `null`, as flanneld writes it.
     pub fn publish(&self, attrs: &LeaseAttrs) -> BTreeMap<String, Option<String>> {
+        let v4 = !attrs.public_ip.is_unspecified();
         let json = |v: &Option<RawJson>, on: bool| match v {
             Some(v) => Some(v.get().to_string()),
             None => on.then(|| "null".to_string()),
@@ -76,12 +78,15 @@ impl AnnotationKeys {
                 self.key("backend-type"),
                 Some(attrs.backend_type.to_string()),
             ),
-            (self.key("backend-data"), json(&attrs.backend_data, true)),
+            (self.key("backend-data"), json(&attrs.backend_data, v4)),
             (
                 self.key("backend-v6-data"),
                 json(&attrs.backend_v6_data, attrs.public_ipv6.is_some()),
             ),
-            (self.key("public-ip"), Some(attrs.public_ip.to_string())),
+            (
+                self.key("public-ip"),
+                v4.then(|| attrs.public_ip.to_string()),
+            ),
             (
                 self.key("public-ipv6"),
                 attrs.public_ipv6.map(|ip| ip.to_string()),
@@ -124,6 +129,17 @@ impl AnnotationKeys {
         self.get(node, "public-ip-overwrite")?.trim().parse().ok()
     }
 
+    /// `public-ipv6-overwrite`: the same for PublicIPv6.
+    pub fn public_ipv6_overwrite(&self, node: &Node) -> Option<Ipv6Addr> {
+        self.get(node, "public-ipv6-overwrite")?.trim().parse().ok()
+    }
+
+    /// `node-public-ipv6`: used like `--public-ipv6` when that flag is not given (flanneld
+    /// reads it and then ignores it, flannel #2045).
+    pub fn node_public_ipv6(&self, node: &Node) -> Option<Ipv6Addr> {
+        self.get(node, "node-public-ipv6")?.trim().parse().ok()
+    }
+
     /// The VTEP MAC this node advertised last time, to be reused on restart.
     /// The VTEP MAC in annotation `which` (`backend-data`, `backend-v6-data`).
     pub fn vtep_mac(&self, node: &Node, which: &str) -> Option<String> {
@@ -133,21 +149,28 @@ impl AnnotationKeys {
     }
 
     /// The lease a node stands for, if it is a twill/flannel peer: the subnet manager
-    /// annotation says "true", public-ip parses, and it has a podCIDR. `want_v6` says
-    /// whether the network is dual-stack (the v6 podCIDR is part of the key only then).
+    /// annotation says "true", public-ip parses (or, IPv6-only, the node has no IPv4
+    /// podCIDR and PublicIP is 0.0.0.0, as flanneld's lease is there), and it has a
+    /// podCIDR. `want_v6` says whether the network has IPv6 (the v6 podCIDR is part of
+    /// the key only then).
     pub fn lease(&self, node: &Node, want_v6: bool) -> Option<StoredLease> {
         if self.get(node, "kube-subnet-manager") != Some("true") {
             return None;
         }
-        let public_ip = match self.get(node, "public-ip-overwrite") {
-            Some(ip) if ip.trim().parse::<Ipv4Addr>().is_ok() => ip,
-            _ => self.get(node, "public-ip")?,
-        };
-        let public_ip: Ipv4Addr = public_ip.trim().parse().ok()?;
         let key = lease_key(node, want_v6);
         if key.v4.is_none() && key.v6.is_none() {
             return None;
         }
+        let public_ip = match self.get(node, "public-ip-overwrite") {
+            Some(ip) if ip.trim().parse::<Ipv4Addr>().is_ok() => Some(ip),
+            _ => self.get(node, "public-ip"),
+        }
+        .and_then(|ip| ip.trim().parse::<Ipv4Addr>().ok());
+        let public_ip = match public_ip {
+            Some(ip) => ip,
+            None if key.v4.is_none() => Ipv4Addr::UNSPECIFIED,
+            None => return None,
+        };
         let data = |name| self.get(node, name).and_then(RawJson::parse);
         let public_ipv6 = match self.get(node, "public-ipv6-overwrite") {
             Some(ip) if ip.trim().parse::<Ipv6Addr>().is_ok() => Some(ip),

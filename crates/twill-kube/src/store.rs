@@ -219,6 +219,11 @@ impl KubeStore {
         self.keys.node_public_ip(node)
     }
 
+    /// `node-public-ipv6` on a node object already read.
+    pub fn public_ipv6_of(&self, node: &Node) -> Option<std::net::Ipv6Addr> {
+        self.keys.node_public_ipv6(node)
+    }
+
     /// Every write goes through the `status` subresource, annotations included, as
     /// flanneld's do: flannel's ClusterRole grants `nodes/status: patch` and not
     /// `nodes: patch`, and the status endpoint keeps metadata changes.
@@ -346,8 +351,20 @@ impl KubeStore {
             },
         })?;
         let mut attrs = req.attrs.clone();
-        if let Some(ip) = self.keys.public_ip_overwrite(node) {
+        // Each family's overwrite only for a family the lease has (IPv6-only: no PublicIP).
+        if let Some(ip) = self
+            .keys
+            .public_ip_overwrite(node)
+            .filter(|_| !attrs.public_ip.is_unspecified())
+        {
             attrs.public_ip = ip;
+        }
+        if let Some(ip) = self
+            .keys
+            .public_ipv6_overwrite(node)
+            .filter(|_| attrs.public_ipv6.is_some())
+        {
+            attrs.public_ipv6 = Some(ip);
         }
         Ok(HeldLease {
             key,
@@ -363,7 +380,7 @@ impl SubnetManager for KubeStore {
         "kubernetes"
     }
 
-    async fn advertised_macs(&self, _public_ip: Ipv4Addr) -> (Option<String>, Option<String>) {
+    async fn advertised_macs(&self, _node_ip: std::net::IpAddr) -> (Option<String>, Option<String>) {
         match self.node().await {
             Ok(node) => (
                 self.keys.vtep_mac(&node, "backend-data"),

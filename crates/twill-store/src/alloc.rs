@@ -2,7 +2,7 @@
 //! subnet, uniform random free subnet, exhaustion) is tested without etcd.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use rand::Rng;
@@ -66,13 +66,13 @@ pub enum AllocError {
 pub fn plan(
     conf: &NetConf,
     leases: &[StoredLease],
-    public_ip: Ipv4Addr,
+    node_ip: IpAddr,
     previous: LeaseKey,
     exclude: &HashSet<LeaseKey>,
     rng: &mut impl Rng,
 ) -> Result<(Plan, Vec<StoredLease>), AllocError> {
     let ours = |l: &&StoredLease| {
-        !exclude.contains(&l.key) && l.attrs.as_ref().is_some_and(|a| a.public_ip == public_ip)
+        !exclude.contains(&l.key) && l.attrs.as_ref().is_some_and(|a| a.node_ip() == node_ip)
     };
     let fits = |l: &StoredLease| conf.fits(l.key.v4.as_ref(), l.key.v6.as_ref());
     let stale: Vec<StoredLease> = leases

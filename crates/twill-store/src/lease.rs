@@ -172,6 +172,16 @@ impl LeaseAttrs {
         }
     }
 
+    /// Which node a lease belongs to, as a node finds its own lease again: by PublicIP,
+    /// or on an IPv6-only network (PublicIP 0.0.0.0, as flanneld writes it there) by
+    /// PublicIPv6.
+    pub fn node_ip(&self) -> IpAddr {
+        match self.public_ipv6 {
+            Some(ip6) if self.public_ip.is_unspecified() => IpAddr::V6(ip6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
+
     /// A reservation's value: an operator pinned the subnet to a PublicIP and no node has
     /// published a backend for it yet, so it is nobody's peer (nor a bad one).
     pub fn is_placeholder(&self) -> bool {

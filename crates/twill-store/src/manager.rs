@@ -3,7 +3,7 @@
 //! `spec.podCIDR`. The data plane only ever sees the peer events either produces.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -130,7 +130,7 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
     /// a restarted or rebooted node keeps them and peers need no FDB update.
     fn advertised_macs(
         &self,
-        public_ip: Ipv4Addr,
+        node_ip: IpAddr,
     ) -> impl Future<Output = (Option<String>, Option<String>)> + Send;
 
     /// Takes (or finds) this node's subnet and publishes `req.attrs` for it. Returns

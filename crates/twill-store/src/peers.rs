@@ -265,7 +265,7 @@ impl PeerTable {
         if let Some((own, mine)) = &self.own {
             if *own == l.key {
                 match &l.attrs {
-                    Some(a) if a.public_ip == mine.public_ip => return,
+                    Some(a) if a.node_ip() == mine.node_ip() => return,
                     // Someone else wrote our key (a flanneld doing a blind Put): it is
                     // theirs now, and we must move.
                     _ => {

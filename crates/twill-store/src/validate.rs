@@ -17,8 +17,10 @@ use crate::rejection::Rejection;
 /// its backend, and what it must never route into the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeasePolicy {
-    pub network: Ipv4Network,
-    pub subnet_len: u8,
+    /// `Network` and `SubnetLen`, unless EnableIPv4 is false (IPv6-only): the v4 part of
+    /// a key is then neither judged nor claimed, and PublicIP (flanneld writes 0.0.0.0)
+    /// means nothing.
+    pub ipv4: Option<(Ipv4Network, u8)>,
     /// `IPv6Network` and `IPv6SubnetLen` when IPv6 is enabled; the v6 half of a
     /// dual-stack key is only judged (and only claims its subnet) then.
     pub ipv6: Option<(Ipv6Network, u8)>,
@@ -62,13 +64,22 @@ fn unicast_v6(ip: Ipv6Addr) -> bool {
     !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
 }
 
-/// The subnets a key claims under `policy` (v6 only when IPv6 is enabled).
+/// The subnets a key claims under `policy` (each family only when it is enabled).
 pub(crate) fn claims(key: &LeaseKey, policy: Option<&LeasePolicy>) -> Vec<IpNetwork> {
-    let v6 = policy.is_none_or(|p| p.ipv6.is_some());
-    key.v4.into_iter().chain(key.v6.filter(|_| v6)).collect()
+    let [v4, v6] = policy.map_or([true, true], LeasePolicy::families);
+    key.v4
+        .filter(|_| v4)
+        .into_iter()
+        .chain(key.v6.filter(|_| v6))
+        .collect()
 }
 
 impl LeasePolicy {
+    /// Whether the v4 and the v6 half of a lease are read.
+    pub fn families(&self) -> [bool; 2] {
+        [self.ipv4.is_some(), self.ipv6.is_some()]
+    }
+
     /// Judges one lease on its own; `own` is the key this node holds. Overlaps between
     /// peers need the whole table (`PeerTable`).
     pub fn check(
@@ -91,10 +102,15 @@ impl LeasePolicy {
         own: Option<&LeaseKey>,
     ) -> Result<Option<PeerEntries>, Rejection> {
         // The key first: it is what becomes a route, whatever the value says.
-        let v4 = key.v4.ok_or(Rejection::NoIpv4Subnet)?;
-        self.check_subnet(v4, IpNetwork::V4(self.network), self.subnet_len)?;
-        if let (Some((net, len)), Some(v6)) = (self.ipv6, key.v6) {
-            self.check_subnet(v6, IpNetwork::V6(net), len)?;
+        match (self.ipv4, key.v4) {
+            (Some((net, len)), Some(v4)) => self.check_subnet(v4, IpNetwork::V4(net), len)?,
+            (Some(_), None) => return Err(Rejection::NoIpv4Subnet),
+            (None, _) => {}
+        }
+        match (self.ipv6, key.v6) {
+            (Some((net, len)), Some(v6)) => self.check_subnet(v6, IpNetwork::V6(net), len)?,
+            (Some(_), None) if self.ipv4.is_none() => return Err(Rejection::NoIpv6Subnet),
+            _ => {}
         }
         if let Some(own) = own {
             for mine in claims(own, Some(self)) {
@@ -110,7 +126,9 @@ impl LeasePolicy {
         if attrs.is_placeholder() {
             return Ok(None);
         }
-        self.check_public_ip(IpAddr::V4(attrs.public_ip), unicast_v4(attrs.public_ip))?;
+        if self.ipv4.is_some() {
+            self.check_public_ip(IpAddr::V4(attrs.public_ip), unicast_v4(attrs.public_ip))?;
+        }
         let v6_half = self.ipv6.is_some() && key.v6.is_some();
         if let (true, Some(ip6)) = (v6_half, attrs.public_ipv6) {
             self.check_public_ip(IpAddr::V6(ip6), unicast_v6(ip6))?;
@@ -121,7 +139,7 @@ impl LeasePolicy {
                 want: self.backend_type.clone(),
             });
         }
-        let Some(parsed) = PeerEntries::parse(key, attrs, [true, self.ipv6.is_some()])? else {
+        let Some(parsed) = PeerEntries::parse(key, attrs, self.families())? else {
             return Ok(None);
         };
         // flanneld gives both devices the one VNI of net-conf.json.

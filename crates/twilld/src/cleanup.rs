@@ -179,7 +179,8 @@ pub async fn run(node: &NodeOptions, args: &Cleanup) -> Result<bool> {
 /// underlay device; the VXLAN ones went with the device): those inside the overlay
 /// network of subnet.env.
 async fn direct_routes(node: &NodeOptions, nl: &Netlink, env: &SubnetEnv, r: &mut Report) {
-    let Ok(ext) = twill_dataplane::select_underlay(nl, &node.iface).await else {
+    let ipv6_only = env.networks.is_empty() && !env.ipv6_networks.is_empty();
+    let Ok(ext) = twill_dataplane::select_underlay(nl, &node.iface, ipv6_only).await else {
         return;
     };
     for net in env.networks.iter().chain(&env.ipv6_networks).copied() {
@@ -236,8 +237,9 @@ async fn release(node: &NodeOptions, env: Option<&SubnetEnv>, r: &mut Report) {
     };
     let result = async {
         let store = EtcdStore::connect(opts).await?;
-        let keys: Vec<LeaseKey> = match env.and_then(|e| e.lease_subnet().map(|s| (s, e))) {
-            Some((s, e)) => vec![LeaseKey { v4: Some(s), v6: e.lease_subnet6() }],
+        let held = env.map(|e| LeaseKey { v4: e.lease_subnet(), v6: e.lease_subnet6() });
+        let keys: Vec<LeaseKey> = match held.filter(|k| k.v4.is_some() || k.v6.is_some()) {
+            Some(key) => vec![key],
             None => {
                 let Some(ip) = public_ip(node).await else {
                     println!("no lease to release: {} is missing and this node's public IP is unknown (pass --public-ip or --iface)", node.subnet_file.display());
@@ -246,7 +248,7 @@ async fn release(node: &NodeOptions, env: Option<&SubnetEnv>, r: &mut Report) {
                 let (leases, _) = store.list().await?;
                 leases
                     .into_iter()
-                    .filter(|l| !l.is_reservation() && l.attrs.as_ref().is_some_and(|a| a.public_ip == ip))
+                    .filter(|l| !l.is_reservation() && l.attrs.as_ref().is_some_and(|a| a.node_ip() == ip))
                     .map(|l| l.key)
                     .collect()
             }
@@ -296,15 +298,23 @@ async fn release_kube(opts: &KubeOptions, env: Option<&SubnetEnv>, r: &mut Repor
     }
 }
 
-async fn public_ip(node: &NodeOptions) -> Option<std::net::Ipv4Addr> {
+/// What our leases are known by (`LeaseAttrs::node_ip`) when subnet.env is gone: the
+/// PublicIP given or the underlay's, else (an IPv6-only node) its IPv6 address.
+async fn public_ip(node: &NodeOptions) -> Option<std::net::IpAddr> {
     if let Some(ip) = node.public_ip {
-        return Some(ip);
+        return Some(ip.into());
     }
     let nl = Netlink::connect().ok()?;
-    twill_dataplane::select_underlay(&nl, &node.iface)
+    let sel = &node.iface;
+    if let Some(ip) = twill_dataplane::select_underlay(&nl, sel, false)
         .await
         .ok()
-        .map(|e| e.addr)
+        .and_then(|e| e.addr)
+    {
+        return Some(ip.into());
+    }
+    let e = twill_dataplane::select_underlay(&nl, sel, true).await.ok()?;
+    e.addr6.map(Into::into)
 }
 
 /// cni0 goes only if it is ours: its address lies in our subnet. Another CNI's bridge of

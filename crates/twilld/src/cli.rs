@@ -433,6 +433,7 @@ impl Cli {
             iface_regex: self.iface_regex.clone(),
             can_reach: self.iface_can_reach,
             public_ip: self.public_ip,
+            public_ipv6: self.public_ipv6,
         }
     }
 

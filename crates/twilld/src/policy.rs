@@ -30,8 +30,12 @@ pub async fn lease_policy(
     if let Some(l) = nl.link_by_name(CNI_BRIDGE).await? {
         ours.push(l.index);
     }
-    let mut networks = vec![(IpNetwork::V4(policy.network), policy.subnet_len)];
-    networks.extend(policy.ipv6.map(|(n, len)| (IpNetwork::V6(n), len)));
+    let networks: Vec<(IpNetwork, u8)> = policy
+        .ipv4
+        .map(|(n, len)| (IpNetwork::V4(n), len))
+        .into_iter()
+        .chain(policy.ipv6.map(|(n, len)| (IpNetwork::V6(n), len)))
+        .collect();
     let node = nl
         .node_prefixes(&ours, &networks, underlay)
         .await
@@ -47,13 +51,15 @@ pub async fn lease_policy(
 /// The part of the policy the config alone decides (nothing of a node's own): what a
 /// host that is not a node, such as the ExaBGP feed, judges leases by.
 pub fn conf_policy(conf: &NetConf, kube: Option<&LeaseKey>) -> Result<LeasePolicy> {
-    let (Some(range), Some(network)) = (conf.ipv4.as_ref(), conf.network4()) else {
-        return Err(anyhow!("net-conf.json: no IPv4 Network"));
-    };
-    let subnet_len = kube
-        .and_then(|k| k.v4)
-        .map(|n| n.prefix())
-        .unwrap_or(range.subnet_len);
+    let v4_len = |len: u8| kube.and_then(|k| k.v4).map(|n| n.prefix()).unwrap_or(len);
+    let ipv4 = conf
+        .ipv4
+        .as_ref()
+        .zip(conf.network4())
+        .map(|(r, n)| (n, v4_len(r.subnet_len)));
+    if ipv4.is_none() && conf.network6().is_none() {
+        return Err(anyhow!("net-conf.json: no Network and no IPv6Network"));
+    }
     let v6_len = |len: u8| kube.and_then(|k| k.v6).map(|n| n.prefix()).unwrap_or(len);
     let ipv6 = conf
         .ipv6
@@ -61,8 +67,7 @@ pub fn conf_policy(conf: &NetConf, kube: Option<&LeaseKey>) -> Result<LeasePolic
         .zip(conf.network6())
         .map(|(r, n)| (n, v6_len(r.subnet_len)));
     Ok(LeasePolicy {
-        network,
-        subnet_len,
+        ipv4,
         ipv6,
         backend_type: conf.backend.kind.as_str().to_string(),
         vni: conf.backend.vni,

@@ -22,8 +22,12 @@ use crate::options::DaemonOptions;
 #[derive(Debug, Clone)]
 pub struct Facts {
     pub underlay: ExtIface,
-    /// --public-ip, else our node's `node-public-ip`, else the underlay's address.
+    /// --public-ip, else our node's `node-public-ip`, else the underlay's address; 0.0.0.0
+    /// on an IPv6-only network, as flanneld's PublicIP is there.
     pub public_ip: Ipv4Addr,
+    /// --public-ipv6, else our node's `node-public-ipv6`, else the underlay's IPv6 address
+    /// (a reload takes --public-ipv6 from the options again).
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The MAC the device is created with when it has to be (the one our lease already
     /// advertises after a reboot, so peers need no FDB update).
     pub mac: Option<Mac>,
@@ -53,12 +57,49 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
+/// What pins our lease's addresses: `--public-ip` or `node-public-ip`, and the same for
+/// IPv6; what is not pinned is the underlay's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pinned {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Facts {
+    /// The facts of `underlay` with `pinned` addresses. IPv6-only (`ipv6_only`), the
+    /// PublicIP is 0.0.0.0, as flanneld writes it there.
+    pub fn new(underlay: ExtIface, pinned: Pinned, ipv6_only: bool) -> Facts {
+        let public_ip = match pinned.v4.or(underlay.addr) {
+            Some(ip) if !ipv6_only => ip,
+            _ => Ipv4Addr::UNSPECIFIED,
+        };
+        Facts {
+            public_ip,
+            public_ipv6: pinned.v6.or(underlay.addr6),
+            underlay,
+            mac: None,
+            mac6: None,
+            kernel: (0, 0),
+            driver: None,
+        }
+    }
+
+    /// What our lease is known by (`LeaseAttrs::node_ip`): the PublicIP, or on an
+    /// IPv6-only network the PublicIPv6.
+    pub fn node_ip(&self) -> IpAddr {
+        match self.public_ipv6 {
+            Some(ip6) if self.public_ip.is_unspecified() => IpAddr::V6(ip6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
+}
+
 impl Settings {
-    pub fn network(&self) -> Ipv4Network {
+    /// `Network`, unless the network is IPv6-only.
+    pub fn network(&self) -> Option<Ipv4Network> {
         match self.dataplane.v4.as_ref().map(|o| o.network) {
-            Some(IpNetwork::V4(n)) => n,
-            // derive() refuses a config without an IPv4 overlay.
-            _ => unreachable!("an IPv4 overlay"),
+            Some(IpNetwork::V4(n)) => Some(n),
+            _ => None,
         }
     }
 
@@ -106,19 +147,17 @@ pub fn derive(
     facts: &Facts,
 ) -> Result<Settings> {
     let bgp = twill_bgp::effective(conf, bgp)?;
-    let Some(network) = conf.network4() else {
-        bail!("net-conf.json: EnableIPv4=false: IPv6-only overlays are not supported yet");
-    };
+    let network4 = conf.network4();
     let ext = &facts.underlay;
     let host_gw = conf.backend.kind == BackendType::HostGw;
     // As flanneld: peers route to our PublicIP, which must then be the underlay's own.
-    if host_gw && facts.public_ip != ext.addr {
-        bail!(
-            "net-conf.json: Backend.Type=host-gw: the PublicIP {} is not {}'s address {} (behind a NAT?): host-gw routes pods via each node's own address; drop --public-ip (or node-public-ip), or use vxlan",
+    match ext.addr {
+        Some(addr) if host_gw && network4.is_some() && facts.public_ip != addr => bail!(
+            "net-conf.json: Backend.Type=host-gw: the PublicIP {} is not {}'s address {addr} (behind a NAT?): host-gw routes pods via each node's own address; drop --public-ip (or node-public-ip), or use vxlan",
             facts.public_ip,
             ext.name,
-            ext.addr
-        );
+        ),
+        _ => {}
     }
     let underlay_mtu = conf.backend.mtu.unwrap_or(ext.mtu);
     let device_mtu = |overhead: u32| {
@@ -144,10 +183,10 @@ pub fn derive(
             })
     };
     // host-gw adds no header: pods get the underlay's MTU, as flanneld's host-gw gives.
-    let mtu4 = if host_gw {
-        ext.mtu
-    } else {
-        device_mtu(VXLAN_OVERHEAD_V4)?
+    let mtu4 = match network4 {
+        None => None,
+        Some(_) if host_gw => Some(ext.mtu),
+        Some(_) => Some(device_mtu(VXLAN_OVERHEAD_V4)?),
     };
     let ipv6_network = conf.ipv6.as_ref().map(|r| r.network);
     let mut warnings = Vec::new();
@@ -155,6 +194,13 @@ pub fn derive(
         if let Some(ip) = opts.public_ipv6 {
             warnings.push(format!(
                 "--public-ipv6 {ip} is ignored: net-conf.json does not enable IPv6"
+            ));
+        }
+    }
+    if network4.is_none() {
+        if let Some(ip) = opts.node.public_ip {
+            warnings.push(format!(
+                "--public-ip {ip} is ignored: net-conf.json has EnableIPv4=false (IPv6-only); --public-ipv6 sets this node's address"
             ));
         }
     }
@@ -211,18 +257,35 @@ pub fn derive(
             ))
         }
     };
-    let mtu = v6.as_ref().map_or(mtu4, |(_, m)| (*m).min(mtu4));
-    Ok(Settings {
-        dataplane: DataplaneConfig {
-            v4: Some(OverlayConfig {
+    let v4 = match (network4, mtu4) {
+        (Some(network), Some(mtu4)) => {
+            let Some(local) = ext.addr else {
+                bail!(
+                    "net-conf.json: the underlay interface {} has no global IPv4 address to carry the IPv4 overlay (give it one, pick another with --iface, or set EnableIPv4=false for an IPv6-only network)",
+                    ext.name
+                );
+            };
+            Some(OverlayConfig {
                 transport: transport(
                     format!("flannel.{vni}"),
-                    IpAddr::V4(ext.addr),
+                    IpAddr::V4(local),
                     mtu4,
                     facts.mac,
                 ),
                 network: IpNetwork::V4(network),
-            }),
+            })
+        }
+        _ => None,
+    };
+    // One MTU serves a pod's both families: the smaller device's.
+    let mtu = [mtu4, v6.as_ref().map(|(_, m)| *m)]
+        .into_iter()
+        .flatten()
+        .min()
+        .ok_or_else(|| anyhow!("net-conf.json: neither IPv4 nor IPv6 is enabled"))?;
+    Ok(Settings {
+        dataplane: DataplaneConfig {
+            v4,
             v6: v6.map(|(o, _)| o),
             rules: node.rules,
             no_masq: conf.exempt_from_masquerade(&node.no_masq_cidr),
@@ -232,11 +295,16 @@ pub fn derive(
         },
         mtu,
         bgp,
-        public_ip: facts.public_ip,
+        // IPv6-only: 0.0.0.0, as flanneld writes it, whatever was pinned.
+        public_ip: if network4.is_some() {
+            facts.public_ip
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        },
         // As flanneld: --public-ipv6, else the underlay interface's IPv6 address.
         public_ipv6: opts
             .public_ipv6
-            .or(ext.addr6)
+            .or(facts.public_ipv6)
             .filter(|_| ipv6_network.is_some()),
         ipv6_network,
         warnings,
@@ -362,10 +430,11 @@ mod tests {
                 index: 2,
                 name: "eth0".into(),
                 mtu,
-                addr: "198.18.0.1".parse().unwrap(),
+                addr: Some("198.18.0.1".parse().unwrap()),
                 addr6: Some("2001:2::1".parse().unwrap()),
             },
             public_ip: "198.18.0.1".parse().unwrap(),
+            public_ipv6: Some("2001:2::1".parse().unwrap()),
             mac: None,
             mac6: None,
             kernel: (6, 1),
@@ -396,7 +465,7 @@ mod tests {
             (4789, 2)
         );
         assert!(s.dataplane.v6.is_none());
-        assert_eq!(s.network().to_string(), "10.244.0.0/16");
+        assert_eq!(s.network().unwrap().to_string(), "10.244.0.0/16");
         assert_eq!(s.public_ipv6, None, "no IPv6 network: no PublicIPv6");
         assert!(s.bgp.is_none() && s.warnings.is_empty());
         let mac: Mac = "0a:00:00:00:00:01".parse().unwrap();
@@ -479,6 +548,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("IPv6") && e.contains("1340"), "{e}");
+    }
+
+    /// EnableIPv4=false: only `flannel-v6.<VNI>`, the IPv6 MTU, and the lease flanneld
+    /// writes there (PublicIP 0.0.0.0, no BackendData), known by its PublicIPv6.
+    #[test]
+    fn ipv6_only_has_the_v6_device_alone_and_flanneld_s_lease() {
+        let c = conf(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        let mut f = facts(1500);
+        f.underlay.addr = None;
+        f.public_ip = Ipv4Addr::UNSPECIFIED;
+        let s = derive(&c, &opts(), &bgp_opts(), &f).unwrap();
+        assert!(s.dataplane.v4.is_none(), "no IPv4 device");
+        assert_eq!(s.network(), None);
+        let v6 = s.dataplane.v6.as_ref().expect("an IPv6 overlay");
+        assert_eq!(v6.device(), Some("flannel-v6.1"));
+        assert_eq!(s.mtu, 1430, "VXLAN over IPv6: 70 bytes");
+        assert_eq!(f.node_ip().to_string(), "2001:2::1");
+        let m6: Mac = "0a:00:00:00:06:01".parse().unwrap();
+        let a = s.attrs(None, Some(m6));
+        assert_eq!(a.node_ip(), f.node_ip());
+        let json: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "PublicIP": "0.0.0.0",
+                "PublicIPv6": "2001:2::1",
+                "BackendType": "vxlan",
+                "BackendV6Data": {"VNI": 1, "VtepMAC": "0a:00:00:00:06:01"},
+            })
+        );
+        // A pinned IPv4 PublicIP means nothing here: said, and not published.
+        let mut o = opts();
+        o.node.public_ip = Some("198.18.0.77".parse().unwrap());
+        let mut pinned = f.clone();
+        pinned.public_ip = "198.18.0.77".parse().unwrap();
+        let s = derive(&c, &o, &bgp_opts(), &pinned).unwrap();
+        assert_eq!(s.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("--public-ip 198.18.0.77")),
+            "{:?}",
+            s.warnings
+        );
+        // host-gw over IPv6 alone: no device, the underlay's MTU.
+        let hg = conf(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"host-gw"}}"#,
+        );
+        let s = derive(&hg, &opts(), &bgp_opts(), &f).unwrap();
+        assert_eq!(s.dataplane.devices().count(), 0);
+        assert_eq!(s.mtu, 1500);
+        // A dual-stack config on an underlay without IPv4 is refused by name.
+        let dual =
+            conf(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let e = derive(&dual, &opts(), &bgp_opts(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eth0") && e.contains("EnableIPv4=false"), "{e}");
     }
 
     #[test]

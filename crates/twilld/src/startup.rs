@@ -20,6 +20,7 @@ use twill_etcd::{EtcdOptions, EtcdStore};
 use twill_kube::{KubeOptions, KubeStore};
 use twill_store::StoreError;
 
+use crate::settings::Pinned;
 use crate::options::kube_with_ipv6;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -113,8 +114,9 @@ pub struct Opened<S> {
     pub store: S,
     pub conf: NetConf,
     pub source: ConfigSource,
-    /// Our node's `node-public-ip` annotation (Kubernetes), standing in for --public-ip.
-    pub public_ip_hint: Option<Ipv4Addr>,
+    /// Our node's `node-public-ip` and `node-public-ipv6` annotations (Kubernetes),
+    /// standing in for --public-ip and --public-ipv6.
+    pub hints: Pinned,
     /// The BGP options with our node object's overrides under the flags.
     pub bgp: BgpOptions,
 }
@@ -152,7 +154,7 @@ pub async fn open_etcd(
         store,
         conf,
         source,
-        public_ip_hint: None,
+        hints: Pinned::default(),
         bgp: bgp.clone(),
     })
 }
@@ -200,23 +202,25 @@ pub async fn open_kube(
         Vec::new()
     };
     let conf = load_file_config(path, &detected)?;
-    let (public_ip_hint, bgp) = match role {
-        Role::Observer => (None, bgp.clone()),
+    let (hints, bgp) = match role {
+        Role::Observer => (Pinned::default(), bgp.clone()),
         Role::Node => {
             let node = p.retry("reading our node", || store.node()).await?;
-            let hint = match public_ip {
-                Some(_) => None,
-                None => store.public_ip_of(&node),
+            // The flags win over the annotations; both are read as flanneld reads them,
+            // and node-public-ipv6 is honoured where flanneld ignores it (flannel #2045).
+            let hints = Pinned {
+                v4: store.public_ip_of(&node).filter(|_| public_ip.is_none()),
+                v6: store.public_ipv6_of(&node),
             };
             let annotations = node.metadata.annotations.unwrap_or_default();
-            (hint, node_bgp_options(bgp, &annotations)?)
+            (hints, node_bgp_options(bgp, &annotations)?)
         }
     };
     Ok(Opened {
         store,
         conf,
         source: ConfigSource::File(path.to_path_buf(), detected),
-        public_ip_hint,
+        hints,
         bgp,
     })
 }

@@ -117,9 +117,22 @@ impl Netlink {
         )
     }
 
-    /// Interface index of the IPv4 default route in the main table.
-    pub async fn default_route_index(&self) -> Result<Option<u32>, NetlinkError> {
-        Ok(self.routes_v4().await?.iter().find_map(|r| {
+    async fn routes_v6(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let req = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+        ctx(
+            "dump IPv6 routes",
+            self.handle.route().get(req).execute().try_collect().await,
+        )
+    }
+
+    /// Interface index of the default route (IPv4, or `::/0` when `v6`) in the main table.
+    pub async fn default_route_index(&self, v6: bool) -> Result<Option<u32>, NetlinkError> {
+        let routes = if v6 {
+            self.routes_v6().await?
+        } else {
+            self.routes_v4().await?
+        };
+        Ok(routes.iter().find_map(|r| {
             if r.header.destination_prefix_length != 0 || route_table(r) != RT_TABLE_MAIN as u32 {
                 return None;
             }

@@ -7,8 +7,7 @@ use crate::{Mac, StoredLease};
 
 fn policy() -> LeasePolicy {
     LeasePolicy {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet_len: 24,
+        ipv4: Some(("10.244.0.0/16".parse().unwrap(), 24)),
         ipv6: None,
         backend_type: "vxlan".into(),
         vni: 1,
@@ -142,6 +141,49 @@ fn dual_policy() -> LeasePolicy {
         ],
         ..policy()
     }
+}
+
+/// EnableIPv4=false: keys are `0.0.0.0-0&<v6>` and PublicIP is 0.0.0.0, as flanneld
+/// writes them; only the v6 half is judged, and a key without one is refused.
+#[test]
+fn ipv6_only_judges_the_v6_half_alone() {
+    let p = LeasePolicy {
+        ipv4: None,
+        ..dual_policy()
+    };
+    let k = |s: &str| s.parse::<LeaseKey>().unwrap();
+    let a = LeaseAttrs {
+        public_ip: std::net::Ipv4Addr::UNSPECIFIED,
+        backend_data: None,
+        ..dual("2001:2::2", 1, MAC6)
+    };
+    let Verdict::Usable(e) = p.check(&k("0.0.0.0-0&fd00:10:0:2::-64"), Some(&a), None) else {
+        panic!("usable");
+    };
+    assert!(e.v4.is_none(), "no v4 peer in an IPv6-only network");
+    assert_eq!(e.v6.unwrap().public_ip.to_string(), "2001:2::2");
+    // A dual-stack key's v4 half is ignored, not judged: its subnet is no business of ours.
+    assert!(matches!(
+        p.check(&k("10.99.2.0-24&fd00:10:0:2::-64"), Some(&a), None),
+        Verdict::Usable(_)
+    ));
+    let r = |key: &str, a: &LeaseAttrs| match p.check(&k(key), Some(a), None) {
+        Verdict::Rejected(r) => r.reason(),
+        v => panic!("{key}: {v:?}"),
+    };
+    assert_eq!(r("10.244.2.0-24", &a), "no-ipv6-subnet");
+    assert_eq!(r("0.0.0.0-0&fd00:99::-64", &a), "outside-network");
+    assert_eq!(r("0.0.0.0-0&fd00:10:0:81::-64", &a), "underlay-overlap");
+    let own = k("0.0.0.0-0&fd00:10:0:2::-64");
+    assert!(matches!(
+        p.check(&own, Some(&a), Some(&own)),
+        Verdict::Rejected(Rejection::OwnSubnet { .. })
+    ));
+    let no_ip6 = LeaseAttrs {
+        public_ipv6: None,
+        ..a.clone()
+    };
+    assert_eq!(r("0.0.0.0-0&fd00:10:0:2::-64", &no_ip6), "no-public-ipv6");
 }
 
 #[test]
@@ -369,7 +411,7 @@ proptest! {
             n += 1;
             let v4 = k.v4.expect("peer has a v4 subnet");
             prop_assert_eq!(v4.prefix(), 24);
-            prop_assert!(IpNetwork::V4(p.network).contains(v4.network()));
+            prop_assert!(IpNetwork::V4(p.ipv4.unwrap().0).contains(v4.network()));
             prop_assert!(p.protected.iter().all(|x| !overlaps(*x, v4)));
             prop_assert!(!overlaps(v4, "10.244.1.0/24".parse().unwrap()));
             prop_assert!(seen.insert(v4), "two peers on {}", v4);

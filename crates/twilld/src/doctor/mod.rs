@@ -1,7 +1,7 @@
 //! `twilld doctor`: read-only checks of everything twill needs and everything it made,
 //! each a pass/warn/fail line with a hint, for the operator whose pods are stuck.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 pub use crate::status::Output;
@@ -96,8 +96,9 @@ fn read_sysctl(path: &str) -> Option<String> {
 struct Context<'a> {
     node: &'a NodeOptions,
     nl: Netlink,
-    /// The underlay and the public IP twilld would advertise from it.
-    underlay: Option<(ExtIface, Ipv4Addr)>,
+    /// The underlay and what twilld's lease would be known by from it (its PublicIP, or
+    /// IPv6-only its PublicIPv6).
+    underlay: Option<(ExtIface, IpAddr)>,
     store: StoreView,
     env: Option<SubnetEnv>,
     /// Our lease, as subnet.env names it.
@@ -110,23 +111,29 @@ impl<'a> Context<'a> {
     /// Reads everything, adding the checks that reading makes (underlay, store, config).
     async fn gather(node: &'a NodeOptions, c: &mut Checks) -> anyhow::Result<Self> {
         let nl = Netlink::connect()?;
-        let underlay = underlay(c, &nl, node).await;
         let store = match &node.store {
             StoreOptions::Kube(opts) => kube_checks(node, opts, c).await,
             StoreOptions::Etcd(opts) => etcd_checks(node, opts, c).await,
         };
+        let ipv6_only = store.conf.as_ref().is_some_and(|c| c.ipv4.is_none());
+        let underlay = underlay(c, &nl, node, ipv6_only).await;
         let env = std::fs::read_to_string(&node.subnet_file)
             .ok()
             .and_then(|t| SubnetEnv::parse(&t, &node.subnet_file.display().to_string()).ok());
         let own_key = env
             .as_ref()
-            .and_then(|e| e.lease_subnet())
-            .map(|s| LeaseKey {
-                v4: Some(s),
-                v6: env.as_ref().and_then(|e| e.lease_subnet6()),
-            });
+            .map(|e| LeaseKey {
+                v4: e.lease_subnet(),
+                v6: e.lease_subnet6(),
+            })
+            .filter(|k| k.v4.is_some() || k.v6.is_some());
         let vni = store.conf.as_ref().map(|c| c.backend.vni).unwrap_or(1);
-        let device_name = format!("flannel.{vni}");
+        // The device the checks look at: IPv6-only has only the v6 one.
+        let device_name = if ipv6_only {
+            format!("flannel-v6.{vni}")
+        } else {
+            format!("flannel.{vni}")
+        };
         let device = nl.link_by_name(&device_name).await.ok().flatten();
         Ok(Context {
             node,
@@ -194,7 +201,7 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     peer_entries(&mut c, &cx).await;
     overlay(&mut c, node).await;
     if let Some(env) = &cx.env {
-        let local = cx.underlay.as_ref().map(|(e, _)| e.addr);
+        let local = cx.underlay.as_ref().and_then(|(e, _)| e.addr);
         let local6 = cx.underlay.as_ref().and_then(|(e, _)| e.addr6);
         let mut flags = node.rules;
         // No VXLAN packets to keep out of conntrack.
@@ -239,13 +246,18 @@ async fn underlay(
     c: &mut Checks,
     nl: &Netlink,
     node: &NodeOptions,
-) -> Option<(ExtIface, Ipv4Addr)> {
-    match twill_dataplane::select_underlay(nl, &node.iface).await {
+    ipv6_only: bool,
+) -> Option<(ExtIface, IpAddr)> {
+    match twill_dataplane::select_underlay(nl, &node.iface, ipv6_only).await {
         Ok(e) => {
-            let public = node.public_ip.unwrap_or(e.addr);
+            let public = match (ipv6_only, node.public_ip, e.addr, e.addr6) {
+                (false, Some(ip), ..) | (false, None, Some(ip), _) => IpAddr::V4(ip),
+                (_, _, _, Some(ip6)) => IpAddr::V6(ip6),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
             c.pass(
                 "underlay",
-                format!("{} {} (mtu {}), public IP {public}", e.name, e.addr, e.mtu),
+                format!("{e} (mtu {}), public IP {public}", e.mtu),
             );
             Some((e, public))
         }
@@ -271,8 +283,8 @@ fn subnet_env(c: &mut Checks, cx: &Context<'_>) {
         (None, ..) => c.add("subnet.env", Status::Fail, format!("{} missing or unreadable", cx.node.subnet_file.display()),
             "twilld writes it once it holds a lease; until then pods stay in ContainerCreating. Is twilld running? Look at its log"),
         (Some(_), Some(k), Some(l), Some((_, public))) => match l.iter().find(|x| x.key == *k) {
-            Some(x) if x.attrs.as_ref().is_some_and(|a| a.public_ip == published.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
-            Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.public_ip)),
+            Some(x) if x.attrs.as_ref().is_some_and(|a| a.node_ip() == published.unwrap_or(*public)) => c.pass("subnet.env", format!("{k} matches our lease in {store_name}")),
+            Some(x) => c.add("subnet.env", Status::Fail, format!("lease {k} belongs to {:?}", x.attrs.as_ref().map(|a| a.node_ip())),
                 "another node holds this subnet: stop twilld, remove subnet.env, start twilld"),
             None => c.add("subnet.env", Status::Fail, format!("{k} is not leased in {store_name}"), "twilld re-acquires a lost lease; is it running?"),
         },

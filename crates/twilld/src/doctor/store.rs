@@ -63,7 +63,7 @@ pub(super) struct StoreView {
     pub conf: Option<NetConf>,
     pub leases: Option<Vec<StoredLease>>,
     /// Kubernetes: the public IP our node object publishes.
-    pub published_ip: Option<std::net::Ipv4Addr>,
+    pub published_ip: Option<std::net::IpAddr>,
     /// Kubernetes: our node object's BGP overrides under the flags, as twilld takes them.
     pub bgp: Option<twill_bgp::BgpOptions>,
 }
@@ -149,7 +149,7 @@ pub(super) async fn kube_checks(
             .iter()
             .flatten()
             .find(|l| Some(l.key) == mine)
-            .and_then(|l| Some(l.attrs.as_ref()?.public_ip));
+            .and_then(|l| Some(l.attrs.as_ref()?.node_ip()));
         match twill_kube::own_subnet(&ours, conf) {
             Ok(k) => c.pass("podCIDR", format!("node {} podCIDR {k} is inside Network", store.node_name())),
             Err(e) => c.add("podCIDR", Status::Fail, e.to_string(),

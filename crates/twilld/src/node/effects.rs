@@ -1,6 +1,8 @@
 //! What each effect does to the world, and what it reports back to the state machine.
 //! Telemetry lives here, beside the calls it measures, not in the decisions.
 
+use std::net::IpAddr;
+
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -316,7 +318,7 @@ impl<S: SubnetManager> Node<S> {
 
     pub(super) fn write_subnet_env(&mut self) -> Result<()> {
         let env = SubnetEnv::for_lease(
-            Some(ipnetwork::IpNetwork::V4(self.settings.network())),
+            self.settings.network().map(ipnetwork::IpNetwork::V4),
             self.held.key.v4,
             self.settings.ipv6_network,
             self.held.key.v6,
@@ -354,8 +356,8 @@ impl<S: SubnetManager> Node<S> {
         tx.send_replace(Some((
             conf,
             twill_bgp::Announce {
-                router_id: ext.addr,
-                local4: Some(ext.addr),
+                router_id: twill_bgp::router_id(ext.addr, ext.addr6),
+                local4: ext.addr,
                 local6: ext.addr6,
                 v4: match v4 {
                     Some(ipnetwork::IpNetwork::V4(n)) => Some(n),
@@ -371,7 +373,9 @@ impl<S: SubnetManager> Node<S> {
 
     /// The underlay chosen again, as at start; compared with the one the node is on.
     pub(super) async fn select_underlay(&mut self) -> Input {
-        match twill_dataplane::select_underlay(self.dp.netlink(), &self.opts.node.iface).await {
+        let ipv6_only = self.req.conf.ipv4.is_none();
+        let nl = self.dp.netlink();
+        match twill_dataplane::select_underlay(nl, &self.opts.node.iface, ipv6_only).await {
             Err(e) => Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
             Ok(ext) if ext == self.facts.underlay => Input::UnderlaySelected(Selected::Same),
             Ok(ext) => {
@@ -402,26 +406,32 @@ impl<S: SubnetManager> Node<S> {
         };
         let old = &self.facts.underlay;
         info!(
-            from = %format!("{} {} (index {})", old.name, old.addr, old.index),
-            to = %format!("{} {} (index {})", ext.name, ext.addr, ext.index),
+            from = %old,
+            to = %ext,
             "the underlay moved; moving the VXLAN device and the lease with it"
         );
-        if let Some(pinned) = self.pinned_public_ip.filter(|ip| *ip != ext.addr) {
-            if pinned == old.addr {
+        let (ipv6_only, pinned) = (self.req.conf.ipv4.is_none(), self.pinned);
+        let pinned_ip = if ipv6_only {
+            pinned.v6.map(IpAddr::V6)
+        } else {
+            pinned.v4.map(IpAddr::V4)
+        };
+        if let Some(pinned) = pinned_ip.filter(|ip| Some(*ip) != ext.local()) {
+            if Some(pinned) == old.local() {
                 // It was this node's own address, and is no longer: peers will send to an
                 // address nobody here holds.
-                warn!(public_ip = %pinned, now = %ext.addr, "the PublicIP given (--public-ip or node-public-ip) was this node's address and no longer is; it stays as given: change it if the node was renumbered");
+                warn!(public_ip = %pinned, now = ?ext.local(), "the PublicIP given (--public-ip, --public-ipv6 or the node-public-ip annotations) was this node's address and no longer is; it stays as given: change it if the node was renumbered");
             } else {
-                info!(public_ip = %pinned, "the PublicIP stays as given (--public-ip or node-public-ip)");
+                info!(public_ip = %pinned, "the PublicIP stays as given (--public-ip, --public-ipv6 or the node-public-ip annotations)");
             }
         }
+        let driver = twill_dataplane::offload::driver(&ext.name).ok();
         let facts = Facts {
-            public_ip: self.pinned_public_ip.unwrap_or(ext.addr),
             mac: self.dp.mac(Family::V4).or(self.facts.mac),
             mac6: self.dp.mac(Family::V6).or(self.facts.mac6),
-            driver: twill_dataplane::offload::driver(&ext.name).ok(),
+            driver,
             kernel: self.facts.kernel,
-            underlay: ext,
+            ..Facts::new(ext, pinned, ipv6_only)
         };
         let new = match settings::derive(&self.req.conf, &self.opts, &self.bgp, &facts) {
             Ok(s) => s,
@@ -441,7 +451,7 @@ impl<S: SubnetManager> Node<S> {
     /// Publishes what the moved underlay changed in our lease (PublicIP, PublicIPv6),
     /// keeping the subnet; retried as start-up retries a store.
     pub(super) async fn republish(&mut self, cancel: &CancellationToken) -> Result<Input> {
-        if self.req.attrs.public_ip != self.held.attrs.public_ip {
+        if self.req.attrs.node_ip() != self.held.attrs.node_ip() {
             if let Err(e) = self.store.reconnect().await {
                 warn!(
                     "reconnecting to {} from the new address: {e}",

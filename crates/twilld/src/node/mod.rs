@@ -59,7 +59,7 @@ struct Node<S> {
     next: Option<(NetConf, Settings)>,
     /// --public-ip, or our node's node-public-ip annotation: the PublicIP whatever the
     /// underlay; without one it follows the underlay's address.
-    pinned_public_ip: Option<std::net::Ipv4Addr>,
+    pinned: crate::settings::Pinned,
     /// The underlay chosen anew, until the node moves to it.
     moved_to: Option<twill_dataplane::ExtIface>,
     /// Where the peers to probe go, when probing is on.

@@ -19,7 +19,7 @@ use super::state::State;
 use super::{acquire, Node};
 use crate::options::DaemonOptions;
 use crate::policy::lease_policy;
-use crate::settings::{derive, Facts};
+use crate::settings::{derive, Facts, Pinned};
 use crate::startup::{Opened, Patience};
 use crate::telemetry::Telemetry;
 
@@ -35,27 +35,27 @@ pub async fn start<S: SubnetManager>(
         store,
         conf,
         source,
-        public_ip_hint,
+        hints,
         bgp,
     } = opened;
     tel.update_ready(|r| r.config = true);
     let nl = Netlink::connect().context("opening a netlink socket")?;
-    let ext = select_underlay(&nl, &opts.node.iface).await?;
-    let pinned_public_ip = opts.node.public_ip.or(public_ip_hint);
-    let public_ip = pinned_public_ip.unwrap_or(ext.addr);
+    let ipv6_only = conf.ipv4.is_none();
+    let ext = select_underlay(&nl, &opts.node.iface, ipv6_only).await?;
+    let pinned = Pinned {
+        v4: opts.node.public_ip.or(hints.v4),
+        v6: opts.public_ipv6.or(hints.v6),
+    };
+    let driver = twill_dataplane::offload::driver(&ext.name).ok();
+    let mut facts = Facts::new(ext, pinned, ipv6_only);
     // After a reboot the devices are gone but our lease still advertises their MACs:
     // reuse them, so peers need no FDB update.
-    let (mac, mac6) = store.advertised_macs(public_ip).await;
+    let (mac, mac6) = store.advertised_macs(facts.node_ip()).await;
     let parse = |m: Option<String>| m.and_then(|m| m.parse::<Mac>().ok());
-    let driver = twill_dataplane::offload::driver(&ext.name).ok();
-    let facts = Facts {
-        mac: parse(mac),
-        mac6: parse(mac6),
-        underlay: ext,
-        public_ip,
-        kernel: twill_dataplane::offload::kernel_version(),
-        driver,
-    };
+    facts.mac = parse(mac);
+    facts.mac6 = parse(mac6);
+    facts.kernel = twill_dataplane::offload::kernel_version();
+    facts.driver = driver;
     // Settled before anything is created: a config this node cannot use (BGP settings,
     // IPv6-only, an MTU with no room for VXLAN) leaves nothing behind.
     let settings = derive(&conf, &opts, &bgp, &facts)?;
@@ -63,7 +63,7 @@ pub async fn start<S: SubnetManager>(
         warn!("{w}");
     }
     let ext = &facts.underlay;
-    info!(iface = %ext.name, local = %ext.addr, %public_ip, mtu = settings.mtu, "underlay selected");
+    info!(underlay = %ext, node = %facts.node_ip(), mtu = settings.mtu, "underlay selected");
 
     let previous = read_previous(&opts.node.subnet_file);
     let fw = firewall(conf.enable_nftables)?;
@@ -138,7 +138,7 @@ pub async fn start<S: SubnetManager>(
         announce: None,
         pending: Vec::new(),
         next: None,
-        pinned_public_ip,
+        pinned,
         moved_to: None,
         probe_targets: None,
         dirty: true,
