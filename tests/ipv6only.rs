@@ -177,8 +177,7 @@ fn ipv6_only_pods_reach_each_other_with_no_ipv4_anywhere() {
     c.nodes[0].stop(libc::SIGTERM);
     c.nodes[0].start();
     wait_until(20, "node 1 back with its peers", || {
-        c.nodes[0].log().matches("wrote subnet.env").count() >= 2
-            && routes6(&c.nodes[0]).len() == 2
+        c.nodes[0].log().matches("wrote subnet.env").count() >= 2 && routes6(&c.nodes[0]).len() == 2
     });
     assert_eq!(c.nodes[0].lease6(), lease_before);
     assert_eq!(
@@ -236,7 +235,10 @@ fn ipv6_only_in_kubernetes_mode() {
         let key = |k: &str| format!("flannel.alpha.coreos.com/{k}");
         let public6 = if n == 2 { "2001:2::22" } else { "2001:2::1" };
         assert_eq!(ann[key("public-ipv6")], public6, "{ann}");
-        assert!(ann.get(key("public-ip")).is_none(), "no IPv4 annotations: {ann}");
+        assert!(
+            ann.get(key("public-ip")).is_none(),
+            "no IPv4 annotations: {ann}"
+        );
         assert!(ann.get(key("backend-data")).is_none(), "{ann}");
         let v6: serde_json::Value =
             serde_json::from_str(ann[key("backend-v6-data")].as_str().unwrap()).unwrap();

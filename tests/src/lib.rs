@@ -73,7 +73,6 @@ pub fn twill_plugin_bin() -> PathBuf {
     twilld_bin().with_file_name("twill")
 }
 
-
 pub struct Pod {
     pub ns: Netns,
     pub ip: String,

@@ -358,11 +358,8 @@ mod tests {
             router_id(None, Some("2001:2::c612:7".parse().unwrap())).to_string(),
             "198.18.0.7"
         );
-        let v4 = Some("198.18.0.1".parse().unwrap());
-        assert_eq!(
-            router_id(v4, Some("2001:2::9".parse().unwrap())),
-            v4.unwrap()
-        );
+        let v4: Ipv4Addr = "198.18.0.1".parse().unwrap();
+        assert_eq!(router_id(Some(v4), Some("2001:2::9".parse().unwrap())), v4);
     }
 
     fn announce() -> Announce {

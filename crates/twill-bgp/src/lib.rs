@@ -8,8 +8,8 @@ pub mod exabgp;
 pub mod settings;
 
 pub use bird::{
-    apply, parse_protocols, protocol_name, render, sessions, spawn, withdrawn, Announce, router_id, Session,
-    SessionSink,
+    apply, parse_protocols, protocol_name, render, router_id, sessions, spawn, withdrawn, Announce,
+    Session, SessionSink,
 };
 pub use exabgp::{feed_lines, Announced};
 pub use settings::{effective, node_overrides, BgpOptions, ASN_ANNOTATION, PEERS_ANNOTATION};

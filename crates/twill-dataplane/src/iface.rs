@@ -56,9 +56,7 @@ pub struct ExtIface {
 impl ExtIface {
     /// The address the overlay is sourced from: the IPv4 one, or IPv6-only the IPv6 one.
     pub fn local(&self) -> Option<IpAddr> {
-        self.addr
-            .map(IpAddr::V4)
-            .or(self.addr6.map(IpAddr::V6))
+        self.addr.map(IpAddr::V4).or(self.addr6.map(IpAddr::V6))
     }
 }
 
@@ -187,7 +185,11 @@ impl Stack {
 
     /// The global addresses a `--iface-regex` is matched against, the stack's family first.
     fn globals(self, i: &InterfaceInfo) -> Vec<IpAddr> {
-        let v4 = i.addrs.iter().filter(|a| a.global).map(|a| IpAddr::V4(a.ip));
+        let v4 = i
+            .addrs
+            .iter()
+            .filter(|a| a.global)
+            .map(|a| IpAddr::V4(a.ip));
         let v6 = i
             .addrs6
             .iter()
@@ -508,8 +510,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.name, "eth1");
-        let e =
-            choose(&host(), &sel(&["198.18.0.9"], &[]), default_route(Some(3))).unwrap();
+        let e = choose(&host(), &sel(&["198.18.0.9"], &[]), default_route(Some(3))).unwrap();
         assert_eq!(
             (e.name.as_str(), e.addr.unwrap().to_string().as_str()),
             ("eth0", "198.18.0.9")
@@ -519,15 +520,13 @@ mod tests {
             err.to_string(),
             "--iface bare: the interface has no global IPv4 address"
         );
-        let err =
-            choose(&host(), &sel(&["wlan9"], &[]), default_route(Some(2))).unwrap_err();
+        let err = choose(&host(), &sel(&["wlan9"], &[]), default_route(Some(2))).unwrap_err();
         assert!(err.to_string().contains("wlan9"), "{err}");
     }
 
     #[test]
     fn regex_matches_addresses_then_names() {
-        let e =
-            choose(&host(), &sel(&[], &["^198\\.19\\."]), default_route(None)).unwrap();
+        let e = choose(&host(), &sel(&[], &["^198\\.19\\."]), default_route(None)).unwrap();
         assert_eq!(e.name, "eth1");
         let e = choose(&host(), &sel(&[], &["^eth0$"]), default_route(None)).unwrap();
         assert_eq!(e.addr.unwrap().to_string(), "198.18.0.2");
@@ -596,9 +595,7 @@ mod tests {
         let mut s = sel(&["eth0"], &[]);
         s.public_ip = Some("198.19.0.2".parse().unwrap());
         assert_eq!(
-            choose(&host(), &s, default_route(Some(2)))
-                .unwrap()
-                .name,
+            choose(&host(), &s, default_route(Some(2))).unwrap().name,
             "eth0"
         );
     }

@@ -612,10 +612,7 @@ impl SubnetManager for EtcdStore {
         "etcd"
     }
 
-    async fn advertised_macs(
-        &self,
-        node_ip: std::net::IpAddr,
-    ) -> (Option<String>, Option<String>) {
+    async fn advertised_macs(&self, node_ip: std::net::IpAddr) -> (Option<String>, Option<String>) {
         let Ok((leases, _)) = self.list().await else {
             return (None, None);
         };

@@ -380,7 +380,10 @@ impl SubnetManager for KubeStore {
         "kubernetes"
     }
 
-    async fn advertised_macs(&self, _node_ip: std::net::IpAddr) -> (Option<String>, Option<String>) {
+    async fn advertised_macs(
+        &self,
+        _node_ip: std::net::IpAddr,
+    ) -> (Option<String>, Option<String>) {
         match self.node().await {
             Ok(node) => (
                 self.keys.vtep_mac(&node, "backend-data"),

@@ -313,7 +313,9 @@ async fn public_ip(node: &NodeOptions) -> Option<std::net::IpAddr> {
     {
         return Some(ip.into());
     }
-    let e = twill_dataplane::select_underlay(&nl, sel, true).await.ok()?;
+    let e = twill_dataplane::select_underlay(&nl, sel, true)
+        .await
+        .ok()?;
     e.addr6.map(Into::into)
 }
 

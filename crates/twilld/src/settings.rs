@@ -266,12 +266,7 @@ pub fn derive(
                 );
             };
             Some(OverlayConfig {
-                transport: transport(
-                    format!("flannel.{vni}"),
-                    IpAddr::V4(local),
-                    mtu4,
-                    facts.mac,
-                ),
+                transport: transport(format!("flannel.{vni}"), IpAddr::V4(local), mtu4, facts.mac),
                 network: IpNetwork::V4(network),
             })
         }
@@ -588,7 +583,9 @@ mod tests {
         let s = derive(&c, &o, &bgp_opts(), &pinned).unwrap();
         assert_eq!(s.public_ip, Ipv4Addr::UNSPECIFIED);
         assert!(
-            s.warnings.iter().any(|w| w.contains("--public-ip 198.18.0.77")),
+            s.warnings
+                .iter()
+                .any(|w| w.contains("--public-ip 198.18.0.77")),
             "{:?}",
             s.warnings
         );

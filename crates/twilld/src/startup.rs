@@ -20,8 +20,8 @@ use twill_etcd::{EtcdOptions, EtcdStore};
 use twill_kube::{KubeOptions, KubeStore};
 use twill_store::StoreError;
 
-use crate::settings::Pinned;
 use crate::options::kube_with_ipv6;
+use crate::settings::Pinned;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
