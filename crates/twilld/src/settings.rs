@@ -350,6 +350,18 @@ pub fn plan_reload(
     }
 }
 
+/// Why a reload from `old` to `new` cannot be applied in place (pure): turning IPv4 on or
+/// off (IPv6-only and back) chooses the underlay by another family and changes what our
+/// lease is known by (PublicIP or PublicIPv6), which a restart does from the start.
+pub fn needs_new_underlay(old: &NetConf, new: &NetConf) -> Option<String> {
+    let (was, is) = (old.ipv4.is_some(), new.ipv4.is_some());
+    (was != is).then(|| {
+        format!(
+            "EnableIPv4 changed ({was} -> {is}): moving between an IPv4 and an IPv6-only network chooses the underlay by another address family; restart twilld to apply it"
+        )
+    })
+}
+
 /// Whether the lease we hold still serves under `conf` advertising `attrs`.
 pub fn keeps_lease(
     conf: &NetConf,
@@ -603,6 +615,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("eth0") && e.contains("EnableIPv4=false"), "{e}");
+    }
+
+    #[test]
+    fn ipv4_turned_on_or_off_waits_for_a_restart() {
+        let dual =
+            conf(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let only6 = conf(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let why = needs_new_underlay(&dual, &only6).expect("refused");
+        assert!(
+            why.contains("EnableIPv4") && why.contains("restart"),
+            "{why}"
+        );
+        assert!(needs_new_underlay(&only6, &dual).is_some());
+        let v4 = conf(r#"{"Network":"10.244.0.0/16"}"#);
+        assert_eq!(
+            needs_new_underlay(&v4, &dual),
+            None,
+            "IPv6 on/off applies in place"
+        );
     }
 
     #[test]

@@ -241,6 +241,9 @@ impl<S: SubnetManager> Node<S> {
             info!("config unchanged");
             return ReloadRead::Unchanged;
         }
+        if let Some(why) = settings::needs_new_underlay(&self.req.conf, &conf) {
+            return self.refused(why);
+        }
         let facts = settings::Facts {
             mac: self.dp.mac(Family::V4).or(self.facts.mac),
             mac6: self.dp.mac(Family::V6).or(self.facts.mac6),
