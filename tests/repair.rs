@@ -106,8 +106,14 @@ fn removed_entries_and_flushed_chains_are_back_within_milliseconds() {
 fn a_flush_of_ten_thousand_routes_is_repaired_in_a_few_passes() {
     let mut c = Cluster::new("rep-flush");
     c.put_config(CONF);
+    // No probes: 10 000 injected peers that exist nowhere would only load the VM the
+    // test shares (bench-probes.sh measures that load); this test is about the routes.
     for _ in 0..2 {
-        c.add_node(&["--iptables-resync=60", "--metrics-port=8471"]);
+        c.add_node(&[
+            "--iptables-resync=60",
+            "--metrics-port=8471",
+            "--peer-probe-interval=0",
+        ]);
     }
     for i in 0..2 {
         c.nodes[i].wait_ready();
@@ -125,7 +131,8 @@ fn a_flush_of_ten_thousand_routes_is_repaired_in_a_few_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let routes = |c: &Cluster| c.nodes[0].vxlan_subnets().len();
-    wait_until(120, "10 001 peer routes", || routes(&c) == 10_001);
+    // A deadline, not a timing: a loaded 2-core VM once needed more than 120 s.
+    wait_until(300, "10 001 peer routes", || routes(&c) == 10_001);
     let before = metric(&c, 0, "twill_repair_passes_total", None);
     c.nodes[0].ns.sh("ip route flush dev flannel.1");
     wait_until(30, "every route back", || routes(&c) == 10_001);
