@@ -47,10 +47,22 @@ wrapper() { # wrapper <name> <module@version>
   fi
 }
 
+# Files of a module the tests read beside its programs: flannel's own manifest, applied as
+# a user would (with twill's image), and its chart's values.yaml, which twill's chart
+# takes. Added to a cached build that lacks them.
+extras() { # extras <name> <module@version> <dir>
+  local src
+  [[ $1 == flanneld && ! -f $3/kube-flannel-values.yaml ]] || return 0
+  src=$(cd "$(mktemp -d)" && go mod download -json "$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  cp "$src/Documentation/kube-flannel.yml" "$3/"
+  cp "$src/chart/kube-flannel/values.yaml" "$3/kube-flannel-values.yaml"
+}
+
 build() { # build <name> <module@version> <package[=binary],...>
   local name=$1 mod=$2 targets=$3 version=${2##*@} dir tmp t pkg bin ldflags=()
   dir="$CACHE/$name@$version"
   if [[ -f $dir/.built ]]; then
+    extras "$name" "$mod" "$dir"
     echo "reference: $name $version (cached) $dir"
     return
   fi
@@ -79,10 +91,7 @@ build() { # build <name> <module@version> <package[=binary],...>
       echo "reference: building $pkg ($name $version) failed" >&2; exit 1
     fi
   done
-  # flannel's own manifest, which the tests apply as a user would (with twill's image).
-  if [[ $name == flanneld ]]; then
-    cp "$(go env GOMODCACHE)/${mod%@*}@$version/Documentation/kube-flannel.yml" "$tmp/"
-  fi
+  extras "$name" "$mod" "$tmp"
   rm -rf "$tmp/src"
   touch "$tmp/.built"
   rm -rf "$dir"

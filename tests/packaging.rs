@@ -106,16 +106,18 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 fn every_object_parses_into_its_kubernetes_type() {
     let docs = manifest();
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    // Helm's install order (the file is the chart rendered): the Namespace before what
+    // lives in it, the DaemonSet after what it mounts and runs as.
     assert_eq!(
         kinds,
         [
             "Namespace",
             "ServiceAccount",
+            "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
-            "ConfigMap",
             "DaemonSet"
         ]
     );
