@@ -253,3 +253,48 @@ fn values_twill_cannot_honour_are_refused_by_name() {
     ]);
     assert!(!ok && out.contains("podCidr"), "{out}");
 }
+
+/// The Prometheus Operator objects: off by default; on, a PodMonitor on the DaemonSet's
+/// named metrics port (twilld then listening on the node's address) and a PrometheusRule
+/// carrying files/twill-alerts.yaml unchanged (the file promtool checks, tests/alerts.rs).
+#[test]
+fn pod_monitor_and_prometheus_rule_when_asked() {
+    assert!(objects(&render(&[]))
+        .iter()
+        .all(|o| o["kind"] != "PodMonitor" && o["kind"] != "PrometheusRule"));
+    let objs = objects(&render(&[
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+    ]));
+    let pm = object(&objs, "PodMonitor");
+    assert_eq!(pm["spec"]["selector"]["matchLabels"]["k8s-app"], "twill");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let twilld = &object(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(twilld["ports"][0]["name"], "metrics");
+    assert_eq!(twilld["ports"][0]["containerPort"], 9464);
+    assert!(
+        command(&objs).contains(&"--metrics-ip=$(HOST_IP)".to_string()),
+        "{:?}",
+        command(&objs)
+    );
+    assert!(twilld["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "HOST_IP"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"));
+    let rule = object(&objs, "PrometheusRule");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart().join("files/twill-alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"], file, "the rules file, unchanged");
+}
