@@ -38,6 +38,6 @@ pub use netlink::{
     NodePrefixes, UnderlayRoutes, VxlanSpec,
 };
 pub use plan::{plan_peers, plan_routed, PeerPlan, Underlay};
-pub use reconcile::{Dataplane, DataplaneError, ReconcileReport};
+pub use reconcile::{Dataplane, DataplaneError, ReconcileReport, RESTORED_KINDS};
 pub use twill_store::{Family, Mac, PeerEntry};
 pub use underlay::{select_underlay, SelectError};

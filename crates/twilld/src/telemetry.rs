@@ -231,6 +231,10 @@ impl Telemetry {
         for reason in twill_store::Rejection::REASONS {
             let _ = t.leases_rejected.get_or_create(&label("reason", reason));
         }
+        // At 0 from the start, so an alert's increase() counts a node's first conflict.
+        for kind in twill_dataplane::RESTORED_KINDS {
+            let _ = t.repair_conflicts.get_or_create(&label("kind", kind));
+        }
         registry.register(
             "store_events",
             "Lease events from the store, by type (added, changed, removed, snapshot)",
