@@ -59,7 +59,7 @@ extras() { # extras <name> <module@version> <dir>
 }
 
 build() { # build <name> <module@version> <package[=binary],...>
-  local name=$1 mod=$2 targets=$3 version=${2##*@} dir tmp t pkg bin ldflags=()
+  local name=$1 mod=$2 targets=$3 version=${2##*@} dir tmp t pkg bin ldflags=() tags=()
   dir="$CACHE/$name@$version"
   if [[ -f $dir/.built ]]; then
     extras "$name" "$mod" "$dir"
@@ -74,6 +74,9 @@ build() { # build <name> <module@version> <package[=binary],...>
   case $name in
     flanneld) ldflags=(-ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$version") ;;
     kubernetes) ldflags=(-ldflags "-X k8s.io/component-base/version.gitVersion=$version") ;;
+    # promtool checks and tests rule files; without the service discovery plugins (every
+    # cloud's SDK) it builds in a fraction of the time.
+    prometheus) tags=(-tags remove_all_sd) ;;
   esac
   mkdir "$tmp/src"
   if ! (cd "$tmp/src" && wrapper "$name" "$mod") >"$tmp/build.log" 2>&1; then
@@ -86,7 +89,7 @@ build() { # build <name> <module@version> <package[=binary],...>
     [[ $t == *=* ]] || bin=${pkg##*/}
     [[ $pkg == . ]] && pkg=${mod%@*} || pkg=${mod%@*}/$pkg
     # cgo on: flanneld's udp backend is a cgo file on amd64.
-    if ! (cd "$tmp/src" && CGO_ENABLED=1 GOFLAGS=-mod=mod go build -o "$tmp/$bin" "${ldflags[@]}" "$pkg") >>"$tmp/build.log" 2>&1; then
+    if ! (cd "$tmp/src" && CGO_ENABLED=1 GOFLAGS=-mod=mod go build -o "$tmp/$bin" "${ldflags[@]}" "${tags[@]}" "$pkg") >>"$tmp/build.log" 2>&1; then
       tail -20 "$tmp/build.log" >&2; rm -rf "$tmp"
       echo "reference: building $pkg ($name $version) failed" >&2; exit 1
     fi
