@@ -96,6 +96,35 @@ fn rules_without_annotations(dir: &Path) -> PathBuf {
     p
 }
 
+/// The metric names the dashboard's queries use (`twill_*`, `process_*`).
+fn dashboard_metrics() -> Vec<String> {
+    let path = rules_file().with_file_name("twill-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = ["twill_", "process_"]
+                .iter()
+                .filter_map(|p| rest.find(p))
+                .min()
+            {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn alert_names() -> Vec<String> {
     std::fs::read_to_string(rules_file())
         .unwrap()
@@ -246,6 +275,24 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
             severity(name)
         );
     }
+    // Every metric a dashboard panel queries is one twilld served (in one state or the
+    // other): a renamed metric fails here, not on an operator's empty panel.
+    let served: Vec<&str> = healthy
+        .iter()
+        .chain(&faulted)
+        .map(|(s, _)| s.split('{').next().unwrap())
+        .collect();
+    let dash = dashboard_metrics();
+    assert!(dash.len() >= 15, "{dash:?}");
+    let unknown: Vec<&String> = dash
+        .iter()
+        .filter(|m| !served.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "dashboard metrics twilld does not serve: {unknown:?}"
+    );
+
     let test_file = dir.path().join("alerts-test.yaml");
     std::fs::write(&test_file, &t).unwrap();
     let (ok, out) = promtool(&["test", "rules", test_file.to_str().unwrap()]);

@@ -298,3 +298,31 @@ fn pod_monitor_and_prometheus_rule_when_asked() {
     .unwrap();
     assert_eq!(rule["spec"], file, "the rules file, unchanged");
 }
+
+/// The dashboard's ConfigMap, labelled for Grafana's sidecar, holds
+/// files/twill-dashboard.json unchanged. (tests/alerts.rs checks its queries name only
+/// metrics a real twilld serves.)
+#[test]
+fn grafana_dashboard_config_map_when_asked() {
+    assert!(objects(&render(&[]))
+        .iter()
+        .all(|o| o["metadata"]["name"] != "twill-grafana-dashboard"));
+    let objs = objects(&render(&[
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+        "--set",
+        "monitoring.grafanaDashboard.namespace=monitoring",
+    ]));
+    let cm = objs
+        .iter()
+        .find(|o| o["metadata"]["name"] == "twill-grafana-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let got: Value = serde_json::from_str(cm["data"]["twill.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/twill-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got, file);
+}

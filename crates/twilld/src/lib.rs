@@ -13,6 +13,7 @@ pub mod node;
 pub mod options;
 pub mod policy;
 pub mod probes;
+mod process_metrics;
 mod procs;
 pub mod repairs;
 pub mod schedule;

@@ -65,6 +65,8 @@ pub struct Telemetry {
     heartbeat: AtomicU64,
     liveness_window: Duration,
     registry: Registry,
+    /// The process_* metrics, without the twill_ prefix of `registry`.
+    process: Registry,
     pub peers: Gauge,
     pub underlay_up: Gauge,
     pub entries: Family<Labels, Gauge>,
@@ -133,6 +135,7 @@ impl Telemetry {
             heartbeat: AtomicU64::new(now_secs()),
             liveness_window,
             registry: Registry::default(),
+            process: Registry::default(),
             peers: Gauge::default(),
             underlay_up: Gauge::default(),
             entries: Family::default(),
@@ -263,7 +266,13 @@ impl Telemetry {
                 env!("CARGO_PKG_VERSION").to_string(),
             )]),
         );
-        Telemetry { registry, ..t }
+        let mut process = Registry::default();
+        process.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        Telemetry {
+            registry,
+            process,
+            ..t
+        }
     }
 
     pub fn beat(&self) {
@@ -320,9 +329,13 @@ impl Telemetry {
         }
     }
 
+    /// The process_* metrics, then twill's (one OpenMetrics exposition: one `# EOF`).
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::encode;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("string writes");
+        encode(&mut out, &self.process).expect("string writes");
+        out.truncate(out.strip_suffix("# EOF\n").map_or(out.len(), str::len));
+        encode(&mut out, &self.registry).expect("string writes");
         out
     }
 }
@@ -372,9 +385,15 @@ mod tests {
             "twill_reconcile_repairs_total{kind=\"entries\"} 2",
             "twill_store_events_total{type=\"added\"} 1",
             "twill_build_info{version=",
+            "twill_repair_conflicts_total{kind=\"route\"} 0",
+            "# TYPE process_cpu_seconds counter",
+            "process_resident_memory_bytes ",
+            "process_threads ",
         ] {
             assert!(text.contains(want), "{want} in\n{text}");
         }
+        assert_eq!(text.matches("# EOF").count(), 1, "one exposition");
+        assert!(text.ends_with("# EOF\n"));
         assert!(t.alive().is_ok());
     }
 }
