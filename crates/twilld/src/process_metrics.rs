@@ -47,7 +47,7 @@ fn read() -> Option<ProcStat> {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    parse(&stat, &statm, ticks as f64, page as i64)
+    parse(&stat, &statm, ticks as f64, page)
 }
 
 impl Collector for ProcessCollector {
