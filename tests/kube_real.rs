@@ -114,6 +114,41 @@ fn three_nodes_under_twills_rbac_on_a_real_api_server() {
         ],
         Some(&manifest("uninstall-twill.yml")),
     );
+    // The chart rendered from flannel's own values.yaml (only the image changed), dual
+    // stack and the dashboard's ConfigMap: accepted too (a dry run beside the objects the
+    // default rendering made).
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/charts/twill");
+    let values = twill_e2e::reference_bin("flanneld", "kube-flannel-values.yaml");
+    let rendered = std::process::Command::new(twill_e2e::reference_bin("helm", "helm"))
+        .args(["template", "twill"])
+        .arg(&chart)
+        .args(["--namespace", "kube-twill", "-f"])
+        .arg(&values)
+        .args([
+            "--set",
+            "flannel.image.repository=ghcr.io/twill-net/twilld",
+            "--set",
+            "flannel.image.tag=0.1.0",
+            "--set",
+            "podCidrv6=fd00:10:244::/56",
+            "--set",
+            "monitoring.grafanaDashboard.enabled=true",
+        ])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{rendered:?}");
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=twill-test",
+            "--validate=strict",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        Some(&String::from_utf8(rendered.stdout).unwrap()),
+    );
     for i in 0..3 {
         let name = format!("kr-node{}", i + 1);
         assert_eq!(annotation(&cp, &name, "public-ip"), c.nodes[i].ip);
