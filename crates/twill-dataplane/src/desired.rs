@@ -8,6 +8,21 @@ use twill_store::{Family, PeerEntry, PeerEvent};
 
 use twill_store::Mac;
 
+/// Every kind of object a report's `restored` names: the metrics count repairs and
+/// conflicts per kind, and a series that exists from the start (at 0) is one whose first
+/// increase Prometheus' `increase()` sees.
+pub const RESTORED_KINDS: [&str; 9] = [
+    "route",
+    "neigh",
+    "fdb",
+    "nexthop",
+    "direct-route",
+    "blackhole",
+    "device",
+    "tx-checksum",
+    "rules",
+];
+
 /// How peer routes are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RouteForm {

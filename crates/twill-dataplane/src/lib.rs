@@ -24,6 +24,7 @@ pub mod underlay;
 pub use blackhole::{Blackhole, BlackholePlan, BLACKHOLE_METRIC};
 pub use change::ChangeFlag;
 pub use config::{DataplaneConfig, OverlayConfig, Transport};
+pub use desired::RESTORED_KINDS;
 pub use desired::{
     desired_peers, diff, diff_direct, incremental, nexthop_id, split_direct, Actual, DirectOps,
     Ops, RouteForm, Via,
@@ -38,6 +39,6 @@ pub use netlink::{
     NodePrefixes, UnderlayRoutes, VxlanSpec,
 };
 pub use plan::{plan_peers, plan_routed, PeerPlan, Underlay};
-pub use reconcile::{Dataplane, DataplaneError, ReconcileReport, RESTORED_KINDS};
+pub use reconcile::{Dataplane, DataplaneError, ReconcileReport};
 pub use twill_store::{Family, Mac, PeerEntry};
 pub use underlay::{select_underlay, SelectError};

@@ -18,21 +18,6 @@ use crate::netlink::{ApplyReport, DeviceState, EntryError, Netlink, NetlinkError
 use crate::plan::{plan_peers, plan_routed, Underlay};
 use twill_store::Mac;
 
-/// Every kind of object a report's `restored` names: the metrics count repairs and
-/// conflicts per kind, and a series that exists from the start (at 0) is one whose first
-/// increase Prometheus' `increase()` sees.
-pub const RESTORED_KINDS: [&str; 9] = [
-    "route",
-    "neigh",
-    "fdb",
-    "nexthop",
-    "direct-route",
-    "blackhole",
-    "device",
-    "tx-checksum",
-    "rules",
-];
-
 #[derive(Debug, Default)]
 pub struct ReconcileReport {
     pub device_created: bool,
