@@ -216,7 +216,8 @@ impl<S: SubnetManager> Node<S> {
                 .collect();
             st.lease = Some(nets.join(", "));
             st.backend = self.req.conf.backend.kind.as_str().to_string();
-            st.public_ip = Some(self.held.attrs.public_ip.to_string());
+            // IPv6-only: the PublicIPv6 (PublicIP is 0.0.0.0 there).
+            st.public_ip = Some(self.held.attrs.node_ip().to_string());
             st.mtu = self.settings.mtu;
             st.peers = self.table.len();
             st.refused = refused;
