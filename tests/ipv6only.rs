@@ -162,6 +162,12 @@ fn ipv6_only_pods_reach_each_other_with_no_ipv4_anywhere() {
         "{v}"
     );
 
+    // `twilld status` names the node by its IPv6 address, not PublicIP's 0.0.0.0.
+    let (ok, status) = c.nodes[0].subcommand(&["status", "--output=json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&status).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert!(ok && v["node"]["public_ip"] == "2001:2::1", "{status}");
+
     // A deleted peer route is put back; a restart keeps the lease and the MAC.
     let peer = c.nodes[1].lease6();
     c.nodes[0]
