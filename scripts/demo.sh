@@ -7,18 +7,22 @@
 #                                IPv4 one, pods with an address of each (any order of flags)
 #   scripts/demo.sh --host-gw    flannel's host-gw backend: no VXLAN device, a route per
 #                                peer via its node address (combines with --dual-stack)
+#   scripts/demo.sh --ipv6-only  EnableIPv4 false: an underlay with no IPv4 address at all,
+#                                pods with an IPv6 address only (combines with --host-gw)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keep=0 dual=0 backend=vxlan
+keep=0 dual=0 v6only=0 backend=vxlan
 for a in "$@"; do
   case $a in
     --keep) keep=1 ;;
     --dual-stack) dual=1 ;;
+    --ipv6-only) v6only=1 ;;
     --host-gw) backend=host-gw ;;
-    *) echo "demo: unknown argument $a (--keep, --dual-stack, --host-gw)" >&2; exit 2 ;;
+    *) echo "demo: unknown argument $a (--keep, --dual-stack, --ipv6-only, --host-gw)" >&2; exit 2 ;;
   esac
 done
-export LAB_DUAL=$dual LAB_BACKEND=$backend
+((dual && v6only)) && { echo "demo: --dual-stack and --ipv6-only exclude each other" >&2; exit 2; }
+export LAB_DUAL=$dual LAB_V6ONLY=$v6only LAB_BACKEND=$backend
 
 bash scripts/setup.sh
 cargo build --release -q -p twilld -p twill-cni
@@ -41,15 +45,15 @@ no_nat() { # no_nat <family marker: "." or ":"> <tcpdump filter protocol>
   echo "  $seen"
   [[ $seen == *"$src > $dst"* ]] || { echo "demo: expected source $src at the receiver" >&2; exit 1; }
 }
-no_nat . icmp
-((dual)) && no_nat : "icmp6 and ip6[40] == 128"
+((v6only)) || no_nat . icmp
+((dual || v6only)) && no_nat : "icmp6 and ip6[40] == 128"
 lab status
 if ((keep)); then
   cat <<EOT
 
 The lab is up. Look inside with, e.g.:
   ip netns exec $LAB_PREFIX-n1 ip route          # peer routes (via flannel.1, or eth0 with host-gw)
-  ip netns exec $LAB_PREFIX-p1 ping $(addr n2 .)         # pod on n1 -> pod on n2
+  ip netns exec $LAB_PREFIX-p1 ping $(addr n2 "$( ((v6only)) && echo : || echo .)")         # pod on n1 -> pod on n2
   cat /tmp/$LAB_PREFIX/n1/twilld.log             # daemon log
 Tear it down with:
   LAB_PREFIX=$LAB_PREFIX scripts/lab.sh down

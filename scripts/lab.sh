@@ -3,7 +3,7 @@
 # running twilld, and one pod per node wired by twill's CNI plugin (which delegates to
 # Debian's bridge + host-local).
 # Nothing is added to the root namespace; every address is in 198.18.0.0/15 (and with
-# LAB_DUAL=1 in 2001:2::/64, pods in fd00:10:244::/56 too).
+# LAB_DUAL=1 in 2001:2::/64, pods in fd00:10:244::/56 too; with LAB_V6ONLY=1 only those).
 #
 #   scripts/lab.sh up [N]     build the lab with N nodes (default 3) and pods
 #   scripts/lab.sh check      every pod pings every other pod
@@ -18,7 +18,8 @@
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
 # LAB_NETWORK (default 10.244.0.0/16), LAB_CONFIG (the whole net-conf.json instead),
 # LAB_TWILLD_ARGS (extra twilld flags), LAB_DUAL=1 (dual stack: an IPv6 underlay beside
-# the IPv4 one, EnableIPv6 with LAB_NETWORK6, default fd00:10:244::/56), LAB_BACKEND
+# the IPv4 one, EnableIPv6 with LAB_NETWORK6, default fd00:10:244::/56), LAB_V6ONLY=1
+# (IPv6-only: EnableIPv4 false, no IPv4 address on the underlay, etcd included), LAB_BACKEND
 # (vxlan, the default, or host-gw).
 set -euo pipefail
 
@@ -28,17 +29,20 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TWILLD=${TWILLD:-$ROOT/target/release/twilld}
 TWILL_CNI=${TWILL_CNI:-$(dirname "$TWILLD")/twill}
 CNI_BIN=/usr/lib/cni
-ETCD_IP=198.18.0.100
-ETCD_EP=http://$ETCD_IP:2379
+V6ONLY=${LAB_V6ONLY:-0}
+ETCD_IP=198.18.0.100 ETCD_IP6=2001:2::100 ETCD_HOST=198.18.0.100
+((V6ONLY)) && ETCD_IP= ETCD_HOST="[$ETCD_IP6]"
+ETCD_EP=http://$ETCD_HOST:2379
 NETWORK=${LAB_NETWORK:-10.244.0.0/16}
 DUAL=${LAB_DUAL:-0}
+((V6ONLY)) && DUAL=0
 NETWORK6=${LAB_NETWORK6:-fd00:10:244::/56}
 BACKEND=${LAB_BACKEND:-vxlan}
 
 log() { printf '%s\n' "$*"; }
 die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
 nsx() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
-node_ip() { echo "198.18.0.$1"; }
+node_ip() { if ((V6ONLY)); then echo "2001:2::$1"; else echo "198.18.0.$1"; fi; }
 node_ip6() { echo "2001:2::$1"; }
 nodes() { cat "$STATE/nodes" 2>/dev/null || echo 0; }
 
@@ -52,7 +56,7 @@ add_host() { # add_host <name> <ip> [ip6]
   ip -n "$P-$1" link set lo up
   ip -n "$P-ul" link add "ul-$1" type veth peer name eth0 netns "$P-$1"
   ip -n "$P-ul" link set "ul-$1" master br0 up
-  ip -n "$P-$1" addr add "$2/24" dev eth0
+  [[ -z $2 ]] || ip -n "$P-$1" addr add "$2/24" dev eth0
   # nodad: a tentative address drops traffic for the second DAD takes.
   [[ -z ${3:-} ]] || ip -n "$P-$1" addr add "$3/64" dev eth0 nodad
   ip -n "$P-$1" link set eth0 up
@@ -83,13 +87,14 @@ add_pod() { # add_pod <n>: pod namespace p<n> on node n, wired by our twill CNI 
 
 pod_ip() { jq -r '.ips[0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
 pod_ip6() { jq -r '[.ips[] | select(.address | contains(":"))][0].address | split("/")[0]' "$STATE/n$1/pod.json"; }
-ip6_of() { ((DUAL)) && node_ip6 "$1" || true; }
+ip4_of() { ((V6ONLY)) || node_ip "$1"; }
+ip6_of() { ((DUAL || V6ONLY)) && node_ip6 "$1" || true; }
 
 start_etcd() { # the lab's etcd, on its data dir (kept across restarts); waits until healthy
   start_bg "$STATE/etcd.pid" "$STATE/etcd.log" ip netns exec "$P-etcd" etcd --name lab \
     --data-dir "$STATE/etcd-data" --listen-client-urls "$ETCD_EP" --advertise-client-urls "$ETCD_EP" \
-    --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
-    --initial-cluster "lab=http://$ETCD_IP:2380"
+    --listen-peer-urls "http://$ETCD_HOST:2380" --initial-advertise-peer-urls "http://$ETCD_HOST:2380" \
+    --initial-cluster "lab=http://$ETCD_HOST:2380"
   for _ in $(seq 100); do nsx etcd etcdctl --endpoints "$ETCD_EP" endpoint health >/dev/null 2>&1 && return 0; sleep 0.1; done
   die "etcd did not come up; see $STATE/etcd.log"
 }
@@ -124,24 +129,28 @@ up() {
   # The underlay is a plain switch: with br_netfilter loaded, bridged frames would
   # otherwise traverse iptables here (not part of any node), costing throughput.
   nsx ul sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
-  add_host etcd "$ETCD_IP" "$( ((DUAL)) && echo 2001:2::100 || true)"
+  add_host etcd "$ETCD_IP" "$( ((DUAL || V6ONLY)) && echo "$ETCD_IP6" || true)"
   start_etcd
   local conf=${LAB_CONFIG:-}
-  if [[ -z $conf ]] && ((DUAL)); then
+  if [[ -z $conf ]] && ((V6ONLY)); then
+    conf="{\"EnableIPv4\":false,\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":{\"Type\":\"$BACKEND\"}}"
+  elif [[ -z $conf ]] && ((DUAL)); then
     conf="{\"Network\":\"$NETWORK\",\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":{\"Type\":\"$BACKEND\"}}"
   fi
   [[ -n $conf ]] || conf="{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"$BACKEND\"}}"
   nsx etcd etcdctl --endpoints "$ETCD_EP" put /coreos.com/network/config "$conf" >/dev/null
   log "etcd up at $ETCD_EP (netns $P-etcd), config written"
   for n in $(seq "$count"); do
-    add_host "n$n" "$(node_ip "$n")" "$(ip6_of "$n")"
+    add_host "n$n" "$(ip4_of "$n")" "$(ip6_of "$n")"
     nsx "n$n" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     start_node "$n"
   done
   for n in $(seq "$count"); do
     wait_file "$STATE/n$n/subnet.env" || die "node n$n wrote no subnet.env; log: $STATE/n$n/twilld.log"
     add_pod "$n"
-    if ((DUAL)); then
+    if ((V6ONLY)); then
+      log "node n$n ($(node_ip6 "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_IPV6_SUBNET), pod p$n = $(pod_ip "$n")"
+    elif ((DUAL)); then
       log "node n$n ($(node_ip "$n"), $(node_ip6 "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_SUBNET) $(env_get "$STATE/n$n/subnet.env" FLANNEL_IPV6_SUBNET), pod p$n = $(pod_ip "$n") $(pod_ip6 "$n")"
     else
       log "node n$n ($(node_ip "$n")): $(env_get "$STATE/n$n/subnet.env" FLANNEL_SUBNET), pod p$n = $(pod_ip "$n")"
@@ -151,7 +160,7 @@ up() {
 
 add_node() { # add_node <n>: one more node, started (no pod)
   local n=$1
-  add_host "n$n" "$(node_ip "$n")" "$(ip6_of "$n")"
+  add_host "n$n" "$(ip4_of "$n")" "$(ip6_of "$n")"
   nsx "n$n" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
   start_node "$n"
   echo "$n" > "$STATE/nodes"
@@ -182,17 +191,20 @@ status() {
   nsx etcd etcdctl --endpoints "$ETCD_EP" get --prefix /coreos.com/network/subnets/ | paste - - | sed 's/^/  /'
   for n in $(seq "$(nodes)"); do
     log "== n$n"
-    if ! nsx "n$n" ip link show flannel.1 >/dev/null 2>&1; then
+    if ! nsx "n$n" ip link show flannel.1 >/dev/null 2>&1 \
+      && ! nsx "n$n" ip link show flannel-v6.1 >/dev/null 2>&1; then
       # host-gw: no device, a route per peer subnet via the peer's address.
       nsx "n$n" ip route show dev eth0 | grep ' via ' | sed 's/^/  route /' || true
       nsx "n$n" ip -6 route show dev eth0 | grep ' via ' | sed 's/^/  route /' || true
       continue
     fi
-    nsx "n$n" ip -br addr show dev flannel.1 | sed 's/^/  /'
-    nsx "n$n" ip route show dev flannel.1 | sed 's/^/  route /'
-    nsx "n$n" ip neigh show dev flannel.1 | sed 's/^/  neigh /'
-    nsx "n$n" bridge fdb show dev flannel.1 | sed 's/^/  fdb   /'
-    if ((DUAL)); then
+    if ! ((V6ONLY)); then
+      nsx "n$n" ip -br addr show dev flannel.1 | sed 's/^/  /'
+      nsx "n$n" ip route show dev flannel.1 | sed 's/^/  route /'
+      nsx "n$n" ip neigh show dev flannel.1 | sed 's/^/  neigh /'
+      nsx "n$n" bridge fdb show dev flannel.1 | sed 's/^/  fdb   /'
+    fi
+    if ((DUAL || V6ONLY)); then
       nsx "n$n" ip -br addr show dev flannel-v6.1 | sed 's/^/  /'
       nsx "n$n" ip -6 route show dev flannel-v6.1 | grep -v '^fe80' | sed 's/^/  route /'
       nsx "n$n" ip -6 neigh show dev flannel-v6.1 | grep -v '^fe80' | sed 's/^/  neigh /'
