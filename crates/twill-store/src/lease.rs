@@ -176,10 +176,7 @@ impl LeaseAttrs {
     /// or on an IPv6-only network (PublicIP 0.0.0.0, as flanneld writes it there) by
     /// PublicIPv6.
     pub fn node_ip(&self) -> IpAddr {
-        match self.public_ipv6 {
-            Some(ip6) if self.public_ip.is_unspecified() => IpAddr::V6(ip6),
-            _ => IpAddr::V4(self.public_ip),
-        }
+        node_ip(self.public_ip, self.public_ipv6)
     }
 
     /// A reservation's value: an operator pinned the subnet to a PublicIP and no node has
@@ -206,6 +203,15 @@ impl LeaseAttrs {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("plain struct")
+    }
+}
+
+/// What a lease with these addresses is known by (`LeaseAttrs::node_ip`), for a node that
+/// has not written its lease yet.
+pub fn node_ip(public_ip: Ipv4Addr, public_ipv6: Option<Ipv6Addr>) -> IpAddr {
+    match public_ipv6 {
+        Some(ip6) if public_ip.is_unspecified() => IpAddr::V6(ip6),
+        _ => IpAddr::V4(public_ip),
     }
 }
 

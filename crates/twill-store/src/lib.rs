@@ -15,7 +15,8 @@ mod validate;
 pub use alloc::{plan, AllocError, Plan, PlanSource};
 pub use entry::{Family, PeerEntries, PeerEntry};
 pub use lease::{
-    backend_name, LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease, VxlanBackendData,
+    backend_name, node_ip, LeaseAttrs, LeaseKey, LeaseKeyError, RawJson, StoredLease,
+    VxlanBackendData,
 };
 pub use mac::Mac;
 pub use manager::{

@@ -87,10 +87,7 @@ impl Facts {
     /// What our lease is known by (`LeaseAttrs::node_ip`): the PublicIP, or on an
     /// IPv6-only network the PublicIPv6.
     pub fn node_ip(&self) -> IpAddr {
-        match self.public_ipv6 {
-            Some(ip6) if self.public_ip.is_unspecified() => IpAddr::V6(ip6),
-            _ => IpAddr::V4(self.public_ip),
-        }
+        twill_store::node_ip(self.public_ip, self.public_ipv6)
     }
 }
 

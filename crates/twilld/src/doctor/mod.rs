@@ -1,7 +1,7 @@
 //! `twilld doctor`: read-only checks of everything twill needs and everything it made,
 //! each a pass/warn/fail line with a hint, for the operator whose pods are stuck.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub use crate::status::Output;
@@ -13,6 +13,7 @@ use twill_dataplane::{ExtIface, Netlink, Underlay};
 use twill_store::{Family, LeaseKey};
 
 use crate::options::{NodeOptions, StoreOptions};
+use crate::settings::{Facts, Pinned};
 
 mod bgp;
 mod conflicts;
@@ -250,11 +251,12 @@ async fn underlay(
 ) -> Option<(ExtIface, IpAddr)> {
     match twill_dataplane::select_underlay(nl, &node.iface, ipv6_only).await {
         Ok(e) => {
-            let public = match (ipv6_only, node.public_ip, e.addr, e.addr6) {
-                (false, Some(ip), ..) | (false, None, Some(ip), _) => IpAddr::V4(ip),
-                (_, _, _, Some(ip6)) => IpAddr::V6(ip6),
-                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            // What the daemon's lease is known by, derived as the daemon derives it.
+            let pinned = Pinned {
+                v4: node.public_ip,
+                v6: None,
             };
+            let public = Facts::new(e.clone(), pinned, ipv6_only).node_ip();
             c.pass(
                 "underlay",
                 format!("{e} (mtu {}), public IP {public}", e.mtu),
