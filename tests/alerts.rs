@@ -7,8 +7,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use twill_e2e::routers::node_bird;
 use twill_e2e::{Cluster, PREFIX};
 use twill_testutil::{require_root, wait_until};
 
@@ -23,14 +24,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run promtool");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), twill_e2e::text(&out))
 }
 
 /// Node `i`'s /metrics as (series, value): every sample line, histograms included.
@@ -178,23 +172,7 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
     c.nodes[0].start();
     c.nodes[0].wait_ready();
     // BGP: BIRD on twilld's config, peering with nobody.
-    let dir = c.dir.path().join("n1");
-    wait_until(20, "twilld to write BIRD's config", || {
-        dir.join("bird.conf").exists()
-    });
-    let _bird = Bird(
-        Command::new("ip")
-            .args(["netns", "exec", &c.nodes[0].ns.name, "bird", "-f", "-c"])
-            .arg(dir.join("bird.conf"))
-            .arg("-s")
-            .arg(dir.join("bird.ctl"))
-            .arg("-P")
-            .arg(dir.join("bird.pid"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _bird = node_bird(&c.nodes[0].ns.name, &c.nodes[0].dir);
     // A lease outside Network in etcd.
     c.etcd.ctl(&[
         "put",
@@ -301,14 +279,4 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
         "promtool test rules:\n{out}\n--- test file ---\n{t}\n--- node 1 ---\n{}",
         c.nodes[0].log()
     );
-}
-
-/// BIRD, killed when the test ends.
-struct Bird(std::process::Child);
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

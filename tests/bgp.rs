@@ -7,7 +7,7 @@
 
 use std::process::{Command, Stdio};
 
-use twill_e2e::routers::{frr_router, kernel_bgp_routes, need, Daemon, RouteWatch};
+use twill_e2e::routers::{frr_router, kernel_bgp_routes, need, node_bird, Daemon, RouteWatch};
 use twill_e2e::{Cluster, ETCD_IP, PREFIX};
 use twill_testutil::wait_until;
 
@@ -371,25 +371,6 @@ fn bgp_flags(n: &twill_e2e::Node) -> impl Iterator<Item = &str> {
         .iter()
         .map(String::as_str)
         .filter(|a| a.starts_with("--bgp-"))
-}
-
-/// BIRD as a node's engine, started as its own unit would be, on twilld's files.
-fn node_bird(ns: &str, dir: &std::path::Path) -> Daemon {
-    let conf = dir.join("bird.conf");
-    wait_until(20, "twilld to write BIRD's config", || conf.exists());
-    Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", ns, "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(dir.join("bird.ctl"))
-            .arg("-P")
-            .arg(dir.join("bird.pid"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 fn sh_in(ns: &str, cmd: &str) -> std::process::Output {

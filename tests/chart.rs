@@ -23,14 +23,7 @@ fn helm(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run helm");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), twill_e2e::text(&out))
 }
 
 /// `helm template` of the chart with `extra` arguments; panics with helm's words if it

@@ -90,6 +90,23 @@ fn mixed(
     (c, cp, cidrs)
 }
 
+/// `manifest` accepted by the API server with strict validation, as a server-side dry
+/// run (what `kubectl apply --server-side` would write, without writing it).
+fn accepted(cp: &ControlPlane, manifest: &str) {
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=twill-test",
+            "--validate=strict",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    );
+}
+
 fn annotation(cp: &ControlPlane, node: &str, key: &str) -> String {
     let path = format!(
         "jsonpath={{.metadata.annotations.{}}}",
@@ -102,18 +119,7 @@ fn annotation(cp: &ControlPlane, node: &str, key: &str) -> String {
 fn three_nodes_under_twills_rbac_on_a_real_api_server() {
     let (c, cp, cidrs) = cluster("kr", 3, &manifest("kube-twill.yml"), "kube-twill", "twill");
     // The uninstall manifest is accepted too (a dry run: it would clean the nodes up).
-    cp.kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=twill-test",
-            "--validate=strict",
-            "--dry-run=server",
-            "-f",
-            "-",
-        ],
-        Some(&manifest("uninstall-twill.yml")),
-    );
+    accepted(&cp, &manifest("uninstall-twill.yml"));
     // The chart rendered from flannel's own values.yaml (only the image changed), dual
     // stack and the dashboard's ConfigMap: accepted too (a dry run beside the objects the
     // default rendering made).
@@ -137,18 +143,7 @@ fn three_nodes_under_twills_rbac_on_a_real_api_server() {
         .output()
         .unwrap();
     assert!(rendered.status.success(), "{rendered:?}");
-    cp.kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=twill-test",
-            "--validate=strict",
-            "--dry-run=server",
-            "-f",
-            "-",
-        ],
-        Some(&String::from_utf8(rendered.stdout).unwrap()),
-    );
+    accepted(&cp, &String::from_utf8(rendered.stdout).unwrap());
     for i in 0..3 {
         let name = format!("kr-node{}", i + 1);
         assert_eq!(annotation(&cp, &name, "public-ip"), c.nodes[i].ip);

@@ -166,14 +166,7 @@ impl ControlPlane {
         }
         drop(input);
         let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), crate::text(&out))
     }
 
     /// Registers node `name` at `ip` as a kubelet registers it (a Node object with its

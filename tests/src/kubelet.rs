@@ -39,6 +39,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Volume};
 use serde_json::Value;
 use twill_testutil::{wait_until, FakeKube, Netns};
 
+pub use crate::text;
+
 /// Where scripts/image.sh leaves the image (`TWILL_IMAGE` overrides).
 pub fn image_archive() -> PathBuf {
     std::env::var_os("TWILL_IMAGE")
@@ -597,12 +599,4 @@ fn image(c: &Container) -> &str {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

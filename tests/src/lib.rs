@@ -457,6 +457,15 @@ fn attach_as(ul: &Netns, ns: &Netns, port: &str, dev: &str, ip: &str) {
     ));
 }
 
+/// A finished command's stdout then stderr, as one text for an assertion's message.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The sum of metric `name`'s samples (those with `label`, if given) in a /metrics body.
 pub fn metric_in(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))

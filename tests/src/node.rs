@@ -80,14 +80,7 @@ impl Node {
             .args(args)
             .output()
             .expect("run twilld");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), crate::text(&out))
     }
 
     /// Runs `twilld <args>` (a subcommand: doctor, cleanup) against this node as its

@@ -3,6 +3,8 @@
 
 use std::process::{Child, Command, Stdio};
 
+use twill_testutil::wait_until;
+
 /// Kills the daemon when the test ends, however it ends.
 pub struct Daemon(pub Child);
 
@@ -107,4 +109,23 @@ impl RouteWatch {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// BIRD as a node's engine, started as its own unit would be, on twilld's files.
+pub fn node_bird(ns: &str, dir: &std::path::Path) -> Daemon {
+    let conf = dir.join("bird.conf");
+    wait_until(20, "twilld to write BIRD's config", || conf.exists());
+    Daemon(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
