@@ -31,7 +31,8 @@ bash scripts/image.sh
 
 echo "== tests"
 # Two threads: each namespace test runs several daemons; more would only thrash 2 cores.
-cargo test --workspace -- --test-threads=2 2>&1 | tee /tmp/twill-test-$$.log
+# --no-fail-fast: a red suite must not hide what the suites after it would say.
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee /tmp/twill-test-$$.log
 status=${PIPESTATUS[0]}
 
 echo "== fuzz (the CNI conf, subnet.env and net-conf.json parsers, briefly)"

@@ -154,6 +154,12 @@ fn the_first_of_two_ifaces_goes_away() {
     let mut c = Cluster::new("ulif");
     c.put_config(CONF);
     let a = c.add_node_stopped(&["--iface=eth1", "--iface=eth0"]);
+    // Two NICs on one segment answer ARP for each other's address (ARP flux): the peer may
+    // cache eth0's address at eth1's MAC and keep sending there for ~30 s after eth1 is gone.
+    // A host built this way sets these two, as this one does.
+    c.nodes[a]
+        .ns
+        .sh("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
     c.add_underlay(a, "eth1", "198.18.0.21");
     c.nodes[a].start();
     c.add_node(&[]);
