@@ -1,6 +1,6 @@
 //! Per-peer overlay probes end to end: three nodes (two twilld, one the real flanneld)
 //! probing each other every second; VXLAN's UDP port dropped between the two twilld
-//! nodes (an nftables rule on one of them), the underlay path to the flanneld node
+//! nodes both ways and then one way (an nftables rule on one of them), the underlay path to the flanneld node
 //! narrowed below the pod MTU, that node stopped and its link taken down: each is named
 //! by its verdict in `twilld status`, `doctor`, the metrics and /readyz, and clears when
 //! undone. Then the VXLAN device's checksum offload, set and kept.
@@ -183,15 +183,26 @@ fn each_overlay_failure_is_named_by_its_verdict_and_clears() {
     c.nodes[fl].start_flanneld();
     wait_until(20, "back", || verdict(&c.nodes[0], n3) == "ok");
 
-    // Without the control socket, status asks the daemon's listeners it is given.
+    // VXLAN dropped one way, from node 1 to node 2 (node 2's ingress): node 1 still hears
+    // node 2's probes, so it can tell; node 2 hears nothing from node 1.
     c.nodes[1].ns.sh(&format!(
         "nft add table inet twtest && \
          nft add chain inet twtest in '{{ type filter hook input priority -400; }}' && \
          nft add rule inet twtest in ip saddr {n1} udp dport 8472 drop"
     ));
-    wait_until(10, "blocked again", || {
-        verdict(&c.nodes[0], n2) == "vxlan-blocked"
+    wait_until(10, "asymmetric on one side, blocked on the other", || {
+        verdict(&c.nodes[0], n2) == "asymmetric" && verdict(&c.nodes[1], n1) == "vxlan-blocked"
     });
+    let (_, text) = c.nodes[0].subcommand(&["status"]);
+    assert!(
+        text.contains(&format!(
+            "{n2} asymmetric: {n2}'s overlay packets reach this node, ours to it are lost: UDP 8472 is dropped one way only, from this node to {n2}"
+        )),
+        "{text}"
+    );
+    assert_eq!(verdict(&c.nodes[0], n3), "ok", "{text}");
+
+    // Without the control socket, status asks the daemon's listeners it is given.
     let sock = c.nodes[0].subnet_env().with_file_name("twilld.sock");
     std::fs::remove_file(&sock).unwrap();
     let (ok, st) = status(&c.nodes[0]);
@@ -200,7 +211,7 @@ fn each_overlay_failure_is_named_by_its_verdict_and_clears() {
         st["not_ready"].as_str().unwrap().contains("1 of 2 peers"),
         "{st}"
     );
-    assert_eq!(verdict(&c.nodes[0], n2), "vxlan-blocked", "{st}");
+    assert_eq!(verdict(&c.nodes[0], n2), "asymmetric", "{st}");
     assert_eq!(st["node"]["peers"], 2, "{st}");
     let (ok, out) = c.nodes[0].subcommand(&["status"]);
     assert!(

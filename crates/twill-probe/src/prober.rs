@@ -50,7 +50,10 @@ async fn twice<E: Echo>(e: &E, to: IpAddr, size: u32, df: bool, t: Duration) -> 
 
 /// One round for one peer: the underlay and the overlay at once, then (when the overlay
 /// answers) the full size with DF, and when that is lost, the largest size that crosses.
-pub async fn probe<E: Echo>(e: &E, t: &Target, timeout: Duration) -> Round {
+/// When pod traffic's path is lost: whether the peer's probes over it reached us in the
+/// last two intervals (it probes once per interval, at an offset of its own).
+pub async fn probe<E: Echo>(e: &E, t: &Target, timing: Timing) -> Round {
+    let timeout = timing.timeout;
     let underlay = twice(e, t.public_ip, SMALL, false, timeout);
     let overlay = async {
         match t.vtep {
@@ -69,7 +72,10 @@ pub async fn probe<E: Echo>(e: &E, t: &Target, timeout: Duration) -> Round {
     let path = match (t.vtep, overlay, underlay) {
         (Some(v), Probe::Answered(_), _) => v,
         (None, _, Probe::Answered(_)) => t.public_ip,
-        _ => return r,
+        (v, ..) => {
+            r.heard = e.heard(v.unwrap_or(t.public_ip), timing.interval * 2);
+            return r;
+        }
     };
     r.full = twice(e, path, t.mtu, true, timeout).await;
     if r.full == Probe::Lost {
@@ -156,7 +162,7 @@ async fn peer_loop<E: Echo>(
         // Boxed: a round's future (sockets' waits, timers, the size search) is large, and
         // unboxed it would size every idle peer's task, a thousand of them at 1 000 peers.
         let round = tokio::select! {
-            r = Box::pin(probe(echo.as_ref(), &t, timing.timeout)) => r,
+            r = Box::pin(probe(echo.as_ref(), &t, timing)) => r,
             () = cancel.cancelled() => return,
         };
         let report = Report {
@@ -180,6 +186,8 @@ mod tests {
         answers: Mutex<Vec<IpAddr>>,
         carries: u32,
         sent: Mutex<Vec<(IpAddr, u32, bool)>>,
+        /// Whose echo requests reach us.
+        heard: Vec<IpAddr>,
     }
 
     impl Echo for Fake {
@@ -187,6 +195,10 @@ mod tests {
             self.sent.lock().unwrap().push((to, size, df));
             let up = self.answers.lock().unwrap().contains(&to);
             (up && size <= self.carries).then_some(Duration::from_micros(300))
+        }
+
+        fn heard(&self, from: IpAddr, _: Duration) -> bool {
+            self.heard.contains(&from)
         }
     }
 
@@ -204,13 +216,17 @@ mod tests {
             answers: Mutex::new(answers.iter().map(|a| a.parse().unwrap()).collect()),
             carries,
             sent: Mutex::new(Vec::new()),
+            heard: Vec::new(),
         }
     }
 
     #[tokio::test]
     async fn a_round_probes_each_path_and_searches_the_size_that_passes() {
         let t = target(Some("10.244.2.0"));
-        let ms = Duration::from_millis(10);
+        let ms = Timing {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_millis(10),
+        };
         let all = fake(&["198.18.0.2", "10.244.2.0"], 1500);
         let r = probe(&all, &t, ms).await;
         assert!(r.underlay.answered() && r.overlay.answered() && r.full.answered());
@@ -235,6 +251,21 @@ mod tests {
             .filter(|s| s.0.to_string() == "10.244.2.0")
             .count();
         assert_eq!(tries, 2);
+        assert!(!r.heard);
+
+        // The same, with the peer's own overlay probes reaching us: one way only.
+        let one_way = Fake {
+            heard: vec!["10.244.2.0".parse().unwrap()],
+            ..fake(&["198.18.0.2"], 1500)
+        };
+        let r = probe(&one_way, &t, ms).await;
+        assert_eq!(crate::judge(&r).label(), "asymmetric");
+        // Heard matters only for a lost path.
+        let heard_ok = Fake {
+            heard: vec!["10.244.2.0".parse().unwrap()],
+            ..fake(&["198.18.0.2", "10.244.2.0"], 1500)
+        };
+        assert!(!probe(&heard_ok, &t, ms).await.heard);
 
         let narrow = fake(&["198.18.0.2", "10.244.2.0"], 1400);
         let r = probe(&narrow, &t, ms).await;

@@ -3,7 +3,9 @@
 //! overlay at the full pod MTU with DF set); which of them answer tells the usual overlay
 //! failures apart: a firewall dropping VXLAN's UDP port answers the underlay and not the
 //! overlay; an MTU black hole answers small overlay probes and not full-size ones; a node
-//! that is down answers nothing.
+//! that is down answers nothing. One more thing is heard rather than probed: whether the
+//! peer's own probes reach us over the same path, which tells a one-way drop from a
+//! two-way one.
 
 use std::fmt;
 use std::time::Duration;
@@ -57,6 +59,9 @@ pub struct Round {
     pub size: u32,
     /// When `full` was lost: the largest size (IP header included) that crossed.
     pub passes: Option<u32>,
+    /// Pod traffic's path did not answer, yet the peer's own probes over it reached us
+    /// lately: that path works from the peer to us.
+    pub heard: bool,
 }
 
 impl Round {
@@ -87,6 +92,9 @@ pub enum Verdict {
     },
     /// Neither path answers.
     PeerDown,
+    /// Our probes over pod traffic's path are lost, the peer's over it reach us: packets
+    /// from this node to the peer are dropped, the other way they pass.
+    Asymmetric,
 }
 
 impl Verdict {
@@ -98,6 +106,7 @@ impl Verdict {
             Verdict::VxlanBlocked => "vxlan-blocked",
             Verdict::Mtu { .. } => "mtu",
             Verdict::PeerDown => "peer-down",
+            Verdict::Asymmetric => "asymmetric",
         }
     }
 
@@ -125,6 +134,9 @@ impl Verdict {
             Verdict::PeerDown => format!(
                 "{peer} answers neither over the overlay nor at its node address: is the node up and reachable?"
             ),
+            Verdict::Asymmetric => format!(
+                "{peer}'s overlay packets reach this node, ours to it are lost: UDP {port} is dropped one way only, from this node to {peer} (this node's egress or {peer}'s ingress filter)"
+            ),
         }
     }
 }
@@ -138,6 +150,8 @@ impl fmt::Display for Verdict {
 /// The verdict a round gives. The overlay decides: a peer whose overlay answers is not
 /// down even if ICMP to its node address is filtered. Without an overlay path (host-gw,
 /// where pod traffic is routed to the node address) the underlay probe is the overlay's.
+/// A path that does not answer while the peer's probes over it reach us is dropped one
+/// way, whatever the underlay says.
 pub fn judge(r: &Round) -> Verdict {
     match (r.pod_path(), r.underlay, r.full) {
         (Probe::Answered(_), _, Probe::Lost) => Verdict::Mtu {
@@ -145,6 +159,7 @@ pub fn judge(r: &Round) -> Verdict {
             passes: r.passes,
         },
         (Probe::Answered(_), ..) => Verdict::Ok,
+        _ if r.heard => Verdict::Asymmetric,
         (_, Probe::Answered(_), _) => Verdict::VxlanBlocked,
         _ => Verdict::PeerDown,
     }
@@ -170,6 +185,7 @@ mod tests {
             full,
             size: 1450,
             passes: None,
+            heard: false,
         }
     }
 
@@ -191,6 +207,26 @@ mod tests {
         for (r, want) in cases {
             assert_eq!(judge(&r).label(), want, "{r:?}");
         }
+    }
+
+    #[test]
+    fn a_peer_heard_over_a_lost_path_is_asymmetric() {
+        use Probe::{Lost, NotSent};
+        let heard = |r: Round| Round { heard: true, ..r };
+        for r in [
+            round(MS, Lost, NotSent),
+            round(Lost, Lost, NotSent),
+            round(Lost, NotSent, NotSent),
+        ] {
+            assert_eq!(judge(&heard(r)), Verdict::Asymmetric, "{r:?}");
+        }
+        // An answering path is judged by what it answers, heard or not.
+        assert_eq!(judge(&heard(round(MS, MS, MS))), Verdict::Ok);
+        let text = Verdict::Asymmetric.explain("198.18.0.2", 8472);
+        assert!(
+            text.contains("UDP 8472") && text.contains("from this node to 198.18.0.2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ async fn consume(
                 let now = targets.borrow_and_update().clone();
                 let gone = tel.probes.lock().expect("not poisoned").retain(&now);
                 for peer in gone {
-                    for path in ["overlay", "underlay", "mtu"] {
+                    for path in ["overlay", "underlay", "mtu", "inbound"] {
                         tel.peer_reachable.remove(&labels(&peer, path));
                     }
                 }
@@ -132,6 +132,14 @@ fn note(tel: &Telemetry, r: &Report) {
                 .get_or_create(&labels(peer, path))
                 .set(p.answered() as i64);
         }
+    }
+    // The peer's own probes reaching us tell only while ours are lost (asymmetric), so the
+    // series exists only then: a flanneld peer, which never probes, has no 0 to alert on.
+    let inbound = labels(peer, "inbound");
+    if round.heard {
+        tel.peer_reachable.get_or_create(&inbound).set(1);
+    } else {
+        tel.peer_reachable.remove(&inbound);
     }
     for (path, p) in [("overlay", round.overlay), ("underlay", round.underlay)] {
         if let Some(rtt) = p.rtt() {

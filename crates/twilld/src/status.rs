@@ -189,7 +189,8 @@ fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Verdicts as far as `twill_peer_reachable` tells them (pure): the overlay and underlay
-/// paths and the full-size one, per peer; `None` when the daemon does not probe.
+/// paths, the full-size one and the peer's probes heard inbound, per peer; `None` when the
+/// daemon does not probe.
 pub fn probes_from_metrics(body: &str) -> Option<Vec<PeerProbe>> {
     let mut peers: Vec<String> = body
         .lines()
@@ -229,6 +230,7 @@ pub fn probes_from_metrics(body: &str) -> Option<Vec<PeerProbe>> {
                     overlay: probe(p, "overlay"),
                     underlay: probe(p, "underlay"),
                     full: probe(p, "mtu"),
+                    heard: probe(p, "inbound").answered(),
                     ..Round::default()
                 };
                 PeerProbe::of(p, &judge(&r), twill_config::DEFAULT_VXLAN_PORT)
@@ -495,6 +497,9 @@ twill_peer_reachable{peer="198.18.0.4",path="overlay"} 1
 twill_peer_reachable{peer="198.18.0.4",path="mtu"} 0
 twill_peer_reachable{peer="198.18.0.5",path="overlay"} 0
 twill_peer_reachable{peer="198.18.0.5",path="underlay"} 0
+twill_peer_reachable{peer="198.18.0.6",path="overlay"} 0
+twill_peer_reachable{peer="198.18.0.6",path="underlay"} 1
+twill_peer_reachable{peer="198.18.0.6",path="inbound"} 1
 twill_peers 4
 "#;
         let p = probes_from_metrics(body).unwrap();
@@ -508,7 +513,8 @@ twill_peers 4
                 ("198.18.0.2", "vxlan-blocked"),
                 ("198.18.0.3", "ok"),
                 ("198.18.0.4", "mtu"),
-                ("198.18.0.5", "peer-down")
+                ("198.18.0.5", "peer-down"),
+                ("198.18.0.6", "asymmetric")
             ]
         );
         assert!(p[0].fix.contains("UDP 8472"));
@@ -571,7 +577,7 @@ twill_peers 4
                 Probe::NotSent
             },
             size: 1450,
-            passes: None,
+            ..Round::default()
         }
     }
 
