@@ -3,7 +3,9 @@
 # on one etcd, built anew for each daemon in turn in one run, the same leases injected the
 # same way; prints each figure for both and the ratio twill / flanneld. Figures, not
 # assertions (a noisy 2-core VM). Run as root on Debian 12; BENCH_FLANNELD_ROUNDS pairs
-# more runs (each round: twilld then flanneld, order reversed every other round).
+# more runs (each round: twilld then flanneld, order reversed every other round);
+# BENCH_TWILLD_ARGS are extra twilld flags (e.g. --peer-probe-interval=0: what probing
+# the injected peers, which answer nothing, costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -27,6 +29,17 @@ trap cleanup EXIT
 ms() { echo $(( ($2 - $1) / 1000000 )); }
 pids() { for n in 1 2 3; do cat "/tmp/$LAB_PREFIX/n$n/twilld.pid"; done; }
 rss() { for p in $(pids); do awk '/VmHWM/ {print $2/1024}' "/proc/$p/status"; done | sort -n | tail -1; }
+# The resident set by kind (largest of the three): anonymous pages are the daemon's own
+# (heap, stacks); file pages are its program text and libraries, shared with the page cache.
+rss_kind() { for p in $(pids); do awk -v k="$1:" '$1 == k {print $2/1024}' "/proc/$p/status"; done | sort -n | tail -1; }
+breakdown() { # where one daemon's resident set sits, MB, by mapping (node 1's)
+  local p; p=$(cat "/tmp/$LAB_PREFIX/n1/twilld.pid")
+  awk -v bin="$(readlink -f "/proc/$p/exe")" '
+    /^[0-9a-f]+-[0-9a-f]+ / { name = $6; what = (name == bin) ? "program" : (name ~ /\.so/) ? "libraries" : (name == "[heap]") ? "heap" : (name ~ /^\[stack/) ? "stacks" : (name == "") ? "anonymous maps (thread stacks, allocator arenas)" : "other" }
+    /^Rss:/ { kb[what] += $2 }
+    END { for (w in kb) printf "breakdown %s: %.1f\n", w, kb[w] / 1024 }' "/proc/$p/smaps"
+  echo "breakdown threads: $(awk '/^Threads:/ {print $2}' "/proc/$p/status")"
+}
 cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat"))); done; echo "$t"; }
 routes() { ip -n "$LAB_PREFIX-n$1" route show dev flannel.1 | wc -l; }
 converge() { # converge <routes per node> <start ns>: ms until every node has them (or "-" after 600 s)
@@ -45,23 +58,29 @@ inject() { # inject <count> <first>: timed from its start, in the background
 
 measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<name>.<round>
   local name=$1 daemon=$2 f=$OUT/$1.$round s t inj c0 c1 c2 tck
-  export LAB_PREFIX=$P-$name TWILLD=$daemon
+  export LAB_PREFIX=$P-$name TWILLD=$daemon LAB_TWILLD_ARGS=""
+  [[ $name == twilld ]] && LAB_TWILLD_ARGS=${BENCH_TWILLD_ARGS:-}
   tck=$(getconf CLK_TCK)
   s=$(date +%s%N)
   bash scripts/lab.sh up 3 >/dev/null
   echo "startup_ms $(( ($(date +%s%N) - s) / 1000000 ))" > "$f"
   echo "rss_2 $(rss)" >> "$f"
+  echo "anon_2 $(rss_kind RssAnon)" >> "$f"
+  echo "file_2 $(rss_kind RssFile)" >> "$f"
+  breakdown > "$OUT/$1.breakdown"
   c0=$(cpu)
   s=$(date +%s%N); inject 1000 0
   t=$(converge 1002 "$s"); wait
   inj=$(jq .ms "$OUT/inject.json")
   echo "conv_1000_after_last_put_ms $([[ $t == - ]] && echo - || echo $((t - inj)))" >> "$f"
   echo "rss_1000 $(rss)" >> "$f"
+  echo "anon_1000 $(rss_kind RssAnon)" >> "$f"
   s=$(date +%s%N); inject 9000 1000
   t=$(converge 10002 "$s"); wait
   inj=$(jq .ms "$OUT/inject.json")
   echo "conv_10000_after_last_put_ms $([[ $t == - ]] && echo - || echo $((t - inj)))" >> "$f"
   echo "rss_10000 $(rss)" >> "$f"
+  echo "anon_10000 $(rss_kind RssAnon)" >> "$f"
   c1=$(cpu)
   echo "cpu_10000_s $(echo "($c1 - $c0) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
   sleep 10
@@ -98,6 +117,14 @@ put_route_p99_ms put -> route at 10 000 peers, p99 ms
 rss_2 peak RSS at 2 peers, MB (largest of 3)
 rss_1000 peak RSS at 1 000 peers, MB
 rss_10000 peak RSS at 10 000 peers, MB
+anon_2 anonymous RSS (heap, stacks) at 2 peers, MB
+file_2 file-backed RSS (program text, libraries) at 2 peers, MB
+anon_1000 anonymous RSS at 1 000 peers, MB
+anon_10000 anonymous RSS at 10 000 peers, MB
 cpu_10000_s CPU of the 3 daemons while 10 000 leases arrive, s
 idle_cpu_10s idle CPU of the 3 daemons over 10 s at 10 000 peers, s
 EOF
+for d in twilld flanneld; do
+  echo "== where $d's resident set sits at 2 peers (last round, node 1), MB"
+  sed 's/^breakdown //' "$OUT/$d.breakdown"
+done

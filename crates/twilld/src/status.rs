@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use std::net::SocketAddr;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use twill_probe::{judge, Probe, Round, Target, Verdict};
 
@@ -417,34 +417,58 @@ pub struct Board {
     /// VXLAN's UDP port, for the fixes' wording.
     pub port: u16,
     peers: BTreeMap<String, (Verdict, Round)>,
+    /// Peers whose verdict is ok, and failing ones, kept as verdicts change: every round
+    /// asks for them, and counting 10 000 peers per round made probing quadratic.
+    ok: usize,
+    failing: usize,
+}
+
+/// (is ok, is failing): a verdict's part in the counts.
+fn tally(v: &Verdict) -> (usize, usize) {
+    (
+        usize::from(v.is_ok()),
+        usize::from(!v.is_ok() && *v != Verdict::Unknown),
+    )
 }
 
 impl Board {
     /// Records a round: (the verdict before, the verdict now).
     pub(crate) fn record(&mut self, peer: &str, round: Round) -> (Verdict, Verdict) {
         let verdict = judge(&round);
-        let old = self
-            .peers
-            .insert(peer.to_string(), (verdict, round))
-            .map_or(Verdict::Unknown, |(v, _)| v);
+        let old = match self.peers.get_mut(peer) {
+            Some(e) => std::mem::replace(e, (verdict, round)).0,
+            None => {
+                self.peers.insert(peer.to_string(), (verdict, round));
+                Verdict::Unknown
+            }
+        };
+        let ((o_ok, o_fail), (n_ok, n_fail)) = (tally(&old), tally(&verdict));
+        self.ok = self.ok + n_ok - o_ok;
+        self.failing = self.failing + n_fail - o_fail;
         (old, verdict)
     }
 
     /// Keeps only the peers in `targets` (unprobed ones as unknown); the ones dropped.
     pub(crate) fn retain(&mut self, targets: &[Target]) -> Vec<String> {
+        let want: HashSet<&str> = targets.iter().map(|t| t.peer.as_str()).collect();
         let mut gone = Vec::new();
         self.peers.retain(|p, _| {
-            let keep = targets.iter().any(|t| t.peer == *p);
+            let keep = want.contains(p.as_str());
             if !keep {
                 gone.push(p.clone());
             }
             keep
         });
         for t in targets {
-            self.peers
-                .entry(t.peer.clone())
-                .or_insert((Verdict::Unknown, Round::default()));
+            if !self.peers.contains_key(&t.peer) {
+                self.peers
+                    .insert(t.peer.clone(), (Verdict::Unknown, Round::default()));
+            }
         }
+        (self.ok, self.failing) = self.peers.values().fold((0, 0), |(ok, f), (v, _)| {
+            let (a, b) = tally(v);
+            (ok + a, f + b)
+        });
         gone
     }
 
@@ -466,15 +490,11 @@ impl Board {
 
     /// (peers whose verdict is ok, peers probed or to be).
     pub(crate) fn counts(&self) -> (usize, usize) {
-        let ok = self.peers.values().filter(|(v, _)| v.is_ok()).count();
-        (ok, self.peers.len())
+        (self.ok, self.peers.len())
     }
 
     pub(crate) fn failing(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|(v, _)| !v.is_ok() && *v != Verdict::Unknown)
-            .count()
+        self.failing
     }
 }
 
@@ -617,6 +637,11 @@ twill_peers 4
         assert_eq!(snap[1].verdict, "vxlan-blocked");
         assert!(snap[1].fix.contains("UDP 8472"), "{}", snap[1].fix);
         assert_eq!(b.retain(&[t("198.18.0.2")]), ["198.18.0.3"]);
-        assert_eq!(b.counts(), (1, 1));
+        assert_eq!((b.counts(), b.failing()), ((1, 1), 0));
+        assert_eq!(
+            b.record("198.18.0.2", round(Probe::Lost, Probe::Lost)),
+            (Verdict::Ok, Verdict::PeerDown)
+        );
+        assert_eq!((b.counts(), b.failing()), ((0, 1), 1));
     }
 }

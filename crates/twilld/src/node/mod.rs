@@ -23,6 +23,10 @@ use crate::settings::{Facts, Settings};
 use crate::startup::{ConfigSource, Patience};
 use crate::telemetry::Telemetry;
 
+/// How stale the probes' peer list may be: they probe each peer once per interval (10 s by
+/// default), so a second's delay is never seen.
+const PROBE_TARGETS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 mod effects;
 mod start;
 pub mod state;
@@ -64,6 +68,10 @@ struct Node<S> {
     moved_to: Option<twill_dataplane::ExtIface>,
     /// Where the peers to probe go, when probing is on.
     probe_targets: Option<watch::Sender<Vec<twill_probe::Target>>>,
+    /// When the probes are next told the peers: at most once per `PROBE_TARGETS_EVERY`.
+    /// Told on every batch, each of 10 000 single additions rebuilt 10 000 targets in
+    /// the node, the prober and the board, which took put -> route from 1.5 to 40 ms p50.
+    targets_at: Option<Instant>,
     /// The peer table, the lease or the settings changed since `status` and the probes
     /// were last told.
     dirty: bool,
@@ -159,6 +167,11 @@ impl<S: SubnetManager> Node<S> {
                     Input::Resync { touched: monitor.as_ref().map(|m| m.take_touched()) }
                 }
                 _ = tokio::time::sleep_until(renew_at) => Input::RenewDue,
+                _ = tokio::time::sleep_until(self.targets_at.unwrap_or_else(Instant::now)), if self.targets_at.is_some() => {
+                    self.targets_at = None;
+                    self.send_targets();
+                    continue;
+                }
             };
             if let Renew::At(at) = self.step(input, &cancel).await? {
                 renew_at = at;
@@ -195,7 +208,7 @@ impl<S: SubnetManager> Node<S> {
     }
 
     /// What changed, to `twilld status` and the probes.
-    fn publish(&self) {
+    fn publish(&mut self) {
         let refused = self
             .table
             .rejected()
@@ -222,6 +235,12 @@ impl<S: SubnetManager> Node<S> {
             st.peers = self.table.len();
             st.refused = refused;
         }
+        if self.probe_targets.is_some() && self.targets_at.is_none() {
+            self.targets_at = Some(Instant::now() + PROBE_TARGETS_EVERY);
+        }
+    }
+
+    fn send_targets(&self) {
         if let Some(tx) = &self.probe_targets {
             let want = crate::probes::targets(self.table.entries(), self.settings.mtu);
             tx.send_if_modified(|have| {

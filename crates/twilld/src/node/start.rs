@@ -141,6 +141,7 @@ pub async fn start<S: SubnetManager>(
         pinned,
         moved_to: None,
         probe_targets: None,
+        targets_at: None,
         dirty: true,
     };
     node.probe_targets = crate::probes::start(
