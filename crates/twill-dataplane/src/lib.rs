@@ -13,6 +13,7 @@ pub mod config;
 pub mod desired;
 pub mod errno;
 pub mod firewall;
+pub mod garp;
 pub mod iface;
 pub mod netlink;
 pub mod nexthop;

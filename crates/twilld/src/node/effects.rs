@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use twill_config::{write_atomic, SubnetEnv};
 use twill_dataplane::{DataplaneError, Family, NetlinkError, ReconcileReport};
 use twill_store::{Applied, LeaseAttrs, RenewOutcome, SubnetManager};
@@ -446,6 +446,16 @@ impl<S: SubnetManager> Node<S> {
             Err(e) => return Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
         };
         let attrs_changed = self.req.attrs != self.held.attrs;
+        // Peers may hold our address at a MAC that just went (two NICs on one segment):
+        // tell them where it is now rather than let their entries age out.
+        if let Some(ip) = facts.underlay.addr {
+            match twill_dataplane::garp::announce(facts.underlay.index, ip) {
+                Ok(()) => {
+                    debug!(%ip, dev = %facts.underlay.name, "announced the address by gratuitous ARP")
+                }
+                Err(e) => warn!(%ip, dev = %facts.underlay.name, "gratuitous ARP not sent: {e}"),
+            }
+        }
         self.facts = facts;
         self.settings = new;
         Input::UnderlayApplied { attrs_changed }
