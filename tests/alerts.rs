@@ -7,7 +7,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use twill_e2e::routers::node_bird;
 use twill_e2e::{Cluster, PREFIX};
@@ -20,11 +19,7 @@ fn rules_file() -> PathBuf {
 }
 
 fn promtool(args: &[&str]) -> (bool, String) {
-    let out = Command::new(twill_e2e::reference_bin("prometheus", "promtool"))
-        .args(args)
-        .output()
-        .expect("run promtool");
-    (out.status.success(), twill_e2e::text(&out))
+    twill_e2e::run_reference("prometheus", "promtool", args)
 }
 
 /// Node `i`'s /metrics as (series, value): every sample line, histograms included.

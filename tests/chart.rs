@@ -6,7 +6,6 @@
 //! tests/kube_real.rs.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -19,11 +18,7 @@ fn chart() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> (bool, String) {
-    let out = Command::new(twill_e2e::reference_bin("helm", "helm"))
-        .args(args)
-        .output()
-        .expect("run helm");
-    (out.status.success(), twill_e2e::text(&out))
+    twill_e2e::run_reference("helm", "helm", args)
 }
 
 /// `helm template` of the chart with `extra` arguments; panics with helm's words if it

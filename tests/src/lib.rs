@@ -63,6 +63,16 @@ pub fn reference_bin(name: &str, bin: &str) -> PathBuf {
     p
 }
 
+/// Runs reference program `bin` of `name` (see [`reference_bin`]) with `args`: whether it
+/// succeeded, and its stdout and stderr.
+pub fn run_reference(name: &str, bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(reference_bin(name, bin))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    (out.status.success(), text(&out))
+}
+
 /// The real flanneld (see [`reference_bin`]).
 pub fn flanneld_bin() -> PathBuf {
     reference_bin("flanneld", "flanneld")
