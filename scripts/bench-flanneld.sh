@@ -28,10 +28,11 @@ trap cleanup EXIT
 
 ms() { echo $(( ($2 - $1) / 1000000 )); }
 pids() { for n in 1 2 3; do cat "/tmp/$LAB_PREFIX/n$n/twilld.pid"; done; }
-rss() { for p in $(pids); do awk '/VmHWM/ {print $2/1024}' "/proc/$p/status"; done | sort -n | tail -1; }
-# The resident set by kind (largest of the three): anonymous pages are the daemon's own
-# (heap, stacks); file pages are its program text and libraries, shared with the page cache.
+# A /proc/<pid>/status figure in MB, largest of the three: VmHWM is the peak resident set;
+# RssAnon the daemon's own pages (heap, stacks), RssFile its program text and libraries,
+# shared with the page cache.
 rss_kind() { for p in $(pids); do awk -v k="$1:" '$1 == k {print $2/1024}' "/proc/$p/status"; done | sort -n | tail -1; }
+rss() { rss_kind VmHWM; }
 breakdown() { # where one daemon's resident set sits, MB, by mapping (node 1's)
   local p; p=$(cat "/tmp/$LAB_PREFIX/n1/twilld.pid")
   awk -v bin="$(readlink -f "/proc/$p/exe")" '
