@@ -152,6 +152,28 @@ fn flannel_chart_values_install_twill_with_only_the_image_changed() {
     let conf = net_conf(&objs);
     assert_eq!(conf.network4().unwrap().to_string(), "10.244.0.0/16");
     assert_eq!(conf.backend.kind.as_str(), "vxlan");
+    // flannel's values say netpol.enabled: false: no NetworkPolicy, flannel's RBAC.
+    assert!(!cmd.contains(&"--network-policy".to_string()), "{cmd:?}");
+    let rules = object(&objs, "ClusterRole")["rules"].to_string();
+    assert!(!rules.contains("networkpolicies"), "{rules}");
+}
+
+/// `netpol.enabled` (flannel's switch for its kube-network-policies sidecar) is twill's
+/// own enforcement: --network-policy and the reads it needs, on by default.
+#[test]
+fn netpol_enabled_is_twills_network_policy() {
+    for (set, on) in [(None, true), (Some("netpol.enabled=false"), false)] {
+        let objs = objects(&render(&set.map(|s| vec!["--set", s]).unwrap_or_default()));
+        let cmd = command(&objs);
+        assert_eq!(
+            cmd.contains(&"--network-policy".to_string()),
+            on,
+            "{set:?}: {cmd:?}"
+        );
+        let rules = object(&objs, "ClusterRole")["rules"].to_string();
+        assert_eq!(rules.contains("networkpolicies"), on, "{set:?}: {rules}");
+        assert_eq!(rules.contains("namespaces"), on, "{set:?}: {rules}");
+    }
 }
 
 #[test]
@@ -225,13 +247,14 @@ fn dual_stack_ipv6_only_host_gw_and_bgp_values_render_net_conf() {
 #[test]
 fn values_twill_cannot_honour_are_refused_by_name() {
     let chart = chart();
-    for (set, says) in [
-        ("flannel.backend=wireguard", "flannel.backend=wireguard"),
-        ("netpol.enabled=true", "netpol.enabled=true"),
-    ] {
-        let (ok, out) = helm(&["template", "twill", chart.to_str().unwrap(), "--set", set]);
-        assert!(!ok && out.contains(says), "{set}: {out}");
-    }
+    let (ok, out) = helm(&[
+        "template",
+        "twill",
+        chart.to_str().unwrap(),
+        "--set",
+        "flannel.backend=wireguard",
+    ]);
+    assert!(!ok && out.contains("flannel.backend=wireguard"), "{out}");
     let (ok, out) = helm(&[
         "template",
         "twill",

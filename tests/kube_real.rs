@@ -7,21 +7,17 @@
 
 use twill_e2e::control_plane::ControlPlane;
 use twill_e2e::Cluster;
-use twill_testutil::{require_root, wait_until};
+use twill_testutil::wait_until;
 
 const ANN: &str = "flannel.alpha.coreos.com";
 const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 fn manifest(name: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests")
-        .join(name);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    twill_e2e::control_plane::manifest(name)
 }
 
 /// A cluster of `n` node namespaces registered with the real API server after `manifest`
-/// was applied (server-side, strict validation), each running twilld in Kubernetes mode
-/// with a token of the manifest's service account `ns/sa`, one pod per node.
+/// was applied, each running twilld with a token of the manifest's service account `ns/sa`.
 fn cluster(
     tag: &str,
     n: usize,
@@ -32,8 +28,6 @@ fn cluster(
     mixed(tag, &vec![false; n], manifest, ns, sa, NET_CONF)
 }
 
-/// [`cluster`] with the real flanneld (in Kubernetes mode too) on the nodes where
-/// `flanneld[i]`, all on `net_conf`.
 fn mixed(
     tag: &str,
     flanneld: &[bool],
@@ -42,52 +36,7 @@ fn mixed(
     sa: &str,
     net_conf: &str,
 ) -> (Cluster, ControlPlane, Vec<String>) {
-    require_root();
-    let mut c = Cluster::new(tag);
-    let cp = ControlPlane::start(&c);
-    cp.kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=twill-test",
-            "--validate=strict",
-            "-f",
-            "-",
-        ],
-        Some(manifest),
-    );
-    let conf = c.dir.path().join("net-conf.json");
-    std::fs::write(&conf, net_conf).unwrap();
-    let kubeconfig = c.dir.path().join("sa.kubeconfig");
-    cp.service_account_kubeconfig(ns, sa, &kubeconfig);
-    let mut cidrs = Vec::new();
-    for (i, &runs_flanneld) in flanneld.iter().enumerate() {
-        let name = format!("{tag}-node{}", i + 1);
-        let idx = c.add_node_stopped(&[
-            "--kube-subnet-mgr",
-            &format!("--kubeconfig-file={}", kubeconfig.display()),
-            &format!("--net-config-path={}", conf.display()),
-            "--ip-masq",
-        ]);
-        cp.register_node(&name, &c.nodes[idx].ip);
-        cidrs.push(cp.pod_cidr(&name));
-        c.nodes[idx].env.push(("NODE_NAME".into(), name));
-        if runs_flanneld {
-            c.nodes[idx].start_flanneld();
-        } else {
-            c.nodes[idx].start();
-        }
-    }
-    for (i, cidr) in cidrs.iter().enumerate() {
-        c.add_pod(i);
-        assert_eq!(
-            &c.nodes[i].lease(),
-            cidr,
-            "subnet.env holds the node's podCIDR"
-        );
-    }
-    c.assert_full_mesh();
-    (c, cp, cidrs)
+    twill_e2e::control_plane::kube_cluster(tag, flanneld, manifest, ns, sa, net_conf, &[])
 }
 
 /// `manifest` accepted by the API server with strict validation, as a server-side dry

@@ -146,19 +146,25 @@ fn rbac_grants_exactly_what_the_code_calls() {
     let role: ClusterRole = typed(find(&docs, "ClusterRole"));
     let mut granted = BTreeSet::new();
     for rule in role.rules.unwrap() {
-        assert_eq!(
-            rule.api_groups.as_deref(),
-            Some(&[String::new()][..]),
-            "core group only"
-        );
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        assert_eq!(groups.len(), 1, "one group per rule: {groups:?}");
         for r in rule.resources.unwrap() {
+            // NetworkPolicy is the one object outside the core group.
+            let group = if r == "networkpolicies" {
+                "networking.k8s.io"
+            } else {
+                ""
+            };
+            assert_eq!(groups[0], group, "{r}");
             for v in &rule.verbs {
                 granted.insert((r.clone(), v.clone()));
             }
         }
     }
+    // The manifest runs --network-policy, so it grants its reads too.
     let used: BTreeSet<(String, String)> = twill_kube::API_ACCESS
         .iter()
+        .chain(twill_kube::POLICY_ACCESS)
         .map(|(r, v)| (r.to_string(), v.to_string()))
         .collect();
     assert_eq!(granted, used);
@@ -249,6 +255,7 @@ fn daemonset_runs_twilld_as_the_issue_says_and_its_flags_parse() {
         [
             "--ip-masq",
             "--kube-subnet-mgr",
+            "--network-policy",
             "--healthz-port=8081",
             "--metrics-port=9464"
         ]

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use twill_testutil::wait_until;
+use twill_testutil::{require_root, wait_until};
 
 use crate::{dies_with_the_test, reference_bin, Cluster, ETCD_IP};
 
@@ -325,4 +325,75 @@ fn kubeconfig(path: &Path, url: &str, dir: &Path, user: &str) {
         ),
     )
     .unwrap();
+}
+
+/// A manifest of `manifests/`, as text.
+pub fn manifest(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Node namespaces registered with the real API server after `manifest` was applied
+/// (server-side, strict validation), each running twilld in Kubernetes mode with a token of
+/// the manifest's service account `ns/sa` and `extra` flags (the real flanneld where
+/// `flanneld[i]`), all on `net_conf`; one pod per node, full mesh checked.
+#[allow(clippy::too_many_arguments)]
+pub fn kube_cluster(
+    tag: &str,
+    flanneld: &[bool],
+    manifest: &str,
+    ns: &str,
+    sa: &str,
+    net_conf: &str,
+    extra: &[&str],
+) -> (Cluster, ControlPlane, Vec<String>) {
+    require_root();
+    let mut c = Cluster::new(tag);
+    let cp = ControlPlane::start(&c);
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=twill-test",
+            "--validate=strict",
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    );
+    let conf = c.dir.path().join("net-conf.json");
+    std::fs::write(&conf, net_conf).unwrap();
+    let kubeconfig = c.dir.path().join("sa.kubeconfig");
+    cp.service_account_kubeconfig(ns, sa, &kubeconfig);
+    let mut cidrs = Vec::new();
+    for (i, &runs_flanneld) in flanneld.iter().enumerate() {
+        let name = format!("{tag}-node{}", i + 1);
+        let kc = format!("--kubeconfig-file={}", kubeconfig.display());
+        let nc = format!("--net-config-path={}", conf.display());
+        let mut args = vec!["--kube-subnet-mgr", &kc, &nc, "--ip-masq"];
+        if !runs_flanneld {
+            args.extend(extra);
+        }
+        let idx = c.add_node_stopped(&args);
+        cp.register_node(&name, &c.nodes[idx].ip);
+        cidrs.push(cp.pod_cidr(&name));
+        c.nodes[idx].env.push(("NODE_NAME".into(), name));
+        if runs_flanneld {
+            c.nodes[idx].start_flanneld();
+        } else {
+            c.nodes[idx].start();
+        }
+    }
+    for (i, cidr) in cidrs.iter().enumerate() {
+        c.add_pod(i);
+        assert_eq!(
+            &c.nodes[i].lease(),
+            cidr,
+            "subnet.env holds the node's podCIDR"
+        );
+    }
+    c.assert_full_mesh();
+    (c, cp, cidrs)
 }

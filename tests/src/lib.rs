@@ -10,6 +10,7 @@ use twill_testutil::{sh, Etcd, FakeKube, Netns};
 
 pub mod control_plane;
 pub mod kubelet;
+pub mod netpol;
 mod node;
 pub mod routers;
 pub mod traffic;
@@ -272,7 +273,7 @@ impl Cluster {
     }
 
     /// The CNI config a pod on node `i` is added and deleted with.
-    fn pod_conf(&self, i: usize) -> String {
+    pub fn pod_conf(&self, i: usize) -> String {
         let node = &self.nodes[i];
         format!(
             r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"twill","subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}"#,

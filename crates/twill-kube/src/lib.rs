@@ -5,6 +5,7 @@
 mod annotations;
 mod network;
 mod peer_node;
+mod policy_watch;
 mod store;
 
 pub use annotations::{
@@ -13,4 +14,5 @@ pub use annotations::{
 };
 pub use network::{covering, kubeadm_pod_subnets, Detected};
 pub use peer_node::PeerNode;
-pub use store::{KubeOptions, KubeStore, API_ACCESS, KUBEADM_CONFIG_ACCESS};
+pub use policy_watch::{list_cluster, PolicyFeed, POLICY_ACCESS};
+pub use store::{connect_client, KubeOptions, KubeStore, API_ACCESS, KUBEADM_CONFIG_ACCESS};

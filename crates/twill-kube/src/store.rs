@@ -126,15 +126,21 @@ async fn client_config(opts: &KubeOptions) -> Result<Config, StoreError> {
     Ok(cfg)
 }
 
+/// A client for `opts`' API server, for reads that are about no node (`twilld policy
+/// explain`).
+pub async fn connect_client(opts: &KubeOptions) -> Result<Client, StoreError> {
+    let cfg = client_config(opts).await?;
+    Client::try_from(cfg).map_err(|e| StoreError::Invalid {
+        setting: "kubernetes client".into(),
+        source: Box::new(e),
+    })
+}
+
 impl KubeStore {
     /// Connects and resolves which node we are. Fails without retrying only on bad
     /// flags or environment; an unreachable API is retried by the caller.
     pub async fn connect(opts: &KubeOptions) -> Result<Self, StoreError> {
-        let cfg = client_config(opts).await?;
-        let client = Client::try_from(cfg).map_err(|e| StoreError::Invalid {
-            setting: "kubernetes client".into(),
-            source: Box::new(e),
-        })?;
+        let client = connect_client(opts).await?;
         let node_name = match (&opts.node_name, &opts.pod) {
             (Some(n), _) if !n.is_empty() => n.clone(),
             (_, Some((ns, pod))) => {
@@ -192,6 +198,11 @@ impl KubeStore {
 
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// The client, for the other watches of the same API (`PolicyFeed`).
+    pub fn client(&self) -> Client {
+        self.nodes.clone().into_client()
     }
 
     /// Our Node object.

@@ -239,6 +239,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLANNELD_KUBE_ANNOTATION_PREFIX",
           default_value = twill_kube::DEFAULT_PREFIX, value_parser = annotation_prefix)]
     pub kube_annotation_prefix: String,
+    /// Enforce Kubernetes NetworkPolicy for this node's pods, in the kernel (an nftables
+    /// table of twill's). Needs --kube-subnet-mgr and list/watch of pods, namespaces and
+    /// networkpolicies (manifests/kube-twill.yml grants them; flannel's ClusterRole does not).
+    #[arg(long, env = "TWILLD_NETWORK_POLICY", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub network_policy: bool,
     /// Set the node condition NetworkUnavailable=False once the network is up.
     #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "true", value_parser = BoolishValueParser::new())]
@@ -326,6 +332,9 @@ pub enum Command {
     Doctor(crate::doctor::Doctor),
     /// Run as an ExaBGP `process`: print announce/withdraw lines for every lease in etcd.
     ExabgpFeed(crate::exabgp::ExabgpFeed),
+    /// NetworkPolicy as twill enforces it: `policy explain --from NS/POD --to NS/POD
+    /// --port 80/TCP` (reads the Kubernetes API: --kubeconfig-file or --kube-api-url).
+    Policy(crate::explain::PolicyCmd),
     /// One screen from the running twilld (through its control socket beside
     /// --subnet-file): lease, peers reachable over the overlay, rules, BGP, repairs,
     /// refused leases. Exits 1 when it is not ready or a peer is unreachable.
@@ -389,6 +398,7 @@ impl Cli {
                 timeout: Duration::from_secs(self.peer_probe_timeout),
                 ready_fraction: self.ready_requires_peers,
             },
+            network_policy: self.network_policy,
         }
     }
 

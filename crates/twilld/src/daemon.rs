@@ -16,6 +16,11 @@ use crate::startup::{open_etcd, open_kube, Patience, Role};
 use crate::telemetry::Telemetry;
 
 pub async fn run(opts: DaemonOptions) -> Result<()> {
+    if opts.network_policy && !opts.kube_subnet_mgr() {
+        anyhow::bail!(
+            "--network-policy needs --kube-subnet-mgr: NetworkPolicy selects pods, which only the Kubernetes API knows"
+        );
+    }
     let cancel = CancellationToken::new();
     let reloads = spawn_signal_handler(cancel.clone());
     // Liveness allows for a few missed resyncs before declaring the loop stuck.
@@ -42,6 +47,14 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
                 .expect("Kubernetes mode always reads a file");
             let opened =
                 open_kube(kube, path, Role::Node, node.public_ip, &node.bgp, &patience).await?;
+            if opts.network_policy {
+                crate::network_policy::spawn(
+                    opened.store.client(),
+                    opened.store.node_name().to_string(),
+                    tel.clone(),
+                    cancel.clone(),
+                );
+            }
             start(opened, opts.clone(), cancel.clone(), tel.clone(), reloads).await
         }
         StoreOptions::Etcd(etcd) => {

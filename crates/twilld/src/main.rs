@@ -1,5 +1,5 @@
 use clap::Parser;
-use twilld::{cleanup, cli, daemon, doctor, exabgp, install_cni, status};
+use twilld::{cleanup, cli, daemon, doctor, exabgp, explain, install_cni, status};
 
 fn init_logging(format: cli::LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
@@ -79,6 +79,10 @@ fn main() -> std::process::ExitCode {
         Some(cli::Command::Doctor(args)) => Some((
             "doctor",
             rt.block_on(doctor::run(&cli.node_options(), args)),
+        )),
+        Some(cli::Command::Policy(args)) => Some((
+            "policy",
+            rt.block_on(explain::run(&cli.kube_options(false), args)),
         )),
         Some(cli::Command::Status(args)) => Some((
             "status",

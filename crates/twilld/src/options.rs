@@ -78,6 +78,8 @@ pub struct DaemonOptions {
     pub route_form: twill_dataplane::RouteForm,
     /// `--peer-probe-*`, `--ready-requires-peers`.
     pub probes: ProbeOptions,
+    /// `--network-policy`.
+    pub network_policy: bool,
 }
 
 impl DaemonOptions {

@@ -95,6 +95,8 @@ pub struct Telemetry {
     pub status: Mutex<crate::status::NodeStatus>,
     /// And the probes' part, written by the probe task.
     pub probes: Mutex<crate::status::Board>,
+    /// `--network-policy`'s metrics.
+    pub policy: crate::network_policy::PolicyMetrics,
 }
 
 fn rtt_histogram() -> Histogram {
@@ -158,7 +160,9 @@ impl Telemetry {
             peers_unreachable: Gauge::default(),
             status: Mutex::default(),
             probes: Mutex::default(),
+            policy: crate::network_policy::PolicyMetrics::new(),
         };
+        t.policy.register(&mut registry);
         registry.register(
             "peer_reachable",
             "1 when the peer answered the last probe on the path (overlay: VTEP to VTEP; underlay: its PublicIP; mtu: the overlay at the full pod MTU with DF), else 0",

@@ -9,6 +9,7 @@
 
 mod iptables;
 mod nftables;
+pub mod policy;
 
 pub use iptables::Iptables;
 pub use nftables::{nft_script, nft_table, remove_table, Nftables, NFT_TABLE, NFT_TABLE6};

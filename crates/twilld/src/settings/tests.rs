@@ -42,6 +42,7 @@ fn opts() -> DaemonOptions {
             timeout: Duration::from_secs(1),
             ready_fraction: None,
         },
+        network_policy: false,
     }
 }
 

@@ -8,9 +8,6 @@
 {{- if not (has .Values.flannel.backend (list "vxlan" "host-gw")) }}
 {{- fail (printf "flannel.backend=%s: twill implements the vxlan and host-gw backends" .Values.flannel.backend) }}
 {{- end }}
-{{- if .Values.netpol.enabled }}
-{{- fail "netpol.enabled=true: twill does not run kube-network-policies (its NFQUEUE verdicts need CONFIG_NFT_QUEUE); leave it false" }}
-{{- end }}
 {{- if not (or .Values.podCidr .Values.podCidrv6) }}
 {{- fail "podCidr and podCidrv6 are both empty: give at least one pod network" }}
 {{- end }}
