@@ -189,3 +189,69 @@ fn the_upstream_matrix_on_three_nodes() {
             .try_sh("nft list table inet twill-policy >/dev/null 2>&1"));
     }
 }
+
+/// What the kernel holds changes as the model does: a pod relabelled changes set elements
+/// only (the table is not rewritten); a flushed chain is put back; a policy the API server
+/// would have refused (written to its etcd by hand, as a tampered store would hold it) is
+/// reported and fails closed instead of opening anything.
+#[test]
+fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
+    let lab = PolicyLab::start("npd", &[METRICS]);
+    lab.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n",
+    );
+    lab.expect("x/a from x/b", &|f, t, _, _| !is(t, "x/a") || is(f, "x/b"));
+    let node = &lab.c.nodes[lab.pod("x/a").node].ns;
+    // `# handle N` of the table: a rewritten table is a new table with a new handle.
+    let table_handle = || node.sh("nft -a list table inet twill-policy | head -1");
+    let before = table_handle();
+    lab.cp
+        .kubectl(&["label", "pod", "c", "-n", "x", "pod=b", "--overwrite"]);
+    lab.expect("x/c relabelled pod=b", &|f, t, _, _| {
+        !is(t, "x/a") || is(f, "x/b") || is(f, "x/c")
+    });
+    assert_eq!(table_handle(), before, "a pod change rewrote the table");
+    let xc = lab.pod("x/c").ip.to_string();
+    assert!(node.sh("nft list set inet twill-policy q0_4").contains(&xc));
+
+    // Someone flushes the policy's chain: put back within milliseconds (the nftables
+    // monitor), measured here by polling.
+    let started = std::time::Instant::now();
+    node.sh("nft flush chain inet twill-policy p0_ingress");
+    twill_testutil::wait_until(10, "the flushed chain rewritten", || {
+        node.sh("nft list chain inet twill-policy p0_ingress")
+            .contains("accept")
+    });
+    eprintln!("flushed policy chain back in {:?}", started.elapsed());
+    lab.expect("after the repair", &|f, t, _, _| {
+        !is(t, "x/a") || is(f, "x/b") || is(f, "x/c")
+    });
+    lab.delete_policies();
+
+    // A rule whose peer selector has an operator the API server refuses: the rule matches
+    // nothing, so x/a is isolated with nothing allowed (closed, not open).
+    let bad = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"bad","namespace":"x","uid":"9b6f2a4e-0000-4000-8000-000000000001","creationTimestamp":"2026-12-04T00:00:00Z"},"spec":{"podSelector":{"matchLabels":{"pod":"a"}},"policyTypes":["Ingress"],"ingress":[{"from":[{"podSelector":{"matchExpressions":[{"key":"pod","operator":"Near","values":["b"]}]}}]}]}}"#;
+    let file = lab.c.dir.path().join("bad-policy.json");
+    std::fs::write(&file, bad).unwrap();
+    lab.c.etcd_host().sh(&format!(
+        "ETCDCTL_API=3 etcdctl --endpoints=http://{}:2379 put /registry/networkpolicies/x/bad < {}",
+        twill_e2e::ETCD_IP,
+        file.display()
+    ));
+    lab.expect("x/a cut off by the unreadable rule", &|_, t, _, _| {
+        !is(t, "x/a")
+    });
+    let log: String = lab.c.nodes.iter().map(|n| n.log()).collect();
+    assert!(
+        log.contains("cannot be expressed in full")
+            && log.contains("spec.ingress[0].from[0]: podSelector: matchExpressions[0]: unknown operator \"Near\""),
+        "{log}"
+    );
+    let body = node.sh("curl -sf http://127.0.0.1:8471/metrics");
+    assert!(
+        metric_in(&body, "twill_policy_errors_total", Some(("reason", "unreadable"))) >= 1.0,
+        "{body}"
+    );
+    lab.cp.kubectl(&["delete", "networkpolicy", "bad", "-n", "x"]);
+    lab.expect("the bad policy deleted", &|_, _, _, _| true);
+}

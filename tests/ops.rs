@@ -183,6 +183,8 @@ fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
     );
     assert!(ok, "{out}");
     c.nodes[0].ns.sh("nft add table ip flannel-ipv4");
+    // The NetworkPolicy table (--network-policy) goes too.
+    c.nodes[0].ns.sh("nft add table inet twill-policy");
     c.nodes[0].stop(libc::SIGTERM);
     let lease = c.nodes[0].lease();
 
@@ -198,6 +200,7 @@ fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
         "TWILL-NOTRACK-PRE",
         "TWILL-NOTRACK-OUT",
         "nft table ip flannel-ipv4",
+        "nft table inet twill-policy",
         "10-twill.conflist",
         "subnet.env",
         "dry run",
@@ -236,9 +239,10 @@ fn cleanup_dry_run_then_removes_everything_and_is_idempotent() {
         !ipt.contains("FLANNEL") && !ipt.contains("flanneld") && !ipt.contains("TWILL"),
         "{ipt}"
     );
+    let ruleset = n0.sh("nft list ruleset");
     assert!(
-        !n0.sh("nft list ruleset").contains("flannel"),
-        "nft tables of flannel's nft mode removed"
+        !ruleset.contains("flannel") && !ruleset.contains("twill-policy"),
+        "nft tables of flannel's nft mode and twill's policy removed:\n{ruleset}"
     );
     assert_eq!(std::fs::read_dir(&conf_dir).unwrap().count(), 0);
     assert!(!bin_dir.join("twill").exists() && !dir.join("cni-state").exists());

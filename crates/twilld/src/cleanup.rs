@@ -354,7 +354,7 @@ async fn cleanup_cni0(nl: &Netlink, subnet: Option<IpNetwork>, r: &mut Report) -
     Ok(())
 }
 
-/// flannel's nftables-mode tables, if the nft tool is there.
+/// flannel's nftables-mode tables and twill's NetworkPolicy table, if the nft tool is there.
 fn nft_tables() -> Vec<(String, String)> {
     let Ok(out) = std::process::Command::new("nft")
         .args(["list", "tables"])
@@ -368,7 +368,9 @@ fn nft_tables() -> Vec<(String, String)> {
             let mut w = l.split_whitespace();
             match (w.next(), w.next(), w.next()) {
                 (Some("table"), Some(fam), Some(name))
-                    if name == "flannel-ipv4" || name == "flannel-ipv6" =>
+                    if name == "flannel-ipv4"
+                        || name == "flannel-ipv6"
+                        || (fam == twill_policy::FAMILY && name == twill_policy::TABLE) =>
                 {
                     Some((fam.to_string(), name.to_string()))
                 }
