@@ -213,6 +213,36 @@ fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
     assert_eq!(table_handle(), before, "a pod change rewrote the table");
     let xc = lab.pod("x/c").ip.to_string();
     assert!(node.sh("nft list set inet twill-policy q0_4").contains(&xc));
+    // doctor renders the model for the node from the API and finds the kernel holding it
+    // (a drifted table is repaired by twilld faster than doctor could be run to see it: the
+    // differences doctor would name are unit-tested).
+    let i = lab.pod("x/a").node;
+    let doctor = || {
+        let n = &lab.c.nodes[i];
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &n.ns.name])
+            .arg(twill_e2e::twilld_bin())
+            .args(["doctor", "--output=json", "--iface=eth0"])
+            .args(n.args.iter().filter(|a| {
+                !a.starts_with("--ip-masq")
+                    && !a.starts_with("--network-policy")
+                    && !a.starts_with("--metrics")
+            }))
+            .arg(format!("--subnet-file={}", n.subnet_env().display()))
+            .envs(n.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        twill_e2e::doctor_check(&twill_e2e::text(&out), "network-policy")
+    };
+    let check = doctor();
+    assert_eq!(check["status"], "pass", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("matches the model"),
+        "{check}"
+    );
 
     // Someone flushes the policy's chain: put back within milliseconds (the nftables
     // monitor), measured here by polling.
@@ -223,6 +253,14 @@ fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
             .contains("accept")
     });
     eprintln!("flushed policy chain back in {:?}", started.elapsed());
+    // An element deleted by hand: the periodic check (every 5 s) compares elements too.
+    let xb = lab.pod("x/b").ip.to_string();
+    node.sh(&format!(
+        "nft delete element inet twill-policy q0_4 {{ {xb} }}"
+    ));
+    twill_testutil::wait_until(10, "the deleted element put back", || {
+        node.sh("nft list set inet twill-policy q0_4").contains(&xb)
+    });
     lab.expect("after the repair", &|f, t, _, _| {
         !is(t, "x/a") || is(f, "x/b") || is(f, "x/c")
     });
@@ -249,9 +287,14 @@ fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
     );
     let body = node.sh("curl -sf http://127.0.0.1:8471/metrics");
     assert!(
-        metric_in(&body, "twill_policy_errors_total", Some(("reason", "unreadable"))) >= 1.0,
+        metric_in(
+            &body,
+            "twill_policy_errors_total",
+            Some(("reason", "unreadable"))
+        ) >= 1.0,
         "{body}"
     );
-    lab.cp.kubectl(&["delete", "networkpolicy", "bad", "-n", "x"]);
+    lab.cp
+        .kubectl(&["delete", "networkpolicy", "bad", "-n", "x"]);
     lab.expect("the bad policy deleted", &|_, _, _, _| true);
 }

@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_dataplane::firewall::policy::{drop_counts, Applied, PolicyTable};
+use twill_dataplane::FirewallError;
 use twill_kube::PolicyFeed;
 use twill_policy::{render, PolicyId, Ruleset};
 
@@ -26,7 +27,7 @@ use crate::telemetry::{label, Telemetry};
 /// Changes closer together than this are programmed together (a namespace of pods
 /// created at once is one write, not hundreds).
 const COALESCE: Duration = Duration::from_millis(20);
-/// How often the drop counters are read and the table checked without a notification.
+/// How often the drop counters are read and the whole table, elements included, checked.
 const TICK: Duration = Duration::from_secs(5);
 
 type Labels = Vec<(String, String)>;
@@ -158,7 +159,7 @@ async fn run(feed: PolicyFeed, node: String, tel: Arc<Telemetry>, cancel: Cancel
                 }
             }
             _ = tick.tick() => {
-                c.repair().await;
+                c.verify().await;
                 c.read_counters().await;
             }
         }
@@ -244,7 +245,16 @@ impl Controller {
 
     async fn repair(&self) {
         let table = self.table.clone();
-        match tokio::task::spawn_blocking(move || table.repair()).await {
+        self.repaired(tokio::task::spawn_blocking(move || table.repair()).await);
+    }
+
+    async fn verify(&self) {
+        let table = self.table.clone();
+        self.repaired(tokio::task::spawn_blocking(move || table.verify()).await);
+    }
+
+    fn repaired(&self, r: Result<Result<bool, FirewallError>, tokio::task::JoinError>) {
+        match r {
             Ok(Ok(true)) => {
                 info!("network policy: the table had been changed under us; rewritten");
                 self.tel

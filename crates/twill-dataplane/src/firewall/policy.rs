@@ -1,13 +1,18 @@
 //! The NetworkPolicy table (`inet twill-policy`) in the kernel: what `twill_policy::render`
 //! wants, written through `nft -f` so every change is one transaction. A change of pods
-//! only adds and deletes set elements; a change of rules replaces the table. As with
-//! flannel's table, drift is found by comparing `nft -s list table` with its listing right
-//! after our last write (stateless: counters do not count as drift).
+//! only adds and deletes set elements; a change of rules replaces the table.
+//!
+//! Drift is looked for two ways. On every nftables change (the monitor), the terse listing
+//! (`nft -s -t`: no counters, no set contents, so cheap however many pods there are) is
+//! compared with the one taken right after our last rewrite: a flushed chain, a deleted
+//! table or a changed rule is put back in milliseconds. Periodically ([`PolicyTable::verify`])
+//! the elements are compared too, from `nft -j`, with what we wrote.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use serde_json::Value;
 use twill_policy::{Ruleset, DROPS_EGRESS, DROPS_INGRESS, FAMILY, TABLE};
 
 use super::{feed, watch_nftables, FirewallError};
@@ -27,7 +32,8 @@ pub enum Applied {
 
 #[derive(Default)]
 pub struct PolicyTable {
-    /// What we last wrote and how nft listed it right after.
+    /// What we last wrote, and the terse listing right after our last rewrite (element
+    /// updates do not change it).
     written: Mutex<Option<(Ruleset, String)>>,
 }
 
@@ -45,7 +51,7 @@ impl PolicyTable {
     pub fn apply(&self, want: Option<&Ruleset>) -> Result<Applied, FirewallError> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         let Some(want) = want else {
-            let present = listing()?.is_some();
+            let present = terse_listing()?.is_some();
             *written = None;
             if !present {
                 return Ok(Applied::Unchanged);
@@ -76,7 +82,11 @@ impl PolicyTable {
                 Applied::Rewritten
             }
         };
-        *written = Some((want.clone(), listing()?.unwrap_or_default()));
+        let seen = match (outcome, written.take()) {
+            (Applied::Elements(_), Some((_, seen))) => seen,
+            _ => terse_listing()?.unwrap_or_default(),
+        };
+        *written = Some((want.clone(), seen));
         Ok(outcome)
     }
 
@@ -84,23 +94,32 @@ impl PolicyTable {
     /// when it was repaired.
     pub fn repair(&self) -> Result<bool, FirewallError> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let now = listing()?;
         let Some((want, seen)) = written.as_mut() else {
             return Ok(false);
         };
-        if now.as_deref() == Some(seen.as_str()) {
+        if terse_listing()?.as_deref() == Some(seen.as_str()) {
             return Ok(false);
         }
         run(&want.full_script(), "repair the table")?;
-        *seen = listing()?.unwrap_or_default();
+        *seen = terse_listing()?.unwrap_or_default();
         Ok(true)
     }
 
-    /// Whether the kernel's table is the one we last wrote (`twilld doctor` asks the
-    /// running daemon's model instead; this is the daemon's own view).
-    pub fn written(&self) -> Option<Ruleset> {
-        let w = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        w.as_ref().map(|(r, _)| r.clone())
+    /// [`PolicyTable::repair`] for set elements as well (an element deleted by hand):
+    /// compares the whole table, read as JSON, with what we wrote. `Ok(true)` when it was
+    /// rewritten.
+    pub fn verify(&self) -> Result<bool, FirewallError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((want, seen)) = written.as_mut() else {
+            return Ok(false);
+        };
+        let same = kernel_table()?.is_some_and(|k| differences(want, &k).is_empty());
+        if same {
+            return Ok(false);
+        }
+        run(&want.full_script(), "repair the table")?;
+        *seen = terse_listing()?.unwrap_or_default();
+        Ok(true)
     }
 }
 
@@ -148,10 +167,11 @@ fn nft(args: &[&str], what: &str) -> Result<Option<String>, FirewallError> {
     })
 }
 
-/// `nft -s list table inet twill-policy`: without counter values. `None`: no table.
-pub fn listing() -> Result<Option<String>, FirewallError> {
+/// `nft -s -t list table inet twill-policy`: without counter values or set contents.
+/// `None`: no table.
+fn terse_listing() -> Result<Option<String>, FirewallError> {
     nft(
-        &["-s", "list", "table", FAMILY, TABLE],
+        &["-s", "-t", "list", "table", FAMILY, TABLE],
         &format!("list table {FAMILY} {TABLE}"),
     )
 }
@@ -200,9 +220,157 @@ fn packets(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The table as the kernel holds it: each set's elements, and each chain's rule count.
+#[derive(Debug, Default)]
+pub struct KernelTable {
+    /// Each set's elements, as the renderer writes them.
+    pub sets: BTreeMap<String, BTreeSet<String>>,
+    /// Rules per chain.
+    pub rules: BTreeMap<String, usize>,
+}
+
+/// The table as `nft -j` lists it, read into [`KernelTable`]; `None`: no table.
+pub fn kernel_table() -> Result<Option<KernelTable>, FirewallError> {
+    let what = format!("list table {FAMILY} {TABLE} as JSON");
+    let Some(text) = nft(&["-j", "list", "table", FAMILY, TABLE], &what)? else {
+        return Ok(None);
+    };
+    let json: Value = serde_json::from_str(&text).map_err(|e| FirewallError::Read {
+        what,
+        source: Box::new(e),
+    })?;
+    Ok(Some(parse(&json)))
+}
+
+fn parse(json: &Value) -> KernelTable {
+    let mut k = KernelTable::default();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        if let Some(set) = item.get("set") {
+            let name = set["name"].as_str().unwrap_or_default().to_string();
+            let elems = set["elem"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(element)
+                .collect();
+            k.sets.insert(name, elems);
+        } else if let Some(chain) = item.get("chain") {
+            k.rules
+                .entry(chain["name"].as_str().unwrap_or_default().to_string())
+                .or_insert(0);
+        } else if let Some(rule) = item.get("rule") {
+            *k.rules
+                .entry(rule["chain"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    k
+}
+
+/// An element as the renderer writes it: `10.0.0.1`, `10.0.0.1 . udp . 81`.
+fn element(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.contains_key("concat") => o["concat"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(element)
+            .collect::<Vec<_>>()
+            .join(" . "),
+        Value::Object(o) if o.contains_key("elem") => element(&o["elem"]["val"]),
+        other => other.to_string(),
+    }
+}
+
+/// Rules per chain of the wanted table: every line inside a chain but its `type` line.
+fn wanted_rules(r: &Ruleset) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in r.skeleton.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix('{'))
+        {
+            current = Some(name.trim().to_string());
+            out.insert(name.trim().to_string(), 0);
+        } else if line == "}" {
+            current = None;
+        } else if let (Some(ch), false) = (&current, line.is_empty() || line.starts_with("type ")) {
+            *out.get_mut(ch).expect("inserted") += 1;
+        }
+    }
+    out
+}
+
+/// How the kernel's table differs from `want`, one line per set or chain; empty: the same.
+pub fn differences(want: &Ruleset, k: &KernelTable) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, els) in &want.sets {
+        match k.sets.get(name) {
+            None => out.push(format!("set {name} missing")),
+            Some(have) if have != els => {
+                let missing = els.difference(have).count();
+                let extra = have.difference(els).count();
+                out.push(format!(
+                    "set {name}: {missing} elements missing, {extra} extra"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (chain, n) in wanted_rules(want) {
+        match k.rules.get(&chain) {
+            None => out.push(format!("chain {chain} missing")),
+            Some(h) if *h != n => out.push(format!("chain {chain}: {h} rules, {n} wanted")),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kernel_json_is_compared_by_elements_and_rule_counts() {
+        let want = Ruleset {
+            skeleton: "table inet twill-policy {\n  chain ingress {\n    type filter hook forward priority -5; policy accept;\n    ct state established,related accept\n    ip daddr @p0_sel4 jump p0_ingress\n  }\n  chain p0_ingress {\n  }\n}\n".into(),
+            sets: [
+                ("p0_sel4".to_string(), BTreeSet::from(["10.0.0.1".to_string()])),
+                ("n0_4".to_string(), BTreeSet::from(["10.0.0.1 . udp . 81".to_string()])),
+            ]
+            .into(),
+        };
+        let listing = json!({"nftables": [
+            {"metainfo": {}},
+            {"set": {"name": "p0_sel4", "elem": ["10.0.0.1"]}},
+            {"set": {"name": "n0_4", "elem": [{"concat": ["10.0.0.1", "udp", 81]}]}},
+            {"chain": {"name": "ingress"}},
+            {"chain": {"name": "p0_ingress"}},
+            {"rule": {"chain": "ingress"}},
+            {"rule": {"chain": "ingress"}},
+        ]});
+        assert!(differences(&want, &parse(&listing)).is_empty());
+        let drifted = json!({"nftables": [
+            {"set": {"name": "p0_sel4"}},
+            {"chain": {"name": "ingress"}},
+            {"rule": {"chain": "ingress"}},
+        ]});
+        let d = differences(&want, &parse(&drifted));
+        assert_eq!(
+            d,
+            [
+                "set n0_4 missing",
+                "set p0_sel4: 1 elements missing, 0 extra",
+                "chain ingress: 1 rules, 2 wanted",
+                "chain p0_ingress missing"
+            ]
+        );
+    }
 
     #[test]
     fn packets_are_read_from_counter_listings() {

@@ -19,6 +19,7 @@ mod bgp;
 mod conflicts;
 mod dataplane;
 mod host;
+mod policy;
 mod store;
 
 use bgp::bgp;
@@ -222,6 +223,9 @@ pub async fn run(node: &NodeOptions, args: &Doctor) -> anyhow::Result<bool> {
     repair_conflicts(&mut c, &node.subnet_file);
     if let (Some(conf), Some(opts)) = (cx.conf(), &cx.store.bgp) {
         bgp(&mut c, conf, opts, cx.own_key.as_ref()).await;
+    }
+    if let StoreOptions::Kube(opts) = &node.store {
+        policy::network_policy(&mut c, opts).await;
     }
     conflicts(&mut c, &cx.nl, cx.conf(), args).await;
     other_cnis(&mut c, &cx.nl, cx.env.as_ref()).await;

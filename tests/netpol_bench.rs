@@ -1,0 +1,325 @@
+//! NetworkPolicy benchmark (`scripts/bench-netpol.sh` runs it; not part of the tests):
+//! the lab of `tests/netpol.rs` on a real API server plus pods that exist only as API
+//! objects (addresses outside the nodes' subnets, so they are set elements and nothing
+//! else), then
+//! - policy created -> enforced on every node (its jump in each node's ingress chain), with
+//!   1 000 pods,
+//! - pod created -> its address in the selecting peer set on every node,
+//! - new TCP connections per second between two real pods with 0, 100 and 1 000 policies
+//!   programmed (one of them selecting the server and allowing the client),
+//! - twilld's memory with 5 000 pods and 1 000 policies.
+//!
+//! Figures are printed; nothing is asserted beyond the measurements having happened.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use twill_e2e::netpol::PolicyLab;
+use twill_testutil::Netns;
+
+const NS: &str = "bench";
+
+/// A pod that exists only in the API: 10.244.128.0/17, spread over the three nodes.
+fn api_pod(i: usize, role: &str, node: &str) -> (Pod, String) {
+    let ip = format!("10.244.{}.{}", 128 + i / 250, i % 250 + 2);
+    let pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("p{i}"), "namespace": NS,
+                     "labels": {"role": role, "app": format!("a{}", i % 10)}},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "c", "image": "none",
+                                 "ports": [{"name": "http", "containerPort": 80}]}]},
+    }))
+    .unwrap();
+    (pod, ip)
+}
+
+fn policy(name: &str, select: serde_json::Value, from: serde_json::Value) -> NetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"podSelector": select, "ingress": [{"from": [from], "ports": [{"port": "http"}]}]},
+    }))
+    .unwrap()
+}
+
+/// Runs `f` with a cluster-admin client (a service account's token: rustls refuses the
+/// admin's openssl-made v1 client certificate), on a thread in the etcd namespace (where
+/// the API server listens).
+fn with_api<T: Send + 'static>(
+    lab: &PolicyLab,
+    f: impl FnOnce(kube::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        + Send
+        + 'static,
+) -> T {
+    let path = lab.c.dir.path().join("bench.kubeconfig");
+    if !path.exists() {
+        lab.cp
+            .kubectl(&["create", "serviceaccount", "bench", "-n", "default"]);
+        lab.cp.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "bench",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=default:bench",
+        ]);
+        lab.cp.service_account_kubeconfig("default", "bench", &path);
+    }
+    lab.c.etcd_host().run(move || {
+        Box::pin(async move {
+            let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            f(kube::Client::try_from(cfg).unwrap()).await
+        })
+    })
+}
+
+/// Creates pods `range` (with their status, as a kubelet reports it), 64 at a time.
+fn add_pods(lab: &PolicyLab, range: std::ops::Range<usize>, role: &'static str) {
+    let nodes: Vec<String> = (1..=3).map(|i| format!("npb-node{i}")).collect();
+    with_api(lab, move |client| {
+        Box::pin(async move {
+            let api: Api<Pod> = Api::namespaced(client, NS);
+            futures::stream::iter(range)
+                .map(|i| {
+                    let api = api.clone();
+                    let (pod, ip) = api_pod(i, role, &nodes[i % 3]);
+                    async move {
+                        let name = pod.metadata.name.clone().unwrap();
+                        api.create(&PostParams::default(), &pod).await.unwrap();
+                        let status = serde_json::json!({"status": {"phase": "Running",
+                            "podIP": ip, "podIPs": [{"ip": ip}]}});
+                        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                            .await
+                            .unwrap();
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<()>>()
+                .await;
+        })
+    });
+}
+
+fn add_policies(lab: &PolicyLab, names: Vec<String>) {
+    with_api(lab, move |client| {
+        Box::pin(async move {
+            let api: Api<NetworkPolicy> = Api::namespaced(client, NS);
+            futures::stream::iter(names)
+                .map(|n| {
+                    let api = api.clone();
+                    async move {
+                        let p = policy(
+                            &n,
+                            serde_json::json!({"matchLabels": {"app": "a1"}}),
+                            serde_json::json!({"podSelector": {"matchLabels": {"role": "client"}}}),
+                        );
+                        api.create(&PostParams::default(), &p).await.unwrap();
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<()>>()
+                .await;
+        })
+    });
+}
+
+/// Jumps to policy chains in `ns`'s ingress chain: two per policy (IPv4 and IPv6).
+fn jumps(ns: &Netns) -> usize {
+    ns.sh("nft list chain inet twill-policy ingress 2>/dev/null || true")
+        .matches(" jump p")
+        .count()
+}
+
+/// Polls every node at once until `done(node)`; the time the slowest took.
+fn until_all(lab: &PolicyLab, started: Instant, done: impl Fn(&Netns) -> bool + Sync) -> Duration {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = lab
+            .c
+            .nodes
+            .iter()
+            .map(|n| {
+                let done = &done;
+                s.spawn(move || {
+                    while !done(&n.ns) {
+                        assert!(
+                            started.elapsed() < Duration::from_secs(60),
+                            "not enforced in 60 s"
+                        );
+                    }
+                    started.elapsed()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+    })
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+/// New TCP connections per second from `from` to `to`:80 over 3 s, 4 clients; each
+/// closed with a reset (as the server closes its side), so no TIME_WAIT holds a port.
+fn conn_rate(lab: &PolicyLab, from: &str, to: &str) -> f64 {
+    let dst = std::net::SocketAddr::from((lab.pod(to).ip, 80));
+    let path = format!("/run/netns/{}", lab.pod(from).netns.name);
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let (count, stop, path) = (count.clone(), stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(&path).unwrap();
+                // SAFETY: setns on a valid namespace fd affects only this thread.
+                let rc =
+                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(s) =
+                        std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1))
+                    {
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / 3.0
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench-netpol.sh"]
+fn network_policy_figures() {
+    let lab = PolicyLab::start("npb", &[]);
+    lab.cp.kubectl(&["create", "namespace", NS]);
+    twill_testutil::wait_until(30, "the bench namespace's service account", || {
+        lab.cp
+            .kubectl_ok(&["get", "serviceaccount", "default", "-n", NS])
+    });
+    let t = Instant::now();
+    add_pods(&lab, 0..1000, "client");
+    println!("1000 API pods created with status in {:?}", t.elapsed());
+
+    // Policy created -> its jump on every node.
+    let mut enforce = Vec::new();
+    for k in 0..50 {
+        let started = Instant::now();
+        add_policies(&lab, vec![format!("e{k:03}")]);
+        enforce.push(until_all(&lab, started, |n| jumps(n) >= 2 * (k + 1)));
+    }
+    println!(
+        "policy created -> enforced on all 3 nodes (1000 pods, 1-50 policies): p50 {:.1} ms, p99 {:.1} ms",
+        pct(&mut enforce, 0.5),
+        pct(&mut enforce, 0.99)
+    );
+
+    // Pod created -> its address in the peer set on every node.
+    let mut arrive = Vec::new();
+    for i in 1000..1050 {
+        let ip = format!("10.244.{}.{}", 128 + i / 250, i % 250 + 2);
+        let started = Instant::now();
+        add_pods(&lab, i..i + 1, "client");
+        arrive.push(until_all(&lab, started, |n| {
+            n.sh("nft list set inet twill-policy q0_4")
+                .contains(&format!("{ip},"))
+                || n.sh("nft list set inet twill-policy q0_4")
+                    .contains(&format!("{ip} "))
+        }));
+    }
+    println!(
+        "pod created -> in the selecting set on all 3 nodes (1050 pods, 50 policies): p50 {:.1} ms, p99 {:.1} ms",
+        pct(&mut arrive, 0.5),
+        pct(&mut arrive, 0.99)
+    );
+
+    // Connections per second: no policy, 100, 1000 (two of them selecting the servers x/b
+    // and y/c and allowing x/a), no policy again; the ratio is to the mean of the two
+    // runs without. Reset connections leave CLOSE entries in conntrack: 1 s, not 10 s, so
+    // the table never fills during a run.
+    lab.cp
+        .kubectl(&["delete", "networkpolicy", "--all", "-n", NS]);
+    until_all(&lab, Instant::now(), |n| jumps(n) == 0);
+    for n in &lab.c.nodes {
+        n.ns.sh("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_close=1");
+    }
+    let pairs = [("x/a", "x/b", "across nodes"), ("x/a", "y/c", "one node")];
+    let rates = |lab: &PolicyLab| -> Vec<f64> {
+        pairs.iter().map(|(f, t, _)| conn_rate(lab, f, t)).collect()
+    };
+    let base_a = rates(&lab);
+    lab.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-a, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: a}}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-xa, namespace: \"y\"}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}]\n",
+    );
+    let mut with = Vec::new();
+    for (from, to) in [(0usize, 98usize), (98, 998)] {
+        add_policies(&lab, (from..to).map(|k| format!("c{k:04}")).collect());
+        until_all(&lab, Instant::now(), |node| jumps(node) >= 2 * (to + 2));
+        with.push((to + 2, rates(&lab)));
+    }
+    lab.delete_policies();
+    lab.cp
+        .kubectl(&["delete", "networkpolicy", "--all", "-n", NS]);
+    until_all(&lab, Instant::now(), |n| jumps(n) == 0);
+    let base_b = rates(&lab);
+    for (p, (f, t, what)) in pairs.iter().enumerate() {
+        let base = (base_a[p] + base_b[p]) / 2.0;
+        let figures: Vec<String> = with
+            .iter()
+            .map(|(n, r)| format!("{n} policies {:.0} ({:.2})", r[p], r[p] / base))
+            .collect();
+        println!(
+            "new TCP connections/s {f} -> {t} ({what}): no policy {:.0} and {:.0}; {}",
+            base_a[p],
+            base_b[p],
+            figures.join(", ")
+        );
+    }
+    add_policies(&lab, (0..1000).map(|k| format!("m{k:04}")).collect());
+
+    // Memory with 5000 pods and 1000 policies.
+    let t = Instant::now();
+    add_pods(&lab, 1050..5000, "client");
+    until_all(&lab, t, |n| {
+        n.sh("nft list set inet twill-policy q0_4 | grep -o '10\\.244\\.' | wc -l")
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
+            >= 5000
+    });
+    println!("3950 more pods -> in every node's set: {:?}", t.elapsed());
+    until_all(&lab, Instant::now(), |node| jumps(node) >= 2000);
+    for (i, n) in lab.c.nodes.iter().enumerate() {
+        let pid = n.pid().unwrap();
+        println!(
+            "twilld node{} with 5000 pods and 1000 policies: VmHWM {:.1} MB, VmRSS {:.1} MB, RssAnon {:.1} MB",
+            i + 1,
+            rss_kb(pid, "VmHWM") as f64 / 1024.0,
+            rss_kb(pid, "VmRSS") as f64 / 1024.0,
+            rss_kb(pid, "RssAnon") as f64 / 1024.0
+        );
+    }
+}
