@@ -3,12 +3,13 @@
 //! bridge netfilter, `net.bridge.bridge-nf-call-iptables=1`, as kube-proxy needs it too).
 //! Traffic between a pod and its own node never crosses forward, so it is always allowed.
 //!
-//! The rules name sets, and the sets hold the addresses: which of this node's pods each
-//! policy selects, which pods each peer selector matches, what each named port is on each
-//! pod. A pod coming or going changes set elements only ([`Ruleset::update_script`]); a
-//! policy change rewrites the table in one transaction ([`Ruleset::full_script`]). Two base
-//! chains, egress then ingress: an `accept` ends only its own base chain, so a flow must
-//! pass both, and within one an `accept` from any selecting policy is their union.
+//! The rules name sets and maps, and those hold the addresses: which policies select each of
+//! this node's pods (a verdict map), which pods each peer selector matches, what each named
+//! port is on each pod. A pod coming or going changes elements only
+//! ([`Ruleset::update_script`]); a policy change rewrites the table in one transaction
+//! ([`Ruleset::full_script`]). Two base chains, egress then ingress: an `accept` ends only
+//! its own base chain, so a flow must pass both, and within one an `accept` from any
+//! selecting policy is their union.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -163,8 +164,15 @@ struct Sets {
 }
 
 impl Sets {
-    fn declare(&mut self, name: String, ty: &str, elements: BTreeSet<String>) -> String {
-        let _ = writeln!(self.decls, "  set {name} {{\n    type {ty}\n  }}");
+    /// A named set (`kind` "set") or map ("map") of type `ty`.
+    fn declare(
+        &mut self,
+        name: String,
+        ty: &str,
+        elements: BTreeSet<String>,
+        kind: &str,
+    ) -> String {
+        let _ = writeln!(self.decls, "  {kind} {name} {{\n    type {ty}\n  }}");
         self.elements.insert(name.clone(), elements);
         name
     }
@@ -173,45 +181,96 @@ impl Sets {
 /// The table for `node`'s pods, `None` when there is no policy at all (no table: no cost
 /// on the packet path). `closed`: every allow rule left out, for when the table as wanted
 /// cannot be programmed; the selected pods are then isolated with nothing allowed.
+///
+/// A new connection costs one map lookup whatever the number of policies: each direction's
+/// base chain sends a packet of an isolated pod of this node (`<dir>_dispatch4`/`6`, pod
+/// address to verdict) to the group chain of exactly the policies that select it, which
+/// jumps to each policy's chain (an `accept` there is final) and drops what none accepted.
+/// Every policy has a group of its own, so only a pod selected by a combination of policies
+/// no other pod here has needs a new chain; everything else a pod does is map elements.
 pub fn render(c: &Cluster, node: &str, closed: bool) -> Option<Ruleset> {
     if c.policies.is_empty() {
         return None;
     }
     let mut sets = Sets::default();
-    let mut base = [String::new(), String::new()];
     let mut chains = String::new();
-    let mut isolated: [[BTreeSet<String>; 2]; 2] = Default::default();
+    let policies: Vec<&Policy> = c.policies.values().collect();
     let local: Vec<_> = c
         .pods
         .values()
         .filter(|p| p.selectable() && p.node.as_deref() == Some(node))
         .collect();
-    for (i, p) in c.policies.values().enumerate() {
-        for f in Fam::BOTH {
-            let selected: BTreeSet<String> = local
-                .iter()
-                .filter(|pod| p.selects(pod))
-                .flat_map(|pod| pod.ips.iter().filter(|ip| Fam::of(ip) == f))
-                .map(IpAddr::to_string)
-                .collect();
-            for (d, dir) in [Dir::Egress, Dir::Ingress].into_iter().enumerate() {
-                if rules_of(p, dir).is_some() {
-                    isolated[d][f as usize].extend(selected.iter().cloned());
-                }
+    let mut base = [String::new(), String::new()];
+    let mut groups = String::new();
+    for (d, dir) in [Dir::Egress, Dir::Ingress].into_iter().enumerate() {
+        // Which policies select each local pod for this direction, and the combinations of
+        // two or more that occur (in order, so their chains are named the same each time).
+        let selecting: Vec<(&crate::model::Pod, Vec<usize>)> = local
+            .iter()
+            .map(|pod| {
+                let by: Vec<usize> = policies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| rules_of(p, dir).is_some() && p.selects(pod))
+                    .map(|(i, _)| i)
+                    .collect();
+                (*pod, by)
+            })
+            .filter(|(_, by)| !by.is_empty())
+            .collect();
+        let combos: BTreeSet<&Vec<usize>> = selecting
+            .iter()
+            .map(|(_, by)| by)
+            .filter(|by| by.len() > 1)
+            .collect();
+        let combos: Vec<&Vec<usize>> = combos.into_iter().collect();
+        let counter = [DROPS_EGRESS, DROPS_INGRESS][d];
+        let mut group = |name: String, members: &[usize]| {
+            let _ = writeln!(groups, "  chain {name} {{");
+            for i in members {
+                let _ = writeln!(groups, "    jump p{i}_{}", dir.name());
             }
-            let set = sets.declare(format!("p{i}_sel{}", f.suffix()), f.addr_type(), selected);
-            for (d, dir) in [Dir::Egress, Dir::Ingress].into_iter().enumerate() {
-                if rules_of(p, dir).is_some() {
-                    let _ = writeln!(
-                        base[d],
-                        "    {} {} @{set} jump p{i}_{}",
-                        f.kw(),
-                        dir.own(),
-                        dir.name()
-                    );
-                }
+            let _ = writeln!(groups, "    counter name {counter} drop\n  }}");
+        };
+        for (i, p) in policies.iter().enumerate() {
+            if rules_of(p, dir).is_some() {
+                group(format!("g{i}_{}", dir.name()), &[i]);
             }
         }
+        for (k, members) in combos.iter().enumerate() {
+            group(format!("c{k}_{}", dir.name()), members);
+        }
+        for f in Fam::BOTH {
+            let elements: BTreeSet<String> = selecting
+                .iter()
+                .flat_map(|(pod, by)| {
+                    let target = match by.as_slice() {
+                        [one] => format!("g{one}_{}", dir.name()),
+                        many => format!(
+                            "c{}_{}",
+                            combos
+                                .iter()
+                                .position(|c| c.as_slice() == many)
+                                .expect("collected"),
+                            dir.name()
+                        ),
+                    };
+                    pod.ips
+                        .iter()
+                        .filter(move |ip| Fam::of(ip) == f)
+                        .map(move |ip| format!("{ip} : jump {target}"))
+                })
+                .collect();
+            let map = sets.declare(
+                format!("{}_dispatch{}", dir.name(), f.suffix()),
+                &format!("{} : verdict", f.addr_type()),
+                elements,
+                "map",
+            );
+            let _ = writeln!(base[d], "    {} {} vmap @{map}", f.kw(), dir.own());
+        }
+    }
+    for (i, p) in policies.iter().enumerate() {
         for dir in [Dir::Egress, Dir::Ingress] {
             let Some(rules) = rules_of(p, dir) else {
                 continue;
@@ -233,22 +292,6 @@ pub fn render(c: &Cluster, node: &str, closed: bool) -> Option<Ruleset> {
         s,
         "  counter {DROPS_EGRESS} {{\n  }}\n  counter {DROPS_INGRESS} {{\n  }}"
     );
-    for (d, dir) in [Dir::Egress, Dir::Ingress].into_iter().enumerate() {
-        let counter = [DROPS_EGRESS, DROPS_INGRESS][d];
-        for f in Fam::BOTH {
-            let set = sets.declare(
-                format!("{}_isolated{}", dir.name(), f.suffix()),
-                f.addr_type(),
-                std::mem::take(&mut isolated[d][f as usize]),
-            );
-            let _ = writeln!(
-                base[d],
-                "    {} {} @{set} counter name {counter} drop",
-                f.kw(),
-                dir.own()
-            );
-        }
-    }
     s.push_str(&sets.decls);
     // Egress first: a flow leaves its pod before it reaches the other.
     for (d, dir) in [Dir::Egress, Dir::Ingress].into_iter().enumerate() {
@@ -260,6 +303,7 @@ pub fn render(c: &Cluster, node: &str, closed: bool) -> Option<Ruleset> {
             base[d]
         );
     }
+    s.push_str(&groups);
     s.push_str(&chains);
     s.push_str("}\n");
     Some(Ruleset {
@@ -334,7 +378,7 @@ fn peer_match(c: &Cluster, sets: &mut Sets, peer: &Peer, dir: Dir, f: Fam) -> Op
                     .flat_map(|p| p.ips.iter().filter(|ip| Fam::of(ip) == f))
                     .map(IpAddr::to_string)
                     .collect();
-                sets.declare(name.clone(), f.addr_type(), members);
+                sets.declare(name.clone(), f.addr_type(), members, "set");
             }
             Some(format!("{kw} {addr} @{name} "))
         }
@@ -368,7 +412,7 @@ fn port_match(c: &Cluster, sets: &mut Sets, port: &Port, f: Fam) -> Option<Strin
                     })
                     .collect();
                 let ty = format!("{} . inet_proto . inet_service", f.addr_type());
-                sets.declare(set.clone(), &ty, members);
+                sets.declare(set.clone(), &ty, members, "set");
             }
             Some(format!(
                 "{} daddr . meta l4proto . th dport @{set} ",

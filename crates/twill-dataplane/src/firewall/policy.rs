@@ -245,7 +245,7 @@ pub fn kernel_table() -> Result<Option<KernelTable>, FirewallError> {
 fn parse(json: &Value) -> KernelTable {
     let mut k = KernelTable::default();
     for item in json["nftables"].as_array().into_iter().flatten() {
-        if let Some(set) = item.get("set") {
+        if let Some(set) = item.get("set").or_else(|| item.get("map")) {
             let name = set["name"].as_str().unwrap_or_default().to_string();
             let elems = set["elem"]
                 .as_array()
@@ -280,7 +280,20 @@ fn element(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join(" . "),
         Value::Object(o) if o.contains_key("elem") => element(&o["elem"]["val"]),
+        // A map's element: [key, verdict].
+        Value::Array(kv) if kv.len() == 2 => format!("{} : {}", element(&kv[0]), verdict(&kv[1])),
         other => other.to_string(),
+    }
+}
+
+/// A verdict as the renderer writes it: `jump g0_ingress`.
+fn verdict(v: &Value) -> String {
+    match v.as_object().and_then(|o| o.iter().next()) {
+        Some((kind, target)) => match target["target"].as_str() {
+            Some(t) => format!("{kind} {t}"),
+            None => kind.clone(),
+        },
+        None => v.to_string(),
     }
 }
 
@@ -342,6 +355,7 @@ mod tests {
             sets: [
                 ("p0_sel4".to_string(), BTreeSet::from(["10.0.0.1".to_string()])),
                 ("n0_4".to_string(), BTreeSet::from(["10.0.0.1 . udp . 81".to_string()])),
+                ("ingress_dispatch4".to_string(), BTreeSet::from(["10.0.0.1 : jump g0_ingress".to_string()])),
             ]
             .into(),
         };
@@ -349,6 +363,8 @@ mod tests {
             {"metainfo": {}},
             {"set": {"name": "p0_sel4", "elem": ["10.0.0.1"]}},
             {"set": {"name": "n0_4", "elem": [{"concat": ["10.0.0.1", "udp", 81]}]}},
+            {"map": {"name": "ingress_dispatch4", "map": "verdict",
+                     "elem": [["10.0.0.1", {"jump": {"target": "g0_ingress"}}]]}},
             {"chain": {"name": "ingress"}},
             {"chain": {"name": "p0_ingress"}},
             {"rule": {"chain": "ingress"}},
@@ -364,6 +380,7 @@ mod tests {
         assert_eq!(
             d,
             [
+                "set ingress_dispatch4 missing",
                 "set n0_4 missing",
                 "set p0_sel4: 1 elements missing, 0 extra",
                 "chain ingress: 1 rules, 2 wanted",

@@ -67,21 +67,17 @@ fn no_policy_no_table() {
 fn rules_name_sets_and_sets_hold_this_nodes_selected_pods() {
     let r = render(&cluster(), "n1", false).unwrap();
     let s = &r.skeleton;
-    // Egress and ingress in two base chains on forward, replies first.
-    assert!(s.contains("chain egress {\n    type filter hook forward priority -6; policy accept;\n    ct state established,related accept\n    ip saddr @p0_sel4 jump p0_egress\n"), "{s}");
-    assert!(
-        s.contains(
-            "    ip daddr @p0_sel4 jump p0_ingress\n    ip6 daddr @p0_sel6 jump p0_ingress\n"
-        ),
-        "{s}"
-    );
-    assert!(
-        s.contains("    ip daddr @ingress_isolated4 counter name drops_ingress drop\n"),
-        "{s}"
-    );
-    // The peer pods by set, the block with its exception, the named port resolved by a
-    // set of (address, protocol, port); the unreadable peer gives no rule.
+    // Egress and ingress in two base chains on forward, replies first, then one lookup of
+    // the pod's group of policies.
     for want in [
+        "chain egress {\n    type filter hook forward priority -6; policy accept;\n    ct state established,related accept\n    ip saddr vmap @egress_dispatch4\n    ip6 saddr vmap @egress_dispatch6\n  }\n",
+        "    ip daddr vmap @ingress_dispatch4\n    ip6 daddr vmap @ingress_dispatch6\n",
+        "  chain g0_ingress {\n    jump p0_ingress\n    counter name drops_ingress drop\n  }\n",
+        "  map ingress_dispatch4 {\n    type ipv4_addr : verdict\n  }\n",
+        // egress: [] allows nothing.
+        "  chain p0_egress {\n  }\n",
+        // The peer pods by set, the block with its exception, the named port resolved by a
+        // set of (address, protocol, port); the unreadable peer gives no rule.
         "ip saddr @q0_4 meta l4proto tcp th dport 80 counter accept comment \"x/allow-b ingress 0\"",
         "ip saddr @q0_4 ip daddr . meta l4proto . th dport @n0_4 counter accept",
         "ip saddr 198.18.0.0/15 ip saddr != { 198.18.1.0/24 } meta l4proto tcp th dport 80 counter accept",
@@ -94,17 +90,14 @@ fn rules_name_sets_and_sets_hold_this_nodes_selected_pods() {
         6,
         "(set, block) x (80, named) v4 + set x 2 v6\n{s}"
     );
-    assert!(
-        s.contains("  chain p0_egress {\n  }\n"),
-        "egress: [] allows nothing\n{s}"
-    );
     let el = |n: &str| r.sets[n].iter().cloned().collect::<Vec<_>>();
     assert_eq!(
-        el("p0_sel4"),
-        ["10.0.1.2"],
+        el("ingress_dispatch4"),
+        ["10.0.1.2 : jump g0_ingress"],
         "x/a only: y/a is not x's, x/b is on n2"
     );
-    assert_eq!(el("p0_sel6"), ["fd00::1:2"]);
+    assert_eq!(el("ingress_dispatch6"), ["fd00::1:2 : jump g0_ingress"]);
+    assert_eq!(el("egress_dispatch4"), ["10.0.1.2 : jump g0_egress"]);
     assert_eq!(el("q0_4"), ["10.0.2.2"], "peers are cluster-wide");
     assert_eq!(
         el("n0_4"),
@@ -114,8 +107,6 @@ fn rules_name_sets_and_sets_hold_this_nodes_selected_pods() {
             "10.0.2.2 . udp . 81"
         ]
     );
-    assert_eq!(el("ingress_isolated4"), ["10.0.1.2"]);
-    assert_eq!(el("egress_isolated4"), ["10.0.1.2"]);
     let full = r.full_script();
     assert!(full.starts_with(
         "table inet twill-policy {}\ndelete table inet twill-policy\ntable inet twill-policy {\n"
@@ -158,8 +149,52 @@ fn a_pod_changes_elements_a_policy_changes_the_table() {
 fn closed_keeps_isolation_and_allows_nothing() {
     let r = render(&cluster(), "n1", true).unwrap();
     assert!(!r.skeleton.contains(" accept comment"), "{}", r.skeleton);
-    assert!(r
-        .skeleton
-        .contains("ip daddr @ingress_isolated4 counter name drops_ingress drop"));
-    assert_eq!(r.sets["ingress_isolated4"].len(), 1);
+    assert!(r.skeleton.contains(
+        "  chain g0_ingress {\n    jump p0_ingress\n    counter name drops_ingress drop\n"
+    ));
+    assert_eq!(r.sets["ingress_dispatch4"].len(), 1);
+}
+
+#[test]
+fn a_pod_under_several_policies_gets_their_group_and_only_a_new_group_is_a_rewrite() {
+    let mut c = cluster();
+    let mut second = c.policies.values().next().unwrap().clone();
+    second.id.name = "also-a".into();
+    second.egress = None;
+    c.policies.insert(second.id.clone(), second);
+    let r = render(&c, "n1", false).unwrap();
+    // x/allow-b is p0, x/also-a p1: x/a's ingress group holds both, in order.
+    assert!(
+        r.skeleton.contains(
+            "  chain c0_ingress {\n    jump p0_ingress\n    jump p1_ingress\n    counter name drops_ingress drop\n  }\n"
+        ),
+        "{}",
+        r.skeleton
+    );
+    let el = |r: &Ruleset, n: &str| r.sets[n].iter().cloned().collect::<Vec<_>>();
+    assert_eq!(el(&r, "ingress_dispatch4"), ["10.0.1.2 : jump c0_ingress"]);
+    assert_eq!(
+        el(&r, "egress_dispatch4"),
+        ["10.0.1.2 : jump g0_egress"],
+        "one egress policy"
+    );
+    // Another pod of the same group: elements only.
+    let mut c2 = c.clone();
+    c2.pods.insert(("x".into(), "a2".into()), {
+        let mut p = pod("x", "a", &["10.0.1.9"], "n1");
+        p.name = "a2".into();
+        p
+    });
+    let script = render(&c2, "n1", false)
+        .unwrap()
+        .update_script(&r)
+        .expect("same rules");
+    assert_eq!(
+        script,
+        "add element inet twill-policy egress_dispatch4 { 10.0.1.9 : jump g0_egress }\nadd element inet twill-policy ingress_dispatch4 { 10.0.1.9 : jump c0_ingress }\nadd element inet twill-policy n0_4 { 10.0.1.9 . udp . 81 }\n"
+    );
+    // The combination gone (the second policy deleted): the table is rewritten.
+    let mut c3 = c.clone();
+    c3.policies.retain(|id, _| id.name != "also-a");
+    assert_eq!(render(&c3, "n1", false).unwrap().update_script(&r), None);
 }
