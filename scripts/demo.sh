@@ -9,20 +9,35 @@
 #                                peer via its node address (combines with --dual-stack)
 #   scripts/demo.sh --ipv6-only  EnableIPv4 false: an underlay with no IPv4 address at all,
 #                                pods with an IPv6 address only (combines with --host-gw)
+#   scripts/demo.sh --network-policy  Kubernetes mode on a real kube-apiserver (built from
+#                                its Go module: a few minutes the first time): a default
+#                                deny cutting pods off, an allow rule letting them back
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keep=0 dual=0 v6only=0 backend=vxlan
+keep=0 dual=0 v6only=0 backend=vxlan netpol=0
 for a in "$@"; do
   case $a in
+    --network-policy) netpol=1 ;;
     --keep) keep=1 ;;
     --dual-stack) dual=1 ;;
     --ipv6-only) v6only=1 ;;
     --host-gw) backend=host-gw ;;
-    *) echo "demo: unknown argument $a (--keep, --dual-stack, --ipv6-only, --host-gw)" >&2; exit 2 ;;
+    *) echo "demo: unknown argument $a (--keep, --dual-stack, --ipv6-only, --host-gw, --network-policy)" >&2; exit 2 ;;
   esac
 done
 ((dual && v6only)) && { echo "demo: --dual-stack and --ipv6-only exclude each other" >&2; exit 2; }
 export LAB_DUAL=$dual LAB_V6ONLY=$v6only LAB_BACKEND=$backend
+
+if ((netpol)); then
+  ((keep || dual || v6only)) || [[ $backend != vxlan ]] &&
+    { echo "demo: --network-policy runs alone (vxlan, IPv4; the lab goes when it ends)" >&2; exit 2; }
+  bash scripts/setup.sh build node test reference
+  cargo build --release -q -p twilld -p twill-cni
+  # The Kubernetes lab of tests/netpol.rs (namespaces torn down when the demo ends).
+  TWILLD_BIN=$PWD/target/release/twilld TWILL_NS_PREFIX=${LAB_PREFIX:-twdemo}np \
+    cargo run --release -q -p twill-e2e --example netpol-demo
+  exit
+fi
 
 bash scripts/setup.sh
 cargo build --release -q -p twilld -p twill-cni

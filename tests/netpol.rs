@@ -253,12 +253,12 @@ fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
             .contains("accept")
     });
     eprintln!("flushed policy chain back in {:?}", started.elapsed());
-    // An element deleted by hand: the periodic check (every 5 s) compares elements too.
+    // An element deleted by hand: elements are compared within 10 s of an nftables change.
     let xb = lab.pod("x/b").ip.to_string();
     node.sh(&format!(
         "nft delete element inet twill-policy q0_4 {{ {xb} }}"
     ));
-    twill_testutil::wait_until(10, "the deleted element put back", || {
+    twill_testutil::wait_until(15, "the deleted element put back", || {
         node.sh("nft list set inet twill-policy q0_4").contains(&xb)
     });
     lab.expect("after the repair", &|f, t, _, _| {
