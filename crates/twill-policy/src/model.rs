@@ -7,9 +7,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+pub use crate::selector::Labels;
 use crate::selector::Selector;
-
-pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {

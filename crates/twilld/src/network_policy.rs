@@ -7,14 +7,9 @@
 //! stay enforced across a restart; `twilld cleanup` removes it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twill_dataplane::firewall::policy::{drop_counts, Applied, PolicyTable};
@@ -36,77 +31,6 @@ const TICK: Duration = Duration::from_secs(5);
 const VERIFY_AFTER_CHANGE: Duration = Duration::from_secs(10);
 /// ...and this often regardless.
 const VERIFY_EVERY: Duration = Duration::from_secs(60);
-
-type Labels = Vec<(String, String)>;
-
-pub struct PolicyMetrics {
-    pub errors: Family<Labels, Counter>,
-    pub drops: Family<Labels, Counter>,
-    pub sync_seconds: Histogram,
-    pub elements: Gauge,
-    /// The kernel's drop counters as last read: (egress, ingress).
-    drops_seen: Mutex<(u64, u64)>,
-}
-
-/// Reasons of `twill_policy_errors_total`.
-pub const ERROR_REASONS: [&str; 2] = ["unreadable", "program"];
-
-impl PolicyMetrics {
-    pub fn new() -> Self {
-        PolicyMetrics {
-            errors: Family::default(),
-            drops: Family::default(),
-            sync_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            elements: Gauge::default(),
-            drops_seen: Mutex::default(),
-        }
-    }
-
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "policy_errors",
-            "NetworkPolicy problems, by reason: unreadable (a part of a policy twill cannot express: it matches nothing), program (the table could not be written: the selected pods are cut off until it can)",
-            self.errors.clone(),
-        );
-        for r in ERROR_REASONS {
-            let _ = self.errors.get_or_create(&label("reason", r));
-        }
-        registry.register(
-            "policy_drops",
-            "Packets dropped by NetworkPolicy on this node, by direction (ingress, egress)",
-            self.drops.clone(),
-        );
-        registry.register(
-            "policy_sync_seconds",
-            "Time from a change of pods, namespaces or policies to the kernel holding it",
-            self.sync_seconds.clone(),
-        );
-        registry.register(
-            "policy_set_elements",
-            "Addresses in the NetworkPolicy table's sets",
-            self.elements.clone(),
-        );
-    }
-
-    /// Adds what the kernel counted since the last read; a rewritten table restarts its
-    /// counters, so a figure below the last one counts from zero.
-    fn drops_read(&self, egress: u64, ingress: u64) {
-        let mut seen = self.drops_seen.lock().unwrap_or_else(|e| e.into_inner());
-        for (dir, now, last) in [("egress", egress, seen.0), ("ingress", ingress, seen.1)] {
-            let add = if now >= last { now - last } else { now };
-            self.drops
-                .get_or_create(&label("direction", dir))
-                .inc_by(add);
-        }
-        *seen = (egress, ingress);
-    }
-}
-
-impl Default for PolicyMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 pub fn spawn(client: kube::Client, node: String, tel: Arc<Telemetry>, cancel: CancellationToken) {
     let feed = PolicyFeed::start(client, cancel.clone());

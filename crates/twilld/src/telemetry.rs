@@ -12,11 +12,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(String, String)>;
-
-pub fn label(k: &str, v: &str) -> Labels {
-    vec![(k.to_string(), v.to_string())]
-}
+pub use crate::labels::label;
+use crate::labels::Labels;
 
 /// Everything /readyz requires, in start-up order.
 #[derive(Debug, Default, Clone)]
@@ -96,7 +93,7 @@ pub struct Telemetry {
     /// And the probes' part, written by the probe task.
     pub probes: Mutex<crate::status::Board>,
     /// `--network-policy`'s metrics.
-    pub policy: crate::network_policy::PolicyMetrics,
+    pub policy: crate::policy_metrics::PolicyMetrics,
 }
 
 fn rtt_histogram() -> Histogram {
@@ -160,7 +157,7 @@ impl Telemetry {
             peers_unreachable: Gauge::default(),
             status: Mutex::default(),
             probes: Mutex::default(),
-            policy: crate::network_policy::PolicyMetrics::new(),
+            policy: crate::policy_metrics::PolicyMetrics::new(),
         };
         t.policy.register(&mut registry);
         registry.register(
