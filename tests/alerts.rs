@@ -5,122 +5,15 @@
 //! cut off over the overlay, a refused lease in etcd, a lease close to expiry, an agent
 //! fighting twill's routes, a BGP session that cannot come up, the underlay's address gone.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
+use twill_e2e::alerts::{
+    alert_names, alert_test, dashboard_metrics, promtool, promtool_test, rules_file, scrape, value,
+    KUBERNETES_ONLY,
+};
 use twill_e2e::routers::node_bird;
 use twill_e2e::{Cluster, PREFIX};
 use twill_testutil::{require_root, wait_until};
 
 const METRICS: &str = "--metrics-port=8471";
-
-fn rules_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/charts/twill/files/twill-alerts.yaml")
-}
-
-fn promtool(args: &[&str]) -> (bool, String) {
-    twill_e2e::run_reference("prometheus", "promtool", args)
-}
-
-/// Node `i`'s /metrics as (series, value): every sample line, histograms included.
-fn scrape(c: &Cluster, i: usize) -> Vec<(String, f64)> {
-    let body = c.nodes[i].ns.sh("curl -sf http://127.0.0.1:8471/metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
-    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
-}
-
-/// promtool's input series: `before` for the first eleven minutes (0 to 11), then `after`
-/// (12 to 22), so the 10-minute window of an alert evaluated at 20 minutes holds one sample
-/// of each (a series missing from one is missing there).
-fn input_series(before: &[(String, f64)], after: &[(String, f64)]) -> String {
-    let mut names: Vec<&String> = before.iter().chain(after).map(|(s, _)| s).collect();
-    names.sort();
-    names.dedup();
-    let fmt = |v: Option<f64>| v.map_or("_".to_string(), |v| v.to_string());
-    let mut out = String::new();
-    for s in names {
-        let _ = writeln!(
-            out,
-            "      - series: '{s}'\n        values: '{}x11 {}x10'",
-            fmt(value(before, s)),
-            fmt(value(after, s))
-        );
-    }
-    out
-}
-
-/// The rules without their annotations: promtool compares annotations too, and these are
-/// prose for people (`promtool check rules` has checked their templates).
-fn rules_without_annotations(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(rules_file()).unwrap();
-    let kept: String = {
-        let mut skipping = false;
-        text.lines()
-            .filter(|l| {
-                let indent = l.len() - l.trim_start().len();
-                if l.trim_start().starts_with("annotations:") {
-                    skipping = true;
-                    return false;
-                }
-                if skipping && indent > 8 {
-                    return false;
-                }
-                skipping = false;
-                true
-            })
-            .map(|l| format!("{l}\n"))
-            .collect()
-    };
-    let p = dir.join("rules.yaml");
-    std::fs::write(&p, kept).unwrap();
-    p
-}
-
-/// The metric names the dashboard's queries use (`twill_*`, `process_*`).
-fn dashboard_metrics() -> Vec<String> {
-    let path = rules_file().with_file_name("twill-dashboard.json");
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut names = Vec::new();
-    for panel in dash["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            let mut rest = expr;
-            while let Some(i) = ["twill_", "process_"]
-                .iter()
-                .filter_map(|p| rest.find(p))
-                .min()
-            {
-                let name: String = rest[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[i + name.len()..];
-                names.push(name);
-            }
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
-}
-
-fn alert_names() -> Vec<String> {
-    std::fs::read_to_string(rules_file())
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- alert: ").map(str::to_string))
-        .collect()
-}
 
 #[test]
 fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
@@ -150,12 +43,12 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
         c.nodes[i].wait_ready();
     }
     wait_until(20, "node 1's probes to find its peer reachable", || {
-        let s = scrape(&c, 0);
+        let s = scrape(&c.nodes[0].ns, 8471);
         value(&s, "twill_peers").is_some_and(|v| v == 1.0)
             && s.iter()
                 .any(|(k, v)| k.starts_with("twill_peer_reachable{") && *v == 1.0)
     });
-    let healthy = scrape(&c, 0);
+    let healthy = scrape(&c.nodes[0].ns, 8471);
 
     // The faults, each one an alert's.
     // A lease close to expiry: node 1 back with a 20-minute lease.
@@ -187,7 +80,7 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
         30,
         "node 1 to see its peer cut off, BIRD's session down",
         || {
-            let s = scrape(&c, 0);
+            let s = scrape(&c.nodes[0].ns, 8471);
             value(&s, "twill_peers_unreachable") == Some(1.0)
                 && value(&s, "twill_leases_refused_current") == Some(1.0)
                 && s.iter()
@@ -199,9 +92,9 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
     // Last, the underlay's address gone.
     c.nodes[0].ns.sh("ip addr flush dev eth0");
     wait_until(20, "node 1 to find no underlay", || {
-        value(&scrape(&c, 0), "twill_underlay_up") == Some(0.0)
+        value(&scrape(&c.nodes[0].ns, 8471), "twill_underlay_up") == Some(0.0)
     });
-    let faulted = scrape(&c, 0);
+    let faulted = scrape(&c.nodes[0].ns, 8471);
 
     let bgp_peer = faulted
         .iter()
@@ -215,39 +108,21 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
         _ => "warning",
     };
     let dir = tempfile::tempdir().unwrap();
-    let rules = rules_without_annotations(dir.path());
-    let mut t = format!(
-        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n",
-        rules.display()
-    );
     let names = alert_names();
-    assert_eq!(names.len(), 6, "{names:?}");
-    // Healthy for twenty minutes: nothing fires.
-    t.push_str("  - interval: 1m\n    input_series:\n");
-    t.push_str(&input_series(&healthy, &healthy));
-    t.push_str("    alert_rule_test:\n");
-    for name in &names {
-        let _ = writeln!(
-            t,
-            "      - eval_time: 20m\n        alertname: {name}\n        exp_alerts: []"
-        );
-    }
-    // Healthy for ten minutes, then every fault: each fires.
-    t.push_str("  - interval: 1m\n    input_series:\n");
-    t.push_str(&input_series(&healthy, &faulted));
-    t.push_str("    alert_rule_test:\n");
-    for name in &names {
-        let peer = if name == "TwillBgpSessionDown" {
-            format!("\n              peer: '{bgp_peer}'")
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            t,
-            "      - eval_time: 20m\n        alertname: {name}\n        exp_alerts:\n          - exp_labels:\n              severity: {}{peer}",
-            severity(name)
-        );
-    }
+    assert_eq!(names.len(), 7, "{names:?}");
+    let alerts: Vec<(String, &str, String)> = names
+        .iter()
+        .filter(|n| !KUBERNETES_ONLY.contains(&n.as_str()))
+        .map(|name| {
+            let peer = if name == "TwillBgpSessionDown" {
+                format!("\n              peer: '{bgp_peer}'")
+            } else {
+                String::new()
+            };
+            (name.clone(), severity(name), peer)
+        })
+        .collect();
+    let t = alert_test(&alerts, &healthy, &faulted, dir.path());
     // Every metric a dashboard panel queries is one twilld served (in one state or the
     // other): a renamed metric fails here, not on an operator's empty panel.
     let served: Vec<&str> = healthy
@@ -266,12 +141,9 @@ fn each_alert_fires_in_its_fault_and_not_on_a_healthy_node() {
         "dashboard metrics twilld does not serve: {unknown:?}"
     );
 
-    let test_file = dir.path().join("alerts-test.yaml");
-    std::fs::write(&test_file, &t).unwrap();
-    let (ok, out) = promtool(&["test", "rules", test_file.to_str().unwrap()]);
-    assert!(
-        ok,
-        "promtool test rules:\n{out}\n--- test file ---\n{t}\n--- node 1 ---\n{}",
-        c.nodes[0].log()
+    promtool_test(
+        &t,
+        dir.path(),
+        &format!("--- node 1 ---\n{}", c.nodes[0].log()),
     );
 }

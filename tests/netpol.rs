@@ -268,6 +268,7 @@ fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
 
     // A rule whose peer selector has an operator the API server refuses: the rule matches
     // nothing, so x/a is isolated with nothing allowed (closed, not open).
+    let healthy = twill_e2e::alerts::scrape(node, 8471);
     let bad = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"bad","namespace":"x","uid":"9b6f2a4e-0000-4000-8000-000000000001","creationTimestamp":"2026-12-04T00:00:00Z"},"spec":{"podSelector":{"matchLabels":{"pod":"a"}},"policyTypes":["Ingress"],"ingress":[{"from":[{"podSelector":{"matchExpressions":[{"key":"pod","operator":"Near","values":["b"]}]}}]}]}}"#;
     let file = lab.c.dir.path().join("bad-policy.json");
     std::fs::write(&file, bad).unwrap();
@@ -294,6 +295,20 @@ fn pods_change_elements_drift_heals_and_unreadable_policies_fail_closed() {
         ) >= 1.0,
         "{body}"
     );
+    // The alert for it fires on what the node serves now, and not on what it served before.
+    let faulted = twill_e2e::alerts::scrape(node, 8471);
+    let dir = tempfile::tempdir().unwrap();
+    let t = twill_e2e::alerts::alert_test(
+        &[(
+            "TwillNetworkPolicyNotEnforced".into(),
+            "warning",
+            String::new(),
+        )],
+        &healthy,
+        &faulted,
+        dir.path(),
+    );
+    twill_e2e::alerts::promtool_test(&t, dir.path(), "");
     lab.cp
         .kubectl(&["delete", "networkpolicy", "bad", "-n", "x"]);
     lab.expect("the bad policy deleted", &|_, _, _, _| true);

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use twill_testutil::{sh, Etcd, FakeKube, Netns};
 
+pub mod alerts;
 pub mod control_plane;
 pub mod kubelet;
 pub mod netpol;
