@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use twill_e2e::netpol::PolicyLab;
-use twill_testutil::Netns;
+use twill_testutil::{join_netns, Netns};
 
 const NS: &str = "bench";
 
@@ -184,13 +184,10 @@ fn conn_rate(lab: &PolicyLab, from: &str, to: &str) -> f64 {
 /// std's backlog; when that queue overflows SYNs are dropped and each costs a 1 s
 /// retransmit: the runs of ~1 000 connections/s). Lives until the benchmark ends.
 fn serve_fast(lab: &PolicyLab, pod: &str) {
-    let path = format!("/run/netns/{}", lab.pod(pod).netns.name);
+    let path = lab.pod(pod).netns.path();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0);
+        join_netns(&path);
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.set_reuse_address(true).unwrap();
         s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], RATE_PORT)).into())
@@ -209,18 +206,14 @@ const RATE_PORT: u16 = 8080;
 
 fn conn_run(lab: &PolicyLab, from: &str, to: &str) -> f64 {
     let dst = std::net::SocketAddr::from((lab.pod(to).ip, RATE_PORT));
-    let path = format!("/run/netns/{}", lab.pod(from).netns.name);
+    let path = lab.pod(from).netns.path();
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let hs: Vec<_> = (0..4)
         .map(|_| {
             let (count, stop, path) = (count.clone(), stop.clone(), path.clone());
             std::thread::spawn(move || {
-                let f = std::fs::File::open(&path).unwrap();
-                // SAFETY: setns on a valid namespace fd affects only this thread.
-                let rc =
-                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0);
+                join_netns(&path);
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(s) =
                         std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1))

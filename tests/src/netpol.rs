@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use twill_testutil::{wait_until, Netns};
+use twill_testutil::{join_netns, wait_until, Netns};
 
 use crate::control_plane::{kube_cluster, manifest, ControlPlane};
 use crate::{cni, twill_plugin_bin, Cluster};
@@ -217,10 +217,14 @@ impl PolicyLab {
             jobs.extend(made);
         }
         self.rt.block_on(async {
-            let probes = jobs
+            let probes = jobs.into_iter().map(|(key, client, dst)| {
+                tokio::spawn(async move { (key, client.probe(dst).await) })
+            });
+            futures::future::join_all(probes)
+                .await
                 .into_iter()
-                .map(|(key, client, dst)| async move { (key, client.probe(dst).await) });
-            futures_join(probes).await.into_iter().collect()
+                .map(|r| r.expect("probe task"))
+                .collect()
         })
     }
 }
@@ -292,12 +296,9 @@ fn add_pod(c: &Cluster, cp: &ControlPlane, tag: &str, ns: &str, name: &str, node
 
 /// Runs `f` on a thread that joined `ns`.
 fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{}", ns.name);
+    let path = ns.path();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        join_netns(&path);
         f()
     })
     .join()
@@ -388,19 +389,4 @@ impl Client {
             }
         }
     }
-}
-
-/// Runs every future at once and collects their outputs.
-async fn futures_join<F: std::future::Future + Send + 'static>(
-    fs: impl Iterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = fs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("probe task"));
-    }
-    out
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -92,7 +92,6 @@ pub struct PolicyFeed {
     cluster: Arc<Mutex<Cluster>>,
     changed: watch::Sender<u64>,
     listed: Arc<AtomicU8>,
-    errors: Arc<AtomicU64>,
 }
 
 impl PolicyFeed {
@@ -102,7 +101,6 @@ impl PolicyFeed {
             cluster: Arc::default(),
             changed: watch::channel(0).0,
             listed: Arc::default(),
-            errors: Arc::default(),
         };
         let pods: Api<Pod> = Api::all(client.clone());
         let nss: Api<Namespace> = Api::all(client.clone());
@@ -138,11 +136,6 @@ impl PolicyFeed {
         f(&self.cluster.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Watch errors so far (each retried by the watcher).
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
     fn change(&self, f: impl FnOnce(&mut Cluster)) {
         f(&mut self.cluster.lock().unwrap_or_else(|e| e.into_inner()));
         self.changed.send_modify(|n| *n += 1);
@@ -168,7 +161,6 @@ impl PolicyFeed {
             match ev {
                 None => return,
                 Some(Err(e)) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         "network policy: {} watch: {e}; the watcher retries",
                         name(kind)

@@ -6,10 +6,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Pod as KPod};
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
-    NetworkPolicyPort,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{Labels, NamedPort, NsScope, Peer, Pod, Policy, PolicyId, Port, Proto, Rule};
@@ -115,14 +112,22 @@ pub fn policy_from_k8s(np: &NetworkPolicy) -> Policy {
             .unwrap_or_default()
             .iter()
             .enumerate()
-            .map(|(i, r)| ingress_rule(&id, i, r, &mut problems))
+            .map(|(i, r)| {
+                let field = format!("spec.ingress[{i}]");
+                let (peers, ports) = (r.from.as_deref(), r.ports.as_deref());
+                rule(&id, &field, "from", peers, ports, &mut problems)
+            })
             .collect()
     });
     let egress = types.iter().any(|t| t == "Egress").then(|| {
         egress_rules
             .iter()
             .enumerate()
-            .map(|(i, r)| egress_rule(&id, i, r, &mut problems))
+            .map(|(i, r)| {
+                let field = format!("spec.egress[{i}]");
+                let (peers, ports) = (r.to.as_deref(), r.ports.as_deref());
+                rule(&id, &field, "to", peers, ports, &mut problems)
+            })
             .collect()
     });
     Policy {
@@ -132,38 +137,6 @@ pub fn policy_from_k8s(np: &NetworkPolicy) -> Policy {
         egress,
         problems,
     }
-}
-
-fn ingress_rule(
-    id: &PolicyId,
-    i: usize,
-    r: &NetworkPolicyIngressRule,
-    problems: &mut Vec<String>,
-) -> Rule {
-    rule(
-        id,
-        &format!("spec.ingress[{i}]"),
-        "from",
-        r.from.as_deref(),
-        r.ports.as_deref(),
-        problems,
-    )
-}
-
-fn egress_rule(
-    id: &PolicyId,
-    i: usize,
-    r: &NetworkPolicyEgressRule,
-    problems: &mut Vec<String>,
-) -> Rule {
-    rule(
-        id,
-        &format!("spec.egress[{i}]"),
-        "to",
-        r.to.as_deref(),
-        r.ports.as_deref(),
-        problems,
-    )
 }
 
 fn rule(

@@ -8,7 +8,7 @@ mod proxy;
 
 pub use etcd::{Etcd, TlsFiles};
 pub use fake_kube::{FakeKube, FLANNEL_CLUSTER_ROLE};
-pub use netns::{run_prefix, sh, Netns};
+pub use netns::{join_netns, run_prefix, sh, Netns};
 pub use proxy::TcpProxy;
 
 /// Fails the test loudly unless it runs as root: root-only tests never pass by skipping.

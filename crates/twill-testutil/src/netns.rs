@@ -56,13 +56,9 @@ impl Netns {
         &self,
         f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
     ) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            join_netns(&path);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -81,6 +77,22 @@ impl Netns {
             .map(|o| o.status.success())
             .unwrap_or(false)
     }
+}
+
+impl Netns {
+    /// `/run/netns/<name>`, for [`join_netns`] on another thread.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+/// Makes the calling thread join the network namespace at `path` (threads it spawns
+/// after inherit it; sockets it opens stay there).
+pub fn join_netns(path: &str) {
+    let file = std::fs::File::open(path).expect("open netns");
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for Netns {

@@ -370,6 +370,32 @@ pub(crate) fn watch_nftables() -> std::io::Result<Arc<ChangeFlag>> {
     Ok(flag)
 }
 
+/// `nft <args>`'s output, `None` when what it lists does not exist. `what` says what it
+/// was for.
+pub(crate) fn nft_read(args: &[&str], what: &str) -> Result<Option<String>, FirewallError> {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .map_err(|source| FirewallError::Run {
+            tool: "nft",
+            what: what.into(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(FirewallError::Refused {
+        tool: "nft",
+        what: what.into(),
+        stderr: err.trim().to_string(),
+        hint: None,
+    })
+}
+
 /// Runs `tool args` with `input` on its stdin: how both drivers write a whole change in
 /// one transaction (`iptables-restore`, `nft -f -`). `what` says what it was for.
 pub(crate) fn feed(

@@ -14,7 +14,9 @@
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use super::{feed, watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport};
+use super::{
+    feed, nft_read, watch_nftables, Firewall, FirewallError, RuleIntent, RuleSet, RulesReport,
+};
 use crate::change::ChangeFlag;
 
 pub const NFT_TABLE: &str = "flannel-ipv4";
@@ -129,27 +131,10 @@ impl Nftables {
     /// such table.
     pub fn listing(v6: bool) -> Result<Option<String>, FirewallError> {
         let (family, table) = nft_table(v6);
-        let out = Command::new("nft")
-            .args(["list", "table", family, table])
-            .output()
-            .map_err(|source| FirewallError::Run {
-                tool: "nft",
-                what: format!("list table {family} {table}"),
-                source,
-            })?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(None);
-        }
-        Err(FirewallError::Refused {
-            tool: "nft",
-            what: format!("list table {family} {table}"),
-            stderr: err.trim().to_string(),
-            hint: None,
-        })
+        nft_read(
+            &["list", "table", family, table],
+            &format!("list table {family} {table}"),
+        )
     }
 
     fn run(script: &str, v6: bool) -> Result<(), FirewallError> {
@@ -165,7 +150,7 @@ impl Nftables {
 
 /// Each chain of an `nft` script or listing with its statements, trimmed, in order; the
 /// chain's `type … hook …` line counts as one, so a chain on the wrong hook differs too.
-fn chains(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+pub(super) fn chains(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut out = std::collections::BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines().map(str::trim) {

@@ -9,13 +9,13 @@
 //! the elements are compared too, from `nft -j`, with what we wrote.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use twill_policy::{Ruleset, DROPS_EGRESS, DROPS_INGRESS, FAMILY, TABLE};
 
-use super::{feed, watch_nftables, FirewallError};
+use super::nftables::chains;
+use super::{feed, nft_read, watch_nftables, FirewallError};
 use crate::change::ChangeFlag;
 
 /// What one [`PolicyTable::apply`] did.
@@ -143,34 +143,10 @@ fn run(script: &str, what: &str) -> Result<(), FirewallError> {
     )
 }
 
-fn nft(args: &[&str], what: &str) -> Result<Option<String>, FirewallError> {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .map_err(|source| FirewallError::Run {
-            tool: "nft",
-            what: what.into(),
-            source,
-        })?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("No such file or directory") {
-        return Ok(None);
-    }
-    Err(FirewallError::Refused {
-        tool: "nft",
-        what: what.into(),
-        stderr: err.trim().to_string(),
-        hint: None,
-    })
-}
-
 /// `nft -s -t list table inet twill-policy`: without counter values or set contents.
 /// `None`: no table.
 fn terse_listing() -> Result<Option<String>, FirewallError> {
-    nft(
+    nft_read(
         &["-s", "-t", "list", "table", FAMILY, TABLE],
         &format!("list table {FAMILY} {TABLE}"),
     )
@@ -181,34 +157,13 @@ fn terse_listing() -> Result<Option<String>, FirewallError> {
 pub fn drop_counts() -> Result<(u64, u64), FirewallError> {
     let mut out = [0u64; 2];
     for (i, name) in [DROPS_EGRESS, DROPS_INGRESS].into_iter().enumerate() {
-        let text = nft(
+        let text = nft_read(
             &["list", "counter", FAMILY, TABLE, name],
             &format!("list counter {name}"),
         )?;
         out[i] = text.as_deref().map(packets).unwrap_or(0);
     }
     Ok((out[0], out[1]))
-}
-
-/// Packets accepted by each policy rule so far, by the rule's comment (`ns/name
-/// ingress 0`), summed over the nft rules one policy rule became.
-pub fn rule_counts() -> Result<BTreeMap<String, u64>, FirewallError> {
-    let mut out = BTreeMap::new();
-    let Some(text) = nft(
-        &["list", "table", FAMILY, TABLE],
-        &format!("list table {FAMILY} {TABLE}"),
-    )?
-    else {
-        return Ok(out);
-    };
-    for line in text.lines() {
-        let Some((rule, comment)) = line.split_once(" comment \"") else {
-            continue;
-        };
-        let key = comment.trim_end_matches('"').to_string();
-        *out.entry(key).or_insert(0) += packets(rule);
-    }
-    Ok(out)
 }
 
 /// The figure after `packets` in an nft counter.
@@ -232,7 +187,7 @@ pub struct KernelTable {
 /// The table as `nft -j` lists it, read into [`KernelTable`]; `None`: no table.
 pub fn kernel_table() -> Result<Option<KernelTable>, FirewallError> {
     let what = format!("list table {FAMILY} {TABLE} as JSON");
-    let Some(text) = nft(&["-j", "list", "table", FAMILY, TABLE], &what)? else {
+    let Some(text) = nft_read(&["-j", "list", "table", FAMILY, TABLE], &what)? else {
         return Ok(None);
     };
     let json: Value = serde_json::from_str(&text).map_err(|e| FirewallError::Read {
@@ -297,24 +252,15 @@ fn verdict(v: &Value) -> String {
     }
 }
 
-/// Rules per chain of the wanted table: every line inside a chain but its `type` line.
+/// Rules per chain of the wanted table: its statements but the `type … hook` line.
 fn wanted_rules(r: &Ruleset) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in r.skeleton.lines().map(str::trim) {
-        if let Some(name) = line
-            .strip_prefix("chain ")
-            .and_then(|l| l.strip_suffix('{'))
-        {
-            current = Some(name.trim().to_string());
-            out.insert(name.trim().to_string(), 0);
-        } else if line == "}" {
-            current = None;
-        } else if let (Some(ch), false) = (&current, line.is_empty() || line.starts_with("type ")) {
-            *out.get_mut(ch).expect("inserted") += 1;
-        }
-    }
-    out
+    chains(&r.skeleton)
+        .into_iter()
+        .map(|(name, lines)| {
+            let rules = lines.iter().filter(|l| !l.starts_with("type ")).count();
+            (name, rules)
+        })
+        .collect()
 }
 
 /// How the kernel's table differs from `want`, one line per set or chain; empty: the same.
