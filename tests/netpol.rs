@@ -2,7 +2,8 @@
 //! as the upstream NetworkPolicy e2e suite goes: namespaces x, y, z; pods a, b, c each
 //! serving TCP and UDP on 80 and 81; pods spread over three nodes, so every case covers
 //! pods on one node (the cni0 bridge) and across nodes (VXLAN). Every case asserts the full
-//! matrix of new connections (9 x 8 pods x 2 ports x 2 protocols).
+//! matrix of new connections (9 x 8 pods x 2 ports x 2 protocols), over IPv4 and IPv6 on a
+//! dual-stack cluster for the upstream cases.
 
 use twill_e2e::metric_in;
 use twill_e2e::netpol::{LabPod, PolicyLab, Proto};
@@ -14,8 +15,9 @@ fn is(p: &LabPod, id: &str) -> bool {
 const METRICS: &str = "--metrics-port=8471";
 
 #[test]
-fn the_upstream_matrix_on_three_nodes() {
-    let lab = PolicyLab::start("np", &[METRICS]);
+fn the_upstream_matrix_on_three_dual_stack_nodes() {
+    let lab = PolicyLab::start_dual("np", &[METRICS]);
+    assert!(lab.pods.iter().all(|p| p.ip6.is_some()));
 
     // Default deny ingress in x, then egress: only x's pods are cut off, each way.
     lab.apply(
@@ -71,10 +73,11 @@ fn the_upstream_matrix_on_three_nodes() {
     });
     lab.delete_policies();
 
-    // ipBlock with an exception.
+    // ipBlock with an exception, one block per family.
     let yb = lab.pod("y/b").ip;
+    let yb6 = lab.pod("y/b").ip6.unwrap();
     lab.apply(&format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: block, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n    - ipBlock: {{cidr: 10.244.0.0/16, except: [{yb}/32]}}\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: block, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n    - ipBlock: {{cidr: 10.244.0.0/16, except: [{yb}/32]}}\n    - ipBlock: {{cidr: \"fd00:10:244::/56\", except: [\"{yb6}/128\"]}}\n"
     ));
     lab.expect("x/a from the pod network except y/b", &|f, t, _, _| {
         !is(t, "x/a") || !is(f, "y/b")

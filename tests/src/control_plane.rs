@@ -17,6 +17,8 @@ use crate::{dies_with_the_test, reference_bin, Cluster, ETCD_IP};
 pub const API_PORT: u16 = 6443;
 /// What the controller-manager allocates node podCIDRs from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 half on a dual-stack cluster (the tests' net-conf `IPv6Network`).
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
 
 pub struct ControlPlane {
     pub dir: PathBuf,
@@ -28,7 +30,9 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts both servers on `c`'s etcd and waits until the API server is healthy.
+    /// Starts both servers on `c`'s etcd and waits until the API server is healthy. On a
+    /// dual-stack cluster every node gets a podCIDR of each family, as kubeadm's
+    /// `podSubnet: 10.244.0.0/16,fd00:10:244::/56` gives them.
     pub fn start(c: &Cluster) -> ControlPlane {
         Self::start_with(c, &[])
     }
@@ -70,20 +74,37 @@ impl ControlPlane {
         wait_until(60, "kube-apiserver to be ready", || {
             cp.kubectl_ok(&["get", "--raw=/readyz"])
         });
+        // The single-family mask flag is refused on a dual-stack cluster.
+        let cidrs: &[String] = if c.dual {
+            &[
+                format!("--cluster-cidr={CLUSTER_CIDR},{CLUSTER_CIDR6}"),
+                "--node-cidr-mask-size-ipv4=24".into(),
+                "--node-cidr-mask-size-ipv6=64".into(),
+            ]
+        } else {
+            &[
+                format!("--cluster-cidr={CLUSTER_CIDR}"),
+                "--node-cidr-mask-size=24".into(),
+            ]
+        };
         cp.spawn(
             "kube-controller-manager",
             &[
-                format!("--kubeconfig={}", cp.admin.display()),
-                "--allocate-node-cidrs=true".into(),
-                format!("--cluster-cidr={CLUSTER_CIDR}"),
-                "--node-cidr-mask-size=24".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                format!("--service-account-private-key-file={}", d("sa.key")),
-                format!("--root-ca-file={}", d("ca.crt")),
-                "--leader-elect=false".into(),
-                "--secure-port=0".into(),
-                "--controllers=*,tokencleaner".into(),
-            ],
+                &[
+                    format!("--kubeconfig={}", cp.admin.display()),
+                    "--allocate-node-cidrs=true".into(),
+                ],
+                cidrs,
+                &[
+                    "--service-cluster-ip-range=10.96.0.0/16".into(),
+                    format!("--service-account-private-key-file={}", d("sa.key")),
+                    format!("--root-ca-file={}", d("ca.crt")),
+                    "--leader-elect=false".into(),
+                    "--secure-port=0".into(),
+                    "--controllers=*,tokencleaner".into(),
+                ],
+            ]
+            .concat(),
         );
         cp
     }
@@ -338,7 +359,8 @@ pub fn manifest(name: &str) -> String {
 /// Node namespaces registered with the real API server after `manifest` was applied
 /// (server-side, strict validation), each running twilld in Kubernetes mode with a token of
 /// the manifest's service account `ns/sa` and `extra` flags (the real flanneld where
-/// `flanneld[i]`), all on `net_conf`; one pod per node, full mesh checked.
+/// `flanneld[i]`), all on `net_conf`; one pod per node, full mesh checked. A net-conf with
+/// `EnableIPv6` makes the cluster dual-stack: IPv6 underlay and IPv6 podCIDRs too.
 #[allow(clippy::too_many_arguments)]
 pub fn kube_cluster(
     tag: &str,
@@ -350,7 +372,12 @@ pub fn kube_cluster(
     extra: &[&str],
 ) -> (Cluster, ControlPlane, Vec<String>) {
     require_root();
-    let mut c = Cluster::new(tag);
+    let conf: serde_json::Value = serde_json::from_str(net_conf).expect("net-conf is JSON");
+    let mut c = if conf["EnableIPv6"] == true {
+        Cluster::new_dual(tag)
+    } else {
+        Cluster::new(tag)
+    };
     let cp = ControlPlane::start(&c);
     cp.kubectl_stdin(
         &[

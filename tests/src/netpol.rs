@@ -3,10 +3,11 @@
 //! real API server, each pod serving TCP and UDP on ports 80 and 81 (container ports named
 //! `serve-<port>-<proto>` as upstream names them). A probe is one new connection from a
 //! pod's own network namespace; [`PolicyLab::expect`] probes every (from, to, port,
-//! protocol) and compares the whole matrix with what a case says it must be.
+//! protocol), on both families in a dual-stack lab, and compares the whole matrix with what
+//! a case says it must be (the same for both families: a policy means the same for each).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ pub struct LabPod {
     pub node: usize,
     pub netns: Netns,
     pub ip: Ipv4Addr,
+    /// In a dual-stack lab.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl LabPod {
@@ -50,6 +53,9 @@ impl LabPod {
         format!("{}/{}", self.ns, self.name)
     }
 }
+
+/// One probe: (from, to) as indexes into the pods, port, protocol, whether over IPv6.
+pub type Cell = (usize, usize, u16, Proto, bool);
 
 /// A wanted matrix, as a case states it.
 pub type Want<'a> = &'a dyn Fn(&LabPod, &LabPod, u16, Proto) -> bool;
@@ -68,15 +74,30 @@ pub struct PolicyLab {
 impl PolicyLab {
     /// Three nodes with `--network-policy` (and `extra`), nine pods, their servers.
     pub fn start(tag: &str, extra: &[&str]) -> Self {
+        Self::launch(tag, extra, false)
+    }
+
+    /// [`PolicyLab::start`] on a dual-stack cluster: every pod has an IPv4 and an IPv6
+    /// address, and every cell of the matrix is probed over each.
+    pub fn start_dual(tag: &str, extra: &[&str]) -> Self {
+        Self::launch(tag, extra, true)
+    }
+
+    fn launch(tag: &str, extra: &[&str], dual: bool) -> Self {
         let mut args = vec!["--network-policy"];
         args.extend(extra);
+        let net_conf = if dual {
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#
+        } else {
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#
+        };
         let (c, cp, _) = kube_cluster(
             tag,
             &[false; 3],
             &manifest("kube-twill.yml"),
             "kube-twill",
             "twill",
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+            net_conf,
             &args,
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,20 +156,28 @@ impl PolicyLab {
     /// Probes the whole matrix until it is `want` (policy takes a moment to reach every
     /// node), at most 20 s; then fails with every cell that differs.
     pub fn expect(&self, case: &str, want: Want) {
+        // Every case starts with empty neighbour caches, so pods on one bridge find each
+        // other again under the case's policies: IPv6 neighbour discovery crosses the
+        // forward hooks there (ARP does not), and a cached entry would hide a table that
+        // drops it.
+        for pod in &self.pods {
+            pod.netns.sh("ip neigh flush all");
+        }
         let started = Instant::now();
         loop {
             let got = self.probe_all();
             let wrong: Vec<String> = got
                 .iter()
-                .filter(|((f, t, port, proto), ok)| {
+                .filter(|((f, t, port, proto, _), ok)| {
                     want(&self.pods[*f], &self.pods[*t], *port, *proto) != **ok
                 })
-                .map(|((f, t, port, proto), ok)| {
+                .map(|((f, t, port, proto, v6), ok)| {
                     format!(
-                        "  {} -> {} {port}/{}: {}",
+                        "  {} -> {} {port}/{}{}: {}",
                         self.pods[*f].id(),
                         self.pods[*t].id(),
                         proto.name(),
+                        if *v6 { " over IPv6" } else { "" },
                         if *ok {
                             "connected, want denied"
                         } else {
@@ -189,8 +218,9 @@ impl PolicyLab {
         }
     }
 
-    /// Every (from, to, port, protocol) with from != to: whether a new connection made it.
-    pub fn probe_all(&self) -> BTreeMap<(usize, usize, u16, Proto), bool> {
+    /// Every (from, to, port, protocol, over IPv6) with from != to: whether a new
+    /// connection made it.
+    pub fn probe_all(&self) -> BTreeMap<Cell, bool> {
         let mut jobs = Vec::new();
         for (f, from) in self.pods.iter().enumerate() {
             // Sockets are made in the client pod's namespace, on a thread that joined it,
@@ -200,18 +230,22 @@ impl PolicyLab {
                 if f == t {
                     continue;
                 }
-                for port in PORTS {
-                    for proto in PROTOS {
-                        let src = self.next_port.fetch_add(1, Ordering::Relaxed);
-                        assert!(src < 65000, "out of client ports");
-                        wanted.push(((f, t, port, proto), src, SocketAddr::from((to.ip, port))));
+                let dsts = std::iter::once(IpAddr::from(to.ip)).chain(to.ip6.map(IpAddr::from));
+                for dst in dsts {
+                    for port in PORTS {
+                        for proto in PROTOS {
+                            let src = self.next_port.fetch_add(1, Ordering::Relaxed);
+                            assert!(src < 65000, "out of client ports");
+                            let key = (f, t, port, proto, dst.is_ipv6());
+                            wanted.push((key, src, SocketAddr::new(dst, port)));
+                        }
                     }
                 }
             }
             let made = in_netns(&from.netns, move || {
                 wanted
                     .into_iter()
-                    .map(|(key, src, dst)| (key, Client::new(key.3, src), dst))
+                    .map(|(key, src, dst)| (key, Client::new(key.3, src, key.4), dst))
                     .collect::<Vec<_>>()
             });
             jobs.extend(made);
@@ -239,11 +273,21 @@ fn add_pod(c: &Cluster, cp: &ControlPlane, tag: &str, ns: &str, name: &str, node
         &c.pod_conf(node),
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let ip: Ipv4Addr = v["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {out}"));
+    let addr = |k: usize| -> Option<IpAddr> {
+        v["ips"][k]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+    };
+    let ip = match addr(0) {
+        Some(IpAddr::V4(ip)) => ip,
+        _ => panic!("no IPv4 address in {out}"),
+    };
+    // A dual-stack network lists the IPv6 address second.
+    let ip6 = match addr(1) {
+        Some(IpAddr::V6(ip)) => Some(ip),
+        _ => None,
+    };
     let ports: Vec<serde_json::Value> = PORTS
         .iter()
         .flat_map(|port| {
@@ -270,9 +314,13 @@ fn add_pod(c: &Cluster, cp: &ControlPlane, tag: &str, ns: &str, name: &str, node
         },
     });
     cp.kubectl_stdin(&["create", "-f", "-"], Some(&pod.to_string()));
-    // What the kubelet would report once the sandbox has its address.
+    // What the kubelet would report once the sandbox has its addresses.
+    let ips: Vec<serde_json::Value> = std::iter::once(IpAddr::from(ip))
+        .chain(ip6.map(IpAddr::from))
+        .map(|ip| serde_json::json!({"ip": ip.to_string()}))
+        .collect();
     let status = serde_json::json!({"status": {
-        "phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+        "phase": "Running", "podIP": ip.to_string(), "podIPs": ips,
     }});
     cp.kubectl(&[
         "patch",
@@ -291,6 +339,7 @@ fn add_pod(c: &Cluster, cp: &ControlPlane, tag: &str, ns: &str, name: &str, node
         node,
         netns,
         ip,
+        ip6,
     }
 }
 
@@ -305,18 +354,25 @@ fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stati
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
-/// TCP: accept and close; UDP: echo. Both ports, in the pod's namespace.
+/// TCP: accept and close; UDP: echo. Both ports, on each family the pod has, in its
+/// namespace.
 fn serve(rt: &tokio::runtime::Runtime, pod: &LabPod) {
-    let socks = in_netns(&pod.netns, || {
-        PORTS
+    let mut addrs = vec![IpAddr::from(Ipv4Addr::UNSPECIFIED)];
+    if pod.ip6.is_some() {
+        addrs.push(Ipv6Addr::UNSPECIFIED.into());
+    }
+    let socks = in_netns(&pod.netns, move || {
+        addrs
             .iter()
-            .map(|p| {
-                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p));
-                let tcp = std::net::TcpListener::bind(addr).unwrap();
-                let udp = std::net::UdpSocket::bind(addr).unwrap();
-                tcp.set_nonblocking(true).unwrap();
-                udp.set_nonblocking(true).unwrap();
-                (tcp, udp)
+            .flat_map(|ip| PORTS.iter().map(move |p| SocketAddr::new(*ip, *p)))
+            .map(|addr| {
+                let tcp = bound(addr, socket2::Type::STREAM);
+                tcp.listen(1024).unwrap();
+                let udp = bound(addr, socket2::Type::DGRAM);
+                (
+                    std::net::TcpListener::from(tcp),
+                    std::net::UdpSocket::from(udp),
+                )
             })
             .collect::<Vec<_>>()
     });
@@ -338,6 +394,19 @@ fn serve(rt: &tokio::runtime::Runtime, pod: &LabPod) {
     }
 }
 
+/// A non-blocking socket bound to `addr`; an IPv6 one takes IPv6 alone, beside the IPv4
+/// one on the same port.
+fn bound(addr: SocketAddr, ty: socket2::Type) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None).unwrap();
+    if addr.is_ipv6() {
+        s.set_only_v6(true).unwrap();
+    }
+    s.set_nonblocking(true).unwrap();
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    s
+}
+
 /// A client socket made in the client pod's namespace, bound to its own source port.
 enum Client {
     Tcp(tokio::net::TcpSocket),
@@ -348,19 +417,19 @@ enum Client {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 impl Client {
-    fn new(proto: Proto, port: u16) -> Self {
-        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    fn new(proto: Proto, port: u16, v6: bool) -> Self {
+        let ip = if v6 {
+            IpAddr::from(Ipv6Addr::UNSPECIFIED)
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let addr = SocketAddr::new(ip, port);
         match proto {
             Proto::Tcp => {
-                let s = tokio::net::TcpSocket::new_v4().unwrap();
-                s.bind(addr).unwrap();
-                Client::Tcp(s)
+                let s = bound(addr, socket2::Type::STREAM);
+                Client::Tcp(tokio::net::TcpSocket::from_std_stream(s.into()))
             }
-            Proto::Udp => {
-                let s = std::net::UdpSocket::bind(addr).unwrap();
-                s.set_nonblocking(true).unwrap();
-                Client::Udp(s)
-            }
+            Proto::Udp => Client::Udp(bound(addr, socket2::Type::DGRAM).into()),
         }
     }
 

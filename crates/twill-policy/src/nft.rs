@@ -20,6 +20,8 @@ use crate::selector::Selector;
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "twill-policy";
+/// IPv6 neighbour discovery, let through by both base chains.
+const ND: &str = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept";
 /// Named counters of the packets the table dropped, per direction.
 pub const DROPS_INGRESS: &str = "drops_ingress";
 pub const DROPS_EGRESS: &str = "drops_egress";
@@ -293,11 +295,15 @@ pub fn render(c: &Cluster, node: &str, closed: bool) -> Option<Ruleset> {
         "  counter {DROPS_EGRESS} {{\n  }}\n  counter {DROPS_INGRESS} {{\n  }}"
     );
     s.push_str(&sets.decls);
-    // Egress first: a flow leaves its pod before it reaches the other.
+    // Egress first: a flow leaves its pod before it reaches the other. Neighbour discovery
+    // is accepted before any policy: it is how IPv6 pods on one bridge find each other
+    // (the part ARP plays for IPv4, which never reaches these hooks), conntrack leaves it
+    // untracked so no reply rides an established flow, and a pod that cannot answer a
+    // solicitation loses the connections its policies allow.
     for (d, dir) in [Dir::Egress, Dir::Ingress].into_iter().enumerate() {
         let _ = write!(
             s,
-            "  chain {} {{\n    type filter hook forward priority {}; policy accept;\n    ct state established,related accept\n{}  }}\n",
+            "  chain {} {{\n    type filter hook forward priority {}; policy accept;\n    ct state established,related accept\n    {ND}\n{}  }}\n",
             dir.name(),
             [-6, -5][d],
             base[d]

@@ -67,10 +67,10 @@ fn no_policy_no_table() {
 fn rules_name_sets_and_sets_hold_this_nodes_selected_pods() {
     let r = render(&cluster(), "n1", false).unwrap();
     let s = &r.skeleton;
-    // Egress and ingress in two base chains on forward, replies first, then one lookup of
-    // the pod's group of policies.
+    // Egress and ingress in two base chains on forward, replies and IPv6 neighbour
+    // discovery first, then one lookup of the pod's group of policies.
     for want in [
-        "chain egress {\n    type filter hook forward priority -6; policy accept;\n    ct state established,related accept\n    ip saddr vmap @egress_dispatch4\n    ip6 saddr vmap @egress_dispatch6\n  }\n",
+        "chain egress {\n    type filter hook forward priority -6; policy accept;\n    ct state established,related accept\n    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept\n    ip saddr vmap @egress_dispatch4\n    ip6 saddr vmap @egress_dispatch6\n  }\n",
         "    ip daddr vmap @ingress_dispatch4\n    ip6 daddr vmap @ingress_dispatch6\n",
         "  chain g0_ingress {\n    jump p0_ingress\n    counter name drops_ingress drop\n  }\n",
         "  map ingress_dispatch4 {\n    type ipv4_addr : verdict\n  }\n",
