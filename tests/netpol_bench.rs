@@ -7,7 +7,10 @@
 //! - pod created -> its address in the selecting peer set on every node,
 //! - new TCP connections per second between two real pods with 0, 100 and 1 000 policies
 //!   programmed (one of them selecting the server and allowing the client),
-//! - twilld's memory with 5 000 pods and 1 000 policies.
+//! - twilld's memory with 5 000 pods and 1 000 policies,
+//! - whether policy work stalls the node loop: a peer node added to the API -> its route on
+//!   every node, idle and while 3 950 pods arrive under 1 000 policies, and the mean time
+//!   one policy change takes to render and write (`twill_policy_sync_seconds`).
 //!
 //! Figures are printed; nothing is asserted beyond the measurements having happened.
 
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use twill_e2e::netpol::PolicyLab;
@@ -47,40 +50,16 @@ fn policy(name: &str, select: serde_json::Value, from: serde_json::Value) -> Net
     .unwrap()
 }
 
-/// Runs `f` with a cluster-admin client (a service account's token: rustls refuses the
-/// admin's openssl-made v1 client certificate), on a thread in the etcd namespace (where
-/// the API server listens).
+/// A cluster-admin client of the lab's API server for `f`.
 fn with_api<T: Send + 'static>(
     lab: &PolicyLab,
     f: impl FnOnce(kube::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
         + Send
         + 'static,
 ) -> T {
-    let path = lab.c.dir.path().join("bench.kubeconfig");
-    if !path.exists() {
-        lab.cp
-            .kubectl(&["create", "serviceaccount", "bench", "-n", "default"]);
-        lab.cp.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            "bench",
-            "--clusterrole=cluster-admin",
-            "--serviceaccount=default:bench",
-        ]);
-        lab.cp.service_account_kubeconfig("default", "bench", &path);
-    }
-    lab.c.etcd_host().run(move || {
-        Box::pin(async move {
-            let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            f(kube::Client::try_from(cfg).unwrap()).await
-        })
-    })
+    lab.cp.with_client(&lab.c, f)
 }
 
-/// Creates pods `range` (with their status, as a kubelet reports it), 64 at a time.
 fn add_pods(lab: &PolicyLab, range: std::ops::Range<usize>, role: &'static str) {
     let nodes: Vec<String> = (1..=3).map(|i| format!("npb-node{i}")).collect();
     with_api(lab, move |client| {
@@ -128,6 +107,65 @@ fn add_policies(lab: &PolicyLab, names: Vec<String>) {
                 .await;
         })
     });
+}
+
+/// A peer node in the API as a twilld node announces itself (podCIDR, public-ip, VTEP),
+/// created; returns when the create was sent. `k` (below 108) picks 10.244.(20 + k).0/24,
+/// clear of the nodes' podCIDRs and the API pods' addresses.
+fn add_peer(lab: &PolicyLab, k: usize) -> Instant {
+    let a = "flannel.alpha.coreos.com";
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("peer{k}"), "annotations": {
+            format!("{a}/backend-type"): "vxlan",
+            format!("{a}/backend-data"): format!(r#"{{"VNI":1,"VtepMAC":"02:00:00:00:01:{k:02x}"}}"#),
+            format!("{a}/kube-subnet-manager"): "true",
+            format!("{a}/public-ip"): format!("198.18.2.{k}"),
+        }},
+        "spec": {"podCIDR": format!("10.244.{}.0/24", 20 + k),
+                 "podCIDRs": [format!("10.244.{}.0/24", 20 + k)]},
+    }))
+    .unwrap();
+    with_api(lab, move |client| {
+        Box::pin(async move {
+            let api: Api<Node> = Api::all(client);
+            let sent = Instant::now();
+            api.create(&PostParams::default(), &node).await.unwrap();
+            sent
+        })
+    })
+}
+
+/// Peer nodes `ks` added one by one: how long each took to be routed on every node.
+fn peer_routes(lab: &PolicyLab, ks: std::ops::Range<usize>) -> Vec<Duration> {
+    ks.map(|k| {
+        let started = add_peer(lab, k);
+        let cidr = format!("10.244.{}.0/24", 20 + k);
+        until_all(lab, started, |n| {
+            !n.sh(&format!("ip route show {cidr}")).trim().is_empty()
+        })
+    })
+    .collect()
+}
+
+/// Peer nodes `ks` added one after another while `work` runs (as many as it takes): how
+/// long each took to be routed on every node.
+fn peers_during(
+    lab: &PolicyLab,
+    ks: std::ops::Range<usize>,
+    work: impl FnOnce() + Send,
+) -> Vec<Duration> {
+    std::thread::scope(|s| {
+        let work = s.spawn(work);
+        let mut took = Vec::new();
+        for k in ks {
+            if work.is_finished() {
+                break;
+            }
+            took.extend(peer_routes(lab, k..k + 1));
+        }
+        work.join().unwrap();
+        took
+    })
 }
 
 /// Policy chains in `ns`'s table (each bench policy has one: ingress), from the terse
@@ -245,15 +283,16 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
 #[test]
 #[ignore = "a benchmark: scripts/bench-netpol.sh"]
 fn network_policy_figures() {
-    let lab = PolicyLab::start("npb", &[]);
+    let lab = PolicyLab::start("npb", &["--metrics-port=8471"]);
     lab.cp.kubectl(&["create", "namespace", NS]);
     twill_testutil::wait_until(30, "the bench namespace's service account", || {
         lab.cp
             .kubectl_ok(&["get", "serviceaccount", "default", "-n", NS])
     });
     let t = Instant::now();
-    add_pods(&lab, 0..1000, "client");
+    let mut storm = peers_during(&lab, 0..40, || add_pods(&lab, 0..1000, "client"));
     println!("1000 API pods created with status in {:?}", t.elapsed());
+    let mut idle = peer_routes(&lab, 40..60);
 
     // Policy created -> its jump on every node.
     let mut enforce = Vec::new();
@@ -334,9 +373,22 @@ fn network_policy_figures() {
     }
     add_policies(&lab, (0..1000).map(|k| format!("m{k:04}")).collect());
 
-    // Memory with 5000 pods and 1000 policies.
+    // Memory with 5000 pods and 1000 policies; peer nodes added while the pods arrive.
     let t = Instant::now();
-    add_pods(&lab, 1050..5000, "client");
+    let mut busy = peers_during(&lab, 60..108, || add_pods(&lab, 1050..5000, "client"));
+    println!(
+        "peer node added -> routed on all 3 nodes: idle (1000 pods, no policy) p50 {:.1} ms, p99 {:.1} ms; \
+         while the first 1000 pods arrive, no policy ({} peers) p50 {:.1} ms, p99 {:.1} ms; \
+         while 3950 more arrive under 1000 policies ({} peers) p50 {:.1} ms, p99 {:.1} ms",
+        pct(&mut idle, 0.5),
+        pct(&mut idle, 0.99),
+        storm.len(),
+        pct(&mut storm, 0.5),
+        pct(&mut storm, 0.99),
+        busy.len(),
+        pct(&mut busy, 0.5),
+        pct(&mut busy, 0.99)
+    );
     until_all(&lab, t, |n| {
         n.sh("nft list set inet twill-policy q0_4 | grep -o '10\\.244\\.' | wc -l")
             .trim()
@@ -346,6 +398,16 @@ fn network_policy_figures() {
     });
     println!("3950 more pods -> in every node's set: {:?}", t.elapsed());
     until_all(&lab, Instant::now(), |node| policy_chains(node) >= 1000);
+    for (i, n) in lab.c.nodes.iter().enumerate() {
+        let body = n.ns.sh("curl -sf http://127.0.0.1:8471/metrics");
+        let sum = twill_e2e::metric_in(&body, "twill_policy_sync_seconds_sum", None);
+        let count = twill_e2e::metric_in(&body, "twill_policy_sync_seconds_count", None);
+        println!(
+            "twilld node{}: {count:.0} policy syncs (rendered and written), mean {:.1} ms",
+            i + 1,
+            sum / count * 1000.0
+        );
+    }
     for (i, n) in lab.c.nodes.iter().enumerate() {
         let pid = n.pid().unwrap();
         println!(

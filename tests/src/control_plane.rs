@@ -148,6 +148,44 @@ impl ControlPlane {
         });
     }
 
+    /// Runs `f` with a cluster-admin kube client (a service account's token: rustls
+    /// refuses the admin's openssl-made v1 client certificate), on a thread in `c`'s etcd
+    /// namespace, where the API server listens.
+    pub fn with_client<T: Send + 'static>(
+        &self,
+        c: &Cluster,
+        f: impl FnOnce(kube::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+            + Send
+            + 'static,
+    ) -> T {
+        // The account is made once per control plane, even when two threads ask at once.
+        static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let path = self.dir.join("client.kubeconfig");
+        {
+            let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+            if !path.exists() {
+                self.kubectl(&["create", "serviceaccount", "bench", "-n", "default"]);
+                self.kubectl(&[
+                    "create",
+                    "clusterrolebinding",
+                    "bench",
+                    "--clusterrole=cluster-admin",
+                    "--serviceaccount=default:bench",
+                ]);
+                self.service_account_kubeconfig("default", "bench", &path);
+            }
+        }
+        c.etcd_host().run(move || {
+            Box::pin(async move {
+                let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .unwrap();
+                f(kube::Client::try_from(cfg).unwrap()).await
+            })
+        })
+    }
+
     /// A server's log, for failure messages.
     pub fn log(&self, program: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{program}.log"))).unwrap_or_default()

@@ -125,15 +125,23 @@ impl Controller {
     async fn sync(&mut self) {
         let started = Instant::now();
         let node = self.node.clone();
-        let (want, problems) = self.feed.with(|cl| {
+        let cl = self.feed.snapshot();
+        // Off the runtime's workers: the node loop shares them.
+        let rendered = tokio::task::spawn_blocking(move || {
             let problems: Vec<(PolicyId, Vec<String>)> = cl
                 .policies
                 .values()
                 .filter(|p| !p.problems.is_empty())
                 .map(|p| (p.id.clone(), p.problems.clone()))
                 .collect();
-            (render(cl, &node, false), problems)
-        });
+            (render(&cl, &node, false), problems)
+        })
+        .await;
+        let Ok((want, problems)) = rendered else {
+            // Only a panic in render gets here; the next change tries again.
+            warn!("network policy: rendering the table failed");
+            return;
+        };
         self.report(problems);
         let elements = want.as_ref().map_or(0, |r| r.elements());
         match self.apply(want).await {
@@ -158,7 +166,15 @@ impl Controller {
                     warn!("network policy: the table could not be written ({e:#}); the selected pods are isolated with nothing allowed until it can be");
                 }
                 self.failing = true;
-                let closed = self.feed.with(|cl| render(cl, &node, true));
+                let cl = self.feed.snapshot();
+                let node = self.node.clone();
+                let Ok(closed) =
+                    tokio::task::spawn_blocking(move || render(&cl, &node, true)).await
+                else {
+                    // Writing no table would open every pod: leave the kernel as it is.
+                    warn!("network policy: rendering the closed table failed");
+                    return;
+                };
                 if let Err(e) = self.apply(closed).await {
                     warn!("network policy: not even the closed table could be written: {e:#}");
                 }
