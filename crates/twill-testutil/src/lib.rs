@@ -3,6 +3,7 @@
 
 mod etcd;
 pub mod fake_kube;
+pub mod kube_nodes;
 mod netns;
 mod proxy;
 

@@ -1,0 +1,189 @@
+//! Kubernetes mode at scale, twilld beside the real flanneld on the real API server
+//! (`scripts/bench-kube-flanneld.sh` runs it; not part of the tests). For each daemon in
+//! turn, in one run: three nodes on a real kube-apiserver and controller-manager, then
+//! 1 000 and 4 000 more peer nodes created in the API (kubeadm-sized objects, ~11 KB each,
+//! annotated as flannel nodes announce themselves), and per step
+//! - the time until every node routes every peer, after the last create,
+//! - peak RSS (largest of the three daemons) and the daemons' CPU meanwhile,
+//! - then the CPU of the next 60 s, while nothing is created.
+//!
+//! Figures are printed with the ratio twilld / flanneld; nothing is asserted on them.
+//! `BENCH_TWILLD_ARGS` adds twilld flags (e.g. `--peer-probe-interval=0`).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use twill_e2e::control_plane::{kube_cluster, manifest, ControlPlane};
+use twill_e2e::Cluster;
+
+/// 10.0.0.0/8, so 5 000 peers fit beside the nodes' 10.244.x.0/24 from the controller.
+const NET_CONF: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+
+/// Peer `i`: podCIDR 10.(1 + i / 256).(i % 256).0/24, an underlay address in 198.19.0.0/16
+/// (no node has a route there: nothing reaches it), a VTEP MAC of its own.
+fn peer(i: usize) -> Node {
+    let cidr = format!("10.{}.{}.0/24", 1 + i / 256, i % 256);
+    let ip = format!("198.19.{}.{}", i / 250, i % 250 + 1);
+    let mac = format!("0a:03:00:{:02x}:{:02x}:01", (i >> 8) as u8, i as u8);
+    let name = format!("peer-{i:05}");
+    let mut v = twill_testutil::kube_nodes::flannel_peer(&name, &cidr, &ip, &mac, 0);
+    v["metadata"]["name"] = name.into();
+    v["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("managedFields");
+    serde_json::from_value(v).expect("a Node")
+}
+
+fn add_peers(c: &Cluster, cp: &ControlPlane, range: std::ops::Range<usize>) {
+    cp.with_client(c, move |client| {
+        Box::pin(async move {
+            let api: Api<Node> = Api::all(client);
+            futures::stream::iter(range)
+                .map(|i| {
+                    let api = api.clone();
+                    async move {
+                        api.create(&PostParams::default(), &peer(i)).await.unwrap();
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
+        })
+    });
+}
+
+fn routes(c: &Cluster, i: usize) -> usize {
+    c.nodes[i]
+        .ns
+        .sh("ip route show dev flannel.1 | wc -l")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Polls the three nodes until each routes `want` subnets; when the last got there.
+fn converged(c: &Cluster, want: usize, limit: Duration) -> Option<Instant> {
+    let started = Instant::now();
+    for i in 0..c.nodes.len() {
+        while routes(c, i) < want {
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Some(Instant::now())
+}
+
+fn status_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Largest of the three daemons, MB.
+fn largest(c: &Cluster, field: &str) -> f64 {
+    c.nodes
+        .iter()
+        .map(|n| status_kb(n.pid().expect("running"), field) / 1024.0)
+        .fold(0.0, f64::max)
+}
+
+/// CPU seconds of the three daemons so far.
+fn cpu(c: &Cluster) -> f64 {
+    let tck = 100.0; // USER_HZ on Linux.
+    c.nodes
+        .iter()
+        .map(|n| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", n.pid().unwrap()))
+                .unwrap_or_default();
+            // After the command's closing parenthesis: utime and stime are fields 14, 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0.0))
+                .collect();
+            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / tck
+        })
+        .sum()
+}
+
+/// (figure, value) in print order; `None` where it was not reached in time.
+type Figures = Vec<(String, Option<f64>)>;
+
+fn measure(flanneld: bool) -> Figures {
+    let tag = if flanneld { "ksf" } else { "kst" };
+    let extra = std::env::var("BENCH_TWILLD_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let (c, cp, _) = kube_cluster(
+        tag,
+        &[flanneld; 3],
+        &manifest("kube-twill.yml"),
+        "kube-twill",
+        "twill",
+        NET_CONF,
+        &extra,
+    );
+    let mut out: Figures = vec![("peak RSS at 2 peers, MB".into(), Some(largest(&c, "VmHWM")))];
+    let size = serde_json::to_string(&peer(0)).map_or(0, |s| s.len());
+    let mut have = 0;
+    for total in [1000, 5000] {
+        let c0 = cpu(&c);
+        add_peers(&c, &cp, have..total);
+        let last_create = Instant::now();
+        have = total;
+        // Each node routes every other node (2) and every peer.
+        let done = converged(&c, total + 2, Duration::from_secs(600));
+        out.push((
+            format!("{total} peers routed on every node, ms after the last create"),
+            done.map(|t| (t - last_create).as_secs_f64() * 1000.0),
+        ));
+        out.push((
+            format!("CPU of the 3 daemons taking in {total} peers, s"),
+            Some(cpu(&c) - c0),
+        ));
+        out.push((
+            format!("peak RSS at {total} peers, MB"),
+            Some(largest(&c, "VmHWM")),
+        ));
+        out.push((
+            format!("anonymous RSS at {total} peers, MB"),
+            Some(largest(&c, "RssAnon")),
+        ));
+    }
+    let c1 = cpu(&c);
+    std::thread::sleep(Duration::from_secs(60));
+    out.push((
+        "CPU of the 3 daemons over the next 60 s at 5000 peers, s".into(),
+        Some(cpu(&c) - c1),
+    ));
+    out.push((
+        "peak RSS after those 60 s, MB".into(),
+        Some(largest(&c, "VmHWM")),
+    ));
+    eprintln!("{tag}: peer node objects of {size} bytes as sent");
+    out
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench-kube-flanneld.sh"]
+fn kubernetes_mode_at_1000_and_5000_nodes_beside_flanneld() {
+    let twilld = measure(false);
+    let flanneld = measure(true);
+    let show = |v: Option<f64>| v.map_or("not reached".to_string(), |v| format!("{v:.1}"));
+    println!("| figure (3 nodes, real API server) | twilld | flanneld | ratio |");
+    println!("|---|---|---|---|");
+    for ((figure, t), (_, f)) in twilld.iter().zip(&flanneld) {
+        let ratio = match (t, f) {
+            (Some(t), Some(f)) if *f > 0.0 => format!("{:.2}", t / f),
+            _ => "-".into(),
+        };
+        println!("| {figure} | {} | {} | {ratio} |", show(*t), show(*f));
+    }
+}
