@@ -5,11 +5,19 @@
 # assertions (a noisy 2-core VM). Run as root on Debian 12; BENCH_FLANNELD_ROUNDS pairs
 # more runs (each round: twilld then flanneld, order reversed every other round);
 # BENCH_TWILLD_ARGS are extra twilld flags (e.g. --peer-probe-interval=0: what probing
-# the injected peers, which answer nothing, costs).
+# the injected peers, which answer nothing, costs); BENCH_RPC_SECONDS (default 600) is how
+# long each daemon's idle etcd RPCs are counted; BENCH_OUT (default target/bench) gets the
+# figures as flanneld.tsv, and with --plot flanneld.svg beside them (gnuplot: convergence
+# time and peak RSS against peers, both daemons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PLOT=$([[ ${1:-} == --plot ]] && echo 1 || true)
 bash scripts/setup.sh >/dev/null
 bash scripts/setup.sh reference >/dev/null
+[[ -z $PLOT ]] || bash scripts/setup.sh bench >/dev/null
+RESULTS=${BENCH_OUT:-$PWD/target/bench}
+RPC_SECONDS=${BENCH_RPC_SECONDS:-600}
+mkdir -p "$RESULTS"
 cargo build --release -q -p twilld -p twill-cni -p twill-bench
 BIN=$PWD/target/release
 version=$(awk '$1 == "flanneld" { split($2, m, "@"); print m[2] }' scripts/reference-versions)
@@ -63,6 +71,12 @@ back() { # back <seconds> <command...>: ms until the command succeeds, or "-" af
   ms "$s" "$(date +%s%N)"
 }
 has_route() { [[ -n $(ip -n "$LAB_PREFIX-n1" route show "$1" dev flannel.1) ]]; }
+routed_everywhere() { local n; for n in 1 2 3; do [[ -n $(ip -n "$LAB_PREFIX-n$n" route show "$1" dev flannel.1) ]] || return 1; done; }
+# Requests etcd has received: gRPC messages from clients, so a unary call counts once and
+# a stream (watch, lease keep-alive) once per message on it. "methods": "method count" lines.
+grpc() { ip netns exec "$LAB_PREFIX-etcd" curl -s "$ETCD/metrics" \
+  | awk -v per="${1:-}" '/^grpc_server_msg_received_total/ { match($0, /grpc_method="[^"]*"/); m = substr($0, RSTART+13, RLENGTH-14); c[m] += $NF; t += $NF }
+      END { if (per == "") print t + 0; else for (k in c) print k, c[k] }' | sort; }
 masq_rules() { ip netns exec "$LAB_PREFIX-n1" iptables -t nat -S FLANNEL-POSTRTG 2>/dev/null | grep -c '^-A' || true; }
 rules_back() { (( $(masq_rules) >= $1 )); }
 restart_loss() { # new outbound connections from pod 1 to the etcd host failed while node 1's daemon restarts
@@ -106,6 +120,13 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   echo "anon_2 $(rss_kind RssAnon)" >> "$f"
   echo "file_2 $(rss_kind RssFile)" >> "$f"
   breakdown > "$OUT/$1.breakdown"
+  # etcd RPCs the three daemons make while nothing changes, per node's lease, scaled to
+  # 10 minutes; nothing else talks to etcd meanwhile.
+  local g0 m0
+  g0=$(grpc); m0=$(grpc methods)
+  sleep "$RPC_SECONDS"
+  echo "rpcs_per_lease_10min $(echo "($(grpc) - $g0) / 3 * 600 / $RPC_SECONDS" | bc -l | xargs printf '%.1f')" >> "$f"
+  join <(grpc methods) <(echo "$m0") | awk '$2 > $3 { printf "%s %d  ", $1, $2 - $3 } END { print "" }' > "$OUT/$1.rpcs"
   c0=$(cpu)
   s=$(date +%s%N); inject 1000 0
   t=$(converge 1002 "$s"); wait
@@ -139,6 +160,17 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   restart_loss > "$OUT/$name.restart.$round"
   echo "restart_failed $(awk '{print $1}' "$OUT/$name.restart.$round")" >> "$f"
   echo "restart_tried $(awk '{print $2}' "$OUT/$name.restart.$round")" >> "$f"
+  # etcd down for 30 s (flannel #2171): the daemons' CPU meanwhile; then one lease put as
+  # soon as etcd is healthy again: how long until every node routes it.
+  local c3
+  c3=$(cpu)
+  bash scripts/lab.sh stop-etcd
+  sleep 30
+  echo "outage_cpu_30s $(echo "($(cpu) - $c3) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
+  bash scripts/lab.sh start-etcd
+  # Index 50000 is 10.195.81.0/24 (twill-bench: lease i is 10.0.0.0 + ((i + 1) << 8)).
+  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" inject "$ETCD" 1 50000 >/dev/null
+  echo "after_outage_ms $(back 120 routed_everywhere 10.195.81.0/24)" >> "$f"
   bash scripts/lab.sh down >/dev/null 2>&1 || true
 }
 
@@ -153,12 +185,14 @@ done
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "== twilld vs flanneld $version: 3 nodes, one etcd, $ROUNDS round(s), medians; ratio = twill / flanneld"
 printf '| figure | twilld | flanneld | ratio |\n|---|---|---|---|\n'
+printf 'figure\ttwilld\tflanneld\n' > "$RESULTS/flanneld.tsv"
 while read -r key label; do
   # "-" is a figure not reached in its time; a daemon that never reached it has none.
   tw=$(cat "$OUT"/twilld.[0-9]* | awk -v k="$key" '$1 == k && $2 != "-" {print $2}' | median)
   fl=$(cat "$OUT"/flanneld.[0-9]* | awk -v k="$key" '$1 == k && $2 != "-" {print $2}' | median)
   ratio=$(awk -v a="$tw" -v b="$fl" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }')
   printf '| %s | %s | %s | %s |\n' "$label" "${tw:-not reached}" "${fl:-not reached}" "$ratio"
+  printf '%s\t%s\t%s\n' "$key" "${tw:--}" "${fl:--}" >> "$RESULTS/flanneld.tsv"
 done <<'EOF'
 startup_ms lab up (3 nodes to subnet.env and pods wired), ms
 conv_1000_after_last_put_ms 1 000 leases programmed on every node, ms after the last put
@@ -178,7 +212,19 @@ repair_route_ms a deleted peer route back, ms (not reached: not within 30 s)
 repair_chain_ms a flushed FLANNEL-POSTRTG chain back, ms
 restart_failed new connections pod 1 -> etcd host (masqueraded) that failed over 12 s, node 1's daemon restarted at 2 s
 restart_tried connections tried in those 12 s, one after another
+rpcs_per_lease_10min etcd requests (gRPC messages) per node's lease over 10 min, idle at 2 peers
+outage_cpu_30s CPU of the 3 daemons while etcd is down for 30 s, s
+after_outage_ms a lease put once etcd is back -> routed on every node, ms
 EOF
+for d in twilld flanneld; do
+  echo "== $d's etcd requests by method over the idle count (last round, 3 nodes)"
+  cat "$OUT/$d.rpcs"
+done
+echo "figures: $RESULTS/flanneld.tsv"
+if [[ -n $PLOT ]]; then
+  bash scripts/bench-plot.sh "$RESULTS/flanneld.tsv" "$RESULTS/flanneld.svg" "$version"
+  echo "plot: $RESULTS/flanneld.svg"
+fi
 for d in twilld flanneld; do
   echo "== where $d's resident set sits at 2 peers (last round, node 1), MB"
   sed 's/^breakdown //' "$OUT/$d.breakdown"

@@ -25,11 +25,25 @@
 #      and VXLAN blocked -> vxlan-blocked verdict time (scripts/bench-probes.sh)
 #  11. dual stack: pod throughput over IPv4 and IPv6 against each raw underlay
 #      (scripts/bench-dualstack.sh)
+#  12. twilld beside the real flanneld, each figure for both and the ratio
+#      (scripts/bench-flanneld.sh); with --plot, an SVG of convergence time and peak RSS
+#      against peers for both daemons next to the figures (target/bench/flanneld.{tsv,svg});
+#      12b. Kubernetes mode on the real API server, 1 000 and 5 000 peer nodes, both
+#      daemons (scripts/bench-kube-flanneld.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
-# NETLAB=none skips section 5; BENCH_SECTIONS=core runs only 1-4 and 6 (a refactor's check;
-# TWILLD=<another build's twilld> measures that build in 2-4 and 6).
+# NETLAB=none skips section 5; BENCH_SECTIONS=flanneld runs only 12; BENCH_SECTIONS=core
+# runs only 1-4 and 6 (a refactor's check; TWILLD=<another build's twilld> measures that
+# build in 2-4 and 6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PLOT=$([[ ${1:-} == --plot ]] && echo --plot || true)
+if [[ ${BENCH_SECTIONS:-all} == flanneld ]]; then
+  echo "== 12. twilld vs the real flanneld"
+  bash scripts/bench-flanneld.sh $PLOT
+  echo "== 12b. Kubernetes mode on the real API server, twilld vs flanneld"
+  bash scripts/bench-kube-flanneld.sh
+  exit 0
+fi
 bash scripts/setup.sh >/dev/null
 cargo build --release -q -p twilld -p twill-cni -p twill-bench
 cargo build --release -q -p twill-dataplane --example program_peers
@@ -358,3 +372,7 @@ echo "== 10. peer probes: cost at 1 000 unanswering peers, block -> verdict"
 BIN=$BIN LAB_PREFIX=$P-prb bash scripts/bench-probes.sh | sed 's/^/  /'
 echo "== 11. dual stack: pod throughput over IPv4 and IPv6, and each raw underlay"
 BIN=$BIN LAB_PREFIX=$P-ds bash scripts/bench-dualstack.sh | sed 's/^/  /'
+echo "== 12. twilld vs the real flanneld"
+bash scripts/bench-flanneld.sh $PLOT | sed 's/^/  /'
+echo "== 12b. Kubernetes mode on the real API server, twilld vs flanneld"
+bash scripts/bench-kube-flanneld.sh | sed 's/^/  /'

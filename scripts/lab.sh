@@ -13,6 +13,7 @@
 #   scripts/lab.sh stop-node N | start-node N | restart-node N   twilld on node N
 #   scripts/lab.sh kill-node N   SIGKILL twilld on node N, then start it again
 #   scripts/lab.sh restart-etcd  stop etcd and start it again on the same data
+#   scripts/lab.sh stop-etcd | start-etcd  the same in two steps (an outage between them)
 #   scripts/lab.sh down       stop everything and delete the namespaces
 #
 # Env: LAB_PREFIX (namespace prefix, default twlab), TWILLD and TWILL_CNI (binary paths),
@@ -99,13 +100,14 @@ start_etcd() { # the lab's etcd, on its data dir (kept across restarts); waits u
   die "etcd did not come up; see $STATE/etcd.log"
 }
 
-restart_etcd() { # SIGTERM etcd, wait for it to exit, start it again
+stop_etcd() { # SIGTERM etcd and wait for it to exit
   local pid
   pid=$(cat "$STATE/etcd.pid")
   kill "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-  start_etcd
 }
+
+restart_etcd() { stop_etcd; start_etcd; }
 
 kill_node() { # kill_node <n>: SIGKILL twilld (no clean stop at all), then start it again
   local f=$STATE/n$1/twilld.pid
@@ -253,8 +255,10 @@ case ${1:-} in
   restart-node) shift; restart_node "$@" ;;
   kill-node) shift; kill_node "$@" ;;
   restart-etcd) restart_etcd ;;
+  stop-etcd) stop_etcd ;;
+  start-etcd) start_etcd ;;
   check) check ;;
   status) status ;;
   down) down ;;
-  *) sed -n '2,21p' "$0"; exit 2 ;;
+  *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 #           imports the well-known .proto files from libprotobuf-dev)
 #   node    what twilld and the plugin call at run time on a node
 #   test    the real parts the tests, the demo, the lab and the benchmarks run against
+#   bench   what only the benchmarks need (gnuplot for bench.sh --plot)
 #   reference  flanneld and flannel's CNI plugin, built with Go from their modules at the
 #           versions pinned in scripts/reference-versions, into a cache outside the checkout
 # No group means build, node and test. Every package is named here, installed without recommends:
@@ -26,6 +27,8 @@ TEST=(
   iputils-ping tcpdump ethtool iperf3 jq openssl procps psmisc curl bc util-linux
 )
 
+BENCH=(gnuplot-nox)
+
 groups=("$@")
 ((${#groups[@]})) || groups=(build node test)
 want=() need_cargo=0 reference=0
@@ -34,8 +37,9 @@ for g in "${groups[@]}"; do
     build) want+=("${BUILD[@]}"); need_cargo=1 ;;
     node) want+=("${NODE[@]}") ;;
     test) want+=("${TEST[@]}" "${NODE[@]}") ;;
+    bench) want+=("${BENCH[@]}") ;;
     reference) reference=1 ;;
-    *) echo "setup: unknown group '$g' (build, node, test, reference)" >&2; exit 2 ;;
+    *) echo "setup: unknown group '$g' (build, node, test, bench, reference)" >&2; exit 2 ;;
   esac
 done
 
