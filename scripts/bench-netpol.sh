@@ -5,10 +5,4 @@
 # objects beside nine real ones. Prints: policy created -> enforced on every node (p50/p99,
 # 1 000 pods), pod created -> in every selecting set (p50/p99), new TCP connections per
 # second with 0, 100 and 1 000 policies, twilld's memory at 5 000 pods and 1 000 policies.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh build node test reference
-cargo build -q --release -p twilld -p twill-cni
-TWILLD_BIN=$PWD/target/release/twilld TWILL_NS_PREFIX="twpb$$" \
-  cargo test -q --release -p twill-e2e --test netpol_bench -- --ignored --nocapture 2>&1 |
-  grep -v -E '^(running|test |$)|the matrix is as wanted'
+exec bash "$(dirname "$0")/bench-e2e.sh" netpol_bench

@@ -78,20 +78,11 @@ fn converged(c: &Cluster, want: usize, limit: Duration) -> Option<Instant> {
     Some(Instant::now())
 }
 
-fn status_kb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Largest of the three daemons, MB.
 fn largest(c: &Cluster, field: &str) -> f64 {
     c.nodes
         .iter()
-        .map(|n| status_kb(n.pid().expect("running"), field) / 1024.0)
+        .map(|n| twill_e2e::proc_status_kb(n.pid().expect("running"), field) as f64 / 1024.0)
         .fold(0.0, f64::max)
 }
 

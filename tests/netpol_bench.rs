@@ -271,15 +271,6 @@ fn conn_run(lab: &PolicyLab, from: &str, to: &str) -> f64 {
     count.load(Ordering::Relaxed) as f64 / 2.0
 }
 
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "a benchmark: scripts/bench-netpol.sh"]
 fn network_policy_figures() {
@@ -413,9 +404,9 @@ fn network_policy_figures() {
         println!(
             "twilld node{} with 5000 pods and 1000 policies: VmHWM {:.1} MB, VmRSS {:.1} MB, RssAnon {:.1} MB",
             i + 1,
-            rss_kb(pid, "VmHWM") as f64 / 1024.0,
-            rss_kb(pid, "VmRSS") as f64 / 1024.0,
-            rss_kb(pid, "RssAnon") as f64 / 1024.0
+            twill_e2e::proc_status_kb(pid, "VmHWM") as f64 / 1024.0,
+            twill_e2e::proc_status_kb(pid, "VmRSS") as f64 / 1024.0,
+            twill_e2e::proc_status_kb(pid, "RssAnon") as f64 / 1024.0
         );
     }
 }

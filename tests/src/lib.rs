@@ -496,6 +496,16 @@ pub fn metric_in(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
         .sum()
 }
 
+/// A `/proc/<pid>/status` figure in kB (`VmHWM`, `RssAnon`, ...); 0 when unreadable.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The check called `name` in the output of `twilld doctor --output=json` (its JSON report
 /// on stdout, possibly followed by log lines from stderr).
 pub fn doctor_check(out: &str, name: &str) -> serde_json::Value {

@@ -102,11 +102,7 @@ pub struct PolicyFeed {
 impl PolicyFeed {
     /// Starts the three watchers on `client`; they stop with `cancel`.
     pub fn start(client: Client, cancel: CancellationToken) -> Self {
-        let feed = PolicyFeed {
-            cluster: Arc::default(),
-            changed: watch::channel(0).0,
-            listed: Arc::default(),
-        };
+        let feed = PolicyFeed::empty();
         let pods: Api<Pod> = Api::all(client.clone());
         let nss: Api<Namespace> = Api::all(client.clone());
         let nps: Api<NetworkPolicy> = Api::all(client);
@@ -124,6 +120,14 @@ impl PolicyFeed {
             Part::Policy(twill_policy::policy_from_k8s(p))
         }));
         feed
+    }
+
+    fn empty() -> Self {
+        PolicyFeed {
+            cluster: Arc::default(),
+            changed: watch::channel(0).0,
+            listed: Arc::default(),
+        }
     }
 
     /// Ticks on every change of the model.
@@ -223,4 +227,23 @@ pub async fn list_cluster(client: Client) -> Result<Cluster, kube::Error> {
         Part::Policy(twill_policy::policy_from_k8s(&p)).insert(&mut c);
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_stays_as_taken_while_the_model_changes() {
+        let feed = PolicyFeed::empty();
+        let ns = |n: &str| Part::Namespace(n.into(), Labels::default());
+        feed.change(|c| ns("x").insert(c));
+        let before = feed.snapshot();
+        // Nothing changed since: the same model, not a copy.
+        assert!(Arc::ptr_eq(&before, &feed.snapshot()));
+        feed.change(|c| ns("y").insert(c));
+        assert_eq!(before.namespaces.len(), 1, "the snapshot kept its model");
+        assert_eq!(feed.snapshot().namespaces.len(), 2);
+        assert_eq!(*feed.subscribe().borrow(), 2, "a tick per change");
+    }
 }
