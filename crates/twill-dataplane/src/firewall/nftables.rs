@@ -11,7 +11,6 @@
 //! Hand-written against the `nft` binary rather than the `nftables` crate: the script is
 //! a dozen lines, and the crate's JSON schema types would be most of the code.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use super::{
@@ -106,21 +105,19 @@ pub struct Nftables {
 impl Nftables {
     pub fn new() -> Result<Self, FirewallError> {
         let what = "EnableNFTables: nft --version";
-        let out = Command::new("nft")
-            .arg("--version")
-            .output()
-            .map_err(|source| FirewallError::Run {
-                tool: "nft",
-                what: what.into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(FirewallError::Refused {
-                tool: "nft",
-                what: what.into(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                hint: Some("install nftables"),
-            });
+        // nft that runs but fails says why, with the hint; nft missing is a Run error.
+        let refused = |stderr: String| FirewallError::Refused {
+            tool: "nft",
+            what: what.into(),
+            stderr,
+            hint: Some("install nftables"),
+        };
+        match nft_read(&["--version"], what) {
+            Ok(Some(_)) => {}
+            // nft_read's "nothing listed": here nft failed with that on stderr.
+            Ok(None) => return Err(refused("No such file or directory".into())),
+            Err(FirewallError::Refused { stderr, .. }) => return Err(refused(stderr)),
+            Err(e) => return Err(e),
         }
         Ok(Nftables {
             written: Mutex::new([None, None]),
