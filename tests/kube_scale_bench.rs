@@ -29,7 +29,7 @@ fn peer(i: usize) -> Node {
     let mac = format!("0a:03:00:{:02x}:{:02x}:01", (i >> 8) as u8, i as u8);
     let name = format!("peer-{i:05}");
     let mut v = twill_testutil::kube_nodes::flannel_peer(&name, &cidr, &ip, &mac, 0);
-    v["metadata"]["name"] = name.into();
+    // managedFields are the server's to write.
     v["metadata"]
         .as_object_mut()
         .expect("metadata")
@@ -55,20 +55,11 @@ fn add_peers(c: &Cluster, cp: &ControlPlane, range: std::ops::Range<usize>) {
     });
 }
 
-fn routes(c: &Cluster, i: usize) -> usize {
-    c.nodes[i]
-        .ns
-        .sh("ip route show dev flannel.1 | wc -l")
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
 /// Polls the three nodes until each routes `want` subnets; when the last got there.
 fn converged(c: &Cluster, want: usize, limit: Duration) -> Option<Instant> {
     let started = Instant::now();
     for i in 0..c.nodes.len() {
-        while routes(c, i) < want {
+        while c.nodes[i].vxlan_subnets().len() < want {
             if started.elapsed() > limit {
                 return None;
             }
@@ -86,23 +77,9 @@ fn largest(c: &Cluster, field: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// CPU seconds of the three daemons so far.
+/// CPU seconds of the three daemons so far (ticks of USER_HZ, 100 on Linux).
 fn cpu(c: &Cluster) -> f64 {
-    let tck = 100.0; // USER_HZ on Linux.
-    c.nodes
-        .iter()
-        .map(|n| {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", n.pid().unwrap()))
-                .unwrap_or_default();
-            // After the command's closing parenthesis: utime and stime are fields 14, 15.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let f: Vec<f64> = rest
-                .split_whitespace()
-                .map(|x| x.parse().unwrap_or(0.0))
-                .collect();
-            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / tck
-        })
-        .sum()
+    c.nodes.iter().map(|n| n.cpu_ticks() as f64 / 100.0).sum()
 }
 
 /// (figure, value) in print order; `None` where it was not reached in time.

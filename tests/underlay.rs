@@ -17,20 +17,6 @@ fn readyz(c: &Cluster, i: usize) -> String {
         .sh("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8471/readyz || true")
 }
 
-/// CPU ticks twilld on node `i` has used (user + system).
-fn cpu_ticks(c: &Cluster, i: usize) -> u64 {
-    let pid = c.nodes[i].pid().expect("running");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // After the ")" closing the command: state is field 3, utime 14, stime 15.
-    let rest: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
-}
-
 /// What the lease of node `i` says its PublicIP is.
 fn lease_public_ip(c: &Cluster, i: usize) -> String {
     let j = c.lease_value(i).unwrap_or_default();
@@ -72,9 +58,9 @@ fn the_parent_deleted_and_made_again() {
         check["detail"].as_str().unwrap().contains("eth0"),
         "{check}"
     );
-    let before = cpu_ticks(&c, 0);
+    let before = c.nodes[0].cpu_ticks();
     std::thread::sleep(Duration::from_secs(10));
-    let used = cpu_ticks(&c, 0) - before;
+    let used = c.nodes[0].cpu_ticks() - before;
     assert!(
         used < 50,
         "{used} ticks in 10 s without an underlay: a retry loop?"

@@ -116,6 +116,20 @@ impl Node {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// CPU ticks (user + system, USER_HZ) the daemon has used so far.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self.pid().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // After the ")" closing the command: state is field 3, utime 14, stime 15.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

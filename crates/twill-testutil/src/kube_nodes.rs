@@ -77,6 +77,7 @@ pub fn kubeadm_node(name: &str, cidr: &str, annotations: Value, beat: u64) -> Va
     }
     json!({
         "metadata": {
+            "name": name,
             "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                 "node.kubernetes.io/instance-type": "m5.xlarge", "topology.kubernetes.io/region": "eu-west-1",
