@@ -37,11 +37,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLOT=$([[ ${1:-} == --plot ]] && echo --plot || true)
-if [[ ${BENCH_SECTIONS:-all} == flanneld ]]; then
+section12() {
   echo "== 12. twilld vs the real flanneld"
-  bash scripts/bench-flanneld.sh $PLOT
+  bash scripts/bench-flanneld.sh $PLOT | sed 's/^/  /'
   echo "== 12b. Kubernetes mode on the real API server, twilld vs flanneld"
-  bash scripts/bench-kube-flanneld.sh
+  bash scripts/bench-kube-flanneld.sh | sed 's/^/  /'
+}
+if [[ ${BENCH_SECTIONS:-all} == flanneld ]]; then
+  section12
   exit 0
 fi
 bash scripts/setup.sh >/dev/null
@@ -372,7 +375,4 @@ echo "== 10. peer probes: cost at 1 000 unanswering peers, block -> verdict"
 BIN=$BIN LAB_PREFIX=$P-prb bash scripts/bench-probes.sh | sed 's/^/  /'
 echo "== 11. dual stack: pod throughput over IPv4 and IPv6, and each raw underlay"
 BIN=$BIN LAB_PREFIX=$P-ds bash scripts/bench-dualstack.sh | sed 's/^/  /'
-echo "== 12. twilld vs the real flanneld"
-bash scripts/bench-flanneld.sh $PLOT | sed 's/^/  /'
-echo "== 12b. Kubernetes mode on the real API server, twilld vs flanneld"
-bash scripts/bench-kube-flanneld.sh | sed 's/^/  /'
+section12
