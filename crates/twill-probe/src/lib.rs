@@ -1,6 +1,7 @@
 //! Per-peer overlay probes: does a packet get through to each peer, over the overlay and
-//! over the underlay, at the pod MTU? Verdicts are pure (`verdict`); the probing runs one
-//! task per peer (`prober`) over raw ICMP sockets (`icmp`).
+//! over the underlay, at the pod MTU? Verdicts are pure (`verdict`); the probing keeps every
+//! peer's next round in one timer queue, a task only for a round in flight (`prober`), over
+//! raw ICMP sockets (`icmp`).
 
 pub mod icmp;
 pub mod prober;

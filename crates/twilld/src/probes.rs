@@ -4,6 +4,7 @@
 //! with --ready-requires-peers, the readiness gate.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -11,6 +12,7 @@ use tracing::{debug, info, warn};
 use twill_probe::{IcmpEcho, Probe, Report, Target, Timing, Verdict};
 use twill_store::PeerEntry;
 
+use crate::labels::{PathLabel, PeerIp, PeerPath, ProbePath};
 use crate::options::ProbeOptions;
 use crate::telemetry::Telemetry;
 
@@ -19,14 +21,13 @@ use crate::telemetry::Telemetry;
 pub fn targets(entries: impl Iterator<Item = PeerEntry>, mtu: u32) -> Vec<Target> {
     let mut v: Vec<Target> = entries
         .map(|e| Target {
-            peer: e.public_ip.to_string(),
             public_ip: e.public_ip,
             vtep: e.mac.map(|_| e.vtep_ip),
             mtu,
         })
         .collect();
     v.sort();
-    v.dedup_by(|a, b| a.peer == b.peer);
+    v.dedup_by(|a, b| a.public_ip == b.public_ip);
     v
 }
 
@@ -92,8 +93,8 @@ async fn consume(
                 let gone = tel.probes.lock().expect("not poisoned").retain(&now);
                 current = now.into_iter().collect();
                 for peer in gone {
-                    for path in ["overlay", "underlay", "mtu", "inbound"] {
-                        tel.peer_reachable.remove(&labels(&peer, path));
+                    for path in ProbePath::ALL {
+                        tel.peer_reachable.remove(&labels(peer, path));
                     }
                 }
             }
@@ -116,21 +117,21 @@ async fn consume(
     }
 }
 
-fn labels(peer: &str, path: &str) -> Vec<(String, String)> {
-    vec![
-        ("peer".to_string(), peer.to_string()),
-        ("path".to_string(), path.to_string()),
-    ]
+fn labels(peer: IpAddr, path: ProbePath) -> PeerPath {
+    PeerPath {
+        peer: PeerIp(peer),
+        path,
+    }
 }
 
 /// A round into the board, the metrics and (on a change of verdict) the log.
 fn note(tel: &Telemetry, r: &Report) {
-    let peer = &r.target.peer;
+    let peer = r.target.public_ip;
     let round = r.round;
     for (path, p) in [
-        ("overlay", round.pod_path()),
-        ("underlay", round.underlay),
-        ("mtu", round.full),
+        (ProbePath::Overlay, round.pod_path()),
+        (ProbePath::Underlay, round.underlay),
+        (ProbePath::Mtu, round.full),
     ] {
         if p != Probe::NotSent {
             tel.peer_reachable
@@ -140,16 +141,19 @@ fn note(tel: &Telemetry, r: &Report) {
     }
     // The peer's own probes reaching us tell only while ours are lost (asymmetric), so the
     // series exists only then: a flanneld peer, which never probes, has no 0 to alert on.
-    let inbound = labels(peer, "inbound");
+    let inbound = labels(peer, ProbePath::Inbound);
     if round.heard {
         tel.peer_reachable.get_or_create(&inbound).set(1);
     } else {
         tel.peer_reachable.remove(&inbound);
     }
-    for (path, p) in [("overlay", round.overlay), ("underlay", round.underlay)] {
+    for (path, p) in [
+        (ProbePath::Overlay, round.overlay),
+        (ProbePath::Underlay, round.underlay),
+    ] {
         if let Some(rtt) = p.rtt() {
             tel.peer_rtt
-                .get_or_create(&vec![("path".to_string(), path.to_string())])
+                .get_or_create(&PathLabel { path })
                 .observe(rtt.as_secs_f64());
         }
     }
@@ -165,7 +169,7 @@ fn note(tel: &Telemetry, r: &Report) {
         (_, Verdict::Ok) => {
             info!(%peer, was = old.label(), "peer reachable over the overlay again")
         }
-        (_, v) => warn!(%peer, verdict = v.label(), "{}", v.explain(peer, port)),
+        (_, v) => warn!(%peer, verdict = v.label(), "{}", v.explain(&peer.to_string(), port)),
     }
 }
 
@@ -188,7 +192,10 @@ mod tests {
         let t = targets([vx, hg].into_iter(), 1450);
         assert_eq!(t[0].vtep, Some("10.244.2.0".parse().unwrap()));
         assert_eq!(t[1].vtep, None);
-        assert_eq!((t[0].mtu, t[1].peer.as_str()), (1450, "198.18.0.3"));
+        assert_eq!(
+            (t[0].mtu, t[1].public_ip.to_string()),
+            (1450, "198.18.0.3".into())
+        );
     }
 
     #[test]

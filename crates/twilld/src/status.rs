@@ -12,7 +12,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -416,7 +416,7 @@ pub struct Board {
     pub on: bool,
     /// VXLAN's UDP port, for the fixes' wording.
     pub port: u16,
-    peers: BTreeMap<String, (Verdict, Round)>,
+    peers: BTreeMap<IpAddr, (Verdict, Round)>,
     /// Peers whose verdict is ok, and failing ones, kept as verdicts change: every round
     /// asks for them, and counting 10 000 peers per round made probing quadratic.
     ok: usize,
@@ -433,12 +433,12 @@ fn tally(v: &Verdict) -> (usize, usize) {
 
 impl Board {
     /// Records a round: (the verdict before, the verdict now).
-    pub(crate) fn record(&mut self, peer: &str, round: Round) -> (Verdict, Verdict) {
+    pub(crate) fn record(&mut self, peer: IpAddr, round: Round) -> (Verdict, Verdict) {
         let verdict = judge(&round);
-        let old = match self.peers.get_mut(peer) {
+        let old = match self.peers.get_mut(&peer) {
             Some(e) => std::mem::replace(e, (verdict, round)).0,
             None => {
-                self.peers.insert(peer.to_string(), (verdict, round));
+                self.peers.insert(peer, (verdict, round));
                 Verdict::Unknown
             }
         };
@@ -449,21 +449,20 @@ impl Board {
     }
 
     /// Keeps only the peers in `targets` (unprobed ones as unknown); the ones dropped.
-    pub(crate) fn retain(&mut self, targets: &[Target]) -> Vec<String> {
-        let want: HashSet<&str> = targets.iter().map(|t| t.peer.as_str()).collect();
+    pub(crate) fn retain(&mut self, targets: &[Target]) -> Vec<IpAddr> {
+        let want: HashSet<IpAddr> = targets.iter().map(|t| t.public_ip).collect();
         let mut gone = Vec::new();
         self.peers.retain(|p, _| {
-            let keep = want.contains(p.as_str());
+            let keep = want.contains(p);
             if !keep {
-                gone.push(p.clone());
+                gone.push(*p);
             }
             keep
         });
         for t in targets {
-            if !self.peers.contains_key(&t.peer) {
-                self.peers
-                    .insert(t.peer.clone(), (Verdict::Unknown, Round::default()));
-            }
+            self.peers
+                .entry(t.public_ip)
+                .or_insert((Verdict::Unknown, Round::default()));
         }
         (self.ok, self.failing) = self.peers.values().fold((0, 0), |(ok, f), (v, _)| {
             let (a, b) = tally(v);
@@ -481,7 +480,7 @@ impl Board {
                     PeerProbe {
                         overlay_rtt_ms: ms(r.overlay),
                         underlay_rtt_ms: ms(r.underlay),
-                        ..PeerProbe::of(peer, v, self.port)
+                        ..PeerProbe::of(&peer.to_string(), v, self.port)
                     }
                 })
                 .collect()
@@ -611,7 +610,6 @@ twill_peers 4
             ..Default::default()
         };
         let t = |p: &str| Target {
-            peer: p.into(),
             public_ip: p.parse().unwrap(),
             vtep: None,
             mtu: 1450,
@@ -620,26 +618,32 @@ twill_peers 4
         assert_eq!(b.counts(), (0, 2), "unprobed peers count as not reachable");
         assert_eq!(b.failing(), 0, "but not as failing");
         assert_eq!(
-            b.record("198.18.0.2", round(UP, UP)),
+            b.record("198.18.0.2".parse().unwrap(), round(UP, UP)),
             (Verdict::Unknown, Verdict::Ok)
         );
         assert_eq!(
-            b.record("198.18.0.2", round(UP, UP)),
+            b.record("198.18.0.2".parse().unwrap(), round(UP, UP)),
             (Verdict::Ok, Verdict::Ok),
             "no change"
         );
         assert_eq!(
-            b.record("198.18.0.3", round(UP, Probe::Lost)),
+            b.record("198.18.0.3".parse().unwrap(), round(UP, Probe::Lost)),
             (Verdict::Unknown, Verdict::VxlanBlocked)
         );
         assert_eq!((b.counts(), b.failing()), ((1, 2), 1));
         let snap = b.snapshot().unwrap();
         assert_eq!(snap[1].verdict, "vxlan-blocked");
         assert!(snap[1].fix.contains("UDP 8472"), "{}", snap[1].fix);
-        assert_eq!(b.retain(&[t("198.18.0.2")]), ["198.18.0.3"]);
+        assert_eq!(
+            b.retain(&[t("198.18.0.2")]),
+            ["198.18.0.3".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!((b.counts(), b.failing()), ((1, 1), 0));
         assert_eq!(
-            b.record("198.18.0.2", round(Probe::Lost, Probe::Lost)),
+            b.record(
+                "198.18.0.2".parse().unwrap(),
+                round(Probe::Lost, Probe::Lost)
+            ),
             (Verdict::Ok, Verdict::PeerDown)
         );
         assert_eq!((b.counts(), b.failing()), ((0, 1), 1));

@@ -13,7 +13,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use crate::labels::label;
-use crate::labels::Labels;
+use crate::labels::{Labels, PathLabel, PeerPath};
 
 /// Everything /readyz requires, in start-up order.
 #[derive(Debug, Default, Clone)]
@@ -85,8 +85,8 @@ pub struct Telemetry {
     /// BIRD's sessions as last read, for `twilld status`: (peer, established).
     pub bgp_sessions: Mutex<Vec<(String, bool)>>,
     /// Per peer and path (overlay, underlay, mtu): 1 when the last probe answered.
-    pub peer_reachable: Family<Labels, Gauge>,
-    pub peer_rtt: Family<Labels, Histogram, fn() -> Histogram>,
+    pub peer_reachable: Family<PeerPath, Gauge>,
+    pub peer_rtt: Family<PathLabel, Histogram, fn() -> Histogram>,
     pub peers_unreachable: Gauge,
     /// What `twilld status` shows: the node's part, written by the main loop.
     pub status: Mutex<crate::status::NodeStatus>,
