@@ -23,6 +23,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     }
     let cancel = CancellationToken::new();
     let reloads = spawn_signal_handler(cancel.clone());
+    tokio::spawn(crate::heap::run(cancel.clone()));
     // Liveness allows for a few missed resyncs before declaring the loop stuck.
     let window = (opts.resync * 3).max(Duration::from_secs(30));
     let tel = Arc::new(Telemetry::new(window));

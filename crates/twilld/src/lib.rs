@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod exabgp;
 pub mod explain;
+pub mod heap;
 mod http;
 pub mod install_cni;
 mod labels;
