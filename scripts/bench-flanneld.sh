@@ -150,7 +150,7 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   sleep 10
   echo "idle_cpu_10s $(echo "($(cpu) - $c2) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
   ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
-    | jq -r '"put_route_p50_ms \(.p50_ms)\nput_route_p99_ms \(.p99_ms)"' >> "$f"
+    | jq -r '"put_route_p50_ms \(.p50_ms)\nput_route_p99_ms \(.p99_ms)\nput_commit_p99_ms \(.commit_p99_ms)\nafter_commit_p50_ms \(.after_commit_p50_ms)\nafter_commit_p99_ms \(.after_commit_p99_ms)"' >> "$f"
   # Repair at 10 000 peers: one peer's route deleted on node 1, then its MASQUERADE chain
   # flushed (both daemons run with --iptables-resync 2 here; flanneld's default is 5).
   local r n
@@ -202,6 +202,9 @@ conv_1000_after_last_put_ms 1 000 leases programmed on every node, ms after the 
 conv_10000_after_last_put_ms 9 000 more (10 000), ms after the last put
 put_route_p50_ms put -> route at 10 000 peers, p50 ms
 put_route_p99_ms put -> route at 10 000 peers, p99 ms
+put_commit_p99_ms of which etcd: put -> etcd's answer (its WAL fsync), p99 ms
+after_commit_p50_ms of which the daemon: etcd's answer -> route, p50 ms
+after_commit_p99_ms of which the daemon: etcd's answer -> route, p99 ms
 rss_2 peak RSS at 2 peers, MB (largest of 3)
 rss_1000 peak RSS at 1 000 peers, MB
 rss_10000 peak RSS at 10 000 peers, MB

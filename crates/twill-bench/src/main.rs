@@ -4,7 +4,9 @@
 //!
 //! `twill-bench latency ENDPOINT COUNT NETNS...`: for COUNT new leases, one at a time,
 //! measures from the etcd put to the moment the route appears in each node namespace
-//! (a netlink route monitor per namespace), and prints p50/p99 per node.
+//! (a netlink route monitor per namespace), and prints p50/p99 per node; and the same
+//! split at etcd's answer to the put (`commit_*`: etcd's share, its WAL fsync included;
+//! `after_commit_*`: from then to the route, the daemon's share).
 //!
 //! `twill-bench fake-kube ADDR COUNT`: see `kube.rs`.
 
@@ -115,6 +117,8 @@ async fn latency(endpoint: &str, count: u32, namespaces: Vec<String>) {
     let mut client = Client::connect([endpoint], None).await.unwrap();
     let id = client.lease_grant(3600, None).await.unwrap().id();
     let mut per_node: Vec<Vec<f64>> = vec![Vec::new(); namespaces.len()];
+    let mut after_commit: Vec<Vec<f64>> = vec![Vec::new(); namespaces.len()];
+    let mut commit: Vec<f64> = Vec::new();
     // Indexes far above any injected set.
     for i in 60_000..60_000 + count {
         let (k, v) = lease(i);
@@ -124,6 +128,8 @@ async fn latency(endpoint: &str, count: u32, namespaces: Vec<String>) {
             .put(k, v, Some(PutOptions::new().with_lease(id)))
             .await
             .unwrap();
+        let t1 = Instant::now();
+        commit.push(t1.duration_since(t0).as_secs_f64() * 1e3);
         let mut seen = vec![false; namespaces.len()];
         while seen.iter().any(|s| !s) {
             let (idx, dst, at) = rx
@@ -132,22 +138,38 @@ async fn latency(endpoint: &str, count: u32, namespaces: Vec<String>) {
             if dst == subnet && !seen[idx] {
                 seen[idx] = true;
                 per_node[idx].push(at.duration_since(t0).as_secs_f64() * 1e3);
+                // The watch event can reach a daemon before etcd's answer reaches us.
+                let after = at.checked_duration_since(t1).unwrap_or_default();
+                after_commit[idx].push(after.as_secs_f64() * 1e3);
             }
         }
     }
     // Leave the cluster as we found it.
     let _ = client.lease_revoke(id).await;
-    for (ns, mut v) in namespaces.iter().zip(per_node) {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    let commit = sorted(commit);
+    for ((ns, v), a) in namespaces.iter().zip(per_node).zip(after_commit) {
+        let (v, a) = (sorted(v), sorted(a));
         println!(
-            "{{\"node\":\"{ns}\",\"n\":{},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2}}}",
+            "{{\"node\":\"{ns}\",\"n\":{},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2},\"commit_p50_ms\":{:.2},\"commit_p99_ms\":{:.2},\"after_commit_p50_ms\":{:.2},\"after_commit_p99_ms\":{:.2}}}",
             v.len(),
-            pct(0.5),
-            pct(0.99),
-            pct(1.0)
+            pct(&v, 0.5),
+            pct(&v, 0.99),
+            pct(&v, 1.0),
+            pct(&commit, 0.5),
+            pct(&commit, 0.99),
+            pct(&a, 0.5),
+            pct(&a, 0.99),
         );
     }
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main(flavor = "current_thread")]
