@@ -146,3 +146,79 @@ fn a_node_moves_from_flanneld_to_twilld_and_back_in_place() {
     assert_eq!(c.nodes[1].vtep_mac(), mac, "and the MAC");
     c.assert_full_mesh();
 }
+
+/// The peer routes in node `i`'s kernel: (by nexthop id, in flanneld's form).
+fn route_forms(c: &Cluster, i: usize) -> (usize, usize) {
+    let out = c.nodes[i].ns.sh("ip -4 route show dev flannel.1");
+    let nhid = out.lines().filter(|l| l.contains(" nhid ")).count();
+    (nhid, out.lines().count() - nhid)
+}
+
+/// Whether `--route-nexthops` could be the default, asked of the real flanneld: twilld
+/// nodes routing by nexthop id among flanneld nodes, then one of them handed to flanneld
+/// in place (the way back of a migration), which must adopt those routes and remove one
+/// when its peer's lease goes.
+#[test]
+fn nexthop_routes_mix_with_flanneld_and_flanneld_takes_them_over() {
+    require_root();
+    twill_e2e::flanneld_bin();
+    let mut c = Cluster::new("flnh");
+    c.put_config(CONF);
+    for (i, args) in [
+        &["--ip-masq", "--route-nexthops"][..],
+        &["--ip-masq"],
+        &["--ip-masq", "--route-nexthops"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.add_node_stopped(args);
+        if i == 1 {
+            c.nodes[i].start_flanneld();
+        } else {
+            c.nodes[i].start();
+        }
+        c.add_pod(i);
+    }
+    wait_until(30, "twilld nodes route by nexthop, flanneld's way", || {
+        route_forms(&c, 0) == (2, 0) && route_forms(&c, 2) == (2, 0) && route_forms(&c, 1) == (0, 2)
+    });
+    c.assert_full_mesh();
+    assert_no_nat(&c);
+
+    // Node 3 to flanneld, in place: it replaces each nexthop route with its own form (the
+    // nexthop objects stay behind, unused: flanneld does not know them).
+    c.nodes[2].stop(libc::SIGTERM);
+    c.nodes[2].args.retain(|a| a != "--route-nexthops");
+    let pinger = c.pod(0).ns.name.clone();
+    let target = c.pod(2).ip.clone();
+    let (lost, summary) = loss_during(&pinger, &target, 6, || {
+        c.nodes[2].start_flanneld();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    });
+    eprintln!("twilld with nexthops -> flanneld: {lost}% lost ({summary})");
+    assert!(lost <= 2.0, "twilld with nexthops -> flanneld: {summary}");
+    wait_until(20, "flanneld's form on the handed-over node", || {
+        route_forms(&c, 2) == (0, 2)
+    });
+    let left = c.nodes[2].ns.sh("ip nexthop show");
+    eprintln!("nexthops left unused on the handed-over node:\n{left}");
+    c.assert_full_mesh();
+
+    // A peer that goes: flanneld deletes the route it adopted (by gateway and device,
+    // which a route still held by nexthop id would not match).
+    let gone = c.nodes[0].lease();
+    c.remove_pod(0);
+    c.nodes[0].stop(libc::SIGTERM);
+    let (ok, out) = c.nodes[0].subcommand(&["cleanup", "--yes", "--release-lease"]);
+    assert!(ok, "{out}");
+    wait_until(
+        30,
+        "the gone peer's route removed on both flanneld nodes",
+        || {
+            !c.nodes[2].vxlan_subnets().contains(&gone)
+                && !c.nodes[1].vxlan_subnets().contains(&gone)
+        },
+    );
+    assert!(c.pings(1, 2) && c.pings(2, 1));
+}
