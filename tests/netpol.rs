@@ -24,22 +24,29 @@ fn the_upstream_matrix_on_three_dual_stack_nodes() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-ingress, namespace: x}\nspec: {podSelector: {}}\n",
     );
     lab.expect("default deny ingress in x", &|_, t, _, _| t.ns != "x");
-    let drops: f64 = (0..3)
-        .map(|i| {
-            let body = lab.c.nodes[i]
-                .ns
-                .sh("curl -sf http://127.0.0.1:8471/metrics");
-            metric_in(
-                &body,
-                "twill_policy_drops_total",
-                Some(("direction", "ingress")),
-            )
-        })
-        .sum();
-    assert!(
-        drops > 0.0,
-        "the denied probes are counted as ingress drops"
-    );
+    // twilld reads the drop counters every 5 s, so the denied probes show within two reads.
+    let drops = || -> f64 {
+        (0..3)
+            .map(|i| {
+                let body = lab.c.nodes[i]
+                    .ns
+                    .sh("curl -sf http://127.0.0.1:8471/metrics");
+                metric_in(
+                    &body,
+                    "twill_policy_drops_total",
+                    Some(("direction", "ingress")),
+                )
+            })
+            .sum()
+    };
+    let waited = std::time::Instant::now();
+    while drops() == 0.0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(12),
+            "the denied probes are counted as ingress drops within 12 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     lab.delete_policies();
     lab.apply(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
