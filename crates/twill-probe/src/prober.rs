@@ -1,7 +1,8 @@
 //! The probing itself: every peer probed once per interval at an offset of its own (spread
 //! at random over the interval, so 1 000 peers are a steady trickle of packets, not a
-//! burst), every round reported. The peer list comes from the node; a peer that goes is no
-//! longer probed (a round of its in flight is dropped), a new one is scheduled at once.
+//! burst), no more rounds started a second than the budget allows, every round reported.
+//! The peer list comes from the node; a peer that goes is no longer probed (a round of its
+//! in flight is dropped), a new one is scheduled at once.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,58 @@ pub struct Target {
 pub struct Timing {
     pub interval: Duration,
     pub timeout: Duration,
+    /// Rounds started per second at most, whatever the number of peers: past
+    /// `interval * per_second` peers, each is probed every `peers / per_second` seconds
+    /// instead. A node's probing costs the same at 10 000 peers as at 1 000, and the whole
+    /// cluster's grows with its nodes, not with their square.
+    pub per_second: u32,
+}
+
+/// Hands out start times: a round due while the budget is spent waits for the first tick
+/// with room, which is then its own. Rounds start together on ticks, a few at a time (10
+/// per 100 ms at 100 a second), so their timeouts end together too: one wake-up of the
+/// runtime for a tick's rounds instead of one for each. Starting each round on its own
+/// woke twilld 500 times a second at 10 000 unanswering peers, and the context switches
+/// cost more than the echoes.
+#[derive(Debug)]
+struct Budget {
+    /// Time between two ticks.
+    every: Duration,
+    per_tick: u32,
+    /// The latest tick given out, and how many rounds it has.
+    tick: Instant,
+    used: u32,
+}
+
+impl Budget {
+    fn new(per_second: u32, now: Instant) -> Budget {
+        let per_second = per_second.max(1);
+        // About ten ticks a second, each with a whole number of rounds.
+        let per_tick = per_second.div_ceil(10);
+        Budget {
+            every: Duration::from_secs(1) * per_tick / per_second,
+            per_tick,
+            tick: now,
+            used: 0,
+        }
+    }
+
+    /// When a round due `now` may start: the first tick at or after `now` with room.
+    fn slot(&mut self, now: Instant) -> Instant {
+        if now > self.tick {
+            let behind = (now - self.tick).as_nanos();
+            let every = self.every.as_nanos().max(1);
+            let ticks = behind.div_ceil(every);
+            self.tick += self.every * u32::try_from(ticks).unwrap_or(u32::MAX);
+            self.used = 0;
+        }
+        if self.used == self.per_tick {
+            self.tick += self.every;
+            self.used = 0;
+        }
+        self.used += 1;
+        self.tick
+    }
 }
 
 /// A small echo: 64 bytes of ICMP and its IP header.
@@ -101,9 +154,11 @@ pub struct Report {
     pub round: Round,
 }
 
-/// Where one peer stands: waiting for its next round, or in one.
+/// Where one peer stands: waiting for its next round, waiting for the start time the budget
+/// gave it, or in a round.
 enum Slot {
     Waiting(delay_queue::Key),
+    Slotted(delay_queue::Key),
     Probing(AbortHandle),
 }
 
@@ -145,6 +200,7 @@ pub async fn run<E: Echo>(
     let mut peers: HashMap<Target, Peer> = HashMap::new();
     let mut due: DelayQueue<Target> = DelayQueue::new();
     let mut rounds: JoinSet<Done> = JoinSet::new();
+    let mut budget = Budget::new(timing.per_second, Instant::now());
     let mut changed = true;
     loop {
         if changed {
@@ -153,7 +209,7 @@ pub async fn run<E: Echo>(
                 let keep = want.contains(t);
                 if !keep {
                     match &p.slot {
-                        Slot::Waiting(key) => drop(due.remove(key)),
+                        Slot::Waiting(key) | Slot::Slotted(key) => drop(due.remove(key)),
                         Slot::Probing(task) => task.abort(),
                     }
                 }
@@ -182,15 +238,21 @@ pub async fn run<E: Echo>(
             }
             Some(expired) = std::future::poll_fn(|cx| due.poll_expired(cx)) => {
                 let t = expired.into_inner();
-                let (echo, target) = (echo.clone(), t);
-                let task = rounds.spawn(async move {
-                    let started = Instant::now();
-                    let round = probe(echo.as_ref(), &target, timing).await;
-                    (target, started, round)
-                });
-                if let Some(p) = peers.get_mut(&t) {
-                    p.slot = Slot::Probing(task);
+                let Some(p) = peers.get_mut(&t) else { continue };
+                if let Slot::Waiting(_) = p.slot {
+                    let now = Instant::now();
+                    let at = budget.slot(now);
+                    if at > now {
+                        p.slot = Slot::Slotted(due.insert_at(t, at));
+                        continue;
+                    }
                 }
+                let echo = echo.clone();
+                p.slot = Slot::Probing(rounds.spawn(async move {
+                    let started = Instant::now();
+                    let round = probe(echo.as_ref(), &t, timing).await;
+                    (t, started, round)
+                }));
             }
             Some(done) = rounds.join_next_with_id() => {
                 // An aborted round (its peer went) or one whose peer went and came back
@@ -264,6 +326,7 @@ mod tests {
         let ms = Timing {
             interval: Duration::from_secs(10),
             timeout: Duration::from_millis(10),
+            per_second: 100,
         };
         let all = fake(&["198.18.0.2", "10.244.2.0"], 1500);
         let r = probe(&all, &t, ms).await;
@@ -328,6 +391,7 @@ mod tests {
     const TEN_S: Timing = Timing {
         interval: Duration::from_secs(10),
         timeout: Duration::from_secs(1),
+        per_second: 100,
     };
 
     #[tokio::test(start_paused = true)]
@@ -358,7 +422,7 @@ mod tests {
     /// An echo that answers the peers (both their addresses) it is told to at once, and
     /// no one else, taking its whole timeout to say so.
     struct Silent {
-        answers: Mutex<Vec<IpAddr>>,
+        answers: Mutex<HashSet<IpAddr>>,
         sent: Mutex<usize>,
     }
 
@@ -385,6 +449,83 @@ mod tests {
         fn heard(&self, _: IpAddr, _: Duration) -> bool {
             false
         }
+    }
+
+    #[test]
+    fn the_budget_gives_ticks_with_room_on_its_grid() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Budget::new(100, t0);
+        // 25 rounds due at once: 10 on each tick, the rest on the ticks after.
+        let got: Vec<Duration> = (0..25).map(|_| b.slot(t0) - t0).collect();
+        assert_eq!(&got[..10], &[ms(0); 10]);
+        assert_eq!(&got[10..20], &[ms(100); 10]);
+        assert_eq!(&got[20..], &[ms(200); 5]);
+        // Due later, with room: the next tick of the same grid, not the moment it is due.
+        assert_eq!(b.slot(t0 + ms(250)) - t0, ms(300));
+        assert_eq!(b.slot(t0 + ms(5_000)) - t0, ms(5_000));
+        assert_eq!(b.slot(t0 + ms(5_001)) - t0, ms(5_100));
+        // A small budget: one round a tick, ticks as far apart as it says.
+        let mut slow = Budget::new(4, t0);
+        let got: Vec<Duration> = (0..3).map(|_| slow.slot(t0) - t0).collect();
+        assert_eq!(got, [ms(0), ms(250), ms(500)]);
+        // One not divisible into ten ticks: 15 a second, 2 a tick every 133 ms.
+        let mut odd = Budget::new(15, t0);
+        let last = (0..30).map(|_| odd.slot(t0)).last().unwrap() - t0;
+        assert!((ms(1_850)..ms(2_000)).contains(&last), "{last:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_budget_peers_share_it_instead_of_probing_faster() {
+        let all: Vec<Target> = (0..1000u16)
+            .map(|i| {
+                let [hi, lo] = i.to_be_bytes();
+                Target {
+                    public_ip: IpAddr::from([198, 18, 2 + hi, lo]),
+                    vtep: Some(IpAddr::from([10, hi, lo, 0])),
+                    mtu: 1450,
+                }
+            })
+            .collect();
+        let echo = Arc::new(Silent::answering(&all));
+        let (tx, rx) = watch::channel(all.clone());
+        let (rtx, mut reports) = mpsc::unbounded_channel();
+        // 1 000 peers every 10 s would be 100 rounds a second; the budget is 20.
+        let timing = Timing {
+            per_second: 20,
+            ..TEN_S
+        };
+        let runner = tokio::spawn(run(echo, rx, timing, rtx));
+        let start = Instant::now();
+        let end = start + Duration::from_secs(200);
+        let mut in_second: HashMap<u64, usize> = HashMap::new();
+        let mut of_peer: HashMap<IpAddr, usize> = HashMap::new();
+        // The echoes answer at once, so a round is reported the moment it starts.
+        loop {
+            tokio::select! {
+                Some(r) = reports.recv() => {
+                    *in_second.entry((Instant::now() - start).as_secs()).or_default() += 1;
+                    *of_peer.entry(r.target.public_ip).or_default() += 1;
+                }
+                () = tokio::time::sleep_until(end) => break,
+            }
+        }
+        let busiest = in_second.values().max().copied().unwrap_or(0);
+        assert!(busiest <= 20, "{busiest} rounds started in one second");
+        let total: usize = of_peer.values().sum();
+        assert!(
+            total >= 3800,
+            "the budget went unused: {total} rounds in 200 s"
+        );
+        // Each peer in turn: every 50 s, none starved, none favoured.
+        assert_eq!(of_peer.len(), all.len());
+        let (lo, hi) = (of_peer.values().min(), of_peer.values().max());
+        assert!(
+            lo >= Some(&3) && hi <= Some(&5),
+            "rounds per peer in 200 s: {lo:?} to {hi:?}"
+        );
+        drop(tx);
+        runner.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -463,6 +604,7 @@ mod tests {
         let timing = Timing {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
+            per_second: 100,
         };
         let runner = tokio::spawn(run(echo.clone(), rx, timing, rtx));
         for _ in 0..3 {

@@ -132,6 +132,12 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_PEER_PROBE_TIMEOUT", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub peer_probe_timeout: u64,
+    /// Probe rounds started per second at most: past interval x rate peers, each peer is
+    /// probed every peers / rate seconds instead, so probing costs a node the same at
+    /// 10 000 peers as at 1 000.
+    #[arg(long, env = "TWILLD_PEER_PROBE_RATE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub peer_probe_rate: u32,
     /// /readyz says 503 until this fraction (0 to 1) of the peers answers over the overlay.
     /// Off by default, as flannel's /readyz.
     #[arg(long, env = "TWILLD_READY_REQUIRES_PEERS", value_parser = parse_fraction)]
@@ -396,6 +402,7 @@ impl Cli {
                 interval: (self.peer_probe_interval > 0)
                     .then(|| Duration::from_secs(self.peer_probe_interval)),
                 timeout: Duration::from_secs(self.peer_probe_timeout),
+                per_second: self.peer_probe_rate,
                 ready_fraction: self.ready_requires_peers,
             },
             network_policy: self.network_policy,

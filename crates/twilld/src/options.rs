@@ -88,11 +88,14 @@ impl DaemonOptions {
     }
 }
 
-/// `--peer-probe-interval`, `--peer-probe-timeout`, `--ready-requires-peers`.
+/// `--peer-probe-interval`, `--peer-probe-timeout`, `--peer-probe-rate`,
+/// `--ready-requires-peers`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeOptions {
     /// `None`: probing off.
     pub interval: Option<std::time::Duration>,
     pub timeout: std::time::Duration,
+    /// Rounds started per second at most.
+    pub per_second: u32,
     pub ready_fraction: Option<f64>,
 }

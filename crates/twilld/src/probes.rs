@@ -64,11 +64,13 @@ pub fn start(
     let timing = Timing {
         interval,
         timeout: opts.timeout,
+        per_second: opts.per_second,
     };
     tokio::spawn(twill_probe::run(echo, rx.clone(), timing, rtx));
     tokio::spawn(consume(rrx, rx, tel, opts.ready_fraction));
     info!(
         interval_s = interval.as_secs(),
+        rounds_per_s = opts.per_second,
         "probing every peer over the overlay and the underlay"
     );
     Some(tx)

@@ -171,10 +171,15 @@ fn bad_values_are_rejected_with_the_flag_name() {
         (&["--public-ip=nope"][..], "--public-ip"),
         (&["--subnet-lease-ttl=soon"][..], "--subnet-lease-ttl"),
         (&["--iptables-resync=0"][..], "--iptables-resync"),
+        (&["--peer-probe-timeout=0"][..], "--peer-probe-timeout"),
+        (&["--peer-probe-rate=0"][..], "--peer-probe-rate"),
     ] {
         let e = parse(args).unwrap_err().to_string();
         assert!(e.contains(flag), "{args:?}: {e}");
     }
+    let probes = |args: &[&str]| parse(args).unwrap().daemon_options().probes.per_second;
+    assert_eq!(probes(&[]), 100);
+    assert_eq!(probes(&["--peer-probe-rate=500"]), 500);
     assert_eq!(
         parse(&["--subnet-lease-ttl=90"]).unwrap().subnet_lease_ttl,
         Duration::from_secs(90)

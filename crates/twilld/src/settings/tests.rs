@@ -40,6 +40,7 @@ fn opts() -> DaemonOptions {
         probes: crate::options::ProbeOptions {
             interval: None,
             timeout: Duration::from_secs(1),
+            per_second: 100,
             ready_fraction: None,
         },
         network_policy: false,
