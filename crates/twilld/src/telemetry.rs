@@ -2,7 +2,7 @@
 //! Prometheus metrics. Shared between the main loop (writer) and the HTTP server (reader).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -13,7 +13,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use crate::labels::label;
-use crate::labels::{Labels, PathLabel, PeerPath};
+use crate::labels::{Labels, PathLabel};
 
 /// Everything /readyz requires, in start-up order.
 #[derive(Debug, Default, Clone)]
@@ -84,14 +84,12 @@ pub struct Telemetry {
     pub bgp_prefixes_announced: Gauge,
     /// BIRD's sessions as last read, for `twilld status`: (peer, established).
     pub bgp_sessions: Mutex<Vec<(String, bool)>>,
-    /// Per peer and path (overlay, underlay, mtu): 1 when the last probe answered.
-    pub peer_reachable: Family<PeerPath, Gauge>,
     pub peer_rtt: Family<PathLabel, Histogram, fn() -> Histogram>,
     pub peers_unreachable: Gauge,
     /// What `twilld status` shows: the node's part, written by the main loop.
     pub status: Mutex<crate::status::NodeStatus>,
     /// And the probes' part, written by the probe task.
-    pub probes: Mutex<crate::status::Board>,
+    pub probes: Arc<Mutex<crate::status::Board>>,
     /// `--network-policy`'s metrics.
     pub policy: crate::policy_metrics::PolicyMetrics,
 }
@@ -152,19 +150,16 @@ impl Telemetry {
             bgp_session_up: Family::default(),
             bgp_prefixes_announced: Gauge::default(),
             bgp_sessions: Mutex::default(),
-            peer_reachable: Family::default(),
             peer_rtt: Family::new_with_constructor(rtt_histogram),
             peers_unreachable: Gauge::default(),
             status: Mutex::default(),
-            probes: Mutex::default(),
+            probes: Arc::default(),
             policy: crate::policy_metrics::PolicyMetrics::new(),
         };
         t.policy.register(&mut registry);
-        registry.register(
-            "peer_reachable",
-            "1 when the peer answered the last probe on the path (overlay: VTEP to VTEP; underlay: its PublicIP; mtu: the overlay at the full pod MTU with DF), else 0",
-            t.peer_reachable.clone(),
-        );
+        registry.register_collector(Box::new(crate::probes::ReachableCollector(
+            t.probes.clone(),
+        )));
         registry.register(
             "peer_rtt_seconds",
             "Round-trip time of answered probes, by path (overlay, underlay)",
