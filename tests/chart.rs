@@ -228,13 +228,19 @@ fn dual_stack_ipv6_only_host_gw_and_bgp_values_render_net_conf() {
         "twill.metrics.ip=0.0.0.0",
         "--set",
         "twill.peerProbeInterval=30",
+        "--set",
+        "twill.peerProbeRate=40",
     ]));
     let conf = net_conf(&bgp);
     let b = conf.bgp.expect("the BGP section");
     assert_eq!(b.asn, 64512);
     assert_eq!(b.peers[0].address.to_string(), "198.18.0.4");
     let cmd = command(&bgp);
-    for flag in ["--metrics-ip=0.0.0.0", "--peer-probe-interval=30"] {
+    for flag in [
+        "--metrics-ip=0.0.0.0",
+        "--peer-probe-interval=30",
+        "--peer-probe-rate=40",
+    ] {
         assert!(cmd.contains(&flag.to_string()), "{cmd:?}");
     }
     let containers = &object(&bgp, "DaemonSet")["spec"]["template"]["spec"]["containers"];
