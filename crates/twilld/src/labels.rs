@@ -22,8 +22,6 @@ pub enum ProbePath {
 }
 
 impl ProbePath {
-    pub const ALL: [ProbePath; 4] = [Self::Overlay, Self::Underlay, Self::Mtu, Self::Inbound];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Overlay => "overlay",

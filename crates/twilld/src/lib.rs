@@ -17,6 +17,7 @@ pub mod node;
 pub mod options;
 pub mod policy;
 mod policy_metrics;
+mod probe_metrics;
 pub mod probes;
 mod process_metrics;
 mod procs;

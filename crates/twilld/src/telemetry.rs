@@ -157,7 +157,7 @@ impl Telemetry {
             policy: crate::policy_metrics::PolicyMetrics::new(),
         };
         t.policy.register(&mut registry);
-        registry.register_collector(Box::new(crate::probes::ReachableCollector(
+        registry.register_collector(Box::new(crate::probe_metrics::ReachableCollector(
             t.probes.clone(),
         )));
         registry.register(
