@@ -86,13 +86,12 @@ pub async fn latency(args: &[String]) {
             }
         }
     }
-    took.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| took[((took.len() as f64 - 1.0) * p).round() as usize];
+    let took = crate::sorted(took);
     println!(
         "{{\"n\":{},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2}}}",
         took.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
+        crate::pct(&took, 0.5),
+        crate::pct(&took, 0.99),
+        crate::pct(&took, 1.0)
     );
 }

@@ -163,11 +163,13 @@ async fn latency(endpoint: &str, count: u32, namespaces: Vec<String>) {
     }
 }
 
+/// Figures in ascending order, for [`pct`].
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v
 }
 
+/// The `p` quantile (0 to 1) of sorted figures, the nearest rank.
 fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -48,11 +48,8 @@ impl EncodeLabelValue for PeerIp {
     }
 }
 
-/// `twill_peer_reachable`'s key: plain data, not strings. A report looks up three series
-/// per peer every interval; with string labels each lookup allocated five strings and each
-/// series kept five, 150 000 small allocations at 10 000 peers scattered among the probe
-/// rounds' garbage, which kept glibc's heap from shrinking back (README, "Side by side
-/// with flanneld").
+/// `twill_peer_reachable`'s labels, as the scrape writes them (`probe_metrics.rs`): plain
+/// data, so writing 30 000 series allocates no label strings.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerPath {
     pub peer: PeerIp,
