@@ -144,6 +144,9 @@ pub struct PeerTable {
     /// leases on one subnet are both refused: which one is real can't be told from here,
     /// and every node must decide the same way.
     claims_v6: BTreeSet<(IpNetwork, LeaseKey)>,
+    /// The refused leases' keys: the daemon lists them after every change, which walking
+    /// `entries` made cost O(peers) per lease event (a fifth of its CPU per put at 10 000).
+    refused: BTreeSet<LeaseKey>,
 }
 
 impl PeerTable {
@@ -227,9 +230,19 @@ impl PeerTable {
 
     /// The leases refused right now, with why.
     pub fn rejected(&self) -> impl Iterator<Item = (&LeaseKey, &Rejection)> {
+        self.refused.iter().filter_map(|k| {
+            let r = self.entries.get(k)?.refused.as_deref()?;
+            Some((k, r))
+        })
+    }
+
+    /// `rejected()` the slow way, for tests of the index it keeps.
+    #[cfg(test)]
+    pub(crate) fn rejected_by_walk(&self) -> Vec<(&LeaseKey, &Rejection)> {
         self.entries
             .iter()
             .filter_map(|(k, e)| e.refused.as_deref().map(|r| (k, r)))
+            .collect()
     }
 
     pub fn apply(&mut self, ev: WatchEvent) -> Applied {
@@ -362,6 +375,7 @@ impl PeerTable {
         let Some(e) = self.entries.remove(&key) else {
             return;
         };
+        self.refused.remove(&key);
         if e.is_peer() {
             self.peers -= 1;
         }
@@ -388,6 +402,9 @@ impl PeerTable {
         if e.is_peer() {
             self.peers += 1;
         }
+        if e.refused.is_some() {
+            self.refused.insert(key);
+        }
         self.entries.insert(key, e);
     }
 
@@ -403,6 +420,11 @@ impl PeerTable {
                     // Only a lease usable on its own can clash; another keeps its reason.
                     if e.usable.is_some() {
                         e.refused = overlap.map(|other| Box::new(Rejection::Overlap { other }));
+                        if e.refused.is_some() {
+                            self.refused.insert(*key);
+                        } else {
+                            self.refused.remove(key);
+                        }
                     }
                     let now = e.lease(*key);
                     match (had, now.is_some()) {
@@ -443,6 +465,7 @@ impl PeerTable {
         let before = self.standing(&keys);
         let old = std::mem::take(&mut self.entries);
         self.claims_v6.clear();
+        self.refused.clear();
         self.peers = 0;
         for (key, e) in old {
             let verdict = match &self.policy {

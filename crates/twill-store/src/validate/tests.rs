@@ -324,6 +324,8 @@ fn two_leases_on_one_subnet_are_both_refused_until_one_goes() {
     assert_eq!(a.rejected.len(), 2);
     assert!(a.rejected.iter().all(|(_, r)| r.reason() == "overlap"));
     assert!(t.is_empty());
+    assert_eq!(t.rejected().count(), 2);
+    assert_eq!(t.rejected().collect::<Vec<_>>(), t.rejected_by_walk());
     let a = t.apply(WatchEvent::Delete(
         "10.244.2.0-24&fd00:10:0:2::-64".parse().unwrap(),
     ));
@@ -332,6 +334,7 @@ fn two_leases_on_one_subnet_are_both_refused_until_one_goes() {
         "{a:?}"
     );
     assert_eq!(t.len(), 1);
+    assert_eq!(t.rejected().count(), 0, "the survivor is no longer refused");
 }
 
 #[test]
@@ -421,6 +424,15 @@ proptest! {
             prop_assert!(d.vtep_mac.parse::<Mac>().unwrap().is_unicast());
         }
         prop_assert_eq!(n, t.len());
+        // The refused index lists what a walk of every lease finds, before and after
+        // everything is judged again.
+        prop_assert_eq!(t.rejected().collect::<Vec<_>>(), t.rejected_by_walk());
+        let mut stricter = policy();
+        stricter.protected.push("10.244.128.0/17".parse().unwrap());
+        t.set_policy(stricter);
+        prop_assert_eq!(t.rejected().collect::<Vec<_>>(), t.rejected_by_walk());
+        t.set_policy(policy());
+        prop_assert_eq!(t.rejected().collect::<Vec<_>>(), t.rejected_by_walk());
         // The typed entries are the same peers, parsed once.
         let entries: Vec<_> = t.entries().collect();
         prop_assert_eq!(entries.len(), n);
