@@ -48,6 +48,17 @@ breakdown() { # where one daemon's resident set sits, MB, by mapping (node 1's)
     /^Rss:/ { kb[what] += $2 }
     END { for (w in kb) printf "breakdown %s: %.1f\n", w, kb[w] / 1024 }' "/proc/$p/smaps"
   echo "breakdown threads: $(awk '/^Threads:/ {print $2}' "/proc/$p/status")"
+  # twilld's release build packs the code it runs into .text.hot (crates/twilld/build.rs).
+  local hot
+  hot=$(readelf -SW "/proc/$p/exe" 2>/dev/null | awk '$2 == ".text.hot" {print $6}')
+  [[ -z $hot ]] || echo "breakdown of the program text, packed as run (.text.hot): $(echo "$((16#$hot)) / 1048576" | bc -l | xargs printf '%.1f')"
+}
+start_env() { # daemon started (its pid file) -> subnet.env written, ms, slowest of the three
+  local n
+  for n in 1 2 3; do
+    awk -v a="$(stat -c %.9Y "/tmp/$LAB_PREFIX/n$n/twilld.pid")" -v b="$(stat -c %.9Y "/tmp/$LAB_PREFIX/n$n/subnet.env")" \
+      'BEGIN { printf "%d\n", (b - a) * 1000 }'
+  done | sort -n | tail -1
 }
 cpu() { local t=0; for p in $(pids); do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat"))); done; echo "$t"; }
 routes() { ip -n "$LAB_PREFIX-n$1" route show dev flannel.1 | wc -l; }
@@ -119,6 +130,7 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   s=$(date +%s%N)
   bash scripts/lab.sh up 3 >/dev/null
   echo "startup_ms $(( ($(date +%s%N) - s) / 1000000 ))" > "$f"
+  echo "start_env_ms $(start_env)" >> "$f"
   echo "rss_2 $(rss)" >> "$f"
   echo "anon_2 $(rss_kind RssAnon)" >> "$f"
   echo "file_2 $(rss_kind RssFile)" >> "$f"
@@ -198,6 +210,7 @@ while read -r key label; do
   printf '%s\t%s\t%s\n' "$key" "${tw:--}" "${fl:--}" >> "$RESULTS/flanneld.tsv"
 done <<'EOF'
 startup_ms lab up (3 nodes to subnet.env and pods wired), ms
+start_env_ms daemon start -> subnet.env (slowest of 3 nodes), ms
 conv_1000_after_last_put_ms 1 000 leases programmed on every node, ms after the last put
 conv_10000_after_last_put_ms 9 000 more (10 000), ms after the last put
 put_route_p50_ms put -> route at 10 000 peers, p50 ms
