@@ -322,20 +322,37 @@ impl NexthopConn {
 /// Nexthop change notifications, each as (deleted, the device it is on; `None`: a group
 /// or blackhole). Deleting a nexthop drops its routes without any route notification, so
 /// a monitor that wants to see that must listen here.
-pub fn watch() -> std::io::Result<impl futures::Stream<Item = (bool, Option<u32>)> + Send + Unpin> {
+pub fn watch() -> std::io::Result<impl futures::Stream<Item = NexthopEvent> + Send + Unpin> {
     let (mut conn, _handle, messages) = proto::new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
     let socket = conn.socket_mut().socket_mut();
     // Unbound, its port id is 0, the kernel's own, and the kernel skips it when it
     // broadcasts.
     socket.bind_auto()?;
     socket.add_membership(RTNLGRP_NEXTHOP)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
+    if let Err(e) = crate::netlink::rcvbuf::grow(fd, crate::netlink::rcvbuf::LISTENER_BYTES) {
+        tracing::warn!("nexthop listener's receive buffer left as it was ({e})");
+    }
     tokio::spawn(conn);
     Ok(messages.filter_map(|(m, _)| {
         futures::future::ready(match m.payload {
-            NetlinkPayload::InnerMessage(m) => Some((matches!(m.kind, Kind::Del), m.oif)),
+            NetlinkPayload::InnerMessage(m) => Some(NexthopEvent::Changed {
+                deleted: matches!(m.kind, Kind::Del),
+                oif: m.oif,
+            }),
+            NetlinkPayload::Overrun(_) => Some(NexthopEvent::Lost),
             _ => None,
         })
     }))
+}
+
+/// What the nexthop listener hears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NexthopEvent {
+    /// A nexthop added, replaced or deleted, with its device where it has one.
+    Changed { deleted: bool, oif: Option<u32> },
+    /// The kernel dropped notifications it could not queue: anything may have changed.
+    Lost,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! device, its address, the interface listing), `neigh` (neighbour entries, and the dump
 //! FDB entries share), `fdb`, `route` (peer, direct and blackhole routes, the underlay's
 //! routes), nexthop objects in `crate::nexthop`; `peers` reads and applies a batch of all
-//! of them for our peers; `monitor` watches them change.
+//! of them for our peers; `monitor` watches them change, on sockets `rcvbuf` sizes.
 
 use std::net::IpAddr;
 
@@ -23,6 +23,7 @@ mod link;
 mod monitor;
 mod neigh;
 mod peers;
+pub mod rcvbuf;
 mod route;
 
 pub use link::{DeviceState, Link, VxlanSpec};

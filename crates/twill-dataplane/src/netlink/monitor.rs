@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::sys::AsyncSocket;
+use tracing::warn;
 
 use crate::change::ChangeFlag;
-use crate::nexthop::{self};
+use crate::nexthop::{self, NexthopEvent};
 
 use super::link::parse_link;
 
@@ -111,7 +113,7 @@ pub fn watch_devices(names: &[(String, Option<u32>)]) -> std::io::Result<DeviceM
     use rtnetlink::packet_core::NetlinkPayload;
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
     use rtnetlink::MulticastGroup as G;
-    let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+    let (mut conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
         G::Link,
         G::Neigh,
         G::Ipv4Route,
@@ -119,6 +121,10 @@ pub fn watch_devices(names: &[(String, Option<u32>)]) -> std::io::Result<DeviceM
         G::Ipv4Ifaddr,
         G::Ipv6Ifaddr,
     ])?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.socket_mut().socket_ref());
+    if let Err(e) = super::rcvbuf::grow(fd, super::rcvbuf::LISTENER_BYTES) {
+        warn!("monitor's receive buffer left as it was ({e}): bursts overrun it sooner");
+    }
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let devices = Arc::new(Devices::default());
@@ -130,12 +136,22 @@ pub fn watch_devices(names: &[(String, Option<u32>)]) -> std::io::Result<DeviceM
     let mut nexthop_events = nexthop::watch()?;
     let (devs, seen, gone) = (devices.clone(), entries.clone(), removed.clone());
     tokio::spawn(async move {
-        while let Some((deleted, oif)) = nexthop_events.next().await {
-            if oif.is_some_and(|i| devs.ours(i)) {
-                seen.mark();
-                if deleted {
-                    gone.mark();
+        while let Some(ev) = nexthop_events.next().await {
+            let (touched, lost) = match ev {
+                NexthopEvent::Changed { deleted, oif } => {
+                    let ours = oif.is_some_and(|i| devs.ours(i));
+                    (ours, ours && deleted)
                 }
+                NexthopEvent::Lost => {
+                    warn!("nexthop notifications lost (netlink overrun); checking the kernel");
+                    (true, true)
+                }
+            };
+            if touched {
+                seen.mark();
+            }
+            if lost {
+                gone.mark();
             }
         }
         seen.mark_broken();
@@ -149,8 +165,20 @@ pub fn watch_devices(names: &[(String, Option<u32>)]) -> std::io::Result<DeviceM
     );
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
-            let NetlinkPayload::InnerMessage(m) = msg.payload else {
-                continue;
+            let m = match msg.payload {
+                NetlinkPayload::InnerMessage(m) => m,
+                // What the kernel dropped may have been one of our entries deleted, our
+                // device gone or the underlay moved: a full pass reads the kernel for
+                // all of it (the device's own deletion included), where waiting for the
+                // next change, or skipping an untouched resync, would leave it.
+                NetlinkPayload::Overrun(_) => {
+                    warn!("link/route/neighbour notifications lost (netlink overrun); checking the kernel");
+                    seen.mark();
+                    gone.mark();
+                    moved.mark();
+                    continue;
+                }
+                _ => continue,
             };
             let ours = |i: u32| devs.ours(i);
             let route_ours = |r: &RouteMessage| {
