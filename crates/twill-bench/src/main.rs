@@ -86,11 +86,31 @@ fn route_watcher(ns: String, tx: mpsc::Sender<(usize, String, Instant)>, idx: us
             use rtnetlink::packet_core::NetlinkPayload;
             use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
             use rtnetlink::packet_route::RouteNetlinkMessage;
-            let (conn, _h, mut msgs) =
+            use rtnetlink::sys::AsyncSocket;
+            let (mut conn, _h, mut msgs) =
                 rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
                     .unwrap();
+            // A burst of route changes (a daemon's resync at 10 000 peers) overflows the
+            // default 208 KB and the kernel drops what follows, the route we wait for
+            // among them; SO_RCVBUFFORCE goes past rmem_max (we run as root).
+            let fd = std::os::fd::AsRawFd::as_raw_fd(conn.socket_mut().socket_ref());
+            let size: libc::c_int = 64 << 20;
+            // SAFETY: a valid socket and an int option of the size given.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
             tokio::spawn(conn);
             while let Some((m, _)) = msgs.next().await {
+                if let NetlinkPayload::Overrun(_) = m.payload {
+                    eprintln!("twill-bench: route events lost in {ns} (netlink overrun)");
+                }
                 if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload {
                     let dst = r.attributes.iter().find_map(|a| match a {
                         RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
