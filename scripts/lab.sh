@@ -243,6 +243,9 @@ down() {
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
   done
+  # A mount under the state (scripts/bench-flanneld.sh puts etcd's data on a tmpfs) would
+  # keep rm from removing it.
+  findmnt -rn -o TARGET | awk -v s="$STATE/" 'index($0, s) == 1' | sort -r | xargs -r umount 2>/dev/null || true
   rm -rf "$STATE"
 }
 
