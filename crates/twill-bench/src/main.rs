@@ -94,18 +94,7 @@ fn route_watcher(ns: String, tx: mpsc::Sender<(usize, String, Instant)>, idx: us
             // default 208 KB and the kernel drops what follows, the route we wait for
             // among them; SO_RCVBUFFORCE goes past rmem_max (we run as root).
             let fd = std::os::fd::AsRawFd::as_raw_fd(conn.socket_mut().socket_ref());
-            let size: libc::c_int = 64 << 20;
-            // SAFETY: a valid socket and an int option of the size given.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+            twill_dataplane::netlink::rcvbuf::grow(fd, 64 << 20).expect("SO_RCVBUFFORCE");
             tokio::spawn(conn);
             while let Some((m, _)) = msgs.next().await {
                 if let NetlinkPayload::Overrun(_) = m.payload {
