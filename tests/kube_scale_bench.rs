@@ -100,16 +100,20 @@ impl Delivered {
 
     /// When the watch had seen `n` peers, waiting up to `limit` for it.
     fn at(&self, n: usize, limit: Duration) -> Option<Instant> {
-        let started = Instant::now();
-        loop {
-            if let Some(t) = self.seen.lock().unwrap().get(n - 1) {
-                return Some(*t);
-            }
-            if started.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        nth(&self.seen, n, Instant::now() + limit)
+    }
+}
+
+/// When `seen` got its `n`th entry, waiting for it until `deadline`.
+fn nth(seen: &Mutex<Vec<Instant>>, n: usize, deadline: Instant) -> Option<Instant> {
+    loop {
+        if let Some(t) = seen.lock().unwrap().get(n - 1) {
+            return Some(*t);
         }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -161,19 +165,10 @@ impl Routes {
 
     /// When the last node had `want` peer routes; `None` after `limit`.
     fn all_at(&self, want: usize, limit: Duration) -> Option<Instant> {
-        let started = Instant::now();
+        let deadline = Instant::now() + limit;
         let mut last = None;
         for seen in &self.seen {
-            loop {
-                if let Some(t) = seen.lock().unwrap().get(want - 1) {
-                    last = last.max(Some(*t));
-                    break;
-                }
-                if started.elapsed() > limit {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            last = last.max(Some(nth(seen, want, deadline)?));
         }
         last
     }
