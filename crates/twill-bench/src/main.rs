@@ -93,8 +93,8 @@ fn route_watcher(ns: String, tx: mpsc::Sender<(usize, String, Instant)>, idx: us
             // A burst of route changes (a daemon's resync at 10 000 peers) overflows the
             // default 208 KB and the kernel drops what follows, the route we wait for
             // among them; SO_RCVBUFFORCE goes past rmem_max (we run as root).
-            let fd = std::os::fd::AsRawFd::as_raw_fd(conn.socket_mut().socket_ref());
-            twill_dataplane::netlink::rcvbuf::grow(fd, 64 << 20).expect("SO_RCVBUFFORCE");
+            twill_dataplane::netlink::rcvbuf::grow(conn.socket_mut().socket_ref(), 64 << 20)
+                .expect("SO_RCVBUFFORCE");
             tokio::spawn(conn);
             while let Some((m, _)) = msgs.next().await {
                 if let NetlinkPayload::Overrun(_) = m.payload {

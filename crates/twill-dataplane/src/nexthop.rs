@@ -329,8 +329,7 @@ pub fn watch() -> std::io::Result<impl futures::Stream<Item = NexthopEvent> + Se
     // broadcasts.
     socket.bind_auto()?;
     socket.add_membership(RTNLGRP_NEXTHOP)?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
-    if let Err(e) = crate::netlink::rcvbuf::grow(fd, crate::netlink::rcvbuf::LISTENER_BYTES) {
+    if let Err(e) = crate::netlink::rcvbuf::grow(socket, crate::netlink::rcvbuf::LISTENER_BYTES) {
         tracing::warn!("nexthop listener's receive buffer left as it was ({e})");
     }
     tokio::spawn(conn);

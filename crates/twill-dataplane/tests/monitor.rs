@@ -7,7 +7,8 @@ use std::time::Duration;
 use twill_dataplane::watch_devices;
 use twill_testutil::Netns;
 
-/// Adds host routes `first..first + count` on `dummy0` (a veth: this kernel has no dummy driver) in one `ip -batch`, from this thread's namespace.
+/// Adds host routes `first..first + count` on `v0` in one `ip -batch`, from this thread's
+/// namespace.
 fn add_routes(first: u32, count: u32) {
     let mut ip = Command::new("ip")
         .args(["-batch", "-"])
@@ -17,7 +18,7 @@ fn add_routes(first: u32, count: u32) {
     let mut batch = String::new();
     for i in first..first + count {
         let [_, a, b, c] = (i + 1).to_be_bytes();
-        batch.push_str(&format!("route add 10.{a}.{b}.{c}/32 dev dummy0\n"));
+        batch.push_str(&format!("route add 10.{a}.{b}.{c}/32 dev v0\n"));
     }
     ip.stdin
         .take()
@@ -33,7 +34,8 @@ fn add_routes(first: u32, count: u32) {
 #[test]
 fn an_overrun_counts_as_a_removal() {
     let ns = Netns::new("mon-overrun");
-    ns.sh("ip link add dummy0 type veth peer name dummy1 && ip link set dummy0 up && ip link set dummy1 up");
+    // A veth pair: this kernel has no dummy driver.
+    ns.sh("ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up");
     ns.run(|| {
         Box::pin(async move {
             let monitor = watch_devices(&[("flannel.1".into(), None)]).unwrap();

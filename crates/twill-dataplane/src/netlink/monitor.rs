@@ -121,8 +121,10 @@ pub fn watch_devices(names: &[(String, Option<u32>)]) -> std::io::Result<DeviceM
         G::Ipv4Ifaddr,
         G::Ipv6Ifaddr,
     ])?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.socket_mut().socket_ref());
-    if let Err(e) = super::rcvbuf::grow(fd, super::rcvbuf::LISTENER_BYTES) {
+    if let Err(e) = super::rcvbuf::grow(
+        conn.socket_mut().socket_ref(),
+        super::rcvbuf::LISTENER_BYTES,
+    ) {
         warn!("monitor's receive buffer left as it was ({e}): bursts overrun it sooner");
     }
     tokio::spawn(conn);

@@ -3,7 +3,7 @@
 //! (netlink-proto hands that on as an overrun): at 10 000 peers our own full pass queues
 //! 30 000 notifications, far past the default 208 KB.
 
-use std::os::fd::RawFd;
+use std::os::fd::AsRawFd;
 
 /// What a listening socket may queue. Kernel memory, held only while a burst is unread.
 pub const LISTENER_BYTES: usize = 8 << 20;
@@ -11,7 +11,8 @@ pub const LISTENER_BYTES: usize = 8 << 20;
 /// Sets the socket's receive buffer to `bytes`: past `net.core.rmem_max` where we may
 /// (CAP_NET_ADMIN, as twilld runs), else as far as rmem_max lets us. Callers go on when
 /// it fails: a smaller buffer only means more overruns, which they handle.
-pub fn grow(fd: RawFd, bytes: usize) -> std::io::Result<()> {
+pub fn grow(socket: &impl AsRawFd, bytes: usize) -> std::io::Result<()> {
+    let fd = socket.as_raw_fd();
     let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let set = |opt| {
         // SAFETY: `fd` is an open socket and the option is an int of the size given.
