@@ -16,15 +16,20 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use std::fmt::Debug;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::{tz::TimeZone, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, watcher, Event};
+use serde::de::DeserializeOwned;
 use twill_e2e::control_plane::{kube_cluster, manifest, ControlPlane};
 use twill_e2e::Cluster;
+use twill_kube::PeerNode;
 
 /// 10.0.0.0/8, so 5 000 peers fit beside the nodes' 10.244.x.0/24 from the controller.
 const NET_CONF: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
@@ -63,8 +68,11 @@ fn add_peers(c: &Cluster, cp: &ControlPlane, range: std::ops::Range<usize>) {
     });
 }
 
-/// When a watch of the bench's own (metadata only) first saw each peer node: the `k`th
-/// entry is when it had seen `k + 1` of them. Its thread stops when `stop` is set.
+/// When a watch of the bench's own first saw each peer node: the `k`th entry is when it
+/// had seen `k + 1` of them. Its thread stops when `stop` is set. Two are run: one for
+/// metadata only (the server sends names, not whole nodes), the figures' split point, and
+/// one for whole nodes decoded as twilld decodes them, to tell the server's delivery of
+/// whole objects from the daemons' own time.
 #[derive(Default)]
 struct Delivered {
     seen: Arc<Mutex<Vec<Instant>>>,
@@ -72,13 +80,15 @@ struct Delivered {
 }
 
 impl Delivered {
-    fn watch<'s>(&self, s: &'s std::thread::Scope<'s, '_>, c: &'s Cluster, cp: &'s ControlPlane) {
+    fn watch<'s, K>(&self, s: &'s std::thread::Scope<'s, '_>, c: &'s Cluster, cp: &'s ControlPlane)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
         let (seen, stop) = (self.seen.clone(), self.stop.clone());
         s.spawn(move || {
             cp.with_client(c, move |client| {
                 Box::pin(async move {
-                    // Names only: the server sends metadata, not whole nodes.
-                    let api: Api<PartialObjectMeta<Node>> = Api::all(client);
+                    let api: Api<K> = Api::all(client);
                     let stream = watcher(api, watcher::Config::default());
                     futures::pin_mut!(stream);
                     let mut names = HashSet::new();
@@ -88,7 +98,7 @@ impl Delivered {
                         let (Ok(Event::Apply(m)) | Ok(Event::InitApply(m))) = ev else {
                             continue;
                         };
-                        let name = m.metadata.name.unwrap_or_default();
+                        let name = m.meta().name.clone().unwrap_or_default();
                         if name.starts_with("peer-") && names.insert(name) {
                             seen.lock().unwrap().push(Instant::now());
                         }
@@ -183,6 +193,92 @@ impl Drop for Routes {
     }
 }
 
+/// Where each node's part of the daemons' share went: when its daemon's own watch had
+/// every peer (read off its log) and when it routed the last one, printed in ms after our
+/// metadata watch had the last peer. Returns the daemons' own share: the most any node took
+/// from its watch having every peer to its routes, ms. `BENCH_KEEP_LOGS=DIR` keeps the logs.
+fn per_node(
+    c: &Cluster,
+    routes: &Routes,
+    total: usize,
+    seen: Instant,
+    whole: Option<Instant>,
+    clock: (Instant, SystemTime),
+) -> Option<f64> {
+    // The logs' wall clock onto our monotonic one, through the pair taken at the start.
+    let mono = |wall: SystemTime| match wall.duration_since(clock.1) {
+        Ok(d) => clock.0 + d,
+        Err(e) => clock.0 - e.duration(),
+    };
+    let ms = |a: Instant, b: Instant| {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        ms(a.saturating_duration_since(b)) - ms(b.saturating_duration_since(a))
+    };
+    let after = |t: Option<Instant>| t.map_or("-".into(), |t| format!("{:+.1} ms", ms(t, seen)));
+    eprintln!(
+        "at {total} peers, our watch of whole nodes: {}",
+        after(whole)
+    );
+    let mut own: Option<f64> = None;
+    for (i, n) in c.nodes.iter().enumerate() {
+        let log = n.log();
+        let has_all = watch_has_all_at(&log, total, c.nodes.len() - 1, clock.1).map(mono);
+        let routed = nth(&routes.seen[i], total, Instant::now());
+        eprintln!(
+            "node {i} at {total} peers, after our watch: its watch has all {}, routed {}",
+            after(has_all),
+            after(routed)
+        );
+        if let (Some(h), Some(r)) = (has_all, routed) {
+            own = Some(own.unwrap_or(f64::MIN).max(ms(r, h)));
+        }
+        if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
+            let path = std::path::Path::new(&dir).join(format!("{}-{total}.log", n.ns.name));
+            if let Err(e) = std::fs::write(&path, &log) {
+                eprintln!("keeping {}: {e}", path.display());
+            }
+        }
+    }
+    own
+}
+
+/// When a daemon's log shows its watch holding all `peers` peer nodes (and the `others`
+/// cluster nodes). twilld logs "peer table updated changed=N peers=M" per batch, M counting
+/// the other cluster nodes too; flanneld logs "Creating the node lease for IPv4. This is
+/// the n.Spec.PodCIDRs: [10.x.y.0/24]" for every node event it takes, counted here by
+/// distinct peer subnet (the cluster nodes' 10.244.x.0/24 left out, as the routes are).
+/// glog's time has no year: `now`'s is used (the bench does not run across New Year).
+fn watch_has_all_at(log: &str, peers: usize, others: usize, now: SystemTime) -> Option<SystemTime> {
+    let year = Timestamp::try_from(now)
+        .ok()?
+        .to_zoned(TimeZone::UTC)
+        .year();
+    let mut subnets = HashSet::new();
+    log.lines().find_map(|l| {
+        if let Some((_, rest)) = l.split_once(" peer table updated ") {
+            let have = rest.split_once("peers=")?.1.split_whitespace().next()?;
+            if have.parse::<usize>().ok()? < peers + others {
+                return None;
+            }
+            let at: Timestamp = l.split_whitespace().next()?.parse().ok()?;
+            return Some(at.into());
+        }
+        let (_, cidr) = l.split_once("This is the n.Spec.PodCIDRs: [")?;
+        let cidr = cidr.trim_end_matches(']');
+        if cidr.starts_with("10.244.") || !subnets.insert(cidr.to_string()) || subnets.len() < peers
+        {
+            return None;
+        }
+        // "I1205 06:55:07.163261 ..." is month, day, time of day (UTC here).
+        let mut words = l.split_whitespace();
+        let (date, time) = (words.next()?.get(1..)?, words.next()?);
+        let at: Timestamp = format!("{year}-{}-{}T{time}Z", date.get(..2)?, date.get(2..)?)
+            .parse()
+            .ok()?;
+        Some(at.into())
+    })
+}
+
 /// Largest of the three daemons, MB.
 fn largest(c: &Cluster, field: &str) -> f64 {
     c.nodes
@@ -216,9 +312,12 @@ fn measure(flanneld: bool) -> Figures {
     let size = serde_json::to_string(&peer(0)).map_or(0, |s| s.len());
     let mut have = 0;
     let delivered = Delivered::default();
+    let whole = Delivered::default();
     let routes = Routes::watch(&c);
+    let clock = (Instant::now(), SystemTime::now());
     std::thread::scope(|s| {
-        delivered.watch(s, &c, &cp);
+        delivered.watch::<PartialObjectMeta<Node>>(s, &c, &cp);
+        whole.watch::<PeerNode>(s, &c, &cp);
         for total in [1000, 5000] {
             let c0 = cpu(&c);
             add_peers(&c, &cp, have..total);
@@ -230,6 +329,10 @@ fn measure(flanneld: bool) -> Figures {
                 a.zip(b)
                     .map(|(a, b)| a.saturating_duration_since(b).as_secs_f64() * 1000.0)
             };
+            let own = seen.and_then(|seen| {
+                let whole = whole.at(total, Duration::from_secs(60));
+                per_node(&c, &routes, total, seen, whole, clock)
+            });
             out.push((
                 format!("{total} peers routed on every node, ms after the last create"),
                 ms(done, Some(last_create)),
@@ -241,6 +344,10 @@ fn measure(flanneld: bool) -> Figures {
             out.push((
                 "of which the daemons: that watch -> routed on every node, ms".into(),
                 ms(done, seen),
+            ));
+            out.push((
+                "the daemons' own: a node's watch has every peer (its log) -> its routes, slowest node, ms".into(),
+                own,
             ));
             out.push((
                 format!("CPU of the 3 daemons taking in {total} peers, s"),
@@ -256,6 +363,7 @@ fn measure(flanneld: bool) -> Figures {
             ));
         }
         delivered.stop.store(true, Ordering::Relaxed);
+        whole.stop.store(true, Ordering::Relaxed);
     });
     let c1 = cpu(&c);
     std::thread::sleep(Duration::from_secs(60));
@@ -292,4 +400,36 @@ fn kubernetes_mode_at_1000_and_5000_nodes_beside_flanneld() {
         };
         println!("| {figure} | {} | {} | {ratio} |", show(*t), show(*f));
     }
+}
+
+#[test]
+fn both_daemons_logs_tell_when_their_watch_had_every_peer() {
+    let now = SystemTime::from("2026-12-05T12:00:00Z".parse::<Timestamp>().unwrap());
+    let at = |s: &str| Some(SystemTime::from(s.parse::<Timestamp>().unwrap()));
+    let twilld = "\
+2026-12-05T06:53:31.815657Z  INFO twilld::node: peer table updated changed=15 peers=3
+2026-12-05T06:53:31.825056Z  INFO twilld::node: peer table updated changed=2 peers=4
+2026-12-05T06:53:31.900000Z  INFO twilld::node: peer table updated changed=1 peers=5";
+    // 2 peers and the 2 other cluster nodes: the second line.
+    assert_eq!(
+        watch_has_all_at(twilld, 2, 2, now),
+        at("2026-12-05T06:53:31.825056Z")
+    );
+    assert_eq!(watch_has_all_at(twilld, 9, 2, now), None);
+    let lease = |t: &str, cidr: &str| {
+        format!("I1205 {t}    9574 kube.go:561] Creating the node lease for IPv4. This is the n.Spec.PodCIDRs: [{cidr}]\n")
+    };
+    // A cluster node's subnet and a repeated peer do not count.
+    let flanneld = [
+        lease("06:55:07.100000", "10.244.1.0/24"),
+        lease("06:55:07.160564", "10.4.219.0/24"),
+        lease("06:55:07.161000", "10.4.219.0/24"),
+        lease("06:55:07.163261", "10.4.230.0/24"),
+    ]
+    .concat();
+    assert_eq!(
+        watch_has_all_at(&flanneld, 2, 2, now),
+        at("2026-12-05T06:55:07.163261Z")
+    );
+    assert_eq!(watch_has_all_at(&flanneld, 3, 2, now), None);
 }
