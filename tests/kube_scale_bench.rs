@@ -193,10 +193,12 @@ impl Drop for Routes {
     }
 }
 
-/// Where each node's part of the daemons' share went: when its daemon's own watch had
-/// every peer (read off its log) and when it routed the last one, printed in ms after our
-/// metadata watch had the last peer. Returns the daemons' own share: the most any node took
-/// from its watch having every peer to its routes, ms. `BENCH_KEEP_LOGS=DIR` keeps the logs.
+/// Where each node's part of the daemons' share went, printed in ms after our metadata
+/// watch had the last peer: when our whole-object watch had it, when each daemon took the
+/// last of them from its own watch (read off its log), and when it routed the last one.
+/// Not a figure with a ratio: twilld logs a batch as it takes it and then programs all of
+/// it, flanneld logs each event as it programs it, so their "took" moments differ in kind.
+/// `BENCH_KEEP_LOGS=DIR` keeps the logs.
 fn per_node(
     c: &Cluster,
     routes: &Routes,
@@ -204,7 +206,7 @@ fn per_node(
     seen: Instant,
     whole: Option<Instant>,
     clock: (Instant, SystemTime),
-) -> Option<f64> {
+) {
     // The logs' wall clock onto our monotonic one, through the pair taken at the start.
     let mono = |wall: SystemTime| match wall.duration_since(clock.1) {
         Ok(d) => clock.0 + d,
@@ -219,19 +221,15 @@ fn per_node(
         "at {total} peers, our watch of whole nodes: {}",
         after(whole)
     );
-    let mut own: Option<f64> = None;
     for (i, n) in c.nodes.iter().enumerate() {
         let log = n.log();
         let has_all = watch_has_all_at(&log, total, c.nodes.len() - 1, clock.1).map(mono);
         let routed = nth(&routes.seen[i], total, Instant::now());
         eprintln!(
-            "node {i} at {total} peers, after our watch: its watch has all {}, routed {}",
+            "node {i} at {total} peers, after our watch: took the last peer {}, routed {}",
             after(has_all),
             after(routed)
         );
-        if let (Some(h), Some(r)) = (has_all, routed) {
-            own = Some(own.unwrap_or(f64::MIN).max(ms(r, h)));
-        }
         if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
             let path = std::path::Path::new(&dir).join(format!("{}-{total}.log", n.ns.name));
             if let Err(e) = std::fs::write(&path, &log) {
@@ -239,7 +237,6 @@ fn per_node(
             }
         }
     }
-    own
 }
 
 /// When a daemon's log shows its watch holding all `peers` peer nodes (and the `others`
@@ -329,10 +326,16 @@ fn measure(flanneld: bool) -> Figures {
                 a.zip(b)
                     .map(|(a, b)| a.saturating_duration_since(b).as_secs_f64() * 1000.0)
             };
-            let own = seen.and_then(|seen| {
-                let whole = whole.at(total, Duration::from_secs(60));
-                per_node(&c, &routes, total, seen, whole, clock)
-            });
+            if let Some(seen) = seen {
+                per_node(
+                    &c,
+                    &routes,
+                    total,
+                    seen,
+                    whole.at(total, Duration::from_secs(60)),
+                    clock,
+                );
+            }
             out.push((
                 format!("{total} peers routed on every node, ms after the last create"),
                 ms(done, Some(last_create)),
@@ -344,10 +347,6 @@ fn measure(flanneld: bool) -> Figures {
             out.push((
                 "of which the daemons: that watch -> routed on every node, ms".into(),
                 ms(done, seen),
-            ));
-            out.push((
-                "the daemons' own: a node's watch has every peer (its log) -> its routes, slowest node, ms".into(),
-                own,
             ));
             out.push((
                 format!("CPU of the 3 daemons taking in {total} peers, s"),
