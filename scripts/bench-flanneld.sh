@@ -163,6 +163,17 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   echo "idle_cpu_10s $(echo "($(cpu) - $c2) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
   ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
     | jq -r '"put_route_p50_ms \(.p50_ms)\nput_route_p99_ms \(.p99_ms)\nput_commit_p99_ms \(.commit_p99_ms)\nafter_commit_p50_ms \(.after_commit_p50_ms)\nafter_commit_p99_ms \(.after_commit_p99_ms)"' >> "$f"
+  # The same with nodes 2 and 3's daemons stopped (SIGSTOP): one daemon programming each
+  # route, as on a cluster, where every node has a kernel and CPUs of its own. In the lab
+  # the three share one kernel (RTNL, which every route insertion holds, and the fib_info
+  # chain it walks meanwhile) and the VM's two cores with etcd. They are let go after.
+  local others
+  others=$(cat "/tmp/$LAB_PREFIX/n2/twilld.pid" "/tmp/$LAB_PREFIX/n3/twilld.pid")
+  kill -STOP $others
+  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
+    | jq -r '"alone_put_route_p50_ms \(.p50_ms)\nalone_put_route_p99_ms \(.p99_ms)\nalone_put_commit_p99_ms \(.commit_p99_ms)\nalone_after_commit_p99_ms \(.after_commit_p99_ms)"' >> "$f"
+  kill -CONT $others
+  sleep 5
   # Repair at 10 000 peers: one peer's route deleted on node 1, then its MASQUERADE chain
   # flushed (both daemons run with --iptables-resync 2 here; flanneld's default is 5).
   local r n
@@ -236,6 +247,10 @@ put_route_p99_ms put -> route at 10 000 peers, p99 ms
 put_commit_p99_ms of which etcd: put -> etcd's answer, p99 ms
 after_commit_p50_ms of which the daemon: etcd's answer -> route, p50 ms
 after_commit_p99_ms of which the daemon: etcd's answer -> route, p99 ms
+alone_put_route_p50_ms the same with the other 2 nodes' daemons stopped (one daemon per kernel), p50 ms
+alone_put_route_p99_ms the same with the other 2 nodes' daemons stopped (one daemon per kernel), p99 ms
+alone_put_commit_p99_ms of which etcd (the other 2 stopped): put -> etcd's answer, p99 ms
+alone_after_commit_p99_ms of which the daemon (the other 2 stopped): etcd's answer -> route, p99 ms
 tmpfs_put_route_p50_ms put -> route at 10 000 peers, etcd's data on a tmpfs (no fsync), p50 ms
 tmpfs_put_route_p99_ms put -> route at 10 000 peers, etcd's data on a tmpfs (no fsync), p99 ms
 tmpfs_put_commit_p99_ms of which etcd on a tmpfs: put -> etcd's answer, p99 ms
