@@ -7,6 +7,7 @@
 //!   watch of our own got the last peer from the API server: the server's share (it runs
 //!   behind the creates by a swinging amount, the same for both daemons) and the daemons',
 //! - peak RSS (largest of the three daemons) and the daemons' CPU meanwhile,
+//! - printed per node, when its daemon took the last peer and when it routed it;
 //! - then the CPU of the next 60 s, while nothing is created.
 //!
 //! Figures are printed with the ratio twilld / flanneld; nothing is asserted on them.
@@ -14,11 +15,10 @@
 //! `BENCH_FLANNELD_FIRST=1` measures flanneld first.
 
 use std::collections::HashSet;
+use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-use std::fmt::Debug;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
