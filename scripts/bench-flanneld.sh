@@ -275,7 +275,10 @@ for d in twilld flanneld; do
   echo "== $d's etcd requests by method over the idle count (last round, 3 nodes)"
   cat "$OUT/$d.rpcs"
 done
-echo "figures: $RESULTS/flanneld.tsv"
+# Each round's own figures, for the spread the medians hide.
+mkdir -p "$RESULTS/flanneld-rounds"
+cp "$OUT"/twilld.[0-9]* "$OUT"/flanneld.[0-9]* "$RESULTS/flanneld-rounds/"
+echo "figures: $RESULTS/flanneld.tsv (each round's: $RESULTS/flanneld-rounds/)"
 if [[ -n $PLOT ]]; then
   bash scripts/bench-plot.sh "$RESULTS/flanneld.tsv" "$RESULTS/flanneld.svg" "$version"
   echo "plot: $RESULTS/flanneld.svg"
