@@ -1,18 +1,20 @@
 //! Kubernetes mode at scale, twilld beside the real flanneld on the real API server
-//! (`scripts/bench-kube-flanneld.sh` runs it; not part of the tests). For each daemon in
-//! turn, in one run: three nodes on a real kube-apiserver and controller-manager, then
-//! 1 000 and 4 000 more peer nodes created in the API (kubeadm-sized objects, ~11 KB each,
-//! annotated as flannel nodes announce themselves), and per step
-//! - the time until every node routes every peer, after the last create, split where a
-//!   watch of our own got the last peer from the API server: the server's share (it runs
-//!   behind the creates by a swinging amount, the same for both daemons) and the daemons',
-//! - peak RSS (largest of the three daemons) and the daemons' CPU meanwhile,
+//! (`scripts/bench-kube-flanneld.sh` runs it; not part of the tests). One cluster on a real
+//! kube-apiserver and controller-manager, three twilld nodes and three flanneld nodes in it
+//! (a mixed cluster, as in a migration), then 1 000 and 4 000 more peer nodes created in
+//! the API (kubeadm-sized objects, ~11 KB each, annotated as flannel nodes announce
+//! themselves). Both daemons take the same creates from the same server at the same time,
+//! so its delivery, which swings from run to run, is paired. Per step and per daemon:
+//! - the time until its three nodes route every peer, after the last create, split where a
+//!   watch of our own got the last peer from the API server: the server's share and the
+//!   daemons',
+//! - peak RSS (largest of its three) and its daemons' CPU meanwhile,
 //! - printed per node, when its daemon took the last peer and when it routed it;
 //! - then the CPU of the next 60 s, while nothing is created.
 //!
 //! Figures are printed with the ratio twilld / flanneld; nothing is asserted on them.
 //! `BENCH_TWILLD_ARGS` adds twilld flags (e.g. `--peer-probe-interval=0`);
-//! `BENCH_FLANNELD_FIRST=1` measures flanneld first.
+//! `BENCH_FLANNELD_FIRST=1` starts flanneld's nodes first (nodes 1-3).
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -173,12 +175,12 @@ impl Routes {
         routes
     }
 
-    /// When the last node had `want` peer routes; `None` after `limit`.
-    fn all_at(&self, want: usize, limit: Duration) -> Option<Instant> {
+    /// When the last of `nodes` had `want` peer routes; `None` after `limit`.
+    fn all_at(&self, nodes: &[usize], want: usize, limit: Duration) -> Option<Instant> {
         let deadline = Instant::now() + limit;
         let mut last = None;
-        for seen in &self.seen {
-            last = last.max(Some(nth(seen, want, deadline)?));
+        for &i in nodes {
+            last = last.max(Some(nth(&self.seen[i], want, deadline)?));
         }
         last
     }
@@ -194,17 +196,17 @@ impl Drop for Routes {
 }
 
 /// Where each node's part of the daemons' share went, printed in ms after our metadata
-/// watch had the last peer: when our whole-object watch had it, when each daemon took the
-/// last of them from its own watch (read off its log), and when it routed the last one.
+/// watch had the last peer: when each daemon took the last of them from its own watch
+/// (read off its log), and when it routed the last one.
 /// Not a figure with a ratio: twilld logs a batch as it takes it and then programs all of
 /// it, flanneld logs each event as it programs it, so their "took" moments differ in kind.
 /// `BENCH_KEEP_LOGS=DIR` keeps the logs.
 fn per_node(
     c: &Cluster,
+    nodes: &[usize],
     routes: &Routes,
     total: usize,
     seen: Instant,
-    whole: Option<Instant>,
     clock: (Instant, SystemTime),
 ) {
     // The logs' wall clock onto our monotonic one, through the pair taken at the start.
@@ -217,11 +219,8 @@ fn per_node(
         ms(a.saturating_duration_since(b)) - ms(b.saturating_duration_since(a))
     };
     let after = |t: Option<Instant>| t.map_or("-".into(), |t| format!("{:+.1} ms", ms(t, seen)));
-    eprintln!(
-        "at {total} peers, our watch of whole nodes: {}",
-        after(whole)
-    );
-    for (i, n) in c.nodes.iter().enumerate() {
+    for &i in nodes {
+        let n = &c.nodes[i];
         let log = n.log();
         let has_all = watch_has_all_at(&log, total, c.nodes.len() - 1, clock.1).map(mono);
         let routed = nth(&routes.seen[i], total, Instant::now());
@@ -276,121 +275,138 @@ fn watch_has_all_at(log: &str, peers: usize, others: usize, now: SystemTime) -> 
     })
 }
 
-/// Largest of the three daemons, MB.
-fn largest(c: &Cluster, field: &str) -> f64 {
-    c.nodes
+/// Largest of the daemons on `nodes`, MB.
+fn largest(c: &Cluster, nodes: &[usize], field: &str) -> f64 {
+    nodes
         .iter()
-        .map(|n| twill_e2e::proc_status_kb(n.pid().expect("running"), field) as f64 / 1024.0)
+        .map(|&i| twill_e2e::proc_status_kb(c.nodes[i].pid().expect("running"), field) as f64)
         .fold(0.0, f64::max)
+        / 1024.0
 }
 
-/// CPU seconds of the three daemons so far (ticks of USER_HZ, 100 on Linux).
-fn cpu(c: &Cluster) -> f64 {
-    c.nodes.iter().map(|n| n.cpu_ticks() as f64 / 100.0).sum()
+/// CPU seconds of the daemons on `nodes` so far (ticks of USER_HZ, 100 on Linux).
+fn cpu(c: &Cluster, nodes: &[usize]) -> f64 {
+    nodes
+        .iter()
+        .map(|&i| c.nodes[i].cpu_ticks() as f64 / 100.0)
+        .sum()
 }
 
 /// (figure, value) in print order; `None` where it was not reached in time.
 type Figures = Vec<(String, Option<f64>)>;
 
-fn measure(flanneld: bool) -> Figures {
-    let tag = if flanneld { "ksf" } else { "kst" };
+/// One cluster, both daemons: figures for twilld's three nodes and flanneld's three.
+fn measure() -> [Figures; 2] {
+    let flanneld_first = std::env::var_os("BENCH_FLANNELD_FIRST").is_some();
+    let runs_flanneld: Vec<bool> = (0..6).map(|i| (i < 3) == flanneld_first).collect();
+    let groups: [Vec<usize>; 2] =
+        [false, true].map(|f| (0..6).filter(|&i| runs_flanneld[i] == f).collect());
     let extra = std::env::var("BENCH_TWILLD_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
     let (c, cp, _) = kube_cluster(
-        tag,
-        &[flanneld; 3],
+        "ksb",
+        &runs_flanneld,
         &manifest("kube-twill.yml"),
         "kube-twill",
         "twill",
         NET_CONF,
         &extra,
     );
-    let mut out: Figures = vec![("peak RSS at 2 peers, MB".into(), Some(largest(&c, "VmHWM")))];
+    let mut out: [Figures; 2] = Default::default();
+    let each = |out: &mut [Figures; 2], figure: &str, v: &dyn Fn(&[usize]) -> Option<f64>| {
+        for (o, g) in out.iter_mut().zip(&groups) {
+            o.push((figure.to_string(), v(g)));
+        }
+    };
+    each(&mut out, "peak RSS at 2 peers, MB", &|g| {
+        Some(largest(&c, g, "VmHWM"))
+    });
     let size = serde_json::to_string(&peer(0)).map_or(0, |s| s.len());
     let mut have = 0;
     let delivered = Delivered::default();
     let whole = Delivered::default();
     let routes = Routes::watch(&c);
     let clock = (Instant::now(), SystemTime::now());
+    let ms = |a: Option<Instant>, b: Option<Instant>| {
+        a.zip(b)
+            .map(|(a, b)| a.saturating_duration_since(b).as_secs_f64() * 1000.0)
+    };
     std::thread::scope(|s| {
         delivered.watch::<PartialObjectMeta<Node>>(s, &c, &cp);
         whole.watch::<PeerNode>(s, &c, &cp);
         for total in [1000, 5000] {
-            let c0 = cpu(&c);
+            let c0 = groups.clone().map(|g| cpu(&c, &g));
             add_peers(&c, &cp, have..total);
             let last_create = Instant::now();
             have = total;
-            let done = routes.all_at(total, Duration::from_secs(600));
             let seen = delivered.at(total, Duration::from_secs(600));
-            let ms = |a: Option<Instant>, b: Option<Instant>| {
-                a.zip(b)
-                    .map(|(a, b)| a.saturating_duration_since(b).as_secs_f64() * 1000.0)
-            };
+            let done = groups
+                .clone()
+                .map(|g| routes.all_at(&g, total, Duration::from_secs(600)));
             if let Some(seen) = seen {
-                per_node(
-                    &c,
-                    &routes,
-                    total,
-                    seen,
-                    whole.at(total, Duration::from_secs(60)),
-                    clock,
+                let whole = whole.at(total, Duration::from_secs(60));
+                let after = whole.map_or("-".into(), |w| {
+                    let d = |a: Instant, b: Instant| a.saturating_duration_since(b).as_secs_f64();
+                    format!("{:+.1} ms", (d(w, seen) - d(seen, w)) * 1000.0)
+                });
+                eprintln!(
+                    "at {total} peers, our watch of whole nodes after the names-only one: {after}"
                 );
+                for g in &groups {
+                    per_node(&c, g, &routes, total, seen, clock);
+                }
             }
-            out.push((
-                format!("{total} peers routed on every node, ms after the last create"),
-                ms(done, Some(last_create)),
-            ));
-            out.push((
-                "of which the API server: last create -> a watch has the last peer, ms".into(),
-                ms(seen, Some(last_create)),
-            ));
-            out.push((
-                "of which the daemons: that watch -> routed on every node, ms".into(),
-                ms(done, seen),
-            ));
-            out.push((
-                format!("CPU of the 3 daemons taking in {total} peers, s"),
-                Some(cpu(&c) - c0),
-            ));
-            out.push((
-                format!("peak RSS at {total} peers, MB"),
-                Some(largest(&c, "VmHWM")),
-            ));
-            out.push((
-                format!("anonymous RSS at {total} peers, MB"),
-                Some(largest(&c, "RssAnon")),
-            ));
+            for (i, o) in out.iter_mut().enumerate() {
+                o.push((
+                    format!("{total} peers routed on every node, ms after the last create"),
+                    ms(done[i], Some(last_create)),
+                ));
+                o.push((
+                    "of which the API server: last create -> a watch has the last peer, ms".into(),
+                    ms(seen, Some(last_create)),
+                ));
+                o.push((
+                    "of which the daemons: that watch -> routed on every node, ms".into(),
+                    ms(done[i], seen),
+                ));
+                o.push((
+                    format!("CPU of the 3 daemons taking in {total} peers, s"),
+                    Some(cpu(&c, &groups[i]) - c0[i]),
+                ));
+            }
+            each(&mut out, &format!("peak RSS at {total} peers, MB"), &|g| {
+                Some(largest(&c, g, "VmHWM"))
+            });
+            each(
+                &mut out,
+                &format!("anonymous RSS at {total} peers, MB"),
+                &|g| Some(largest(&c, g, "RssAnon")),
+            );
         }
         delivered.stop.store(true, Ordering::Relaxed);
         whole.stop.store(true, Ordering::Relaxed);
     });
-    let c1 = cpu(&c);
+    let c1 = groups.clone().map(|g| cpu(&c, &g));
     std::thread::sleep(Duration::from_secs(60));
-    out.push((
-        "CPU of the 3 daemons over the next 60 s at 5000 peers, s".into(),
-        Some(cpu(&c) - c1),
-    ));
-    out.push((
-        "peak RSS after those 60 s, MB".into(),
-        Some(largest(&c, "VmHWM")),
-    ));
-    eprintln!("{tag}: peer node objects of {size} bytes as sent");
+    for (i, o) in out.iter_mut().enumerate() {
+        o.push((
+            "CPU of the 3 daemons over the next 60 s at 5000 peers, s".into(),
+            Some(cpu(&c, &groups[i]) - c1[i]),
+        ));
+    }
+    each(&mut out, "peak RSS after those 60 s, MB", &|g| {
+        Some(largest(&c, g, "VmHWM"))
+    });
+    eprintln!("peer node objects of {size} bytes as sent");
     out
 }
 
 #[test]
 #[ignore = "a benchmark: scripts/bench-kube-flanneld.sh"]
 fn kubernetes_mode_at_1000_and_5000_nodes_beside_flanneld() {
-    // Each daemon gets a fresh control plane; BENCH_FLANNELD_FIRST=1 swaps the order, to
-    // tell what the order does to the API server's share.
-    let (twilld, flanneld) = if std::env::var_os("BENCH_FLANNELD_FIRST").is_some() {
-        let f = measure(true);
-        (measure(false), f)
-    } else {
-        (measure(false), measure(true))
-    };
+    let [twilld, flanneld] = measure();
     let show = |v: Option<f64>| v.map_or("not reached".to_string(), |v| format!("{v:.1}"));
-    println!("| figure (3 nodes, real API server) | twilld | flanneld | ratio |");
+    println!("| figure (3 nodes each, one real API server) | twilld | flanneld | ratio |");
     println!("|---|---|---|---|");
     for ((figure, t), (_, f)) in twilld.iter().zip(&flanneld) {
         let ratio = match (t, f) {
