@@ -188,6 +188,51 @@ fn peer_entries_added_replaced_and_removed() {
     assert_eq!(ns.sh("ip route show dev flannel.1").trim(), "");
 }
 
+/// A peer's route must not reach the kernel before its neighbour entry (on a nolearning
+/// device the first packets would find no neighbour). The neighbours and the routes of a
+/// batch share one pipeline; the kernel's own notifications, on one socket, in the order
+/// it made the changes, show the order held for every peer of a batch larger than the
+/// pipeline's depth.
+#[test]
+fn every_peer_route_follows_its_neighbour() {
+    // 3 requests a peer: 450 in flight, beyond the pipeline depth of 256.
+    const N: u8 = 150;
+    let ns = ns("nl-order");
+    let s = spec(&ns);
+    let mut monitor = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "monitor", "neigh", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ns.run(move || {
+        Box::pin(async move {
+            let nl = Netlink::connect().unwrap();
+            let dev = nl.ensure_vxlan(&s).await.unwrap();
+            let ops = diff(&peers(N), &Actual::default(), PLAIN);
+            let r = nl.apply(dev.index, &ops).await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    monitor.kill().unwrap();
+    let out = monitor.wait_with_output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for i in 1..=N {
+        let gw = format!("10.244.{i}.0");
+        let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
+        let neigh = at(&format!("{gw} dev flannel.1 lladdr"));
+        let route = at(&format!("{gw}/24 via {gw} dev flannel.1"));
+        let (Some(neigh), Some(route)) = (neigh, route) else {
+            panic!("peer {i}: neighbour {neigh:?}, route {route:?} in {lines:#?}");
+        };
+        assert!(neigh < route, "peer {i}: route before its neighbour");
+    }
+}
+
 #[test]
 fn entries_look_exactly_like_flannels() {
     let ns = ns("nl-look");

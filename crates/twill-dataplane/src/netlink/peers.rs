@@ -91,8 +91,9 @@ impl Netlink {
         Ok((actual, under))
     }
 
-    /// Applies `ops` on device `index` phase by phase (see [`Ops`] for the order), each
-    /// phase pipelined. Failures are collected, not fatal: the next reconcile retries them.
+    /// Applies `ops` on device `index` in the order of [`Ops`], pipelined: a phase waits
+    /// for the one before only where it needs its results. Failures are collected, not
+    /// fatal: the next reconcile retries them.
     pub async fn apply(&self, index: u32, ops: &Ops) -> ApplyReport {
         let mut report = ApplyReport::default();
         let h = &self.handle;
@@ -111,9 +112,28 @@ impl Netlink {
                     .iter()
                     .map(|(mac, dst)| add_fdb(h, index, *mac, *dst)),
             );
-        run(adds, &mut report, false).await;
+        // Without nexthops to write in between, the routes go out in the same pipeline
+        // right behind the neighbours: the kernel handles a netlink socket's requests one
+        // by one in the order they were sent, so the neighbour is still there first, and a
+        // new peer's route waits for one round trip instead of two.
+        if ops.add_nexthops.is_empty() {
+            let routes = ops
+                .add_routes
+                .iter()
+                .map(|(net, via)| replace_peer_route(h, *net, *via, index));
+            run(adds.chain(routes), &mut report, false).await;
+        } else {
+            run(adds, &mut report, false).await;
+            self.nexthops_then_routes(index, ops, &mut report).await;
+        }
+        self.dels(index, ops, &mut report).await;
+        report
+    }
 
-        let nh = &self.nexthops;
+    /// Each nexthop written, then the routes by their ids (but none by the id of a nexthop
+    /// that could not be written: it would use whatever holds that id).
+    async fn nexthops_then_routes(&self, index: u32, ops: &Ops, report: &mut ApplyReport) {
+        let (h, nh) = (&self.handle, &self.nexthops);
         let nexthops: Vec<_> = stream::iter(&ops.add_nexthops)
             .map(|(id, gw)| async move { (*id, *gw, nh.ensure(*id, *gw, index).await) })
             .buffer_unordered(PIPELINE_DEPTH)
@@ -134,14 +154,17 @@ impl Netlink {
             }
         }
 
-        // A route by the id of a nexthop we could not write would use whatever holds it.
         let add_routes = ops
             .add_routes
             .iter()
             .filter(|(_, via)| via.nhid.is_none_or(|id| !no_nexthop.contains(&id)))
             .map(|(net, via)| replace_peer_route(h, *net, *via, index));
-        run(add_routes, &mut report, false).await;
+        run(add_routes, report, false).await;
+    }
 
+    /// Neighbours, forwarding entries and nexthops that are no longer wanted, last.
+    async fn dels(&self, index: u32, ops: &Ops, report: &mut ApplyReport) {
+        let (h, nh) = (&self.handle, &self.nexthops);
         let dels = ops
             .del_neighs
             .iter()
@@ -159,8 +182,7 @@ impl Netlink {
                 }
                 .boxed()
             }));
-        run(dels, &mut report, true).await;
-        report
+        run(dels, report, true).await;
     }
 }
 
