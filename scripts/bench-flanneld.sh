@@ -53,6 +53,38 @@ breakdown() { # where one daemon's resident set sits, MB, by mapping (node 1's)
   hot=$(readelf -SW "/proc/$p/exe" 2>/dev/null | awk '$2 == ".text.hot" {print $6}')
   [[ -z $hot ]] || echo "breakdown of the program text, packed as run (.text.hot): $(echo "$((16#$hot)) / 1048576" | bc -l | xargs printf '%.1f')"
 }
+# Both daemons serve /healthz and /readyz here; 0 (off) is the default of both.
+HEALTHZ_PORT=8285
+ready_poll() { # ready_poll <n>: waits for node n's namespace, then for its daemon's /readyz
+  # to answer 200, and prints when (seconds since the epoch), or "-" after 120 s.
+  local ns=$LAB_PREFIX-n$1 i
+  for i in $(seq 12000); do
+    [[ -e /run/netns/$ns ]] && ip netns exec "$ns" python3 -c '
+import socket, sys, time
+end = time.time() + 120
+while time.time() < end:
+    try:
+        with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2) as s:
+            s.sendall(b"GET /readyz HTTP/1.0\r\nHost: n\r\n\r\n")
+            if s.recv(64).split(b" ")[1:2] == [b"200"]:
+                print(f"{time.time():.6f}")
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.002)
+print("-")' "$HEALTHZ_PORT" 2>/dev/null && return
+    sleep 0.01
+  done
+  echo "-"
+}
+start_ready() { # daemon started (its pid file) -> /readyz 200, ms, slowest of the three ("-"
+  # if one never answered 200)
+  local n
+  for n in 1 2 3; do
+    echo "$(stat -c %.9Y "/tmp/$LAB_PREFIX/n$n/twilld.pid") $(cat "$OUT/ready.$n")"
+  done | awk '$2 == "-" { never = 1 } $2 != "-" && ($2 - $1) * 1000 > max { max = ($2 - $1) * 1000 }
+    END { if (never) print "-"; else printf "%d\n", max }'
+}
 start_env() { # daemon started (its pid file) -> subnet.env written, ms, slowest of the three
   local n
   for n in 1 2 3; do
@@ -123,14 +155,17 @@ inject() { # inject <count> <first>: timed from its start, in the background
 }
 
 measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<name>.<round>
-  local name=$1 daemon=$2 f=$OUT/$1.$round s t inj c0 c1 c2 tck
-  export LAB_PREFIX=$P-$name TWILLD=$daemon LAB_TWILLD_ARGS=""
-  [[ $name == twilld ]] && LAB_TWILLD_ARGS=${BENCH_TWILLD_ARGS:-}
+  local name=$1 daemon=$2 f=$OUT/$1.$round s t inj c0 c1 c2 tck n pollers=()
+  export LAB_PREFIX=$P-$name TWILLD=$daemon LAB_TWILLD_ARGS="--healthz-port $HEALTHZ_PORT"
+  [[ $name == twilld ]] && LAB_TWILLD_ARGS+=" ${BENCH_TWILLD_ARGS:-}"
   tck=$(getconf CLK_TCK)
+  for n in 1 2 3; do ready_poll "$n" > "$OUT/ready.$n" & pollers+=($!); done
   s=$(date +%s%N)
   bash scripts/lab.sh up 3 >/dev/null
   echo "startup_ms $(( ($(date +%s%N) - s) / 1000000 ))" > "$f"
+  wait "${pollers[@]}"
   echo "start_env_ms $(start_env)" >> "$f"
+  echo "start_ready_ms $(start_ready)" >> "$f"
   echo "rss_2 $(rss)" >> "$f"
   echo "anon_2 $(rss_kind RssAnon)" >> "$f"
   echo "file_2 $(rss_kind RssFile)" >> "$f"
@@ -240,6 +275,7 @@ while read -r key label; do
 done <<'EOF'
 startup_ms lab up (3 nodes to subnet.env and pods wired), ms
 start_env_ms daemon start -> subnet.env (slowest of 3 nodes), ms
+start_ready_ms daemon start -> /readyz 200 (slowest of 3 nodes), ms
 conv_1000_after_last_put_ms 1 000 leases programmed on every node, ms after the last put
 conv_10000_after_last_put_ms 9 000 more (10 000), ms after the last put
 put_route_p50_ms put -> route at 10 000 peers, p50 ms
