@@ -199,11 +199,21 @@ fn every_peer_route_follows_its_neighbour() {
     const N: u8 = 150;
     let ns = ns("nl-order");
     let s = spec(&ns);
-    let mut monitor = std::process::Command::new("ip")
-        .args(["-n", &ns.name, "monitor", "neigh", "route"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip monitor");
+    // Killed however the test ends: a failed apply must not leave it running.
+    struct Monitor(std::process::Child);
+    impl Drop for Monitor {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut monitor = Monitor(
+        std::process::Command::new("ip")
+            .args(["-n", &ns.name, "monitor", "neigh", "route"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip monitor"),
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     ns.run(move || {
         Box::pin(async move {
@@ -215,12 +225,10 @@ fn every_peer_route_follows_its_neighbour() {
         })
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
-    monitor.kill().unwrap();
-    let out = monitor.wait_with_output().unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    monitor.0.kill().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut monitor.0.stdout.take().unwrap(), &mut out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
     for i in 1..=N {
         let gw = format!("10.244.{i}.0");
         let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
