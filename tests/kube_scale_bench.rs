@@ -214,11 +214,6 @@ fn per_node(
         Ok(d) => clock.0 + d,
         Err(e) => clock.0 - e.duration(),
     };
-    let ms = |a: Instant, b: Instant| {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        ms(a.saturating_duration_since(b)) - ms(b.saturating_duration_since(a))
-    };
-    let after = |t: Option<Instant>| t.map_or("-".into(), |t| format!("{:+.1} ms", ms(t, seen)));
     for &i in nodes {
         let n = &c.nodes[i];
         let log = n.log();
@@ -226,8 +221,8 @@ fn per_node(
         let routed = nth(&routes.seen[i], total, Instant::now());
         eprintln!(
             "node {i} at {total} peers, after our watch: took the last peer {}, routed {}",
-            after(has_all),
-            after(routed)
+            after(has_all, seen),
+            after(routed, seen)
         );
         if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
             let path = std::path::Path::new(&dir).join(format!("{}-{total}.log", n.ns.name));
@@ -236,6 +231,16 @@ fn per_node(
             }
         }
     }
+}
+
+/// `t` in ms after `since`, signed (before it is negative); "-" for none.
+fn after(t: Option<Instant>, since: Instant) -> String {
+    t.map_or("-".into(), |t| {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let signed =
+            ms(t.saturating_duration_since(since)) - ms(since.saturating_duration_since(t));
+        format!("{signed:+.1} ms")
+    })
 }
 
 /// When a daemon's log shows its watch holding all `peers` peer nodes (and the `others`
@@ -345,12 +350,9 @@ fn measure() -> [Figures; 2] {
                 .map(|g| routes.all_at(&g, total, Duration::from_secs(600)));
             if let Some(seen) = seen {
                 let whole = whole.at(total, Duration::from_secs(60));
-                let after = whole.map_or("-".into(), |w| {
-                    let d = |a: Instant, b: Instant| a.saturating_duration_since(b).as_secs_f64();
-                    format!("{:+.1} ms", (d(w, seen) - d(seen, w)) * 1000.0)
-                });
                 eprintln!(
-                    "at {total} peers, our watch of whole nodes after the names-only one: {after}"
+                    "at {total} peers, our watch of whole nodes after the names-only one: {}",
+                    after(whole, seen)
                 );
                 for g in &groups {
                     per_node(&c, g, &routes, total, seen, clock);
