@@ -160,6 +160,10 @@ while True: s.accept()[0].close()' &
   kill "$listener" 2>/dev/null || true
   echo "$failed $((ok + failed))"
 }
+put_route() { # put_route <key prefix>: 200 puts at node 1, timed to its route (twill-bench latency)
+  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
+    | jq -r --arg p "$1" '"\($p)put_route_p50_ms \(.p50_ms)\n\($p)put_route_p99_ms \(.p99_ms)\n\($p)put_commit_p99_ms \(.commit_p99_ms)\n\($p)after_commit_p50_ms \(.after_commit_p50_ms)\n\($p)after_commit_p99_ms \(.after_commit_p99_ms)"'
+}
 inject() { # inject <count> <first>: timed from its start, in the background
   ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" inject "$ETCD" "$1" "$2" > "$OUT/inject.json" &
 }
@@ -206,17 +210,15 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   c2=$(cpu)
   sleep 10
   echo "idle_cpu_10s $(echo "($(cpu) - $c2) / $tck" | bc -l | xargs printf '%.2f')" >> "$f"
-  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
-    | jq -r '"put_route_p50_ms \(.p50_ms)\nput_route_p99_ms \(.p99_ms)\nput_commit_p99_ms \(.commit_p99_ms)\nafter_commit_p50_ms \(.after_commit_p50_ms)\nafter_commit_p99_ms \(.after_commit_p99_ms)"' >> "$f"
+  put_route "" >> "$f"
   # The same with nodes 2 and 3's daemons stopped (SIGSTOP): one daemon programming each
   # route, as on a cluster, where every node has a kernel and CPUs of its own. In the lab
   # the three share one kernel (RTNL, which every route insertion holds, and the fib_info
   # chain it walks meanwhile) and the VM's two cores with etcd. They are let go after.
   local others
-  others=$(cat "/tmp/$LAB_PREFIX/n2/twilld.pid" "/tmp/$LAB_PREFIX/n3/twilld.pid")
+  others=$(pids | sed 1d)
   kill -STOP $others
-  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
-    | jq -r '"alone_put_route_p50_ms \(.p50_ms)\nalone_put_route_p99_ms \(.p99_ms)\nalone_put_commit_p99_ms \(.commit_p99_ms)\nalone_after_commit_p99_ms \(.after_commit_p99_ms)"' >> "$f"
+  put_route alone_ >> "$f"
   kill -CONT $others
   sleep 5
   # Repair at 10 000 peers: one peer's route deleted on node 1, then its MASQUERADE chain
@@ -258,8 +260,7 @@ measure() { # measure <name> <daemon>: one lab, one daemon; figures to $OUT/<nam
   # A restarted etcd and daemons that just came back are slower for a while (compaction,
   # re-watches, a full pass): let that pass before timing.
   sleep 20
-  ip netns exec "$LAB_PREFIX-etcd" "$BIN/twill-bench" latency "$ETCD" 200 "$LAB_PREFIX-n1" \
-    | jq -r '"tmpfs_put_route_p50_ms \(.p50_ms)\ntmpfs_put_route_p99_ms \(.p99_ms)\ntmpfs_put_commit_p99_ms \(.commit_p99_ms)"' >> "$f"
+  put_route tmpfs_ >> "$f"
   bash scripts/lab.sh down >/dev/null 2>&1 || true
 }
 
