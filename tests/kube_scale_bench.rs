@@ -226,7 +226,8 @@ fn per_node(
         );
         if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
             let path = std::path::Path::new(&dir).join(format!("{}-{total}.log", n.ns.name));
-            if let Err(e) = std::fs::write(&path, &log) {
+            let kept = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &log));
+            if let Err(e) = kept {
                 eprintln!("keeping {}: {e}", path.display());
             }
         }
@@ -289,6 +290,26 @@ fn largest(c: &Cluster, nodes: &[usize], field: &str) -> f64 {
         / 1024.0
 }
 
+/// Prints where the resident set of each daemon's first node sits (the breakdown:
+/// program text, libraries, heap, stacks), twilld's then flanneld's.
+fn breakdown(c: &Cluster, groups: &[Vec<usize>; 2], when: &str) {
+    for (daemon, g) in ["twilld", "flanneld"].iter().zip(groups) {
+        let pid = c.nodes[g[0]].pid().expect("running");
+        let parts: Vec<String> = twill_e2e::rss_breakdown(pid)
+            .iter()
+            .map(|(k, v)| match *k {
+                "threads" => format!("{v:.0} threads"),
+                _ => format!("{k} {v:.1}"),
+            })
+            .collect();
+        eprintln!(
+            "where {daemon}'s resident set sits {when} (node {}), MB: {}",
+            g[0] + 1,
+            parts.join(", ")
+        );
+    }
+}
+
 /// CPU seconds of the daemons on `nodes` so far (ticks of USER_HZ, 100 on Linux).
 fn cpu(c: &Cluster, nodes: &[usize]) -> f64 {
     nodes
@@ -326,6 +347,7 @@ fn measure() -> [Figures; 2] {
     each(&mut out, "peak RSS at 2 peers, MB", &|g| {
         Some(largest(&c, g, "VmHWM"))
     });
+    breakdown(&c, &groups, "before the peers are created");
     let size = serde_json::to_string(&peer(0)).map_or(0, |s| s.len());
     let mut have = 0;
     let delivered = Delivered::default();
@@ -384,6 +406,7 @@ fn measure() -> [Figures; 2] {
                 &format!("anonymous RSS at {total} peers, MB"),
                 &|g| Some(largest(&c, g, "RssAnon")),
             );
+            breakdown(&c, &groups, &format!("at {total} peers"));
         }
         delivered.stop.store(true, Ordering::Relaxed);
         whole.stop.store(true, Ordering::Relaxed);

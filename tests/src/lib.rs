@@ -506,6 +506,48 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a process's resident set sits, MB by kind of mapping (from `/proc/<pid>/smaps`):
+/// its own program (text and data of the executable), shared libraries, heap, the main
+/// stack, and the rest (threads' stacks, allocator arenas, vDSO), plus its threads.
+pub fn rss_breakdown(pid: u32) -> Vec<(&'static str, f64)> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    rss_by_mapping(
+        &smaps,
+        &exe.to_string_lossy(),
+        proc_status_kb(pid, "Threads"),
+    )
+}
+
+fn rss_by_mapping(smaps: &str, exe: &str, threads: u64) -> Vec<(&'static str, f64)> {
+    const KINDS: [&str; 5] = ["program", "libraries", "heap", "stack", "other maps"];
+    let mut kb = [0u64; 5];
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        if f.first().is_some_and(|a| a.contains('-')) && f.len() >= 5 {
+            let path = f.get(5).copied().unwrap_or("");
+            kind = match path {
+                p if p == exe => 0,
+                p if p.contains(".so") => 1,
+                "[heap]" => 2,
+                p if p.starts_with("[stack") => 3,
+                _ => 4,
+            };
+        } else if f.first() == Some(&"Rss:") {
+            kb[kind] += f.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    let mut out: Vec<(&str, f64)> = KINDS
+        .iter()
+        .zip(kb)
+        .map(|(k, v)| (*k, v as f64 / 1024.0))
+        .collect();
+    out.push(("threads", threads as f64));
+    out
+}
+
 /// The check called `name` in the output of `twilld doctor --output=json` (its JSON report
 /// on stdout, possibly followed by log lines from stderr).
 pub fn doctor_check(out: &str, name: &str) -> serde_json::Value {
@@ -567,4 +609,41 @@ pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> 
     let (ok, out) = run_plugin(node, plugin, &env, conf);
     assert!(ok, "CNI {cmd} failed: {out}");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rss_by_mapping;
+
+    #[test]
+    fn resident_set_is_summed_by_the_mapping_it_sits_in() {
+        let smaps = "\
+55d0c0000000-55d0c0400000 r-xp 00000000 fd:00 1234 /usr/bin/twilld
+Rss:                1024 kB
+Pss:                1024 kB
+55d0c0400000-55d0c0500000 r--p 00400000 fd:00 1234 /usr/bin/twilld
+Rss:                 512 kB
+55d0c1000000-55d0c1100000 rw-p 00000000 00:00 0 [heap]
+Rss:                 256 kB
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Rss:                 128 kB
+7f0000200000-7f0000300000 r-xp 00000000 fd:00 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                2048 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  64 kB
+VmFlags: rd wr mr mw me gd ac
+";
+        let got = rss_by_mapping(smaps, "/usr/bin/twilld", 5);
+        assert_eq!(
+            got,
+            vec![
+                ("program", 1.5),
+                ("libraries", 2.0),
+                ("heap", 0.25),
+                ("stack", 0.0625),
+                ("other maps", 0.125),
+                ("threads", 5.0),
+            ]
+        );
+    }
 }
