@@ -220,7 +220,8 @@ fn per_node(
         let has_all = watch_has_all_at(&log, total, c.nodes.len() - 1, clock.1).map(mono);
         let routed = nth(&routes.seen[i], total, Instant::now());
         eprintln!(
-            "node {i} at {total} peers, after our watch: took the last peer {}, routed {}",
+            "node {} at {total} peers, after our watch: took the last peer {}, routed {}",
+            i + 1,
             after(has_all, seen),
             after(routed, seen)
         );
