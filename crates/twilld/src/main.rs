@@ -112,9 +112,9 @@ fn main() -> std::process::ExitCode {
 
 /// Why twilld has its own `pow`: it was the one function of libm the program called (tokio's
 /// scheduler raises a decay factor to a power after every batch of tasks), and linking libm
-/// for it kept 0.56 MB of libm resident in every daemon (its loader work, the ifunc choice
-/// and the code around `pow`, by fault-around) for 40 bytes of code. Defined here, the linker
-/// resolves `f64::powf` to it and no longer asks for libm. The `libm` crate is musl's pow
+/// for it kept 0.5 MB of libm resident in every daemon (its loader work, the ifunc choice
+/// and the code around `pow`, by fault-around). Defined here, the linker resolves
+/// `f64::powf` to it and no longer asks for libm. The `libm` crate is musl's pow
 /// (ARM's optimized-routines algorithm, as glibc's; < 1 ULP), on rust-lang's side.
 #[unsafe(no_mangle)]
 pub extern "C" fn pow(x: f64, y: f64) -> f64 {

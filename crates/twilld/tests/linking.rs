@@ -1,6 +1,6 @@
 //! The daemon binary as built: it defines its own `pow` (main.rs says why) and so asks the
 //! loader for no libm. A dependency that starts calling another libm function brings libm
-//! back (0.56 MB resident per daemon); this says so rather than letting the figure drift.
+//! back (0.5 MB resident per daemon); this says so rather than letting the figure drift.
 
 use std::process::Command;
 
