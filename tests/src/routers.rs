@@ -6,14 +6,7 @@ use std::process::{Child, Command, Stdio};
 use twill_testutil::wait_until;
 
 /// Kills the daemon when the test ends, however it ends.
-pub struct Daemon(pub Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use twill_testutil::KillOnDrop as Daemon;
 
 pub fn need(bin: &str) {
     assert!(

@@ -200,14 +200,7 @@ fn every_peer_route_follows_its_neighbour() {
     let ns = ns("nl-order");
     let s = spec(&ns);
     // Killed however the test ends: a failed apply must not leave it running.
-    struct Monitor(std::process::Child);
-    impl Drop for Monitor {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut monitor = Monitor(
+    let mut monitor = twill_testutil::KillOnDrop(
         std::process::Command::new("ip")
             .args(["-n", &ns.name, "monitor", "neigh", "route"])
             .stdout(std::process::Stdio::piped())
