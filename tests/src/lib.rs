@@ -443,7 +443,26 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.stop(libc::SIGKILL);
         }
+        // A test that failed on CI can't be rerun there: what each daemon said is all
+        // there is to go on.
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!(
+                    "--- node {i} ({}), the last of its log:\n{}",
+                    n.ns.name,
+                    log_tail(&n.log(), LOG_TAIL_LINES)
+                );
+            }
+        }
     }
+}
+
+const LOG_TAIL_LINES: usize = 60;
+
+/// The last `lines` lines of `log`.
+pub fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
@@ -613,7 +632,14 @@ pub fn cni(node: &Netns, plugin: &Path, cmd: &str, pod_ns: &str, conf: &str) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::rss_by_mapping;
+    use super::{log_tail, rss_by_mapping};
+
+    #[test]
+    fn a_log_tail_is_its_last_lines_or_all_of_a_short_one() {
+        assert_eq!(log_tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(log_tail("a\nb", 5), "a\nb");
+        assert_eq!(log_tail("", 3), "");
+    }
 
     #[test]
     fn resident_set_is_summed_by_the_mapping_it_sits_in() {
