@@ -4,21 +4,20 @@
 //! Each (re)list replaces its part whole, so what was deleted during a gap goes.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use twill_policy::{Cluster, Labels, PolicyId};
+
+use crate::clients::{rewatching, Clients};
 
 /// What `--network-policy` adds to [`crate::API_ACCESS`], as (resource, verb).
 pub const POLICY_ACCESS: &[(&str, &str)] = &[
@@ -100,12 +99,14 @@ pub struct PolicyFeed {
 }
 
 impl PolicyFeed {
-    /// Starts the three watchers on `client`; they stop with `cancel`.
-    pub fn start(client: Client, cancel: CancellationToken) -> Self {
+    /// Starts the three watchers on `clients` (each begun again on a new client); they
+    /// stop with `cancel`.
+    pub fn start(clients: &Clients, cancel: CancellationToken) -> Self {
         let feed = PolicyFeed::empty();
-        let pods: Api<Pod> = Api::all(client.clone());
-        let nss: Api<Namespace> = Api::all(client.clone());
-        let nps: Api<NetworkPolicy> = Api::all(client);
+        let config = || watcher::Config::default().page_size(500);
+        let pods = rewatching(clients, Api::<Pod>::all, config());
+        let nss = rewatching(clients, Api::<Namespace>::all, config());
+        let nps = rewatching(clients, Api::<NetworkPolicy>::all, config());
         tokio::spawn(feed.clone().follow(pods, Kind::Pods, cancel.clone(), |p| {
             Part::Pod(twill_policy::pod_from_k8s(p))
         }));
@@ -157,14 +158,11 @@ impl PolicyFeed {
 
     async fn follow<K>(
         self,
-        api: Api<K>,
+        stream: impl Stream<Item = watcher::Result<Event<K>>>,
         kind: Kind,
         cancel: CancellationToken,
         part: fn(&K) -> Part,
-    ) where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    {
-        let stream = watcher(api, watcher::Config::default().page_size(500)).default_backoff();
+    ) {
         futures::pin_mut!(stream);
         let mut listing: Vec<Part> = Vec::new();
         loop {

@@ -12,8 +12,7 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use crate::annotations::{
     network_condition_patch, network_condition_set, own_subnet, pod_cidrs, AnnotationKeys, Listing,
     NodeLeases, PodCidrError,
 };
+use crate::clients::{rewatching, Clients};
 use crate::network::{covering, kubeadm_pod_subnets, Detected};
 use crate::peer_node::PeerNode;
 
@@ -70,11 +70,9 @@ pub struct KubeOptions {
 
 #[derive(Clone)]
 pub struct KubeStore {
-    nodes: Api<Node>,
-    /// kube-system's ConfigMaps: only kubeadm-config is read (Network detection).
-    kube_system: Api<ConfigMap>,
-    /// The same objects, decoded to the part peers need (see `PeerNode`).
-    peers: Api<PeerNode>,
+    clients: Clients,
+    /// What the client was made from, to make another (`reconnect`).
+    opts: Arc<KubeOptions>,
     node_name: String,
     keys: AnnotationKeys,
     set_network_unavailable: bool,
@@ -167,9 +165,8 @@ impl KubeStore {
             }
         };
         Ok(KubeStore {
-            nodes: Api::all(client.clone()),
-            kube_system: Api::namespaced(client.clone(), "kube-system"),
-            peers: Api::all(client),
+            clients: Clients::new(client),
+            opts: Arc::new(opts.clone()),
             node_name,
             keys: AnnotationKeys::new(&opts.annotation_prefix).map_err(|e| {
                 StoreError::Invalid {
@@ -200,14 +197,29 @@ impl KubeStore {
         &self.node_name
     }
 
-    /// The client, for the other watches of the same API (`PolicyFeed`).
+    /// The client as it is now, for one-off reads of the same API.
     pub fn client(&self) -> Client {
-        self.nodes.clone().into_client()
+        self.clients.current()
+    }
+
+    /// The client as it is now and as `reconnect` replaces it, for the other watches of
+    /// the same API (`PolicyFeed`).
+    pub fn clients(&self) -> Clients {
+        self.clients.clone()
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.clients.current())
+    }
+
+    /// kube-system's ConfigMaps: only kubeadm-config is read (Network detection).
+    fn kube_system(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.clients.current(), "kube-system")
     }
 
     /// Our Node object.
     pub async fn node(&self) -> Result<Node, StoreError> {
-        match self.nodes.get(&self.node_name).await {
+        match self.nodes().get(&self.node_name).await {
             Ok(n) => Ok(n),
             Err(e) if is_not_found(&e) => Err(StoreError::Waiting(
                 format!(
@@ -243,7 +255,7 @@ impl KubeStore {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        self.nodes
+        self.nodes()
             .patch_status(&self.node_name, &pp, &Patch::Strategic(&body))
             .await
             .map_err(|e| api_err(&format!("patch node {} status", self.node_name), e))
@@ -274,7 +286,7 @@ impl KubeStore {
     /// covering every node's podCIDRs.
     pub async fn detect_pod_networks(&self) -> Result<(Vec<IpNetwork>, Detected), StoreError> {
         let (_, _, name, _) = KUBEADM_CONFIG_ACCESS;
-        match self.kube_system.get_opt(name).await {
+        match self.kube_system().get_opt(name).await {
             Ok(Some(cm)) => {
                 let nets = cm
                     .data
@@ -291,7 +303,7 @@ impl KubeStore {
             Err(e) => debug!("reading kube-system/{name}: {e}; using the nodes' podCIDRs"),
         }
         let nodes = self
-            .nodes
+            .nodes()
             .list(&Default::default())
             .await
             .map_err(|e| api_err("list nodes", e))?;
@@ -310,8 +322,8 @@ impl KubeStore {
 
     /// Every node's lease, listed once (diagnostics).
     pub async fn list_leases(&self) -> Result<Vec<twill_store::StoredLease>, StoreError> {
-        let nodes = self
-            .peers
+        // The same objects, decoded to the part peers need (see `PeerNode`).
+        let nodes = Api::<PeerNode>::all(self.clients.current())
             .list(&Default::default())
             .await
             .map_err(|e| api_err("list nodes", e))?;
@@ -428,6 +440,17 @@ impl SubnetManager for KubeStore {
         }))
     }
 
+    /// A new client in place of the one every copy of the store shares; the node watch
+    /// (and the policy watches) start over on it from a fresh listing.
+    async fn reconnect(&mut self) -> Result<(), StoreError> {
+        let client = connect_client(&self.opts).await?;
+        self.clients.replace(client);
+        info!(
+            "connected to the API server anew from the node's new address; its watches list again"
+        );
+        Ok(())
+    }
+
     /// Nothing expires in Kubernetes; a renewal re-asserts our annotations (someone may
     /// have edited them) and notices a podCIDR change.
     async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
@@ -444,11 +467,11 @@ impl SubnetManager for KubeStore {
     /// snapshot the peer table diffs, so a node deleted during a gap is removed.
     async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {
         let mut leases = NodeLeases::new(self.keys.clone(), self.ipv6);
-        let stream = watcher(
-            self.peers.clone(),
+        let stream = rewatching(
+            &self.clients,
+            Api::<PeerNode>::all,
             watcher::Config::default().page_size(100),
-        )
-        .default_backoff();
+        );
         futures::pin_mut!(stream);
         let mut listing: Option<Listing> = None;
         loop {

@@ -440,3 +440,62 @@ async fn the_pod_network_is_detected_from_kubeadm_else_from_the_nodes() {
     assert!(matches!(err, StoreError::Waiting(_)), "{err:?}");
     assert!(err.to_string().contains("--allocate-node-cidrs"), "{err}");
 }
+
+/// Names in the events up to and including the next `InitDone`, or the next applied
+/// object's name alone when the stream is past its listing.
+async fn next_listing<S>(events: &mut S) -> Vec<String>
+where
+    S: futures::Stream<
+            Item = kube::runtime::watcher::Result<
+                kube::runtime::watcher::Event<k8s_openapi::api::core::v1::Node>,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    use kube::runtime::watcher::Event;
+    let mut names = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream goes on")
+            .expect("no watch error");
+        match ev {
+            Event::Init => names.clear(),
+            Event::InitApply(n) => names.push(n.metadata.name.unwrap_or_default()),
+            Event::InitDone => return names,
+            Event::Apply(n) | Event::Delete(n) => return vec![n.metadata.name.unwrap_or_default()],
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_client_lists_and_watches_again_on_the_new_one() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::Api;
+    let (old, new) = (FakeKube::start_local(), FakeKube::start_local());
+    old.add_node("on-the-old", Some("10.244.1.0/24"));
+    new.add_node("on-the-new", Some("10.244.2.0/24"));
+    let clients =
+        twill_kube::Clients::new(twill_kube::connect_client(&opts(&old, "n1")).await.unwrap());
+    let mut events = Box::pin(twill_kube::rewatching(
+        &clients,
+        Api::<Node>::all,
+        Default::default(),
+    ));
+    assert_eq!(next_listing(&mut events).await, ["on-the-old"]);
+
+    clients.replace(twill_kube::connect_client(&opts(&new, "n1")).await.unwrap());
+    assert_eq!(
+        next_listing(&mut events).await,
+        ["on-the-new"],
+        "a fresh listing from the new client"
+    );
+    old.add_node("late-on-the-old", None);
+    new.add_node("late-on-the-new", None);
+    assert_eq!(
+        next_listing(&mut events).await,
+        ["late-on-the-new"],
+        "the old watch is gone, the new one goes on"
+    );
+}

@@ -50,7 +50,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
                 open_kube(kube, path, Role::Node, node.public_ip, &node.bgp, &patience).await?;
             if opts.network_policy {
                 crate::network_policy::spawn(
-                    opened.store.client(),
+                    opened.store.clients(),
                     opened.store.node_name().to_string(),
                     tel.clone(),
                     cancel.clone(),

@@ -32,8 +32,13 @@ const VERIFY_AFTER_CHANGE: Duration = Duration::from_secs(10);
 /// ...and this often regardless.
 const VERIFY_EVERY: Duration = Duration::from_secs(60);
 
-pub fn spawn(client: kube::Client, node: String, tel: Arc<Telemetry>, cancel: CancellationToken) {
-    let feed = PolicyFeed::start(client, cancel.clone());
+pub fn spawn(
+    clients: twill_kube::Clients,
+    node: String,
+    tel: Arc<Telemetry>,
+    cancel: CancellationToken,
+) {
+    let feed = PolicyFeed::start(&clients, cancel.clone());
     info!(node = %node, "network policy: enforcing NetworkPolicy for this node's pods");
     tokio::spawn(run(feed, node, tel, cancel));
 }
