@@ -9,7 +9,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue,
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -58,7 +58,8 @@ async fn rpc<T>(
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// Shared by every copy: `reconnect` in one moves them all, the watch included.
+    clients: Arc<watch::Sender<Client>>,
     /// What `client` was made from, to make another (`reconnect`).
     opts: Arc<EtcdOptions>,
     prefix: String,
@@ -119,7 +120,7 @@ impl EtcdStore {
         }
         let client = rpc(Client::connect(&opts.endpoints, Some(co))).await?;
         Ok(EtcdStore {
-            client,
+            clients: Arc::new(watch::channel(client).0),
             opts: Arc::new(opts.clone()),
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             errors: Default::default(),
@@ -127,12 +128,13 @@ impl EtcdStore {
         })
     }
 
-    /// A new connection in place of this copy's (the node's own address changed: requests
-    /// on the old one would wait for its keep-alive to fail, ten seconds). Leases held
-    /// stay; copies made before (the watch's) keep theirs until it fails.
+    /// A new connection in place of the one every copy shares (the node's own address
+    /// changed: requests on the old one, the watch's too, would wait for its keep-alive
+    /// to fail, ten seconds). Leases held stay; the watch resumes on the new one from the
+    /// revision it had reached.
     pub async fn reconnect(&mut self) -> Result<(), StoreError> {
         let fresh = EtcdStore::connect(&self.opts).await?;
-        self.client = fresh.client;
+        self.clients.send_replace(fresh.client());
         Ok(())
     }
 
@@ -166,12 +168,12 @@ impl EtcdStore {
 
     /// The raw client, for tests and for the etcd-specific diagnostics.
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.clients.borrow().clone()
     }
 
     /// The net-conf.json stored at `<prefix>/config`, if any.
     pub async fn get_config(&self) -> Result<Option<String>, StoreError> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = rpc(c.get(self.config_key(), None)).await?;
         Ok(resp
             .kvs()
@@ -191,7 +193,7 @@ impl EtcdStore {
     async fn list_with_ids(
         &self,
     ) -> Result<(Vec<StoredLease>, HashMap<LeaseKey, i64>, i64), StoreError> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = rpc(c.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut ids = HashMap::new();
@@ -257,7 +259,7 @@ impl EtcdStore {
                 self.delete_if_unchanged(&s).await?;
             }
             let key = self.lease_key(plan.key());
-            let mut c = self.client.clone();
+            let mut c = self.client();
             let held = |etcd_lease: i64, source| {
                 self.held
                     .lock()
@@ -352,7 +354,7 @@ impl EtcdStore {
                 l.mod_revision,
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         if rpc(c.txn(txn)).await?.succeeded() {
             info!(subnet = %l.key, "deleted this node's old lease, which no longer fits the config");
         }
@@ -362,7 +364,7 @@ impl EtcdStore {
     /// Extends the lease by one keep-alive on the same etcd lease (no new lease is granted,
     /// so nothing leaks), then checks the key is still ours.
     pub async fn renew(&self, held: &HeldLease) -> Result<RenewOutcome, StoreError> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         // A key this process never acquired (none, normally) is checked as a reservation.
         let id = self.lease_id(&held.key).unwrap_or(0);
         let mut expiry = Expiry::Never;
@@ -400,7 +402,7 @@ impl EtcdStore {
     ) -> Result<Option<HeldLease>, StoreError> {
         let key = self.lease_key(&held.key);
         let id = self.lease_id(&held.key).unwrap_or(0);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = rpc(c.get(key.as_str(), None)).await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
@@ -437,7 +439,7 @@ impl EtcdStore {
     /// happened; a reservation is left alone, it is the operator's.
     pub async fn release_key(&self, key: &LeaseKey) -> Result<&'static str, StoreError> {
         let k = self.lease_key(key);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = rpc(c.get(k.as_str(), None)).await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok("no such lease");
@@ -504,6 +506,9 @@ impl EtcdStore {
                     );
                     backoff.sleep(&cancel).await;
                 }
+                WatchEnd::Reconnected => {
+                    info!("the node's address changed; the watch resumes on a new connection")
+                }
                 WatchEnd::Done => return,
             }
         }
@@ -517,7 +522,8 @@ impl EtcdStore {
         next_rev: &mut Option<i64>,
         backoff: &mut Backoff,
     ) -> WatchEnd {
-        let mut c = self.client.clone();
+        let mut replaced = self.clients.subscribe();
+        let mut c = replaced.borrow_and_update().clone();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from)
@@ -529,6 +535,8 @@ impl EtcdStore {
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return WatchEnd::Done,
+                // Every copy holds the sender, this one too, so `changed` never fails.
+                Ok(()) = replaced.changed() => return WatchEnd::Reconnected,
                 m = stream.message() => m,
             };
             let resp = match msg {
@@ -577,6 +585,8 @@ impl EtcdStore {
 enum WatchEnd {
     Compacted(i64),
     Broken(String),
+    /// `reconnect` gave every copy a new client: resume on it, from where we were.
+    Reconnected,
     Done,
 }
 
