@@ -98,7 +98,7 @@ fn underlay_up(c: &Cluster) -> f64 {
 #[test]
 fn the_nodes_address_changes() {
     require_root();
-    let c = Cluster::with_pods("ulad", CONF, 2, &[]);
+    let mut c = Cluster::with_pods("ulad", CONF, 2, &[]);
     let mac = c.nodes[0].vtep_mac();
     let subnet = c.nodes[0].lease();
     let moved = Instant::now();
@@ -132,6 +132,21 @@ fn the_nodes_address_changes() {
     assert_eq!(c.nodes[0].vtep_mac(), mac, "the same MAC");
     let link = c.nodes[0].ns.sh("ip -d link show flannel.1");
     assert!(link.contains("local 198.18.0.11"), "{link}");
+    // Its watch was a connection from the old address: a node that joins now reaches it
+    // only if the watch was made again from the new one.
+    let joined = Instant::now();
+    let n = c.add_node(&[]);
+    c.nodes[n].wait_ready();
+    let joiner = c.nodes[n].vtep_mac();
+    wait_until(
+        5,
+        "the moved node programs a node that joined after the move",
+        || fdb_to(&c, 0, &joiner).contains(&format!("dst {}", c.nodes[n].ip)),
+    );
+    eprintln!(
+        "node joined -> programmed on the moved node: {:?}",
+        joined.elapsed()
+    );
 }
 
 #[test]
@@ -219,4 +234,13 @@ fn the_nodes_address_changes_in_kubernetes_mode() {
     wait_until(5, "pods reach each other both ways", || {
         c.pings(0, 1) && c.pings(1, 0)
     });
+    // The moved node's own watch was a connection from the old address: a node that
+    // joins now reaches it only if that watch was made again from the new one.
+    let joiner = "02:00:00:00:00:03";
+    fake.put_flannel_node("uk3", "10.244.3.0/24", "198.18.0.3", joiner);
+    wait_until(
+        5,
+        "the moved node programs a node that joined after the move",
+        || fdb_to(&c, 0, joiner).contains("dst 198.18.0.3"),
+    );
 }
