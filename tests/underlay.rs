@@ -149,6 +149,51 @@ fn the_nodes_address_changes() {
     );
 }
 
+/// A pinned PublicIP stays the lease's, but the connection to etcd started from the old
+/// address all the same: the node must still hear of a node that joins.
+#[test]
+fn a_pinned_public_ip_stays_and_the_store_follows_the_address() {
+    require_root();
+    let mut c = Cluster::new("ulpin");
+    c.put_config(CONF);
+    c.add_node(&["--iface=eth0", "--public-ip=198.18.0.1"]);
+    c.add_node(&[]);
+    c.add_pod(0);
+    c.add_pod(1);
+    c.assert_full_mesh();
+    c.nodes[0]
+        .ns
+        .sh("ip addr del 198.18.0.1/24 dev eth0 && ip addr add 198.18.0.11/24 dev eth0");
+    // The device is made again on the move: between the two there is none to show.
+    wait_until(
+        5,
+        "the VXLAN device is sourced from the new address",
+        || {
+            c.nodes[0]
+                .ns
+                .try_sh("ip -d link show flannel.1 | grep -q 'local 198.18.0.11'")
+        },
+    );
+    let joined = Instant::now();
+    let n = c.add_node(&[]);
+    c.nodes[n].wait_ready();
+    let joiner = c.nodes[n].vtep_mac();
+    wait_until(
+        5,
+        "the moved node programs a node that joined after the move",
+        || fdb_to(&c, 0, &joiner).contains(&format!("dst {}", c.nodes[n].ip)),
+    );
+    eprintln!(
+        "node joined -> programmed on the moved node: {:?}",
+        joined.elapsed()
+    );
+    assert_eq!(
+        lease_public_ip(&c, 0),
+        "198.18.0.1",
+        "the PublicIP as given"
+    );
+}
+
 #[test]
 fn the_first_of_two_ifaces_goes_away() {
     require_root();

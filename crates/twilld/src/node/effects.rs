@@ -408,6 +408,9 @@ impl<S: SubnetManager> Node<S> {
             return Input::UnderlaySelected(Selected::Same);
         };
         let old = &self.facts.underlay;
+        // The store's connection starts from one of these; its PublicIP may not have
+        // moved with them (--public-ip), so the addresses decide.
+        let readdressed = (old.addr, old.addr6) != (ext.addr, ext.addr6);
         info!(
             from = %old,
             to = %ext,
@@ -458,13 +461,9 @@ impl<S: SubnetManager> Node<S> {
         }
         self.facts = facts;
         self.settings = new;
-        Input::UnderlayApplied { attrs_changed }
-    }
-
-    /// Publishes what the moved underlay changed in our lease (PublicIP, PublicIPv6),
-    /// keeping the subnet; retried as start-up retries a store.
-    pub(super) async fn republish(&mut self, cancel: &CancellationToken) -> Result<Input> {
-        if self.req.attrs.node_ip() != self.held.attrs.node_ip() {
+        if readdressed {
+            // Requests and watches on a connection from an address the node no longer
+            // holds go unanswered until a timeout (etcd's keep-alive, kube's 295 s).
             if let Err(e) = self.store.reconnect().await {
                 warn!(
                     "reconnecting to {} from the new address: {e}",
@@ -472,6 +471,12 @@ impl<S: SubnetManager> Node<S> {
                 );
             }
         }
+        Input::UnderlayApplied { attrs_changed }
+    }
+
+    /// Publishes what the moved underlay changed in our lease (PublicIP, PublicIPv6),
+    /// keeping the subnet; retried as start-up retries a store.
+    pub(super) async fn republish(&mut self, cancel: &CancellationToken) -> Result<Input> {
         let tel = self.tel.clone();
         let beat = move || tel.beat();
         let patience = Patience {
