@@ -295,3 +295,54 @@ fn ipv6_only_beside_the_real_flanneld() {
         c.nodes[0].log()
     );
 }
+
+/// ICMPv6 neighbour advertisements a node's namespace has received.
+fn advertisements_in(node: &Node) -> u64 {
+    node.ns
+        .sh("cat /proc/net/snmp6")
+        .lines()
+        .find_map(|l| l.strip_prefix("Icmp6InNeighborAdvertisements"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Icmp6InNeighborAdvertisements in /proc/net/snmp6")
+}
+
+/// A parent NIC made again comes with a new MAC: a peer holding the node's address as
+/// reachable at the old one would send there for up to 45 s. twilld advertises the address
+/// (unsolicited, Override) as it does by gratuitous ARP over IPv4.
+#[test]
+fn a_parent_made_again_is_announced_by_neighbour_advertisement() {
+    let c = cluster("v6o-na", &[false, false]);
+    assert_mesh6(&c);
+    let addr = c.nodes[0].ip.clone();
+    let mac_of_eth0 = || {
+        c.nodes[0]
+            .ns
+            .sh("cat /sys/class/net/eth0/address")
+            .trim()
+            .to_string()
+    };
+    let old_mac = mac_of_eth0();
+    c.nodes[1].ns.sh(&format!(
+        "ip -6 neigh replace {addr} lladdr {old_mac} dev eth0 nud reachable"
+    ));
+    let before = advertisements_in(&c.nodes[1]);
+    c.nodes[0].ns.sh("ip link del eth0");
+    c.add_underlay6(0, "eth0", &addr);
+    let new_mac = mac_of_eth0();
+    assert_ne!(new_mac, old_mac, "a new veth, a new MAC");
+    wait_until(5, "the peer holds the address at the new MAC", || {
+        c.nodes[1]
+            .ns
+            .sh(&format!("ip -6 neigh show {addr} dev eth0"))
+            .contains(&new_mac)
+    });
+    assert!(
+        advertisements_in(&c.nodes[1]) > before,
+        "it learned it from an advertisement (not from a solicitation of ours)"
+    );
+    wait_until(5, "pods reach each other again", || {
+        let (p0, p1) = (c.pod(0), c.pod(1));
+        p0.ns.try_sh(&format!("ping -6 -c 1 -W 1 -q {}", ip6(p1)))
+            && p1.ns.try_sh(&format!("ping -6 -c 1 -W 1 -q {}", ip6(p0)))
+    });
+}

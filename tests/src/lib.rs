@@ -204,6 +204,12 @@ impl Cluster {
         attach_as(&self.ul, &self.nodes[i].ns, &port, dev, ip);
     }
 
+    /// The same with an IPv6 address (`ip`/64, no duplicate address detection).
+    pub fn add_underlay6(&self, i: usize, dev: &str, ip: &str) {
+        let port = format!("ul-n{}-{dev}", i + 1);
+        attach6_as(&self.ul, &self.nodes[i].ns, &port, dev, ip);
+    }
+
     /// The underlay switch's namespace (bridge `br0`, a port `ul-n<n>` per node).
     pub fn switch(&self) -> &Netns {
         &self.ul
@@ -472,8 +478,13 @@ fn attach(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
 /// A veth from the switch into `ns`, named `eth0` there, addressed `ip`/64 alone (no
 /// duplicate address detection: a tentative address drops traffic for a second).
 fn attach6(ul: &Netns, ns: &Netns, port: &str, ip: &str) {
+    attach6_as(ul, ns, port, "eth0", ip);
+}
+
+/// The same, named `dev` in `ns`.
+fn attach6_as(ul: &Netns, ns: &Netns, port: &str, dev: &str, ip: &str) {
     sh(&format!(
-        "ip -n {ul} link add {port} type veth peer name eth0 netns {ns} && ip -n {ul} link set {port} master br0 up && ip -n {ns} addr add {ip}/64 dev eth0 nodad && ip -n {ns} link set eth0 up",
+        "ip -n {ul} link add {port} type veth peer name {dev} netns {ns} && ip -n {ul} link set {port} master br0 up && ip -n {ns} addr add {ip}/64 dev {dev} nodad && ip -n {ns} link set {dev} up",
         ul = ul.name,
         ns = ns.name
     ));

@@ -2,6 +2,7 @@
 //! Telemetry lives here, beside the calls it measures, not in the decisions.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
@@ -449,18 +450,9 @@ impl<S: SubnetManager> Node<S> {
             Err(e) => return Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
         };
         let attrs_changed = self.req.attrs != self.held.attrs;
-        // Peers may hold our address at a MAC that just went (two NICs on one segment):
-        // tell them where it is now rather than let their entries age out.
-        if let Some(ip) = facts.underlay.addr {
-            match twill_dataplane::garp::announce(facts.underlay.index, ip) {
-                Ok(()) => {
-                    debug!(%ip, dev = %facts.underlay.name, "announced the address by gratuitous ARP")
-                }
-                Err(e) => warn!(%ip, dev = %facts.underlay.name, "gratuitous ARP not sent: {e}"),
-            }
-        }
         self.facts = facts;
         self.settings = new;
+        announce_address(&self.facts.underlay);
         if readdressed {
             // Requests and watches on a connection from an address the node no longer
             // holds go unanswered until a timeout (etcd's keep-alive, kube's 295 s).
@@ -494,5 +486,57 @@ impl<S: SubnetManager> Node<S> {
         let a = self.table.set_own(self.held.key, self.held.attrs.clone());
         self.note_rejections(&a);
         Ok(Input::Republished { ours: true })
+    }
+}
+
+/// How long a move's announcement of our address is tried again while the kernel refuses
+/// it as unroutable: an interface just up refuses IPv6 multicast for some tens of
+/// milliseconds, and one the move found still down may come up meanwhile.
+const ANNOUNCE_FOR: Duration = Duration::from_secs(2);
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(50);
+
+/// Peers may hold our address at a MAC that just went (two NICs on one segment, a NIC made
+/// again): tell them where it is now (gratuitous ARP, unsolicited neighbour advertisement)
+/// rather than let their entries age out. In the background: nothing waits on it.
+fn announce_address(ul: &twill_dataplane::ExtIface) {
+    let (index, dev) = (ul.index, ul.name.clone());
+    if let Some(ip) = ul.addr {
+        let dev = dev.clone();
+        tokio::spawn(async move {
+            let sent = retry_unroutable(|| twill_dataplane::garp::announce(index, ip)).await;
+            match sent {
+                Ok(()) => debug!(%ip, %dev, "announced the address by gratuitous ARP"),
+                Err(e) => warn!(%ip, %dev, "gratuitous ARP not sent: {e}"),
+            }
+        });
+    }
+    if let Some(ip) = ul.addr6 {
+        tokio::spawn(async move {
+            let sent = retry_unroutable(|| twill_dataplane::garp::advertise6(index, ip)).await;
+            match sent {
+                Ok(()) => {
+                    debug!(%ip, %dev, "announced the address by unsolicited neighbour advertisement")
+                }
+                Err(e) => warn!(%ip, %dev, "unsolicited neighbour advertisement not sent: {e}"),
+            }
+        });
+    }
+}
+
+/// `send` until it succeeds, fails otherwise than unroutable, or [`ANNOUNCE_FOR`] passes.
+async fn retry_unroutable(send: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+    let give_up = Instant::now() + ANNOUNCE_FOR;
+    loop {
+        match send() {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETDOWN | libc::ENETUNREACH | libc::EADDRNOTAVAIL)
+                ) && Instant::now() < give_up =>
+            {
+                tokio::time::sleep(ANNOUNCE_EVERY).await
+            }
+            r => return r,
+        }
     }
 }
