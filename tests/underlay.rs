@@ -23,6 +23,25 @@ fn lease_public_ip(c: &Cluster, i: usize) -> String {
     j["PublicIP"].as_str().unwrap_or("").to_string()
 }
 
+/// Starts one more node; node 1 (which moved) must program it within 5 s. Its watch was a
+/// connection from the old address: it hears of the new node only if it was made again
+/// from the new one.
+fn a_node_joins_and_node_1_programs_it(c: &mut Cluster) {
+    let joined = Instant::now();
+    let n = c.add_node(&[]);
+    c.nodes[n].wait_ready();
+    let joiner = c.nodes[n].vtep_mac();
+    wait_until(
+        5,
+        "the moved node programs a node that joined after the move",
+        || fdb_to(c, 0, &joiner).contains(&format!("dst {}", c.nodes[n].ip)),
+    );
+    eprintln!(
+        "node joined -> programmed on the moved node: {:?}",
+        joined.elapsed()
+    );
+}
+
 fn fdb_to(c: &Cluster, on: usize, mac: &str) -> String {
     c.nodes[on]
         .ns
@@ -132,21 +151,7 @@ fn the_nodes_address_changes() {
     assert_eq!(c.nodes[0].vtep_mac(), mac, "the same MAC");
     let link = c.nodes[0].ns.sh("ip -d link show flannel.1");
     assert!(link.contains("local 198.18.0.11"), "{link}");
-    // Its watch was a connection from the old address: a node that joins now reaches it
-    // only if the watch was made again from the new one.
-    let joined = Instant::now();
-    let n = c.add_node(&[]);
-    c.nodes[n].wait_ready();
-    let joiner = c.nodes[n].vtep_mac();
-    wait_until(
-        5,
-        "the moved node programs a node that joined after the move",
-        || fdb_to(&c, 0, &joiner).contains(&format!("dst {}", c.nodes[n].ip)),
-    );
-    eprintln!(
-        "node joined -> programmed on the moved node: {:?}",
-        joined.elapsed()
-    );
+    a_node_joins_and_node_1_programs_it(&mut c);
 }
 
 /// A pinned PublicIP stays the lease's, but the connection to etcd started from the old
@@ -174,19 +179,7 @@ fn a_pinned_public_ip_stays_and_the_store_follows_the_address() {
                 .try_sh("ip -d link show flannel.1 | grep -q 'local 198.18.0.11'")
         },
     );
-    let joined = Instant::now();
-    let n = c.add_node(&[]);
-    c.nodes[n].wait_ready();
-    let joiner = c.nodes[n].vtep_mac();
-    wait_until(
-        5,
-        "the moved node programs a node that joined after the move",
-        || fdb_to(&c, 0, &joiner).contains(&format!("dst {}", c.nodes[n].ip)),
-    );
-    eprintln!(
-        "node joined -> programmed on the moved node: {:?}",
-        joined.elapsed()
-    );
+    a_node_joins_and_node_1_programs_it(&mut c);
     assert_eq!(
         lease_public_ip(&c, 0),
         "198.18.0.1",
