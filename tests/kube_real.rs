@@ -115,12 +115,9 @@ fn three_nodes_under_twills_rbac_on_a_real_api_server() {
 
 /// The API server restarted under running nodes: their watches resume on the new server
 /// and miss nothing that happens after (a node deleted, a node added).
-#[test]
-fn watches_resume_after_the_api_server_restarts() {
-    let (mut c, mut cp, cidrs) =
-        cluster("krr", 2, &manifest("kube-twill.yml"), "kube-twill", "twill");
-    cp.restart_apiserver();
-    // A node that joins after the restart is learned by the running ones...
+/// Registers `name` with the API server, as its kubelet would, and starts twilld for it on
+/// a new node namespace: its index and podCIDR.
+fn join(c: &mut Cluster, cp: &ControlPlane, name: &str) -> (usize, String) {
     let kubeconfig = c.dir.path().join("sa.kubeconfig");
     let conf = c.dir.path().join("net-conf.json");
     let idx = c.add_node_stopped(&[
@@ -129,12 +126,20 @@ fn watches_resume_after_the_api_server_restarts() {
         &format!("--net-config-path={}", conf.display()),
         "--ip-masq",
     ]);
-    cp.register_node("krr-node3", &c.nodes[idx].ip);
-    let third = cp.pod_cidr("krr-node3");
-    c.nodes[idx]
-        .env
-        .push(("NODE_NAME".into(), "krr-node3".into()));
+    cp.register_node(name, &c.nodes[idx].ip);
+    let cidr = cp.pod_cidr(name);
+    c.nodes[idx].env.push(("NODE_NAME".into(), name.into()));
     c.nodes[idx].start();
+    (idx, cidr)
+}
+
+#[test]
+fn watches_resume_after_the_api_server_restarts() {
+    let (mut c, mut cp, cidrs) =
+        cluster("krr", 2, &manifest("kube-twill.yml"), "kube-twill", "twill");
+    cp.restart_apiserver();
+    // A node that joins after the restart is learned by the running ones...
+    let (idx, third) = join(&mut c, &cp, "krr-node3");
     c.add_pod(idx);
     wait_until(20, "the new node's subnet on the others", || {
         (0..2).all(|i| c.nodes[i].vxlan_subnets().contains(&third))
@@ -147,6 +152,32 @@ fn watches_resume_after_the_api_server_restarts() {
         [0, 2]
             .iter()
             .all(|&i| !c.nodes[i].vxlan_subnets().contains(&cidrs[1]))
+    });
+}
+
+/// A node renumbered under a running twilld: its public-ip annotation follows, the peer
+/// moves its entry, and the moved node, whose connections to the API server started from
+/// the old address, still learns of a node that joins (its client and watch made again).
+#[test]
+fn a_renumbered_node_follows_on_a_real_api_server() {
+    let (mut c, cp, _) = cluster("krn", 2, &manifest("kube-twill.yml"), "kube-twill", "twill");
+    let mac = c.nodes[0].vtep_mac();
+    c.nodes[0]
+        .ns
+        .sh("ip addr del 198.18.0.1/24 dev eth0 && ip addr add 198.18.0.11/24 dev eth0");
+    wait_until(10, "the public-ip annotation follows", || {
+        annotation(&cp, "krn-node1", "public-ip") == "198.18.0.11"
+    });
+    wait_until(10, "the peer's FDB entry points at the new address", || {
+        c.nodes[1]
+            .ns
+            .sh("bridge fdb show dev flannel.1")
+            .lines()
+            .any(|l| l.starts_with(&mac) && l.contains("dst 198.18.0.11"))
+    });
+    let (_, third) = join(&mut c, &cp, "krn-node3");
+    wait_until(20, "the new node's subnet on the moved node", || {
+        c.nodes[0].vxlan_subnets().contains(&third)
     });
 }
 
