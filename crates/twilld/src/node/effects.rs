@@ -540,3 +540,36 @@ async fn retry_unroutable(send: impl Fn() -> std::io::Result<()>) -> std::io::Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::Error;
+
+    use super::retry_unroutable;
+
+    #[tokio::test]
+    async fn an_announcement_is_tried_again_while_unroutable_and_not_after_another_error() {
+        let calls = Cell::new(0);
+        let sent = retry_unroutable(|| {
+            calls.set(calls.get() + 1);
+            match calls.get() {
+                1 => Err(Error::from_raw_os_error(libc::ENETDOWN)),
+                2 => Err(Error::from_raw_os_error(libc::ENETUNREACH)),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        assert!(sent.is_ok());
+        assert_eq!(calls.get(), 3);
+
+        calls.set(0);
+        let refused = retry_unroutable(|| {
+            calls.set(calls.get() + 1);
+            Err(Error::from_raw_os_error(libc::EPERM))
+        })
+        .await;
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(calls.get(), 1, "not retried");
+    }
+}
