@@ -5,7 +5,6 @@
 //! out (~30 s). An ARP request whose sender and target are our address makes Linux peers
 //! replace an entry they have at once, whatever their `arp_accept`.
 //!
-//!
 //! IPv6 has no ARP flux (a node answers a solicitation only on the interface holding the
 //! address), but the same stale entry follows a NIC made again with a new MAC, or an
 //! address moved to another NIC: a peer holding a reachable entry keeps sending to the old

@@ -499,28 +499,35 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(50);
 /// again): tell them where it is now (gratuitous ARP, unsolicited neighbour advertisement)
 /// rather than let their entries age out. In the background: nothing waits on it.
 fn announce_address(ul: &twill_dataplane::ExtIface) {
-    let (index, dev) = (ul.index, ul.name.clone());
+    let index = ul.index;
     if let Some(ip) = ul.addr {
-        let dev = dev.clone();
-        tokio::spawn(async move {
-            let sent = retry_unroutable(|| twill_dataplane::garp::announce(index, ip)).await;
-            match sent {
-                Ok(()) => debug!(%ip, %dev, "announced the address by gratuitous ARP"),
-                Err(e) => warn!(%ip, %dev, "gratuitous ARP not sent: {e}"),
-            }
+        spawn_announcement("gratuitous ARP", &ul.name, ip.into(), move || {
+            twill_dataplane::garp::announce(index, ip)
         });
     }
     if let Some(ip) = ul.addr6 {
-        tokio::spawn(async move {
-            let sent = retry_unroutable(|| twill_dataplane::garp::advertise6(index, ip)).await;
-            match sent {
-                Ok(()) => {
-                    debug!(%ip, %dev, "announced the address by unsolicited neighbour advertisement")
-                }
-                Err(e) => warn!(%ip, %dev, "unsolicited neighbour advertisement not sent: {e}"),
-            }
-        });
+        spawn_announcement(
+            "unsolicited neighbour advertisement",
+            &ul.name,
+            ip.into(),
+            move || twill_dataplane::garp::advertise6(index, ip),
+        );
     }
+}
+
+fn spawn_announcement(
+    how: &'static str,
+    dev: &str,
+    ip: IpAddr,
+    send: impl Fn() -> std::io::Result<()> + Send + 'static,
+) {
+    let dev = dev.to_string();
+    tokio::spawn(async move {
+        match retry_unroutable(send).await {
+            Ok(()) => debug!(%ip, %dev, "announced the address by {how}"),
+            Err(e) => warn!(%ip, %dev, "{how} not sent: {e}"),
+        }
+    });
 }
 
 /// `send` until it succeeds, fails otherwise than unroutable, or [`ANNOUNCE_FOR`] passes.
