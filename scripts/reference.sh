@@ -74,6 +74,7 @@ build() { # build <name> <module@version> <package[=binary],...>
   case $name in
     flanneld) ldflags=(-ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$version") ;;
     kubernetes) ldflags=(-ldflags "-X k8s.io/component-base/version.gitVersion=$version") ;;
+    flannel-cni) ldflags=(-ldflags "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$version") ;;
     # promtool checks and tests rule files; without the service discovery plugins (every
     # cloud's SDK) it builds in a fraction of the time.
     prometheus) tags=(-tags remove_all_sd) ;;
