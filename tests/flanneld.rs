@@ -2,8 +2,8 @@
 //! beside twilld in one cluster, on one real etcd: each reads the other's leases and
 //! programs them, pods on every node reach each other without NAT, and a node moves from
 //! one daemon to the other in place while its pod is pinged. Pods on flanneld nodes are
-//! wired by twill's plugin (it reads flanneld's subnet.env as flannel's plugin does): the
-//! Go module proxy does not serve flannel's CNI plugin at any version.
+//! wired by flannel's own CNI plugin (see scripts/reference-versions for its release), and
+//! a pod keeps the plugin that added it when its node moves: the other one deletes it.
 
 use twill_e2e::{loss_during, seen_source, Cluster, ETCD_IP, PREFIX};
 use twill_testutil::{require_root, wait_until};
@@ -135,6 +135,13 @@ fn a_node_moves_from_flanneld_to_twilld_and_back_in_place() {
     assert_eq!(c.nodes[1].vtep_mac(), mac, "and its device's MAC");
     c.assert_full_mesh();
 
+    // The pod flannel's plugin added goes by ours (the node's plugin now), and the pod
+    // that replaces it, added by ours, goes by flannel's after the move back.
+    c.remove_pod(1);
+    assert!(reserved(&c, 1).is_empty(), "twill's DEL released it");
+    let target = c.add_pod(1);
+    c.assert_full_mesh();
+
     c.nodes[1].stop(libc::SIGTERM);
     let (lost, summary) = loss_during(&pinger, &target, 6, || {
         c.nodes[1].start_flanneld();
@@ -145,6 +152,21 @@ fn a_node_moves_from_flanneld_to_twilld_and_back_in_place() {
     assert_eq!(c.nodes[1].lease(), subnet, "flanneld kept the lease");
     assert_eq!(c.nodes[1].vtep_mac(), mac, "and the MAC");
     c.assert_full_mesh();
+    assert_eq!(reserved(&c, 1), vec![target]);
+    c.remove_pod(1);
+    assert!(reserved(&c, 1).is_empty(), "flannel's DEL released it");
+}
+
+/// The pod addresses host-local holds on node `i`.
+fn reserved(c: &Cluster, i: usize) -> Vec<String> {
+    std::fs::read_dir(c.nodes[i].dir.join("ipam/cbr0"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The peer routes in node `i`'s kernel: (by nexthop id, in flanneld's form).

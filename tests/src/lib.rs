@@ -80,6 +80,12 @@ pub fn flanneld_bin() -> PathBuf {
     reference_bin("flanneld", "flanneld")
 }
 
+/// The real flannel CNI plugin (see [`reference_bin`] and scripts/reference-versions for
+/// which release): what wires pods on a node that runs flanneld.
+pub fn flannel_plugin_bin() -> PathBuf {
+    reference_bin("flannel-cni", "flannel")
+}
+
 /// The `twill` CNI plugin built beside twilld.
 pub fn twill_plugin_bin() -> PathBuf {
     twilld_bin().with_file_name("twill")
@@ -255,6 +261,7 @@ impl Cluster {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             child: None,
+            runs_flanneld: false,
         });
         self.pods.push(None);
         i
@@ -282,12 +289,26 @@ impl Cluster {
     /// The CNI config a pod on node `i` is added and deleted with.
     pub fn pod_conf(&self, i: usize) -> String {
         let node = &self.nodes[i];
+        // kube-flannel.yml's conflist says 0.3.1; flannel's plugin of the pinned release
+        // knows nothing newer than 0.4.0.
+        let version = if node.runs_flanneld { "0.3.1" } else { "1.0.0" };
         format!(
-            r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"twill","subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}"#,
+            r#"{{"cniVersion":"{version}","name":"cbr0","type":"twill","subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}"#,
             node.subnet_env().display(),
             node.dir.join("cni-state").display(),
             node.dir.join("ipam").display()
         )
+    }
+
+    /// The CNI plugin that goes with node `i`'s daemon: flannel's own beside flanneld,
+    /// twill's beside twilld. A pod keeps its plugin's state across a node's move, so the
+    /// one that deletes it may not be the one that added it (as in an in-place migration).
+    fn plugin(&self, i: usize) -> PathBuf {
+        if self.nodes[i].runs_flanneld {
+            flannel_plugin_bin()
+        } else {
+            twill_plugin_bin()
+        }
     }
 
     /// Removes node `i`'s pod as a runtime would: CNI DEL, then its namespace.
@@ -298,22 +319,23 @@ impl Cluster {
         let conf = self.pod_conf(i);
         cni(
             &self.nodes[i].ns,
-            &twill_plugin_bin(),
+            &self.plugin(i),
             "DEL",
             &pod.ns.name,
             &conf,
         );
     }
 
-    /// One pod on node `i`, wired as a container runtime would: our `twill` plugin, which
-    /// reads the node's subnet.env and delegates to Debian's bridge + host-local.
+    /// One pod on node `i`, wired as a container runtime would by the node's CNI plugin
+    /// (twill's, or flannel's beside flanneld), which reads the node's subnet.env and
+    /// delegates to Debian's bridge + host-local.
     pub fn add_pod(&mut self, i: usize) -> String {
         let node = &self.nodes[i];
         node.wait_ready();
         let pod = Netns::new(&format!("{}-p{}", self.tag, i + 1));
         pod.sh("ip link set lo up");
         let conf = self.pod_conf(i);
-        let out = cni(&node.ns, &twill_plugin_bin(), "ADD", &pod.name, &conf);
+        let out = cni(&node.ns, &self.plugin(i), "ADD", &pod.name, &conf);
         let v: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
         let addr = |k: usize| {

@@ -19,6 +19,8 @@ pub struct Node {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub(crate) child: Option<Child>,
+    /// Whether flanneld is (or was last) the node's daemon rather than twilld.
+    pub runs_flanneld: bool,
 }
 
 impl Node {
@@ -40,12 +42,14 @@ impl Node {
     pub fn start_flanneld(&mut self) {
         assert!(self.child.is_none(), "already running");
         let bin = flanneld_bin();
+        self.runs_flanneld = true;
         self.spawn(&bin, "flanneld.log");
     }
 
     /// Starts twilld in the node's namespace with the standard flags plus `args`.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
+        self.runs_flanneld = false;
         self.spawn(&twilld_bin(), "twilld.log");
     }
 
