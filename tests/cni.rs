@@ -55,9 +55,23 @@ impl Node {
     }
 
     fn twill(&self, cmd: &str, id: &str, pod: &str, stdin: &str) -> (bool, Value) {
+        self.pod_call(&plugin_bin(), cmd, id, pod, stdin)
+    }
+
+    /// flannel's real CNI plugin, called as [`Node::twill`] calls ours.
+    fn flannel(&self, cmd: &str, id: &str, pod: &str, stdin: &str) -> (bool, Value) {
+        self.pod_call(&twill_e2e::flannel_plugin_bin(), cmd, id, pod, stdin)
+    }
+
+    /// Runs a plugin in the node namespace; returns (success, stdout as it printed it).
+    fn plugin(&self, bin: &Path, env: &[(&str, &str)], stdin: &str) -> (bool, String) {
+        twill_e2e::run_plugin(&self.ns, bin, env, stdin)
+    }
+
+    fn pod_call(&self, bin: &Path, cmd: &str, id: &str, pod: &str, stdin: &str) -> (bool, Value) {
         let netns = format!("/run/netns/{pod}");
         self.call(
-            &plugin_bin(),
+            bin,
             &[
                 ("CNI_COMMAND", cmd),
                 ("CNI_CONTAINERID", id),
@@ -525,58 +539,23 @@ fn gc_releases_only_stale_attachments() {
 }
 
 /// In-place migration: flannel's plugin and ours share the state format and directory, so
-/// a pod added by either is deleted by either. flannel's plugin can't be installed here
-/// (it is not in Debian); `flannel_add` / `flannel_del` are stand-ins that do exactly what
-/// its ADD and DEL do to the node: save the rendered delegate config as `<dataDir>/<id>`
-/// (0600) and hand those bytes to the delegate; read the file, hand it to the delegate
-/// named by its `type`, remove it.
+/// a pod added by either is deleted by either. flannel's plugin is the real one
+/// (`scripts/setup.sh reference`), both delegating to Debian's bridge and host-local.
 #[test]
 fn pods_of_flannels_plugin_and_ours_are_deleted_by_either() {
     let node = Node::new("c-mig");
     let pod_f = Netns::new("c-mig-f");
     let pod_t = Netns::new("c-mig-t");
-    let conf = node.conf("0.3.1");
-    let netns = |p: &Netns| format!("/run/netns/{}", p.name);
-    let env = |cmd: &'static str, id: &'static str, ns: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("CNI_COMMAND", cmd.into()),
-            ("CNI_CONTAINERID", id.into()),
-            ("CNI_NETNS", ns.into()),
-            ("CNI_IFNAME", "eth0".into()),
-            ("CNI_PATH", "/usr/lib/cni".into()),
-        ]
-    };
-    let run = |plugin: &str, env: &[(&'static str, String)], stdin: &str| {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        node.call(Path::new(&format!("/usr/lib/cni/{plugin}")), &env, stdin)
-    };
-    // flannel's delegate config for this conf and subnet.env (its golden form).
-    let flannel_conf = r#"{"cniVersion":"0.3.1","hairpinMode":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{"dataDir":"IPAM","routes":[{"dst":"10.244.0.0/16"}],"ranges":[[{"subnet":"10.244.3.0/24"}]],"type":"host-local"},"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}"#
-        .replace("IPAM", &node.path("ipam"));
-    let flannel_add = |id: &'static str, ns: &str| {
-        std::fs::create_dir_all(node.path("state")).unwrap();
-        let path = node.path(&format!("state/{id}"));
-        std::fs::write(&path, &flannel_conf).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        run("bridge", &env("ADD", id, ns), &flannel_conf)
-    };
-    let flannel_del = |id: &'static str, ns: &str| {
-        let path = node.path(&format!("state/{id}"));
-        let bytes = std::fs::read_to_string(&path).unwrap();
-        let ty = serde_json::from_str::<Value>(&bytes).unwrap()["type"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let r = run(&ty, &env("DEL", id, ns), &bytes);
-        std::fs::remove_file(&path).unwrap();
-        r
-    };
+    // The newest version both plugins speak (flannel's pinned release stops at 0.4.0).
+    let conf = node.conf("0.4.0");
 
     // flannel added it; twill deletes it.
-    let (ok, res) = flannel_add("by-flannel", &netns(&pod_f));
+    let (ok, res) = node.flannel("ADD", "by-flannel", &pod_f.name, &conf);
     assert!(ok, "{res}");
     assert_eq!(node.reserved_ips(), vec![ip_of(&res)]);
+    let flannels: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.path("state/by-flannel")).unwrap())
+            .unwrap();
     let (ok, out) = node.twill("DEL", "by-flannel", &pod_f.name, &conf);
     assert!(ok, "{out}");
     assert!(
@@ -589,21 +568,207 @@ fn pods_of_flannels_plugin_and_ours_are_deleted_by_either() {
     // twill added it; flannel deletes it.
     let (ok, res) = node.twill("ADD", "by-twill", &pod_t.name, &conf);
     assert!(ok, "{res}");
-    let saved: Value =
+    let ours: Value =
         serde_json::from_str(&std::fs::read_to_string(node.path("state/by-twill")).unwrap())
             .unwrap();
-    assert_eq!(
-        saved,
-        serde_json::from_str::<Value>(&flannel_conf).unwrap(),
-        "the state flannel's DEL reads"
-    );
-    let (ok, out) = flannel_del("by-twill", &netns(&pod_t));
+    assert_eq!(ours, flannels, "the state either plugin's DEL reads");
+    let (ok, out) = node.flannel("DEL", "by-twill", &pod_t.name, &conf);
     assert!(ok, "{out}");
     assert!(
         node.reserved_ips().is_empty(),
         "flannel's DEL released twill's pod"
     );
     assert!(!pod_t.try_sh("ip link show eth0"));
+    assert_eq!(node.state_files(), 0);
+}
+
+/// What the two plugins make of one input, where they are meant to differ.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Both succeed and hand the delegate the same config, or both refuse.
+    Same,
+    /// Ours succeeds where flannel's refuses.
+    OnlyOursAccepts,
+}
+
+/// flannel's real plugin and ours given the same subnet.env and config, ADD by ADD: both
+/// succeed or both refuse, and where they succeed the delegate gets the same config (as
+/// JSON: flannel's is Go's map encoding) and the same is saved for DEL. The delegate is a
+/// recorder: the config it is handed is what this compares, not what a bridge makes of it
+/// (the migration test above runs the real one).
+#[test]
+fn flannels_plugin_and_ours_hand_the_delegate_the_same_config() {
+    use Outcome::*;
+    let node = Node::new("c-same");
+    let delegates = node.dir.path().join("delegates");
+    std::fs::create_dir_all(&delegates).unwrap();
+    let got = node.path("got");
+    for name in ["bridge", "ptp"] {
+        let path = delegates.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\ncat > {got}\necho '{{\"cniVersion\":\"0.3.1\",\"dns\":{{}}}}'\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let base = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    let v6 = "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n";
+    let dual = format!("{base}{v6}");
+    let v6_only = format!("{v6}FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n");
+    let blank = format!("{base}\n\n");
+    let crlf = base.replace('\n', "\r\n");
+    let comment = format!("# written by hand\n{base}");
+    let doubled = format!("{base}FLANNEL_SUBNET=10.244.9.1/24\n");
+    let junk_line = format!("{base}GARBAGE\n");
+    let no_masq = base.replace("IPMASQ=true", "IPMASQ=false");
+    let odd_masq = base.replace("IPMASQ=true", "IPMASQ=yes");
+    let no_mtu = base.replace("FLANNEL_MTU=1450\n", "");
+    let bad_mtu = base.replace("MTU=1450", "MTU=abc");
+    let exported = format!("export {base}");
+    let spaced = base.replace("FLANNEL_NETWORK=", "FLANNEL_NETWORK = ");
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, &str, Outcome)] = &[
+        ("flannel's own", base, "", Same),
+        ("dual stack", &dual, "", Same),
+        ("IPv6 only", &v6_only, "", Same),
+        ("blank lines at the end", &blank, "", Same),
+        ("CRLF line ends", &crlf, "", Same),
+        ("a comment line", &comment, "", Same),
+        ("a key twice: the last wins", &doubled, "", Same),
+        ("a line without '='", &junk_line, "", Same),
+        ("FLANNEL_IPMASQ=false", &no_masq, "", Same),
+        ("FLANNEL_IPMASQ neither true nor false", &odd_masq, "", Same),
+        ("no FLANNEL_MTU", &no_mtu, "", Same),
+        ("FLANNEL_MTU not a number", &bad_mtu, "", Same),
+        ("export in front", &exported, "", Same),
+        ("ipam routes merged", base, r#","ipam":{"routes":[{"dst":"192.168.0.0/16","gw":"10.244.3.1"}],"dataDir":"/x"}"#, Same),
+        ("ipam type kept", base, r#","ipam":{"type":"static"}"#, Same),
+        ("ipam ranges replaced", base, r#","ipam":{"ranges":[[{"subnet":"1.2.3.0/24"}]]}"#, Same),
+        ("ipam route not a CIDR", base, r#","ipam":{"routes":[{"dst":"nonsense"}]}"#, Same),
+        ("ipam null", base, r#","ipam":null"#, Same),
+        ("delegate type", base, r#","delegate":{"type":"ptp"}"#, Same),
+        ("delegate type a number", base, r#","delegate":{"type":5}"#, Same),
+        ("delegate with a name", base, r#","delegate":{"name":"x"}"#, Same),
+        ("delegate with ipam", base, r#","delegate":{"ipam":{}}"#, Same),
+        ("delegate's own mtu, ipMasq, isGateway", base, r#","delegate":{"mtu":1000,"ipMasq":true,"isGateway":false}"#, Same),
+        ("delegate null", base, r#","delegate":null"#, Same),
+        ("runtimeConfig passed on", base, r#","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":2,"protocol":"tcp"}]}"#, Same),
+        ("capabilities and unknown keys", base, r#","capabilities":{"portMappings":true},"foo":{"bar":1}"#, Same),
+        // Go's scanner takes "FLANNEL_NETWORK " as another key; twilld never writes
+        // spaces, and ours reads such a file as a shell would not but a person would.
+        ("spaces around '='", &spaced, "", OnlyOursAccepts),
+    ];
+    let subnet_env = node.path("case.env");
+    for version in ["0.3.1", "0.4.0"] {
+        for (i, (what, env, extra, expected)) in cases.iter().enumerate() {
+            std::fs::write(&subnet_env, env).unwrap();
+            let conf = format!(
+                r#"{{"cniVersion":"{version}","name":"cbr0","type":"flannel","subnetFile":"{subnet_env}","dataDir":"{}"{extra}}}"#,
+                node.path("case-state")
+            );
+            let id = format!("case{i}");
+            let mut seen = Vec::new();
+            for bin in [twill_e2e::flannel_plugin_bin(), plugin_bin()] {
+                let _ = std::fs::remove_file(&got);
+                let (ok, out) = node.plugin(
+                    &bin,
+                    &[
+                        ("CNI_COMMAND", "ADD"),
+                        ("CNI_CONTAINERID", &id),
+                        ("CNI_NETNS", "/run/netns/none"),
+                        ("CNI_IFNAME", "eth0"),
+                        ("CNI_PATH", &delegates.display().to_string()),
+                    ],
+                    &conf,
+                );
+                let handed = std::fs::read_to_string(&got).ok();
+                let saved = node.path(&format!("case-state/{id}"));
+                let kept = std::fs::read_to_string(&saved).ok();
+                let _ = std::fs::remove_file(&saved);
+                if ok {
+                    let handed = handed.as_deref();
+                    assert!(handed.is_some(), "{what} ({version}): no delegate ran");
+                    assert_eq!(
+                        kept.as_deref(),
+                        handed,
+                        "{what} ({version}): DEL's state is what the delegate got"
+                    );
+                }
+                let parsed = handed.map(|h| serde_json::from_str::<Value>(&h).unwrap());
+                seen.push((ok, parsed, out));
+            }
+            let (theirs, ours) = (&seen[0], &seen[1]);
+            match expected {
+                Same => {
+                    assert_eq!(
+                        theirs.0, ours.0,
+                        "{what} ({version}): flannel's {} / ours {}",
+                        theirs.2, ours.2
+                    );
+                    assert_eq!(
+                        theirs.1, ours.1,
+                        "{what} ({version}): the delegate's config"
+                    );
+                }
+                OnlyOursAccepts => {
+                    assert!(
+                        !theirs.0 && ours.0,
+                        "{what} ({version}): {theirs:?} {ours:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// DEL of a pod whose saved state is missing or unreadable, by flannel's real plugin and
+/// ours. Missing: both succeed (the spec's "already gone"). Unreadable: the pinned release
+/// of flannel's plugin fails and keeps the file, so every retry fails the same way; ours
+/// succeeds and removes it, as flannel-io/cni-plugin's later releases do (their source
+/// logs the parse error and returns success), since nothing could ever be deleted with it.
+#[test]
+fn del_without_usable_state_by_flannels_plugin_and_ours() {
+    let node = Node::new("c-delst");
+    let pod = Netns::new("c-delst-pod");
+    let conf = node.conf("0.4.0");
+    type Call = fn(&Node, &str, &str, &str, &str) -> (bool, Value);
+    for (who, call, unreadable_ok) in [
+        ("flannel's", Node::flannel as Call, false),
+        ("ours", Node::twill as Call, true),
+    ] {
+        let (ok, out) = call(&node, "DEL", "never-added", &pod.name, &conf);
+        assert!(ok, "{who}: DEL without state: {out}");
+        std::fs::create_dir_all(node.path("state")).unwrap();
+        std::fs::write(node.path("state/garbled"), "not json").unwrap();
+        let (ok, out) = call(&node, "DEL", "garbled", &pod.name, &conf);
+        assert_eq!(ok, unreadable_ok, "{who}: DEL with unreadable state: {out}");
+        assert_eq!(
+            std::path::Path::new(&node.path("state/garbled")).exists(),
+            !unreadable_ok,
+            "{who}: the unreadable state file"
+        );
+        let _ = std::fs::remove_file(node.path("state/garbled"));
+    }
+}
+
+/// ADD before the daemon has written subnet.env: both plugins refuse it, flannel's with
+/// code 999 (an internal error), ours with 11, the spec's "try again later", which is
+/// what it is: the kubelet retries either way, and ours names twilld as the cause.
+#[test]
+fn add_before_subnet_env_by_flannels_plugin_and_ours() {
+    let node = Node::new("c-nose");
+    let pod = Netns::new("c-nose-pod");
+    std::fs::remove_file(node.path("subnet.env")).unwrap();
+    let conf = node.conf("0.4.0");
+    let (ok, theirs) = node.flannel("ADD", "early", &pod.name, &conf);
+    assert!(!ok && theirs["code"] == 999, "{theirs}");
+    let (ok, ours) = node.twill("ADD", "early", &pod.name, &conf);
+    assert!(!ok && ours["code"] == 11, "{ours}");
+    assert!(ours["msg"].as_str().unwrap().contains("twilld"), "{ours}");
+    assert_eq!(node.state_files(), 0);
+    assert!(node.reserved_ips().is_empty());
 }
 
 /// Without a dataDir in the config, state goes to flannel's directory, and DEL still finds

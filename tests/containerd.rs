@@ -58,44 +58,23 @@ EOC"#,
     assert_eq!(state, 0, "per-container state removed");
 }
 
-/// A stand-in for flannel's CNI plugin, which is not in Debian: what its ADD and DEL do to
-/// the node, and nothing else. ADD saves the delegate config flannel's plugin renders for
-/// this conflist and subnet.env as `<dataDir>/<container ID>` (0600) and hands those bytes
-/// to the bridge plugin; DEL hands the saved bytes to the bridge plugin and removes them.
-const FLANNEL_STAND_IN: &str = r#"#!/bin/sh
-state="$STATE_DIR/$CNI_CONTAINERID"
-cat > /dev/null
-case "$CNI_COMMAND" in
-ADD) mkdir -p "$STATE_DIR" && printf '%s' "$DELEGATE" > "$state" && chmod 600 "$state"
-     exec "$PLUGINS/bridge" < "$state" ;;
-DEL) [ -f "$state" ] || exit 0
-     "$PLUGINS/bridge" < "$state" && rm -f "$state" ;;
-VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}' ;;
-esac
-"#;
-
 /// In-place migration under a real runtime: containerd adds a pod with one plugin and,
 /// after the plugin binary is swapped underneath it (as a node's CNI plugin is replaced),
-/// deletes it with the other, both ways. The address goes back to host-local and the state
-/// file goes, whichever plugin added the pod.
+/// deletes it with the other, both ways: flannel's real plugin and ours. The address goes
+/// back to host-local and the state file goes, whichever plugin added the pod.
 #[test]
 fn containerd_deletes_pods_across_flannels_plugin_and_ours() {
     let node = Netns::new("k-mig");
     let t = tempfile::tempdir().unwrap();
-    let d = t.path().display().to_string();
-    // flannel's rendering of the conflist below against the subnet.env below.
-    let delegate = format!(
-        r#"{{"cniVersion":"1.0.0","hairpinMode":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{{"dataDir":"{d}/ipam","routes":[{{"dst":"10.244.0.0/16"}}],"ranges":[[{{"subnet":"10.244.8.0/24"}}]],"type":"host-local"}},"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}}"#
-    );
-    std::fs::write(t.path().join("flannel-stand-in"), FLANNEL_STAND_IN).unwrap();
+    // cniVersion 0.4.0: the newest flannel's plugin of the pinned release speaks.
     let prepare = format!(
-        r#"cp $T/flannel-stand-in $T/flannel-plugin && chmod 755 $T/flannel-plugin
+        r#"cp {flannel} $T/flannel-plugin
 cp {plugin} $T/twill-plugin
 printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n' > $T/subnet.env
 cat > $T/netd/10-flannel.conflist <<EOC
-{{"name":"cbr0","cniVersion":"1.0.0","plugins":[{{"type":"flannel","subnetFile":"$T/subnet.env","dataDir":"$T/cni-state","ipam":{{"dataDir":"$T/ipam"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}]}}
-EOC
-export STATE_DIR=$T/cni-state PLUGINS=/usr/lib/cni DELEGATE='{delegate}'"#,
+{{"name":"cbr0","cniVersion":"0.4.0","plugins":[{{"type":"flannel","subnetFile":"$T/subnet.env","dataDir":"$T/cni-state","ipam":{{"dataDir":"$T/ipam"}},"delegate":{{"hairpinMode":true,"isDefaultGateway":true}}}}]}}
+EOC"#,
+        flannel = twill_e2e::flannel_plugin_bin().display(),
         plugin = twill_plugin_bin().display(),
     );
     // One pod per direction: added by the first plugin, deleted by the second.
