@@ -274,6 +274,11 @@ fn bad_input_is_a_cni_error_and_leaks_nothing() {
         assert!(err["msg"].as_str().unwrap().contains(word), "{word}: {err}");
         assert!(err["cniVersion"].is_string(), "{err}");
     }
+    // A config refused for its content is answered in the version it names.
+    let nameless = node.conf("0.3.1").replace(r#""name":"cbr0","#, "");
+    let (ok, err) = node.call(&plugin_bin(), &full("ADD", "c1"), &nameless);
+    assert!(!ok && err["code"] == 7, "{err}");
+    assert_eq!(err["cniVersion"], "0.3.1", "{err}");
     // subnet.env missing: the message says why (twilld not ready) and names the file.
     std::fs::remove_file(node.path("subnet.env")).unwrap();
     let (ok, err) = node.twill("ADD", "c1", &pod.name, &good);

@@ -243,12 +243,17 @@ fn run(version: &mut String) -> Result<String, CniError> {
     std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| CniError::new(code::IO, "reading stdin", e.to_string()))?;
-    if command == "VERSION" {
-        if let Ok(v) = serde_json::from_slice::<Value>(&input) {
-            if let Some(s) = v["cniVersion"].as_str() {
-                *version = s.to_string();
-            }
+    // A config refused for what else it holds is still answered in the version it names,
+    // when that is one we speak (the runtime parses the error by it).
+    if let Some(s) = serde_json::from_slice::<Value>(&input)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+    {
+        if command == "VERSION" || SUPPORTED_VERSIONS.contains(&s.as_str()) {
+            *version = s;
         }
+    }
+    if command == "VERSION" {
         return Ok(
             json!({"cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS}).to_string(),
         );
