@@ -84,14 +84,7 @@ impl Node {
     }
 
     fn reserved_ips(&self) -> Vec<String> {
-        let dir = self.dir.path().join("ipam/cbr0");
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return vec![];
-        };
-        rd.filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("10."))
-            .collect()
+        twill_e2e::host_local_reserved(&self.dir.path().join("ipam"))
     }
 
     fn state_files(&self) -> usize {

@@ -169,12 +169,5 @@ nsenter --net=/run/netns/{ns} unshare -m sh -c "
 
 /// The addresses host-local still holds in `$T/ipam/cbr0`.
 fn reserved(t: &Path) -> Vec<String> {
-    std::fs::read_dir(t.join("ipam/cbr0"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default()
+    twill_e2e::host_local_reserved(&t.join("ipam"))
 }

@@ -159,14 +159,7 @@ fn a_node_moves_from_flanneld_to_twilld_and_back_in_place() {
 
 /// The pod addresses host-local holds on node `i`.
 fn reserved(c: &Cluster, i: usize) -> Vec<String> {
-    std::fs::read_dir(c.nodes[i].dir.join("ipam/cbr0"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default()
+    twill_e2e::host_local_reserved(&c.nodes[i].dir.join("ipam"))
 }
 
 /// The peer routes in node `i`'s kernel: (by nexthop id, in flanneld's form).

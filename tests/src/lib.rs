@@ -91,6 +91,19 @@ pub fn twill_plugin_bin() -> PathBuf {
     twilld_bin().with_file_name("twill")
 }
 
+/// The IPv4 pod addresses host-local holds for network `cbr0` under `ipam_dir` (its
+/// `dataDir`): one file per address.
+pub fn host_local_reserved(ipam_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(ipam_dir.join("cbr0"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub struct Pod {
     pub ns: Netns,
     pub ip: String,
