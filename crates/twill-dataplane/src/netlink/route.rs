@@ -149,11 +149,30 @@ impl Netlink {
         &self,
         dst: std::net::IpAddr,
     ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
+        Ok(self.route_get(dst).await?.and_then(|(oif, src)| {
+            let src = match src {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            };
+            oif.map(|i| (i, src))
+        }))
+    }
+
+    /// The address the kernel would send from to reach `dst` (`ip route get`'s `src`), of
+    /// either family. `None` when it is unreachable or the route names none.
+    pub async fn source_toward(&self, dst: IpAddr) -> Result<Option<IpAddr>, NetlinkError> {
+        Ok(self.route_get(dst).await?.and_then(|(_, src)| src))
+    }
+
+    async fn route_get(
+        &self,
+        dst: IpAddr,
+    ) -> Result<Option<(Option<u32>, Option<IpAddr>)>, NetlinkError> {
         let req = match dst {
-            std::net::IpAddr::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+            IpAddr::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(d, 32)
                 .build(),
-            std::net::IpAddr::V6(d) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            IpAddr::V6(d) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
                 .destination_prefix(d, 128)
                 .build(),
         };
@@ -169,17 +188,22 @@ impl Netlink {
                 })
             }
         };
-        Ok(r.and_then(|r| {
+        Ok(r.map(|r| {
             let mut oif = None;
             let mut src = None;
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => {
+                        src = Some(IpAddr::V4(*ip))
+                    }
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => {
+                        src = Some(IpAddr::V6(*ip))
+                    }
                     _ => {}
                 }
             }
-            oif.map(|i| (i, src))
+            (oif, src)
         }))
     }
 
