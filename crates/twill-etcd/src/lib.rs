@@ -659,6 +659,14 @@ impl SubnetManager for EtcdStore {
         EtcdStore::reconnect(self).await
     }
 
+    fn servers(&self) -> Vec<String> {
+        self.opts
+            .endpoints
+            .iter()
+            .filter_map(|e| twill_store::server_of(e, 2379))
+            .collect()
+    }
+
     async fn watch(&self, tx: mpsc::Sender<Vec<WatchEvent>>, cancel: CancellationToken) {
         EtcdStore::watch(self, tx, cancel).await
     }

@@ -73,6 +73,8 @@ pub struct KubeStore {
     clients: Clients,
     /// What the client was made from, to make another (`reconnect`).
     opts: Arc<KubeOptions>,
+    /// The API server's `host:port`, as the client was told it.
+    server: Option<String>,
     node_name: String,
     keys: AnnotationKeys,
     set_network_unavailable: bool,
@@ -127,18 +129,26 @@ async fn client_config(opts: &KubeOptions) -> Result<Config, StoreError> {
 /// A client for `opts`' API server, for reads that are about no node (`twilld policy
 /// explain`).
 pub async fn connect_client(opts: &KubeOptions) -> Result<Client, StoreError> {
+    Ok(connect_to_server(opts).await?.0)
+}
+
+/// A client, and the API server's `host:port` it connects to (see
+/// `twill_store::server_of`).
+async fn connect_to_server(opts: &KubeOptions) -> Result<(Client, Option<String>), StoreError> {
     let cfg = client_config(opts).await?;
-    Client::try_from(cfg).map_err(|e| StoreError::Invalid {
+    let server = twill_store::server_of(&cfg.cluster_url.to_string(), 443);
+    let client = Client::try_from(cfg).map_err(|e| StoreError::Invalid {
         setting: "kubernetes client".into(),
         source: Box::new(e),
-    })
+    })?;
+    Ok((client, server))
 }
 
 impl KubeStore {
     /// Connects and resolves which node we are. Fails without retrying only on bad
     /// flags or environment; an unreachable API is retried by the caller.
     pub async fn connect(opts: &KubeOptions) -> Result<Self, StoreError> {
-        let client = connect_client(opts).await?;
+        let (client, server) = connect_to_server(opts).await?;
         let node_name = match (&opts.node_name, &opts.pod) {
             (Some(n), _) if !n.is_empty() => n.clone(),
             (_, Some((ns, pod))) => {
@@ -167,6 +177,7 @@ impl KubeStore {
         Ok(KubeStore {
             clients: Clients::new(client),
             opts: Arc::new(opts.clone()),
+            server,
             node_name,
             keys: AnnotationKeys::new(&opts.annotation_prefix).map_err(|e| {
                 StoreError::Invalid {
@@ -438,6 +449,10 @@ impl SubnetManager for KubeStore {
             attrs: attrs.clone(),
             ..held.clone()
         }))
+    }
+
+    fn servers(&self) -> Vec<String> {
+        self.server.iter().cloned().collect()
     }
 
     /// A new client in place of the one every copy of the store shares; the node watch

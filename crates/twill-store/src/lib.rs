@@ -10,6 +10,7 @@ mod mac;
 mod manager;
 mod peers;
 mod rejection;
+mod server;
 mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
@@ -24,4 +25,5 @@ pub use manager::{
 };
 pub use peers::{Applied, Lease, PeerEvent, PeerTable, WatchEvent};
 pub use rejection::Rejection;
+pub use server::{route_moved, route_remembered, server_of};
 pub use validate::{LeasePolicy, Verdict};

@@ -155,6 +155,12 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Where this store's connections go, `host:port` each (see `server_of`), so the
+    /// node can tell when it reaches them from another address. Empty: nothing to follow.
+    fn servers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Keeps the lease alive and checks it is still ours.
     fn renew(
         &self,
