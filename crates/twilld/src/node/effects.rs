@@ -381,7 +381,11 @@ impl<S: SubnetManager> Node<S> {
         let nl = self.dp.netlink();
         match twill_dataplane::select_underlay(nl, &self.opts.node.iface, ipv6_only).await {
             Err(e) => Input::UnderlaySelected(Selected::Lost(format!("{e:#}"))),
-            Ok(ext) if ext == self.facts.underlay => Input::UnderlaySelected(Selected::Same),
+            Ok(ext) if ext == self.facts.underlay => {
+                // Another interface changed: the store may be reached over it.
+                self.follow_store_route(false).await;
+                Input::UnderlaySelected(Selected::Same)
+            }
             Ok(ext) => {
                 self.moved_to = Some(ext);
                 Input::UnderlaySelected(Selected::Moved)
@@ -453,17 +457,57 @@ impl<S: SubnetManager> Node<S> {
         self.facts = facts;
         self.settings = new;
         announce_address(&self.facts.underlay);
-        if readdressed {
-            // Requests and watches on a connection from an address the node no longer
-            // holds go unanswered until a timeout (etcd's keep-alive, kube's 295 s).
-            if let Err(e) = self.store.reconnect().await {
-                warn!(
-                    "reconnecting to {} from the new address: {e}",
-                    self.store.kind()
-                );
-            }
-        }
+        self.follow_store_route(readdressed).await;
         Input::UnderlayApplied { attrs_changed }
+    }
+
+    /// The address each of the store's servers is reached from now (`ip route get`, the
+    /// name looked up again); `None` where it does not resolve within a second or has no
+    /// route.
+    pub(super) async fn store_sources(&self) -> Vec<Option<IpAddr>> {
+        let nl = self.dp.netlink();
+        let mut out = Vec::new();
+        for server in self.store.servers() {
+            let lookup = tokio::net::lookup_host(server.as_str());
+            let ip = match tokio::time::timeout(Duration::from_secs(1), lookup).await {
+                Ok(Ok(mut addrs)) => addrs.next().map(|a| a.ip()),
+                _ => None,
+            };
+            let src = match ip {
+                Some(ip) => nl.source_toward(ip).await.ok().flatten(),
+                None => None,
+            };
+            out.push(src);
+        }
+        out
+    }
+
+    /// Makes the store's connections again when a server is now reached from another
+    /// address than when they were made, or when `readdressed` (the underlay's addresses
+    /// changed). Requests and watches on a connection from an address the node no longer
+    /// holds go unanswered until a timeout (etcd's keep-alive, kube's 295 s); the
+    /// address may be the underlay's or another interface's (a management NIC).
+    pub(super) async fn follow_store_route(&mut self, readdressed: bool) {
+        let now = self.store_sources().await;
+        let moved = twill_store::route_moved(&self.store_sources, &now);
+        if moved {
+            info!(
+                before = ?self.store_sources,
+                now = ?now,
+                "the node reaches {} from another address now; connecting anew",
+                self.store.kind()
+            );
+        }
+        self.store_sources = twill_store::route_remembered(&self.store_sources, &now);
+        if !(moved || readdressed) {
+            return;
+        }
+        if let Err(e) = self.store.reconnect().await {
+            warn!(
+                "reconnecting to {} from the new address: {e}",
+                self.store.kind()
+            );
+        }
     }
 
     /// Publishes what the moved underlay changed in our lease (PublicIP, PublicIPv6),

@@ -66,6 +66,8 @@ struct Node<S> {
     pinned: crate::settings::Pinned,
     /// The underlay chosen anew, until the node moves to it.
     moved_to: Option<twill_dataplane::ExtIface>,
+    /// The address each of the store's servers was last reached from (`follow_store_route`).
+    store_sources: Vec<Option<std::net::IpAddr>>,
     /// Where the peers to probe go, when probing is on.
     probe_targets: Option<watch::Sender<Vec<twill_probe::Target>>>,
     /// When the probes are next told the peers: at most once per `PROBE_TARGETS_EVERY`.

@@ -140,6 +140,7 @@ pub async fn start<S: SubnetManager>(
         next: None,
         pinned,
         moved_to: None,
+        store_sources: Vec::new(),
         probe_targets: None,
         targets_at: None,
         dirty: true,
@@ -150,6 +151,7 @@ pub async fn start<S: SubnetManager>(
         node.req.conf.backend.port,
     );
     node.announce();
+    node.store_sources = node.store_sources().await;
     node.run_loop(cancel).await
 }
 
