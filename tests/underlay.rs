@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use twill_e2e::Cluster;
+use twill_e2e::{Cluster, ETCD_IP};
 use twill_testutil::{require_root, wait_until};
 
 const CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -184,6 +184,51 @@ fn a_pinned_public_ip_stays_and_the_store_follows_the_address() {
         lease_public_ip(&c, 0),
         "198.18.0.1",
         "the PublicIP as given"
+    );
+}
+
+/// The store reached over a management NIC, not the underlay: that NIC renumbered, the
+/// underlay untouched. The connection to etcd started from the management address that
+/// went; the node must connect anew and still hear of a node that joins.
+#[test]
+fn a_management_nic_renumbered_under_the_store_connection() {
+    require_root();
+    let mut c = Cluster::new("ulmg");
+    c.put_config(CONF);
+    let n = c.add_node_stopped(&[]);
+    let etcd = &c.etcd_host().name;
+    // A link of its own to the etcd host, and etcd's address routed over it.
+    c.nodes[n].ns.sh(&format!(
+        "ip link add mgmt type veth peer name mg-{n} netns {etcd} && \
+         ip addr add 198.19.250.1/24 dev mgmt && ip link set mgmt up && \
+         ip route add {ETCD_IP}/32 via 198.19.250.254 dev mgmt"
+    ));
+    c.etcd_host().sh(&format!(
+        "ip addr add 198.19.250.254/24 dev mg-{n} && ip link set mg-{n} up"
+    ));
+    c.nodes[n].start();
+    c.add_node(&[]);
+    c.nodes[0].wait_ready();
+    let conns = |c: &Cluster| c.nodes[0].ns.sh(&format!("ss -Htn dst {ETCD_IP}"));
+    assert!(
+        conns(&c).contains("198.19.250.1:"),
+        "etcd reached over mgmt: {}",
+        conns(&c)
+    );
+    c.nodes[0].ns.sh(&format!(
+        "ip addr del 198.19.250.1/24 dev mgmt && ip addr add 198.19.250.2/24 dev mgmt && \
+         ip route replace {ETCD_IP}/32 via 198.19.250.254 dev mgmt"
+    ));
+    a_node_joins_and_node_1_programs_it(&mut c);
+    assert!(
+        c.nodes[0].log().contains("from another address now"),
+        "{}",
+        c.nodes[0].log()
+    );
+    assert!(
+        conns(&c).contains("198.19.250.2:"),
+        "reconnected from the new address: {}",
+        conns(&c)
     );
 }
 
