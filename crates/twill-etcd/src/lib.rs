@@ -9,7 +9,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue,
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -59,7 +59,7 @@ async fn rpc<T>(
 #[derive(Clone)]
 pub struct EtcdStore {
     /// Shared by every copy: `reconnect` in one moves them all, the watch included.
-    clients: Arc<watch::Sender<Client>>,
+    clients: twill_store::Shared<Client>,
     /// What `client` was made from, to make another (`reconnect`).
     opts: Arc<EtcdOptions>,
     prefix: String,
@@ -120,7 +120,7 @@ impl EtcdStore {
         }
         let client = rpc(Client::connect(&opts.endpoints, Some(co))).await?;
         Ok(EtcdStore {
-            clients: Arc::new(watch::channel(client).0),
+            clients: twill_store::Shared::new(client),
             opts: Arc::new(opts.clone()),
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             errors: Default::default(),
@@ -134,7 +134,7 @@ impl EtcdStore {
     /// revision it had reached.
     pub async fn reconnect(&mut self) -> Result<(), StoreError> {
         let fresh = EtcdStore::connect(&self.opts).await?;
-        self.clients.send_replace(fresh.client());
+        self.clients.replace(fresh.client());
         Ok(())
     }
 
@@ -168,7 +168,7 @@ impl EtcdStore {
 
     /// The raw client, for tests and for the etcd-specific diagnostics.
     pub fn client(&self) -> Client {
-        self.clients.borrow().clone()
+        self.clients.current()
     }
 
     /// The net-conf.json stored at `<prefix>/config`, if any.

@@ -9,40 +9,16 @@
 
 use std::fmt::Debug;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 
 /// Shared by every copy of the store and by the policy watchers: replacing the client in
-/// one is seen by all.
-#[derive(Clone)]
-pub struct Clients(Arc<watch::Sender<Client>>);
-
-impl Clients {
-    pub fn new(client: Client) -> Self {
-        Clients(Arc::new(watch::channel(client).0))
-    }
-
-    /// The client to send a request through now.
-    pub fn current(&self) -> Client {
-        self.0.borrow().clone()
-    }
-
-    /// From now on requests go through `client`, and every watch begun by [`rewatching`]
-    /// starts over on it.
-    pub fn replace(&self, client: Client) {
-        self.0.send_replace(client);
-    }
-
-    fn subscribe(&self) -> watch::Receiver<Client> {
-        self.0.subscribe()
-    }
-}
+/// one is seen by all, and [`rewatching`] begins its watch again on the new one.
+pub type Clients = twill_store::Shared<Client>;
 
 type Events<K> = Pin<Box<dyn Stream<Item = watcher::Result<Event<K>>> + Send>>;
 

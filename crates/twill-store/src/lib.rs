@@ -11,6 +11,7 @@ mod manager;
 mod peers;
 mod rejection;
 mod server;
+mod shared;
 mod validate;
 
 pub use alloc::{plan, AllocError, Plan, PlanSource};
@@ -26,4 +27,5 @@ pub use manager::{
 pub use peers::{Applied, Lease, PeerEvent, PeerTable, WatchEvent};
 pub use rejection::Rejection;
 pub use server::{route_moved, route_remembered, server_of};
+pub use shared::Shared;
 pub use validate::{LeasePolicy, Verdict};
