@@ -63,31 +63,22 @@ mod tests {
 
     #[test]
     fn a_server_is_host_and_port_with_the_schemes_default() {
-        assert_eq!(
-            server_of("https://10.96.0.1", 2379).unwrap(),
-            "10.96.0.1:443"
-        );
-        assert_eq!(
-            server_of("http://198.18.0.254:2379", 1).unwrap(),
-            "198.18.0.254:2379"
-        );
-        assert_eq!(server_of("http://etcd.local/", 1).unwrap(), "etcd.local:80");
-        assert_eq!(
-            server_of("etcd.local:2380", 2379).unwrap(),
-            "etcd.local:2380"
-        );
-        assert_eq!(server_of("etcd.local", 2379).unwrap(), "etcd.local:2379");
-        assert_eq!(
-            server_of("https://[2001:2::1]:6443/x", 1).unwrap(),
-            "[2001:2::1]:6443"
-        );
-        assert_eq!(
-            server_of("https://[2001:2::1]", 1).unwrap(),
-            "[2001:2::1]:443"
-        );
-        assert_eq!(server_of("https://u:p@h:1", 1).unwrap(), "h:1");
-        assert_eq!(server_of("unix:///run/etcd.sock", 1), None);
-        assert_eq!(server_of("https://", 1), None);
+        // (url, default port, server)
+        let cases = [
+            ("https://10.96.0.1", 2379, Some("10.96.0.1:443")),
+            ("http://198.18.0.254:2379", 1, Some("198.18.0.254:2379")),
+            ("http://etcd.local/", 1, Some("etcd.local:80")),
+            ("etcd.local:2380", 2379, Some("etcd.local:2380")),
+            ("etcd.local", 2379, Some("etcd.local:2379")),
+            ("https://[2001:2::1]:6443/x", 1, Some("[2001:2::1]:6443")),
+            ("https://[2001:2::1]", 1, Some("[2001:2::1]:443")),
+            ("https://u:p@h:1", 1, Some("h:1")),
+            ("unix:///run/etcd.sock", 1, None),
+            ("https://", 1, None),
+        ];
+        for (url, port, want) in cases {
+            assert_eq!(server_of(url, port).as_deref(), want, "{url}");
+        }
     }
 
     #[test]
