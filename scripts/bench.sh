@@ -31,7 +31,7 @@
 #      12b. Kubernetes mode on the real API server, 1 000 and 5 000 peer nodes, both
 #      daemons (scripts/bench-kube-flanneld.sh)
 # BENCH_TWILLD_ARGS adds daemon flags for sections 2-7 (e.g. --route-nexthops);
-# NETLAB=none skips section 5; BENCH_SECTIONS=flanneld runs only 12; BENCH_SECTIONS=core
+# NETLAB=none skips section 5; BENCH_SECTIONS=flanneld runs only 12, =kernel only 1; =core
 # runs only 1-4 and 6 (a refactor's check; TWILLD=<another build's twilld> measures that
 # build in 2-4 and 6).
 set -euo pipefail
@@ -73,54 +73,111 @@ ip -n "$P-k" link set lo up
 ip -n "$P-k" link add eth0 type veth peer name eth0p
 ip -n "$P-k" addr add 198.18.0.1/24 dev eth0
 ip -n "$P-k" link set eth0 up
-# batch_ms <ip batch file>: on a fresh flannel.1, that batch and bridge.batch, timed in ms.
+# child_sys_ms: sets KSYS to the kernel CPU time of this shell's finished children, in ms
+# (bash's `times`, from getrusage: microseconds, where /proc's ticks are 10 ms; it must run
+# in this shell, not in a $(...) of its own, which has no children). A netlink request is
+# carried out in its sender's sendmsg, so this is what the kernel spent on ip's batch.
+child_sys_ms() {
+  local out=/tmp/$P/times.$BASHPID
+  times >"$out"
+  KSYS=$(awk 'NR == 2 { split($2, t, "m"); sub("s", "", t[2]); printf "%.1f", (t[1] * 60 + t[2]) * 1000 }' \
+    "$out")
+}
+# batch_ms <ip batch file> [more ip batch file]: on a fresh flannel.1, that batch and
+# bridge.batch; prints their wall and kernel ms, then (with the second file) the same for
+# ip-more.batch + bridge-more.batch, the next peers on top, per peer in ms.
 batch_ms() {
   ip -n "$P-k" link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning
   ip -n "$P-k" link set flannel.1 up
   # As twilld's device (and program_peers'), it has an address: the kernel checks an
   # onlink nexthop's gateway against the local table.
   ip -n "$P-k" addr add 10.0.0.0/32 dev flannel.1
-  local s e
+  local s e k0 k1
+  child_sys_ms; k0=$KSYS
   s=$(date +%s%N)
   ip -n "$P-k" -batch "$1"
   bridge -n "$P-k" -batch "/tmp/$P/bridge.batch"
   e=$(date +%s%N)
+  child_sys_ms; k1=$KSYS
+  printf '%s %s' "$(ms "$s" "$e")" "$(echo "$k1 - $k0" | bc -l)"
+  if [ -n "${2:-}" ]; then
+    s=$(date +%s%N)
+    ip -n "$P-k" -batch "$2"
+    bridge -n "$P-k" -batch "/tmp/$P/bridge-more.batch"
+    e=$(date +%s%N)
+    child_sys_ms; k0=$KSYS
+    printf ' %s %s' "$(echo "($e - $s) / 1000000 / $MORE" | bc -l)" "$(echo "($k0 - $k1) / $MORE" | bc -l)"
+  fi
+  echo
   ip -n "$P-k" link del flannel.1
-  ms "$s" "$e"
 }
-printf '| peers | twilld program | iproute2 -batch | ratio | no-op reconcile | remove all |\n|---|---|---|---|---|---|\n'
+# The peers program_peers adds one at a time on top of N (its MORE).
+MORE=200
+# f <number>: two decimals.
+f() { printf '%.2f' "$1"; }
+echo "A netlink request's kernel work is done in its sender's sendmsg, so 'in the kernel' is"
+echo "each side's system CPU time (split from user time by the kernel's 100 Hz tick samples:"
+echo "rough below ~50 ms). 'kernel floor' is twilld's kernel time over iproute2's wall time:"
+echo "the ratio twilld would reach if its own (user-space) work cost nothing."
+printf '| peers | twilld program (in the kernel) | iproute2 -batch (in the kernel) | ratio | kernel floor | no-op reconcile | remove all |\n|---|---|---|---|---|---|---|\n'
+one_more=()
 for n in 100 1000 10000; do
   $BIN/examples/program_peers "$n" "/tmp/$P"
-  tw=(); ipb=(); noop=(); rm_=()
+  tw=(); tws=(); ipb=(); ipk=(); noop=(); rm_=(); om=(); omk=(); ipm=(); ipmk=()
   for _ in $(seq "$ROUNDS"); do
     j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n")
-    tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
-    ipb+=("$(batch_ms "/tmp/$P/ip.batch")")
+    tw+=("$(jq .program_ms <<<"$j")"); tws+=("$(jq .program_sys_ms <<<"$j")")
+    noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
+    om+=("$(jq .one_more_p50_ms <<<"$j")"); omk+=("$(jq .one_more_sys_ms <<<"$j")")
+    read -r b k mw mk <<<"$(batch_ms "/tmp/$P/ip.batch" "/tmp/$P/ip-more.batch")"
+    ipb+=("$b"); ipk+=("$k"); ipm+=("$mw"); ipmk+=("$mk")
   done
   t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
-  printf '| %s | %s ms | %s ms | %.2f | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
+  tk=$(printf '%s\n' "${tws[@]}" | median)
+  printf '| %s | %s ms (%s) | %s ms (%s) | %.2f | %.2f | %s ms | %s ms |\n' "$n" "$t" "$tk" "$b" \
+    "$(printf '%s\n' "${ipk[@]}" | median)" "$(echo "$t / $b" | bc -l)" "$(echo "$tk / $b" | bc -l)" \
     "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
+  one_more+=("$(printf '| %s | %s ms (%s) | %s ms (%s) |' "$n" \
+    "$(f "$(printf '%s\n' "${om[@]}" | median)")" "$(f "$(printf '%s\n' "${omk[@]}" | median)")" \
+    "$(f "$(printf '%s\n' "${ipm[@]}" | median)")" "$(f "$(printf '%s\n' "${ipmk[@]}" | median)")")")
 done
+echo
+echo "One peer more at N, $MORE times (twilld: each its own apply, the p50; iproute2: a $MORE-peer batch, per peer):"
+printf '| peers | twilld, one apply (in the kernel) | iproute2 -batch, per peer (in the kernel) |\n|---|---|---|\n'
+printf '%s\n' "${one_more[@]}"
 
 echo
 echo "== 1b. the same with --route-nexthops (one nexthop object per peer, routes by id), median of $ROUNDS"
-printf '| peers | twilld program | iproute2 -batch | ratio | twilld, nexthops/flanneld form | no-op reconcile | remove all |\n|---|---|---|---|---|---|---|\n'
+printf '| peers | twilld program (in the kernel) | iproute2 -batch (in the kernel) | ratio | twilld, nexthops/flanneld form | no-op reconcile | remove all |\n|---|---|---|---|---|---|---|\n'
+one_more=()
 for n in 100 1000 10000; do
   $BIN/examples/program_peers "$n" "/tmp/$P"
-  tw=(); plain=(); ipb=(); noop=(); rm_=()
+  tw=(); tws=(); plain=(); ipb=(); ipk=(); noop=(); rm_=(); om=(); omk=(); ipm=(); ipmk=()
   for _ in $(seq "$ROUNDS"); do
     # Both forms back to back, so the speed-up is paired within the round.
     j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n")
     plain+=("$(jq .program_ms <<<"$j")")
     j=$(ip netns exec "$P-k" $BIN/examples/program_peers "$n" --nexthops)
-    tw+=("$(jq .program_ms <<<"$j")"); noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
-    ipb+=("$(batch_ms "/tmp/$P/ip-nh.batch")")
+    tw+=("$(jq .program_ms <<<"$j")"); tws+=("$(jq .program_sys_ms <<<"$j")")
+    noop+=("$(jq .noop_ms <<<"$j")"); rm_+=("$(jq .remove_ms <<<"$j")")
+    om+=("$(jq .one_more_p50_ms <<<"$j")"); omk+=("$(jq .one_more_sys_ms <<<"$j")")
+    read -r b k mw mk <<<"$(batch_ms "/tmp/$P/ip-nh.batch" "/tmp/$P/ip-nh-more.batch")"
+    ipb+=("$b"); ipk+=("$k"); ipm+=("$mw"); ipmk+=("$mk")
   done
   t=$(printf '%s\n' "${tw[@]}" | median); b=$(printf '%s\n' "${ipb[@]}" | median)
   p=$(printf '%s\n' "${plain[@]}" | median)
-  printf '| %s | %s ms | %s ms | %.2f | %.2f (%s ms) | %s ms | %s ms |\n' "$n" "$t" "$b" "$(echo "$t / $b" | bc -l)" \
-    "$(echo "$t / $p" | bc -l)" "$p" "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
+  printf '| %s | %s ms (%s) | %s ms (%s) | %.2f | %.2f (%s ms) | %s ms | %s ms |\n' "$n" "$t" \
+    "$(printf '%s\n' "${tws[@]}" | median)" "$b" "$(printf '%s\n' "${ipk[@]}" | median)" \
+    "$(echo "$t / $b" | bc -l)" "$(echo "$t / $p" | bc -l)" "$p" \
+    "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
+  one_more+=("$(printf '| %s | %s ms (%s) | %s ms (%s) |' "$n" \
+    "$(f "$(printf '%s\n' "${om[@]}" | median)")" "$(f "$(printf '%s\n' "${omk[@]}" | median)")" \
+    "$(f "$(printf '%s\n' "${ipm[@]}" | median)")" "$(f "$(printf '%s\n' "${ipmk[@]}" | median)")")")
 done
+echo
+echo "One peer more at N by nexthop id, $MORE times (as in 1):"
+printf '| peers | twilld, one apply (in the kernel) | iproute2 -batch, per peer (in the kernel) |\n|---|---|---|\n'
+printf '%s\n' "${one_more[@]}"
 
 echo
 echo "== 1c. dual stack: each peer on both families (flannel.1 and flannel-v6.1), median of $ROUNDS"
@@ -157,6 +214,9 @@ for n in 1000 10000; do
     "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
 done
 ip netns del "$P-k"
+if [[ ${BENCH_SECTIONS:-all} == kernel ]]; then
+  exit 0
+fi
 
 echo
 echo "== 2-4, 6. end to end: etcd + 3 twilld nodes in namespaces"

@@ -6,15 +6,24 @@
 //! half on `flannel-v6.1`, which needs an IPv6 address 2001:2::1 on eth0). Given a
 //! directory it writes the same entries as `ip -batch` / `bridge -batch` files for the
 //! baseline instead: `ip.batch` in flanneld's form, `ip-nh.batch` with nexthop objects,
-//! and with `--dual` `ip6.batch`, `ip-nh6.batch`, `bridge6.batch` for the IPv6 device.
+//! and with `--dual` `ip6.batch`, `ip-nh6.batch`, `bridge6.batch` for the IPv6 device;
+//! `ip-more.batch` / `bridge-more.batch` hold the [`MORE`] peers after the first N.
+//!
+//! Beside the wall times it prints the kernel's CPU time (this process's system time: a
+//! netlink request is carried out in the sender's `sendmsg`) for programming, and the
+//! wall and kernel time of adding one peer at a time on top of N ([`MORE`] times, as a
+//! node takes a new lease): what the kernel alone costs, which no program sending the
+//! same requests can go below.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use twill_dataplane::{diff, nexthop_id, Family, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec};
+use twill_dataplane::{
+    diff, nexthop_id, Actual, Family, Mac, Netlink, PeerEntry, RouteForm, VxlanSpec,
+};
 
 /// Peer `i`'s VTEP MAC; `family` (0 for IPv4, 6 for IPv6) keeps the two halves apart.
 fn mac(i: u32, family: u8) -> Option<Mac> {
@@ -28,8 +37,30 @@ fn mac(i: u32, family: u8) -> Option<Mac> {
     ]))
 }
 
+/// How many peers are added one at a time on top of N.
+const MORE: u32 = 200;
+
+/// This process's CPU time in the kernel so far.
+fn system_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    Duration::from_secs(usage.ru_stime.tv_sec as u64)
+        + Duration::from_micros(usage.ru_stime.tv_usec as u64)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn peers(n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
-    (0..n)
+    peers_from(0, n)
+}
+
+/// Peers `first..first + n`.
+fn peers_from(first: u32, n: u32) -> BTreeMap<IpNetwork, PeerEntry> {
+    (first..first + n)
         .map(|i| {
             // 10.0.0.0/8 in /24s, skipping ours; underlay 198.18.0.0/15 (nothing is sent).
             let subnet = IpNetwork::V4(
@@ -118,6 +149,7 @@ async fn main() {
     let want6 = if dual { peers6(n) } else { BTreeMap::new() };
     if let Some(dir) = args.get(1) {
         write_batches(dir, "", "flannel.1", &want);
+        write_batches(dir, "-more", "flannel.1", &peers_from(n, MORE));
         if dual {
             write_batches(dir, "6", "flannel-v6.1", &want6);
         }
@@ -171,7 +203,7 @@ async fn main() {
         devices.push((dev.index, *family, *peers));
     }
 
-    let t = Instant::now();
+    let (t, sys) = (Instant::now(), system_time());
     for (index, family, peers) in &devices {
         let ops = diff(peers, &nl.read_actual(*index, *family).await.unwrap(), form);
         let r = nl.apply(*index, &ops).await;
@@ -181,7 +213,7 @@ async fn main() {
             &r.failed[..r.failed.len().min(3)]
         );
     }
-    let program = t.elapsed();
+    let (program, program_sys) = (t.elapsed(), system_time() - sys);
 
     let t = Instant::now();
     let mut actual = Vec::new();
@@ -192,19 +224,40 @@ async fn main() {
     }
     let noop_time = t.elapsed();
 
+    // One peer at a time on top of N, each its own apply (neighbour, forwarding entry,
+    // route in one pipeline), as the node does with a lease that arrives alone. Removing
+    // below takes out the N it read before; the extra ones go with the device.
+    let index = devices[0].0;
+    let mut one_more = Vec::new();
+    let sys = system_time();
+    for (subnet, entry) in peers_from(n, MORE) {
+        let ops = diff(&BTreeMap::from([(subnet, entry)]), &Actual::default(), form);
+        let t = Instant::now();
+        let r = nl.apply(index, &ops).await;
+        one_more.push(t.elapsed());
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+    }
+    let one_more_sys = (system_time() - sys) / MORE;
+    one_more.sort();
     let t = Instant::now();
     for ((index, _, _), a) in devices.iter().zip(&actual) {
         let r = nl.apply(*index, &diff(&BTreeMap::new(), a, form)).await;
         assert!(r.failed.is_empty());
     }
     let remove = t.elapsed();
+
     for (name, ..) in &families {
         nl.delete_link(name).await.unwrap();
     }
     println!(
-        "{{\"n\":{n},\"program_ms\":{:.1},\"noop_ms\":{:.1},\"remove_ms\":{:.1}}}",
-        program.as_secs_f64() * 1e3,
-        noop_time.as_secs_f64() * 1e3,
-        remove.as_secs_f64() * 1e3
+        "{{\"n\":{n},\"program_ms\":{:.1},\"program_sys_ms\":{:.1},\"noop_ms\":{:.1},\"remove_ms\":{:.1},\
+         \"one_more_p50_ms\":{:.3},\"one_more_max_ms\":{:.3},\"one_more_sys_ms\":{:.3}}}",
+        ms(program),
+        ms(program_sys),
+        ms(noop_time),
+        ms(remove),
+        ms(one_more[one_more.len() / 2]),
+        ms(one_more[one_more.len() - 1]),
+        ms(one_more_sys),
     );
 }
