@@ -108,6 +108,38 @@ fn metrics_count_peers_entries_and_repairs() {
     assert!(metric(&c, 0, "twill_store_events_total", Some(("type", "added"))) >= 2.0);
     assert!(metric(&c, 0, "twill_reconcile_duration_seconds_count", None) >= 1.0);
     assert!(metric(&c, 0, "twill_lease_expiry_seconds", None) > 80_000.0);
+    // A lease arriving on the watch is timed from the batch to the kernel following it;
+    // the others may have come in node 1's first snapshot, so one more is put here.
+    let changes = |what| {
+        metric(
+            &c,
+            0,
+            &format!("twill_peer_change_duration_seconds_{what}"),
+            None,
+        )
+    };
+    let (count, sum) = (changes("count"), changes("sum"));
+    let subnet = c.unleased_subnet();
+    c.etcd.ctl(&[
+        "put",
+        &format!("{}/subnets/{}-24", twill_e2e::PREFIX, subnet),
+        r#"{"PublicIP":"198.18.0.90","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:90"}}"#,
+    ]);
+    wait_until(15, "the put peer programmed", || {
+        metric(&c, 0, "twill_kernel_entries", Some(("kind", "route"))) == 3.0
+    });
+    assert!(
+        changes("count") > count,
+        "the new peer's batch was not timed"
+    );
+    assert!(changes("sum") > sum);
+    c.etcd.ctl(&[
+        "del",
+        &format!("{}/subnets/{}-24", twill_e2e::PREFIX, subnet),
+    ]);
+    wait_until(15, "the put peer gone", || {
+        metric(&c, 0, "twill_kernel_entries", Some(("kind", "route"))) == 2.0
+    });
     // Idle: periodic passes stop reading the kernel once nothing touches our entries.
     let passes = |kind| metric(&c, 0, "twill_periodic_passes_total", Some(("kind", kind)));
     wait_until(10, "a light periodic pass", || passes("light") >= 2.0);

@@ -68,6 +68,8 @@ pub struct Telemetry {
     pub underlay_up: Gauge,
     pub entries: Family<Labels, Gauge>,
     pub reconcile_seconds: Histogram,
+    /// From a batch of peer changes taken off the lease watch to the kernel following it.
+    pub peer_change_seconds: Histogram,
     pub repairs: Family<Labels, Counter>,
     pub repair_conflicts: Family<Labels, Counter>,
     pub repair_passes: Counter,
@@ -137,6 +139,8 @@ impl Telemetry {
             underlay_up: Gauge::default(),
             entries: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 100 µs (one route into a small table) to 3.3 s (a re-list of 10 000 peers).
+            peer_change_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             repairs: Family::default(),
             repair_conflicts: Family::default(),
             repair_passes: Counter::default(),
@@ -196,6 +200,11 @@ impl Telemetry {
             "reconcile_duration_seconds",
             "Time of one reconcile pass",
             t.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "peer_change_duration_seconds",
+            "From a batch of peer lease changes taken off the store's watch to the kernel following it: judging, the peer table, and the kernel's entries added, changed or removed (this node's share of a new peer's convergence; the store's delivery is not in it)",
+            t.peer_change_seconds.clone(),
         );
         registry.register(
             "reconcile_repairs",

@@ -108,6 +108,8 @@ impl<S: SubnetManager> Node<S> {
         let rules = self.dp.rules_flag();
         let removed = monitor.as_ref().map(|m| m.removed_flag());
         let host = monitor.as_ref().map(|m| m.underlay_flag());
+        // When the batch of peer changes the coming step carries was taken off the watch.
+        let mut peers_changed: Option<Instant> = None;
         loop {
             self.tel.beat();
             let due_at = self.state.repair_at().map(Instant::from_std);
@@ -162,7 +164,11 @@ impl<S: SubnetManager> Node<S> {
                     while let Ok(more) = rx.try_recv() {
                         events.extend(more);
                     }
-                    self.take_events(events)
+                    let taken = Instant::now();
+                    let input = self.take_events(events);
+                    // A renewal of our own lease changes no peer: nothing to time.
+                    peers_changed = (!self.pending.is_empty()).then_some(taken);
+                    input
                 }
                 _ = resync.tick() => {
                     self.observe_store();
@@ -177,6 +183,11 @@ impl<S: SubnetManager> Node<S> {
             };
             if let Renew::At(at) = self.step(input, &cancel).await? {
                 renew_at = at;
+            }
+            if let Some(taken) = peers_changed.take() {
+                self.tel
+                    .peer_change_seconds
+                    .observe(taken.elapsed().as_secs_f64());
             }
         }
     }
