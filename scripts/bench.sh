@@ -113,8 +113,13 @@ batch_ms() {
 }
 # The peers program_peers adds one at a time on top of N (its MORE).
 MORE=200
-# f <number>: two decimals.
-f() { printf '%.2f' "$1"; }
+# one_more_row <n>: the medians of a size's one-peer-more figures (om, omk, ipm, ipmk).
+one_more_row() {
+  local m=()
+  m+=("$(printf '%s\n' "${om[@]}" | median)" "$(printf '%s\n' "${omk[@]}" | median)")
+  m+=("$(printf '%s\n' "${ipm[@]}" | median)" "$(printf '%s\n' "${ipmk[@]}" | median)")
+  printf '| %s | %.2f ms (%.2f) | %.2f ms (%.2f) |' "$1" "${m[@]}"
+}
 echo "A netlink request's kernel work is done in its sender's sendmsg, so 'in the kernel' is"
 echo "each side's system CPU time (split from user time by the kernel's 100 Hz tick samples:"
 echo "rough below ~50 ms). 'kernel floor' is twilld's kernel time over iproute2's wall time:"
@@ -137,9 +142,7 @@ for n in 100 1000 10000; do
   printf '| %s | %s ms (%s) | %s ms (%s) | %.2f | %.2f | %s ms | %s ms |\n' "$n" "$t" "$tk" "$b" \
     "$(printf '%s\n' "${ipk[@]}" | median)" "$(echo "$t / $b" | bc -l)" "$(echo "$tk / $b" | bc -l)" \
     "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
-  one_more+=("$(printf '| %s | %s ms (%s) | %s ms (%s) |' "$n" \
-    "$(f "$(printf '%s\n' "${om[@]}" | median)")" "$(f "$(printf '%s\n' "${omk[@]}" | median)")" \
-    "$(f "$(printf '%s\n' "${ipm[@]}" | median)")" "$(f "$(printf '%s\n' "${ipmk[@]}" | median)")")")
+  one_more+=("$(one_more_row "$n")")
 done
 echo
 echo "One peer more at N, $MORE times (twilld: each its own apply, the p50; iproute2: a $MORE-peer batch, per peer):"
@@ -170,9 +173,7 @@ for n in 100 1000 10000; do
     "$(printf '%s\n' "${tws[@]}" | median)" "$b" "$(printf '%s\n' "${ipk[@]}" | median)" \
     "$(echo "$t / $b" | bc -l)" "$(echo "$t / $p" | bc -l)" "$p" \
     "$(printf '%s\n' "${noop[@]}" | median)" "$(printf '%s\n' "${rm_[@]}" | median)"
-  one_more+=("$(printf '| %s | %s ms (%s) | %s ms (%s) |' "$n" \
-    "$(f "$(printf '%s\n' "${om[@]}" | median)")" "$(f "$(printf '%s\n' "${omk[@]}" | median)")" \
-    "$(f "$(printf '%s\n' "${ipm[@]}" | median)")" "$(f "$(printf '%s\n' "${ipmk[@]}" | median)")")")
+  one_more+=("$(one_more_row "$n")")
 done
 echo
 echo "One peer more at N by nexthop id, $MORE times (as in 1):"
