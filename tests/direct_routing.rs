@@ -67,13 +67,15 @@ fn peers_on_the_underlay_link_get_direct_routes_others_vxlan() {
     assert_eq!(tx_packets(&c, 0), before, "pings went through flannel.1");
 
     // A peer behind a router (not on 198.18.0.0/24) stays on VXLAN. Nothing is sent to it.
+    // Its subnet is one no node holds (a fixed one could be a node's random lease).
+    let routed = c.unleased_subnet();
     c.etcd.ctl(&[
         "put",
-        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        &format!("{PREFIX}/subnets/{routed}-24"),
         r#"{"PublicIP":"198.19.5.4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:c8:01"}}"#,
     ]);
     wait_until(10, "the routed peer on VXLAN", || {
-        vxlan_routes(&c, 0) == ["10.244.200.0/24"]
+        vxlan_routes(&c, 0) == [format!("{routed}/24")]
             && c.nodes[0]
                 .ns
                 .sh("bridge fdb show dev flannel.1")

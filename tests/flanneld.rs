@@ -82,17 +82,18 @@ fn two_twilld_nodes_and_one_flanneld_node_share_one_overlay() {
     assert_no_nat(&c);
 
     // A lease written by hand with keys in other cases: flanneld takes it (Go's decoder
-    // matches keys ignoring case), and so does twilld.
+    // matches keys ignoring case), and so does twilld. On a subnet no node holds.
+    let by_hand = c.unleased_subnet();
     c.etcd.ctl(&[
         "put",
-        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        &format!("{PREFIX}/subnets/{by_hand}-24"),
         r#"{"publicIP":"198.18.0.50","backendtype":"vxlan","backendData":{"vni":1,"vtepMAC":"0a:00:00:00:00:50"}}"#,
     ]);
     wait_until(10, "both daemons route the hand-written lease", || {
         [0, 2].iter().all(|&i| {
             c.nodes[i]
                 .vxlan_subnets()
-                .contains(&"10.244.200.0/24".to_string())
+                .contains(&format!("{by_hand}/24"))
         })
     });
     let fdb = c.nodes[0].ns.sh("bridge fdb show dev flannel.1");

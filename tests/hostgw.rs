@@ -114,10 +114,12 @@ fn host_gw_nodes_route_pods_on_both_families_without_encapsulation() {
         metric_in(&m, "twill_repair_passes_total", None) >= 2.0
     });
 
-    // A peer whose PublicIP is not on our link is refused by name, never routed.
+    // A peer whose PublicIP is not on our link is refused by name, never routed. On a
+    // subnet no node holds.
+    let far = c.unleased_subnet();
     c.etcd.ctl(&[
         "put",
-        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        &format!("{PREFIX}/subnets/{far}-24"),
         r#"{"PublicIP":"198.19.5.4","PublicIPv6":null,"BackendType":"host-gw"}"#,
     ]);
     wait_until(10, "the off-link peer refused", || {
@@ -131,7 +133,7 @@ fn host_gw_nodes_route_pods_on_both_families_without_encapsulation() {
     let log = c.nodes[0].log();
     let said: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("10.244.200.0") && l.contains("not-on-link"))
+        .filter(|l| l.contains(&far) && l.contains("not-on-link"))
         .collect();
     assert_eq!(said.len(), 1, "logged once: {said:?}");
     assert!(
@@ -148,7 +150,7 @@ fn host_gw_nodes_route_pods_on_both_families_without_encapsulation() {
         leases["detail"]
             .as_str()
             .unwrap()
-            .contains("10.244.200.0-24 (not-on-link: PublicIP 198.19.5.4"),
+            .contains(&format!("{far}-24 (not-on-link: PublicIP 198.19.5.4")),
         "{leases}"
     );
     let peers = doctor_check(&out, "peers");
@@ -159,8 +161,7 @@ fn host_gw_nodes_route_pods_on_both_families_without_encapsulation() {
     );
     assert_eq!(doctor_check(&out, "backend")["status"], "pass");
     assert_eq!(doctor_check(&out, "mtu")["status"], "pass");
-    c.etcd
-        .ctl(&["del", &format!("{PREFIX}/subnets/10.244.200.0-24")]);
+    c.etcd.ctl(&["del", &format!("{PREFIX}/subnets/{far}-24")]);
 
     // A restart keeps every route in place: pods on the other nodes lose nothing.
     let to = c.pod(0).ip.clone();

@@ -136,15 +136,17 @@ fn flanneld_nodes_move_to_twilld_in_place() {
     for i in 0..2 {
         c.nodes[i].wait_ready();
     }
-    // The flanneld node: its lease (flanneld's JSON, on a 24 h etcd lease)...
-    let (subnet, vtep, mac) = ("10.244.50.0/24", "10.244.50.0", "0a:0f:00:00:00:03");
+    // The flanneld node: its lease (flanneld's JSON, on a 24 h etcd lease), on a subnet
+    // the twilld nodes' random leases did not take...
+    let vtep = c.unleased_subnet();
+    let (subnet, mac) = (format!("{vtep}/24"), "0a:0f:00:00:00:03");
     let grant = c.etcd.ctl(&["lease", "grant", "86400"]);
     let id = grant.split_whitespace().nth(1).unwrap().to_string();
     c.etcd.ctl(&[
         "put",
         "--lease",
         &id,
-        &format!("{}/subnets/10.244.50.0-24", twill_e2e::PREFIX),
+        &format!("{}/subnets/{vtep}-24", twill_e2e::PREFIX),
         &format!(
             r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
             c.nodes[f].ip
@@ -170,7 +172,10 @@ fn flanneld_nodes_move_to_twilld_in_place() {
     }
     std::fs::write(
         c.nodes[f].subnet_env(),
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.50.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={}.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            vtep.trim_end_matches(".0")
+        ),
     )
     .unwrap();
     for i in 0..3 {

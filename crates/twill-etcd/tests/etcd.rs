@@ -291,9 +291,12 @@ async fn foreign_lease_expiring_is_a_removal_and_own_lease_is_not_a_peer() {
     let etcd = Etcd::start();
     let c = conf(r#"{"Network":"10.244.0.0/16"}"#);
     let store = EtcdStore::connect(&opts(etcd.endpoint())).await.unwrap();
-    let held = store.acquire(&req(&c, "198.18.0.3")).await.unwrap();
+    // The peers first: acquiring picks a free subnet at random, and one of these keys
+    // written over ours would rightly make our key a peer's (two keys of 255: about one
+    // run in 128 failed so).
     foreign(&etcd, "10.244.200.0-24", "198.18.0.200", Some(2));
     foreign(&etcd, "10.244.201.0-24", "198.18.0.201", Some(3600));
+    let held = store.acquire(&req(&c, "198.18.0.3")).await.unwrap();
     let (table, cancel) = start_watch(&store, Some((held.key, held.attrs.clone())));
     eventually(5, "both peers seen", || async {
         table.lock().unwrap().len() == 2
