@@ -119,10 +119,10 @@ fn metrics_count_peers_entries_and_repairs() {
         )
     };
     let (count, sum) = (changes("count"), changes("sum"));
-    let subnet = c.unleased_subnet();
+    let key = format!("{}/subnets/{}-24", twill_e2e::PREFIX, c.unleased_subnet());
     c.etcd.ctl(&[
         "put",
-        &format!("{}/subnets/{}-24", twill_e2e::PREFIX, subnet),
+        &key,
         r#"{"PublicIP":"198.18.0.90","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:90"}}"#,
     ]);
     wait_until(15, "the put peer programmed", || {
@@ -133,10 +133,7 @@ fn metrics_count_peers_entries_and_repairs() {
         "the new peer's batch was not timed"
     );
     assert!(changes("sum") > sum);
-    c.etcd.ctl(&[
-        "del",
-        &format!("{}/subnets/{}-24", twill_e2e::PREFIX, subnet),
-    ]);
+    c.etcd.ctl(&["del", &key]);
     wait_until(15, "the put peer gone", || {
         metric(&c, 0, "twill_kernel_entries", Some(("kind", "route"))) == 2.0
     });
